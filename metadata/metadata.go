@@ -1,0 +1,117 @@
+// Package metadata defines quorumkv's cluster metadata: the tenants the store
+// serves and the storage nodes that hold their data, and the Store interface
+// through which coordinators read and change them.
+//
+// Two implementations exist: metadata/natskv keeps everything in JetStream
+// key-value buckets (the embedded default) and metadata/postgres keeps it in
+// PostgreSQL (migrated by package schema). metadata/metadatatest holds the
+// conformance suite both must pass.
+//
+// Every error a Store returns is wrapped with context; compare with errors.Is
+// against the sentinels below.
+package metadata
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+var (
+	// ErrNotFound means the tenant or node does not exist.
+	ErrNotFound = errors.New("metadata: not found")
+	// ErrExists means a tenant with that ID already exists.
+	ErrExists = errors.New("metadata: already exists")
+	// ErrStale means an optimistic-lock failure: the caller's Version is not
+	// the stored one (someone else changed the record first). Re-read and retry.
+	ErrStale = errors.New("metadata: stale version")
+	// ErrUnavailable means the backing store could not be reached (connection
+	// refused or cut, timeout, no responders). The error also wraps the cause.
+	// The operation may or may not have taken effect.
+	ErrUnavailable = errors.New("metadata: store unavailable")
+)
+
+// Tenant is one tenant's replication and conflict settings.
+type Tenant struct {
+	ID                 string    `json:"tenant_id" msgpack:"tenant_id"`
+	ReplicationFactor  int       `json:"replication_factor" msgpack:"replication_factor"`
+	DefaultConsistency string    `json:"default_consistency" msgpack:"default_consistency"` // one|quorum|all
+	ConflictPolicy     string    `json:"conflict_policy" msgpack:"conflict_policy"`         // lww|siblings
+	Version            int64     `json:"version" msgpack:"version"`
+	CreatedAt          time.Time `json:"created_at" msgpack:"created_at"`
+	UpdatedAt          time.Time `json:"updated_at" msgpack:"updated_at"`
+}
+
+// NodeStatus is a storage node's administrative state.
+type NodeStatus = string
+
+// Storage node states.
+const (
+	NodeActive   = "active"   // takes reads and writes
+	NodeDraining = "draining" // being emptied before removal; kept across re-registration
+	NodeDown     = "down"     // considered failed; re-registration makes it active again
+)
+
+// Node is one storage node as the coordinators know it.
+type Node struct {
+	ID           string    `json:"node_id" msgpack:"node_id"`
+	Status       string    `json:"status" msgpack:"status"`
+	VirtualNodes int       `json:"virtual_nodes" msgpack:"virtual_nodes"`
+	Epoch        uint64    `json:"epoch" msgpack:"epoch"` // changes when the node's data dir is created or wiped
+	RegisteredAt time.Time `json:"registered_at" msgpack:"registered_at"`
+	LastSeen     time.Time `json:"last_seen" msgpack:"last_seen"`
+}
+
+// Store keeps tenants and storage nodes. Implementations are safe for
+// concurrent use. Validation of ids/ranges is the caller's job; the store only
+// persists (a backend may still reject values its own schema forbids, with a
+// non-sentinel error).
+//
+// Every method may also return an error wrapping ErrUnavailable when the
+// backing service cannot be reached, and the context's error when ctx is
+// cancelled. Times set by the store are UTC, truncated to microseconds.
+type Store interface {
+	// CreateTenant stores a new tenant with Version=1 and
+	// CreatedAt=UpdatedAt=now, ignoring those fields of t, and returns it.
+	// ErrExists if the ID is taken.
+	CreateTenant(ctx context.Context, t Tenant) (Tenant, error)
+	// GetTenant returns the tenant. ErrNotFound if it does not exist.
+	GetTenant(ctx context.Context, id string) (Tenant, error)
+	// ListTenants returns all tenants sorted by ID (byte order); an empty,
+	// non-nil slice when there are none.
+	ListTenants(ctx context.Context) ([]Tenant, error)
+	// UpdateTenant stores t's ReplicationFactor, DefaultConsistency and
+	// ConflictPolicy if t.Version equals the stored Version, and returns the
+	// tenant with Version+1, a new UpdatedAt and CreatedAt unchanged.
+	// ErrStale if the versions differ; ErrNotFound if the tenant does not exist.
+	UpdateTenant(ctx context.Context, t Tenant) (Tenant, error)
+	// DeleteTenant removes the tenant. ErrNotFound if it does not exist.
+	DeleteTenant(ctx context.Context, id string) error
+
+	// RegisterNode inserts or refreshes a node and returns the stored node.
+	// A new node gets Status=active and RegisteredAt=LastSeen=now. An existing
+	// node keeps RegisteredAt and a draining status, comes back active if it
+	// was down, and gets n's VirtualNodes and Epoch and LastSeen=now.
+	// n.Status, n.RegisteredAt and n.LastSeen are ignored.
+	RegisterNode(ctx context.Context, n Node) (Node, error)
+	// GetNode returns the node. ErrNotFound if it does not exist.
+	GetNode(ctx context.Context, id string) (Node, error)
+	// ListNodes returns all nodes sorted by ID (byte order); an empty,
+	// non-nil slice when there are none.
+	ListNodes(ctx context.Context) ([]Node, error)
+	// SetNodeStatus sets the node's status and returns the node; other fields
+	// are unchanged. ErrNotFound if the node does not exist.
+	SetNodeStatus(ctx context.Context, id string, status string) (Node, error)
+	// RemoveNode removes the node. ErrNotFound if it does not exist.
+	RemoveNode(ctx context.Context, id string) error
+
+	// Close releases what the store opened itself. It does not close
+	// connections it was handed.
+	Close() error
+}
+
+// Now returns the current time as stores record it: UTC, truncated to
+// microseconds (the precision PostgreSQL keeps).
+func Now() time.Time {
+	return time.Now().UTC().Truncate(time.Microsecond)
+}

@@ -1,0 +1,623 @@
+// Package metadatatest is the conformance suite every metadata.Store
+// implementation must pass.
+package metadatatest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quorumkv/quorumkv/metadata"
+)
+
+// Run runs the conformance suite as subtests of t. open is called once per
+// subtest with that subtest's *testing.T and must return a Store that holds no
+// tenants and no nodes; open registers whatever cleanup the Store needs
+// (including Close) on the t it is given. Subtests run one after another.
+func Run(t *testing.T, open func(t *testing.T) metadata.Store) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, s metadata.Store)
+	}{
+		{"CreateGetTenant", testCreateGetTenant},
+		{"CreateTenantExists", testCreateTenantExists},
+		{"GetTenantNotFound", testGetTenantNotFound},
+		{"ListTenantsEmpty", testListTenantsEmpty},
+		{"ListTenantsSorted", testListTenantsSorted},
+		{"UpdateTenant", testUpdateTenant},
+		{"UpdateTenantStale", testUpdateTenantStale},
+		{"UpdateTenantNotFound", testUpdateTenantNotFound},
+		{"UpdateTenantConcurrent", testUpdateTenantConcurrent},
+		{"DeleteTenant", testDeleteTenant},
+		{"RegisterNodeNew", testRegisterNodeNew},
+		{"RegisterNodeUpsert", testRegisterNodeUpsert},
+		{"RegisterNodeConcurrent", testRegisterNodeConcurrent},
+		{"NodeEpochRange", testNodeEpochRange},
+		{"GetNodeNotFound", testGetNodeNotFound},
+		{"SetNodeStatus", testSetNodeStatus},
+		{"RemoveNode", testRemoveNode},
+		{"ListNodes", testListNodes},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := open(t)
+			if s == nil {
+				t.Fatal("metadatatest: open returned a nil Store")
+			}
+			tc.fn(t, s)
+		})
+	}
+}
+
+func testCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// window returns a check that a store-set time lies between the window's
+// start and the check, is UTC and has at most microsecond precision.
+func window() func(t *testing.T, what string, got time.Time) {
+	start := time.Now().UTC().Truncate(time.Microsecond)
+	return func(t *testing.T, what string, got time.Time) {
+		t.Helper()
+		end := time.Now()
+		if got.Before(start) || got.After(end) {
+			t.Errorf("%s = %v, want within [%v, %v]", what, got, start, end)
+		}
+		if got.Location() != time.UTC {
+			t.Errorf("%s = %v has location %v, want UTC", what, got, got.Location())
+		}
+		if got.Nanosecond()%1000 != 0 {
+			t.Errorf("%s = %v is not truncated to microseconds", what, got)
+		}
+	}
+}
+
+func newTenant(id string) metadata.Tenant {
+	return metadata.Tenant{
+		ID:                 id,
+		ReplicationFactor:  3,
+		DefaultConsistency: "quorum",
+		ConflictPolicy:     "lww",
+	}
+}
+
+func mustCreateTenant(t *testing.T, s metadata.Store, tn metadata.Tenant) metadata.Tenant {
+	t.Helper()
+	got, err := s.CreateTenant(testCtx(t), tn)
+	if err != nil {
+		t.Fatalf("CreateTenant(%q): %v", tn.ID, err)
+	}
+	return got
+}
+
+func mustRegisterNode(t *testing.T, s metadata.Store, n metadata.Node) metadata.Node {
+	t.Helper()
+	got, err := s.RegisterNode(testCtx(t), n)
+	if err != nil {
+		t.Fatalf("RegisterNode(%q): %v", n.ID, err)
+	}
+	return got
+}
+
+func wantErr(t *testing.T, call string, err, target error) {
+	t.Helper()
+	if !errors.Is(err, target) {
+		t.Fatalf("%s: error %v, want one wrapping %v", call, err, target)
+	}
+}
+
+func sameTenant(t *testing.T, what string, got, want metadata.Tenant) {
+	t.Helper()
+	if got.ID != want.ID || got.ReplicationFactor != want.ReplicationFactor ||
+		got.DefaultConsistency != want.DefaultConsistency || got.ConflictPolicy != want.ConflictPolicy ||
+		got.Version != want.Version || !got.CreatedAt.Equal(want.CreatedAt) || !got.UpdatedAt.Equal(want.UpdatedAt) {
+		t.Errorf("%s:\n got %+v\nwant %+v", what, got, want)
+	}
+}
+
+func sameNode(t *testing.T, what string, got, want metadata.Node) {
+	t.Helper()
+	if got.ID != want.ID || got.Status != want.Status || got.VirtualNodes != want.VirtualNodes ||
+		got.Epoch != want.Epoch || !got.RegisteredAt.Equal(want.RegisteredAt) || !got.LastSeen.Equal(want.LastSeen) {
+		t.Errorf("%s:\n got %+v\nwant %+v", what, got, want)
+	}
+}
+
+func testCreateGetTenant(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	in := metadata.Tenant{
+		ID:                 "acme",
+		ReplicationFactor:  5,
+		DefaultConsistency: "all",
+		ConflictPolicy:     "siblings",
+		// The store must ignore these.
+		Version:   42,
+		CreatedAt: time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC),
+		UpdatedAt: time.Date(2002, 1, 1, 0, 0, 0, 0, time.UTC),
+	}
+	check := window()
+	got, err := s.CreateTenant(ctx, in)
+	if err != nil {
+		t.Fatalf("CreateTenant: %v", err)
+	}
+	if got.ID != in.ID || got.ReplicationFactor != 5 || got.DefaultConsistency != "all" || got.ConflictPolicy != "siblings" {
+		t.Errorf("CreateTenant returned %+v, want the input's fields", got)
+	}
+	if got.Version != 1 {
+		t.Errorf("CreateTenant Version = %d, want 1", got.Version)
+	}
+	check(t, "CreatedAt", got.CreatedAt)
+	if !got.UpdatedAt.Equal(got.CreatedAt) {
+		t.Errorf("UpdatedAt = %v, want CreatedAt %v", got.UpdatedAt, got.CreatedAt)
+	}
+
+	read, err := s.GetTenant(ctx, "acme")
+	if err != nil {
+		t.Fatalf("GetTenant: %v", err)
+	}
+	sameTenant(t, "GetTenant after CreateTenant", read, got)
+	if read.CreatedAt.Location() != time.UTC || read.UpdatedAt.Location() != time.UTC {
+		t.Errorf("GetTenant times %v, %v are not UTC", read.CreatedAt, read.UpdatedAt)
+	}
+}
+
+func testCreateTenantExists(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	first := mustCreateTenant(t, s, newTenant("dup"))
+	other := newTenant("dup")
+	other.ReplicationFactor = 1
+	_, err := s.CreateTenant(ctx, other)
+	wantErr(t, "second CreateTenant", err, metadata.ErrExists)
+	got, err := s.GetTenant(ctx, "dup")
+	if err != nil {
+		t.Fatalf("GetTenant: %v", err)
+	}
+	sameTenant(t, "tenant after failed CreateTenant", got, first)
+}
+
+func testGetTenantNotFound(t *testing.T, s metadata.Store) {
+	_, err := s.GetTenant(testCtx(t), "nope")
+	wantErr(t, "GetTenant(missing)", err, metadata.ErrNotFound)
+}
+
+func testListTenantsEmpty(t *testing.T, s metadata.Store) {
+	got, err := s.ListTenants(testCtx(t))
+	if err != nil {
+		t.Fatalf("ListTenants: %v", err)
+	}
+	if got == nil || len(got) != 0 {
+		t.Fatalf("ListTenants on an empty store = %#v, want a non-nil empty slice", got)
+	}
+}
+
+func testListTenantsSorted(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	// Byte order differs from most locales' collation for these.
+	ids := []string{"b", "a_1", "a1", "a-1", "a", "0z", "zz-top"}
+	want := map[string]metadata.Tenant{}
+	for i, id := range ids {
+		tn := newTenant(id)
+		tn.ReplicationFactor = 1 + i%7
+		want[id] = mustCreateTenant(t, s, tn)
+	}
+	got, err := s.ListTenants(ctx)
+	if err != nil {
+		t.Fatalf("ListTenants: %v", err)
+	}
+	sorted := slices.Clone(ids)
+	slices.Sort(sorted)
+	if len(got) != len(sorted) {
+		t.Fatalf("ListTenants returned %d tenants, want %d: %+v", len(got), len(sorted), got)
+	}
+	for i, id := range sorted {
+		if got[i].ID != id {
+			t.Fatalf("ListTenants order: got %v, want %v", tenantIDs(got), sorted)
+		}
+		sameTenant(t, "ListTenants entry "+id, got[i], want[id])
+	}
+}
+
+func tenantIDs(ts []metadata.Tenant) []string {
+	out := make([]string, len(ts))
+	for i, t := range ts {
+		out[i] = t.ID
+	}
+	return out
+}
+
+func testUpdateTenant(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	created := mustCreateTenant(t, s, newTenant("upd"))
+	in := created
+	in.ReplicationFactor = 5
+	in.DefaultConsistency = "one"
+	in.ConflictPolicy = "siblings"
+	in.CreatedAt = time.Date(1999, 1, 1, 0, 0, 0, 0, time.UTC) // must be ignored
+	check := window()
+	got, err := s.UpdateTenant(ctx, in)
+	if err != nil {
+		t.Fatalf("UpdateTenant: %v", err)
+	}
+	if got.Version != 2 {
+		t.Errorf("Version = %d, want 2", got.Version)
+	}
+	if got.ReplicationFactor != 5 || got.DefaultConsistency != "one" || got.ConflictPolicy != "siblings" {
+		t.Errorf("UpdateTenant returned %+v, want the new settings", got)
+	}
+	if !got.CreatedAt.Equal(created.CreatedAt) {
+		t.Errorf("CreatedAt = %v, want unchanged %v", got.CreatedAt, created.CreatedAt)
+	}
+	check(t, "UpdatedAt", got.UpdatedAt)
+	if got.UpdatedAt.Before(created.UpdatedAt) {
+		t.Errorf("UpdatedAt went back: %v before %v", got.UpdatedAt, created.UpdatedAt)
+	}
+	read, err := s.GetTenant(ctx, "upd")
+	if err != nil {
+		t.Fatalf("GetTenant: %v", err)
+	}
+	sameTenant(t, "GetTenant after UpdateTenant", read, got)
+
+	// A second update from the returned value moves on to version 3.
+	got.ReplicationFactor = 7
+	third, err := s.UpdateTenant(ctx, got)
+	if err != nil {
+		t.Fatalf("second UpdateTenant: %v", err)
+	}
+	if third.Version != 3 || third.ReplicationFactor != 7 {
+		t.Errorf("second UpdateTenant = %+v, want version 3 and RF 7", third)
+	}
+}
+
+func testUpdateTenantStale(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	created := mustCreateTenant(t, s, newTenant("stale"))
+
+	a, b := created, created
+	a.ReplicationFactor = 1
+	b.ReplicationFactor = 5
+	won, err := s.UpdateTenant(ctx, a)
+	if err != nil {
+		t.Fatalf("first updater: %v", err)
+	}
+	_, err = s.UpdateTenant(ctx, b)
+	wantErr(t, "second updater with the same version", err, metadata.ErrStale)
+
+	future := won
+	future.Version = won.Version + 5
+	_, err = s.UpdateTenant(ctx, future)
+	wantErr(t, "UpdateTenant with a version from the future", err, metadata.ErrStale)
+
+	got, err := s.GetTenant(ctx, "stale")
+	if err != nil {
+		t.Fatalf("GetTenant: %v", err)
+	}
+	sameTenant(t, "tenant after stale updates", got, won)
+}
+
+func testUpdateTenantNotFound(t *testing.T, s metadata.Store) {
+	tn := newTenant("ghost")
+	tn.Version = 1
+	_, err := s.UpdateTenant(testCtx(t), tn)
+	wantErr(t, "UpdateTenant(missing)", err, metadata.ErrNotFound)
+}
+
+func testUpdateTenantConcurrent(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	const updaters, rounds = 8, 5
+	cur := mustCreateTenant(t, s, newTenant("race"))
+	for round := range rounds {
+		var (
+			wg      sync.WaitGroup
+			start   = make(chan struct{})
+			results = make([]metadata.Tenant, updaters)
+			errs    = make([]error, updaters)
+		)
+		for i := range updaters {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				in := cur
+				in.ReplicationFactor = 1 + i%7
+				<-start
+				results[i], errs[i] = s.UpdateTenant(ctx, in)
+			}()
+		}
+		close(start)
+		wg.Wait()
+
+		winner := -1
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				if winner >= 0 {
+					t.Fatalf("round %d: updaters %d and %d both won with version %d", round, winner, i, cur.Version)
+				}
+				winner = i
+			case !errors.Is(err, metadata.ErrStale):
+				t.Fatalf("round %d: updater %d: error %v, want one wrapping %v", round, i, err, metadata.ErrStale)
+			}
+		}
+		if winner < 0 {
+			t.Fatalf("round %d: no updater won", round)
+		}
+		w := results[winner]
+		if w.Version != cur.Version+1 || w.ReplicationFactor != 1+winner%7 {
+			t.Fatalf("round %d: winner %d returned %+v, want version %d and RF %d", round, winner, w, cur.Version+1, 1+winner%7)
+		}
+		got, err := s.GetTenant(ctx, "race")
+		if err != nil {
+			t.Fatalf("GetTenant: %v", err)
+		}
+		sameTenant(t, fmt.Sprintf("round %d: stored tenant", round), got, w)
+		cur = w
+	}
+}
+
+func testDeleteTenant(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	mustCreateTenant(t, s, newTenant("gone"))
+	mustCreateTenant(t, s, newTenant("kept"))
+	if err := s.DeleteTenant(ctx, "gone"); err != nil {
+		t.Fatalf("DeleteTenant: %v", err)
+	}
+	_, err := s.GetTenant(ctx, "gone")
+	wantErr(t, "GetTenant after DeleteTenant", err, metadata.ErrNotFound)
+	err = s.DeleteTenant(ctx, "gone")
+	wantErr(t, "second DeleteTenant", err, metadata.ErrNotFound)
+	err = s.DeleteTenant(ctx, "never")
+	wantErr(t, "DeleteTenant(missing)", err, metadata.ErrNotFound)
+	tn := newTenant("gone")
+	tn.Version = 1
+	_, err = s.UpdateTenant(ctx, tn)
+	wantErr(t, "UpdateTenant after DeleteTenant", err, metadata.ErrNotFound)
+
+	list, err := s.ListTenants(ctx)
+	if err != nil {
+		t.Fatalf("ListTenants: %v", err)
+	}
+	if ids := tenantIDs(list); !slices.Equal(ids, []string{"kept"}) {
+		t.Fatalf("ListTenants after delete = %v, want [kept]", ids)
+	}
+
+	// The ID is free again, and the new tenant starts over.
+	again := mustCreateTenant(t, s, newTenant("gone"))
+	if again.Version != 1 {
+		t.Errorf("re-created tenant Version = %d, want 1", again.Version)
+	}
+}
+
+func testRegisterNodeNew(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	check := window()
+	got, err := s.RegisterNode(ctx, metadata.Node{
+		ID:           "node-1",
+		Status:       metadata.NodeDown, // ignored
+		VirtualNodes: 128,
+		Epoch:        7,
+		RegisteredAt: time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC), // ignored
+		LastSeen:     time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC), // ignored
+	})
+	if err != nil {
+		t.Fatalf("RegisterNode: %v", err)
+	}
+	if got.ID != "node-1" || got.Status != metadata.NodeActive || got.VirtualNodes != 128 || got.Epoch != 7 {
+		t.Errorf("RegisterNode = %+v, want node-1 active with 128 vnodes, epoch 7", got)
+	}
+	check(t, "RegisteredAt", got.RegisteredAt)
+	if !got.LastSeen.Equal(got.RegisteredAt) {
+		t.Errorf("LastSeen = %v, want RegisteredAt %v", got.LastSeen, got.RegisteredAt)
+	}
+	read, err := s.GetNode(ctx, "node-1")
+	if err != nil {
+		t.Fatalf("GetNode: %v", err)
+	}
+	sameNode(t, "GetNode after RegisterNode", read, got)
+}
+
+func testRegisterNodeUpsert(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	first := mustRegisterNode(t, s, metadata.Node{ID: "n1", VirtualNodes: 64, Epoch: 1})
+
+	// active stays active; VirtualNodes, Epoch and LastSeen change.
+	check := window()
+	second := mustRegisterNode(t, s, metadata.Node{ID: "n1", Status: metadata.NodeDraining, VirtualNodes: 32, Epoch: 2})
+	want := first
+	want.VirtualNodes, want.Epoch, want.LastSeen = 32, 2, second.LastSeen
+	sameNode(t, "re-registered active node", second, want)
+	check(t, "LastSeen", second.LastSeen)
+
+	// draining is kept.
+	if _, err := s.SetNodeStatus(ctx, "n1", metadata.NodeDraining); err != nil {
+		t.Fatalf("SetNodeStatus(draining): %v", err)
+	}
+	third := mustRegisterNode(t, s, metadata.Node{ID: "n1", VirtualNodes: 16, Epoch: 3})
+	want.Status, want.VirtualNodes, want.Epoch, want.LastSeen = metadata.NodeDraining, 16, 3, third.LastSeen
+	sameNode(t, "re-registered draining node", third, want)
+	if third.LastSeen.Before(second.LastSeen) {
+		t.Errorf("LastSeen went back: %v before %v", third.LastSeen, second.LastSeen)
+	}
+
+	// down comes back active.
+	if _, err := s.SetNodeStatus(ctx, "n1", metadata.NodeDown); err != nil {
+		t.Fatalf("SetNodeStatus(down): %v", err)
+	}
+	fourth := mustRegisterNode(t, s, metadata.Node{ID: "n1", VirtualNodes: 16, Epoch: 4})
+	want.Status, want.Epoch, want.LastSeen = metadata.NodeActive, 4, fourth.LastSeen
+	sameNode(t, "re-registered down node", fourth, want)
+
+	read, err := s.GetNode(ctx, "n1")
+	if err != nil {
+		t.Fatalf("GetNode: %v", err)
+	}
+	sameNode(t, "GetNode after upserts", read, fourth)
+}
+
+func testRegisterNodeConcurrent(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	const n = 8
+	var (
+		wg    sync.WaitGroup
+		start = make(chan struct{})
+		errs  = make([]error, n)
+		got   = make([]metadata.Node, n)
+	)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			got[i], errs[i] = s.RegisterNode(ctx, metadata.Node{ID: "busy", VirtualNodes: 10 + i, Epoch: uint64(i)})
+		}()
+	}
+	close(start)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("RegisterNode %d: %v", i, err)
+		}
+	}
+	read, err := s.GetNode(ctx, "busy")
+	if err != nil {
+		t.Fatalf("GetNode: %v", err)
+	}
+	if read.Status != metadata.NodeActive || read.VirtualNodes != 10+int(read.Epoch) {
+		t.Errorf("GetNode = %+v, want active with one registration's VirtualNodes and Epoch", read)
+	}
+	for i := range got {
+		if !got[i].RegisteredAt.Equal(read.RegisteredAt) {
+			t.Errorf("registration %d: RegisteredAt %v, stored %v: concurrent registrations must agree", i, got[i].RegisteredAt, read.RegisteredAt)
+		}
+	}
+	list, err := s.ListNodes(ctx)
+	if err != nil {
+		t.Fatalf("ListNodes: %v", err)
+	}
+	if len(list) != 1 {
+		t.Errorf("ListNodes = %+v, want exactly one node", list)
+	}
+}
+
+func testNodeEpochRange(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	for _, epoch := range []uint64{0, 1, math.MaxInt64, math.MaxInt64 + 1, math.MaxUint64 - 1, math.MaxUint64} {
+		id := fmt.Sprintf("epoch-%d", epoch)
+		got := mustRegisterNode(t, s, metadata.Node{ID: id, VirtualNodes: 1, Epoch: epoch})
+		if got.Epoch != epoch {
+			t.Errorf("RegisterNode epoch %d returned %d", epoch, got.Epoch)
+		}
+		read, err := s.GetNode(ctx, id)
+		if err != nil {
+			t.Fatalf("GetNode(%q): %v", id, err)
+		}
+		if read.Epoch != epoch {
+			t.Errorf("epoch %d read back as %d", epoch, read.Epoch)
+		}
+	}
+}
+
+func testGetNodeNotFound(t *testing.T, s metadata.Store) {
+	_, err := s.GetNode(testCtx(t), "nope")
+	wantErr(t, "GetNode(missing)", err, metadata.ErrNotFound)
+}
+
+func testSetNodeStatus(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	reg := mustRegisterNode(t, s, metadata.Node{ID: "st", VirtualNodes: 8, Epoch: 9})
+	for _, status := range []string{metadata.NodeDraining, metadata.NodeDown, metadata.NodeActive, metadata.NodeDown} {
+		got, err := s.SetNodeStatus(ctx, "st", status)
+		if err != nil {
+			t.Fatalf("SetNodeStatus(%q): %v", status, err)
+		}
+		want := reg
+		want.Status = status
+		sameNode(t, "SetNodeStatus("+status+")", got, want)
+		read, err := s.GetNode(ctx, "st")
+		if err != nil {
+			t.Fatalf("GetNode: %v", err)
+		}
+		sameNode(t, "GetNode after SetNodeStatus("+status+")", read, want)
+	}
+	_, err := s.SetNodeStatus(ctx, "missing", metadata.NodeDown)
+	wantErr(t, "SetNodeStatus(missing)", err, metadata.ErrNotFound)
+}
+
+func testRemoveNode(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	old := mustRegisterNode(t, s, metadata.Node{ID: "rm", VirtualNodes: 8, Epoch: 1})
+	mustRegisterNode(t, s, metadata.Node{ID: "stay", VirtualNodes: 8, Epoch: 1})
+	if _, err := s.SetNodeStatus(ctx, "rm", metadata.NodeDraining); err != nil {
+		t.Fatalf("SetNodeStatus: %v", err)
+	}
+	if err := s.RemoveNode(ctx, "rm"); err != nil {
+		t.Fatalf("RemoveNode: %v", err)
+	}
+	_, err := s.GetNode(ctx, "rm")
+	wantErr(t, "GetNode after RemoveNode", err, metadata.ErrNotFound)
+	err = s.RemoveNode(ctx, "rm")
+	wantErr(t, "second RemoveNode", err, metadata.ErrNotFound)
+	err = s.RemoveNode(ctx, "never")
+	wantErr(t, "RemoveNode(missing)", err, metadata.ErrNotFound)
+	_, err = s.SetNodeStatus(ctx, "rm", metadata.NodeActive)
+	wantErr(t, "SetNodeStatus after RemoveNode", err, metadata.ErrNotFound)
+
+	list, err := s.ListNodes(ctx)
+	if err != nil {
+		t.Fatalf("ListNodes: %v", err)
+	}
+	if len(list) != 1 || list[0].ID != "stay" {
+		t.Fatalf("ListNodes after RemoveNode = %+v, want only stay", list)
+	}
+
+	// Registering again makes a new node: active, with a new RegisteredAt.
+	time.Sleep(2 * time.Millisecond) // let the clock move past old.RegisteredAt
+	again := mustRegisterNode(t, s, metadata.Node{ID: "rm", VirtualNodes: 4, Epoch: 2})
+	if again.Status != metadata.NodeActive || !again.RegisteredAt.After(old.RegisteredAt) || !again.LastSeen.Equal(again.RegisteredAt) {
+		t.Errorf("re-registered removed node = %+v, want a fresh active node registered after %v", again, old.RegisteredAt)
+	}
+}
+
+func testListNodes(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	empty, err := s.ListNodes(ctx)
+	if err != nil {
+		t.Fatalf("ListNodes: %v", err)
+	}
+	if empty == nil || len(empty) != 0 {
+		t.Fatalf("ListNodes on an empty store = %#v, want a non-nil empty slice", empty)
+	}
+
+	// IDs that are not plain words, and whose byte order differs from most
+	// locales' collation.
+	ids := []string{"node-b", "node.c", "Node-Z", "node-a", "node_a", "node a", "n/1", "ünïcode"}
+	want := map[string]metadata.Node{}
+	for i, id := range ids {
+		want[id] = mustRegisterNode(t, s, metadata.Node{ID: id, VirtualNodes: 1 + i, Epoch: uint64(i)})
+	}
+	got, err := s.ListNodes(ctx)
+	if err != nil {
+		t.Fatalf("ListNodes: %v", err)
+	}
+	sorted := slices.Clone(ids)
+	slices.Sort(sorted)
+	if len(got) != len(sorted) {
+		t.Fatalf("ListNodes returned %d nodes, want %d: %+v", len(got), len(sorted), got)
+	}
+	for i, id := range sorted {
+		if got[i].ID != id {
+			gotIDs := make([]string, len(got))
+			for j, n := range got {
+				gotIDs[j] = n.ID
+			}
+			t.Fatalf("ListNodes order: got %q, want %q", gotIDs, sorted)
+		}
+		sameNode(t, "ListNodes entry "+id, got[i], want[id])
+	}
+}

@@ -1,0 +1,454 @@
+// Package natskv is the embedded default metadata.Store, kept in two JetStream
+// key-value buckets: "<prefix>_tenants" and "<prefix>_nodes".
+//
+// Each record is stored JSON-encoded under its ID. IDs made only of
+// [A-Za-z0-9_-] are used as keys unchanged; any other ID is stored under "="
+// followed by its unpadded base64url encoding, so every string is a valid key
+// and the two forms never collide.
+//
+// Optimistic locking uses the KV revision: a write names the revision it read
+// and JetStream rejects it if the key changed since.
+package natskv
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/quorumkv/quorumkv/metadata"
+)
+
+// Options configures Open.
+type Options struct {
+	// Replicas is the buckets' replica count; 0 means 1.
+	Replicas int
+	// BucketPrefix names the buckets "<prefix>_tenants" and "<prefix>_nodes";
+	// "" means "quorumkv". It must consist of [A-Za-z0-9_-].
+	BucketPrefix string
+}
+
+// Store is a metadata.Store on JetStream KV. It is safe for concurrent use.
+type Store struct {
+	tenants jetstream.KeyValue
+	nodes   jetstream.KeyValue
+}
+
+var _ metadata.Store = (*Store)(nil)
+
+// Open creates the two buckets, or binds to them and updates their
+// configuration to opts if they exist; calling it again is harmless. It
+// returns an error wrapping metadata.ErrUnavailable if JetStream cannot be
+// reached.
+func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, error) {
+	if js == nil {
+		return nil, errors.New("metadata/natskv: open: nil JetStream")
+	}
+	if opts.Replicas < 0 {
+		return nil, fmt.Errorf("metadata/natskv: open: replicas %d < 0", opts.Replicas)
+	}
+	if opts.Replicas == 0 {
+		opts.Replicas = 1
+	}
+	if opts.BucketPrefix == "" {
+		opts.BucketPrefix = "quorumkv"
+	}
+	open := func(suffix, desc string) (jetstream.KeyValue, error) {
+		name := opts.BucketPrefix + "_" + suffix
+		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      name,
+			Description: desc,
+			History:     1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    opts.Replicas,
+		})
+		if err != nil {
+			return nil, wrap(fmt.Sprintf("open bucket %q", name), err)
+		}
+		return kv, nil
+	}
+	tenants, err := open("tenants", "quorumkv tenants")
+	if err != nil {
+		return nil, err
+	}
+	nodes, err := open("nodes", "quorumkv storage nodes")
+	if err != nil {
+		return nil, err
+	}
+	return &Store{tenants: tenants, nodes: nodes}, nil
+}
+
+// Close does nothing: the store holds no resources of its own, and the
+// JetStream context and its connection belong to the caller.
+func (s *Store) Close() error { return nil }
+
+// CreateTenant implements metadata.Store. It returns an error wrapping
+// metadata.ErrExists if the ID is taken.
+func (s *Store) CreateTenant(ctx context.Context, t metadata.Tenant) (metadata.Tenant, error) {
+	now := metadata.Now()
+	t.Version, t.CreatedAt, t.UpdatedAt = 1, now, now
+	data, err := json.Marshal(t)
+	if err != nil {
+		return metadata.Tenant{}, fmt.Errorf("metadata/natskv: create tenant %q: encode: %w", t.ID, err)
+	}
+	if _, err := s.tenants.Create(ctx, key(t.ID), data); err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return metadata.Tenant{}, fmt.Errorf("metadata/natskv: create tenant %q: %w", t.ID, metadata.ErrExists)
+		}
+		return metadata.Tenant{}, wrap(fmt.Sprintf("create tenant %q", t.ID), err)
+	}
+	return t, nil
+}
+
+// GetTenant implements metadata.Store. It returns an error wrapping
+// metadata.ErrNotFound if the tenant does not exist.
+func (s *Store) GetTenant(ctx context.Context, id string) (metadata.Tenant, error) {
+	t, _, err := s.getTenant(ctx, id)
+	if err != nil {
+		return metadata.Tenant{}, fmt.Errorf("metadata/natskv: get tenant %q: %w", id, err)
+	}
+	return t, nil
+}
+
+// getTenant reads a tenant and its KV revision. Its errors carry no package
+// prefix; callers add it.
+func (s *Store) getTenant(ctx context.Context, id string) (metadata.Tenant, uint64, error) {
+	var t metadata.Tenant
+	rev, err := get(ctx, s.tenants, id, &t)
+	return t, rev, err
+}
+
+// ListTenants implements metadata.Store.
+func (s *Store) ListTenants(ctx context.Context) ([]metadata.Tenant, error) {
+	out := make([]metadata.Tenant, 0)
+	err := list(ctx, s.tenants, func(data []byte) error {
+		var t metadata.Tenant
+		if err := json.Unmarshal(data, &t); err != nil {
+			return err
+		}
+		out = append(out, t)
+		return nil
+	})
+	if err != nil {
+		return nil, wrap("list tenants", err)
+	}
+	slices.SortFunc(out, func(a, b metadata.Tenant) int { return strings.Compare(a.ID, b.ID) })
+	return out, nil
+}
+
+// UpdateTenant implements metadata.Store. It returns an error wrapping
+// metadata.ErrStale if t.Version is not the stored version (or another writer
+// got in between its read and its write), and metadata.ErrNotFound if the
+// tenant does not exist.
+func (s *Store) UpdateTenant(ctx context.Context, t metadata.Tenant) (metadata.Tenant, error) {
+	op := fmt.Sprintf("update tenant %q", t.ID)
+	cur, rev, err := s.getTenant(ctx, t.ID)
+	if err != nil {
+		return metadata.Tenant{}, fmt.Errorf("metadata/natskv: %s: %w", op, err)
+	}
+	if cur.Version != t.Version {
+		return metadata.Tenant{}, fmt.Errorf("metadata/natskv: %s: have version %d, stored %d: %w",
+			op, t.Version, cur.Version, metadata.ErrStale)
+	}
+	cur.ReplicationFactor = t.ReplicationFactor
+	cur.DefaultConsistency = t.DefaultConsistency
+	cur.ConflictPolicy = t.ConflictPolicy
+	cur.Version++
+	cur.UpdatedAt = metadata.Now()
+	data, err := json.Marshal(cur)
+	if err != nil {
+		return metadata.Tenant{}, fmt.Errorf("metadata/natskv: %s: encode: %w", op, err)
+	}
+	if _, err := s.tenants.Update(ctx, key(t.ID), data, rev); err != nil {
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			// Someone wrote or deleted the tenant after our read.
+			if _, _, gerr := s.getTenant(ctx, t.ID); errors.Is(gerr, metadata.ErrNotFound) {
+				return metadata.Tenant{}, fmt.Errorf("metadata/natskv: %s: %w", op, metadata.ErrNotFound)
+			}
+			return metadata.Tenant{}, fmt.Errorf("metadata/natskv: %s: concurrent update: %w", op, metadata.ErrStale)
+		}
+		return metadata.Tenant{}, wrap(op, err)
+	}
+	return cur, nil
+}
+
+// DeleteTenant implements metadata.Store. It returns an error wrapping
+// metadata.ErrNotFound if the tenant does not exist.
+func (s *Store) DeleteTenant(ctx context.Context, id string) error {
+	if err := remove(ctx, s.tenants, id); err != nil {
+		return fmt.Errorf("metadata/natskv: delete tenant %q: %w", id, err)
+	}
+	return nil
+}
+
+// RegisterNode implements metadata.Store. It retries internally when another
+// writer changes the node concurrently, until ctx is done.
+func (s *Store) RegisterNode(ctx context.Context, n metadata.Node) (metadata.Node, error) {
+	op := fmt.Sprintf("register node %q", n.ID)
+	for {
+		if err := ctx.Err(); err != nil {
+			return metadata.Node{}, wrap(op, err)
+		}
+		cur, rev, err := s.getNode(ctx, n.ID)
+		now := metadata.Now()
+		switch {
+		case errors.Is(err, metadata.ErrNotFound):
+			cur = metadata.Node{
+				ID:           n.ID,
+				Status:       metadata.NodeActive,
+				VirtualNodes: n.VirtualNodes,
+				Epoch:        n.Epoch,
+				RegisteredAt: now,
+				LastSeen:     now,
+			}
+			data, err := json.Marshal(cur)
+			if err != nil {
+				return metadata.Node{}, fmt.Errorf("metadata/natskv: %s: encode: %w", op, err)
+			}
+			if _, err := s.nodes.Create(ctx, key(n.ID), data); err != nil {
+				if errors.Is(err, jetstream.ErrKeyExists) {
+					continue // registered concurrently; refresh it instead
+				}
+				return metadata.Node{}, wrap(op, err)
+			}
+			return cur, nil
+		case err != nil:
+			return metadata.Node{}, fmt.Errorf("metadata/natskv: %s: %w", op, err)
+		}
+		if cur.Status == metadata.NodeDown {
+			cur.Status = metadata.NodeActive
+		}
+		cur.VirtualNodes = n.VirtualNodes
+		cur.Epoch = n.Epoch
+		cur.LastSeen = now
+		ok, err := s.putNode(ctx, cur, rev)
+		if err != nil {
+			return metadata.Node{}, fmt.Errorf("metadata/natskv: %s: %w", op, err)
+		}
+		if ok {
+			return cur, nil
+		}
+	}
+}
+
+// GetNode implements metadata.Store. It returns an error wrapping
+// metadata.ErrNotFound if the node does not exist.
+func (s *Store) GetNode(ctx context.Context, id string) (metadata.Node, error) {
+	n, _, err := s.getNode(ctx, id)
+	if err != nil {
+		return metadata.Node{}, fmt.Errorf("metadata/natskv: get node %q: %w", id, err)
+	}
+	return n, nil
+}
+
+func (s *Store) getNode(ctx context.Context, id string) (metadata.Node, uint64, error) {
+	var n metadata.Node
+	rev, err := get(ctx, s.nodes, id, &n)
+	return n, rev, err
+}
+
+// putNode writes n if the node's revision is still rev. It reports false,
+// without error, if the node changed since.
+func (s *Store) putNode(ctx context.Context, n metadata.Node, rev uint64) (bool, error) {
+	data, err := json.Marshal(n)
+	if err != nil {
+		return false, fmt.Errorf("encode: %w", err)
+	}
+	if _, err := s.nodes.Update(ctx, key(n.ID), data, rev); err != nil {
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return false, nil
+		}
+		return false, classify(err)
+	}
+	return true, nil
+}
+
+// ListNodes implements metadata.Store.
+func (s *Store) ListNodes(ctx context.Context) ([]metadata.Node, error) {
+	out := make([]metadata.Node, 0)
+	err := list(ctx, s.nodes, func(data []byte) error {
+		var n metadata.Node
+		if err := json.Unmarshal(data, &n); err != nil {
+			return err
+		}
+		out = append(out, n)
+		return nil
+	})
+	if err != nil {
+		return nil, wrap("list nodes", err)
+	}
+	slices.SortFunc(out, func(a, b metadata.Node) int { return strings.Compare(a.ID, b.ID) })
+	return out, nil
+}
+
+// SetNodeStatus implements metadata.Store. It returns an error wrapping
+// metadata.ErrNotFound if the node does not exist. It retries internally when
+// another writer changes the node concurrently, until ctx is done.
+func (s *Store) SetNodeStatus(ctx context.Context, id string, status string) (metadata.Node, error) {
+	op := fmt.Sprintf("set node %q status %q", id, status)
+	for {
+		if err := ctx.Err(); err != nil {
+			return metadata.Node{}, wrap(op, err)
+		}
+		cur, rev, err := s.getNode(ctx, id)
+		if err != nil {
+			return metadata.Node{}, fmt.Errorf("metadata/natskv: %s: %w", op, err)
+		}
+		cur.Status = status
+		ok, err := s.putNode(ctx, cur, rev)
+		if err != nil {
+			return metadata.Node{}, fmt.Errorf("metadata/natskv: %s: %w", op, err)
+		}
+		if ok {
+			return cur, nil
+		}
+	}
+}
+
+// RemoveNode implements metadata.Store. It returns an error wrapping
+// metadata.ErrNotFound if the node does not exist.
+func (s *Store) RemoveNode(ctx context.Context, id string) error {
+	if err := remove(ctx, s.nodes, id); err != nil {
+		return fmt.Errorf("metadata/natskv: remove node %q: %w", id, err)
+	}
+	return nil
+}
+
+// get reads id's record into v and returns its revision. The error wraps
+// metadata.ErrNotFound or, for transport trouble, metadata.ErrUnavailable.
+func get(ctx context.Context, kv jetstream.KeyValue, id string, v any) (uint64, error) {
+	e, err := kv.Get(ctx, key(id))
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return 0, metadata.ErrNotFound
+		}
+		return 0, classify(err)
+	}
+	if err := json.Unmarshal(e.Value(), v); err != nil {
+		return 0, fmt.Errorf("decode revision %d: %w", e.Revision(), err)
+	}
+	return e.Revision(), nil
+}
+
+// remove deletes id's record, which must exist. The delete names the revision
+// it saw, so a concurrent delete is reported as metadata.ErrNotFound rather
+// than succeeding twice.
+func remove(ctx context.Context, kv jetstream.KeyValue, id string) error {
+	for {
+		if err := ctx.Err(); err != nil {
+			return classify(err)
+		}
+		e, err := kv.Get(ctx, key(id))
+		if err != nil {
+			if errors.Is(err, jetstream.ErrKeyNotFound) {
+				return metadata.ErrNotFound
+			}
+			return classify(err)
+		}
+		err = kv.Delete(ctx, key(id), jetstream.LastRevision(e.Revision()))
+		if err == nil {
+			return nil
+		}
+		if !isRevisionMismatch(err) {
+			return classify(err)
+		}
+		// Changed since we read it: look again.
+	}
+}
+
+// list calls fn with the value of every live record in kv.
+func list(ctx context.Context, kv jetstream.KeyValue, fn func([]byte) error) error {
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return err
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nats.ErrConnectionClosed
+			}
+			if e == nil { // all current values delivered
+				return nil
+			}
+			if err := fn(e.Value()); err != nil {
+				return fmt.Errorf("decode key %q revision %d: %w", e.Key(), e.Revision(), err)
+			}
+		}
+	}
+}
+
+// isRevisionMismatch reports whether err is JetStream's "wrong last sequence"
+// answer to a conditional write.
+func isRevisionMismatch(err error) bool {
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) &&
+		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// key maps an ID to a valid KV key (see the package doc).
+func key(id string) string {
+	if id != "" && strings.IndexFunc(id, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-')
+	}) < 0 {
+		return id
+	}
+	return "=" + base64.RawURLEncoding.EncodeToString([]byte(id))
+}
+
+// wrap adds the package prefix and op to err, marking transport failures
+// with metadata.ErrUnavailable.
+func wrap(op string, err error) error {
+	return fmt.Errorf("metadata/natskv: %s: %w", op, classify(err))
+}
+
+// classify returns err, additionally wrapping metadata.ErrUnavailable when it
+// means JetStream could not be reached or did not answer in time.
+func classify(err error) error {
+	if err == nil || errors.Is(err, metadata.ErrUnavailable) || !unavailable(err) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", metadata.ErrUnavailable, err)
+}
+
+func unavailable(err error) bool {
+	for _, target := range []error{
+		context.DeadlineExceeded,
+		nats.ErrTimeout,
+		nats.ErrNoResponders,
+		nats.ErrConnectionClosed,
+		nats.ErrConnectionDraining,
+		nats.ErrConnectionReconnecting,
+		nats.ErrDisconnected,
+		nats.ErrNoServers,
+		nats.ErrStaleConnection,
+		nats.ErrMaxConnectionsExceeded,
+		jetstream.ErrNoStreamResponse,
+		jetstream.ErrJetStreamNotEnabled,
+		jetstream.ErrJetStreamNotEnabledForAccount,
+		jetstream.ErrConnectionClosed,
+		jetstream.ErrServerShutdown,
+		jetstream.ErrNoHeartbeat,
+		jetstream.ErrAsyncPublishTimeout,
+	} {
+		if errors.Is(err, target) {
+			return true
+		}
+	}
+	// 503: JetStream is temporarily unavailable (no leader, no quorum).
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.Code == 503
+}

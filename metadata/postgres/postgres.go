@@ -1,0 +1,334 @@
+// Package postgres is a metadata.Store on PostgreSQL.
+//
+// It expects the schema of package schema: call schema.Migrate before Open.
+// Node epochs (uint64) are stored in a bigint column bit-cast to int64, so
+// epochs of 2^63 and above are negative in SQL; Go sees the original value.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/quorumkv/quorumkv/metadata"
+)
+
+// defaultConnectTimeout bounds each connection attempt when the DSN sets no
+// connect_timeout, so an unreachable server fails calls instead of hanging
+// them until the caller's deadline.
+const defaultConnectTimeout = 5 * time.Second
+
+// Store is a metadata.Store on a pgxpool. It is safe for concurrent use.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+var _ metadata.Store = (*Store)(nil)
+
+// Open creates a connection pool for dsn (any DSN pgxpool accepts, including
+// pool_* settings) and checks that the server answers. It does not migrate.
+// It returns an error wrapping metadata.ErrUnavailable if PostgreSQL cannot be
+// reached. The Store owns the pool; Close closes it.
+//
+// After Open, the pool replaces broken connections by itself: calls made
+// while the server is unreachable fail with metadata.ErrUnavailable, and later
+// calls succeed again once it is back.
+func Open(ctx context.Context, dsn string) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("metadata/postgres: open: parse dsn: %w", err)
+	}
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		cfg.ConnConfig.ConnectTimeout = defaultConnectTimeout
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, wrapErr("open", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, wrapErr("open: ping", err)
+	}
+	return &Store{pool: pool}, nil
+}
+
+// Close closes the pool, waiting for connections in use to be released.
+func (s *Store) Close() error {
+	s.pool.Close()
+	return nil
+}
+
+const tenantColumns = `tenant_id, replication_factor, default_consistency, conflict_policy, version, created_at, updated_at`
+
+func scanTenant(row pgx.Row) (metadata.Tenant, error) {
+	var t metadata.Tenant
+	err := row.Scan(&t.ID, &t.ReplicationFactor, &t.DefaultConsistency, &t.ConflictPolicy,
+		&t.Version, &t.CreatedAt, &t.UpdatedAt)
+	t.CreatedAt, t.UpdatedAt = t.CreatedAt.UTC(), t.UpdatedAt.UTC()
+	return t, err
+}
+
+// CreateTenant implements metadata.Store. It returns an error wrapping
+// metadata.ErrExists if the ID is taken. Values the schema forbids (see
+// package schema) fail with a non-sentinel error.
+func (s *Store) CreateTenant(ctx context.Context, t metadata.Tenant) (metadata.Tenant, error) {
+	op := fmt.Sprintf("create tenant %q", t.ID)
+	now := metadata.Now()
+	got, err := scanTenant(s.pool.QueryRow(ctx, `
+		INSERT INTO tenants (`+tenantColumns+`)
+		VALUES ($1, $2, $3, $4, 1, $5, $5)
+		ON CONFLICT (tenant_id) DO NOTHING
+		RETURNING `+tenantColumns,
+		t.ID, t.ReplicationFactor, t.DefaultConsistency, t.ConflictPolicy, now))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return metadata.Tenant{}, fmt.Errorf("metadata/postgres: %s: %w", op, metadata.ErrExists)
+	}
+	if err != nil {
+		return metadata.Tenant{}, s.wrap(op, err)
+	}
+	return got, nil
+}
+
+// GetTenant implements metadata.Store. It returns an error wrapping
+// metadata.ErrNotFound if the tenant does not exist.
+func (s *Store) GetTenant(ctx context.Context, id string) (metadata.Tenant, error) {
+	t, err := scanTenant(s.pool.QueryRow(ctx,
+		`SELECT `+tenantColumns+` FROM tenants WHERE tenant_id = $1`, id))
+	if err != nil {
+		return metadata.Tenant{}, s.wrap(fmt.Sprintf("get tenant %q", id), err)
+	}
+	return t, nil
+}
+
+// ListTenants implements metadata.Store.
+func (s *Store) ListTenants(ctx context.Context) ([]metadata.Tenant, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+tenantColumns+` FROM tenants ORDER BY tenant_id COLLATE "C"`)
+	if err != nil {
+		return nil, s.wrap("list tenants", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (metadata.Tenant, error) {
+		return scanTenant(row)
+	})
+	if err != nil {
+		return nil, s.wrap("list tenants", err)
+	}
+	if out == nil {
+		out = make([]metadata.Tenant, 0)
+	}
+	return out, nil
+}
+
+// UpdateTenant implements metadata.Store. It returns an error wrapping
+// metadata.ErrStale if t.Version is not the stored version, and
+// metadata.ErrNotFound if the tenant does not exist.
+func (s *Store) UpdateTenant(ctx context.Context, t metadata.Tenant) (metadata.Tenant, error) {
+	op := fmt.Sprintf("update tenant %q", t.ID)
+	got, err := scanTenant(s.pool.QueryRow(ctx, `
+		UPDATE tenants
+		SET replication_factor = $3, default_consistency = $4, conflict_policy = $5,
+		    version = version + 1, updated_at = $6
+		WHERE tenant_id = $1 AND version = $2
+		RETURNING `+tenantColumns,
+		t.ID, t.Version, t.ReplicationFactor, t.DefaultConsistency, t.ConflictPolicy, metadata.Now()))
+	if err == nil {
+		return got, nil
+	}
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return metadata.Tenant{}, s.wrap(op, err)
+	}
+	// No row matched: either the tenant is gone or its version moved on.
+	var stored int64
+	err = s.pool.QueryRow(ctx, `SELECT version FROM tenants WHERE tenant_id = $1`, t.ID).Scan(&stored)
+	if err != nil {
+		return metadata.Tenant{}, s.wrap(op, err)
+	}
+	return metadata.Tenant{}, fmt.Errorf("metadata/postgres: %s: have version %d, stored %d: %w",
+		op, t.Version, stored, metadata.ErrStale)
+}
+
+// DeleteTenant implements metadata.Store. It returns an error wrapping
+// metadata.ErrNotFound if the tenant does not exist.
+func (s *Store) DeleteTenant(ctx context.Context, id string) error {
+	op := fmt.Sprintf("delete tenant %q", id)
+	tag, err := s.pool.Exec(ctx, `DELETE FROM tenants WHERE tenant_id = $1`, id)
+	if err != nil {
+		return s.wrap(op, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("metadata/postgres: %s: %w", op, metadata.ErrNotFound)
+	}
+	return nil
+}
+
+const nodeColumns = `node_id, status, virtual_nodes, epoch, registered_at, last_seen`
+
+func scanNode(row pgx.Row) (metadata.Node, error) {
+	var (
+		n     metadata.Node
+		epoch int64
+	)
+	err := row.Scan(&n.ID, &n.Status, &n.VirtualNodes, &epoch, &n.RegisteredAt, &n.LastSeen)
+	n.Epoch = uint64(epoch) // bit-cast back; see the package doc
+	n.RegisteredAt, n.LastSeen = n.RegisteredAt.UTC(), n.LastSeen.UTC()
+	return n, err
+}
+
+// RegisterNode implements metadata.Store, as a single upsert statement.
+func (s *Store) RegisterNode(ctx context.Context, n metadata.Node) (metadata.Node, error) {
+	got, err := scanNode(s.pool.QueryRow(ctx, `
+		INSERT INTO storage_nodes AS n (`+nodeColumns+`)
+		VALUES ($1, 'active', $2, $3, $4, $4)
+		ON CONFLICT (node_id) DO UPDATE SET
+			status = CASE WHEN n.status = 'down' THEN 'active' ELSE n.status END,
+			virtual_nodes = EXCLUDED.virtual_nodes,
+			epoch = EXCLUDED.epoch,
+			last_seen = EXCLUDED.last_seen
+		RETURNING `+nodeColumns,
+		n.ID, n.VirtualNodes, int64(n.Epoch), metadata.Now()))
+	if err != nil {
+		return metadata.Node{}, s.wrap(fmt.Sprintf("register node %q", n.ID), err)
+	}
+	return got, nil
+}
+
+// GetNode implements metadata.Store. It returns an error wrapping
+// metadata.ErrNotFound if the node does not exist.
+func (s *Store) GetNode(ctx context.Context, id string) (metadata.Node, error) {
+	n, err := scanNode(s.pool.QueryRow(ctx,
+		`SELECT `+nodeColumns+` FROM storage_nodes WHERE node_id = $1`, id))
+	if err != nil {
+		return metadata.Node{}, s.wrap(fmt.Sprintf("get node %q", id), err)
+	}
+	return n, nil
+}
+
+// ListNodes implements metadata.Store.
+func (s *Store) ListNodes(ctx context.Context) ([]metadata.Node, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+nodeColumns+` FROM storage_nodes ORDER BY node_id COLLATE "C"`)
+	if err != nil {
+		return nil, s.wrap("list nodes", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (metadata.Node, error) {
+		return scanNode(row)
+	})
+	if err != nil {
+		return nil, s.wrap("list nodes", err)
+	}
+	if out == nil {
+		out = make([]metadata.Node, 0)
+	}
+	return out, nil
+}
+
+// SetNodeStatus implements metadata.Store. It returns an error wrapping
+// metadata.ErrNotFound if the node does not exist. A status the schema
+// forbids fails with a non-sentinel error.
+func (s *Store) SetNodeStatus(ctx context.Context, id string, status string) (metadata.Node, error) {
+	n, err := scanNode(s.pool.QueryRow(ctx,
+		`UPDATE storage_nodes SET status = $2 WHERE node_id = $1 RETURNING `+nodeColumns, id, status))
+	if err != nil {
+		return metadata.Node{}, s.wrap(fmt.Sprintf("set node %q status %q", id, status), err)
+	}
+	return n, nil
+}
+
+// RemoveNode implements metadata.Store. It returns an error wrapping
+// metadata.ErrNotFound if the node does not exist.
+func (s *Store) RemoveNode(ctx context.Context, id string) error {
+	op := fmt.Sprintf("remove node %q", id)
+	tag, err := s.pool.Exec(ctx, `DELETE FROM storage_nodes WHERE node_id = $1`, id)
+	if err != nil {
+		return s.wrap(op, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("metadata/postgres: %s: %w", op, metadata.ErrNotFound)
+	}
+	return nil
+}
+
+// wrap is wrapErr, and also empties the pool when err shows a connection
+// broke under a statement: the other idle connections most likely broke the
+// same way (a network cut, a server restart), and dropping them lets the next
+// calls dial afresh instead of each failing on a dead connection first.
+// Connections in use are closed when they are released.
+func (s *Store) wrap(op string, err error) error {
+	if brokenConn(err) {
+		s.pool.Reset()
+	}
+	return wrapErr(op, err)
+}
+
+// wrapErr adds the package prefix and op to err, mapping pgx.ErrNoRows to
+// metadata.ErrNotFound and marking connection failures with
+// metadata.ErrUnavailable (keeping the cause).
+func wrapErr(op string, err error) error {
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return fmt.Errorf("metadata/postgres: %s: %w", op, metadata.ErrNotFound)
+	case unavailable(err):
+		return fmt.Errorf("metadata/postgres: %s: %w: %w", op, metadata.ErrUnavailable, err)
+	default:
+		return fmt.Errorf("metadata/postgres: %s: %w", op, err)
+	}
+}
+
+// brokenConn reports whether err means an established connection broke, as
+// opposed to a failed dial, a timeout, or a rejected statement.
+func brokenConn(err error) bool {
+	var (
+		connErr *pgconn.ConnectError
+		pgErr   *pgconn.PgError
+	)
+	switch {
+	case errors.As(err, &connErr), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled), pgconn.Timeout(err):
+		return false
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return true
+	case errors.As(err, &pgErr):
+		return pgErr.Code == "57P01" || pgErr.Code == "57P02" || (len(pgErr.Code) >= 2 && pgErr.Code[:2] == "08")
+	}
+	var netErr net.Error
+	return errors.As(err, &netErr) && !netErr.Timeout()
+}
+
+// unavailable reports whether err means the server could not be reached or
+// did not answer in time, as opposed to rejecting the statement.
+func unavailable(err error) bool {
+	var (
+		connErr *pgconn.ConnectError
+		netErr  net.Error
+		pgErr   *pgconn.PgError
+	)
+	switch {
+	case errors.As(err, &connErr),
+		errors.As(err, &netErr),
+		errors.Is(err, context.DeadlineExceeded),
+		pgconn.Timeout(err),
+		errors.Is(err, io.EOF),
+		errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, syscall.ECONNREFUSED),
+		errors.Is(err, syscall.ECONNRESET),
+		errors.Is(err, syscall.EPIPE):
+		return true
+	case errors.As(err, &pgErr):
+		switch {
+		case len(pgErr.Code) >= 2 && pgErr.Code[:2] == "08": // connection_exception
+			return true
+		case pgErr.Code == "57P01", // admin_shutdown
+			pgErr.Code == "57P02", // crash_shutdown
+			pgErr.Code == "57P03", // cannot_connect_now
+			pgErr.Code == "53300": // too_many_connections
+			return true
+		}
+	}
+	return false
+}
