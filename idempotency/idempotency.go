@@ -1,0 +1,139 @@
+// Package idempotency de-duplicates client writes that carry an idempotency
+// key.
+//
+// A coordinator that receives a write with an idempotency key derives a store
+// key with [Key] and calls [Store.Begin]:
+//
+//   - If the Claim is owned, it performs the write and then calls
+//     [Store.Complete] with the encoded response (kept for [DefaultTTL]), or
+//     [Store.Abort] if the write failed, so the client may retry.
+//   - If the Claim carries a Response, the write was already done: the
+//     coordinator returns that response, marked as a duplicate.
+//   - If Begin returns [ErrInProgress], another request with the same key is
+//     still running (HTTP 409).
+//   - If Begin returns [ErrUnavailable], the store could not be reached; the
+//     write must not proceed (HTTP 503), since it could not be de-duplicated.
+//
+// A claim is a pending marker with its own short TTL, so the claim of a
+// coordinator that crashed mid-write expires by itself and the client may
+// retry. Only the claimant may Complete or Abort: each claim carries an
+// opaque token, and a token whose marker has expired (and may since have been
+// claimed again by someone else) gets [ErrNotOwner] and changes nothing.
+//
+// Implementations live in the subpackages redis (Redis) and natskv (JetStream
+// key-value, the embedded default); idempotencytest holds the conformance
+// suite both pass.
+package idempotency
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"time"
+)
+
+var (
+	// ErrInProgress is returned by Begin while another claimant holds a
+	// pending marker for the key.
+	ErrInProgress = errors.New("idempotency: request in progress")
+
+	// ErrUnavailable is wrapped, together with the cause and the name of the
+	// backend ("redis: ...", "jetstream: ..."), by every operation that
+	// failed because the backing store could not be reached or did not
+	// answer in time. Whether the operation took effect is unknown then.
+	ErrUnavailable = errors.New("idempotency: store unavailable")
+
+	// ErrNotOwner is returned by Complete and Abort when token no longer
+	// owns key: the pending marker expired, was aborted, was completed, or
+	// was claimed again by someone else. Nothing is changed then.
+	ErrNotOwner = errors.New("idempotency: claim lost")
+)
+
+const (
+	// DefaultTTL is how long a completed response is kept.
+	DefaultTTL = 24 * time.Hour
+
+	// DefaultPendingTTL is how long a pending marker lives if its claimant
+	// neither completes nor aborts it.
+	DefaultPendingTTL = 30 * time.Second
+)
+
+// Claim is the outcome of Begin.
+type Claim struct {
+	// Token is non-empty when the caller now owns the key and must Complete
+	// or Abort it. It is opaque and only meaningful to the Store that issued
+	// it.
+	Token string
+
+	// Response is non-nil when a completed response was already stored (a
+	// duplicate); Token is empty then. A response stored as nil or empty is
+	// returned as a non-nil empty slice, so Response != nil always tells a
+	// duplicate apart.
+	Response []byte
+}
+
+// Owned reports whether the caller owns the key and must Complete or Abort it.
+func (c Claim) Owned() bool { return c.Token != "" }
+
+// Store de-duplicates writes. Implementations are safe for concurrent use.
+//
+// Keys must be valid for every backend: use [Key]. Durations must be
+// positive; backends may round them up to their own granularity (JetStream
+// works in whole seconds).
+type Store interface {
+	// Begin atomically claims key with a pending marker that expires after
+	// pendingTTL, or reports the stored response, or returns ErrInProgress
+	// when another claimant holds a pending marker.
+	Begin(ctx context.Context, key string, pendingTTL time.Duration) (Claim, error)
+
+	// Complete atomically replaces the caller's pending marker with
+	// response, kept for ttl; later Begins return it as a duplicate. A nil
+	// response is stored as an empty one. ErrNotOwner if the marker is gone
+	// or someone else's.
+	Complete(ctx context.Context, key, token string, response []byte, ttl time.Duration) error
+
+	// Abort atomically removes the caller's pending marker so a retry may
+	// claim the key at once. ErrNotOwner as for Complete (callers may ignore
+	// it: the marker is not theirs to remove any more).
+	Abort(ctx context.Context, key, token string) error
+
+	// Close releases what the Store itself opened. It does not close
+	// clients or connections it was handed.
+	Close() error
+}
+
+// keyHexLen is how many hex digits of the SHA-256 digest Key keeps (128 bits).
+const keyHexLen = 32
+
+// Key derives the store key for (tenant, data key, idempotency key):
+// tenant + "." + the first 32 hex digits of a SHA-256 over the three parts.
+//
+// The result is a valid JetStream KV key and Redis key whatever bytes key and
+// idempotencyKey hold, provided tenant is a valid tenant ID (a non-empty token
+// of letters, digits, '-' and '_'); Key does not check that. The parts are
+// length-prefixed before hashing, so no two distinct triples share an input,
+// even when a data key contains 0x00 bytes.
+func Key(tenant, key, idempotencyKey string) string {
+	buf := make([]byte, 0, 3*binary.MaxVarintLen64+len(tenant)+len(key)+len(idempotencyKey)+2)
+	buf = binary.AppendUvarint(buf, uint64(len(tenant)))
+	buf = append(buf, tenant...)
+	buf = append(buf, 0)
+	buf = binary.AppendUvarint(buf, uint64(len(key)))
+	buf = append(buf, key...)
+	buf = append(buf, 0)
+	buf = binary.AppendUvarint(buf, uint64(len(idempotencyKey)))
+	buf = append(buf, idempotencyKey...)
+	sum := sha256.Sum256(buf)
+	return tenant + "." + hex.EncodeToString(sum[:])[:keyHexLen]
+}
+
+// CheckTTL returns an error naming what when d is not positive. Backends use
+// it to validate their duration arguments.
+func CheckTTL(what string, d time.Duration) error {
+	if d <= 0 {
+		return errors.New("idempotency: " + what + " must be positive, got " + d.String())
+	}
+	return nil
+}
