@@ -1,0 +1,397 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/quorumkv/quorumkv/client"
+	"github.com/quorumkv/quorumkv/subjects"
+)
+
+// kvFlags are the flags of put, get and delete.
+type kvFlags struct {
+	nf          natsFlags
+	tenant      string
+	consistency string
+	context     string
+	idemKey     string
+	timeout     time.Duration
+	json        bool
+}
+
+func (k *kvFlags) register(fs *flag.FlagSet, write bool) {
+	k.nf.register(fs)
+	fs.StringVar(&k.tenant, "tenant", "default", "tenant to act for")
+	fs.StringVar(&k.consistency, "consistency", "", "one, quorum or all (default: the tenant's)")
+	fs.DurationVar(&k.timeout, "timeout", 2*time.Second, "how long the coordinator waits for replicas")
+	fs.BoolVar(&k.json, "json", false, "print the full reply as JSON")
+	if write {
+		fs.StringVar(&k.context, "context", "", "context from an earlier get, so this write supersedes what it saw")
+		fs.StringVar(&k.idemKey, "idempotency-key", "", "name this write so retries are not applied twice")
+	}
+}
+
+func (k *kvFlags) client() (*client.Client, *nats.Conn, error) {
+	if k.consistency != "" && k.consistency != subjects.One && k.consistency != subjects.Quorum && k.consistency != subjects.All {
+		return nil, nil, usagef("--consistency %q: use one, quorum or all", k.consistency)
+	}
+	nc, err := k.nf.connect("quorumkv-cli", nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	kv, err := client.New(nc, k.tenant, client.WithDefaultTimeout(k.timeout))
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return kv, nc, nil
+}
+
+func (k *kvFlags) opts() []client.RequestOption {
+	var o []client.RequestOption
+	if k.consistency != "" {
+		o = append(o, client.WithConsistency(k.consistency))
+	}
+	if k.context != "" {
+		o = append(o, client.WithContext(k.context))
+	}
+	if k.idemKey != "" {
+		o = append(o, client.WithIdempotencyKey(k.idemKey))
+	}
+	return o
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func runPut(args []string) error {
+	fs := newFlags("put", "KEY [VALUE|-]", "Store VALUE under KEY. With - or no VALUE, the value is read from standard input.")
+	var k kvFlags
+	k.register(fs, true)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) < 1 || len(pos) > 2 {
+		return usagef("put takes KEY and VALUE (or - for standard input)")
+	}
+	var value []byte
+	if len(pos) == 1 || pos[1] == "-" {
+		if value, err = io.ReadAll(io.LimitReader(os.Stdin, subjects.MaxValueBytes+1)); err != nil {
+			return fmt.Errorf("read value from standard input: %w", err)
+		}
+	} else {
+		value = []byte(pos[1])
+	}
+	kv, nc, err := k.client()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	res, err := kv.Put(context.Background(), pos[0], value, k.opts()...)
+	if err != nil {
+		return err
+	}
+	if k.json {
+		return printJSON(res)
+	}
+	fmt.Printf("ok: %d replicas acknowledged (%s)\ncontext: %s\n", res.ReplicaCount, res.Consistency, res.Context)
+	return nil
+}
+
+func runDelete(args []string) error {
+	fs := newFlags("delete", "KEY", "Delete KEY: writes a tombstone that supersedes every version the replicas hold.")
+	var k kvFlags
+	k.register(fs, true)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("delete takes exactly one KEY")
+	}
+	kv, nc, err := k.client()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	res, err := kv.Delete(context.Background(), pos[0], k.opts()...)
+	if err != nil {
+		return err
+	}
+	if k.json {
+		return printJSON(res)
+	}
+	fmt.Printf("deleted: %d replicas acknowledged (%s)\ncontext: %s\n", res.ReplicaCount, res.Consistency, res.Context)
+	return nil
+}
+
+func runGet(args []string) error {
+	fs := newFlags("get", "KEY", "Print the value of KEY on standard output. Exit code 3 when the key does not exist.")
+	var k kvFlags
+	k.register(fs, false)
+	showCtx := fs.Bool("show-context", false, "also print the context (to standard error) for a later put --context")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("get takes exactly one KEY")
+	}
+	kv, nc, err := k.client()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	res, err := kv.Get(context.Background(), pos[0], k.opts()...)
+	if err != nil && !errors.Is(err, client.ErrNotFound) {
+		return err
+	}
+	if k.json {
+		if perr := printJSON(res); perr != nil {
+			return perr
+		}
+		if err != nil {
+			return fmt.Errorf("key %q: %w", pos[0], err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("key %q: %w", pos[0], err)
+	}
+	os.Stdout.Write(res.Value)
+	if fi, serr := os.Stdout.Stat(); serr == nil && fi.Mode()&os.ModeCharDevice != 0 {
+		fmt.Println()
+	}
+	if *showCtx {
+		fmt.Fprintf(os.Stderr, "context: %s\n", res.Context)
+	}
+	return nil
+}
+
+// adminFlags are the flags of the tenant and node verbs.
+type adminFlags struct {
+	nf   natsFlags
+	json bool
+}
+
+func (a *adminFlags) register(fs *flag.FlagSet) {
+	a.nf.register(fs)
+	fs.BoolVar(&a.json, "json", false, "print JSON instead of a table")
+}
+
+func (a *adminFlags) admin() (*client.Admin, *nats.Conn, error) {
+	nc, err := a.nf.connect("quorumkv-cli", nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	return client.NewAdmin(nc), nc, nil
+}
+
+func printTenants(asJSON bool, ts ...subjects.Tenant) error {
+	if asJSON {
+		if len(ts) == 1 {
+			return printJSON(ts[0])
+		}
+		return printJSON(subjects.TenantList{Tenants: ts})
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "TENANT\tRF\tCONSISTENCY\tPOLICY\tVERSION\tUPDATED")
+	for _, t := range ts {
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%d\t%s\n", t.ID, t.ReplicationFactor, t.DefaultConsistency, t.ConflictPolicy, t.Version, t.UpdatedAt.Format(time.RFC3339))
+	}
+	return w.Flush()
+}
+
+func runTenant(args []string) error {
+	const verbs = "create|get|list|update|delete"
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return usagef("usage: quorumkv tenant %s [flags] [TENANT]", verbs)
+	}
+	verb := args[0]
+	fs := newFlags("tenant "+verb, "TENANT", "Manage tenants through the admin API (kv.v1.admin.tenant.*).")
+	var a adminFlags
+	a.register(fs)
+	rf := fs.Int("rf", 0, "replication factor 1..7 (create default 3)")
+	level := fs.String("consistency", "", "default consistency: one, quorum or all (create default quorum)")
+	policy := fs.String("policy", "", "conflict policy: lww (create default lww)")
+	ver := fs.Int64("version", 0, "update: the version you read (default: read it now)")
+	force := fs.Bool("force", false, "delete even if the tenant still holds data")
+	pos, err := parse(fs, args[1:])
+	if err != nil {
+		return err
+	}
+	spec := client.TenantSpec{}
+	if *rf != 0 {
+		spec.ReplicationFactor = rf
+	}
+	if *level != "" {
+		spec.DefaultConsistency = level
+	}
+	if *policy != "" {
+		spec.ConflictPolicy = policy
+	}
+	needID := func() (string, error) {
+		if len(pos) != 1 {
+			return "", usagef("tenant %s takes exactly one TENANT", verb)
+		}
+		return pos[0], nil
+	}
+	ad, nc, err := a.admin()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx := context.Background()
+	switch verb {
+	case "list":
+		ts, err := ad.ListTenants(ctx)
+		if err != nil {
+			return err
+		}
+		if a.json {
+			return printJSON(subjects.TenantList{Tenants: ts})
+		}
+		return printTenants(false, ts...)
+	case "create", "get", "update", "delete":
+		id, err := needID()
+		if err != nil {
+			return err
+		}
+		var t *subjects.Tenant
+		switch verb {
+		case "create":
+			t, err = ad.CreateTenant(ctx, id, spec)
+		case "get":
+			t, err = ad.GetTenant(ctx, id)
+		case "update":
+			v := *ver
+			if v == 0 {
+				cur, gerr := ad.GetTenant(ctx, id)
+				if gerr != nil {
+					return gerr
+				}
+				v = cur.Version
+			}
+			t, err = ad.UpdateTenant(ctx, id, v, spec)
+		case "delete":
+			if err := ad.DeleteTenant(ctx, id, *force); err != nil {
+				return err
+			}
+			fmt.Printf("deleted tenant %s\n", id)
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return printTenants(a.json, *t)
+	}
+	return usagef("unknown tenant verb %q: use %s", verb, verbs)
+}
+
+func printNodes(asJSON bool, ns ...subjects.Node) error {
+	if asJSON {
+		if len(ns) == 1 {
+			return printJSON(ns[0])
+		}
+		return printJSON(subjects.NodeList{Nodes: ns})
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "NODE\tSTATUS\tVNODES\tEPOCH\tLAST SEEN")
+	for _, n := range ns {
+		fmt.Fprintf(w, "%s\t%s\t%d\t%016x\t%s ago\n", n.ID, n.Status, n.VirtualNodes, n.Epoch, time.Since(n.LastSeen).Round(time.Second))
+	}
+	return w.Flush()
+}
+
+func runNode(args []string) error {
+	const verbs = "list|drain|remove|dump"
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return usagef("usage: quorumkv node %s [flags] [NODE]", verbs)
+	}
+	verb := args[0]
+	fs := newFlags("node "+verb, "NODE", "Manage storage nodes. dump lists what one node stores for a tenant, read from the node itself.")
+	var a adminFlags
+	a.register(fs)
+	tenant := fs.String("tenant", "default", "dump: the tenant to list")
+	limit := fs.Int("limit", 0, "dump: keys to list at most (0 = all)")
+	pos, err := parse(fs, args[1:])
+	if err != nil {
+		return err
+	}
+	ad, nc, err := a.admin()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx := context.Background()
+	if verb == "list" {
+		ns, err := ad.ListNodes(ctx)
+		if err != nil {
+			return err
+		}
+		if a.json {
+			return printJSON(subjects.NodeList{Nodes: ns})
+		}
+		return printNodes(false, ns...)
+	}
+	if len(pos) != 1 {
+		return usagef("node %s takes exactly one NODE", verb)
+	}
+	switch verb {
+	case "drain":
+		n, err := ad.DrainNode(ctx, pos[0])
+		if err != nil {
+			return err
+		}
+		return printNodes(a.json, *n)
+	case "remove":
+		if err := ad.RemoveNode(ctx, pos[0]); err != nil {
+			return err
+		}
+		fmt.Printf("removed node %s\n", pos[0])
+		return nil
+	case "dump":
+		var entries []subjects.DumpEntry
+		if *limit > 0 {
+			d, err := ad.Dump(ctx, pos[0], *tenant, "", *limit)
+			if err != nil {
+				return err
+			}
+			entries = d.Entries
+		} else if entries, err = ad.DumpAll(ctx, pos[0], *tenant); err != nil {
+			return err
+		}
+		if a.json {
+			return printJSON(subjects.DumpReply{NodeID: pos[0], Entries: entries})
+		}
+		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "KEY\tVALUE\tCOUNTER\tACTOR")
+		for _, e := range entries {
+			v := strconv.Quote(string(e.Value))
+			if e.Tombstone {
+				v = "(deleted)"
+			}
+			if len(v) > 60 {
+				v = v[:57] + "..."
+			}
+			fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", strconv.Quote(e.Key), v, e.Counter, e.Actor)
+		}
+		return w.Flush()
+	}
+	return usagef("unknown node verb %q: use %s", verb, verbs)
+}

@@ -1,0 +1,198 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/quorumkv/quorumkv/coordinator"
+	"github.com/quorumkv/quorumkv/internal/devcluster"
+	"github.com/quorumkv/quorumkv/internal/wiring"
+	"github.com/quorumkv/quorumkv/schema"
+	"github.com/quorumkv/quorumkv/storage"
+)
+
+func runDev(args []string) error {
+	fs := newFlags("dev", "", "Run a whole quorumkv in one process, with nothing else installed: an embedded nats-server\nwith JetStream, storage nodes on Pebble, a coordinator (metadata and idempotency on JetStream KV)\nand tenant \"default\". Data survives restarts. Stop with Ctrl-C.")
+	listen := fs.String("listen", "127.0.0.1:4222", "NATS client address to serve (HOST:PORT)")
+	data := fs.String("data", "./data", "directory for all data (NATS JetStream and storage nodes)")
+	nodes := fs.Int("nodes", 3, "storage nodes to run (1..7)")
+	fsync := fs.Bool("fsync", true, "fsync storage writes before acknowledging them (false trades durability for speed)")
+	var lf logFlags
+	lf.register(fs)
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if *nodes < 1 || *nodes > 7 {
+		return usagef("--nodes %d: use 1..7", *nodes)
+	}
+	log, err := lf.logger(os.Stderr)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signalContext()
+	defer stop()
+	started := time.Now()
+	c, err := devcluster.Start(ctx, devcluster.Config{Listen: *listen, DataDir: *data, Nodes: *nodes, Fsync: *fsync, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	url := c.URL
+	fmt.Printf(`quorumkv dev %s: embedded NATS with JetStream, %d storage nodes, 1 coordinator, tenant "default" (RF %d)
+data:  %s   (started in %s)
+ready: %s
+
+Try it (in another terminal; "go run ./cmd/quorumkv" works wherever "quorumkv" is written):
+  quorumkv put --nats %s --tenant default greeting "hello, world"
+  quorumkv get --nats %s --tenant default greeting
+  quorumkv get --nats %s --tenant default --json greeting
+  quorumkv tenant list --nats %s
+  quorumkv node list --nats %s
+With the nats CLI, in JSON:
+  nats --server %s req kv.v1.default.put '{"key":"greeting","value":"hello"}' -H 'Content-Type:application/json'
+  nats --server %s req kv.v1.default.get '{"key":"greeting"}' -H 'Content-Type:application/json'
+Stop with Ctrl-C.
+`, version, *nodes, min(3, *nodes), *data, time.Since(started).Round(time.Millisecond), url, url, url, url, url, url, url, url)
+	<-ctx.Done()
+	fmt.Fprintln(os.Stderr, "stopping…")
+	return nil
+}
+
+func runCoordinator(args []string) error {
+	fs := newFlags("coordinator", "", "Serve client requests (kv.v1.<tenant>.put|get|delete) and the admin API (kv.v1.admin.>)\nas part of the micro service \"quorumkv\", queue group \"coordinators\". Run as many as you like.")
+	var nf natsFlags
+	nf.register(fs)
+	meta := fs.String("metadata", "nats", "metadata store: nats (JetStream KV) or postgres://user@host/db")
+	idem := fs.String("idempotency", "nats", "idempotency store: nats (JetStream KV) or redis://host:6379/0")
+	migrate := fs.Bool("migrate", true, "apply PostgreSQL migrations at start (under an advisory lock)")
+	kvReplicas := fs.Int("kv-replicas", 1, "replicas of the JetStream KV buckets (3 on a 3-server cluster)")
+	redisPrefix := fs.String("redis-prefix", "quorumkv:idem:", "key prefix in Redis")
+	actor := fs.String("id", "", "actor id in minted versions (default: random per start; must be unique per process)")
+	timeout := fs.Duration("timeout", 2*time.Second, "default request timeout (requests may ask for up to 60s)")
+	maxInflight := fs.Int("max-inflight", 4096, "requests in progress before answering 429 overloaded")
+	nodeInflight := fs.Int("node-inflight", 2, "batches in flight per storage node and operation")
+	maxBatch := fs.Int("max-batch", 512, "replica messages per batch at most")
+	tenantTTL := fs.Duration("tenant-ttl", 30*time.Second, "how long a cached tenant is trusted without an update event")
+	var lf logFlags
+	lf.register(fs)
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if *kvReplicas < 1 || *kvReplicas > 5 {
+		return usagef("--kv-replicas %d: use 1..5", *kvReplicas)
+	}
+	if *timeout <= 0 || *timeout > 60*time.Second {
+		return usagef("--timeout %s: use 1ms..60s", *timeout)
+	}
+	log, err := lf.logger(os.Stderr)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signalContext()
+	defer stop()
+	nc, err := nf.connect("quorumkv-coordinator", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	opts := wiring.StoreOptions{Replicas: *kvReplicas, RedisPrefix: *redisPrefix, Migrate: *migrate}
+	ms, err := wiring.OpenMetadata(ctx, *meta, nc, opts)
+	if err != nil {
+		return fmt.Errorf("metadata store: %w", err)
+	}
+	defer ms.Close()
+	is, err := wiring.OpenIdempotency(ctx, *idem, nc, opts)
+	if err != nil {
+		return fmt.Errorf("idempotency store: %w", err)
+	}
+	defer is.Close()
+	co, err := coordinator.New(ctx, nc, coordinator.Config{
+		Metadata: ms, Idempotency: is, Actor: *actor, Timeout: *timeout,
+		MaxInflight: *maxInflight, NodeInflight: *nodeInflight, MaxBatch: *maxBatch, TenantTTL: *tenantTTL,
+		Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("coordinator ready", "nats", nc.ConnectedUrlRedacted(), "metadata", redact(*meta), "idempotency", redact(*idem))
+	<-ctx.Done()
+	co.Stop()
+	return nil
+}
+
+// redact hides the password of a store URL for logging.
+func redact(u string) string {
+	if at := strings.Index(u, "@"); at > 0 {
+		if scheme := strings.Index(u, "://"); scheme > 0 && scheme < at {
+			if colon := strings.Index(u[scheme+3:at], ":"); colon >= 0 {
+				return u[:scheme+3+colon] + ":***" + u[at:]
+			}
+		}
+	}
+	return u
+}
+
+func runStorage(args []string) error {
+	fs := newFlags("storage", "", "Serve one storage node: versions in Pebble under --data, on subjects kv.node.<id>.>.\nIt registers itself with the coordinators (no database credentials needed).")
+	var nf natsFlags
+	nf.register(fs)
+	id := fs.String("id", "", "node id, a subject token such as node-1 (required)")
+	data := fs.String("data", "", "data directory, one per node (required)")
+	fsync := fs.Bool("fsync", true, "fsync each write batch before acknowledging it; false trades durability (acknowledged writes may be lost on a machine crash) for speed")
+	vnodes := fs.Int("virtual-nodes", 128, "ring points of this node (more = larger share)")
+	queue := fs.Int("queue-len", 8192, "messages queued per subject before NATS drops them as a slow consumer")
+	maxBatch := fs.Int("max-batch", 256, "write messages group-committed together at most")
+	var lf logFlags
+	lf.register(fs)
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if *id == "" || *data == "" {
+		return usagef("--id and --data are required")
+	}
+	log, err := lf.logger(os.Stderr)
+	if err != nil {
+		return err
+	}
+	n, err := storage.Open(storage.Config{NodeID: *id, DataDir: *data, Fsync: *fsync, VirtualNodes: *vnodes, QueueLen: *queue, MaxBatch: *maxBatch, Logger: log})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signalContext()
+	defer stop()
+	nc, err := nf.connect("quorumkv-storage-"+*id, log)
+	if err != nil {
+		_ = n.Close()
+		return err
+	}
+	defer nc.Close()
+	if err := n.Start(nc); err != nil {
+		_ = n.Close()
+		return err
+	}
+	<-ctx.Done()
+	log.Info("stopping: finishing queued writes, then closing Pebble")
+	return n.Close()
+}
+
+func runMigrate(args []string) error {
+	fs := newFlags("migrate", "", "Apply the metadata schema to PostgreSQL. Safe to run concurrently and repeatedly.")
+	meta := fs.String("metadata", "", "postgres://user@host:5432/db (required)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if !strings.HasPrefix(*meta, "postgres://") && !strings.HasPrefix(*meta, "postgresql://") {
+		return usagef("--metadata must be a postgres:// URL")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	n, err := schema.Migrate(ctx, *meta)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("applied %d migration(s) to %s\n", n, redact(*meta))
+	return nil
+}

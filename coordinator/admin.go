@@ -1,0 +1,376 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/micro"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/quorumkv/quorumkv/metadata"
+	"github.com/quorumkv/quorumkv/subjects"
+)
+
+// MaxReplicationFactor is the largest replication factor a tenant may have.
+const MaxReplicationFactor = 7
+
+// MaxVirtualNodes bounds a node's ring points.
+const MaxVirtualNodes = 4096
+
+type adminEndpoint struct {
+	name, subject string
+	handle        func(micro.Request)
+}
+
+func (c *Coordinator) adminEndpoints() []adminEndpoint {
+	rel := func(full string) string { return full[len(subjects.AdminPrefix)+1:] }
+	return []adminEndpoint{
+		{"tenant_create", rel(subjects.AdminTenantCreate), c.adminCall(c.tenantCreate)},
+		{"tenant_get", rel(subjects.AdminTenantGet), c.adminCall(c.tenantGet)},
+		{"tenant_list", rel(subjects.AdminTenantList), c.adminCall(c.tenantList)},
+		{"tenant_update", rel(subjects.AdminTenantUpdate), c.adminCall(c.tenantUpdate)},
+		{"tenant_delete", rel(subjects.AdminTenantDelete), c.adminCall(c.tenantDelete)},
+		{"node_register", rel(subjects.AdminNodeRegister), c.adminCall(c.nodeRegister)},
+		{"node_list", rel(subjects.AdminNodeList), c.adminCall(c.nodeList)},
+		{"node_drain", rel(subjects.AdminNodeDrain), c.adminCall(c.nodeDrain)},
+		{"node_remove", rel(subjects.AdminNodeRemove), c.adminCall(c.nodeRemove)},
+	}
+}
+
+// adminCall decodes the request body into the handler's request type and
+// answers with its result or error. An empty body is an empty request.
+func (c *Coordinator) adminCall(h func(ctx context.Context, body func(v any) error) (any, error)) func(micro.Request) {
+	return func(req micro.Request) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		isJSON := subjects.IsJSON(req.Headers().Get(subjects.ContentType))
+		body := func(v any) error {
+			if len(req.Data()) == 0 {
+				return nil
+			}
+			return subjects.Unmarshal(isJSON, req.Data(), v)
+		}
+		res, err := h(ctx, body)
+		if err != nil {
+			c.respondError(req, adminError(err))
+			return
+		}
+		c.respond(req, res)
+	}
+}
+
+// adminError maps metadata errors to wire errors.
+func adminError(err error) error {
+	var e *subjects.Error
+	switch {
+	case errors.As(err, &e):
+		return e
+	case errors.Is(err, metadata.ErrStale):
+		return subjects.Errorf(subjects.KindConflict, "stale version: the record changed since you read it; read it again and retry")
+	case errors.Is(err, metadata.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		return storeError("metadata store", err)
+	}
+	return err
+}
+
+func (c *Coordinator) tenantCreate(ctx context.Context, body func(any) error) (any, error) {
+	var req subjects.TenantRequest
+	if err := body(&req); err != nil {
+		return nil, err
+	}
+	t := metadata.Tenant{ID: req.TenantID, ReplicationFactor: 3, DefaultConsistency: subjects.Quorum, ConflictPolicy: subjects.PolicyLWW}
+	applyTenantFields(&t, &req)
+	if err := c.validateTenant(t); err != nil {
+		return nil, err
+	}
+	created, err := c.cfg.Metadata.CreateTenant(ctx, t)
+	if errors.Is(err, metadata.ErrExists) {
+		return nil, subjects.Errorf(subjects.KindExists, "tenant %q already exists", t.ID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	c.tenantChanged(created, false)
+	return created, nil
+}
+
+func applyTenantFields(t *metadata.Tenant, req *subjects.TenantRequest) {
+	if req.ReplicationFactor != nil {
+		t.ReplicationFactor = *req.ReplicationFactor
+	}
+	if req.DefaultConsistency != nil {
+		t.DefaultConsistency = *req.DefaultConsistency
+	}
+	if req.ConflictPolicy != nil {
+		t.ConflictPolicy = *req.ConflictPolicy
+	}
+}
+
+func (c *Coordinator) validateTenant(t metadata.Tenant) error {
+	if err := subjects.ValidateTenantID(t.ID); err != nil {
+		return subjects.Errorf(subjects.KindInvalid, "%v", err)
+	}
+	if t.ReplicationFactor < 1 || t.ReplicationFactor > MaxReplicationFactor {
+		return subjects.Errorf(subjects.KindInvalid, "replication_factor %d out of range 1..%d", t.ReplicationFactor, MaxReplicationFactor)
+	}
+	if active := c.routing.ring().ActiveCount(); t.ReplicationFactor > active {
+		return subjects.Errorf(subjects.KindInvalid, "replication_factor %d exceeds the %d active storage nodes", t.ReplicationFactor, active)
+	}
+	if !ValidLevel(t.DefaultConsistency) {
+		return subjects.Errorf(subjects.KindInvalid, "unknown default_consistency %q; use one, quorum or all", t.DefaultConsistency)
+	}
+	switch t.ConflictPolicy {
+	case subjects.PolicyLWW:
+	case subjects.PolicySiblings:
+		return subjects.Errorf(subjects.KindInvalid, "conflict_policy %q is not available in this release; use lww", t.ConflictPolicy)
+	default:
+		return subjects.Errorf(subjects.KindInvalid, "unknown conflict_policy %q; use lww or siblings", t.ConflictPolicy)
+	}
+	return nil
+}
+
+// tenantChanged updates this coordinator's cache and tells the others.
+func (c *Coordinator) tenantChanged(t metadata.Tenant, deleted bool) {
+	if deleted {
+		c.tenants.invalidate(t.ID)
+	} else {
+		c.tenants.put(t)
+	}
+	data, _ := msgpack.Marshal(&subjects.TenantEvent{TenantID: t.ID, Version: t.Version, Deleted: deleted})
+	if err := c.nc.Publish(subjects.EventsTenant, data); err != nil {
+		c.log.Warn("tenant event not published; other coordinators catch up within the cache TTL", "err", err)
+	}
+}
+
+func (c *Coordinator) tenantID(body func(any) error) (subjects.TenantRequest, error) {
+	var req subjects.TenantRequest
+	if err := body(&req); err != nil {
+		return req, err
+	}
+	if err := subjects.ValidateTenantID(req.TenantID); err != nil {
+		return req, subjects.Errorf(subjects.KindInvalid, "%v", err)
+	}
+	return req, nil
+}
+
+func (c *Coordinator) getTenant(ctx context.Context, id string) (metadata.Tenant, error) {
+	t, err := c.cfg.Metadata.GetTenant(ctx, id)
+	if errors.Is(err, metadata.ErrNotFound) {
+		return t, subjects.Errorf(subjects.KindNoSuchTenant, "no tenant %q", id)
+	}
+	return t, err
+}
+
+func (c *Coordinator) tenantGet(ctx context.Context, body func(any) error) (any, error) {
+	req, err := c.tenantID(body)
+	if err != nil {
+		return nil, err
+	}
+	return c.getTenant(ctx, req.TenantID)
+}
+
+func (c *Coordinator) tenantList(ctx context.Context, _ func(any) error) (any, error) {
+	ts, err := c.cfg.Metadata.ListTenants(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return subjects.TenantList{Tenants: ts}, nil
+}
+
+func (c *Coordinator) tenantUpdate(ctx context.Context, body func(any) error) (any, error) {
+	req, err := c.tenantID(body)
+	if err != nil {
+		return nil, err
+	}
+	if req.Version <= 0 {
+		return nil, subjects.Errorf(subjects.KindInvalid, "version is required: send the version of the tenant you read")
+	}
+	t, err := c.getTenant(ctx, req.TenantID)
+	if err != nil {
+		return nil, err
+	}
+	if req.ConflictPolicy != nil && *req.ConflictPolicy != t.ConflictPolicy {
+		return nil, subjects.Errorf(subjects.KindInvalid,
+			"conflict_policy cannot change from %q to %q: stored versions are kept in the policy's own format; create a new tenant and copy the data",
+			t.ConflictPolicy, *req.ConflictPolicy)
+	}
+	applyTenantFields(&t, &req)
+	t.Version = req.Version
+	if err := c.validateTenant(t); err != nil {
+		return nil, err
+	}
+	updated, err := c.cfg.Metadata.UpdateTenant(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	c.tenantChanged(updated, false)
+	return updated, nil
+}
+
+func (c *Coordinator) tenantDelete(ctx context.Context, body func(any) error) (any, error) {
+	req, err := c.tenantID(body)
+	if err != nil {
+		return nil, err
+	}
+	t, err := c.getTenant(ctx, req.TenantID)
+	if err != nil {
+		return nil, err
+	}
+	if !req.Force {
+		holds, err := c.tenantHoldsData(ctx, t.ID)
+		if err != nil {
+			return nil, err
+		}
+		if holds != "" {
+			return nil, subjects.Errorf(subjects.KindConflict, "tenant %q still holds data (on node %s); delete its keys first or pass force", t.ID, holds)
+		}
+	}
+	if err := c.cfg.Metadata.DeleteTenant(ctx, t.ID); err != nil {
+		if errors.Is(err, metadata.ErrNotFound) {
+			return nil, subjects.Errorf(subjects.KindNoSuchTenant, "no tenant %q", t.ID)
+		}
+		return nil, err
+	}
+	c.tenantChanged(t, true)
+	return subjects.Success{Success: true}, nil
+}
+
+// tenantHoldsData asks every node in the ring for one key of tenant and
+// returns the first node that has any, or "". A node that does not answer
+// makes the check fail: deleting blind could orphan data.
+func (c *Coordinator) tenantHoldsData(ctx context.Context, tenant string) (string, error) {
+	req, _ := msgpack.Marshal(&subjects.DumpRequest{Tenant: tenant, Limit: 1})
+	for _, m := range c.routing.ring().Members() {
+		msg, err := c.nc.RequestWithContext(ctx, subjects.StorageNode(m.ID, subjects.NodeOpDump), req)
+		if err != nil {
+			return "", subjects.Errorf(subjects.KindUnavailable, "cannot check node %s for data of tenant %q: %v; pass force to delete anyway", m.ID, tenant, err)
+		}
+		if e := subjects.ErrorFromHeaders(msg.Header.Get); e != nil {
+			return "", subjects.Errorf(subjects.KindUnavailable, "node %s: %v", m.ID, e)
+		}
+		var rep subjects.DumpReply
+		if err := msgpack.Unmarshal(msg.Data, &rep); err != nil {
+			return "", fmt.Errorf("decode dump from %s: %w", m.ID, err)
+		}
+		for _, e := range rep.Entries {
+			if !e.Tombstone {
+				return m.ID, nil
+			}
+		}
+	}
+	return "", nil
+}
+
+func (c *Coordinator) nodeRequest(body func(any) error) (subjects.NodeRequest, error) {
+	var req subjects.NodeRequest
+	if err := body(&req); err != nil {
+		return req, err
+	}
+	if err := subjects.ValidateNodeID(req.NodeID); err != nil {
+		return req, subjects.Errorf(subjects.KindInvalid, "%v", err)
+	}
+	return req, nil
+}
+
+func (c *Coordinator) nodeRegister(ctx context.Context, body func(any) error) (any, error) {
+	req, err := c.nodeRequest(body)
+	if err != nil {
+		return nil, err
+	}
+	if req.VirtualNodes < 0 || req.VirtualNodes > MaxVirtualNodes {
+		return nil, subjects.Errorf(subjects.KindInvalid, "virtual_nodes %d out of range 1..%d", req.VirtualNodes, MaxVirtualNodes)
+	}
+	if req.VirtualNodes == 0 {
+		req.VirtualNodes = 128
+	}
+	prev, perr := c.cfg.Metadata.GetNode(ctx, req.NodeID)
+	n, err := c.cfg.Metadata.RegisterNode(ctx, metadata.Node{ID: req.NodeID, VirtualNodes: req.VirtualNodes, Epoch: req.Epoch})
+	if err != nil {
+		return nil, err
+	}
+	if perr != nil || prev.Status != n.Status || prev.VirtualNodes != n.VirtualNodes || prev.Epoch != n.Epoch {
+		c.log.Info("storage node registered", "node", n.ID, "status", n.Status, "epoch", n.Epoch)
+		c.ringChanged()
+	}
+	return n, nil
+}
+
+// ringChanged reloads this coordinator's ring and tells the others.
+func (c *Coordinator) ringChanged() {
+	c.routing.refreshNow()
+	if err := c.nc.Publish(subjects.EventsRing, nil); err != nil {
+		c.log.Warn("ring event not published; other coordinators catch up at their next refresh", "err", err)
+	}
+}
+
+func (c *Coordinator) nodeList(ctx context.Context, _ func(any) error) (any, error) {
+	ns, err := c.cfg.Metadata.ListNodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return subjects.NodeList{Nodes: ns}, nil
+}
+
+func (c *Coordinator) nodeDrain(ctx context.Context, body func(any) error) (any, error) {
+	req, err := c.nodeRequest(body)
+	if err != nil {
+		return nil, err
+	}
+	n, err := c.cfg.Metadata.GetNode(ctx, req.NodeID)
+	if errors.Is(err, metadata.ErrNotFound) {
+		return nil, subjects.Errorf(subjects.KindNoSuchNode, "no storage node %q", req.NodeID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if n.Status == metadata.NodeActive {
+		if err := c.checkCapacity(ctx, c.routing.ring().ActiveCount()-1); err != nil {
+			return nil, err
+		}
+	}
+	n, err = c.cfg.Metadata.SetNodeStatus(ctx, req.NodeID, metadata.NodeDraining)
+	if err != nil {
+		return nil, err
+	}
+	c.ringChanged()
+	return n, nil
+}
+
+// checkCapacity refuses a change that would leave fewer active nodes than a
+// tenant's replication factor.
+func (c *Coordinator) checkCapacity(ctx context.Context, active int) error {
+	ts, err := c.cfg.Metadata.ListTenants(ctx)
+	if err != nil {
+		return err
+	}
+	for _, t := range ts {
+		if t.ReplicationFactor > active {
+			return subjects.Errorf(subjects.KindConflict, "tenant %q has replication_factor %d; only %d active nodes would remain", t.ID, t.ReplicationFactor, active)
+		}
+	}
+	return nil
+}
+
+func (c *Coordinator) nodeRemove(ctx context.Context, body func(any) error) (any, error) {
+	req, err := c.nodeRequest(body)
+	if err != nil {
+		return nil, err
+	}
+	n, err := c.cfg.Metadata.GetNode(ctx, req.NodeID)
+	if errors.Is(err, metadata.ErrNotFound) {
+		return nil, subjects.Errorf(subjects.KindNoSuchNode, "no storage node %q", req.NodeID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if n.Status == metadata.NodeActive {
+		return nil, subjects.Errorf(subjects.KindConflict, "node %q is active; drain it first", n.ID)
+	}
+	if err := c.cfg.Metadata.RemoveNode(ctx, n.ID); err != nil {
+		return nil, err
+	}
+	c.ringChanged()
+	return subjects.Success{Success: true}, nil
+}

@@ -1,0 +1,309 @@
+// Package coordinator is quorumkv's CoordinatorService: a nats.go micro
+// service (name "quorumkv", queue group "coordinators") that takes client
+// requests on kv.v1.<tenant>.put|get|delete and the admin API on
+// kv.v1.admin.>, resolves the tenant, routes the key on the ring, fans out
+// to the replicas, and answers once the consistency level is met.
+//
+// Any number of coordinators may run: they share nothing but the metadata
+// store, the idempotency store and NATS. Each mints version dots with its
+// own hybrid logical clock under a per-process actor id.
+package coordinator
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/quorumkv/quorumkv/idempotency"
+	"github.com/quorumkv/quorumkv/metadata"
+	"github.com/quorumkv/quorumkv/subjects"
+	"github.com/quorumkv/quorumkv/vclock"
+)
+
+// Version is the coordinator service's version as micro reports it.
+const Version = "0.1.0"
+
+// Config configures a coordinator. Zero values take the defaults shown.
+type Config struct {
+	Metadata    metadata.Store    // required: tenants and nodes
+	Idempotency idempotency.Store // required: write de-duplication
+
+	// Actor names this process in the version dots it mints. Default: 8
+	// random hex digits, new at every start, so two processes never share
+	// one.
+	Actor string
+
+	Timeout        time.Duration // default per-request timeout (2s); requests may set timeout_ms up to 60s
+	MaxInflight    int           // requests in progress before answering 429 overloaded (4096)
+	NodeInflight   int           // batches in flight per storage node and operation (2)
+	MaxBatch       int           // replica messages per batch at most (512)
+	NodeQueue      int           // replica messages queued per node and operation (16384)
+	TenantTTL      time.Duration // how long a cached tenant is trusted without an event (30s)
+	RingRefresh    time.Duration // ring reload interval (5s)
+	IdempotencyTTL time.Duration // how long a write's response is kept for retries (24h)
+	PendingTTL     time.Duration // how long an in-progress marker lives (30s)
+
+	Logger *slog.Logger
+	Now    func() time.Time // clock for caches and HLC; default time.Now
+}
+
+func (c *Config) validate() error {
+	if c.Metadata == nil {
+		return errors.New("coordinator: a metadata store is required")
+	}
+	if c.Idempotency == nil {
+		return errors.New("coordinator: an idempotency store is required")
+	}
+	if c.Actor == "" {
+		var b [4]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return fmt.Errorf("coordinator: actor id: %w", err)
+		}
+		c.Actor = hex.EncodeToString(b[:])
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	defInt := func(d *int, v int) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.Timeout, 2*time.Second)
+	def(&c.TenantTTL, 30*time.Second)
+	def(&c.RingRefresh, 5*time.Second)
+	def(&c.IdempotencyTTL, idempotency.DefaultTTL)
+	def(&c.PendingTTL, idempotency.DefaultPendingTTL)
+	defInt(&c.MaxInflight, 4096)
+	defInt(&c.NodeInflight, 2)
+	defInt(&c.MaxBatch, 512)
+	defInt(&c.NodeQueue, 16384)
+	if c.Timeout > subjects.MaxTimeoutMS*time.Millisecond {
+		return fmt.Errorf("coordinator: timeout %s exceeds %dms", c.Timeout, subjects.MaxTimeoutMS)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// Coordinator is a running coordinator. Create with New, stop with Stop.
+type Coordinator struct {
+	cfg     Config
+	nc      *nats.Conn
+	log     *slog.Logger
+	hlc     *vclock.HLC
+	fan     *fanout
+	tenants *tenantCache
+	routing *routing
+	svc     micro.Service
+	subs    []*nats.Subscription
+	sem     chan struct{}
+	cancel  context.CancelFunc
+
+	mu       sync.RWMutex // guards stopping against wg.Add
+	stopping bool
+	wg       sync.WaitGroup // request goroutines and background loops
+}
+
+// New starts a coordinator on nc: it loads the ring, then serves. It
+// returns once the service answers requests.
+func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Coordinator, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger.With("coordinator", cfg.Actor)
+	c := &Coordinator{
+		cfg:     cfg,
+		nc:      nc,
+		log:     log,
+		hlc:     vclock.NewHLC(cfg.Now),
+		tenants: newTenantCache(cfg.Metadata, cfg.TenantTTL, cfg.Now),
+		routing: newRouting(cfg.Metadata, log, cfg.RingRefresh),
+		sem:     make(chan struct{}, cfg.MaxInflight),
+	}
+	if err := c.routing.load(ctx); err != nil {
+		// Not fatal: a coordinator may start before the store is reachable
+		// and serve once the periodic refresh succeeds.
+		log.Warn("initial ring load failed; retrying in the background", "err", err)
+	}
+	fan, err := newFanout(nc, log, cfg.NodeInflight, cfg.MaxBatch, cfg.NodeQueue)
+	if err != nil {
+		return nil, err
+	}
+	c.fan = fan
+
+	bg, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	c.wg.Add(1)
+	go func() { defer c.wg.Done(); c.routing.run(bg) }()
+
+	if err := c.subscribeEvents(); err != nil {
+		c.Stop()
+		return nil, err
+	}
+	if err := c.addService(); err != nil {
+		c.Stop()
+		return nil, err
+	}
+	if err := nc.Flush(); err != nil {
+		c.Stop()
+		return nil, fmt.Errorf("coordinator: flush: %w", err)
+	}
+	log.Info("coordinator serving", "nodes", c.routing.ring().Len(), "active", c.routing.ring().ActiveCount())
+	return c, nil
+}
+
+func (c *Coordinator) subscribeEvents() error {
+	ring, err := c.nc.Subscribe(subjects.EventsRing, func(*nats.Msg) { c.routing.refreshNow() })
+	if err != nil {
+		return fmt.Errorf("coordinator: subscribe %s: %w", subjects.EventsRing, err)
+	}
+	tenant, err := c.nc.Subscribe(subjects.EventsTenant, func(m *nats.Msg) {
+		var ev subjects.TenantEvent
+		if err := msgpack.Unmarshal(m.Data, &ev); err == nil {
+			c.tenants.invalidate(ev.TenantID)
+		}
+	})
+	if err != nil {
+		_ = ring.Unsubscribe()
+		return fmt.Errorf("coordinator: subscribe %s: %w", subjects.EventsTenant, err)
+	}
+	c.subs = append(c.subs, ring, tenant)
+	return nil
+}
+
+func (c *Coordinator) addService() error {
+	svc, err := micro.AddService(c.nc, micro.Config{
+		Name:        subjects.ServiceName,
+		Version:     Version,
+		Description: "quorumkv coordinator: replicated key-value requests and the admin API",
+		QueueGroup:  subjects.QueueGroup,
+		Metadata:    map[string]string{"actor": c.cfg.Actor},
+	})
+	if err != nil {
+		return fmt.Errorf("coordinator: add micro service: %w", err)
+	}
+	c.svc = svc
+	data := svc.AddGroup(subjects.DataPrefix)
+	for _, op := range []string{subjects.OpPut, subjects.OpGet, subjects.OpDelete} {
+		if err := data.AddEndpoint(op, c.async(c.dataHandler(op)), micro.WithEndpointSubject("*."+op)); err != nil {
+			return fmt.Errorf("coordinator: add endpoint %s: %w", op, err)
+		}
+	}
+	admin := svc.AddGroup(subjects.AdminPrefix)
+	for _, ep := range c.adminEndpoints() {
+		if err := admin.AddEndpoint(ep.name, c.async(ep.handle), micro.WithEndpointSubject(ep.subject)); err != nil {
+			return fmt.Errorf("coordinator: add endpoint %s: %w", ep.name, err)
+		}
+	}
+	return nil
+}
+
+// async runs h on its own goroutine, bounded by MaxInflight: a micro
+// endpoint delivers one message at a time, and a request that waits on
+// replicas must not hold up the next one. Past the bound it answers 429.
+func (c *Coordinator) async(h func(micro.Request)) micro.HandlerFunc {
+	return func(req micro.Request) {
+		c.mu.RLock()
+		defer c.mu.RUnlock()
+		if c.stopping {
+			c.respondError(req, subjects.Errorf(subjects.KindUnavailable, "coordinator is stopping"))
+			return
+		}
+		select {
+		case c.sem <- struct{}{}:
+		default:
+			c.respondError(req, subjects.Errorf(subjects.KindOverloaded, "coordinator has %d requests in progress; retry with back-off", cap(c.sem)))
+			return
+		}
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			defer func() { <-c.sem }()
+			h(req)
+		}()
+	}
+}
+
+// Actor is the id this coordinator mints dots under.
+func (c *Coordinator) Actor() string { return c.cfg.Actor }
+
+// Stop stops taking requests, lets the ones in progress finish, and stops
+// every goroutine it started. It does not close the stores or the NATS
+// connection it was handed. Safe to call more than once.
+func (c *Coordinator) Stop() {
+	c.mu.Lock()
+	if c.stopping {
+		c.mu.Unlock()
+		return
+	}
+	c.stopping = true
+	c.mu.Unlock()
+	if c.svc != nil {
+		if err := c.svc.Stop(); err != nil {
+			c.log.Warn("stop micro service", "err", err)
+		}
+	}
+	for _, s := range c.subs {
+		_ = s.Unsubscribe()
+	}
+	c.cancel()
+	c.wg.Wait()
+	c.fan.close()
+	c.log.Info("coordinator stopped")
+}
+
+// respondError answers req with err as a wire error. Internal errors are
+// logged; the client sees only their class.
+func (c *Coordinator) respondError(req micro.Request, err error) {
+	isJSON := subjects.IsJSON(req.Headers().Get(subjects.ContentType))
+	var e *subjects.Error
+	if !errors.As(err, &e) {
+		c.log.Error("internal error", "subject", req.Subject(), "err", err)
+		e = subjects.Errorf(subjects.KindInternal, "internal error; see the coordinator's log")
+	}
+	body, _ := subjects.Marshal(isJSON, e)
+	h := micro.Headers{subjects.KindHeader: []string{e.Kind}}
+	if isJSON {
+		h[subjects.ContentType] = []string{subjects.JSONContentType}
+	}
+	if err := req.Error(fmt.Sprint(int(e.Code)), e.Description(), body, micro.WithHeaders(h)); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		c.log.Warn("error reply failed", "err", err)
+	}
+}
+
+// respond answers req with v in the request's encoding.
+func (c *Coordinator) respond(req micro.Request, v any) {
+	isJSON := subjects.IsJSON(req.Headers().Get(subjects.ContentType))
+	data, err := subjects.Marshal(isJSON, v)
+	if err != nil {
+		c.respondError(req, fmt.Errorf("encode reply: %w", err))
+		return
+	}
+	var opts []micro.RespondOpt
+	if isJSON {
+		opts = append(opts, micro.WithHeaders(micro.Headers{subjects.ContentType: []string{subjects.JSONContentType}}))
+	}
+	if err := req.Respond(data, opts...); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		c.log.Warn("reply failed", "err", err)
+	}
+}
+
+// ActiveNodes is the number of active storage nodes in this coordinator's
+// current ring.
+func (c *Coordinator) ActiveNodes() int { return c.routing.ring().ActiveCount() }

@@ -1,0 +1,311 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/micro"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/quorumkv/quorumkv/idempotency"
+	"github.com/quorumkv/quorumkv/metadata"
+	"github.com/quorumkv/quorumkv/subjects"
+	"github.com/quorumkv/quorumkv/vclock"
+)
+
+// maxContextSkew is how far ahead of this coordinator's clock a context's
+// counter may be.
+const maxContextSkew = 5 * time.Minute
+
+// dataRequest is a validated client request with its tenant resolved.
+type dataRequest struct {
+	subjects.Request
+	tenant metadata.Tenant
+	level  string
+	ctxDot vclock.Dot
+}
+
+func (c *Coordinator) dataHandler(op string) func(micro.Request) {
+	return func(req micro.Request) {
+		timeout := c.cfg.Timeout
+		r, err := decodeDataRequest(req, op)
+		if err != nil {
+			c.respondError(req, err)
+			return
+		}
+		if r.TimeoutMS > 0 {
+			timeout = time.Duration(r.TimeoutMS) * time.Millisecond
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		if err := c.resolve(ctx, req.Subject(), r); err != nil {
+			c.respondError(req, err)
+			return
+		}
+		switch op {
+		case subjects.OpGet:
+			reply, err := c.read(ctx, r)
+			if err != nil {
+				c.respondError(req, err)
+				return
+			}
+			c.respond(req, reply)
+		default:
+			reply, err := c.writeOnce(ctx, r, op == subjects.OpDelete)
+			if err != nil {
+				c.respondError(req, err)
+				return
+			}
+			c.respond(req, reply)
+		}
+	}
+}
+
+// decodeDataRequest decodes and checks everything that needs no tenant.
+func decodeDataRequest(req micro.Request, op string) (*dataRequest, error) {
+	isJSON := subjects.IsJSON(req.Headers().Get(subjects.ContentType))
+	r := &dataRequest{}
+	if err := subjects.Unmarshal(isJSON, req.Data(), &r.Request); err != nil {
+		return nil, err
+	}
+	switch {
+	case len(r.Key) == 0:
+		return nil, subjects.Errorf(subjects.KindInvalid, "key is empty; a key is 1..%d bytes", subjects.MaxKeyBytes)
+	case len(r.Key) > subjects.MaxKeyBytes:
+		return nil, subjects.Errorf(subjects.KindTooLarge, "key is %d bytes; the limit is %d", len(r.Key), subjects.MaxKeyBytes)
+	case len(r.Value) > subjects.MaxValueBytes:
+		return nil, subjects.Errorf(subjects.KindTooLarge, "value is %d bytes; the limit is %d", len(r.Value), subjects.MaxValueBytes)
+	case r.Consistency != "" && !ValidLevel(r.Consistency):
+		return nil, subjects.Errorf(subjects.KindInvalid, "unknown consistency %q; use one, quorum or all", r.Consistency)
+	case r.TimeoutMS < 0 || r.TimeoutMS > subjects.MaxTimeoutMS:
+		return nil, subjects.Errorf(subjects.KindInvalid, "timeout_ms %d out of range 1..%d", r.TimeoutMS, subjects.MaxTimeoutMS)
+	case len(r.IdempotencyKey) > 256:
+		return nil, subjects.Errorf(subjects.KindInvalid, "idempotency_key is %d bytes; the limit is 256", len(r.IdempotencyKey))
+	}
+	if op == subjects.OpDelete && len(r.Value) > 0 {
+		return nil, subjects.Errorf(subjects.KindInvalid, "delete takes no value")
+	}
+	if r.Context != "" {
+		dot, err := vclock.DecodeContext(r.Context)
+		if err != nil {
+			return nil, subjects.Errorf(subjects.KindInvalid, "context is not one this store issued: %v", err)
+		}
+		// A context from the far future would drag this coordinator's clock
+		// (and every dot it mints) along; a forged one could exhaust it.
+		if dot.Counter > vclock.CounterAt(time.Now().Add(maxContextSkew)) {
+			return nil, subjects.Errorf(subjects.KindInvalid, "context is dated %s, beyond the allowed clock skew of %s", vclock.Physical(dot.Counter).UTC().Format(time.RFC3339), maxContextSkew)
+		}
+		r.ctxDot = dot
+	}
+	return r, nil
+}
+
+// resolve finds the tenant of subject and the level to apply.
+func (c *Coordinator) resolve(ctx context.Context, subject string, r *dataRequest) error {
+	id := subjects.TenantFromData(subject)
+	if err := subjects.ValidateTenantID(id); err != nil {
+		return subjects.Errorf(subjects.KindInvalid, "%v", err)
+	}
+	t, err := c.tenants.get(ctx, id)
+	switch {
+	case errors.Is(err, metadata.ErrNotFound):
+		return subjects.Errorf(subjects.KindNoSuchTenant, "no tenant %q", id)
+	case err != nil:
+		return storeError("metadata store", err)
+	}
+	r.tenant = t
+	r.level = r.Consistency
+	if r.level == "" {
+		r.level = t.DefaultConsistency
+	}
+	return nil
+}
+
+// storeError turns a dependency failure into a wire error naming it.
+func storeError(name string, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return subjects.Errorf(subjects.KindTimeout, "%s did not answer in time", name)
+	}
+	return subjects.Errorf(subjects.KindUnavailable, "%s unavailable: %v", name, err)
+}
+
+// replicas returns the preference list of r's key and how many of its
+// replies the level needs, or unavailable when the ring cannot supply them.
+func (c *Coordinator) replicas(r *dataRequest) ([]string, int, error) {
+	rf := r.tenant.ReplicationFactor
+	pref := c.routing.ring().PreferenceList(r.tenant.ID, r.Key, rf, make([]string, 0, rf))
+	need := Required(r.level, rf)
+	if len(pref) < need {
+		return nil, 0, subjects.Errorf(subjects.KindUnavailable,
+			"%s needs %d replicas of %d, but only %d active storage nodes are in the ring", r.level, need, rf, len(pref))
+	}
+	return pref, need, nil
+}
+
+// writeOnce wraps write with the idempotency protocol: a request that names
+// an idempotency key claims it first; a retry gets the first response.
+// Without a key, a fresh one is generated and the store is not consulted:
+// nothing can have used it before.
+func (c *Coordinator) writeOnce(ctx context.Context, r *dataRequest, del bool) (*subjects.WriteReply, error) {
+	if r.IdempotencyKey == "" {
+		r.IdempotencyKey = newIdempotencyKey()
+		return c.write(ctx, r, del)
+	}
+	key := idempotency.Key(r.tenant.ID, r.Key, r.IdempotencyKey)
+	claim, err := c.cfg.Idempotency.Begin(ctx, key, c.cfg.PendingTTL)
+	switch {
+	case errors.Is(err, idempotency.ErrInProgress):
+		return nil, subjects.Errorf(subjects.KindInProgress, "a request with idempotency key %q is in progress; retry later", r.IdempotencyKey)
+	case err != nil:
+		return nil, storeError("idempotency store", err)
+	case !claim.Owned():
+		var prev subjects.WriteReply
+		if err := msgpack.Unmarshal(claim.Response, &prev); err != nil {
+			return nil, fmt.Errorf("decode stored response for %q: %w", r.IdempotencyKey, err)
+		}
+		prev.IsDuplicate = true
+		return &prev, nil
+	}
+	reply, werr := c.write(ctx, r, del)
+	// The claim must be settled even when the request's own time is up.
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if werr != nil {
+		if err := c.cfg.Idempotency.Abort(sctx, key, claim.Token); err != nil && !errors.Is(err, idempotency.ErrNotOwner) {
+			c.log.Warn("idempotency abort failed; the marker expires by itself", "err", err)
+		}
+		return nil, werr
+	}
+	data, err := msgpack.Marshal(reply)
+	if err == nil {
+		err = c.cfg.Idempotency.Complete(sctx, key, claim.Token, data, c.cfg.IdempotencyTTL)
+	}
+	if err != nil {
+		c.log.Warn("idempotency complete failed; a retry may write again", "err", err)
+	}
+	return reply, nil
+}
+
+func newIdempotencyKey() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// write stamps the value (or tombstone) with a new dot and sends it to every
+// primary, answering once the level's count acknowledged.
+func (c *Coordinator) write(ctx context.Context, r *dataRequest, del bool) (*subjects.WriteReply, error) {
+	pref, need, err := c.replicas(r)
+	if err != nil {
+		return nil, err
+	}
+	if r.tenant.ConflictPolicy != subjects.PolicyLWW {
+		return nil, subjects.Errorf(subjects.KindInvalid, "conflict policy %q is not served by this coordinator", r.tenant.ConflictPolicy)
+	}
+	dot, err := c.hlc.TryStamp(c.cfg.Actor, r.ctxDot)
+	if err != nil {
+		return nil, fmt.Errorf("stamp write: %w", err)
+	}
+	v := &vclock.Version{Dot: dot, Tombstone: del}
+	if !del {
+		v.Value = r.Value
+		if v.Value == nil {
+			v.Value = []byte{}
+		}
+	}
+	deadline, _ := ctx.Deadline()
+	cl := newCall(len(pref))
+	for _, node := range pref {
+		id := c.fan.newID()
+		c.fan.send(cl, node, subjects.NodeOpWrite, item{id: id, deadline: deadline,
+			write: subjects.NodeWrite{ID: id, Tenant: r.tenant.ID, Key: r.Key, LWW: v}})
+	}
+	t := tally{required: need, total: len(pref)}
+	err = c.await(ctx, cl, &t, r.level, func(o outcome) {
+		if o.write != nil && o.write.LWW != nil {
+			c.hlc.Observe(o.write.LWW.Dot.Counter)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &subjects.WriteReply{
+		Success:        true,
+		Key:            r.Key,
+		Context:        vclock.EncodeContext(v.Dot),
+		IdempotencyKey: r.IdempotencyKey,
+		ReplicaCount:   t.acks,
+		Consistency:    r.level,
+	}, nil
+}
+
+// read asks every primary and answers with the merge of the first replies
+// that meet the level.
+func (c *Coordinator) read(ctx context.Context, r *dataRequest) (*subjects.GetReply, error) {
+	pref, need, err := c.replicas(r)
+	if err != nil {
+		return nil, err
+	}
+	deadline, _ := ctx.Deadline()
+	cl := newCall(len(pref))
+	for _, node := range pref {
+		id := c.fan.newID()
+		c.fan.send(cl, node, subjects.NodeOpRead, item{id: id, deadline: deadline,
+			read: subjects.NodeRead{ID: id, Tenant: r.tenant.ID, Key: r.Key}})
+	}
+	var versions [7]vclock.Version
+	got := versions[:0]
+	t := tally{required: need, total: len(pref)}
+	err = c.await(ctx, cl, &t, r.level, func(o outcome) {
+		if o.err == nil && o.read != nil && o.read.LWW != nil {
+			got = append(got, *o.read.LWW)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	reply := &subjects.GetReply{Success: true, Key: r.Key, ReplicaCount: t.acks, Consistency: r.level}
+	if merged, ok := vclock.MergeAll(got); ok {
+		c.hlc.Observe(merged.Dot.Counter)
+		reply.Context = vclock.EncodeContext(merged.Dot)
+		if merged.Live() {
+			reply.Found = true
+			reply.Value = merged.Value
+		}
+	}
+	return reply, nil
+}
+
+// await feeds the call's outcomes to t until the level is met (nil) or can
+// no longer be met, or ctx ends (unavailable, naming what failed).
+func (c *Coordinator) await(ctx context.Context, cl *call, t *tally, level string, each func(outcome)) error {
+	var failures []string
+	for !t.met() {
+		select {
+		case o := <-cl.ch:
+			each(o)
+			if o.err == nil {
+				t.ack()
+				continue
+			}
+			failures = append(failures, o.node+": "+o.err.Error())
+			if t.fail() {
+				return subjects.Errorf(subjects.KindUnavailable, "%s needs %d of %d replicas; %d acknowledged, %d failed (%s)",
+					level, t.required, t.total, t.acks, t.fails, strings.Join(failures, "; "))
+			}
+		case <-ctx.Done():
+			pendingN := t.total - t.answered()
+			msg := fmt.Sprintf("%s needs %d of %d replicas; %d acknowledged, %d did not answer in time", level, t.required, t.total, t.acks, pendingN)
+			if len(failures) > 0 {
+				msg += ", failed: " + strings.Join(failures, "; ")
+			}
+			return subjects.Errorf(subjects.KindUnavailable, "%s", msg)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,123 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/quorumkv/quorumkv/metadata"
+)
+
+// tenantCache is the TenantService of the seed: tenants by id, cached for
+// ttl and refreshed from the store on expiry. When the store cannot be
+// reached, a cached tenant keeps being served however old it is, so a
+// metadata outage does not stop traffic for known tenants. A missing
+// tenant is remembered for negTTL so floods of unknown ids do not reach the
+// store. Concurrent misses for one id share one load.
+type tenantCache struct {
+	store  metadata.Store
+	ttl    time.Duration
+	negTTL time.Duration
+	now    func() time.Time
+
+	mu      sync.Mutex
+	entries map[string]*tenantEntry
+}
+
+type tenantEntry struct {
+	tenant  metadata.Tenant
+	missing bool          // ErrNotFound was cached
+	fetched time.Time     // zero while the first load is in flight
+	loading chan struct{} // non-nil while a load is in flight; closed when it ends
+}
+
+func newTenantCache(store metadata.Store, ttl time.Duration, now func() time.Time) *tenantCache {
+	return &tenantCache{store: store, ttl: ttl, negTTL: time.Second, now: now, entries: make(map[string]*tenantEntry)}
+}
+
+// get returns the tenant id, from cache when fresh. Errors: metadata's
+// ErrNotFound, or the store's error when nothing usable is cached.
+func (c *tenantCache) get(ctx context.Context, id string) (metadata.Tenant, error) {
+	for {
+		c.mu.Lock()
+		e := c.entries[id]
+		if e != nil && e.loading != nil { // another request is loading it
+			ch := e.loading
+			c.mu.Unlock()
+			select {
+			case <-ch:
+				continue
+			case <-ctx.Done():
+				return metadata.Tenant{}, ctx.Err()
+			}
+		}
+		if e != nil && c.fresh(e) {
+			c.mu.Unlock()
+			return e.result()
+		}
+		load := &tenantEntry{loading: make(chan struct{})}
+		c.entries[id] = load
+		c.mu.Unlock()
+
+		t, err := c.store.GetTenant(ctx, id)
+
+		c.mu.Lock()
+		now := c.now()
+		var final *tenantEntry
+		switch {
+		case err == nil:
+			final = &tenantEntry{tenant: t, fetched: now}
+		case errors.Is(err, metadata.ErrNotFound):
+			final = &tenantEntry{missing: true, fetched: now}
+		case e != nil && !e.missing:
+			// The store failed: keep serving what we had, and ask again
+			// after negTTL rather than on every request.
+			final = &tenantEntry{tenant: e.tenant, fetched: now.Add(c.negTTL - c.ttl)}
+		}
+		if final == nil {
+			delete(c.entries, id)
+		} else {
+			c.entries[id] = final
+		}
+		close(load.loading)
+		c.mu.Unlock()
+		if final == nil {
+			return metadata.Tenant{}, err
+		}
+		return final.result()
+	}
+}
+
+func (c *tenantCache) fresh(e *tenantEntry) bool {
+	ttl := c.ttl
+	if e.missing {
+		ttl = c.negTTL
+	}
+	return c.now().Sub(e.fetched) < ttl
+}
+
+func (e *tenantEntry) result() (metadata.Tenant, error) {
+	if e.missing {
+		return metadata.Tenant{}, metadata.ErrNotFound
+	}
+	return e.tenant, nil
+}
+
+// invalidate drops id so the next get reloads it.
+func (c *tenantCache) invalidate(id string) {
+	c.mu.Lock()
+	if e := c.entries[id]; e != nil && e.loading == nil {
+		delete(c.entries, id)
+	}
+	c.mu.Unlock()
+}
+
+// put stores t as freshly loaded (after this coordinator changed it).
+func (c *tenantCache) put(t metadata.Tenant) {
+	c.mu.Lock()
+	if e := c.entries[t.ID]; e == nil || e.loading == nil {
+		c.entries[t.ID] = &tenantEntry{tenant: t, fetched: c.now()}
+	}
+	c.mu.Unlock()
+}

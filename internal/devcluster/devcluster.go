@@ -1,0 +1,329 @@
+// Package devcluster runs a whole quorumkv deployment in one process: an
+// embedded nats-server with JetStream, storage nodes, a coordinator with its
+// stores on JetStream KV, and tenant "default". It backs `quorumkv dev` and
+// the integration tests, so what the tests exercise is what users run.
+package devcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/quorumkv/quorumkv/client"
+	"github.com/quorumkv/quorumkv/coordinator"
+	"github.com/quorumkv/quorumkv/idempotency"
+	"github.com/quorumkv/quorumkv/internal/wiring"
+	"github.com/quorumkv/quorumkv/metadata"
+	"github.com/quorumkv/quorumkv/storage"
+)
+
+// Config configures a dev cluster. Zero values take the defaults shown.
+type Config struct {
+	Listen        string // NATS client address (127.0.0.1:4222); port 0 picks a free one
+	DataDir       string // everything lives below it (./data)
+	Nodes         int    // storage nodes (3)
+	Fsync         bool   // fsync storage writes before acknowledging
+	DefaultTenant string // created with RF min(3, Nodes) if missing ("default"); "-" for none
+	Coordinator   coordinator.Config
+	Logger        *slog.Logger
+}
+
+// Cluster is a running dev cluster. Stop it with Close.
+type Cluster struct {
+	cfg    Config
+	log    *slog.Logger
+	Server *server.Server
+	URL    string
+
+	mu     sync.Mutex
+	coords []*coordinator.Coordinator
+	nodes  map[string]*nodeProc
+	meta   metadata.Store
+	idem   idempotency.Store
+	conns  []*nats.Conn
+}
+
+type nodeProc struct {
+	node *storage.Node
+	nc   *nats.Conn
+}
+
+// Start boots the cluster and returns once tenant default answers.
+func Start(ctx context.Context, cfg Config) (*Cluster, error) {
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:4222"
+	}
+	if cfg.DataDir == "" {
+		cfg.DataDir = "data"
+	}
+	if cfg.Nodes <= 0 {
+		cfg.Nodes = 3
+	}
+	if cfg.DefaultTenant == "" {
+		cfg.DefaultTenant = "default"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	host, portText, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("--listen %q: want HOST:PORT: %w", cfg.Listen, err)
+	}
+	port, err := strconv.Atoi(portText)
+	if err != nil || port < 0 || port > 65535 {
+		return nil, fmt.Errorf("--listen %q: bad port", cfg.Listen)
+	}
+	if port != 0 {
+		// nats-server would only log this; say it plainly instead.
+		l, err := net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("cannot listen on %s (is another NATS server or quorumkv dev running? pick another with --listen): %w", cfg.Listen, err)
+		}
+		_ = l.Close()
+	} else {
+		port = -1
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	c := &Cluster{cfg: cfg, log: cfg.Logger, nodes: make(map[string]*nodeProc)}
+	ok := false
+	defer func() {
+		if !ok {
+			c.Close()
+		}
+	}()
+
+	opts := &server.Options{
+		ServerName: "quorumkv-dev",
+		Host:       host,
+		Port:       port,
+		NoSigs:     true,
+		NoLog:      true,
+		JetStream:  true,
+		StoreDir:   filepath.Join(cfg.DataDir, "nats"),
+		MaxPayload: 4 << 20,
+		MaxPending: 64 << 20,
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats-server: %w", err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(15 * time.Second) {
+		s.Shutdown()
+		return nil, fmt.Errorf("embedded nats-server on %s did not start within 15s", cfg.Listen)
+	}
+	c.Server, c.URL = s, s.ClientURL()
+
+	nc, err := c.connect("coordinator")
+	if err != nil {
+		return nil, err
+	}
+	if c.meta, err = wiring.OpenMetadata(ctx, "nats", nc, wiring.StoreOptions{Replicas: 1}); err != nil {
+		return nil, err
+	}
+	if c.idem, err = wiring.OpenIdempotency(ctx, "nats", nc, wiring.StoreOptions{Replicas: 1}); err != nil {
+		return nil, err
+	}
+	if _, err := c.AddCoordinator(ctx); err != nil {
+		return nil, err
+	}
+	for i := 1; i <= cfg.Nodes; i++ {
+		if err := c.StartNode(NodeID(i)); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.WaitForNodes(ctx, cfg.Nodes); err != nil {
+		return nil, err
+	}
+	if cfg.DefaultTenant != "-" {
+		if err := c.ensureTenant(ctx, cfg.DefaultTenant, min(3, cfg.Nodes)); err != nil {
+			return nil, err
+		}
+	}
+	ok = true
+	return c, nil
+}
+
+// NodeID is the id of the i-th storage node (1-based): node-1, node-2, ….
+func NodeID(i int) string { return "node-" + strconv.Itoa(i) }
+
+func (c *Cluster) connect(name string) (*nats.Conn, error) {
+	nc, err := nats.Connect(c.URL, nats.Name("quorumkv-dev-"+name), nats.MaxReconnects(-1))
+	if err != nil {
+		return nil, fmt.Errorf("connect %s: %w", name, err)
+	}
+	c.mu.Lock()
+	c.conns = append(c.conns, nc)
+	c.mu.Unlock()
+	return nc, nil
+}
+
+// AddCoordinator starts one more coordinator on its own connection,
+// sharing the cluster's stores.
+func (c *Cluster) AddCoordinator(ctx context.Context) (*coordinator.Coordinator, error) {
+	nc, err := c.connect("coordinator")
+	if err != nil {
+		return nil, err
+	}
+	cfg := c.cfg.Coordinator
+	cfg.Metadata, cfg.Idempotency, cfg.Logger = c.meta, c.idem, c.log
+	cfg.Actor = ""
+	co, err := coordinator.New(ctx, nc, cfg)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.coords = append(c.coords, co)
+	c.mu.Unlock()
+	return co, nil
+}
+
+// StopCoordinator stops the i-th coordinator (0-based) as a crash would
+// from a client's view: it stops answering.
+func (c *Cluster) StopCoordinator(i int) {
+	c.mu.Lock()
+	co := c.coords[i]
+	c.mu.Unlock()
+	co.Stop()
+}
+
+// NodeDir is where storage node id keeps its data.
+func (c *Cluster) NodeDir(id string) string { return filepath.Join(c.cfg.DataDir, id) }
+
+// StartNode starts (or restarts) storage node id on its own connection.
+func (c *Cluster) StartNode(id string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, running := c.nodes[id]; running {
+		return fmt.Errorf("storage node %s is already running", id)
+	}
+	n, err := storage.Open(storage.Config{NodeID: id, DataDir: c.NodeDir(id), Fsync: c.cfg.Fsync, Logger: c.log})
+	if err != nil {
+		return err
+	}
+	nc, err := nats.Connect(c.URL, nats.Name("quorumkv-dev-"+id), nats.MaxReconnects(-1))
+	if err != nil {
+		_ = n.Close()
+		return fmt.Errorf("connect %s: %w", id, err)
+	}
+	if err := n.Start(nc); err != nil {
+		_ = n.Close()
+		nc.Close()
+		return err
+	}
+	c.nodes[id] = &nodeProc{node: n, nc: nc}
+	return nil
+}
+
+// StopNode stops storage node id: its subscriptions go away, so
+// coordinators see it as down at once.
+func (c *Cluster) StopNode(id string) error {
+	c.mu.Lock()
+	p := c.nodes[id]
+	delete(c.nodes, id)
+	c.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("storage node %s is not running", id)
+	}
+	err := p.node.Close()
+	p.nc.Close()
+	return err
+}
+
+// Node returns running storage node id, or nil.
+func (c *Cluster) Node(id string) *storage.Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p := c.nodes[id]; p != nil {
+		return p.node
+	}
+	return nil
+}
+
+// Metadata is the cluster's metadata store.
+func (c *Cluster) Metadata() metadata.Store { return c.meta }
+
+// WaitForNodes waits until n storage nodes are registered active and every
+// coordinator's ring has them.
+func (c *Cluster) WaitForNodes(ctx context.Context, n int) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		ready := true
+		c.mu.Lock()
+		for _, co := range c.coords {
+			ready = ready && co.ActiveNodes() >= n
+		}
+		c.mu.Unlock()
+		if ready {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %d storage nodes to register: %w", n, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func (c *Cluster) ensureTenant(ctx context.Context, id string, rf int) error {
+	nc, err := c.connect("admin")
+	if err != nil {
+		return err
+	}
+	admin := client.NewAdmin(nc)
+	_, err = admin.CreateTenant(ctx, id, client.TenantSpec{ReplicationFactor: &rf})
+	if err != nil && !errors.Is(err, client.ErrExists) {
+		return fmt.Errorf("create tenant %s: %w", id, err)
+	}
+	return nil
+}
+
+// Close stops everything in reverse order of start. Safe to call twice.
+func (c *Cluster) Close() {
+	c.mu.Lock()
+	coords := c.coords
+	c.coords = nil
+	nodes := c.nodes
+	c.nodes = map[string]*nodeProc{}
+	conns := c.conns
+	c.conns = nil
+	c.mu.Unlock()
+	for _, co := range coords {
+		co.Stop()
+	}
+	for id, p := range nodes {
+		if err := p.node.Close(); err != nil {
+			c.log.Warn("close storage node", "node", id, "err", err)
+		}
+		p.nc.Close()
+	}
+	if c.idem != nil {
+		_ = c.idem.Close()
+		c.idem = nil
+	}
+	if c.meta != nil {
+		_ = c.meta.Close()
+		c.meta = nil
+	}
+	for _, nc := range conns {
+		nc.Close()
+	}
+	if c.Server != nil {
+		c.Server.Shutdown()
+		c.Server.WaitForShutdown()
+		c.Server = nil
+	}
+}

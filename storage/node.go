@@ -1,0 +1,431 @@
+// Package storage is a quorumkv storage node: it owns one Pebble store on
+// local disk, listens on kv.node.<id>.write|read|dump, merges every incoming
+// version into what it holds, and answers with what it holds.
+//
+// A node never decides consistency; coordinators do. It only guarantees that
+// a write it acknowledged is in Pebble (fsynced unless Config.Fsync is
+// false) and that merging is commutative, associative and idempotent, so
+// replicas converge whatever order writes and repairs arrive in.
+//
+// Writes are group-committed: every write message waiting in the node's
+// queue when the writer gets to it is applied as one Pebble batch with one
+// fsync, then each message is answered.
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/quorumkv/quorumkv/ring"
+	"github.com/quorumkv/quorumkv/subjects"
+)
+
+// Config configures a storage node. Zero values take the defaults.
+type Config struct {
+	NodeID       string        // required; a subject token
+	DataDir      string        // required; created if missing; one node per directory
+	Fsync        bool          // fsync every write batch before acknowledging it
+	VirtualNodes int           // ring points to register with; default ring.DefaultVirtualNodes
+	QueueLen     int           // messages buffered per subject before NATS drops them as a slow consumer; default 8192
+	MaxBatch     int           // write messages group-committed together at most; default 256
+	Heartbeat    time.Duration // re-registration interval (refreshes last_seen); default 15s
+	Logger       *slog.Logger  // default slog.Default()
+}
+
+func (c *Config) validate() error {
+	if err := subjects.ValidateNodeID(c.NodeID); err != nil {
+		return fmt.Errorf("storage: %w", err)
+	}
+	if c.DataDir == "" {
+		return errors.New("storage: a data directory is required")
+	}
+	if c.VirtualNodes < 0 || c.VirtualNodes > 4096 {
+		return fmt.Errorf("storage: virtual nodes %d out of range 1..4096", c.VirtualNodes)
+	}
+	if c.VirtualNodes == 0 {
+		c.VirtualNodes = ring.DefaultVirtualNodes
+	}
+	if c.QueueLen <= 0 {
+		c.QueueLen = 8192
+	}
+	if c.MaxBatch <= 0 {
+		c.MaxBatch = 256
+	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = 15 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Node is a running storage node. Create with Open, serve with Start, stop
+// with Close.
+type Node struct {
+	cfg Config
+	log *slog.Logger
+	eng *engine
+
+	replyLimit int // bytes of results per reply message, below the server's max payload
+
+	mu     sync.Mutex
+	subs   []*nats.Subscription
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	closed bool
+}
+
+// Open opens the node's store. It fails if the directory is in use by
+// another node or process, or belongs to another node id.
+func Open(cfg Config) (*Node, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger.With("node", cfg.NodeID)
+	eng, err := openEngine(cfg.DataDir, cfg.NodeID, cfg.Fsync, log)
+	if err != nil {
+		return nil, err
+	}
+	return &Node{cfg: cfg, log: log, eng: eng}, nil
+}
+
+// ID is the node's id.
+func (n *Node) ID() string { return n.cfg.NodeID }
+
+// Epoch identifies this incarnation of the node's data directory.
+func (n *Node) Epoch() uint64 { return n.eng.epoch }
+
+// Start subscribes to the node's subjects on nc and registers the node with
+// the coordinators, retrying in the background until one answers and then
+// heart-beating. It returns once the subscriptions are in place.
+func (n *Node) Start(nc *nats.Conn) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return errors.New("storage: node closed")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	n.cancel = cancel
+	n.replyLimit = max(int(nc.MaxPayload())-64<<10, 64<<10)
+
+	writes := make(chan *nats.Msg, n.cfg.QueueLen)
+	reads := make(chan *nats.Msg, n.cfg.QueueLen)
+	for _, s := range []struct {
+		op string
+		ch chan *nats.Msg
+	}{{subjects.NodeOpWrite, writes}, {subjects.NodeOpRead, reads}} {
+		sub, err := nc.ChanSubscribe(subjects.StorageNode(n.cfg.NodeID, s.op), s.ch)
+		if err != nil {
+			n.unsubscribeLocked()
+			cancel()
+			return fmt.Errorf("storage: subscribe %s: %w", s.op, err)
+		}
+		_ = sub.SetPendingLimits(-1, -1) // the channel is the bound
+		n.subs = append(n.subs, sub)
+	}
+	dump, err := nc.Subscribe(subjects.StorageNode(n.cfg.NodeID, subjects.NodeOpDump), n.handleDump)
+	if err != nil {
+		n.unsubscribeLocked()
+		cancel()
+		return fmt.Errorf("storage: subscribe dump: %w", err)
+	}
+	n.subs = append(n.subs, dump)
+	if err := nc.Flush(); err != nil {
+		n.unsubscribeLocked()
+		cancel()
+		return fmt.Errorf("storage: flush subscriptions: %w", err)
+	}
+
+	n.wg.Add(3)
+	go func() { defer n.wg.Done(); n.writeLoop(ctx, writes) }()
+	go func() { defer n.wg.Done(); n.readLoop(ctx, reads) }()
+	go func() { defer n.wg.Done(); n.registerLoop(ctx, nc) }()
+	n.log.Info("storage node serving", "data", n.cfg.DataDir, "epoch", n.eng.epoch, "fsync", n.cfg.Fsync)
+	return nil
+}
+
+func (n *Node) unsubscribeLocked() {
+	for _, s := range n.subs {
+		_ = s.Unsubscribe()
+	}
+	n.subs = nil
+}
+
+// Close stops taking messages, finishes the ones already queued (their
+// writes are committed and answered), then closes Pebble. Safe to call more
+// than once.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.closed = true
+	n.unsubscribeLocked()
+	if n.cancel != nil {
+		n.cancel()
+	}
+	n.mu.Unlock()
+	n.wg.Wait()
+	if err := n.eng.close(); err != nil {
+		return fmt.Errorf("storage: close pebble: %w", err)
+	}
+	n.log.Info("storage node stopped")
+	return nil
+}
+
+// writeLoop group-commits write messages until ctx ends, then drains what is
+// already queued.
+func (n *Node) writeLoop(ctx context.Context, ch chan *nats.Msg) {
+	msgs := make([]*nats.Msg, 0, n.cfg.MaxBatch)
+	for {
+		var first *nats.Msg
+		select {
+		case first = <-ch:
+		case <-ctx.Done():
+			for {
+				msgs = n.collect(msgs[:0], ch)
+				if len(msgs) == 0 {
+					return
+				}
+				n.applyWriteMsgs(msgs)
+			}
+		}
+		msgs = n.collect(append(msgs[:0], first), ch)
+		n.applyWriteMsgs(msgs)
+	}
+}
+
+// collect appends to msgs whatever is queued in ch, up to MaxBatch.
+func (n *Node) collect(msgs []*nats.Msg, ch chan *nats.Msg) []*nats.Msg {
+	for len(msgs) < n.cfg.MaxBatch {
+		select {
+		case m := <-ch:
+			msgs = append(msgs, m)
+		default:
+			return msgs
+		}
+	}
+	return msgs
+}
+
+func (n *Node) applyWriteMsgs(msgs []*nats.Msg) {
+	var items []subjects.NodeWrite
+	counts := make([]int, len(msgs)) // items per message; -1 = undecodable
+	for i, m := range msgs {
+		var b subjects.NodeWriteBatch
+		if err := msgpack.Unmarshal(m.Data, &b); err != nil || b.Proto != subjects.NodeProtocolVersion {
+			counts[i] = -1
+			n.respondError(m, fmt.Sprintf("bad write batch (proto %d): %v", b.Proto, err))
+			continue
+		}
+		counts[i] = len(b.Items)
+		items = append(items, b.Items...)
+	}
+	results := n.eng.applyWrites(items)
+	for i, m := range msgs {
+		if counts[i] < 0 {
+			continue
+		}
+		mine := results[:counts[i]]
+		results = results[counts[i]:]
+		chunk(mine, writeResultSize, n.replyLimit, func(part []subjects.NodeWriteResult, more bool) {
+			n.respond(m, &subjects.NodeWriteReply{Results: part, More: more})
+		})
+	}
+}
+
+func (n *Node) readLoop(ctx context.Context, ch chan *nats.Msg) {
+	for {
+		select {
+		case m := <-ch:
+			n.handleRead(m)
+		case <-ctx.Done():
+			for {
+				select {
+				case m := <-ch:
+					n.handleRead(m)
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+func (n *Node) handleRead(m *nats.Msg) {
+	var b subjects.NodeReadBatch
+	if err := msgpack.Unmarshal(m.Data, &b); err != nil || b.Proto != subjects.NodeProtocolVersion {
+		n.respondError(m, fmt.Sprintf("bad read batch (proto %d): %v", b.Proto, err))
+		return
+	}
+	reply := subjects.NodeReadReply{Results: make([]subjects.NodeReadResult, len(b.Items))}
+	for i, it := range b.Items {
+		reply.Results[i].ID = it.ID
+		v, err := n.eng.read(it.Tenant, it.Key)
+		if err != nil {
+			reply.Results[i].Err = err.Error()
+			continue
+		}
+		reply.Results[i].LWW = v
+	}
+	chunk(reply.Results, readResultSize, n.replyLimit, func(part []subjects.NodeReadResult, more bool) {
+		n.respond(m, &subjects.NodeReadReply{Results: part, More: more})
+	})
+}
+
+func (n *Node) handleDump(m *nats.Msg) {
+	isJSON := subjects.IsJSON(m.Header.Get(subjects.ContentType))
+	var req subjects.DumpRequest
+	if err := subjects.Unmarshal(isJSON, m.Data, &req); err != nil {
+		n.respondError(m, err.Error())
+		return
+	}
+	if err := subjects.ValidateTenantID(req.Tenant); err != nil {
+		n.respondError(m, err.Error())
+		return
+	}
+	if req.Limit <= 0 || req.Limit > 10_000 {
+		req.Limit = 1000
+	}
+	n.mu.Lock()
+	closed := n.closed
+	n.mu.Unlock()
+	if closed {
+		n.respondError(m, "node is stopping")
+		return
+	}
+	entries, more, err := n.eng.dump(req.Tenant, req.After, req.Limit)
+	if err != nil {
+		n.respondError(m, err.Error())
+		return
+	}
+	data, err := subjects.Marshal(isJSON, subjects.DumpReply{NodeID: n.cfg.NodeID, Entries: entries, More: more})
+	if err != nil {
+		n.respondError(m, err.Error())
+		return
+	}
+	resp := nats.NewMsg(m.Reply)
+	resp.Data = data
+	if isJSON {
+		resp.Header.Set(subjects.ContentType, subjects.JSONContentType)
+	}
+	if err := m.RespondMsg(resp); err != nil {
+		n.log.Warn("dump reply failed", "err", err)
+	}
+}
+
+func (n *Node) respond(m *nats.Msg, v any) {
+	if m.Reply == "" {
+		return
+	}
+	data, err := msgpack.Marshal(v)
+	if err != nil {
+		n.respondError(m, fmt.Sprintf("encode reply: %v", err))
+		return
+	}
+	if err := m.Respond(data); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		n.log.Warn("reply failed", "err", err)
+	}
+}
+
+func (n *Node) respondError(m *nats.Msg, desc string) {
+	n.log.Warn("bad node request", "subject", m.Subject, "err", desc)
+	if m.Reply == "" {
+		return
+	}
+	resp := nats.NewMsg(m.Reply)
+	resp.Header.Set(subjects.ErrorHeader, subjects.KindInvalid+": "+desc)
+	resp.Header.Set(subjects.ErrorCodeHeader, "400")
+	resp.Header.Set(subjects.KindHeader, subjects.KindInvalid)
+	_ = m.RespondMsg(resp)
+}
+
+// registerLoop registers the node through the admin API until a coordinator
+// answers, then re-registers every Heartbeat to refresh last_seen.
+func (n *Node) registerLoop(ctx context.Context, nc *nats.Conn) {
+	req := subjects.NodeRequest{NodeID: n.cfg.NodeID, VirtualNodes: n.cfg.VirtualNodes, Epoch: n.eng.epoch}
+	data, _ := msgpack.Marshal(&req)
+	backoff := 100 * time.Millisecond
+	registered, warned := false, false
+	for {
+		err := n.register(ctx, nc, data)
+		wait := n.cfg.Heartbeat
+		switch {
+		case err == nil && !registered:
+			registered, warned = true, false
+			n.log.Info("registered with coordinators")
+		case err != nil && ctx.Err() == nil:
+			if !warned || registered {
+				n.log.Warn("registration failed; retrying", "err", err)
+				warned = true
+			}
+			registered = false
+			wait = backoff
+			backoff = min(backoff*2, 5*time.Second)
+		}
+		if err == nil {
+			backoff = 100 * time.Millisecond
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (n *Node) register(ctx context.Context, nc *nats.Conn, data []byte) error {
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	msg, err := nc.RequestWithContext(rctx, subjects.AdminNodeRegister, data)
+	if err != nil {
+		return err
+	}
+	if e := subjects.ErrorFromHeaders(msg.Header.Get); e != nil {
+		return e
+	}
+	return nil
+}
+
+// chunk calls send with consecutive parts of results whose estimated sizes
+// add up to at most limit (a single oversized result goes alone); more is
+// false on the last part only. It always sends at least one part.
+func chunk[T any](results []T, size func(*T) int, limit int, send func(part []T, more bool)) {
+	start, acc := 0, 0
+	for i := range results {
+		s := size(&results[i])
+		if i > start && acc+s > limit {
+			send(results[start:i], true)
+			start, acc = i, 0
+		}
+		acc += s
+	}
+	send(results[start:], false)
+}
+
+const resultOverhead = 64 // msgpack framing, id, dot: generous
+
+func writeResultSize(r *subjects.NodeWriteResult) int {
+	n := resultOverhead + len(r.Err)
+	if r.LWW != nil {
+		n += len(r.LWW.Value) + len(r.LWW.Dot.Actor)
+	}
+	return n
+}
+
+func readResultSize(r *subjects.NodeReadResult) int {
+	n := resultOverhead + len(r.Err)
+	if r.LWW != nil {
+		n += len(r.LWW.Value) + len(r.LWW.Dot.Actor)
+	}
+	return n
+}

@@ -1,0 +1,150 @@
+package subjects
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Code is an error class, numbered like the HTTP status it resembles. It
+// travels in the Nats-Service-Error-Code header (nats.go micro). ONLY APPEND
+// TO THIS LIST.
+type Code int
+
+const (
+	CodeInvalid     Code = 400 // the request is malformed or breaks a rule
+	CodeNotFound    Code = 404 // no such tenant (or node); a missing key is not an error
+	CodeConflict    Code = 409 // stale version, request in progress, too many siblings
+	CodeTooLarge    Code = 413 // key or value over its limit
+	CodeOverloaded  Code = 429 // the coordinator or node is at its in-flight limit
+	CodeInternal    Code = 500 // a bug or an unexpected failure; logged by the server
+	CodeUnavailable Code = 503 // the consistency level (or a dependency) is not reachable
+	CodeTimeout     Code = 504 // a dependency did not answer in time
+)
+
+// Kinds refine a code; they travel in the KindHeader header and as the
+// first word of the description. ONLY APPEND TO THIS LIST.
+const (
+	KindInvalid         = "invalid"
+	KindNoSuchTenant    = "no_such_tenant"
+	KindNoSuchNode      = "no_such_node"
+	KindExists          = "exists"
+	KindConflict        = "conflict"
+	KindInProgress      = "in_progress"
+	KindTooManySiblings = "too_many_siblings"
+	KindTooLarge        = "too_large"
+	KindOverloaded      = "overloaded"
+	KindInternal        = "internal"
+	KindUnavailable     = "unavailable"
+	KindTimeout         = "timeout"
+)
+
+// Error headers. ErrorHeader and ErrorCodeHeader are nats.go micro's.
+const (
+	ErrorHeader     = "Nats-Service-Error"
+	ErrorCodeHeader = "Nats-Service-Error-Code"
+	KindHeader      = "Kv-Error-Kind"
+	ContentType     = "Content-Type"
+	JSONContentType = "application/json"
+)
+
+// Error is a failure that crosses the wire. Its Description is
+// "<kind>: <message>".
+type Error struct {
+	Code    Code   `json:"code" msgpack:"code"`
+	Kind    string `json:"kind" msgpack:"kind"`
+	Message string `json:"message" msgpack:"message"`
+}
+
+func (e *Error) Error() string { return e.Kind + ": " + e.Message }
+
+// Description is the text for the Nats-Service-Error header.
+func (e *Error) Description() string { return e.Kind + ": " + e.Message }
+
+// Is matches another *Error with the same Kind (or, when the target has no
+// Kind, the same Code), so errors.Is(err, &Error{Kind: KindInProgress}) works.
+func (e *Error) Is(target error) bool {
+	var t *Error
+	if !errors.As(target, &t) {
+		return false
+	}
+	if t.Kind != "" {
+		return t.Kind == e.Kind
+	}
+	return t.Code == e.Code
+}
+
+// Errorf builds an *Error of kind with a formatted message. The code is the
+// kind's standard code.
+func Errorf(kind string, format string, args ...any) *Error {
+	return &Error{Code: KindCode(kind), Kind: kind, Message: fmt.Sprintf(format, args...)}
+}
+
+// KindCode is the standard code of kind; unknown kinds are internal.
+func KindCode(kind string) Code {
+	switch kind {
+	case KindInvalid:
+		return CodeInvalid
+	case KindNoSuchTenant, KindNoSuchNode:
+		return CodeNotFound
+	case KindExists, KindConflict, KindInProgress, KindTooManySiblings:
+		return CodeConflict
+	case KindTooLarge:
+		return CodeTooLarge
+	case KindOverloaded:
+		return CodeOverloaded
+	case KindUnavailable:
+		return CodeUnavailable
+	case KindTimeout:
+		return CodeTimeout
+	default:
+		return CodeInternal
+	}
+}
+
+// CodeKind is the default kind of code, for errors from servers that sent
+// only a code.
+func CodeKind(code Code) string {
+	switch code {
+	case CodeInvalid:
+		return KindInvalid
+	case CodeNotFound:
+		return KindNoSuchTenant
+	case CodeConflict:
+		return KindConflict
+	case CodeTooLarge:
+		return KindTooLarge
+	case CodeOverloaded:
+		return KindOverloaded
+	case CodeUnavailable:
+		return KindUnavailable
+	case CodeTimeout:
+		return KindTimeout
+	default:
+		return KindInternal
+	}
+}
+
+// ErrorFromHeaders rebuilds the *Error carried by a reply's headers, or nil
+// when the reply is not an error.
+func ErrorFromHeaders(get func(string) string) *Error {
+	codeText := get(ErrorCodeHeader)
+	desc := get(ErrorHeader)
+	if codeText == "" && desc == "" {
+		return nil
+	}
+	code, err := strconv.Atoi(codeText)
+	if err != nil {
+		code = int(CodeInternal)
+	}
+	kind := get(KindHeader)
+	msg := desc
+	if kind == "" {
+		kind = CodeKind(Code(code))
+	}
+	if k, m, ok := strings.Cut(desc, ": "); ok && k == kind {
+		msg = m
+	}
+	return &Error{Code: Code(code), Kind: kind, Message: msg}
+}

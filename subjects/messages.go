@@ -1,0 +1,211 @@
+package subjects
+
+import (
+	"github.com/quorumkv/quorumkv/metadata"
+	"github.com/quorumkv/quorumkv/vclock"
+)
+
+// Limits every coordinator enforces. Breaches answer 400 or 413.
+const (
+	MaxKeyBytes   = 1024    // a key is 1..MaxKeyBytes bytes, any bytes
+	MaxValueBytes = 1 << 20 // a value is 0..MaxValueBytes bytes
+	MaxTimeoutMS  = 60_000  // timeout_ms is 1..MaxTimeoutMS
+)
+
+// Consistency levels. ONLY APPEND TO THIS LIST.
+const (
+	One    = "one"
+	Quorum = "quorum"
+	All    = "all"
+)
+
+// Conflict policies. ONLY APPEND TO THIS LIST.
+const (
+	PolicyLWW      = "lww"
+	PolicySiblings = "siblings"
+)
+
+// Request is the body of kv.v1.<tenant>.put, .get and .delete. Get reads
+// Key, Consistency and TimeoutMS; delete ignores Value.
+//
+// In JSON, Value is the UTF-8 string "value" or the base64 "value_base64";
+// Key likewise may be sent as "key_base64".
+type Request struct {
+	Key            string `msgpack:"key"`
+	Value          []byte `msgpack:"value,omitempty"`
+	Consistency    string `msgpack:"consistency,omitempty"`     // one|quorum|all; "" = the tenant's default
+	Context        string `msgpack:"context,omitempty"`         // opaque, from an earlier read or write
+	IdempotencyKey string `msgpack:"idempotency_key,omitempty"` // "" = the coordinator makes one
+	TimeoutMS      int64  `msgpack:"timeout_ms,omitempty"`      // 0 = the coordinator's default
+}
+
+// WriteReply answers put and delete.
+type WriteReply struct {
+	Success        bool   `json:"success" msgpack:"success"`
+	Key            string `json:"key" msgpack:"key"`
+	Context        string `json:"context" msgpack:"context"`
+	IdempotencyKey string `json:"idempotency_key" msgpack:"idempotency_key"`
+	IsDuplicate    bool   `json:"is_duplicate" msgpack:"is_duplicate"`
+	ReplicaCount   int    `json:"replica_count" msgpack:"replica_count"` // replicas that acknowledged before the reply
+	Consistency    string `json:"consistency" msgpack:"consistency"`     // the level applied
+}
+
+// GetReply answers get. A missing or deleted key is Found=false with no
+// error; Context is then still set when a tombstone was read.
+type GetReply struct {
+	Success  bool     `msgpack:"success"`
+	Key      string   `msgpack:"key"`
+	Found    bool     `msgpack:"found"`
+	Value    []byte   `msgpack:"value"`
+	Context  string   `msgpack:"context"`
+	Siblings [][]byte `msgpack:"siblings,omitempty"` // every live value, only when more than one
+	// ReplicaCount is how many replicas answered before the reply.
+	ReplicaCount int    `msgpack:"replica_count"`
+	Consistency  string `msgpack:"consistency"`
+}
+
+// Tenant and Node are the admin API's records.
+type (
+	Tenant = metadata.Tenant
+	Node   = metadata.Node
+)
+
+// TenantRequest is the body of the tenant admin subjects. Create reads
+// every field (nil = default); update reads TenantID, Version and the
+// non-nil fields; get and delete read TenantID (and Force on delete).
+type TenantRequest struct {
+	TenantID           string  `json:"tenant_id" msgpack:"tenant_id"`
+	ReplicationFactor  *int    `json:"replication_factor,omitempty" msgpack:"replication_factor,omitempty"`
+	DefaultConsistency *string `json:"default_consistency,omitempty" msgpack:"default_consistency,omitempty"`
+	ConflictPolicy     *string `json:"conflict_policy,omitempty" msgpack:"conflict_policy,omitempty"`
+	Version            int64   `json:"version,omitempty" msgpack:"version,omitempty"`
+	Force              bool    `json:"force,omitempty" msgpack:"force,omitempty"`
+}
+
+// TenantList answers kv.v1.admin.tenant.list.
+type TenantList struct {
+	Tenants []Tenant `json:"tenants" msgpack:"tenants"`
+}
+
+// NodeRequest is the body of the node admin subjects.
+type NodeRequest struct {
+	NodeID       string `json:"node_id" msgpack:"node_id"`
+	VirtualNodes int    `json:"virtual_nodes,omitempty" msgpack:"virtual_nodes,omitempty"`
+	Epoch        uint64 `json:"epoch,omitempty" msgpack:"epoch,omitempty"`
+}
+
+// NodeList answers kv.v1.admin.node.list.
+type NodeList struct {
+	Nodes []Node `json:"nodes" msgpack:"nodes"`
+}
+
+// Success answers admin calls that return nothing else.
+type Success struct {
+	Success bool `json:"success" msgpack:"success"`
+}
+
+// TenantEvent is published on EventsTenant after a tenant changes.
+type TenantEvent struct {
+	TenantID string `json:"tenant_id" msgpack:"tenant_id"`
+	Version  int64  `json:"version" msgpack:"version"`
+	Deleted  bool   `json:"deleted,omitempty" msgpack:"deleted,omitempty"`
+}
+
+// Storage-node messages: internal, msgpack arrays. Fields are only ever
+// appended.
+
+// NodeWriteBatch is the body of kv.node.<id>.write: writes a coordinator
+// batched for one node. The node applies the whole batch as one storage
+// batch (one fsync) and answers NodeWriteReply with one result per item.
+type NodeWriteBatch struct {
+	_msgpack struct{}    `msgpack:",as_array"`
+	Proto    int         // NodeProtocolVersion
+	Items    []NodeWrite //
+}
+
+// NodeWrite merges a version into a key.
+type NodeWrite struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	ID       uint64   // the coordinator's id for this item; echoed in the result
+	Tenant   string
+	Key      string
+	LWW      *vclock.Version // lww: the version to merge (max)
+}
+
+// NodeWriteReply answers NodeWriteBatch. A node may answer one batch with
+// several replies when the results would not fit one message: every reply
+// but the last has More set. Results missing once the last reply arrived
+// count as failed.
+type NodeWriteReply struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Results  []NodeWriteResult
+	More     bool
+}
+
+// NodeWriteResult is the outcome of one NodeWrite. Err is empty on success.
+type NodeWriteResult struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	ID       uint64
+	Err      string
+	// LWW is the version the node holds after the merge when it is not the
+	// one written (a newer one won), so coordinators can observe its clock.
+	LWW *vclock.Version
+}
+
+// NodeReadBatch is the body of kv.node.<id>.read.
+type NodeReadBatch struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Proto    int
+	Items    []NodeRead
+}
+
+// NodeRead asks for the versions a node holds for one key.
+type NodeRead struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	ID       uint64
+	Tenant   string
+	Key      string
+}
+
+// NodeReadReply answers NodeReadBatch, in one or more replies like
+// NodeWriteReply.
+type NodeReadReply struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Results  []NodeReadResult
+	More     bool
+}
+
+// NodeReadResult is the outcome of one NodeRead: LWW is nil when the node
+// holds nothing for the key.
+type NodeReadResult struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	ID       uint64
+	Err      string
+	LWW      *vclock.Version
+}
+
+// DumpRequest is the body of kv.node.<id>.dump: list what a node stores for
+// a tenant, in key order, starting after After. Limit 0 means 1000.
+type DumpRequest struct {
+	Tenant string `json:"tenant" msgpack:"tenant"`
+	After  string `json:"after,omitempty" msgpack:"after,omitempty"`
+	Limit  int    `json:"limit,omitempty" msgpack:"limit,omitempty"`
+}
+
+// DumpEntry is one key of a DumpReply.
+type DumpEntry struct {
+	Key       string `json:"key" msgpack:"key"`
+	Value     []byte `json:"value" msgpack:"value"`
+	Tombstone bool   `json:"tombstone" msgpack:"tombstone"`
+	Context   string `json:"context" msgpack:"context"`
+	Counter   uint64 `json:"counter" msgpack:"counter"`
+	Actor     string `json:"actor" msgpack:"actor"`
+}
+
+// DumpReply answers DumpRequest. More is true when Limit cut the list; ask
+// again with After set to the last key.
+type DumpReply struct {
+	NodeID  string      `json:"node_id" msgpack:"node_id"`
+	Entries []DumpEntry `json:"entries" msgpack:"entries"`
+	More    bool        `json:"more" msgpack:"more"`
+}

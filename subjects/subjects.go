@@ -1,0 +1,134 @@
+// Package subjects is quorumkv's wire contract: the NATS subjects every
+// process speaks on, the messages they carry, the error codes, and the
+// protocol version. docs/PROTOCOL.md describes the same contract for people
+// writing clients in other languages.
+//
+// Client-facing messages are msgpack maps whose field names equal the JSON
+// names; a request carrying the header Content-Type: application/json is
+// decoded from JSON and answered in JSON. Messages between coordinators and
+// storage nodes are internal, msgpack-only and encoded as arrays.
+//
+// Names in this package are public contract: add, never rename.
+package subjects
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// ProtocolVersion is the version of the client protocol ("v1" in subjects).
+// Storage-node messages carry NodeProtocolVersion so mixed deployments fail
+// loudly instead of misreading each other.
+const (
+	ProtocolVersion     = 1
+	NodeProtocolVersion = 1
+)
+
+// Service identity of the coordinators (nats.go micro).
+const (
+	ServiceName = "quorumkv"
+	QueueGroup  = "coordinators"
+)
+
+// Data operations. ONLY APPEND TO THIS LIST.
+const (
+	OpPut    = "put"
+	OpGet    = "get"
+	OpDelete = "delete"
+)
+
+// Prefixes of the subject spaces.
+const (
+	DataPrefix   = "kv.v1"        // kv.v1.<tenant>.<op>
+	AdminPrefix  = "kv.v1.admin"  // kv.v1.admin.<area>.<verb>
+	EventsPrefix = "kv.v1.events" // kv.v1.events.<what>
+	NodePrefix   = "kv.node"      // kv.node.<nodeID>.<op>
+	RepairPrefix = "kv.repair"    // kv.repair.<tenant>
+)
+
+// Put, Get and Delete are the data subjects of tenant.
+func Put(tenant string) string    { return DataPrefix + "." + tenant + "." + OpPut }
+func Get(tenant string) string    { return DataPrefix + "." + tenant + "." + OpGet }
+func Delete(tenant string) string { return DataPrefix + "." + tenant + "." + OpDelete }
+
+// Data returns the subject of op for tenant.
+func Data(tenant, op string) string { return DataPrefix + "." + tenant + "." + op }
+
+// TenantFromData returns the tenant token of a data subject
+// (kv.v1.<tenant>.<op>), or "" if subject is not one.
+func TenantFromData(subject string) string {
+	rest, ok := strings.CutPrefix(subject, DataPrefix+".")
+	if !ok {
+		return ""
+	}
+	tenant, _, ok := strings.Cut(rest, ".")
+	if !ok {
+		return ""
+	}
+	return tenant
+}
+
+// Admin subjects. ONLY APPEND TO THIS LIST.
+const (
+	AdminTenantCreate = AdminPrefix + ".tenant.create"
+	AdminTenantGet    = AdminPrefix + ".tenant.get"
+	AdminTenantList   = AdminPrefix + ".tenant.list"
+	AdminTenantUpdate = AdminPrefix + ".tenant.update"
+	AdminTenantDelete = AdminPrefix + ".tenant.delete"
+	AdminNodeRegister = AdminPrefix + ".node.register"
+	AdminNodeList     = AdminPrefix + ".node.list"
+	AdminNodeDrain    = AdminPrefix + ".node.drain"
+	AdminNodeRemove   = AdminPrefix + ".node.remove"
+)
+
+// Event subjects: plain publishes, no reply expected.
+const (
+	EventsRing   = EventsPrefix + ".ring"   // the set of storage nodes changed
+	EventsTenant = EventsPrefix + ".tenant" // a tenant changed; payload TenantEvent
+)
+
+// Storage-node operations. ONLY APPEND TO THIS LIST.
+const (
+	NodeOpWrite = "write" // NodeWriteBatch → NodeWriteReply
+	NodeOpRead  = "read"  // NodeReadBatch → NodeReadReply
+	NodeOpDump  = "dump"  // DumpRequest → DumpReply (operators, repair checks)
+)
+
+// StorageNode returns the subject of op on storage node nodeID.
+func StorageNode(nodeID, op string) string { return NodePrefix + "." + nodeID + "." + op }
+
+// NodeAll is the wildcard a storage node subscribes to.
+func NodeAll(nodeID string) string { return NodePrefix + "." + nodeID + ".*" }
+
+// Repair returns the repair-stream subject of tenant.
+func Repair(tenant string) string { return RepairPrefix + "." + tenant }
+
+// Tenant ids that would collide with other subject spaces.
+var reservedTenants = map[string]bool{"admin": true, "events": true}
+
+var tenantRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// ValidateTenantID reports why id cannot name a tenant, or nil. A tenant id
+// is a subject token: `[a-z0-9][a-z0-9_-]{0,62}`, and not "admin" or
+// "events", which name other subject spaces.
+func ValidateTenantID(id string) error {
+	if !tenantRE.MatchString(id) {
+		return fmt.Errorf("tenant id %q must match [a-z0-9][a-z0-9_-]{0,62}", id)
+	}
+	if reservedTenants[id] {
+		return fmt.Errorf("tenant id %q is reserved", id)
+	}
+	return nil
+}
+
+var nodeRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
+
+// ValidateNodeID reports why id cannot name a storage node, or nil. A node id
+// is a subject token: `[A-Za-z0-9][A-Za-z0-9_-]{0,62}`.
+func ValidateNodeID(id string) error {
+	if !nodeRE.MatchString(id) {
+		return fmt.Errorf("node id %q must match [A-Za-z0-9][A-Za-z0-9_-]{0,62}", id)
+	}
+	return nil
+}
