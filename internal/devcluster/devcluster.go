@@ -34,6 +34,9 @@ type Config struct {
 	Nodes         int    // storage nodes (3)
 	Fsync         bool   // fsync storage writes before acknowledging
 	DefaultTenant string // created with RF min(3, Nodes) if missing ("default"); "-" for none
+	Metadata      string // metadata store: "nats" (default) or a postgres:// URL
+	Idempotency   string // idempotency store: "nats" (default) or a redis:// URL
+	RedisPrefix   string // key prefix in Redis (default "quorumkv:idem:")
 	Coordinator   coordinator.Config
 	Logger        *slog.Logger
 }
@@ -130,10 +133,17 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	if c.meta, err = wiring.OpenMetadata(ctx, "nats", nc, wiring.StoreOptions{Replicas: 1}); err != nil {
+	if cfg.Metadata == "" {
+		cfg.Metadata = "nats"
+	}
+	if cfg.Idempotency == "" {
+		cfg.Idempotency = "nats"
+	}
+	storeOpts := wiring.StoreOptions{Replicas: 1, Migrate: true, RedisPrefix: cfg.RedisPrefix}
+	if c.meta, err = wiring.OpenMetadata(ctx, cfg.Metadata, nc, storeOpts); err != nil {
 		return nil, err
 	}
-	if c.idem, err = wiring.OpenIdempotency(ctx, "nats", nc, wiring.StoreOptions{Replicas: 1}); err != nil {
+	if c.idem, err = wiring.OpenIdempotency(ctx, cfg.Idempotency, nc, storeOpts); err != nil {
 		return nil, err
 	}
 	if _, err := c.AddCoordinator(ctx); err != nil {
