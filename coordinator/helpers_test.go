@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/quorumkv/quorumkv/client"
+	"github.com/quorumkv/quorumkv/coordinator"
 	"github.com/quorumkv/quorumkv/internal/devcluster"
 )
 
@@ -17,19 +18,23 @@ import (
 // Pebble storage nodes, a coordinator) in the test's temp dir.
 func startCluster(tb testing.TB, nodes int) *devcluster.Cluster {
 	tb.Helper()
+	return startClusterWith(tb, devcluster.Config{Nodes: nodes})
+}
+
+// startClusterWith boots a cluster from cfg; Listen, DataDir and Logger are
+// the test's.
+func startClusterWith(tb testing.TB, cfg devcluster.Config) *devcluster.Cluster {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	level := slog.LevelWarn
 	if os.Getenv("QUORUMKV_TEST_LOG") != "" {
 		level = slog.LevelDebug
 	}
-	c, err := devcluster.Start(ctx, devcluster.Config{
-		Listen:  "127.0.0.1:0",
-		DataDir: tb.TempDir(),
-		Nodes:   nodes,
-		Fsync:   false,
-		Logger:  slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
-	})
+	cfg.Listen = "127.0.0.1:0"
+	cfg.DataDir = tb.TempDir()
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	c, err := devcluster.Start(ctx, cfg)
 	if err != nil {
 		tb.Fatalf("start cluster: %v", err)
 	}
@@ -60,4 +65,10 @@ func ctxT(tb testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	tb.Cleanup(cancel)
 	return ctx
+}
+
+// coordinatorConfigFastTTL makes cached tenants expire quickly, so tests
+// see the store being asked again.
+func coordinatorConfigFastTTL() coordinator.Config {
+	return coordinator.Config{TenantTTL: 100 * time.Millisecond, RingRefresh: 200 * time.Millisecond}
 }
