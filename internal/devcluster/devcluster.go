@@ -337,3 +337,10 @@ func (c *Cluster) Close() {
 		c.Server = nil
 	}
 }
+
+// Coordinators returns the running coordinators, oldest first.
+func (c *Cluster) Coordinators() []*coordinator.Coordinator {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*coordinator.Coordinator(nil), c.coords...)
+}

@@ -1,0 +1,159 @@
+package coordinator_test
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/quorumkv/quorumkv/client"
+	"github.com/quorumkv/quorumkv/subjects"
+)
+
+func ptr[T any](v T) *T { return &v }
+
+func TestTenantLifecycle(t *testing.T) {
+	c := startCluster(t, 3)
+	ctx := ctxT(t)
+	admin := client.NewAdmin(connect(t, c))
+	created, err := admin.CreateTenant(ctx, "acme", client.TenantSpec{ReplicationFactor: ptr(2), DefaultConsistency: ptr("all")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if created.ID != "acme" || created.ReplicationFactor != 2 || created.DefaultConsistency != "all" || created.ConflictPolicy != "lww" || created.Version != 1 || created.CreatedAt.IsZero() {
+		t.Fatalf("created %+v", created)
+	}
+	got, err := admin.GetTenant(ctx, "acme")
+	if err != nil || *got != *created {
+		t.Fatalf("get %+v %v, want %+v", got, err, created)
+	}
+	list, err := admin.ListTenants(ctx)
+	if err != nil || len(list) != 2 || list[0].ID != "acme" || list[1].ID != "default" {
+		t.Fatalf("list %+v %v", list, err)
+	}
+	kv := kvClient(t, c, "acme")
+	res, err := kv.Put(ctx, "k", []byte("v"))
+	if err != nil || res.Consistency != "all" || res.ReplicaCount != 2 {
+		t.Fatalf("put with the tenant's defaults: %v %+v", err, res)
+	}
+	// Policy switches are refused with a reason.
+	_, err = admin.UpdateTenant(ctx, "acme", 1, client.TenantSpec{ConflictPolicy: ptr("siblings")})
+	assertCode(t, err, 400, "conflict_policy cannot change")
+	// Deleting a tenant that holds data needs force.
+	err = admin.DeleteTenant(ctx, "acme", false)
+	assertCode(t, err, 409, "still holds data")
+	if err := admin.DeleteTenant(ctx, "acme", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.GetTenant(ctx, "acme"); !errors.Is(err, client.ErrNoSuchTenant) {
+		t.Fatalf("get after delete: %v", err)
+	}
+	waitFor(t, time.Second, func() error {
+		_, err := kv.Get(ctx, "k")
+		if errors.Is(err, client.ErrNoSuchTenant) {
+			return nil
+		}
+		return fmt.Errorf("get on a deleted tenant: %v", err)
+	})
+	// An empty tenant deletes without force.
+	if _, err := admin.CreateTenant(ctx, "empty", client.TenantSpec{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.DeleteTenant(ctx, "empty", false); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTenantUpdateReachesEveryCoordinator: an update is used by every
+// coordinator within one second (the event, not the cache TTL, carries it).
+func TestTenantUpdateReachesEveryCoordinator(t *testing.T) {
+	c := startCluster(t, 3)
+	ctx := ctxT(t)
+	for i := 0; i < 2; i++ {
+		if _, err := c.AddCoordinator(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.WaitForNodes(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	kv := kvClient(t, c, "default")
+	// Warm every coordinator's cache (queue groups spread the requests).
+	for i := 0; i < 30; i++ {
+		if res, err := kv.Put(ctx, "k", []byte("v"), client.WithConsistency(subjects.All)); err != nil || res.ReplicaCount != 3 {
+			t.Fatalf("put: %v %+v", err, res)
+		}
+	}
+	admin := client.NewAdmin(connect(t, c))
+	cur, _ := admin.GetTenant(ctx, "default")
+	if _, err := admin.UpdateTenant(ctx, "default", cur.Version, client.TenantSpec{ReplicationFactor: ptr(2)}); err != nil {
+		t.Fatal(err)
+	}
+	// A second update from the same read is stale.
+	_, err := admin.UpdateTenant(ctx, "default", cur.Version, client.TenantSpec{ReplicationFactor: ptr(1)})
+	assertCode(t, err, 409, "stale version")
+	deadline := time.Now().Add(time.Second)
+	for {
+		ok := true
+		for i := 0; i < 30; i++ {
+			res, err := kv.Put(ctx, "k", []byte("v"), client.WithConsistency(subjects.All))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ok = ok && res.ReplicaCount == 2
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("some coordinator still uses RF 3 one second after the update")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestNodeDrainAndRemove(t *testing.T) {
+	c := startCluster(t, 3)
+	ctx := ctxT(t)
+	admin := client.NewAdmin(connect(t, c))
+	// Draining would leave 2 active nodes for an RF 3 tenant: refused.
+	_, err := admin.DrainNode(ctx, "node-3")
+	assertCode(t, err, 409, "replication_factor 3")
+	cur, _ := admin.GetTenant(ctx, "default")
+	if _, err := admin.UpdateTenant(ctx, "default", cur.Version, client.TenantSpec{ReplicationFactor: ptr(2)}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := admin.DrainNode(ctx, "node-3")
+	if err != nil || n.Status != "draining" {
+		t.Fatalf("drain: %v %+v", err, n)
+	}
+	waitFor(t, 2*time.Second, func() error {
+		if a := c.Coordinators()[0].ActiveNodes(); a != 2 {
+			return fmt.Errorf("%d active nodes in the ring", a)
+		}
+		return nil
+	})
+	// Re-registration (the heartbeat) keeps a draining node draining.
+	nodes, _ := admin.ListNodes(ctx)
+	if len(nodes) != 3 || nodes[2].ID != "node-3" || nodes[2].Status != "draining" {
+		t.Fatalf("nodes %+v", nodes)
+	}
+	kv := kvClient(t, c, "default")
+	res, err := kv.Put(ctx, "k", []byte("v"), client.WithConsistency(subjects.All))
+	if err != nil || res.ReplicaCount != 2 {
+		t.Fatalf("put after drain: %v %+v", err, res)
+	}
+	if err := c.StopNode("node-3"); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.RemoveNode(ctx, "node-3"); err != nil {
+		t.Fatal(err)
+	}
+	nodes, _ = admin.ListNodes(ctx)
+	if len(nodes) != 2 {
+		t.Fatalf("nodes after remove: %+v", nodes)
+	}
+	if err := admin.RemoveNode(ctx, "node-3"); !errors.Is(err, client.ErrNoSuchNode) {
+		t.Fatalf("second remove: %v", err)
+	}
+}
