@@ -12,6 +12,8 @@ import (
 
 	"github.com/lmittmann/tint"
 	"github.com/nats-io/nats.go"
+
+	"github.com/quorumkv/quorumkv/client"
 )
 
 // command is one subcommand of the binary.
@@ -178,7 +180,7 @@ func (n *natsFlags) connect(name string, log *slog.Logger) (*nats.Conn, error) {
 	nc, err := nats.Connect(n.url, opts...)
 	if err != nil {
 		if errors.Is(err, nats.ErrNoServers) {
-			return nil, fmt.Errorf("cannot reach NATS at %s (start one, or run `quorumkv dev`): %w", n.url, err)
+			return nil, fmt.Errorf("cannot reach NATS at %s (start one, or run `quorumkv dev`): %w: %w", n.url, client.ErrUnavailable, err)
 		}
 		return nil, fmt.Errorf("connect to NATS at %s: %w", n.url, err)
 	}

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/quorumkv/quorumkv/internal/devcluster"
+)
+
+func TestParseInterleavedFlagsAndEnv(t *testing.T) {
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	tenant := fs.String("tenant", "default", "")
+	level := fs.String("consistency", "", "")
+	t.Setenv("QUORUMKV_CONSISTENCY", "all")
+	t.Setenv("QUORUMKV_TENANT", "from-env")
+	pos, err := parse(fs, []string{"key", "--tenant", "acme", "value", "--", "--not-a-flag"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *tenant != "acme" || *level != "all" {
+		t.Fatalf("tenant %q level %q: the flag must win over the environment, which fills the rest", *tenant, *level)
+	}
+	if len(pos) != 3 || pos[0] != "key" || pos[1] != "value" || pos[2] != "--not-a-flag" {
+		t.Fatalf("positional %q", pos)
+	}
+	t.Setenv("QUORUMKV_TIMEOUT", "soon")
+	fs2 := flag.NewFlagSet("y", flag.ContinueOnError)
+	fs2.Duration("timeout", time.Second, "")
+	if _, err := parse(fs2, nil); err == nil {
+		t.Fatal("a malformed environment value must be an error")
+	}
+}
+
+// TestCLIExitCodes runs the client verbs in-process against a dev cluster
+// and checks the exit code of each error class.
+func TestCLIExitCodes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := devcluster.Start(ctx, devcluster.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	t.Setenv("QUORUMKV_NATS", c.URL)
+	devnull, _ := os.Create(filepath.Join(t.TempDir(), "out"))
+	stdout, stderr := os.Stdout, os.Stderr
+	os.Stdout, os.Stderr = devnull, devnull
+	t.Cleanup(func() { os.Stdout, os.Stderr = stdout, stderr })
+	cases := []struct {
+		args []string
+		want int
+	}{
+		{[]string{"put", "greeting", "hello"}, exitOK},
+		{[]string{"get", "greeting"}, exitOK},
+		{[]string{"get", "--json", "greeting"}, exitOK},
+		{[]string{"get", "missing"}, exitNotFound},
+		{[]string{"get", "--tenant", "nosuch", "k"}, exitNotFound},
+		{[]string{"put", "--consistency", "two", "k", "v"}, exitUsage},
+		{[]string{"put"}, exitUsage},
+		{[]string{"get", "a", "b"}, exitUsage},
+		{[]string{"tenant", "create", "--rf", "9", "big"}, exitUsage},
+		{[]string{"tenant", "create", "default"}, exitConflict},
+		{[]string{"tenant", "list"}, exitOK},
+		{[]string{"tenant", "get", "--json", "default"}, exitOK},
+		{[]string{"node", "list"}, exitOK},
+		{[]string{"node", "dump", "node-1"}, exitOK},
+		{[]string{"node", "drain", "ghost"}, exitNotFound},
+		{[]string{"delete", "greeting"}, exitOK},
+		{[]string{"get", "greeting"}, exitNotFound},
+		{[]string{"frobnicate"}, exitUsage},
+		{[]string{"put", "--help"}, exitOK},
+	}
+	for _, tc := range cases {
+		if got := run(tc.args); got != tc.want {
+			t.Errorf("quorumkv %q: exit %d, want %d", tc.args, got, tc.want)
+		}
+	}
+	if err := c.StopNode("node-1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := run([]string{"put", "--consistency", "all", "k", "v"}); got != exitUnavailable {
+		t.Errorf("put at all with a node down: exit %d, want %d", got, exitUnavailable)
+	}
+	t.Setenv("QUORUMKV_NATS", "nats://127.0.0.1:1")
+	if got := run([]string{"get", "k"}); got != exitUnavailable {
+		t.Errorf("get with no NATS: exit %d, want %d", got, exitUnavailable)
+	}
+}
