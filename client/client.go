@@ -62,7 +62,9 @@ type Error struct {
 	Message string
 }
 
-func (e *Error) Error() string { return fmt.Sprintf("quorumkv: %s (%d): %s", e.Kind, e.Code, e.Message) }
+func (e *Error) Error() string {
+	return fmt.Sprintf("quorumkv: %s (%d): %s", e.Kind, e.Code, e.Message)
+}
 
 // Is matches the sentinel of e's kind, and ErrConflict for every 409.
 func (e *Error) Is(target error) bool {
