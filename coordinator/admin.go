@@ -237,27 +237,35 @@ func (c *Coordinator) tenantDelete(ctx context.Context, body func(any) error) (a
 	return subjects.Success{Success: true}, nil
 }
 
-// tenantHoldsData asks every node in the ring for one key of tenant and
-// returns the first node that has any, or "". A node that does not answer
-// makes the check fail: deleting blind could orphan data.
+// tenantHoldsData asks every node in the ring whether it holds a live
+// (not deleted) key of tenant and returns the first node that does, or "".
+// A node that does not answer makes the check fail: deleting blind could
+// orphan data.
 func (c *Coordinator) tenantHoldsData(ctx context.Context, tenant string) (string, error) {
-	req, _ := msgpack.Marshal(&subjects.DumpRequest{Tenant: tenant, Limit: 1})
 	for _, m := range c.routing.ring().Members() {
-		msg, err := c.nc.RequestWithContext(ctx, subjects.StorageNode(m.ID, subjects.NodeOpDump), req)
-		if err != nil {
-			return "", subjects.Errorf(subjects.KindUnavailable, "cannot check node %s for data of tenant %q: %v; pass force to delete anyway", m.ID, tenant, err)
-		}
-		if e := subjects.ErrorFromHeaders(msg.Header.Get); e != nil {
-			return "", subjects.Errorf(subjects.KindUnavailable, "node %s: %v", m.ID, e)
-		}
-		var rep subjects.DumpReply
-		if err := msgpack.Unmarshal(msg.Data, &rep); err != nil {
-			return "", fmt.Errorf("decode dump from %s: %w", m.ID, err)
-		}
-		for _, e := range rep.Entries {
-			if !e.Tombstone {
-				return m.ID, nil
+		after := ""
+		for {
+			req, _ := msgpack.Marshal(&subjects.DumpRequest{Tenant: tenant, After: after, Limit: 1000})
+			msg, err := c.nc.RequestWithContext(ctx, subjects.StorageNode(m.ID, subjects.NodeOpDump), req)
+			if err != nil {
+				return "", subjects.Errorf(subjects.KindUnavailable, "cannot check node %s for data of tenant %q: %v; pass force to delete anyway", m.ID, tenant, err)
 			}
+			if e := subjects.ErrorFromHeaders(msg.Header.Get); e != nil {
+				return "", subjects.Errorf(subjects.KindUnavailable, "node %s: %v", m.ID, e)
+			}
+			var rep subjects.DumpReply
+			if err := msgpack.Unmarshal(msg.Data, &rep); err != nil {
+				return "", fmt.Errorf("decode dump from %s: %w", m.ID, err)
+			}
+			for _, e := range rep.Entries {
+				if !e.Tombstone {
+					return m.ID, nil
+				}
+			}
+			if !rep.More || len(rep.Entries) == 0 {
+				break
+			}
+			after = rep.Entries[len(rep.Entries)-1].Key
 		}
 	}
 	return "", nil

@@ -55,8 +55,22 @@ func TestTenantLifecycle(t *testing.T) {
 		}
 		return fmt.Errorf("get on a deleted tenant: %v", err)
 	})
-	// An empty tenant deletes without force.
+	// An empty tenant deletes without force; so does one whose keys are all
+	// deleted, but not one with a live key behind a tombstone.
 	if _, err := admin.CreateTenant(ctx, "empty", client.TenantSpec{}); err != nil {
+		t.Fatal(err)
+	}
+	ekv := kvClient(t, c, "empty")
+	for _, k := range []string{"a", "b"} {
+		if _, err := ekv.Put(ctx, k, []byte("v"), client.WithConsistency(subjects.All)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := ekv.Delete(ctx, "a", client.WithConsistency(subjects.All)); err != nil {
+		t.Fatal(err)
+	}
+	assertCode(t, admin.DeleteTenant(ctx, "empty", false), 409, "still holds data")
+	if _, err := ekv.Delete(ctx, "b", client.WithConsistency(subjects.All)); err != nil {
 		t.Fatal(err)
 	}
 	if err := admin.DeleteTenant(ctx, "empty", false); err != nil {
