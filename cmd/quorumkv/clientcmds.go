@@ -17,6 +17,7 @@ import (
 
 	"github.com/quorumkv/quorumkv/client"
 	"github.com/quorumkv/quorumkv/subjects"
+	"github.com/quorumkv/quorumkv/vclock"
 )
 
 // kvFlags are the flags of put, get and delete.
@@ -166,12 +167,12 @@ func runGet(args []string) error {
 			return perr
 		}
 		if err != nil {
-			return fmt.Errorf("key %q: %w", pos[0], err)
+			return fmt.Errorf("%w: %q", err, pos[0])
 		}
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("key %q: %w", pos[0], err)
+		return fmt.Errorf("%w: %q", err, pos[0])
 	}
 	os.Stdout.Write(res.Value)
 	if fi, serr := os.Stdout.Stat(); serr == nil && fi.Mode()&os.ModeCharDevice != 0 {
@@ -380,7 +381,7 @@ func runNode(args []string) error {
 			return printJSON(subjects.DumpReply{NodeID: pos[0], Entries: entries})
 		}
 		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "KEY\tVALUE\tCOUNTER\tACTOR")
+		fmt.Fprintln(w, "KEY\tVALUE\tWRITTEN\tBY")
 		for _, e := range entries {
 			v := strconv.Quote(string(e.Value))
 			if e.Tombstone {
@@ -389,7 +390,8 @@ func runNode(args []string) error {
 			if len(v) > 60 {
 				v = v[:57] + "..."
 			}
-			fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", strconv.Quote(e.Key), v, e.Counter, e.Actor)
+			written := vclock.Physical(e.Counter).UTC().Format("2006-01-02T15:04:05.000Z")
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", strconv.Quote(e.Key), v, written, e.Actor)
 		}
 		return w.Flush()
 	}

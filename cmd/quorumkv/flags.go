@@ -98,8 +98,12 @@ type logFlags struct {
 	format string
 }
 
+// register adds the flags; a level already set in l is the default.
 func (l *logFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&l.level, "log-level", "info", "debug, info, warn or error")
+	if l.level == "" {
+		l.level = "info"
+	}
+	fs.StringVar(&l.level, "log-level", l.level, "debug, info, warn or error")
 	fs.StringVar(&l.format, "log-format", "auto", "text (colour, for terminals), json, or auto (text on a terminal, else json)")
 }
 

@@ -20,7 +20,7 @@ func runDev(args []string) error {
 	data := fs.String("data", "./data", "directory for all data (NATS JetStream and storage nodes)")
 	nodes := fs.Int("nodes", 3, "storage nodes to run (1..7)")
 	fsync := fs.Bool("fsync", true, "fsync storage writes before acknowledging them (false trades durability for speed)")
-	var lf logFlags
+	lf := logFlags{level: "warn"} // the banner says what matters; --log-level info shows the rest
 	lf.register(fs)
 	if _, err := parse(fs, args); err != nil {
 		return err
