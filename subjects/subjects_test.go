@@ -1,0 +1,124 @@
+package subjects
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+func TestSubjectBuilders(t *testing.T) {
+	cases := map[string]string{
+		Put("acme"):                       "kv.v1.acme.put",
+		Get("acme"):                       "kv.v1.acme.get",
+		Delete("acme"):                    "kv.v1.acme.delete",
+		StorageNode("node-1", NodeOpRead): "kv.node.node-1.read",
+		NodeAll("node-1"):                 "kv.node.node-1.*",
+		Repair("acme"):                    "kv.repair.acme",
+		AdminTenantCreate:                 "kv.v1.admin.tenant.create",
+		AdminNodeRegister:                 "kv.v1.admin.node.register",
+	}
+	for got, want := range cases {
+		if got != want {
+			t.Errorf("got %q, want %q", got, want)
+		}
+	}
+	for subject, tenant := range map[string]string{
+		"kv.v1.acme.put": "acme", "kv.v1.a-b_c.get": "a-b_c", "kv.v1.acme": "", "kv.v2.acme.put": "", "": "",
+	} {
+		if got := TenantFromData(subject); got != tenant {
+			t.Errorf("TenantFromData(%q) = %q, want %q", subject, got, tenant)
+		}
+	}
+}
+
+func TestValidateTenantID(t *testing.T) {
+	for _, ok := range []string{"a", "default", "acme-1", "x_y", "0", strings.Repeat("a", 63)} {
+		if err := ValidateTenantID(ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "A", "-a", "_a", "a.b", "a*", "a>", "a b", strings.Repeat("a", 64), "admin", "events", "é"} {
+		if err := ValidateTenantID(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	for _, bad := range []string{"", "a.b", "a*", "a>", "a b", strings.Repeat("n", 64)} {
+		if err := ValidateNodeID(bad); err == nil {
+			t.Errorf("node id %q accepted", bad)
+		}
+	}
+}
+
+func TestErrorsRoundTripThroughHeaders(t *testing.T) {
+	e := Errorf(KindInProgress, "request %q in progress", "k")
+	if e.Code != CodeConflict || e.Error() != `in_progress: request "k" in progress` {
+		t.Fatalf("%+v %q", e, e.Error())
+	}
+	h := http.Header{}
+	h.Set(ErrorCodeHeader, "409")
+	h.Set(ErrorHeader, e.Description())
+	h.Set(KindHeader, e.Kind)
+	back := ErrorFromHeaders(h.Get)
+	if back == nil || *back != *e {
+		t.Fatalf("round trip %+v, want %+v", back, e)
+	}
+	if !errors.Is(back, &Error{Kind: KindInProgress}) || errors.Is(back, &Error{Kind: KindConflict}) || !errors.Is(back, &Error{Code: CodeConflict}) {
+		t.Fatal("Is must match by kind, or by code when no kind is given")
+	}
+	// A server that sent only micro's headers still yields a kind.
+	h = http.Header{}
+	h.Set(ErrorCodeHeader, "503")
+	h.Set(ErrorHeader, "quorum not reached")
+	back = ErrorFromHeaders(h.Get)
+	if back.Kind != KindUnavailable || back.Message != "quorum not reached" {
+		t.Fatalf("%+v", back)
+	}
+	if ErrorFromHeaders(http.Header{}.Get) != nil {
+		t.Fatal("no headers is no error")
+	}
+	for _, k := range []string{KindInvalid, KindNoSuchTenant, KindExists, KindTooLarge, KindOverloaded, KindUnavailable, KindTimeout, KindInternal} {
+		if CodeKind(KindCode(k)) == "" {
+			t.Errorf("kind %s has no code mapping", k)
+		}
+	}
+}
+
+func TestJSONRequestAndReply(t *testing.T) {
+	var r Request
+	if err := Unmarshal(true, []byte(`{"key":"k","value":"hé","consistency":"all","timeout_ms":5}`), &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Key != "k" || string(r.Value) != "hé" || r.Consistency != "all" || r.TimeoutMS != 5 {
+		t.Fatalf("%+v", r)
+	}
+	if err := Unmarshal(true, []byte(`{"key_base64":"AP8=","value_base64":"AAE="}`), &r); err != nil || r.Key != "\x00\xff" || string(r.Value) != "\x00\x01" {
+		t.Fatalf("%v %+v", err, r)
+	}
+	for _, bad := range []string{`{"key":"k","key_base64":"aw=="}`, `{"value_base64":"%%"}`, `[1]`, `{"key":1}`, `{`} {
+		var e *Error
+		if err := Unmarshal(true, []byte(bad), &r); !errors.As(err, &e) || e.Code != CodeInvalid {
+			t.Errorf("%s: %v, want a 400", bad, err)
+		}
+	}
+	out, err := Marshal(true, GetReply{Success: true, Key: "k", Found: true, Value: []byte{0xff}, Siblings: [][]byte{{0xff}, []byte("a")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), `"value_base64":"/w=="`) || !strings.Contains(string(out), `"siblings_base64":["/w==","YQ=="]`) {
+		t.Fatalf("binary get reply: %s", out)
+	}
+	var g GetReply
+	if err := Unmarshal(true, out, &g); err != nil || string(g.Value) != "\xff" || len(g.Siblings) != 2 {
+		t.Fatalf("%v %+v", err, g)
+	}
+	// msgpack round trip of the same reply.
+	mp, _ := Marshal(false, GetReply{Success: true, Key: "k", Found: true, Value: []byte("v")})
+	var g2 GetReply
+	if err := Unmarshal(false, mp, &g2); err != nil || string(g2.Value) != "v" || !g2.Found {
+		t.Fatalf("%v %+v", err, g2)
+	}
+	if !IsJSON("application/json") || !IsJSON("application/json; charset=utf-8") || IsJSON("application/msgpack") || IsJSON("") {
+		t.Fatal("IsJSON")
+	}
+}
