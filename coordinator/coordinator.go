@@ -132,7 +132,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Coordinator, error) {
 		nc:      nc,
 		log:     log,
 		hlc:     vclock.NewHLC(cfg.Now),
-		tenants: newTenantCache(cfg.Metadata, cfg.TenantTTL, cfg.Now),
+		tenants: newTenantCache(cfg.Metadata, log, cfg.TenantTTL, cfg.Now),
 		routing: newRouting(cfg.Metadata, log, cfg.RingRefresh),
 		sem:     make(chan struct{}, cfg.MaxInflight),
 	}

@@ -384,3 +384,28 @@ func waitFor(t *testing.T, d time.Duration, check func() error) {
 }
 
 var _ = context.Background
+
+// TestDevRestartKeepsData: a whole dev cluster stopped and started again on
+// the same directory serves what it stored.
+func TestDevRestartKeepsData(t *testing.T) {
+	dir := t.TempDir()
+	start := func() *devcluster.Cluster {
+		c, err := devcluster.Start(ctxT(t), devcluster.Config{Listen: "127.0.0.1:0", DataDir: dir, Logger: quietLogger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c := start()
+	kv := kvClient(t, c, "default")
+	if _, err := kv.Put(ctxT(t), "kept", []byte("across restarts"), client.WithConsistency(subjects.All)); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	c = start()
+	defer c.Close()
+	got, err := kvClient(t, c, "default").Get(ctxT(t), "kept")
+	if err != nil || string(got.Value) != "across restarts" {
+		t.Fatalf("after restart: %v %+v", err, got)
+	}
+}

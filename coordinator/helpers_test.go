@@ -72,3 +72,5 @@ func ctxT(tb testing.TB) context.Context {
 func coordinatorConfigFastTTL() coordinator.Config {
 	return coordinator.Config{TenantTTL: 100 * time.Millisecond, RingRefresh: 200 * time.Millisecond}
 }
+
+func quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -17,12 +18,14 @@ import (
 // store. Concurrent misses for one id share one load.
 type tenantCache struct {
 	store  metadata.Store
+	log    *slog.Logger
 	ttl    time.Duration
 	negTTL time.Duration
 	now    func() time.Time
 
 	mu      sync.Mutex
 	entries map[string]*tenantEntry
+	failing bool // the last load failed with a store error; guarded by mu
 }
 
 type tenantEntry struct {
@@ -32,8 +35,22 @@ type tenantEntry struct {
 	loading chan struct{} // non-nil while a load is in flight; closed when it ends
 }
 
-func newTenantCache(store metadata.Store, ttl time.Duration, now func() time.Time) *tenantCache {
-	return &tenantCache{store: store, ttl: ttl, negTTL: time.Second, now: now, entries: make(map[string]*tenantEntry)}
+func newTenantCache(store metadata.Store, log *slog.Logger, ttl time.Duration, now func() time.Time) *tenantCache {
+	return &tenantCache{store: store, log: log, ttl: ttl, negTTL: time.Second, now: now, entries: make(map[string]*tenantEntry)}
+}
+
+// noteLoad logs a store outage once when it starts and once when it ends,
+// not per request. Callers hold c.mu.
+func (c *tenantCache) noteLoad(err error) {
+	storeErr := err != nil && !errors.Is(err, metadata.ErrNotFound) && !errors.Is(err, context.Canceled)
+	switch {
+	case storeErr && !c.failing:
+		c.failing = true
+		c.log.Warn("metadata store unreachable; serving cached tenants, answering 503 for the others", "err", err)
+	case !storeErr && c.failing:
+		c.failing = false
+		c.log.Info("metadata store reachable again")
+	}
 }
 
 // get returns the tenant id, from cache when fresh. Errors: metadata's
@@ -63,6 +80,7 @@ func (c *tenantCache) get(ctx context.Context, id string) (metadata.Tenant, erro
 		t, err := c.store.GetTenant(ctx, id)
 
 		c.mu.Lock()
+		c.noteLoad(err)
 		now := c.now()
 		var final *tenantEntry
 		switch {
