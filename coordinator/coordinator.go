@@ -52,6 +52,14 @@ type Config struct {
 	IdempotencyTTL time.Duration // how long a write's response is kept for retries (24h)
 	PendingTTL     time.Duration // how long an in-progress marker lives (30s)
 
+	// Repair receives read repairs and hints (see repair.Publisher); nil
+	// disables both. HintWindow is how long, after answering, the
+	// coordinator keeps waiting for the primaries that had not answered:
+	// a write hints those that did not acknowledge, a read compares their
+	// versions (500ms).
+	Repair     RepairPublisher
+	HintWindow time.Duration
+
 	Logger *slog.Logger
 	Now    func() time.Time // clock for caches and HLC; default time.Now
 }
@@ -85,6 +93,7 @@ func (c *Config) validate() error {
 	def(&c.RingRefresh, 5*time.Second)
 	def(&c.IdempotencyTTL, idempotency.DefaultTTL)
 	def(&c.PendingTTL, idempotency.DefaultPendingTTL)
+	def(&c.HintWindow, 500*time.Millisecond)
 	defInt(&c.MaxInflight, 4096)
 	defInt(&c.NodeInflight, 2)
 	defInt(&c.MaxBatch, 512)
@@ -110,6 +119,7 @@ type Coordinator struct {
 	fan     *fanout
 	tenants *tenantCache
 	routing *routing
+	repair  *ConflictService // nil: repair disabled
 	svc     micro.Service
 	subs    []*nats.Subscription
 	sem     chan struct{}
@@ -135,6 +145,9 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Coordinator, error) {
 		tenants: newTenantCache(cfg.Metadata, log, cfg.TenantTTL, cfg.Now),
 		routing: newRouting(cfg.Metadata, log, cfg.RingRefresh),
 		sem:     make(chan struct{}, cfg.MaxInflight),
+	}
+	if cfg.Repair != nil {
+		c.repair = newConflictService(cfg.Repair, cfg.Actor, log)
 	}
 	if err := c.routing.load(ctx); err != nil {
 		// Not fatal: a coordinator may start before the store is reachable

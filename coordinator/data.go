@@ -28,6 +28,7 @@ type dataRequest struct {
 	tenant metadata.Tenant
 	level  string
 	ctxDot vclock.Dot
+	after  func() // work left once the client has its reply (repair); may be nil
 }
 
 func (c *Coordinator) dataHandler(op string) func(micro.Request) {
@@ -55,6 +56,7 @@ func (c *Coordinator) dataHandler(op string) func(micro.Request) {
 				return
 			}
 			c.respond(req, reply)
+			r.runAfter()
 		default:
 			reply, err := c.writeOnce(ctx, r, op == subjects.OpDelete)
 			if err != nil {
@@ -62,6 +64,7 @@ func (c *Coordinator) dataHandler(op string) func(micro.Request) {
 				return
 			}
 			c.respond(req, reply)
+			r.runAfter()
 		}
 	}
 }
@@ -226,13 +229,20 @@ func (c *Coordinator) write(ctx context.Context, r *dataRequest, del bool) (*sub
 			write: subjects.NodeWrite{ID: id, Tenant: r.tenant.ID, Key: r.Key, LWW: v}})
 	}
 	t := tally{required: need, total: len(pref)}
+	var acked []string
 	err = c.await(ctx, cl, &t, r.level, func(o outcome) {
 		if o.write != nil && o.write.LWW != nil {
 			c.hlc.Observe(o.write.LWW.Dot.Counter)
 		}
+		if o.err == nil {
+			acked = append(acked, o.node)
+		}
 	})
 	if err != nil {
 		return nil, err
+	}
+	if c.repair != nil {
+		r.after = func() { c.hintMissing(ctx, cl, r, pref, t.total-t.answered(), acked, *v) }
 	}
 	return &subjects.WriteReply{
 		Success:        true,
@@ -260,14 +270,21 @@ func (c *Coordinator) read(ctx context.Context, r *dataRequest) (*subjects.GetRe
 	}
 	var versions [7]vclock.Version
 	got := versions[:0]
+	var replies []ReplicaVersion
 	t := tally{required: need, total: len(pref)}
 	err = c.await(ctx, cl, &t, r.level, func(o outcome) {
 		if o.err == nil && o.read != nil && o.read.LWW != nil {
 			got = append(got, *o.read.LWW)
 		}
+		if o.err == nil && o.read != nil {
+			replies = append(replies, ReplicaVersion{Node: o.node, LWW: o.read.LWW})
+		}
 	})
 	if err != nil {
 		return nil, err
+	}
+	if c.repair != nil {
+		r.after = func() { c.repairRead(ctx, cl, r, t.total-t.answered(), replies) }
 	}
 	reply := &subjects.GetReply{Success: true, Key: r.Key, ReplicaCount: t.acks, Consistency: r.level}
 	if merged, ok := vclock.MergeAll(got); ok {

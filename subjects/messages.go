@@ -209,3 +209,26 @@ type DumpReply struct {
 	Entries []DumpEntry `json:"entries" msgpack:"entries"`
 	More    bool        `json:"more" msgpack:"more"`
 }
+
+// Repair reasons: why a RepairRequest was published. ONLY APPEND TO THIS
+// LIST.
+const (
+	RepairReasonRead = "read" // a read saw replicas that lack the merge
+	RepairReasonHint = "hint" // a primary did not acknowledge a write in time (hinted handoff)
+)
+
+// RepairRequest is a message on the repair stream (KV_REPAIR, subject
+// kv.repair.<tenant>): merge LWW into Key on every node of Targets. A
+// repair worker sends it to each target as a NodeWrite, which the node
+// merges (max); repair never overwrites. Unlike the node messages it is a
+// msgpack map (field names as in JSON), so operators can read it and
+// fields can be added.
+type RepairRequest struct {
+	Tenant  string          `json:"tenant" msgpack:"tenant"`
+	Key     string          `json:"key" msgpack:"key"`
+	LWW     *vclock.Version `json:"lww,omitempty" msgpack:"lww,omitempty"` // lww: the merged version
+	Targets []string        `json:"targets" msgpack:"targets"`             // storage node ids that lack it
+	Reason  string          `json:"reason" msgpack:"reason"`               // RepairReasonRead or RepairReasonHint
+	// Coordinator is the actor id of the coordinator that asked, for logs.
+	Coordinator string `json:"coordinator,omitempty" msgpack:"coordinator,omitempty"`
+}

@@ -1,6 +1,6 @@
 // Package devcluster runs a whole quorumkv deployment in one process: an
 // embedded nats-server with JetStream, storage nodes, a coordinator with its
-// stores on JetStream KV, and tenant "default". It backs `quorumkv dev` and
+// stores on JetStream KV, a repair worker, and tenant "default". It backs `quorumkv dev` and
 // the integration tests, so what the tests exercise is what users run.
 package devcluster
 
@@ -24,6 +24,7 @@ import (
 	"github.com/quorumkv/quorumkv/idempotency"
 	"github.com/quorumkv/quorumkv/internal/wiring"
 	"github.com/quorumkv/quorumkv/metadata"
+	"github.com/quorumkv/quorumkv/repair"
 	"github.com/quorumkv/quorumkv/storage"
 )
 
@@ -38,6 +39,7 @@ type Config struct {
 	Idempotency   string // idempotency store: "nats" (default) or a redis:// URL
 	RedisPrefix   string // key prefix in Redis (default "quorumkv:idem:")
 	Coordinator   coordinator.Config
+	Repair        repair.Config // repair streams, publisher and workers
 	Logger        *slog.Logger
 }
 
@@ -54,6 +56,10 @@ type Cluster struct {
 	meta   metadata.Store
 	idem   idempotency.Store
 	conns  []*nats.Conn
+
+	pub     *repair.Publisher
+	workers []*repair.Worker
+	started int // repair workers started, for their names
 }
 
 type nodeProc struct {
@@ -146,6 +152,13 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if c.idem, err = wiring.OpenIdempotency(ctx, cfg.Idempotency, nc, storeOpts); err != nil {
 		return nil, err
 	}
+	pnc, err := c.connect("repair-publisher")
+	if err != nil {
+		return nil, err
+	}
+	if c.pub, err = repair.NewPublisher(ctx, pnc, c.repairConfig("publisher")); err != nil {
+		return nil, err
+	}
 	if _, err := c.AddCoordinator(ctx); err != nil {
 		return nil, err
 	}
@@ -155,6 +168,9 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		}
 	}
 	if err := c.WaitForNodes(ctx, cfg.Nodes); err != nil {
+		return nil, err
+	}
+	if _, err := c.StartRepairWorker(ctx); err != nil {
 		return nil, err
 	}
 	if cfg.DefaultTenant != "-" {
@@ -190,6 +206,9 @@ func (c *Cluster) AddCoordinator(ctx context.Context) (*coordinator.Coordinator,
 	cfg := c.cfg.Coordinator
 	cfg.Metadata, cfg.Idempotency, cfg.Logger = c.meta, c.idem, c.log
 	cfg.Actor = ""
+	if cfg.Repair == nil && c.pub != nil {
+		cfg.Repair = c.pub
+	}
 	co, err := coordinator.New(ctx, nc, cfg)
 	if err != nil {
 		return nil, err
@@ -262,6 +281,47 @@ func (c *Cluster) Node(id string) *storage.Node {
 	return nil
 }
 
+func (c *Cluster) repairConfig(name string) repair.Config {
+	cfg := c.cfg.Repair
+	cfg.Replicas, cfg.Logger, cfg.Name = 1, c.log, "dev-"+name
+	return cfg
+}
+
+// StartRepairWorker starts one more repair worker on its own connection.
+func (c *Cluster) StartRepairWorker(ctx context.Context) (*repair.Worker, error) {
+	c.mu.Lock()
+	c.started++
+	name := "worker-" + strconv.Itoa(c.started)
+	c.mu.Unlock()
+	nc, err := c.connect("repair-" + name)
+	if err != nil {
+		return nil, err
+	}
+	w, err := repair.NewWorker(ctx, nc, c.repairConfig(name))
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.workers = append(c.workers, w)
+	c.mu.Unlock()
+	return w, nil
+}
+
+// StopRepairWorkers stops every repair worker the cluster started; the
+// repair requests stay in the stream for the next worker.
+func (c *Cluster) StopRepairWorkers() {
+	c.mu.Lock()
+	ws := c.workers
+	c.workers = nil
+	c.mu.Unlock()
+	for _, w := range ws {
+		w.Stop()
+	}
+}
+
+// RepairPublisher is the publisher the cluster's coordinators use.
+func (c *Cluster) RepairPublisher() *repair.Publisher { return c.pub }
+
 // Metadata is the cluster's metadata store.
 func (c *Cluster) Metadata() metadata.Store { return c.meta }
 
@@ -314,6 +374,10 @@ func (c *Cluster) Close() {
 	for _, co := range coords {
 		co.Stop()
 	}
+	if c.pub != nil {
+		c.pub.Close(2 * time.Second)
+	}
+	c.StopRepairWorkers()
 	for id, p := range nodes {
 		if err := p.node.Close(); err != nil {
 			c.log.Warn("close storage node", "node", id, "err", err)

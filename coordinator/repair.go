@@ -1,0 +1,167 @@
+package coordinator
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/quorumkv/quorumkv/subjects"
+	"github.com/quorumkv/quorumkv/vclock"
+)
+
+// RepairPublisher takes repair requests to the repair stream;
+// *repair.Publisher is the implementation. Publish must not block: it
+// reports false when it had to drop the request.
+type RepairPublisher interface {
+	Publish(subjects.RepairRequest) bool
+}
+
+// ReplicaVersion is what one primary answered to a read: the version it
+// holds, or nil when it holds nothing for the key.
+type ReplicaVersion struct {
+	Node string
+	LWW  *vclock.Version
+}
+
+// DetectConflicts merges the replies of a read and names the replicas that
+// lack the merge: those that hold nothing or a smaller version. ok is false
+// when no replica holds anything, so there is nothing to repair. stale is
+// in the order of replies. DetectConflicts is pure.
+func DetectConflicts(replies []ReplicaVersion) (merged vclock.Version, stale []string, ok bool) {
+	for _, r := range replies {
+		if r.LWW != nil {
+			merged, ok = vclock.Merge(merged, *r.LWW), true
+		}
+	}
+	if !ok || merged.Dot.IsZero() {
+		return vclock.Version{}, nil, false
+	}
+	for _, r := range replies {
+		if (r.LWW == nil || vclock.Compare(*r.LWW, merged) != 0) && !slices.Contains(stale, r.Node) {
+			stale = append(stale, r.Node)
+		}
+	}
+	return merged, stale, true
+}
+
+// RepairStats counts what a coordinator asked to repair since it started.
+type RepairStats struct {
+	ReadRepairs uint64 // read repairs published (one per key and read)
+	Hints       uint64 // hints published (one per write that missed primaries)
+	Dropped     uint64 // requests the publisher refused (see its own counters for later losses)
+}
+
+// ConflictService finds replicas that need repair and asks for it: read
+// repair after reads, hinted handoff after writes. It runs after the client
+// has its reply and never delays it.
+type ConflictService struct {
+	pub   RepairPublisher
+	actor string
+	log   *slog.Logger
+
+	reads, hints, dropped atomic.Uint64
+}
+
+func newConflictService(pub RepairPublisher, actor string, log *slog.Logger) *ConflictService {
+	return &ConflictService{pub: pub, actor: actor, log: log}
+}
+
+// TriggerRepair publishes a request to merge v into key of tenant on
+// targets. The publisher adds the Nats-Msg-Id that de-duplicates it.
+func (s *ConflictService) TriggerRepair(tenant, key string, v vclock.Version, targets []string, reason string) bool {
+	ok := s.pub.Publish(subjects.RepairRequest{
+		Tenant: tenant, Key: key, LWW: &v, Targets: targets, Reason: reason, Coordinator: s.actor,
+	})
+	switch {
+	case !ok:
+		s.dropped.Add(1)
+	case reason == subjects.RepairReasonHint:
+		s.hints.Add(1)
+	default:
+		s.reads.Add(1)
+	}
+	return ok
+}
+
+// Stats returns the service's counters.
+func (s *ConflictService) Stats() RepairStats {
+	return RepairStats{ReadRepairs: s.reads.Load(), Hints: s.hints.Load(), Dropped: s.dropped.Load()}
+}
+
+// RepairStats returns the coordinator's repair counters; zero when repair
+// is disabled.
+func (c *Coordinator) RepairStats() RepairStats {
+	if c.repair == nil {
+		return RepairStats{}
+	}
+	return c.repair.Stats()
+}
+
+// after runs the request's tail work, if any, once the client has its
+// reply.
+func (r *dataRequest) runAfter() {
+	if r.after != nil {
+		r.after()
+	}
+}
+
+// collectRest feeds each up to n more outcomes of cl, until they arrived,
+// HintWindow passed, or ctx ended (the fan-out drops items whose request
+// gave up, so nothing arrives after that).
+func (c *Coordinator) collectRest(ctx context.Context, cl *call, n int, each func(outcome)) {
+	if n <= 0 {
+		return
+	}
+	timer := time.NewTimer(c.cfg.HintWindow)
+	defer timer.Stop()
+	for ; n > 0; n-- {
+		select {
+		case o := <-cl.ch:
+			each(o)
+		case <-timer.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// repairRead waits for the primaries that had not answered a read, then
+// asks to repair the ones that lack the merge. Replicas that failed or did
+// not answer are not targets: they may hold anything, and a primary that
+// missed a write is hinted by the write.
+func (c *Coordinator) repairRead(ctx context.Context, cl *call, r *dataRequest, outstanding int, replies []ReplicaVersion) {
+	c.collectRest(ctx, cl, outstanding, func(o outcome) {
+		if o.err == nil && o.read != nil {
+			replies = append(replies, ReplicaVersion{Node: o.node, LWW: o.read.LWW})
+		}
+	})
+	merged, stale, ok := DetectConflicts(replies)
+	if !ok || len(stale) == 0 {
+		return
+	}
+	c.repair.TriggerRepair(r.tenant.ID, r.Key, merged, stale, subjects.RepairReasonRead)
+}
+
+// hintMissing waits for the primaries that had not acknowledged a write,
+// then hints the ones that still did not (hinted handoff): a repair worker
+// delivers v to them once they answer.
+func (c *Coordinator) hintMissing(ctx context.Context, cl *call, r *dataRequest, pref []string, outstanding int, acked []string, v vclock.Version) {
+	c.collectRest(ctx, cl, outstanding, func(o outcome) {
+		if o.err == nil {
+			acked = append(acked, o.node)
+		}
+	})
+	var missed []string
+	for _, node := range pref {
+		if !slices.Contains(acked, node) {
+			missed = append(missed, node)
+		}
+	}
+	if len(missed) == 0 {
+		return
+	}
+	c.repair.TriggerRepair(r.tenant.ID, r.Key, v, missed, subjects.RepairReasonHint)
+}

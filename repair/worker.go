@@ -1,0 +1,535 @@
+package repair
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/quorumkv/quorumkv/subjects"
+)
+
+// Version is the repair worker's version as nats micro reports it.
+const Version = "0.1.0"
+
+// WorkerStats counts what one worker did since it started.
+type WorkerStats struct {
+	Name         string    `json:"name"`
+	Started      time.Time `json:"started"`
+	Applied      uint64    `json:"applied"`       // messages whose every target confirmed the merge (acked)
+	Failed       uint64    `json:"failed"`        // deliveries that failed and were nak'd for a retry with back-off
+	DeadLettered uint64    `json:"dead_lettered"` // messages moved to the dead-letter stream
+	NodeWrites   uint64    `json:"node_writes"`   // merges confirmed by a target node (one per message and target)
+	Batches      uint64    `json:"batches"`       // fetched batches processed
+}
+
+// Worker is a repair worker: it pulls repair requests from the shared
+// durable consumer in batches, sends each request's version to its target
+// nodes as a merge, and acknowledges a message only once every target
+// confirmed it. A message with a target that failed is nak'd with an
+// exponential back-off; on its last delivery it moves to the dead-letter
+// stream. Any number of workers may run on any number of hosts.
+type Worker struct {
+	cfg    Config
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	cons   jetstream.Consumer
+	log    *slog.Logger
+	svc    micro.Service
+	adv    *nats.Subscription
+
+	started                                         time.Time
+	applied, failed, dead, nodeWrites, batchesCount atomic.Uint64
+
+	exhausted chan uint64 // stream sequences the server gave up on (advisories)
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	stopOnce  sync.Once
+
+	// beforeAck, when set (tests only), runs after a message's targets
+	// confirmed and before it is acknowledged.
+	beforeAck func(*subjects.RepairRequest)
+}
+
+// NewWorker starts a worker on nc, which the caller keeps owning. It calls
+// Ensure first, so the first process to start creates the streams.
+func NewWorker(ctx context.Context, nc *nats.Conn, cfg Config) (*Worker, error) {
+	return newWorker(ctx, nc, cfg, nil)
+}
+
+func newWorker(ctx context.Context, nc *nats.Conn, cfg Config, beforeAck func(*subjects.RepairRequest)) (*Worker, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("repair: jetstream: %w", err)
+	}
+	if err := ensure(ctx, js, &cfg); err != nil {
+		return nil, err
+	}
+	w := &Worker{
+		cfg:       cfg,
+		nc:        nc,
+		js:        js,
+		log:       cfg.Logger.With("repair_worker", cfg.Name),
+		started:   time.Now(),
+		exhausted: make(chan uint64, 1024),
+		beforeAck: beforeAck,
+	}
+	if w.stream, err = js.Stream(ctx, StreamName); err != nil {
+		return nil, fmt.Errorf("repair: stream %s: %w", StreamName, err)
+	}
+	if w.cons, err = w.stream.Consumer(ctx, ConsumerName); err != nil {
+		return nil, fmt.Errorf("repair: consumer %s: %w", ConsumerName, err)
+	}
+	// Every worker listens, one (queue group) handles each advisory.
+	w.adv, err = nc.QueueSubscribe(advisoryPrefix+"."+StreamName+"."+ConsumerName, ConsumerName+"-dead", w.onMaxDeliveries)
+	if err != nil {
+		return nil, fmt.Errorf("repair: subscribe max-delivery advisories: %w", err)
+	}
+	if err := w.addService(); err != nil {
+		_ = w.adv.Unsubscribe()
+		return nil, err
+	}
+	bg, cancel := context.WithCancel(context.Background())
+	w.cancel = cancel
+	w.wg.Add(2)
+	go func() { defer w.wg.Done(); w.run(bg) }()
+	go func() { defer w.wg.Done(); w.runExhausted(bg) }()
+	w.log.Info("repair worker started", "batch", cfg.Batch, "ack_wait", cfg.AckWait, "max_deliver", cfg.MaxDeliver)
+	return w, nil
+}
+
+// addService registers the worker as nats micro service quorumkv-repair, so
+// `quorumkv repair status` and `nats micro stats quorumkv-repair` see its
+// counters.
+func (w *Worker) addService() error {
+	svc, err := micro.AddService(w.nc, micro.Config{
+		Name:         ServiceName,
+		Version:      Version,
+		Description:  "quorumkv repair worker",
+		Metadata:     map[string]string{"name": w.cfg.Name},
+		StatsHandler: func(*micro.Endpoint) any { return w.Stats() },
+	})
+	if err != nil {
+		return fmt.Errorf("repair: add micro service: %w", err)
+	}
+	err = svc.AddEndpoint("stats", micro.HandlerFunc(func(req micro.Request) {
+		_ = req.RespondJSON(w.Stats())
+	}), micro.WithEndpointSubject(statsSubject))
+	if err != nil {
+		_ = svc.Stop()
+		return fmt.Errorf("repair: add stats endpoint: %w", err)
+	}
+	w.svc = svc
+	return nil
+}
+
+// Stats returns the worker's counters.
+func (w *Worker) Stats() WorkerStats {
+	return WorkerStats{
+		Name:         w.cfg.Name,
+		Started:      w.started,
+		Applied:      w.applied.Load(),
+		Failed:       w.failed.Load(),
+		DeadLettered: w.dead.Load(),
+		NodeWrites:   w.nodeWrites.Load(),
+		Batches:      w.batchesCount.Load(),
+	}
+}
+
+// Stop stops fetching, lets the batch in hand finish (each of its messages
+// is acked or nak'd; any the server already sent beyond it are redelivered
+// after AckWait), and returns once every goroutine of the worker ended. It
+// does not close the connection. Safe to call more than once.
+func (w *Worker) Stop() {
+	w.stopOnce.Do(func() {
+		w.cancel()
+		_ = w.adv.Unsubscribe()
+		w.wg.Wait()
+		if err := w.svc.Stop(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+			w.log.Warn("stop micro service", "err", err)
+		}
+		w.log.Info("repair worker stopped", "stats", w.Stats())
+	})
+}
+
+// run fetches and processes batches until ctx ends.
+func (w *Worker) run(ctx context.Context) {
+	failing := false
+	for ctx.Err() == nil {
+		msgs, err := w.fetch(ctx)
+		if len(msgs) > 0 {
+			w.process(msgs)
+		}
+		switch {
+		case err == nil || ctx.Err() != nil:
+			if failing {
+				w.log.Info("repair consumer reachable again")
+				failing = false
+			}
+			continue
+		case errors.Is(err, nats.ErrConnectionClosed):
+			w.log.Warn("repair worker's NATS connection closed; stopping")
+			return
+		}
+		if !failing {
+			w.log.Warn("fetching repair requests failed; retrying", "err", err)
+			failing = true
+		}
+		if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+			ectx, cancel := context.WithTimeout(ctx, w.cfg.NodeTimeout)
+			if err := ensure(ectx, w.js, &w.cfg); err != nil {
+				w.log.Warn("recreating repair stream and consumer failed", "err", err)
+			}
+			cancel()
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// fetch returns what is available at once, up to Batch; when nothing is,
+// it waits up to FetchWait for one message and then takes what else came.
+func (w *Worker) fetch(ctx context.Context) ([]jetstream.Msg, error) {
+	msgs, err := drain(w.cons.FetchNoWait(w.cfg.Batch))
+	if len(msgs) > 0 || err != nil {
+		return msgs, err
+	}
+	fctx, cancel := context.WithTimeout(ctx, w.cfg.FetchWait)
+	defer cancel()
+	msgs, err = drain(w.cons.Fetch(1, jetstream.FetchContext(fctx)))
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	if len(msgs) == 0 || err != nil || w.cfg.Batch == 1 {
+		return msgs, err
+	}
+	more, err := drain(w.cons.FetchNoWait(w.cfg.Batch - 1))
+	return append(msgs, more...), err
+}
+
+func drain(b jetstream.MessageBatch, err error) ([]jetstream.Msg, error) {
+	if err != nil {
+		return nil, err
+	}
+	var msgs []jetstream.Msg
+	for m := range b.Messages() {
+		msgs = append(msgs, m)
+	}
+	return msgs, b.Error()
+}
+
+// job is one delivered message being processed.
+type job struct {
+	msg   jetstream.Msg
+	req   *subjects.RepairRequest
+	meta  *jetstream.MsgMetadata
+	fails []string // "node: reason" of each target that did not confirm
+}
+
+// process carries out a batch: per target node one write of all the
+// batch's items for it (in parallel across nodes), then acks or naks each
+// message by the outcome of all its targets.
+func (w *Worker) process(msgs []jetstream.Msg) {
+	w.batchesCount.Add(1)
+	jobs := make([]*job, 0, len(msgs))
+	byNode := map[string][]int{}
+	for _, m := range msgs {
+		meta, err := m.Metadata()
+		if err != nil {
+			w.log.Warn("repair message without metadata; leaving it for redelivery", "err", err)
+			continue
+		}
+		req, err := Decode(m.Data())
+		if err != nil {
+			// Poison: no retry can help. Keep it for the operator.
+			w.deadLetterMsg(&job{msg: m, meta: meta, fails: []string{err.Error()}})
+			continue
+		}
+		jobs = append(jobs, &job{msg: m, req: req, meta: meta})
+		seen := map[string]bool{}
+		for _, t := range req.Targets {
+			if !seen[t] {
+				seen[t] = true
+				byNode[t] = append(byNode[t], len(jobs)-1)
+			}
+		}
+	}
+	var (
+		mu sync.Mutex
+		wg sync.WaitGroup
+	)
+	for node, idx := range byNode {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs := w.writeNode(node, jobs, idx)
+			mu.Lock()
+			defer mu.Unlock()
+			for _, i := range idx {
+				if err, bad := errs[i]; bad {
+					jobs[i].fails = append(jobs[i].fails, node+": "+err)
+				} else {
+					w.nodeWrites.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for _, j := range jobs {
+		w.settle(j)
+	}
+}
+
+// settle acks, naks or dead-letters one processed message.
+func (w *Worker) settle(j *job) {
+	if len(j.fails) == 0 {
+		if w.beforeAck != nil {
+			w.beforeAck(j.req)
+		}
+		if err := j.msg.Ack(); err != nil {
+			w.log.Warn("ack failed; the message is redelivered and merged again (harmless)", "err", err)
+			return
+		}
+		w.applied.Add(1)
+		return
+	}
+	if j.meta.NumDelivered >= uint64(w.cfg.MaxDeliver) {
+		w.deadLetterMsg(j)
+		return
+	}
+	w.failed.Add(1)
+	delay := w.cfg.backoff(j.meta.NumDelivered)
+	w.log.Debug("repair failed; retrying later", "tenant", j.req.Tenant, "delivery", j.meta.NumDelivered, "delay", delay, "err", strings.Join(j.fails, "; "))
+	if err := j.msg.NakWithDelay(delay); err != nil {
+		w.log.Warn("nak failed; the message is redelivered after ack wait", "err", err)
+	}
+}
+
+// errItemMissing is what an item gets when the node's last reply did not
+// name it.
+const errItemMissing = "node did not answer the item"
+
+// writeNode sends the versions of jobs[idx] to node as merges and returns
+// the failed ones by job index. Items are sent in batches below the
+// server's max payload; a batch's reply may come in several messages.
+func (w *Worker) writeNode(node string, jobs []*job, idx []int) map[int]string {
+	errs := map[int]string{}
+	limit := max(int(w.nc.MaxPayload())-64<<10, 64<<10)
+	var items []subjects.NodeWrite
+	size := 0
+	flush := func() {
+		if len(items) == 0 {
+			return
+		}
+		for id, err := range w.writeBatch(node, items) {
+			errs[int(id)] = err
+		}
+		items, size = items[:0], 0
+	}
+	for _, i := range idx {
+		r := jobs[i].req
+		s := 64 + len(r.Tenant) + len(r.Key) + len(r.LWW.Value) + len(r.LWW.Dot.Actor)
+		if size+s > limit {
+			flush()
+		}
+		items = append(items, subjects.NodeWrite{ID: uint64(i), Tenant: r.Tenant, Key: r.Key, LWW: r.LWW})
+		size += s
+	}
+	flush()
+	return errs
+}
+
+// writeBatch sends one NodeWriteBatch to node and returns the items that
+// failed, by item id.
+func (w *Worker) writeBatch(node string, items []subjects.NodeWrite) map[uint64]string {
+	failAll := func(reason string) map[uint64]string {
+		out := make(map[uint64]string, len(items))
+		for _, it := range items {
+			out[it.ID] = reason
+		}
+		return out
+	}
+	data, err := msgpack.Marshal(&subjects.NodeWriteBatch{Proto: subjects.NodeProtocolVersion, Items: items})
+	if err != nil {
+		return failAll("encode: " + err.Error())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.NodeTimeout)
+	defer cancel()
+	inbox := w.nc.NewInbox()
+	sub, err := w.nc.SubscribeSync(inbox)
+	if err != nil {
+		return failAll("subscribe reply: " + err.Error())
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := w.nc.PublishRequest(subjects.StorageNode(node, subjects.NodeOpWrite), inbox, data); err != nil {
+		return failAll("publish: " + err.Error())
+	}
+	pending := make(map[uint64]bool, len(items))
+	for _, it := range items {
+		pending[it.ID] = true
+	}
+	out := map[uint64]string{}
+	for {
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) {
+				err = fmt.Errorf("no reply within %s", w.cfg.NodeTimeout)
+			}
+			for id := range pending {
+				out[id] = err.Error()
+			}
+			return out
+		}
+		if m.Header.Get("Status") == "503" {
+			return failAll("node is down (no responders)")
+		}
+		if e := subjects.ErrorFromHeaders(m.Header.Get); e != nil {
+			return failAll(e.Error())
+		}
+		var r subjects.NodeWriteReply
+		if err := msgpack.Unmarshal(m.Data, &r); err != nil {
+			for id := range pending {
+				out[id] = "bad reply: " + err.Error()
+			}
+			return out
+		}
+		for _, res := range r.Results {
+			if !pending[res.ID] {
+				continue
+			}
+			delete(pending, res.ID)
+			if res.Err != "" {
+				out[res.ID] = res.Err
+			}
+		}
+		if !r.More {
+			for id := range pending {
+				out[id] = errItemMissing
+			}
+			return out
+		}
+	}
+}
+
+// deadLetterMsg moves a delivered message to the dead-letter stream and
+// terminates it. If the move fails the message is left alone: the server
+// stops delivering it and announces that with an advisory, which moves it.
+func (w *Worker) deadLetterMsg(j *job) {
+	reason := strings.Join(j.fails, "; ")
+	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.NodeTimeout)
+	defer cancel()
+	if err := w.deadLetter(ctx, j.msg.Subject(), j.msg.Data(), j.msg.Headers(), j.meta.Sequence.Stream, j.meta.NumDelivered, reason); err != nil {
+		w.log.Error("moving a repair request to the dead-letter stream failed", "seq", j.meta.Sequence.Stream, "err", err)
+		return
+	}
+	if err := j.msg.TermWithReason("moved to " + DeadStreamName); err != nil {
+		w.log.Warn("terminating a dead-lettered message failed", "seq", j.meta.Sequence.Stream, "err", err)
+	}
+}
+
+// deadLetter publishes a copy of a KV_REPAIR message to the dead-letter
+// stream, with why it failed. Its Nats-Msg-Id derives from the stream
+// sequence, so a message moved by two paths is stored once.
+func (w *Worker) deadLetter(ctx context.Context, subject string, data []byte, hdr nats.Header, seq, deliveries uint64, reason string) error {
+	tenant := strings.TrimPrefix(subject, subjects.RepairPrefix+".")
+	if !validToken(tenant) {
+		tenant = "_invalid"
+	}
+	m := nats.NewMsg(DeadSubject(tenant))
+	m.Data = data
+	for k, v := range hdr {
+		if !strings.HasPrefix(k, "Nats-") {
+			m.Header[k] = v
+		}
+	}
+	m.Header.Set(HeaderError, reason)
+	m.Header.Set(HeaderDeliveries, strconv.FormatUint(deliveries, 10))
+	m.Header.Set(HeaderStreamSeq, strconv.FormatUint(seq, 10))
+	m.Header.Set(HeaderSubject, subject)
+	m.Header.Set(jetstream.MsgIDHeader, "dead-"+strconv.FormatUint(seq, 10))
+	if _, err := w.js.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("publish to %s: %w", m.Subject, err)
+	}
+	w.dead.Add(1)
+	w.log.Warn("repair request dead-lettered", "seq", seq, "subject", subject, "deliveries", deliveries, "err", reason)
+	return nil
+}
+
+// validToken reports whether s can be one subject token.
+func validToken(s string) bool {
+	return s != "" && !strings.ContainsAny(s, ".*> \t\r\n")
+}
+
+// maxDeliveriesAdvisory is the part of the server's
+// io.nats.jetstream.advisory.v1.max_deliver event the worker reads.
+type maxDeliveriesAdvisory struct {
+	StreamSeq  uint64 `json:"stream_seq"`
+	Deliveries uint64 `json:"deliveries"`
+}
+
+// onMaxDeliveries hears that the server gave up on a message that no
+// worker settled on its last delivery (a worker crashed or ran past
+// AckWait), and hands it to runExhausted.
+func (w *Worker) onMaxDeliveries(m *nats.Msg) {
+	var a maxDeliveriesAdvisory
+	if err := json.Unmarshal(m.Data, &a); err != nil || a.StreamSeq == 0 {
+		return
+	}
+	select {
+	case w.exhausted <- a.StreamSeq:
+	default:
+		w.log.Warn("too many exhausted repair requests at once; one stays in KV_REPAIR undelivered", "seq", a.StreamSeq)
+	}
+}
+
+// runExhausted moves messages the server stopped delivering to the
+// dead-letter stream until ctx ends.
+func (w *Worker) runExhausted(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case seq := <-w.exhausted:
+			if err := w.moveExhausted(ctx, seq); err != nil {
+				w.log.Error("moving an exhausted repair request to the dead-letter stream failed; it stays in KV_REPAIR", "seq", seq, "err", err)
+			}
+		}
+	}
+}
+
+func (w *Worker) moveExhausted(ctx context.Context, seq uint64) error {
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.NodeTimeout)
+	defer cancel()
+	raw, err := w.stream.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil // settled meanwhile
+	}
+	if err != nil {
+		return fmt.Errorf("get message %d: %w", seq, err)
+	}
+	reason := fmt.Sprintf("delivered %d times without an ack (a worker crashed or exceeded the ack wait)", w.cfg.MaxDeliver)
+	if err := w.deadLetter(ctx, raw.Subject, raw.Data, raw.Header, seq, uint64(w.cfg.MaxDeliver), reason); err != nil {
+		return err
+	}
+	if err := w.stream.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("delete message %d: %w", seq, err)
+	}
+	return nil
+}
