@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/quorumkv/quorumkv/client"
 	"github.com/quorumkv/quorumkv/internal/devcluster"
 )
 
@@ -68,6 +71,8 @@ func TestCLIExitCodes(t *testing.T) {
 		{[]string{"tenant", "list"}, exitOK},
 		{[]string{"tenant", "get", "--json", "default"}, exitOK},
 		{[]string{"node", "list"}, exitOK},
+		{[]string{"status"}, exitOK},
+		{[]string{"status", "--json"}, exitOK},
 		{[]string{"node", "dump", "node-1"}, exitOK},
 		{[]string{"node", "drain", "ghost"}, exitNotFound},
 		{[]string{"delete", "greeting"}, exitOK},
@@ -89,5 +94,45 @@ func TestCLIExitCodes(t *testing.T) {
 	t.Setenv("QUORUMKV_NATS", "nats://127.0.0.1:1")
 	if got := run([]string{"get", "k"}); got != exitUnavailable {
 		t.Errorf("get with no NATS: exit %d, want %d", got, exitUnavailable)
+	}
+}
+
+func TestStatusReport(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := devcluster.Start(ctx, devcluster.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	if _, err := c.AddCoordinator(ctx); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(c.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	rep, err := collectStatus(ctx, nc, client.NewAdmin(nc), 300*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Nodes) != 3 || len(rep.Coordinators) != 2 || rep.Tenants != 1 {
+		t.Fatalf("status %+v", rep)
+	}
+	total := 0.0
+	for _, n := range rep.Nodes {
+		if n.RingShare < 0.2 || n.RingShare > 0.5 {
+			t.Fatalf("node %s ring share %.2f", n.ID, n.RingShare)
+		}
+		total += n.RingShare
+	}
+	if total < 0.999 || total > 1.001 {
+		t.Fatalf("ring shares add up to %f", total)
+	}
+	for _, co := range rep.Coordinators {
+		if co.Actor == "" || co.Version == "" {
+			t.Fatalf("coordinator %+v", co)
+		}
 	}
 }

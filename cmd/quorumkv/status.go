@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/quorumkv/quorumkv/client"
+	"github.com/quorumkv/quorumkv/ring"
+	"github.com/quorumkv/quorumkv/subjects"
+)
+
+// statusReport is what `quorumkv status` shows; --json prints it as is.
+type statusReport struct {
+	NATS         string              `json:"nats"`
+	Nodes        []nodeStatus        `json:"nodes"`
+	Coordinators []coordinatorStatus `json:"coordinators"`
+	Tenants      int                 `json:"tenants"`
+}
+
+type nodeStatus struct {
+	subjects.Node
+	RingShare float64 `json:"ring_share"` // fraction of keys this node is first replica for
+}
+
+type coordinatorStatus struct {
+	ID       string `json:"id"`
+	Actor    string `json:"actor"`
+	Version  string `json:"version"`
+	Requests int    `json:"requests"`
+	Errors   int    `json:"errors"`
+}
+
+func runStatus(args []string) error {
+	fs := newFlags("status", "", "Show the storage nodes (state, ring share), the running coordinators and the tenants.")
+	var a adminFlags
+	a.register(fs)
+	wait := fs.Duration("wait", 500*time.Millisecond, "how long to collect answers from coordinators")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	ad, nc, err := a.admin()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rep, err := collectStatus(ctx, nc, ad, *wait)
+	if err != nil {
+		return err
+	}
+	if a.json {
+		return printJSON(rep)
+	}
+	fmt.Printf("NATS: %s\n\n", rep.NATS)
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "NODE\tSTATUS\tRING SHARE\tVNODES\tLAST SEEN")
+	for _, n := range rep.Nodes {
+		fmt.Fprintf(w, "%s\t%s\t%.1f%%\t%d\t%s ago\n", n.ID, n.Status, 100*n.RingShare, n.VirtualNodes, time.Since(n.LastSeen).Round(time.Second))
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "COORDINATOR\tACTOR\tVERSION\tREQUESTS\tERRORS")
+	for _, c := range rep.Coordinators {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\n", c.ID, c.Actor, c.Version, c.Requests, c.Errors)
+	}
+	fmt.Fprintf(w, "\ntenants: %d\n", rep.Tenants)
+	return w.Flush()
+}
+
+func collectStatus(ctx context.Context, nc *nats.Conn, ad *client.Admin, wait time.Duration) (*statusReport, error) {
+	rep := &statusReport{NATS: nc.ConnectedUrlRedacted()}
+	nodes, err := ad.ListNodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	members := make([]ring.Member, len(nodes))
+	for i, n := range nodes {
+		members[i] = ring.Member{ID: n.ID, VirtualNodes: n.VirtualNodes, Active: n.Status == "active"}
+	}
+	shares := ring.New(members).Shares()
+	for _, n := range nodes {
+		rep.Nodes = append(rep.Nodes, nodeStatus{Node: n, RingShare: shares[n.ID]})
+	}
+	tenants, err := ad.ListTenants(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rep.Tenants = len(tenants)
+
+	// Every coordinator answers micro's $SRV.STATS discovery request.
+	subject, err := micro.ControlSubject(micro.StatsVerb, subjects.ServiceName, "")
+	if err != nil {
+		return nil, err
+	}
+	inbox := nc.NewRespInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, fmt.Errorf("subscribe for coordinator stats: %w", err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.PublishRequest(subject, inbox, nil); err != nil {
+		return nil, fmt.Errorf("ask coordinators for stats: %w", err)
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		m, err := sub.NextMsg(time.Until(deadline))
+		if err != nil {
+			break // timeout: everyone who answers in time has
+		}
+		var st micro.Stats
+		if json.Unmarshal(m.Data, &st) != nil {
+			continue
+		}
+		cs := coordinatorStatus{ID: st.ID, Actor: st.Metadata["actor"], Version: st.Version}
+		for _, e := range st.Endpoints {
+			cs.Requests += e.NumRequests
+			cs.Errors += e.NumErrors
+		}
+		rep.Coordinators = append(rep.Coordinators, cs)
+	}
+	sort.Slice(rep.Coordinators, func(i, j int) bool { return rep.Coordinators[i].ID < rep.Coordinators[j].ID })
+	return rep, nil
+}
