@@ -1,0 +1,315 @@
+package deploy_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/quorumkv/quorumkv/client"
+	"github.com/quorumkv/quorumkv/coordinator"
+	"github.com/quorumkv/quorumkv/subjects"
+)
+
+// TestConfLimits checks the settings of nats.conf that quorumkv relies on.
+func TestConfLimits(t *testing.T) {
+	opts := loadConf(t, []string{"nats-route://route:x@nats-1:6222", "nats-route://route:x@nats-2:6222", "nats-route://route:x@nats-3:6222"})
+	if !opts.JetStream {
+		t.Error("JetStream is off")
+	}
+	if min := subjects.MaxValueBytes + 64<<10; opts.MaxPayload < int32(min) {
+		t.Errorf("max_payload %d does not fit a %d-byte value plus overhead", opts.MaxPayload, subjects.MaxValueBytes)
+	}
+	if opts.MaxPayload != 4<<20 {
+		t.Errorf("max_payload %d, want 4MB", opts.MaxPayload)
+	}
+	if opts.Cluster.Name == "" || opts.Cluster.Port != 6222 {
+		t.Errorf("cluster %q on port %d, want a named cluster on 6222", opts.Cluster.Name, opts.Cluster.Port)
+	}
+	if opts.Cluster.Username == "" || opts.Cluster.Password == "" {
+		t.Error("routes are not authenticated")
+	}
+	if len(opts.Routes) != 3 {
+		t.Errorf("QKV_ROUTES gave %d routes, want 3", len(opts.Routes))
+	}
+	for _, r := range opts.Routes {
+		if p, _ := r.User.Password(); r.User.Username() != "route" || p != "x" {
+			t.Errorf("route %s lost its credentials", r.Redacted())
+		}
+	}
+	if opts.ServerName != "test" {
+		t.Errorf("server_name %q, want it from QKV_SERVER_NAME", opts.ServerName)
+	}
+	if opts.SystemAccount != "SYS" {
+		t.Errorf("system account %q", opts.SystemAccount)
+	}
+}
+
+// TestAuthentication: nobody gets in without a user of nats.conf.
+func TestAuthentication(t *testing.T) {
+	s := runServer(t)
+	if nc, err := nats.Connect(s.ClientURL()); err == nil {
+		nc.Close()
+		t.Error("anonymous connection accepted")
+	}
+	if c, err := tryDial(s.ClientURL(), "default", "wrong"); err == nil {
+		c.Close()
+		t.Error("wrong password accepted")
+	}
+	for user := range userPasswordVar {
+		if c, err := tryDial(s.ClientURL(), user, password(t, user)); err != nil {
+			t.Errorf("user %s: %v", user, err)
+		} else {
+			c.Close()
+		}
+	}
+}
+
+// TestRolesEndToEnd runs quorumkv with every process connected as its role
+// and proves both what each may do and what it may not.
+func TestRolesEndToEnd(t *testing.T) {
+	sys := startSystem(t, coordinator.Config{})
+	ctx := ctxT(t)
+	def, defConn := sys.tenant(t, "default")
+	acme, _ := sys.tenant(t, "acme")
+
+	t.Run("tenants put and get their own keys", func(t *testing.T) {
+		if _, err := def.Put(ctx, "k", []byte("default's")); err != nil {
+			t.Fatalf("default put: %v", err)
+		}
+		if _, err := acme.Put(ctx, "k", []byte("acme's")); err != nil {
+			t.Fatalf("acme put: %v", err)
+		}
+		for kv, want := range map[*client.Client]string{def: "default's", acme: "acme's"} {
+			got, err := kv.Get(ctx, "k")
+			if err != nil {
+				t.Fatalf("%s get: %v", kv.Tenant(), err)
+			}
+			if string(got.Value) != want || got.ReplicaCount < 2 {
+				t.Errorf("%s got %q from %d replicas, want %q from a quorum", kv.Tenant(), got.Value, got.ReplicaCount, want)
+			}
+		}
+		if _, err := def.Delete(ctx, "k"); err != nil {
+			t.Fatalf("default delete: %v", err)
+		}
+		if got, err := acme.Get(ctx, "k"); err != nil || string(got.Value) != "acme's" {
+			t.Errorf("acme's key after default deleted its own: %q, %v", got.Value, err)
+		}
+	})
+
+	t.Run("a 1 MiB value fits max_payload", func(t *testing.T) {
+		big := bytes.Repeat([]byte{0xa5}, subjects.MaxValueBytes)
+		if _, err := def.Put(ctx, "big", big); err != nil {
+			t.Fatalf("put 1 MiB: %v", err)
+		}
+		got, err := def.Get(ctx, "big")
+		if err != nil || !bytes.Equal(got.Value, big) {
+			t.Fatalf("get 1 MiB: %d bytes, %v", len(got.Value), err)
+		}
+	})
+
+	t.Run("the payload cannot choose the tenant", func(t *testing.T) {
+		// The tenant is the subject's, and a tenant user can send only on
+		// its own subjects: acme's key is unreachable from default.
+		if _, err := acme.Put(ctx, "secret", []byte("acme only")); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := def.Get(ctx, "secret"); !errors.Is(err, client.ErrNotFound) {
+			t.Errorf("default read acme's key: %+v, %v", got, err)
+		}
+	})
+
+	t.Run("a tenant cannot read or write another tenant's keys", func(t *testing.T) {
+		for _, op := range []string{subjects.OpPut, subjects.OpGet, subjects.OpDelete} {
+			defConn.mustNotPublish(t, subjects.Data("acme", op))
+		}
+		// Through the client too: the request goes nowhere.
+		spy, err := client.New(defConn.Conn, "acme")
+		if err != nil {
+			t.Fatal(err)
+		}
+		short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+		if _, err := spy.Put(short, "secret", []byte("overwritten")); err == nil {
+			t.Error("default wrote through acme's subject")
+		}
+		if got, err := spy.Get(short, "secret"); err == nil {
+			t.Errorf("default read through acme's subject: %q", got.Value)
+		}
+		if got, err := acme.Get(ctx, "secret"); err != nil || string(got.Value) != "acme only" {
+			t.Errorf("acme's key changed: %q, %v", got.Value, err)
+		}
+	})
+
+	t.Run("a tenant cannot subscribe to another tenant's replies", func(t *testing.T) {
+		for _, subj := range []string{">", "_INBOX_acme.>", "_R_.>", "kv.v1.acme.>", "kv.v1.>", "$SRV.>", "kv.node.>", "kv.repair.>", "$JS.>"} {
+			defConn.mustNotSubscribe(t, subj)
+		}
+		// Its own inboxes are allowed, and acme's replies never reach them:
+		// they travel in acme's account.
+		spy, err := defConn.SubscribeSync("_INBOX.>")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := defConn.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 5 {
+			if _, err := acme.Put(ctx, "r", []byte{byte(i)}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := acme.Get(ctx, "r"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if m, err := spy.NextMsg(200 * time.Millisecond); err == nil {
+			t.Errorf("default saw a reply of acme's on %s", m.Subject)
+		}
+		_ = spy.Unsubscribe()
+	})
+
+	t.Run("a tenant cannot reach storage, repair, admin, events or JetStream", func(t *testing.T) {
+		for _, subj := range []string{
+			subjects.StorageNode("node-1", subjects.NodeOpWrite),
+			subjects.StorageNode("node-1", subjects.NodeOpRead),
+			subjects.StorageNode("node-1", subjects.NodeOpDump),
+			subjects.Repair("default"),
+			"kv.repair.dead.default",
+			subjects.AdminTenantList,
+			subjects.AdminTenantCreate,
+			subjects.AdminNodeRegister,
+			subjects.EventsRing,
+			"$JS.API.INFO",
+			"$JS.API.STREAM.LIST",
+			"$KV.quorumkv_tenants.default",
+			"$SRV.PING",
+		} {
+			defConn.mustNotPublish(t, subj)
+		}
+		// Even the admin client, pointed at a tenant connection, gets nowhere.
+		adm := client.NewAdmin(defConn.Conn)
+		tctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+		if _, err := adm.ListTenants(tctx); err == nil {
+			t.Error("a tenant listed the tenants")
+		}
+	})
+
+	t.Run("a storage node cannot call the admin API", func(t *testing.T) {
+		st := dial(t, sys.url, "storage")
+		for _, subj := range []string{
+			subjects.AdminTenantCreate, subjects.AdminTenantList, subjects.AdminTenantDelete,
+			subjects.AdminNodeDrain, subjects.AdminNodeRemove, subjects.AdminNodeList,
+			subjects.Put("default"), subjects.Get("acme"),
+			subjects.StorageNode("node-2", subjects.NodeOpWrite),
+			subjects.Repair("default"), subjects.EventsRing,
+			"$JS.API.INFO", "$KV.quorumkv_nodes.node-1", "$SRV.PING",
+		} {
+			st.mustNotPublish(t, subj)
+		}
+		for _, subj := range []string{"kv.v1.>", "_INBOX_coordinator.>", "_INBOX.>", "$JS.>"} {
+			st.mustNotSubscribe(t, subj)
+		}
+		adm := client.NewAdmin(st.Conn)
+		tctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+		if _, err := adm.ListTenants(tctx); err == nil {
+			t.Error("a storage node listed the tenants")
+		}
+	})
+
+	t.Run("the coordinator answers only what it was asked", func(t *testing.T) {
+		co := dial(t, sys.url, "coordinator")
+		// allow_responses: it may reply, but not publish into an inbox unasked.
+		for _, subj := range []string{"_INBOX_admin.x.y", "_INBOX_storage.x", "_R_.x.y", subjects.AdminTenantCreate, subjects.Put("default"), subjects.StorageNode("node-1", subjects.NodeOpDump), "$JS.API.STREAM.DELETE.OTHER"} {
+			co.mustNotPublish(t, subj)
+		}
+		for _, subj := range []string{"_INBOX_admin.>", "_INBOX_storage.>", "kv.node.>", ">"} {
+			co.mustNotSubscribe(t, subj)
+		}
+	})
+
+	t.Run("the repair worker and the admin stay in their lanes", func(t *testing.T) {
+		rp := dial(t, sys.url, "repair")
+		for _, subj := range []string{subjects.AdminTenantCreate, subjects.Put("default"), subjects.EventsRing, "$KV.quorumkv_tenants.x", "$JS.API.STREAM.DELETE.KV_REPAIR", "_INBOX_admin.x"} {
+			rp.mustNotPublish(t, subj)
+		}
+		rp.mustNotSubscribe(t, "kv.node.>")
+		ad := dial(t, sys.url, "admin")
+		for _, subj := range []string{subjects.Put("default"), subjects.Get("acme"), subjects.StorageNode("node-1", subjects.NodeOpWrite), subjects.EventsRing, "$KV.quorumkv_tenants.x", "$JS.API.STREAM.DELETE.KV_REPAIR"} {
+			ad.mustNotPublish(t, subj)
+		}
+		for _, subj := range []string{"_INBOX_coordinator.>", "kv.node.>", "kv.v1.>"} {
+			ad.mustNotSubscribe(t, subj)
+		}
+	})
+
+	t.Run("the admin API works for the admin user", func(t *testing.T) {
+		ts, err := sys.admin.ListTenants(ctx)
+		if err != nil || len(ts) != 2 {
+			t.Fatalf("list tenants: %d, %v", len(ts), err)
+		}
+		nodes, err := sys.admin.ListNodes(ctx)
+		if err != nil || len(nodes) != 3 {
+			t.Fatalf("list nodes: %d, %v", len(nodes), err)
+		}
+		d, err := sys.admin.DumpAll(ctx, "node-1", "acme")
+		if err != nil || len(d) == 0 {
+			t.Fatalf("dump node-1: %d entries, %v", len(d), err)
+		}
+		got, err := sys.admin.GetTenant(ctx, "acme")
+		if err != nil || got.ID != "acme" {
+			t.Fatalf("get tenant: %+v, %v", got, err)
+		}
+	})
+
+	t.Run("garbage from a tenant is answered 400", func(t *testing.T) {
+		garbage := map[string][]byte{
+			"msgpack": {0xc1, 0xff, 0x00},
+			"empty":   nil,
+			"array":   {0x93, 0x01, 0x02, 0x03},
+			"json":    []byte(`{"key": `),
+		}
+		for name, body := range garbage {
+			for _, op := range []string{subjects.OpPut, subjects.OpGet, subjects.OpDelete} {
+				m := nats.NewMsg(subjects.Data("default", op))
+				m.Data = body
+				if name == "json" {
+					m.Header.Set(subjects.ContentType, subjects.JSONContentType)
+				}
+				reply, err := defConn.RequestMsg(m, 5*time.Second)
+				if err != nil {
+					t.Fatalf("%s %s: %v", name, op, err)
+				}
+				e := subjects.ErrorFromHeaders(reply.Header.Get)
+				if e == nil || e.Code != subjects.CodeInvalid {
+					t.Errorf("%s %s: got %+v, want 400", name, op, e)
+				}
+			}
+		}
+		// The coordinator is still serving.
+		if _, err := def.Put(ctx, "after-garbage", []byte("ok")); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestNoCoordinatorMeansNoResponders(t *testing.T) {
+	// With no coordinator behind the service import the tenant hears at
+	// once (no responders crosses the import) instead of waiting out its
+	// timeout, so an outage is visible as one.
+	s := runServer(t)
+	c := dial(t, s.ClientURL(), "default")
+	kv, err := client.New(c.Conn, "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = kv.Get(ctxT(t), "k")
+	if !errors.Is(err, client.ErrUnavailable) || !strings.Contains(err.Error(), "kv.v1.default.get") {
+		t.Fatalf("get without coordinators: %v, want unavailable naming the subject", err)
+	}
+}
