@@ -1,0 +1,116 @@
+package faults
+
+import (
+	"context"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/quorumkv/quorumkv/client"
+	"github.com/quorumkv/quorumkv/internal/devcluster"
+	"github.com/quorumkv/quorumkv/subjects"
+)
+
+// TestReadYourWritesUnderQuorum: with R + W > N, once a quorum write is
+// acknowledged, every quorum read that starts later returns it or a newer
+// version — while one node is down and while nodes restart.
+func TestReadYourWritesUnderQuorum(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := devcluster.Start(ctx, devcluster.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	nc, err := nats.Connect(c.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	kv, _ := client.New(nc, "default")
+	run := 2 * time.Second
+	if testing.Short() {
+		run = time.Second
+	}
+
+	var (
+		acked   atomic.Int64 // highest sequence number acknowledged
+		reads   atomic.Int64
+		writes  atomic.Int64
+		wg      sync.WaitGroup
+		stop    = make(chan struct{})
+		stopped = func() bool {
+			select {
+			case <-stop:
+				return true
+			default:
+				return false
+			}
+		}
+	)
+	const keys = 4
+	for k := 0; k < keys; k++ {
+		key := "ryw-" + strconv.Itoa(k)
+		wg.Add(1)
+		go func() { // writer: sequence numbers per key, increasing
+			defer wg.Done()
+			for seq := int64(1); !stopped(); seq++ {
+				if _, err := kv.Put(ctx, key, []byte(strconv.FormatInt(seq, 10)), client.WithConsistency(subjects.Quorum)); err != nil {
+					t.Errorf("quorum put with at most one node down: %v", err)
+					return
+				}
+				writes.Add(1)
+				if k == 0 {
+					acked.Store(seq)
+				}
+			}
+		}()
+	}
+	for r := 0; r < 4; r++ {
+		wg.Add(1)
+		go func() { // readers of key 0: never older than what was acked before the read began
+			defer wg.Done()
+			for !stopped() {
+				floor := acked.Load()
+				got, err := kv.Get(ctx, "ryw-0", client.WithConsistency(subjects.Quorum))
+				if err != nil {
+					if floor == 0 && err == client.ErrNotFound {
+						continue
+					}
+					t.Errorf("quorum get with at most one node down: %v", err)
+					return
+				}
+				seq, _ := strconv.ParseInt(string(got.Value), 10, 64)
+				if seq < floor {
+					t.Errorf("read %d after %d was acknowledged", seq, floor)
+					return
+				}
+				reads.Add(1)
+			}
+		}()
+	}
+	// Faults: one node down at a time, each restarted, round robin.
+	deadline := time.Now().Add(run)
+	for i := 0; time.Now().Before(deadline); i++ {
+		id := devcluster.NodeID(i%3 + 1)
+		if err := c.StopNode(id); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(150 * time.Millisecond)
+		if err := c.StartNode(id); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	if reads.Load() < 50 || writes.Load() < 50 {
+		t.Fatalf("only %d reads and %d writes checked", reads.Load(), writes.Load())
+	}
+	t.Logf("%d quorum writes, %d quorum reads checked against the acknowledged floor", writes.Load(), reads.Load())
+}
