@@ -1,0 +1,146 @@
+package bench
+
+import (
+	"bytes"
+	"encoding/json"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// sampleReport is a small report with every kind of row.
+func sampleReport() *Report {
+	r := &Report{
+		Started: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC),
+		Elapsed: 42 * time.Second,
+		Machine: Machine{OS: "linux", Arch: "amd64", CPUs: 2, GOMAXPROCS: 2, Go: "go1.26"},
+		Config: RunConfig{Mode: "test", Records: 1000, ValueSize: 256, Systems: Systems,
+			Workloads: []string{"write-only", "ycsb-c"}, Distributions: []string{DistUniform},
+			Durabilities: []string{"async"}, Concurrency: []int{1, 64}, WarmupSeconds: 1, DurationSeconds: 2, Coordinators: 1},
+	}
+	add := func(sys, wl, dur string, c int, ops, p50 float64) {
+		r.Rows = append(r.Rows, Row{System: sys, Workload: wl, Distribution: DistUniform, Durability: dur, Concurrency: c,
+			OpsPerSec: ops, P50US: p50, P99US: p50 * 3, P999US: p50 * 9, CPUSecPer1kOps: 0.05, Records: 1000})
+	}
+	for _, wl := range []string{"write-only", "ycsb-c"} {
+		add(SysNATS, wl, "none", 1, 10000, 100)
+		add(SysNATS, wl, "none", 64, 80000, 700)
+		add(SysJetKV, wl, "async", 1, 3000, 330)
+		add(SysJetKV, wl, "async", 64, 20000, 3000)
+	}
+	add(SysQuorumKV, "write-only", "async", 1, 4000, 250)    // p50 2.5× nats: met
+	add(SysQuorumKV, "write-only", "async", 64, 30000, 2000) // 1.5× js: met
+	add(SysQuorumKV, "ycsb-c", "async", 1, 3000, 320)        // 3.2× nats: missed
+	add(SysQuorumKV, "ycsb-c", "async", 64, 18000, 3500)     // 0.9× js: missed
+	r.Scale = &Scale{Records: 1_000_000, BaseRecords: 1000, Concurrency: 64, Durability: "async",
+		Rows:         []Row{{System: SysQuorumKV, Workload: "write-only", Distribution: DistUniform, Durability: "async", Concurrency: 64, OpsPerSec: 27000, Records: 1_000_000}},
+		StorageBytes: 1 << 30, BytesPerKeyPerReplica: 357, PeakRSSBytes: 900 << 20}
+	r.Targets = evaluateTargets(r)
+	return r
+}
+
+func TestTargets(t *testing.T) {
+	r := sampleReport()
+	want := map[string]bool{
+		"[async] quorum put vs JetStream KV R3 put, 64 clients":      true,
+		"[async] quorum get vs JetStream KV R3 get, 64 clients":      false,
+		"[async] quorum get vs raw NATS request-reply, 64 clients":   false, // 18000/80000
+		"[async] single-client put p50 vs raw NATS p50":              true,
+		"[async] single-client get p50 vs raw NATS p50":              false,
+		"[async] write-only at 1M records vs 1k records, 64 clients": true, // 0.9×
+	}
+	if len(r.Targets) != len(want) {
+		t.Fatalf("%d targets, want %d: %+v", len(r.Targets), len(want), r.Targets)
+	}
+	for _, tg := range r.Targets {
+		met, ok := want[tg.Name]
+		if !ok {
+			t.Errorf("unexpected target %q", tg.Name)
+			continue
+		}
+		if tg.Missing || tg.Met != met {
+			t.Errorf("%s: met=%v missing=%v (%.2f), want met=%v", tg.Name, tg.Met, tg.Missing, tg.Measured, met)
+		}
+	}
+}
+
+func TestWriteJSONRows(t *testing.T) {
+	var buf bytes.Buffer
+	if err := sampleReport().WriteJSON(&buf); err != nil {
+		t.Fatal(err)
+	}
+	var rows []map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &rows); err != nil {
+		t.Fatalf("not a JSON array of rows: %v", err)
+	}
+	if len(rows) != 13 {
+		t.Fatalf("%d rows, want 12 + 1 scale row", len(rows))
+	}
+	for _, k := range []string{"system", "workload", "distribution", "durability", "concurrency", "ops_per_sec", "p50_us", "p99_us", "p999_us"} {
+		if _, ok := rows[0][k]; !ok {
+			t.Errorf("row lacks %q: %v", k, rows[0])
+		}
+	}
+}
+
+func TestWriteTable(t *testing.T) {
+	var buf bytes.Buffer
+	if err := sampleReport().WriteTable(&buf); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	for _, want := range []string{"1.50×", "0.90×", "MISSED", "MET", "bytes per key per replica", "peak RSS", "ycsb-c"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestWriteHTMLSelfContained(t *testing.T) {
+	var buf bytes.Buffer
+	if err := sampleReport().WriteHTML(&buf); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	if n := strings.Count(out, "<svg"); n < 4 {
+		t.Errorf("%d charts, want several", n)
+	}
+	if strings.Count(out, "<svg") != strings.Count(out, "</svg>") {
+		t.Error("unbalanced svg elements")
+	}
+	// Nothing is fetched: the only URL is the SVG namespace.
+	urls := regexp.MustCompile(`(?i)(src|href)=|https?://`).FindAllString(out, -1)
+	for _, u := range urls {
+		if !strings.EqualFold(u, "http://") {
+			t.Errorf("external reference %q", u)
+		}
+	}
+	if strings.Count(out, "http://") != strings.Count(out, `xmlns="http://www.w3.org/2000/svg"`) {
+		t.Error("a URL other than the SVG namespace")
+	}
+	if strings.Contains(out, "<script") {
+		t.Error("report carries a script")
+	}
+	if strings.Contains(out, "NaN") || strings.Contains(out, "Inf") {
+		t.Error("a NaN or Inf reached the SVG")
+	}
+}
+
+func TestNiceScale(t *testing.T) {
+	for _, v := range []float64{0.3, 7, 42, 999, 12345, 87000} {
+		top, step := niceScale(v)
+		if top < v || step <= 0 || top/step > 6.01 || top/step < 2 {
+			t.Errorf("niceScale(%v) = %v, %v", v, top, step)
+		}
+	}
+}
+
+func TestRecordKey(t *testing.T) {
+	if got := RecordKey(42); got != "user000000000042" {
+		t.Fatalf("RecordKey(42) = %q", got)
+	}
+	if got := string(appendRecordKey(nil, 123456789)); got != RecordKey(123456789) {
+		t.Fatalf("appendRecordKey = %q", got)
+	}
+}
