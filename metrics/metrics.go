@@ -1,0 +1,204 @@
+// Package metrics defines the Prometheus metrics every quorumkv process
+// exports and serves them over HTTP (`--metrics ADDR`, path /metrics).
+//
+// Each role has a struct of its metrics, created against a Registerer. A
+// process that runs several roles of one kind (quorumkv dev runs three
+// storage nodes) wraps the registerer with a distinguishing label, e.g.
+// prometheus.WrapRegistererWith(prometheus.Labels{"node": id}, reg).
+//
+// A nil *Coordinator or *Storage is valid and records nothing, so code
+// paths need no nil checks and tests need no registry.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Namespace prefixes every metric name.
+const Namespace = "quorumkv"
+
+// latencyBuckets span 100µs to ~6.5s, doubling.
+var latencyBuckets = prometheus.ExponentialBuckets(0.0001, 2, 17)
+
+// sizeBuckets count items or messages per batch: 1 to 4096, doubling.
+var sizeBuckets = prometheus.ExponentialBuckets(1, 2, 13)
+
+// Coordinator holds a coordinator's metrics.
+type Coordinator struct {
+	requests        *prometheus.CounterVec
+	latency         *prometheus.HistogramVec
+	replicaFailures *prometheus.CounterVec
+	batchItems      *prometheus.HistogramVec
+}
+
+// NewCoordinator registers a coordinator's metrics with reg. inflight
+// reports the requests in progress.
+func NewCoordinator(reg prometheus.Registerer, inflight func() float64) *Coordinator {
+	c := &Coordinator{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "coordinator", Name: "requests_total",
+			Help: "Client requests answered, by operation (put, get, delete, admin), consistency level and outcome (ok, not_found, or the error kind).",
+		}, []string{"op", "level", "outcome"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: Namespace, Subsystem: "coordinator", Name: "request_duration_seconds",
+			Help:    "Time from taking a request to answering it, by operation and level.",
+			Buckets: latencyBuckets,
+		}, []string{"op", "level"}),
+		replicaFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "coordinator", Name: "replica_failures_total",
+			Help: "Replica messages that failed, by reason: unreachable (no subscriber), timeout (no answer before the request gave up), overloaded (queue full), error (the node answered an error).",
+		}, []string{"reason"}),
+		batchItems: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: Namespace, Subsystem: "coordinator", Name: "batch_items",
+			Help:    "Replica messages per batch sent to a storage node, by operation (write, read): how much natural batching happens.",
+			Buckets: sizeBuckets,
+		}, []string{"op"}),
+	}
+	reg.MustRegister(c.requests, c.latency, c.replicaFailures, c.batchItems,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: Namespace, Subsystem: "coordinator", Name: "inflight_requests",
+			Help: "Client requests in progress (bounded by --max-inflight; past it requests get 429).",
+		}, inflight))
+	return c
+}
+
+// Request records one answered client request.
+func (c *Coordinator) Request(op, level, outcome string, d time.Duration) {
+	if c == nil {
+		return
+	}
+	c.requests.WithLabelValues(op, level, outcome).Inc()
+	c.latency.WithLabelValues(op, level).Observe(d.Seconds())
+}
+
+// ReplicaFailure records a failed replica message.
+func (c *Coordinator) ReplicaFailure(reason string) {
+	if c == nil {
+		return
+	}
+	c.replicaFailures.WithLabelValues(reason).Inc()
+}
+
+// Batch records the size of a batch sent to a node.
+func (c *Coordinator) Batch(op string, items int) {
+	if c == nil {
+		return
+	}
+	c.batchItems.WithLabelValues(op).Observe(float64(items))
+}
+
+// Storage holds a storage node's metrics.
+type Storage struct {
+	messages *prometheus.HistogramVec
+	items    *prometheus.CounterVec
+	commit   prometheus.Histogram
+}
+
+// PebbleStats is what the storage node reports about its engine.
+type PebbleStats struct {
+	DiskBytes      uint64
+	ReadAmp        int
+	Compactions    int64
+	MemtableBytes  uint64
+	WALBytes       uint64
+	CompactionDebt uint64
+}
+
+// NewStorage registers a storage node's metrics with reg. stats is called
+// at every scrape; queue reports messages waiting per operation.
+func NewStorage(reg prometheus.Registerer, stats func() PebbleStats, queue func(op string) int) *Storage {
+	s := &Storage{
+		messages: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: Namespace, Subsystem: "storage", Name: "batch_messages",
+			Help:    "Messages applied together, by operation: for writes, how many coordinator batches share one Pebble batch and one fsync (group commit).",
+			Buckets: sizeBuckets,
+		}, []string{"op"}),
+		items: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "storage", Name: "items_total",
+			Help: "Replica items processed, by operation (write, read) and outcome (ok, error).",
+		}, []string{"op", "outcome"}),
+		commit: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: Namespace, Subsystem: "storage", Name: "commit_seconds",
+			Help:    "Time to apply and commit one write batch, fsync included when enabled.",
+			Buckets: latencyBuckets,
+		}),
+	}
+	gauge := func(name, help string, f func(PebbleStats) float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: Namespace, Subsystem: "pebble", Name: name, Help: help},
+			func() float64 { return f(stats()) })
+	}
+	reg.MustRegister(s.messages, s.items, s.commit,
+		gauge("disk_bytes", "Bytes the store uses on disk.", func(p PebbleStats) float64 { return float64(p.DiskBytes) }),
+		gauge("read_amplification", "Sorted runs a read may consult.", func(p PebbleStats) float64 { return float64(p.ReadAmp) }),
+		gauge("compactions", "Compactions since start.", func(p PebbleStats) float64 { return float64(p.Compactions) }),
+		gauge("memtable_bytes", "Bytes in memtables.", func(p PebbleStats) float64 { return float64(p.MemtableBytes) }),
+		gauge("wal_bytes", "Bytes in the write-ahead log.", func(p PebbleStats) float64 { return float64(p.WALBytes) }),
+		gauge("compaction_debt_bytes", "Estimated bytes compaction still has to rewrite.", func(p PebbleStats) float64 { return float64(p.CompactionDebt) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: Namespace, Subsystem: "storage", Name: "queued_writes",
+			Help: "Write messages waiting for the writer."}, func() float64 { return float64(queue("write")) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: Namespace, Subsystem: "storage", Name: "queued_reads",
+			Help: "Read messages waiting for the reader."}, func() float64 { return float64(queue("read")) }),
+	)
+	return s
+}
+
+// Applied records one group of messages applied together.
+func (s *Storage) Applied(op string, messages, items, failed int, d time.Duration) {
+	if s == nil {
+		return
+	}
+	s.messages.WithLabelValues(op).Observe(float64(messages))
+	s.items.WithLabelValues(op, "ok").Add(float64(items - failed))
+	if failed > 0 {
+		s.items.WithLabelValues(op, "error").Add(float64(failed))
+	}
+	if op == "write" {
+		s.commit.Observe(d.Seconds())
+	}
+}
+
+// NewRegistry returns a registry with the Go runtime and process
+// collectors, ready for a role's metrics.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// Serve serves reg on addr at /metrics until ctx ends. It returns once
+// the listener is bound (an error if it cannot be) with the bound address,
+// serving in the background; wait blocks until the server has stopped.
+func Serve(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger) (bound string, wait func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", nil, fmt.Errorf("metrics: listen on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "err", err)
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	log.Info("serving metrics", "addr", ln.Addr().String(), "path", "/metrics")
+	return ln.Addr().String(), func() { <-done }, nil
+}
