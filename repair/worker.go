@@ -292,39 +292,51 @@ func (w *Worker) process(msgs []jetstream.Msg) {
 		}()
 	}
 	wg.Wait()
+	var unsettled int
+	var lastErr error
 	for _, j := range jobs {
-		w.settle(j)
+		if err := w.settle(j); err != nil {
+			unsettled, lastErr = unsettled+1, err
+		}
+	}
+	if unsettled > 0 {
+		w.log.Warn("could not ack or nak messages; the server redelivers them after the ack wait, and merging again is harmless",
+			"messages", unsettled, "err", lastErr)
 	}
 }
 
-// settle acks, naks or dead-letters one processed message.
-func (w *Worker) settle(j *job) {
+// settle acks, naks or dead-letters one processed message. An error means
+// the server did not hear the ack or nak.
+func (w *Worker) settle(j *job) error {
 	if len(j.fails) == 0 {
 		if w.beforeAck != nil {
 			w.beforeAck(j.req)
 		}
 		if err := j.msg.Ack(); err != nil {
-			w.log.Warn("ack failed; the message is redelivered and merged again (harmless)", "err", err)
-			return
+			return fmt.Errorf("ack: %w", err)
 		}
 		w.applied.Add(1)
-		return
+		return nil
 	}
 	if j.meta.NumDelivered >= uint64(w.cfg.MaxDeliver) {
 		w.deadLetterMsg(j)
-		return
+		return nil
 	}
 	w.failed.Add(1)
 	delay := w.cfg.backoff(j.meta.NumDelivered)
 	w.log.Debug("repair failed; retrying later", "tenant", j.req.Tenant, "delivery", j.meta.NumDelivered, "delay", delay, "err", strings.Join(j.fails, "; "))
 	if err := j.msg.NakWithDelay(delay); err != nil {
-		w.log.Warn("nak failed; the message is redelivered after ack wait", "err", err)
+		return fmt.Errorf("nak: %w", err)
 	}
+	return nil
 }
 
 // errItemMissing is what an item gets when the node's last reply did not
 // name it.
 const errItemMissing = "node did not answer the item"
+
+// errNodeDown is what items get when nobody serves the node's subject.
+const errNodeDown = "node is down (no responders)"
 
 // writeNode sends the versions of jobs[idx] to node as merges and returns
 // the failed ones by job index. Items are sent in batches below the
@@ -388,6 +400,9 @@ func (w *Worker) writeBatch(node string, items []subjects.NodeWrite) map[uint64]
 	out := map[uint64]string{}
 	for {
 		m, err := sub.NextMsgWithContext(ctx)
+		if errors.Is(err, nats.ErrNoResponders) {
+			return failAll(errNodeDown)
+		}
 		if err != nil {
 			if errors.Is(err, context.DeadlineExceeded) {
 				err = fmt.Errorf("no reply within %s", w.cfg.NodeTimeout)
@@ -398,7 +413,7 @@ func (w *Worker) writeBatch(node string, items []subjects.NodeWrite) map[uint64]
 			return out
 		}
 		if m.Header.Get("Status") == "503" {
-			return failAll("node is down (no responders)")
+			return failAll(errNodeDown)
 		}
 		if e := subjects.ErrorFromHeaders(m.Header.Get); e != nil {
 			return failAll(e.Error())
