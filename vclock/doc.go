@@ -16,11 +16,12 @@
 // other is silently discarded. Deletes are tombstones: Versions with
 // Tombstone set, which win and lose exactly like values.
 //
-// siblings (to come in this package): dotted version vector sets after
-// Almeida et al., "Scalable and Accurate Causality Tracking for Eventually
-// Consistent Stores" (2014). Concurrent writes are kept as siblings until a
-// client writes back with a context that covers them. Its types and context
-// format are distinct from lww's; the two never mix on one key.
+// siblings (implemented here, see Siblings below): dotted version vector
+// sets after Almeida et al., "Scalable and Accurate Causality Tracking for
+// Eventually Consistent Stores" (2014). Concurrent writes are kept as
+// siblings until a client writes back with a context that covers them. Its
+// types and context format are distinct from lww's; the two never mix on one
+// key.
 //
 // # Contexts
 //
@@ -63,4 +64,66 @@
 //     an older version is in flight); dropping one early lets an older value
 //     resurrect on merge.
 //   - Map [ErrBadContext] to a client error; contexts are untrusted input.
+//
+// # Siblings
+//
+// Under the siblings policy a replica keeps one [DVVSet] per key: for each
+// actor (a storage node's data directory, [ReplicaActor]) the number of its
+// writes seen and its live values, newest first; value i of an actor with
+// counter n has the dot (actor, n-i). This is Riak KV 2.0's dvvset without
+// anonymous values. A key's life, on the replicas of its preference list:
+//
+//   - Read: sync the replies ([SyncAll]); return [DVVSet.Siblings] (or not
+//     found when [DVVSet.Deleted]) and [EncodeDVVContext] of [DVVSet.Join].
+//   - Write (value or tombstone): the coordinating replica decodes the
+//     client's context ([DecodeDVVContext]; empty without one) and stores
+//     [Update](its state, context, its actor, value): the new value gets the
+//     next dot of that actor, the siblings the context covers are dropped,
+//     the others kept. It must store the result durably before returning it,
+//     and it returns the complete new state, not the lone value.
+//   - Replication, hints, read repair and anti-entropy ship complete states;
+//     the receiver stores [Sync](its state, received state). Sync is
+//     commutative, associative and idempotent, so any order and any number of
+//     deliveries converge, and it drops exactly the siblings some write's
+//     context covered.
+//
+// # Caller's duties under siblings
+//
+//   - Give every replica's data directory a distinct actor and a new epoch
+//     whenever it is created or wiped, and never mint for a key from less
+//     than the replica's complete durable state of it: [Update] mints
+//     counter n+1 from what the state holds, so a replica that forgot its
+//     state for a key (wiped, or lost unsynced writes in a crash) would mint
+//     a dot that peers already hold for an older value, and [Sync] would then
+//     drop the new write as obsolete.
+//   - For the same reason, reaping a deleted key must not forget its clock
+//     while any replica or in-flight message may still hold the key under the
+//     same actors. Keeping only the clock, Discard(DVVSet{}, s.Join()) (no
+//     siblings, a few bytes per actor), is safe.
+//   - Make each read-modify-write of a key's state on a replica atomic with
+//     respect to the others on that key (a per-key lock, or one writer per
+//     key): two concurrent [Update] calls on one stored state mint the same
+//     dot for two values, and a [Sync] whose result overwrites a concurrent
+//     Update's loses that write. Only a replica holding the key's durable
+//     state coordinates writes; a node holding a hint for another only
+//     merges it.
+//   - Ship whole states, never single siblings: a state that knows dot n of
+//     an actor must hold that actor's live siblings below n.
+//   - Decode DVVSets with msgpack, whose decoding ([DVVSet.DecodeMsgpack])
+//     validates the state and allocates in proportion to its input, or call
+//     [DVVSet.Validate] on a state decoded any other way (JSON). Functions
+//     never panic on malformed states but only give meaningful results for
+//     valid ones.
+//   - Contexts are untrusted. A context that claims counters beyond what
+//     exists makes [Update] record them as seen, so values the named actors
+//     mint later with those dots are dropped as obsolete (a forged context
+//     can delete future writes), and every actor it names adds an entry to
+//     the key's state. Bound the length of client contexts, map
+//     [ErrBadContext] to a client error, and authenticate contexts (for
+//     example an HMAC appended by the server) if clients cannot be trusted
+//     to hand back only what they read. A legitimate context may exceed the
+//     coordinating replica's state (the client read a more up-to-date
+//     replica), so that alone is no reason to reject it.
+//   - Enforce the sibling cap on client writes with [DVVSet.Size] of the
+//     result of [Update] (or of [Discard] before it); merges are exempt.
 package vclock
