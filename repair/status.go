@@ -136,7 +136,10 @@ func ListDead(ctx context.Context, js jetstream.JetStream, from uint64, limit in
 	}
 	state := s.CachedInfo().State
 	var out []DeadLetter
-	for seq := max(from, state.FirstSeq); seq <= state.LastSeq && len(out) < limit; seq++ {
+	if state.Msgs == 0 {
+		return nil, nil
+	}
+	for seq := max(from, state.FirstSeq, 1); seq <= state.LastSeq && len(out) < limit; seq++ {
 		raw, err := s.GetMsg(ctx, seq)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue // deleted (replayed or dropped)

@@ -31,6 +31,7 @@ func commands() []command {
 		{"dev", "", "Run everything in one process: embedded NATS with JetStream, 3 storage nodes, a coordinator, tenant default.", runDev},
 		{"coordinator", "", "Run a coordinator: serves kv.v1.<tenant>.put|get|delete and the admin API in queue group coordinators.", runCoordinator},
 		{"storage", "", "Run a storage node: Pebble on local disk, serving kv.node.<id>.>.", runStorage},
+		{"repair", "[status|dead list|dead replay]", "Run a repair worker (KV_REPAIR consumer); status shows the backlog, dead lists and replays dead letters.", runRepair},
 		{"migrate", "", "Apply the PostgreSQL schema migrations of the metadata store.", runMigrate},
 		{"put", "KEY [VALUE|-]", "Store VALUE (or standard input with -) under KEY.", runPut},
 		{"get", "KEY", "Print the value of KEY.", runGet},
