@@ -4,15 +4,19 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/quorumkv/quorumkv/client"
 	"github.com/quorumkv/quorumkv/coordinator"
+	"github.com/quorumkv/quorumkv/repair"
 	"github.com/quorumkv/quorumkv/subjects"
+	"github.com/quorumkv/quorumkv/vclock"
 )
 
 // TestConfLimits checks the settings of nats.conf that quorumkv relies on.
@@ -73,7 +77,8 @@ func TestAuthentication(t *testing.T) {
 // and proves both what each may do and what it may not.
 func TestRolesEndToEnd(t *testing.T) {
 	sys := startSystem(t, coordinator.Config{})
-	ctx := ctxT(t)
+	// Calls use the clients' own timeouts; loops that poll stop at wait's.
+	ctx, wait := context.Background(), ctxT(t)
 	def, defConn := sys.tenant(t, "default")
 	acme, _ := sys.tenant(t, "acme")
 
@@ -97,7 +102,73 @@ func TestRolesEndToEnd(t *testing.T) {
 			t.Fatalf("default delete: %v", err)
 		}
 		if got, err := acme.Get(ctx, "k"); err != nil || string(got.Value) != "acme's" {
-			t.Errorf("acme's key after default deleted its own: %q, %v", got.Value, err)
+			t.Errorf("acme's key after default deleted its own: %+v, %v", got, err)
+		}
+	})
+
+	t.Run("idempotent retries, tenant updates and repair work as roles", func(t *testing.T) {
+		first, err := def.Put(ctx, "idem", []byte("once"), client.WithIdempotencyKey("retry-1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := def.Put(ctx, "idem", []byte("once"), client.WithIdempotencyKey("retry-1"))
+		if err != nil || !again.IsDuplicate || again.Context != first.Context {
+			t.Fatalf("retry: %+v, %v; want the first response marked duplicate", again, err)
+		}
+		ten, err := sys.admin.GetTenant(ctx, "acme")
+		if err != nil {
+			t.Fatal(err)
+		}
+		one := subjects.One
+		if _, err := sys.admin.UpdateTenant(ctx, "acme", ten.Version, client.TenantSpec{DefaultConsistency: &one}); err != nil {
+			t.Fatalf("update tenant: %v", err)
+		}
+		// Hinted handoff: a write that misses node-3 reaches it through
+		// KV_REPAIR and the repair worker once it is back.
+		sys.stopNode(t, "node-3")
+		if _, err := def.Put(ctx, "hinted", []byte("late")); err != nil {
+			t.Fatalf("put with node-3 down: %v", err)
+		}
+		sys.startNode(t, "node-3")
+		for {
+			entries, err := sys.admin.DumpAll(ctx, "node-3", "default")
+			if err == nil && slices.ContainsFunc(entries, func(e subjects.DumpEntry) bool { return e.Key == "hinted" && string(e.Value) == "late" }) {
+				break
+			}
+			select {
+			case <-wait.Done():
+				t.Fatalf("node-3 never received the hinted write: %v", err)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	})
+
+	t.Run("dead letters reach the admin", func(t *testing.T) {
+		js, err := jetstream.New(sys.adminConn.Conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := &subjects.RepairRequest{Tenant: "default", Key: "orphan", LWW: &vclock.Version{Dot: vclock.Dot{Actor: "test", Counter: 1}, Value: []byte("x")}, Targets: []string{"node-9"}, Reason: subjects.RepairReasonRead}
+		data, err := repair.Encode(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := js.Publish(ctx, subjects.Repair("default"), data, jetstream.WithMsgID(repair.MsgID(req))); err != nil {
+			t.Fatalf("admin publishes a repair: %v", err)
+		}
+		for {
+			dead, err := repair.ListDead(ctx, js, 0, 10)
+			if err == nil && len(dead) > 0 {
+				if _, err := repair.ReplayDead(ctx, js, dead[0].Seq); err != nil {
+					t.Fatalf("admin replays a dead letter: %v", err)
+				}
+				break
+			}
+			select {
+			case <-wait.Done():
+				t.Fatalf("the repair for node-9 never reached the dead letters: %v", err)
+			case <-time.After(50 * time.Millisecond):
+			}
 		}
 	})
 
@@ -107,8 +178,11 @@ func TestRolesEndToEnd(t *testing.T) {
 			t.Fatalf("put 1 MiB: %v", err)
 		}
 		got, err := def.Get(ctx, "big")
-		if err != nil || !bytes.Equal(got.Value, big) {
-			t.Fatalf("get 1 MiB: %d bytes, %v", len(got.Value), err)
+		if err != nil {
+			t.Fatalf("get 1 MiB: %v", err)
+		}
+		if !bytes.Equal(got.Value, big) {
+			t.Fatalf("get 1 MiB: %d bytes back", len(got.Value))
 		}
 	})
 
@@ -141,7 +215,7 @@ func TestRolesEndToEnd(t *testing.T) {
 			t.Errorf("default read through acme's subject: %q", got.Value)
 		}
 		if got, err := acme.Get(ctx, "secret"); err != nil || string(got.Value) != "acme only" {
-			t.Errorf("acme's key changed: %q, %v", got.Value, err)
+			t.Errorf("acme's key changed: %+v, %v", got, err)
 		}
 	})
 
@@ -261,8 +335,7 @@ func TestRolesEndToEnd(t *testing.T) {
 		if err != nil || len(d) == 0 {
 			t.Fatalf("dump node-1: %d entries, %v", len(d), err)
 		}
-		got, err := sys.admin.GetTenant(ctx, "acme")
-		if err != nil || got.ID != "acme" {
+		if got, err := sys.admin.GetTenant(ctx, "acme"); err != nil || got.ID != "acme" {
 			t.Fatalf("get tenant: %+v, %v", got, err)
 		}
 	})
@@ -296,6 +369,8 @@ func TestRolesEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+
+	sys.noViolations(t)
 }
 
 func TestNoCoordinatorMeansNoResponders(t *testing.T) {
