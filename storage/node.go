@@ -17,7 +17,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -33,7 +35,7 @@ type Config struct {
 	DataDir      string        // required; created if missing; one node per directory
 	Fsync        bool          // fsync every write batch before acknowledging it
 	VirtualNodes int           // ring points to register with; default ring.DefaultVirtualNodes
-	QueueLen     int           // messages buffered per subject before NATS drops them as a slow consumer; default 8192
+	QueueLen     int           // messages queued per subject; past it the node answers 429 overloaded at once; default 8192
 	MaxBatch     int           // write messages group-committed together at most; default 256
 	Heartbeat    time.Duration // re-registration interval (refreshes last_seen); default 15s
 	Logger       *slog.Logger  // default slog.Default()
@@ -75,6 +77,8 @@ type Node struct {
 	eng *engine
 
 	replyLimit int // bytes of results per reply message, below the server's max payload
+
+	overloadLog atomic.Int64 // unix nanos of the last "queue full" log
 
 	mu     sync.Mutex
 	subs   []*nats.Subscription
@@ -122,13 +126,13 @@ func (n *Node) Start(nc *nats.Conn) error {
 		op string
 		ch chan *nats.Msg
 	}{{subjects.NodeOpWrite, writes}, {subjects.NodeOpRead, reads}} {
-		sub, err := nc.ChanSubscribe(subjects.StorageNode(n.cfg.NodeID, s.op), s.ch)
+		sub, err := nc.Subscribe(subjects.StorageNode(n.cfg.NodeID, s.op), n.enqueue(s.ch))
 		if err != nil {
 			n.unsubscribeLocked()
 			cancel()
 			return fmt.Errorf("storage: subscribe %s: %w", s.op, err)
 		}
-		_ = sub.SetPendingLimits(-1, -1) // the channel is the bound
+		_ = sub.SetPendingLimits(-1, -1) // the channel is the bound (see enqueue)
 		n.subs = append(n.subs, sub)
 	}
 	dump, err := nc.Subscribe(subjects.StorageNode(n.cfg.NodeID, subjects.NodeOpDump), n.handleDump)
@@ -150,6 +154,37 @@ func (n *Node) Start(nc *nats.Conn) error {
 	go func() { defer n.wg.Done(); n.registerLoop(ctx, nc) }()
 	n.log.Info("storage node serving", "data", n.cfg.DataDir, "epoch", n.eng.epoch, "fsync", n.cfg.Fsync)
 	return nil
+}
+
+// enqueue hands each message to a worker loop through ch. When ch is full
+// the message is answered 429 overloaded at once, rather than dropped (as
+// NATS would drop it for a slow consumer) and left to time out: the
+// coordinator then counts the replica as failed and says why.
+func (n *Node) enqueue(ch chan *nats.Msg) nats.MsgHandler {
+	return func(m *nats.Msg) {
+		select {
+		case ch <- m:
+		default:
+			n.respondOverloaded(m, cap(ch))
+		}
+	}
+}
+
+// respondOverloaded answers m with a 429, and logs at most once a second.
+func (n *Node) respondOverloaded(m *nats.Msg, queued int) {
+	e := subjects.Errorf(subjects.KindOverloaded, "storage node %s has %d messages queued on %s; retry with back-off", n.cfg.NodeID, queued, m.Subject)
+	if now := time.Now().UnixNano(); now-n.overloadLog.Load() > int64(time.Second) {
+		n.overloadLog.Store(now)
+		n.log.Warn("queue full: answering overloaded", "subject", m.Subject, "queued", queued)
+	}
+	if m.Reply == "" {
+		return
+	}
+	resp := nats.NewMsg(m.Reply)
+	resp.Header.Set(subjects.ErrorHeader, e.Description())
+	resp.Header.Set(subjects.ErrorCodeHeader, strconv.Itoa(int(e.Code)))
+	resp.Header.Set(subjects.KindHeader, e.Kind)
+	_ = m.RespondMsg(resp)
 }
 
 func (n *Node) unsubscribeLocked() {
