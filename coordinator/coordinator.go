@@ -21,10 +21,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/quorumkv/quorumkv/idempotency"
 	"github.com/quorumkv/quorumkv/metadata"
+	"github.com/quorumkv/quorumkv/metrics"
 	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
 )
@@ -59,6 +61,10 @@ type Config struct {
 	// versions (500ms).
 	Repair     RepairPublisher
 	HintWindow time.Duration
+
+	// Metrics receives the coordinator's Prometheus metrics; nil records
+	// none.
+	Metrics prometheus.Registerer
 
 	Logger *slog.Logger
 	Now    func() time.Time // clock for caches and HLC; default time.Now
@@ -119,7 +125,8 @@ type Coordinator struct {
 	fan     *fanout
 	tenants *tenantCache
 	routing *routing
-	repair  *ConflictService // nil: repair disabled
+	repair  *ConflictService     // nil: repair disabled
+	metrics *metrics.Coordinator // nil: no metrics
 	svc     micro.Service
 	subs    []*nats.Subscription
 	sem     chan struct{}
@@ -148,6 +155,9 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Coordinator, error) {
 	}
 	if cfg.Repair != nil {
 		c.repair = newConflictService(cfg.Repair, cfg.Actor, log)
+	}
+	if cfg.Metrics != nil {
+		c.metrics = metrics.NewCoordinator(cfg.Metrics, func() float64 { return float64(len(c.sem)) })
 	}
 	if err := c.routing.load(ctx); err != nil {
 		// Not fatal: a coordinator may start before the store is reachable

@@ -33,10 +33,17 @@ type dataRequest struct {
 
 func (c *Coordinator) dataHandler(op string) func(micro.Request) {
 	return func(req micro.Request) {
+		start := time.Now()
+		level, outcome := "", "ok"
+		defer func() { c.metrics.Request(op, level, outcome, time.Since(start)) }()
+		fail := func(err error) {
+			outcome = errorKind(err)
+			c.respondError(req, err)
+		}
 		timeout := c.cfg.Timeout
 		r, err := decodeDataRequest(req, op)
 		if err != nil {
-			c.respondError(req, err)
+			fail(err)
 			return
 		}
 		if r.TimeoutMS > 0 {
@@ -45,28 +52,41 @@ func (c *Coordinator) dataHandler(op string) func(micro.Request) {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
 		if err := c.resolve(ctx, req.Subject(), r); err != nil {
-			c.respondError(req, err)
+			fail(err)
 			return
 		}
+		level = r.level
 		switch op {
 		case subjects.OpGet:
 			reply, err := c.read(ctx, r)
 			if err != nil {
-				c.respondError(req, err)
+				fail(err)
 				return
+			}
+			if !reply.Found {
+				outcome = "not_found"
 			}
 			c.respond(req, reply)
 			r.runAfter()
 		default:
 			reply, err := c.writeOnce(ctx, r, op == subjects.OpDelete)
 			if err != nil {
-				c.respondError(req, err)
+				fail(err)
 				return
 			}
 			c.respond(req, reply)
 			r.runAfter()
 		}
 	}
+}
+
+// errorKind is the metrics outcome of a failed request: its wire kind.
+func errorKind(err error) string {
+	var e *subjects.Error
+	if errors.As(err, &e) {
+		return e.Kind
+	}
+	return subjects.KindInternal
 }
 
 // decodeDataRequest decodes and checks everything that needs no tenant.
@@ -311,12 +331,16 @@ func (c *Coordinator) await(ctx context.Context, cl *call, t *tally, level strin
 				continue
 			}
 			failures = append(failures, o.node+": "+o.err.Error())
+			c.metrics.ReplicaFailure(failureReason(o.err))
 			if t.fail() {
 				return subjects.Errorf(subjects.KindUnavailable, "%s needs %d of %d replicas; %d acknowledged, %d failed (%s)",
 					level, t.required, t.total, t.acks, t.fails, strings.Join(failures, "; "))
 			}
 		case <-ctx.Done():
 			pendingN := t.total - t.answered()
+			for i := 0; i < pendingN; i++ {
+				c.metrics.ReplicaFailure("timeout")
+			}
 			msg := fmt.Sprintf("%s needs %d of %d replicas; %d acknowledged, %d did not answer in time", level, t.required, t.total, t.acks, pendingN)
 			if len(failures) > 0 {
 				msg += ", failed: " + strings.Join(failures, "; ")
@@ -325,4 +349,15 @@ func (c *Coordinator) await(ctx context.Context, cl *call, t *tally, level strin
 		}
 	}
 	return nil
+}
+
+// failureReason classifies a replica failure for metrics.
+func failureReason(err error) string {
+	switch {
+	case errors.Is(err, errNodeUnreachable):
+		return "unreachable"
+	case errors.Is(err, errNodeOverloaded):
+		return "overloaded"
+	}
+	return "error"
 }

@@ -202,3 +202,47 @@ func Serve(ctx context.Context, addr string, reg *prometheus.Registry, log *slog
 	log.Info("serving metrics", "addr", ln.Addr().String(), "path", "/metrics")
 	return ln.Addr().String(), func() { <-done }, nil
 }
+
+// RepairWorkerStats is what a repair worker reports at every scrape.
+type RepairWorkerStats struct {
+	Applied, Failed, DeadLettered, NodeWrites uint64
+	// Backlog is the consumer's pending plus unacknowledged messages, or
+	// -1 when JetStream did not answer.
+	Backlog int64
+}
+
+// NewRepairWorker registers a repair worker's metrics with reg; stats is
+// called at every scrape.
+func NewRepairWorker(reg prometheus.Registerer, stats func() RepairWorkerStats) {
+	counter := func(name, help string, f func(RepairWorkerStats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: Namespace, Subsystem: "repair", Name: name, Help: help},
+			func() float64 { return float64(f(stats())) })
+	}
+	reg.MustRegister(
+		counter("applied_total", "Repair requests whose every target confirmed the merge.", func(s RepairWorkerStats) uint64 { return s.Applied }),
+		counter("failed_total", "Repair deliveries that failed and were retried with back-off.", func(s RepairWorkerStats) uint64 { return s.Failed }),
+		counter("dead_lettered_total", "Repair requests moved to KV_REPAIR_DEAD after their last delivery.", func(s RepairWorkerStats) uint64 { return s.DeadLettered }),
+		counter("node_writes_total", "Merges confirmed by target nodes.", func(s RepairWorkerStats) uint64 { return s.NodeWrites }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: Namespace, Subsystem: "repair", Name: "backlog",
+			Help: "Repair requests not yet applied: pending plus delivered and unacknowledged (-1: JetStream did not answer)."},
+			func() float64 { return float64(stats().Backlog) }),
+	)
+}
+
+// RepairPublisherStats is what a coordinator's repair publisher reports.
+type RepairPublisherStats struct {
+	Queued, Published, Dropped uint64
+}
+
+// NewRepairPublisher registers a coordinator's repair publishing metrics.
+func NewRepairPublisher(reg prometheus.Registerer, stats func() RepairPublisherStats) {
+	counter := func(name, help string, f func(RepairPublisherStats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: Namespace, Subsystem: "repair", Name: name, Help: help},
+			func() float64 { return float64(f(stats())) })
+	}
+	reg.MustRegister(
+		counter("hints_queued_total", "Read repairs and hints this coordinator queued for KV_REPAIR.", func(s RepairPublisherStats) uint64 { return s.Queued }),
+		counter("hints_published_total", "Read repairs and hints stored in KV_REPAIR.", func(s RepairPublisherStats) uint64 { return s.Published }),
+		counter("hints_dropped_total", "Read repairs and hints lost (queue full, JetStream unavailable); a later read repairs what they would have.", func(s RepairPublisherStats) uint64 { return s.Dropped }),
+	)
+}

@@ -40,7 +40,7 @@ func Unmarshal(isJSON bool, data []byte, v any) (err error) {
 	if len(data) == 0 {
 		return Errorf(KindInvalid, "empty request body")
 	}
-	if err := msgpack.Unmarshal(data, v); err != nil {
+	if err := DecodeMsgpack(data, v); err != nil {
 		return Errorf(KindInvalid, "malformed msgpack: %v", err)
 	}
 	return nil

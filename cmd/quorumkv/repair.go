@@ -10,8 +10,11 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/quorumkv/quorumkv/metrics"
 	"github.com/quorumkv/quorumkv/repair"
 )
 
@@ -53,6 +56,7 @@ func runRepair(args []string) error {
 	nf.register(fs)
 	var rs repairSettings
 	rs.register(fs)
+	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics (empty: off)")
 	var lf logFlags
 	lf.register(fs)
 	if _, err := parse(fs, args); err != nil {
@@ -77,11 +81,42 @@ func runRepair(args []string) error {
 	if err != nil {
 		return err
 	}
+	stopMetrics, err := serveMetrics(ctx, *metricsAddr, log, func(reg prometheus.Registerer) {
+		metrics.NewRepairWorker(reg, func() metrics.RepairWorkerStats {
+			s := w.Stats()
+			return metrics.RepairWorkerStats{Applied: s.Applied, Failed: s.Failed, DeadLettered: s.DeadLettered, NodeWrites: s.NodeWrites, Backlog: repairBacklog(nc)}
+		})
+	})
+	if err != nil {
+		w.Stop()
+		return err
+	}
+	defer stopMetrics()
 	log.Info("repair worker ready", "nats", nc.ConnectedUrlRedacted())
 	<-ctx.Done()
 	log.Info("stopping: finishing the batch in hand")
 	w.Stop()
 	return nil
+}
+
+// repairBacklog is the consumer's pending plus unacknowledged messages, or
+// -1 when JetStream does not answer within a second.
+func repairBacklog(nc *nats.Conn) int64 {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return -1
+	}
+	cons, err := js.Consumer(ctx, repair.StreamName, repair.ConsumerName)
+	if err != nil {
+		return -1
+	}
+	ci, err := cons.Info(ctx)
+	if err != nil {
+		return -1
+	}
+	return int64(ci.NumPending) + int64(ci.NumAckPending)
 }
 
 func runRepairStatus(args []string) error {

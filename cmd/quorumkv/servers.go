@@ -3,13 +3,18 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/quorumkv/quorumkv/coordinator"
 	"github.com/quorumkv/quorumkv/internal/devcluster"
 	"github.com/quorumkv/quorumkv/internal/wiring"
+	"github.com/quorumkv/quorumkv/metrics"
+	"github.com/quorumkv/quorumkv/repair"
 	"github.com/quorumkv/quorumkv/schema"
 	"github.com/quorumkv/quorumkv/storage"
 )
@@ -20,6 +25,7 @@ func runDev(args []string) error {
 	data := fs.String("data", "./data", "directory for all data (NATS JetStream and storage nodes)")
 	nodes := fs.Int("nodes", 3, "storage nodes to run (1..7)")
 	fsync := fs.Bool("fsync", true, "fsync storage writes before acknowledging them (false trades durability for speed)")
+	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics of every component on HOST:PORT at /metrics (empty: off)")
 	lf := logFlags{level: "warn"} // the banner says what matters; --log-level info shows the rest
 	lf.register(fs)
 	if _, err := parse(fs, args); err != nil {
@@ -35,7 +41,13 @@ func runDev(args []string) error {
 	ctx, stop := signalContext()
 	defer stop()
 	started := time.Now()
-	c, err := devcluster.Start(ctx, devcluster.Config{Listen: *listen, DataDir: *data, Nodes: *nodes, Fsync: *fsync, Logger: log})
+	cfg := devcluster.Config{Listen: *listen, DataDir: *data, Nodes: *nodes, Fsync: *fsync, Logger: log}
+	stopMetrics, err := serveMetrics(ctx, *metricsAddr, log, func(reg prometheus.Registerer) { cfg.Metrics = reg })
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
+	c, err := devcluster.Start(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -76,6 +88,10 @@ func runCoordinator(args []string) error {
 	nodeInflight := fs.Int("node-inflight", 2, "batches in flight per storage node and operation")
 	maxBatch := fs.Int("max-batch", 512, "replica messages per batch at most")
 	tenantTTL := fs.Duration("tenant-ttl", 30*time.Second, "how long a cached tenant is trusted without an update event")
+	repairOn := fs.Bool("repair", true, "publish read repairs and hinted handoffs to the JetStream stream KV_REPAIR (run `quorumkv repair` workers to apply them)")
+	repairReplicas := fs.Int("repair-replicas", 0, "replicas of KV_REPAIR if this coordinator creates it (0 = 1 outside a cluster, else up to 3)")
+	hintWindow := fs.Duration("hint-window", 500*time.Millisecond, "after answering, how long to wait for the slower primaries before hinting them")
+	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics (empty: off)")
 	var lf logFlags
 	lf.register(fs)
 	if _, err := parse(fs, args); err != nil {
@@ -109,18 +125,56 @@ func runCoordinator(args []string) error {
 		return fmt.Errorf("idempotency store: %w", err)
 	}
 	defer is.Close()
-	co, err := coordinator.New(ctx, nc, coordinator.Config{
+	cfg := coordinator.Config{
 		Metadata: ms, Idempotency: is, Actor: *actor, Timeout: *timeout,
 		MaxInflight: *maxInflight, NodeInflight: *nodeInflight, MaxBatch: *maxBatch, TenantTTL: *tenantTTL,
-		Logger: log,
+		HintWindow: *hintWindow, Logger: log,
+	}
+	var pub *repair.Publisher
+	if *repairOn {
+		if pub, err = repair.NewPublisher(ctx, nc, repair.Config{Replicas: *repairReplicas, Logger: log}); err != nil {
+			return fmt.Errorf("repair publisher: %w", err)
+		}
+		defer pub.Close(2 * time.Second)
+		cfg.Repair = pub
+	}
+	stopMetrics, err := serveMetrics(ctx, *metricsAddr, log, func(reg prometheus.Registerer) {
+		cfg.Metrics = reg
+		if pub != nil {
+			metrics.NewRepairPublisher(reg, func() metrics.RepairPublisherStats {
+				s := pub.Stats()
+				return metrics.RepairPublisherStats{Queued: s.Queued, Published: s.Published, Dropped: s.Dropped}
+			})
+		}
 	})
 	if err != nil {
 		return err
 	}
-	log.Info("coordinator ready", "nats", nc.ConnectedUrlRedacted(), "metadata", redact(*meta), "idempotency", redact(*idem))
+	defer stopMetrics()
+	co, err := coordinator.New(ctx, nc, cfg)
+	if err != nil {
+		return err
+	}
+	log.Info("coordinator ready", "nats", nc.ConnectedUrlRedacted(), "metadata", redact(*meta), "idempotency", redact(*idem), "repair", *repairOn)
 	<-ctx.Done()
 	co.Stop()
 	return nil
+}
+
+// serveMetrics starts the metrics server when addr is set, after letting
+// register hand the registry to the process's components. The returned
+// stop waits for the server to finish once ctx has ended.
+func serveMetrics(ctx context.Context, addr string, log *slog.Logger, register func(prometheus.Registerer)) (stop func(), err error) {
+	if addr == "" {
+		return func() {}, nil
+	}
+	reg := metrics.NewRegistry()
+	register(reg)
+	_, wait, err := metrics.Serve(ctx, addr, reg, log)
+	if err != nil {
+		return nil, err
+	}
+	return wait, nil
 }
 
 // redact hides the password of a store URL for logging.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/quorumkv/quorumkv/client"
 	"github.com/quorumkv/quorumkv/coordinator"
@@ -40,7 +41,10 @@ type Config struct {
 	RedisPrefix   string // key prefix in Redis (default "quorumkv:idem:")
 	Coordinator   coordinator.Config
 	Repair        repair.Config // repair streams, publisher and workers
-	Logger        *slog.Logger
+	// Metrics receives every component's Prometheus metrics, labelled by
+	// coordinator index and storage node id; nil records none.
+	Metrics prometheus.Registerer
+	Logger  *slog.Logger
 }
 
 // Cluster is a running dev cluster. Stop it with Close.
@@ -208,6 +212,12 @@ func (c *Cluster) AddCoordinator(ctx context.Context) (*coordinator.Coordinator,
 	cfg.Actor = ""
 	if cfg.Repair == nil && c.pub != nil {
 		cfg.Repair = c.pub
+	}
+	if c.cfg.Metrics != nil {
+		c.mu.Lock()
+		n := len(c.coords)
+		c.mu.Unlock()
+		cfg.Metrics = prometheus.WrapRegistererWith(prometheus.Labels{"coordinator": strconv.Itoa(n)}, c.cfg.Metrics)
 	}
 	co, err := coordinator.New(ctx, nc, cfg)
 	if err != nil {
