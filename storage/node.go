@@ -257,7 +257,7 @@ func (n *Node) applyWriteMsgs(msgs []*nats.Msg) {
 	counts := make([]int, len(msgs)) // items per message; -1 = undecodable
 	for i, m := range msgs {
 		var b subjects.NodeWriteBatch
-		if err := msgpack.Unmarshal(m.Data, &b); err != nil || b.Proto != subjects.NodeProtocolVersion {
+		if err := subjects.UnmarshalNodeWriteBatch(m.Data, &b); err != nil || b.Proto != subjects.NodeProtocolVersion {
 			counts[i] = -1
 			n.respondError(m, fmt.Sprintf("bad write batch (proto %d): %v", b.Proto, err))
 			continue
@@ -298,7 +298,7 @@ func (n *Node) readLoop(ctx context.Context, ch chan *nats.Msg) {
 
 func (n *Node) handleRead(m *nats.Msg) {
 	var b subjects.NodeReadBatch
-	if err := msgpack.Unmarshal(m.Data, &b); err != nil || b.Proto != subjects.NodeProtocolVersion {
+	if err := subjects.UnmarshalNodeReadBatch(m.Data, &b); err != nil || b.Proto != subjects.NodeProtocolVersion {
 		n.respondError(m, fmt.Sprintf("bad read batch (proto %d): %v", b.Proto, err))
 		return
 	}
@@ -362,7 +362,14 @@ func (n *Node) respond(m *nats.Msg, v any) {
 	if m.Reply == "" {
 		return
 	}
-	data, err := msgpack.Marshal(v)
+	buf := replyBufs.Get().(*[]byte)
+	defer func() {
+		if cap(*buf) <= maxPooledReply {
+			replyBufs.Put(buf)
+		}
+	}()
+	data, err := appendReply((*buf)[:0], v)
+	*buf = data[:0]
 	if err != nil {
 		n.respondError(m, fmt.Sprintf("encode reply: %v", err))
 		return

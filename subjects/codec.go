@@ -24,6 +24,9 @@ func Unmarshal(isJSON bool, data []byte, v any) (err error) {
 			err = Errorf(KindInvalid, "malformed request: %v", r)
 		}
 	}()
+	if !isJSON && unmarshalFast(data, v) {
+		return nil
+	}
 	if isJSON {
 		dec := json.NewDecoder(bytes.NewReader(data))
 		if err := dec.Decode(v); err != nil {
@@ -50,6 +53,9 @@ func Unmarshal(isJSON bool, data []byte, v any) (err error) {
 func Marshal(isJSON bool, v any) ([]byte, error) {
 	if isJSON {
 		return json.Marshal(v)
+	}
+	if b, ok := marshalFast(v); ok {
+		return b, nil
 	}
 	return msgpack.Marshal(v)
 }

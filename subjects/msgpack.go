@@ -1,0 +1,846 @@
+package subjects
+
+import (
+	"encoding/binary"
+	"math"
+
+	"github.com/quorumkv/quorumkv/vclock"
+)
+
+// Hand-written msgpack for the messages on the data path: the storage-node
+// batches and replies, and the client's Request, WriteReply and GetReply.
+// msgpack's reflection costs more CPU than everything else a storage node
+// does per item, so the hot path appends bytes directly.
+//
+// The contract with the reflection codec is exact: what these encoders
+// write, msgpack.Unmarshal decodes to the same value; and whenever these
+// decoders accept input, msgpack.Unmarshal accepts it too and yields the
+// same value. Anything a decoder does not expect (a float where an integer
+// goes, a field count that changed) makes it give up, and the caller falls
+// back to DecodeMsgpack (checked, then the library), so errors and edge
+// cases stay what they were. The fast decoders never allocate more than the
+// input could hold, nor recurse deeper than maxSkipDepth.
+// Tests check both directions and fuzz the second.
+//
+// Decoded []byte values alias the input (the library copies); NATS gives
+// every message its own buffer, so nobody writes to it afterwards.
+
+// msgpack format codes used here.
+const (
+	mpNil     = 0xc0
+	mpFalse   = 0xc2
+	mpTrue    = 0xc3
+	mpBin8    = 0xc4
+	mpBin16   = 0xc5
+	mpBin32   = 0xc6
+	mpUint8   = 0xcc
+	mpUint16  = 0xcd
+	mpUint32  = 0xce
+	mpUint64  = 0xcf
+	mpInt8    = 0xd0
+	mpInt16   = 0xd1
+	mpInt32   = 0xd2
+	mpInt64   = 0xd3
+	mpStr8    = 0xd9
+	mpStr16   = 0xda
+	mpStr32   = 0xdb
+	mpArray16 = 0xdc
+	mpArray32 = 0xdd
+	mpMap16   = 0xde
+	mpMap32   = 0xdf
+)
+
+// --- writing ---
+
+func appendArrayLen(b []byte, n int) []byte {
+	switch {
+	case n < 16:
+		return append(b, 0x90|byte(n))
+	case n <= math.MaxUint16:
+		return binary.BigEndian.AppendUint16(append(b, mpArray16), uint16(n))
+	}
+	return binary.BigEndian.AppendUint32(append(b, mpArray32), uint32(n))
+}
+
+func appendMapLen(b []byte, n int) []byte {
+	switch {
+	case n < 16:
+		return append(b, 0x80|byte(n))
+	case n <= math.MaxUint16:
+		return binary.BigEndian.AppendUint16(append(b, mpMap16), uint16(n))
+	}
+	return binary.BigEndian.AppendUint32(append(b, mpMap32), uint32(n))
+}
+
+func appendUint(b []byte, v uint64) []byte {
+	switch {
+	case v <= math.MaxInt8:
+		return append(b, byte(v))
+	case v <= math.MaxUint8:
+		return append(b, mpUint8, byte(v))
+	case v <= math.MaxUint16:
+		return binary.BigEndian.AppendUint16(append(b, mpUint16), uint16(v))
+	case v <= math.MaxUint32:
+		return binary.BigEndian.AppendUint32(append(b, mpUint32), uint32(v))
+	}
+	return binary.BigEndian.AppendUint64(append(b, mpUint64), v)
+}
+
+func appendInt(b []byte, v int64) []byte {
+	switch {
+	case v >= 0:
+		return appendUint(b, uint64(v))
+	case v >= -32:
+		return append(b, byte(v))
+	case v >= math.MinInt8:
+		return append(b, mpInt8, byte(v))
+	case v >= math.MinInt16:
+		return binary.BigEndian.AppendUint16(append(b, mpInt16), uint16(v))
+	case v >= math.MinInt32:
+		return binary.BigEndian.AppendUint32(append(b, mpInt32), uint32(v))
+	}
+	return binary.BigEndian.AppendUint64(append(b, mpInt64), uint64(v))
+}
+
+func appendStrHeader(b []byte, n int) []byte {
+	switch {
+	case n < 32:
+		return append(b, 0xa0|byte(n))
+	case n <= math.MaxUint8:
+		return append(b, mpStr8, byte(n))
+	case n <= math.MaxUint16:
+		return binary.BigEndian.AppendUint16(append(b, mpStr16), uint16(n))
+	}
+	return binary.BigEndian.AppendUint32(append(b, mpStr32), uint32(n))
+}
+
+func appendStr(b []byte, s string) []byte { return append(appendStrHeader(b, len(s)), s...) }
+
+// appendBin writes v as bin, or nil when v is nil (as the library does).
+func appendBin(b []byte, v []byte) []byte {
+	n := len(v)
+	switch {
+	case v == nil:
+		return append(b, mpNil)
+	case n <= math.MaxUint8:
+		b = append(b, mpBin8, byte(n))
+	case n <= math.MaxUint16:
+		b = binary.BigEndian.AppendUint16(append(b, mpBin16), uint16(n))
+	default:
+		b = binary.BigEndian.AppendUint32(append(b, mpBin32), uint32(n))
+	}
+	return append(b, v...)
+}
+
+func appendBool(b []byte, v bool) []byte {
+	if v {
+		return append(b, mpTrue)
+	}
+	return append(b, mpFalse)
+}
+
+// AppendVersion appends v as msgpack (the array [[Counter, Actor], Value,
+// Tombstone], or nil) to b.
+func AppendVersion(b []byte, v *vclock.Version) []byte {
+	if v == nil {
+		return append(b, mpNil)
+	}
+	b = append(b, 0x93, 0x92)
+	b = appendUint(b, v.Dot.Counter)
+	b = appendStr(b, v.Dot.Actor)
+	b = appendBin(b, v.Value)
+	return appendBool(b, v.Tombstone)
+}
+
+// --- reading ---
+
+// mpReader reads msgpack from b. The first unexpected byte sets bad; from
+// then on every read returns a zero value, so decoders check bad once.
+type mpReader struct {
+	b   []byte
+	bad bool
+}
+
+func (r *mpReader) fail() { r.bad, r.b = true, nil }
+
+func (r *mpReader) take(n int) []byte {
+	if n < 0 || n > len(r.b) {
+		r.fail()
+		return nil
+	}
+	v := r.b[:n:n]
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *mpReader) code() byte {
+	if len(r.b) == 0 {
+		r.fail()
+		return mpNil
+	}
+	c := r.b[0]
+	r.b = r.b[1:]
+	return c
+}
+
+func (r *mpReader) peek() byte {
+	if len(r.b) == 0 {
+		return 0xc1 // never used in msgpack
+	}
+	return r.b[0]
+}
+
+func (r *mpReader) be(n int) uint64 {
+	p := r.take(n)
+	if p == nil {
+		return 0
+	}
+	var v uint64
+	for _, x := range p {
+		v = v<<8 | uint64(x)
+	}
+	return v
+}
+
+// arrayLen reads an array header: -1 for nil.
+func (r *mpReader) arrayLen() int {
+	c := r.code()
+	switch {
+	case c&0xf0 == 0x90:
+		return int(c & 0x0f)
+	case c == mpNil:
+		return -1
+	case c == mpArray16:
+		return int(r.be(2))
+	case c == mpArray32:
+		return r.count(r.be(4))
+	}
+	r.fail()
+	return 0
+}
+
+// mapLen reads a map header: -1 for nil.
+func (r *mpReader) mapLen() int {
+	c := r.code()
+	switch {
+	case c&0xf0 == 0x80:
+		return int(c & 0x0f)
+	case c == mpNil:
+		return -1
+	case c == mpMap16:
+		return int(r.be(2))
+	case c == mpMap32:
+		return r.count(r.be(4))
+	}
+	r.fail()
+	return 0
+}
+
+// count guards a 32-bit element count: every element takes at least a
+// byte, so a count beyond the remaining input is malformed.
+func (r *mpReader) count(n uint64) int {
+	if n > uint64(len(r.b)) {
+		r.fail()
+		return 0
+	}
+	return int(n)
+}
+
+// int reads any integer the way the library's DecodeInt64 does.
+func (r *mpReader) int() int64 {
+	c := r.code()
+	switch {
+	case c <= 0x7f:
+		return int64(c)
+	case c >= 0xe0:
+		return int64(int8(c))
+	}
+	switch c {
+	case mpUint8:
+		return int64(r.be(1))
+	case mpUint16:
+		return int64(r.be(2))
+	case mpUint32:
+		return int64(r.be(4))
+	case mpUint64:
+		return int64(r.be(8))
+	case mpInt8:
+		return int64(int8(r.be(1)))
+	case mpInt16:
+		return int64(int16(r.be(2)))
+	case mpInt32:
+		return int64(int32(r.be(4)))
+	case mpInt64:
+		return int64(r.be(8))
+	}
+	r.fail() // nil, floats and the rest: leave them to the library
+	return 0
+}
+
+// uint reads a non-negative integer; negative ones are left to the library.
+func (r *mpReader) uint() uint64 {
+	c := r.peek()
+	if c >= 0xe0 || (c >= mpInt8 && c <= mpInt64) {
+		r.fail()
+		return 0
+	}
+	return uint64(r.int())
+}
+
+// rawBytes reads str or bin; nil is (nil, true).
+func (r *mpReader) rawBytes() ([]byte, bool) {
+	c := r.code()
+	var n int
+	switch {
+	case c&0xe0 == 0xa0:
+		n = int(c & 0x1f)
+	case c == mpNil:
+		return nil, true
+	case c == mpStr8 || c == mpBin8:
+		n = int(r.be(1))
+	case c == mpStr16 || c == mpBin16:
+		n = int(r.be(2))
+	case c == mpStr32 || c == mpBin32:
+		n = int(r.be(4))
+	default:
+		r.fail()
+		return nil, false
+	}
+	return r.take(n), false
+}
+
+func (r *mpReader) str() string {
+	b, _ := r.rawBytes()
+	return string(b)
+}
+
+// bytes reads bin or str as the library decodes a []byte: nil stays nil,
+// an empty one is empty but not nil.
+func (r *mpReader) bytes() []byte {
+	b, isNil := r.rawBytes()
+	if isNil || r.bad {
+		return nil
+	}
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}
+
+func (r *mpReader) bool() bool {
+	switch r.code() {
+	case mpTrue:
+		return true
+	case mpFalse, mpNil:
+		return false
+	}
+	r.fail()
+	return false
+}
+
+// isNil consumes a nil if one is next.
+func (r *mpReader) isNil() bool {
+	if r.peek() == mpNil {
+		r.b = r.b[1:]
+		return true
+	}
+	return false
+}
+
+// skip passes over one value of any type but ext, nested at most
+// maxSkipDepth deep (deeper input is left to the library's checks).
+func (r *mpReader) skip() { r.skipDepth(0) }
+
+const maxSkipDepth = 16
+
+func (r *mpReader) skipDepth(depth int) {
+	if depth > maxSkipDepth {
+		r.fail()
+		return
+	}
+	c := r.code()
+	switch {
+	case c <= 0x7f || c >= 0xe0 || c == mpNil || c == mpFalse || c == mpTrue:
+		return
+	case c&0xf0 == 0x80:
+		r.skipN(2*int(c&0x0f), depth)
+		return
+	case c&0xf0 == 0x90:
+		r.skipN(int(c&0x0f), depth)
+		return
+	case c&0xe0 == 0xa0:
+		r.take(int(c & 0x1f))
+		return
+	}
+	switch c {
+	case mpUint8, mpInt8:
+		r.take(1)
+	case mpUint16, mpInt16:
+		r.take(2)
+	case mpUint32, mpInt32, 0xca:
+		r.take(4)
+	case mpUint64, mpInt64, 0xcb:
+		r.take(8)
+	case mpBin8, mpStr8:
+		r.take(int(r.be(1)))
+	case mpBin16, mpStr16:
+		r.take(int(r.be(2)))
+	case mpBin32, mpStr32:
+		r.take(int(r.be(4)))
+	case mpArray16:
+		r.skipN(r.count(r.be(2)), depth)
+	case mpArray32:
+		r.skipN(r.count(r.be(4)), depth)
+	case mpMap16:
+		r.skipN(2*r.count(r.be(2)), depth)
+	case mpMap32:
+		r.skipN(2*r.count(r.be(4)), depth)
+	default:
+		r.fail() // ext and reserved codes: the library's business
+	}
+}
+
+func (r *mpReader) skipN(n, depth int) {
+	for i := 0; i < n && !r.bad; i++ {
+		r.skipDepth(depth + 1)
+	}
+}
+
+// structLen reads the header of an as_array struct with fields fields: an
+// empty array or nil means the zero value (0); any other count than fields
+// is the library's "number of fields changed" error.
+func (r *mpReader) structLen(fields int) int {
+	n := r.arrayLen()
+	if n <= 0 {
+		return 0
+	}
+	if n != fields {
+		r.fail()
+	}
+	return n
+}
+
+// version reads an optional *vclock.Version.
+func (r *mpReader) version() *vclock.Version {
+	if r.isNil() {
+		return nil
+	}
+	v := &vclock.Version{}
+	if r.structLen(3) == 0 {
+		return v
+	}
+	if r.isNil() {
+		// A nil Dot decodes to the zero Dot.
+	} else if r.structLen(2) != 0 {
+		v.Dot.Counter = r.uint()
+		v.Dot.Actor = r.str()
+	}
+	v.Value = r.bytes()
+	v.Tombstone = r.bool()
+	return v
+}
+
+// DecodeVersion decodes a *vclock.Version (nil for msgpack nil) from the
+// start of data and returns the rest. ok is false when the input is not
+// what AppendVersion writes in any of its forms; decode it with msgpack
+// then, which also reports the error.
+func DecodeVersion(data []byte) (v *vclock.Version, rest []byte, ok bool) {
+	r := mpReader{b: data}
+	v = r.version()
+	if r.bad {
+		return nil, nil, false
+	}
+	return v, r.b, true
+}
+
+// --- storage-node messages (as_array structs) ---
+
+// MarshalNodeWriteBatch appends b's msgpack to dst.
+func MarshalNodeWriteBatch(dst []byte, b *NodeWriteBatch) []byte {
+	dst = append(dst, 0x92)
+	dst = appendInt(dst, int64(b.Proto))
+	if b.Items == nil {
+		return append(dst, mpNil)
+	}
+	dst = appendArrayLen(dst, len(b.Items))
+	for i := range b.Items {
+		w := &b.Items[i]
+		dst = append(dst, 0x94)
+		dst = appendUint(dst, w.ID)
+		dst = appendStr(dst, w.Tenant)
+		dst = appendStr(dst, w.Key)
+		dst = AppendVersion(dst, w.LWW)
+	}
+	return dst
+}
+
+// UnmarshalNodeWriteBatch decodes data into b, which it overwrites.
+func UnmarshalNodeWriteBatch(data []byte, b *NodeWriteBatch) error {
+	if decodeNodeWriteBatch(data, b) {
+		return nil
+	}
+	*b = NodeWriteBatch{}
+	return DecodeMsgpack(data, b)
+}
+
+func decodeNodeWriteBatch(data []byte, b *NodeWriteBatch) bool {
+	r := mpReader{b: data}
+	*b = NodeWriteBatch{}
+	if r.structLen(2) != 0 {
+		b.Proto = int(r.int())
+		if n := r.arrayLen(); n >= 0 {
+			b.Items = make([]NodeWrite, r.count(uint64(n)))
+			for i := 0; i < len(b.Items) && !r.bad; i++ {
+				w := &b.Items[i]
+				if r.structLen(4) == 0 {
+					continue
+				}
+				w.ID = r.uint()
+				w.Tenant = r.str()
+				w.Key = r.str()
+				w.LWW = r.version()
+			}
+		}
+	}
+	return !r.bad
+}
+
+// MarshalNodeWriteReply appends r's msgpack to dst.
+func MarshalNodeWriteReply(dst []byte, rep *NodeWriteReply) []byte {
+	dst = append(dst, 0x92)
+	if rep.Results == nil {
+		dst = append(dst, mpNil)
+	} else {
+		dst = appendArrayLen(dst, len(rep.Results))
+		for i := range rep.Results {
+			x := &rep.Results[i]
+			dst = append(dst, 0x93)
+			dst = appendUint(dst, x.ID)
+			dst = appendStr(dst, x.Err)
+			dst = AppendVersion(dst, x.LWW)
+		}
+	}
+	return appendBool(dst, rep.More)
+}
+
+// UnmarshalNodeWriteReply decodes data into rep, which it overwrites.
+func UnmarshalNodeWriteReply(data []byte, rep *NodeWriteReply) error {
+	if decodeNodeWriteReply(data, rep) {
+		return nil
+	}
+	*rep = NodeWriteReply{}
+	return DecodeMsgpack(data, rep)
+}
+
+func decodeNodeWriteReply(data []byte, rep *NodeWriteReply) bool {
+	r := mpReader{b: data}
+	*rep = NodeWriteReply{}
+	if r.structLen(2) != 0 {
+		if n := r.arrayLen(); n >= 0 {
+			rep.Results = make([]NodeWriteResult, r.count(uint64(n)))
+			for i := 0; i < len(rep.Results) && !r.bad; i++ {
+				x := &rep.Results[i]
+				if r.structLen(3) == 0 {
+					continue
+				}
+				x.ID = r.uint()
+				x.Err = r.str()
+				x.LWW = r.version()
+			}
+		}
+		rep.More = r.bool()
+	}
+	return !r.bad
+}
+
+// MarshalNodeReadBatch appends b's msgpack to dst.
+func MarshalNodeReadBatch(dst []byte, b *NodeReadBatch) []byte {
+	dst = append(dst, 0x92)
+	dst = appendInt(dst, int64(b.Proto))
+	if b.Items == nil {
+		return append(dst, mpNil)
+	}
+	dst = appendArrayLen(dst, len(b.Items))
+	for i := range b.Items {
+		x := &b.Items[i]
+		dst = append(dst, 0x93)
+		dst = appendUint(dst, x.ID)
+		dst = appendStr(dst, x.Tenant)
+		dst = appendStr(dst, x.Key)
+	}
+	return dst
+}
+
+// UnmarshalNodeReadBatch decodes data into b, which it overwrites.
+func UnmarshalNodeReadBatch(data []byte, b *NodeReadBatch) error {
+	if decodeNodeReadBatch(data, b) {
+		return nil
+	}
+	*b = NodeReadBatch{}
+	return DecodeMsgpack(data, b)
+}
+
+func decodeNodeReadBatch(data []byte, b *NodeReadBatch) bool {
+	r := mpReader{b: data}
+	*b = NodeReadBatch{}
+	if r.structLen(2) != 0 {
+		b.Proto = int(r.int())
+		if n := r.arrayLen(); n >= 0 {
+			b.Items = make([]NodeRead, r.count(uint64(n)))
+			for i := 0; i < len(b.Items) && !r.bad; i++ {
+				x := &b.Items[i]
+				if r.structLen(3) == 0 {
+					continue
+				}
+				x.ID = r.uint()
+				x.Tenant = r.str()
+				x.Key = r.str()
+			}
+		}
+	}
+	return !r.bad
+}
+
+// MarshalNodeReadReply appends rep's msgpack to dst.
+func MarshalNodeReadReply(dst []byte, rep *NodeReadReply) []byte {
+	dst = append(dst, 0x92)
+	if rep.Results == nil {
+		dst = append(dst, mpNil)
+	} else {
+		dst = appendArrayLen(dst, len(rep.Results))
+		for i := range rep.Results {
+			x := &rep.Results[i]
+			dst = append(dst, 0x93)
+			dst = appendUint(dst, x.ID)
+			dst = appendStr(dst, x.Err)
+			dst = AppendVersion(dst, x.LWW)
+		}
+	}
+	return appendBool(dst, rep.More)
+}
+
+// UnmarshalNodeReadReply decodes data into rep, which it overwrites.
+func UnmarshalNodeReadReply(data []byte, rep *NodeReadReply) error {
+	if decodeNodeReadReply(data, rep) {
+		return nil
+	}
+	*rep = NodeReadReply{}
+	return DecodeMsgpack(data, rep)
+}
+
+func decodeNodeReadReply(data []byte, rep *NodeReadReply) bool {
+	r := mpReader{b: data}
+	*rep = NodeReadReply{}
+	if r.structLen(2) != 0 {
+		if n := r.arrayLen(); n >= 0 {
+			rep.Results = make([]NodeReadResult, r.count(uint64(n)))
+			for i := 0; i < len(rep.Results) && !r.bad; i++ {
+				x := &rep.Results[i]
+				if r.structLen(3) == 0 {
+					continue
+				}
+				x.ID = r.uint()
+				x.Err = r.str()
+				x.LWW = r.version()
+			}
+		}
+		rep.More = r.bool()
+	}
+	return !r.bad
+}
+
+// --- client messages (maps keyed by field name) ---
+
+// appendRequest writes r as the library does: omitempty fields left out
+// when empty.
+func appendRequest(dst []byte, r *Request) []byte {
+	n := 1
+	for _, present := range [...]bool{len(r.Value) > 0, r.Consistency != "", r.Context != "", r.IdempotencyKey != "", r.TimeoutMS != 0} {
+		if present {
+			n++
+		}
+	}
+	dst = appendMapLen(dst, n)
+	dst = appendStr(appendStr(dst, "key"), r.Key)
+	if len(r.Value) > 0 {
+		dst = appendBin(appendStr(dst, "value"), r.Value)
+	}
+	if r.Consistency != "" {
+		dst = appendStr(appendStr(dst, "consistency"), r.Consistency)
+	}
+	if r.Context != "" {
+		dst = appendStr(appendStr(dst, "context"), r.Context)
+	}
+	if r.IdempotencyKey != "" {
+		dst = appendStr(appendStr(dst, "idempotency_key"), r.IdempotencyKey)
+	}
+	if r.TimeoutMS != 0 {
+		dst = appendInt(appendStr(dst, "timeout_ms"), r.TimeoutMS)
+	}
+	return dst
+}
+
+// decodeRequest decodes a Request map into r, setting the fields present
+// as the library does; false means "ask the library".
+func decodeRequest(data []byte, req *Request) bool {
+	r := mpReader{b: data}
+	n := r.mapLen()
+	for i := 0; i < n && !r.bad; i++ {
+		k, _ := r.rawBytes()
+		switch string(k) {
+		case "key":
+			req.Key = r.str()
+		case "value":
+			req.Value = r.bytes()
+		case "consistency":
+			req.Consistency = r.str()
+		case "context":
+			req.Context = r.str()
+		case "idempotency_key":
+			req.IdempotencyKey = r.str()
+		case "timeout_ms":
+			if r.isNil() {
+				req.TimeoutMS = 0
+			} else {
+				req.TimeoutMS = r.int()
+			}
+		default:
+			r.skip()
+		}
+	}
+	return !r.bad && n >= 0
+}
+
+func appendWriteReply(dst []byte, w *WriteReply) []byte {
+	dst = append(dst, 0x87)
+	dst = appendBool(appendStr(dst, "success"), w.Success)
+	dst = appendStr(appendStr(dst, "key"), w.Key)
+	dst = appendStr(appendStr(dst, "context"), w.Context)
+	dst = appendStr(appendStr(dst, "idempotency_key"), w.IdempotencyKey)
+	dst = appendBool(appendStr(dst, "is_duplicate"), w.IsDuplicate)
+	dst = appendInt(appendStr(dst, "replica_count"), int64(w.ReplicaCount))
+	return appendStr(appendStr(dst, "consistency"), w.Consistency)
+}
+
+func decodeWriteReply(data []byte, w *WriteReply) bool {
+	r := mpReader{b: data}
+	n := r.mapLen()
+	for i := 0; i < n && !r.bad; i++ {
+		k, _ := r.rawBytes()
+		switch string(k) {
+		case "success":
+			w.Success = r.bool()
+		case "key":
+			w.Key = r.str()
+		case "context":
+			w.Context = r.str()
+		case "idempotency_key":
+			w.IdempotencyKey = r.str()
+		case "is_duplicate":
+			w.IsDuplicate = r.bool()
+		case "replica_count":
+			if r.isNil() {
+				w.ReplicaCount = 0
+			} else {
+				w.ReplicaCount = int(r.int())
+			}
+		case "consistency":
+			w.Consistency = r.str()
+		default:
+			r.skip()
+		}
+	}
+	return !r.bad && n >= 0
+}
+
+func appendGetReply(dst []byte, g *GetReply) []byte {
+	if len(g.Siblings) > 0 {
+		dst = append(dst, 0x88)
+	} else {
+		dst = append(dst, 0x87)
+	}
+	dst = appendBool(appendStr(dst, "success"), g.Success)
+	dst = appendStr(appendStr(dst, "key"), g.Key)
+	dst = appendBool(appendStr(dst, "found"), g.Found)
+	dst = appendBin(appendStr(dst, "value"), g.Value)
+	dst = appendStr(appendStr(dst, "context"), g.Context)
+	if len(g.Siblings) > 0 {
+		dst = appendArrayLen(appendStr(dst, "siblings"), len(g.Siblings))
+		for _, s := range g.Siblings {
+			dst = appendBin(dst, s)
+		}
+	}
+	dst = appendInt(appendStr(dst, "replica_count"), int64(g.ReplicaCount))
+	return appendStr(appendStr(dst, "consistency"), g.Consistency)
+}
+
+func decodeGetReply(data []byte, g *GetReply) bool {
+	r := mpReader{b: data}
+	n := r.mapLen()
+	for i := 0; i < n && !r.bad; i++ {
+		k, _ := r.rawBytes()
+		switch string(k) {
+		case "success":
+			g.Success = r.bool()
+		case "key":
+			g.Key = r.str()
+		case "found":
+			g.Found = r.bool()
+		case "value":
+			g.Value = r.bytes()
+		case "context":
+			g.Context = r.str()
+		case "siblings":
+			m := r.arrayLen()
+			switch {
+			case m < 0:
+				g.Siblings = nil
+			default:
+				g.Siblings = make([][]byte, r.count(uint64(m)))
+				for j := 0; j < len(g.Siblings) && !r.bad; j++ {
+					g.Siblings[j] = r.bytes()
+				}
+			}
+		case "replica_count":
+			if r.isNil() {
+				g.ReplicaCount = 0
+			} else {
+				g.ReplicaCount = int(r.int())
+			}
+		case "consistency":
+			g.Consistency = r.str()
+		default:
+			r.skip()
+		}
+	}
+	return !r.bad && n >= 0
+}
+
+// marshalFast encodes the client messages without reflection; ok is false
+// for every other type.
+func marshalFast(v any) (b []byte, ok bool) {
+	switch m := v.(type) {
+	case *Request:
+		return appendRequest(make([]byte, 0, 64+len(m.Key)+len(m.Value)), m), true
+	case *WriteReply:
+		return appendWriteReply(make([]byte, 0, 160+len(m.Key)), m), true
+	case *GetReply:
+		return appendGetReply(make([]byte, 0, 128+len(m.Key)+len(m.Value)), m), true
+	}
+	return nil, false
+}
+
+// unmarshalFast decodes the client messages without reflection; false
+// means the caller must use the library (other types, or input the fast
+// path does not take).
+func unmarshalFast(data []byte, v any) bool {
+	switch m := v.(type) {
+	case *Request:
+		return decodeRequest(data, m)
+	case *WriteReply:
+		return decodeWriteReply(data, m)
+	case *GetReply:
+		return decodeGetReply(data, m)
+	}
+	return false
+}

@@ -1,0 +1,320 @@
+package subjects
+
+import (
+	"bytes"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/quorumkv/quorumkv/vclock"
+)
+
+func ver(counter uint64, actor, value string, tomb bool) *vclock.Version {
+	v := &vclock.Version{Dot: vclock.Dot{Counter: counter, Actor: actor}, Tombstone: tomb}
+	if value != "-" {
+		v.Value = []byte(value)
+	}
+	return v
+}
+
+// codecCases are values of every hand-coded type, with the edge cases of
+// their encodings: nil and empty slices, nil versions, every integer and
+// string width.
+func codecCases() []any {
+	big := bytes.Repeat([]byte("v"), 70_000)
+	long := strings.Repeat("k", 300)
+	return []any{
+		&NodeWriteBatch{Proto: NodeProtocolVersion, Items: []NodeWrite{
+			{ID: 1, Tenant: "default", Key: "user000000000001", LWW: ver(1<<62|7, "c0ffee01", strings.Repeat("x", 256), false)},
+			{ID: 200, Tenant: "t", Key: long, LWW: ver(300, "a", "", false)},
+			{ID: 70_000, Tenant: "t", Key: "k", LWW: ver(1<<33, strings.Repeat("a", 40), "-", true)},
+			{ID: 1 << 40, Tenant: "", Key: "", LWW: nil},
+			{ID: 0, Tenant: "t", Key: "big", LWW: &vclock.Version{Value: big}},
+		}},
+		&NodeWriteBatch{Proto: 1},
+		&NodeWriteBatch{Proto: -3, Items: []NodeWrite{}},
+		&NodeWriteBatch{},
+		&NodeWriteReply{Results: []NodeWriteResult{{ID: 1}, {ID: 2, Err: "commit: disk full", LWW: ver(9, "z", "newer", false)}}, More: true},
+		&NodeWriteReply{},
+		&NodeWriteReply{Results: []NodeWriteResult{}},
+		&NodeReadBatch{Proto: 1, Items: []NodeRead{{ID: 5, Tenant: "t", Key: "a"}, {ID: 1 << 20, Tenant: long, Key: long}}},
+		&NodeReadBatch{Proto: 1},
+		&NodeReadReply{Results: []NodeReadResult{{ID: 5, LWW: ver(1, "a", "v", false)}, {ID: 6}, {ID: 7, Err: "read: boom"}}},
+		&NodeReadReply{More: true},
+		&Request{Key: "k"},
+		&Request{Key: long, Value: big, Consistency: Quorum, Context: "l1.AAAA", IdempotencyKey: "idem", TimeoutMS: 2000},
+		&Request{Key: "k", Value: []byte{}, TimeoutMS: -5},
+		&WriteReply{Success: true, Key: "k", Context: "l1.x", IdempotencyKey: "abc", ReplicaCount: 3, Consistency: Quorum},
+		&WriteReply{IsDuplicate: true, ReplicaCount: 1 << 20},
+		&GetReply{Success: true, Key: "k", Found: true, Value: []byte("hello"), Context: "l1.x", ReplicaCount: 2, Consistency: One},
+		&GetReply{Success: true, Key: "k", Value: []byte{}},
+		&GetReply{Key: "k", Siblings: [][]byte{[]byte("a"), nil, {}}},
+	}
+}
+
+func fresh(v any) any { return reflect.New(reflect.TypeOf(v).Elem()).Interface() }
+
+func fastMarshal(t *testing.T, v any) []byte {
+	t.Helper()
+	switch m := v.(type) {
+	case *NodeWriteBatch:
+		return MarshalNodeWriteBatch(nil, m)
+	case *NodeWriteReply:
+		return MarshalNodeWriteReply(nil, m)
+	case *NodeReadBatch:
+		return MarshalNodeReadBatch(nil, m)
+	case *NodeReadReply:
+		return MarshalNodeReadReply(nil, m)
+	}
+	b, ok := marshalFast(v)
+	if !ok {
+		t.Fatalf("%T has no fast encoder", v)
+	}
+	return b
+}
+
+// fastDecode runs only the hand-written decoder of v's type.
+func fastDecode(data []byte, v any) bool {
+	switch m := v.(type) {
+	case *NodeWriteBatch:
+		return decodeNodeWriteBatch(data, m)
+	case *NodeWriteReply:
+		return decodeNodeWriteReply(data, m)
+	case *NodeReadBatch:
+		return decodeNodeReadBatch(data, m)
+	case *NodeReadReply:
+		return decodeNodeReadReply(data, m)
+	}
+	return unmarshalFast(data, v)
+}
+
+// libRoundTrip is v after msgpack encodes and decodes it: what a receiver
+// sees today (omitempty drops empty values, for one).
+func libRoundTrip(t *testing.T, v any) any {
+	t.Helper()
+	b, err := msgpack.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := fresh(v)
+	if err := msgpack.Unmarshal(b, out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestFastEncodersDecodeWithTheLibrary: what the hand-written encoders
+// write, msgpack decodes to what it decodes from its own encoding.
+func TestFastEncodersDecodeWithTheLibrary(t *testing.T) {
+	for _, v := range codecCases() {
+		b := fastMarshal(t, v)
+		got := fresh(v)
+		if err := msgpack.Unmarshal(b, got); err != nil {
+			t.Fatalf("%T: library cannot decode the fast encoding: %v", v, err)
+		}
+		if want := libRoundTrip(t, v); !reflect.DeepEqual(got, want) {
+			t.Errorf("%T: library decoded %+v, want %+v", v, got, want)
+		}
+	}
+}
+
+// TestFastDecodersReadTheLibrary: what msgpack writes, the hand-written
+// decoders read to the same value, and so do the exported entry points.
+func TestFastDecodersReadTheLibrary(t *testing.T) {
+	for _, v := range codecCases() {
+		b, err := msgpack.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := libRoundTrip(t, v)
+		got := fresh(v)
+		if !fastDecode(b, got) {
+			t.Fatalf("%T: fast decoder refused the library's encoding", v)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%T: fast decoded %+v, want %+v", v, got, want)
+		}
+		// Round trip through the fast encoder too.
+		got2 := fresh(v)
+		if !fastDecode(fastMarshal(t, v), got2) || !reflect.DeepEqual(got2, want) {
+			t.Errorf("%T: fast round trip gave %+v", v, got2)
+		}
+	}
+}
+
+// TestFallbackKeepsLibraryBehaviour: input the fast path does not take is
+// decoded (or refused) exactly as the checked library path does.
+func TestFallbackKeepsLibraryBehaviour(t *testing.T) {
+	asMap, _ := msgpack.Marshal(map[string]any{"Proto": 1, "Items": []any{}}) // an as_array struct sent as a map
+	floatTimeout, _ := msgpack.Marshal(map[string]any{"key": "k", "timeout_ms": 1500.0})
+	wrongCount, _ := msgpack.Marshal([]any{1, []any{}, "extra"})
+	for name, tc := range map[string]struct {
+		data []byte
+		v    any
+	}{
+		"map for array struct": {asMap, &NodeWriteBatch{}},
+		"float timeout":        {floatTimeout, &Request{}},
+		"field count changed":  {wrongCount, &NodeReadBatch{}},
+		"garbage":              {[]byte{0xc1, 0x00}, &NodeWriteReply{}},
+		"array for map":        {[]byte{0x93, 1, 2, 3}, &Request{}},
+		"truncated":            {[]byte{0x92, 0x01, 0x91}, &NodeWriteBatch{}},
+	} {
+		lib := fresh(tc.v)
+		libErr := DecodeMsgpack(tc.data, lib)
+		got := fresh(tc.v)
+		var err error
+		switch m := got.(type) {
+		case *NodeWriteBatch:
+			err = UnmarshalNodeWriteBatch(tc.data, m)
+		case *NodeWriteReply:
+			err = UnmarshalNodeWriteReply(tc.data, m)
+		case *NodeReadBatch:
+			err = UnmarshalNodeReadBatch(tc.data, m)
+		default:
+			err = Unmarshal(false, tc.data, got)
+			if libErr != nil {
+				libErr = Errorf(KindInvalid, "malformed msgpack: %v", libErr)
+			}
+		}
+		if (err == nil) != (libErr == nil) || (err != nil && err.Error() != libErr.Error()) {
+			t.Errorf("%s: error %v, library %v", name, err, libErr)
+		}
+		if err == nil && !reflect.DeepEqual(got, lib) {
+			t.Errorf("%s: decoded %+v, library %+v", name, got, lib)
+		}
+	}
+}
+
+func TestDecodeVersion(t *testing.T) {
+	for _, v := range []*vclock.Version{nil, ver(5, "a", "x", false), ver(1<<50, "actor", "-", true), {}} {
+		b := AppendVersion(nil, v)
+		b = append(b, 0x2a) // what follows is returned
+		got, rest, ok := DecodeVersion(b)
+		if !ok || !reflect.DeepEqual(got, v) || !bytes.Equal(rest, []byte{0x2a}) {
+			t.Errorf("DecodeVersion(%+v) = %+v, %x, %v", v, got, rest, ok)
+		}
+	}
+	if _, _, ok := DecodeVersion([]byte{0x92, 1, 2}); ok {
+		t.Error("a 2-element array is not a Version")
+	}
+}
+
+func TestMarshalUnmarshalUseFastPath(t *testing.T) {
+	req := &Request{Key: "k", Value: []byte("v"), Consistency: Quorum}
+	b, err := Marshal(false, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got Request
+	if err := Unmarshal(false, b, &got); err != nil || !reflect.DeepEqual(&got, req) {
+		t.Fatalf("round trip %+v %v", got, err)
+	}
+	allocs := testing.AllocsPerRun(100, func() {
+		var r Request
+		_ = Unmarshal(false, b, &r)
+	})
+	if allocs > 3 { // key, consistency and the interface conversion at most
+		t.Errorf("Unmarshal of a Request allocates %.0f times", allocs)
+	}
+}
+
+// FuzzFastDecodersAgreeWithLibrary: whenever a hand-written decoder
+// accepts input, the library accepts it too and decodes the same value.
+func FuzzFastDecodersAgreeWithLibrary(f *testing.F) {
+	for _, v := range codecCases() {
+		b, _ := msgpack.Marshal(v)
+		f.Add(b)
+		if len(b) < 4096 {
+			f.Add(fastMarshalNoT(v))
+		}
+	}
+	f.Add([]byte{0x81, 0xa3, 'k', 'e', 'y', 0x92, 0x91, 0x90, 0xc0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, proto := range []any{&NodeWriteBatch{}, &NodeWriteReply{}, &NodeReadBatch{}, &NodeReadReply{}, &Request{}, &WriteReply{}, &GetReply{}} {
+			got := fresh(proto)
+			if !fastDecode(data, got) {
+				continue
+			}
+			lib := fresh(proto)
+			if err := msgpack.Unmarshal(data, lib); err != nil {
+				t.Fatalf("%T: fast accepted %x, library refused: %v", proto, data, err)
+			}
+			if !reflect.DeepEqual(got, lib) {
+				t.Fatalf("%T: fast %+v, library %+v for %x", proto, got, lib, data)
+			}
+		}
+	})
+}
+
+func fastMarshalNoT(v any) []byte {
+	switch m := v.(type) {
+	case *NodeWriteBatch:
+		return MarshalNodeWriteBatch(nil, m)
+	case *NodeWriteReply:
+		return MarshalNodeWriteReply(nil, m)
+	case *NodeReadBatch:
+		return MarshalNodeReadBatch(nil, m)
+	case *NodeReadReply:
+		return MarshalNodeReadReply(nil, m)
+	}
+	b, _ := marshalFast(v)
+	return b
+}
+
+func benchBatch(n int) *NodeWriteBatch {
+	b := &NodeWriteBatch{Proto: NodeProtocolVersion}
+	for i := range n {
+		b.Items = append(b.Items, NodeWrite{ID: uint64(1000 + i), Tenant: "bench", Key: "user000000012345",
+			LWW: ver(1<<40+uint64(i), "c0ffee01", strings.Repeat("v", 256), false)})
+	}
+	return b
+}
+
+// BenchmarkNodeWriteBatchRoundTrip encodes and decodes a batch of 16
+// writes of 256-byte values, hand-written codec against msgpack's
+// reflection.
+func BenchmarkNodeWriteBatchRoundTrip(b *testing.B) {
+	batch := benchBatch(16)
+	b.Run("fast", func(b *testing.B) {
+		var buf []byte
+		var out NodeWriteBatch
+		b.ReportAllocs()
+		for b.Loop() {
+			buf = MarshalNodeWriteBatch(buf[:0], batch)
+			if err := UnmarshalNodeWriteBatch(buf, &out); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(len(buf)), "bytes/msg")
+	})
+	b.Run("reflection", func(b *testing.B) {
+		var out NodeWriteBatch
+		b.ReportAllocs()
+		for b.Loop() {
+			buf, err := msgpack.Marshal(batch)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := msgpack.Unmarshal(buf, &out); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+func BenchmarkRequestRoundTrip(b *testing.B) {
+	req := &Request{Key: "user000000012345", Value: bytes.Repeat([]byte("v"), 256), Consistency: Quorum, TimeoutMS: 5000}
+	b.ReportAllocs()
+	for b.Loop() {
+		data, err := Marshal(false, req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var out Request
+		if err := Unmarshal(false, data, &out); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
