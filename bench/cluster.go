@@ -22,6 +22,7 @@ import (
 	"github.com/quorumkv/quorumkv/idempotency"
 	"github.com/quorumkv/quorumkv/internal/wiring"
 	"github.com/quorumkv/quorumkv/metadata"
+	"github.com/quorumkv/quorumkv/repair"
 	"github.com/quorumkv/quorumkv/storage"
 	"github.com/quorumkv/quorumkv/subjects"
 )
@@ -212,6 +213,8 @@ type deployment struct {
 	coords []*coordinator.Coordinator
 	meta   metadata.Store
 	idem   idempotency.Store
+	pub    *repair.Publisher
+	worker *repair.Worker
 }
 
 // deployOptions tune the quorumkv deployment under test.
@@ -243,13 +246,26 @@ func deploy(ctx context.Context, c *cluster, o deployOptions) (*deployment, erro
 	if d.idem, err = wiring.OpenIdempotency(ctx, "nats", nc, sopts); err != nil {
 		return nil, fmt.Errorf("idempotency store: %w", err)
 	}
+	// Coordinators publish read repairs and hints as in production (the
+	// coordinator command's default), and one repair worker applies them.
+	rcfg := repair.Config{Replicas: clusterSize, Logger: c.log}
+	if d.pub, err = repair.NewPublisher(ctx, nc, rcfg); err != nil {
+		return nil, fmt.Errorf("repair publisher: %w", err)
+	}
+	wnc, err := c.connect(1, "quorumkv-repair")
+	if err != nil {
+		return nil, err
+	}
+	if d.worker, err = repair.NewWorker(ctx, wnc, rcfg); err != nil {
+		return nil, fmt.Errorf("repair worker: %w", err)
+	}
 	for i := range max(o.Coordinators, 1) {
 		cnc, err := c.connect(i, "quorumkv-coordinator-"+strconv.Itoa(i))
 		if err != nil {
 			return nil, err
 		}
 		cfg := o.Coordinator
-		cfg.Metadata, cfg.Idempotency, cfg.Logger = d.meta, d.idem, c.log
+		cfg.Metadata, cfg.Idempotency, cfg.Logger, cfg.Repair = d.meta, d.idem, c.log, d.pub
 		co, err := coordinator.New(ctx, cnc, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("coordinator %d: %w", i, err)
@@ -315,13 +331,22 @@ func (d *deployment) nodeDirs(base string) []string {
 	return dirs
 }
 
-// close stops the coordinators, then the nodes, then the stores. The
-// cluster's connections close with the cluster.
+// close stops the coordinators, the repair worker and publisher, the
+// nodes, then the stores. The cluster's connections close with the
+// cluster.
 func (d *deployment) close() {
 	for _, co := range d.coords {
 		co.Stop()
 	}
 	d.coords = nil
+	if d.worker != nil {
+		d.worker.Stop()
+		d.worker = nil
+	}
+	if d.pub != nil {
+		d.pub.Close(2 * time.Second)
+		d.pub = nil
+	}
 	for _, n := range d.nodes {
 		if err := n.Close(); err != nil {
 			d.c.log.Warn("close storage node", "node", n.ID(), "err", err)

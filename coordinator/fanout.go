@@ -5,13 +5,11 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/quorumkv/quorumkv/subjects"
 )
@@ -32,7 +30,8 @@ type outcome struct {
 }
 
 // call collects the outcomes of one client request. ch has room for every
-// item, so delivering never blocks.
+// item, and each item delivers exactly one outcome (or none, once its
+// request gave up), so delivering never blocks.
 type call struct {
 	ch chan outcome
 }
@@ -45,19 +44,39 @@ type item struct {
 	deadline time.Time
 	write    subjects.NodeWrite
 	read     subjects.NodeRead
+	call     *call // set by send
 }
 
-// pending is what the fan-out remembers about a sent or queued item.
-type pending struct {
+// sentItem is an item of a batch in flight. done turns 1 when its outcome
+// is delivered (or the fan-out gave up on it), so it is delivered once
+// whoever races to deliver it: the reply, a failure, or close.
+type sentItem struct {
+	id   uint64
 	call *call
-	node string
+	done uint32
 }
 
 // batch is a message in flight to a node.
 type batch struct {
 	q        *nodeQueue
-	ids      []uint64
+	items    []sentItem
+	next     int // the item the next result should be; used by onReply only
 	deadline time.Time
+}
+
+// deliver hands o to item k's call unless it has had its outcome.
+func (b *batch) deliver(k int, o outcome) {
+	it := &b.items[k]
+	if atomic.CompareAndSwapUint32(&it.done, 0, 1) {
+		it.call.ch <- o
+	}
+}
+
+// failRest fails every item of b that has had no outcome yet.
+func (b *batch) failRest(err error) {
+	for k := range b.items {
+		b.deliver(k, outcome{node: b.q.node, err: err})
+	}
 }
 
 // itemSize estimates an item's bytes in a batch message.
@@ -72,13 +91,15 @@ func itemSize(it *item) int {
 // fanout sends replica messages to storage nodes and routes their replies.
 //
 // One wildcard subscription on a private inbox receives every reply, so no
-// request creates an inbox or a subscription. Per node and operation, a
-// queue goroutine batches: when a slot is free it takes everything queued
-// (up to maxBatch items) and sends it as one message; with maxInflight
-// batches outstanding, items wait and leave together with the next batch.
-// Under load this turns many small replica messages into few large ones
-// (one NATS message, one Pebble batch, one fsync), and costs nothing when
-// idle. No goroutine is created per replica message.
+// request creates an inbox or a subscription. Per node and operation, at
+// most maxInflight batches are outstanding. An item that finds a slot free
+// leaves at once, in the sender's goroutine, as a batch of everything
+// queued for that node (up to maxBatch items); otherwise it waits in the
+// queue and leaves with the batch sent when a reply frees a slot. Under
+// load this turns many small replica messages into few large ones (one
+// NATS message, one Pebble batch, one fsync), costs nothing when idle, and
+// needs no goroutine per node or per replica message: batches are sent by
+// the requests' goroutines and by the reply handler.
 type fanout struct {
 	nc          *nats.Conn
 	log         *slog.Logger
@@ -90,23 +111,31 @@ type fanout struct {
 
 	nextID atomic.Uint64
 
+	qmu    sync.RWMutex
+	queues map[string]*nodeQueues // by node id
+
 	mu      sync.Mutex
-	items   map[uint64]pending
 	batches map[uint64]*batch
-	queues  map[string]*nodeQueue
-	closed  bool
+	closed  atomic.Bool // set under mu
 
 	sub  *nats.Subscription
 	stop chan struct{}
 	wg   sync.WaitGroup
 }
 
+// nodeQueues are one node's queues, per operation.
+type nodeQueues struct{ write, read *nodeQueue }
+
 // nodeQueue batches one operation's items for one node.
 type nodeQueue struct {
-	node  string
-	op    string
-	ch    chan item
-	slots chan struct{}
+	node    string
+	op      string
+	subject string
+
+	mu       sync.Mutex
+	queued   []item // waiting for a slot, oldest first
+	spare    []item // the previous queued array, reused
+	inflight int
 }
 
 func newFanout(nc *nats.Conn, log *slog.Logger, maxInflight, maxBatch, queueLen int) (*fanout, error) {
@@ -118,9 +147,8 @@ func newFanout(nc *nats.Conn, log *slog.Logger, maxInflight, maxBatch, queueLen 
 		maxBatch:    maxBatch,
 		maxBytes:    max(int(nc.MaxPayload())-64<<10, 64<<10),
 		queueLen:    queueLen,
-		items:       make(map[uint64]pending),
 		batches:     make(map[uint64]*batch),
-		queues:      make(map[string]*nodeQueue),
+		queues:      make(map[string]*nodeQueues),
 		stop:        make(chan struct{}),
 	}
 	// NewRespInbox is "<prefix>.<token>"; use it as our private prefix.
@@ -135,157 +163,218 @@ func newFanout(nc *nats.Conn, log *slog.Logger, maxInflight, maxBatch, queueLen 
 	return f, nil
 }
 
-// close stops the queues and the reply subscription. Items still pending
-// fail with errStopping.
+// close stops the fan-out: items queued or in flight fail with
+// errStopping, and later sends fail at once.
 func (f *fanout) close() {
 	f.mu.Lock()
-	if f.closed {
+	if f.closed.Load() {
 		f.mu.Unlock()
 		return
 	}
-	f.closed = true
+	f.closed.Store(true)
 	close(f.stop)
 	f.mu.Unlock()
 	_ = f.sub.Unsubscribe()
 	f.wg.Wait()
-	f.mu.Lock()
-	for id, p := range f.items {
-		delete(f.items, id)
-		p.call.ch <- outcome{node: p.node, err: errStopping}
+	f.qmu.RLock()
+	for _, qs := range f.queues {
+		for _, q := range []*nodeQueue{qs.write, qs.read} {
+			q.mu.Lock()
+			queued := q.queued
+			q.queued = nil
+			q.mu.Unlock()
+			for _, it := range queued {
+				it.call.ch <- outcome{node: q.node, err: errStopping}
+			}
+		}
 	}
+	f.qmu.RUnlock()
+	f.mu.Lock()
+	batches := f.batches
+	f.batches = map[uint64]*batch{}
 	f.mu.Unlock()
+	for _, b := range batches {
+		b.failRest(errStopping)
+	}
 }
 
-// send queues it for node under op, registered to deliver its outcome to c.
-// It never blocks: a full queue fails the item at once.
+// send queues it for node under op, registered to deliver its outcome to
+// c, and sends a batch at once if a slot is free. It never waits for a
+// reply: a full queue fails the item at once.
 func (f *fanout) send(c *call, node, op string, it item) {
-	f.mu.Lock()
-	if f.closed {
-		f.mu.Unlock()
+	it.call = c
+	q := f.queue(node, op)
+	q.mu.Lock()
+	if f.closed.Load() {
+		q.mu.Unlock()
 		c.ch <- outcome{node: node, err: errStopping}
 		return
 	}
-	q := f.queueLocked(node, op)
-	f.items[it.id] = pending{call: c, node: node}
-	f.mu.Unlock()
-	select {
-	case q.ch <- it:
-	default:
-		f.fail(it.id, errNodeOverloaded)
+	if len(q.queued) >= f.queueLen {
+		q.mu.Unlock()
+		c.ch <- outcome{node: node, err: errNodeOverloaded}
+		return
 	}
+	q.queued = append(q.queued, it)
+	f.dispatchLocked(q) // unlocks
 }
 
 func (f *fanout) newID() uint64 { return f.nextID.Add(1) }
 
-func (f *fanout) queueLocked(node, op string) *nodeQueue {
-	key := node + "\x00" + op
-	q := f.queues[key]
-	if q == nil {
-		q = &nodeQueue{node: node, op: op, ch: make(chan item, f.queueLen), slots: make(chan struct{}, f.maxInflight)}
-		f.queues[key] = q
-		f.wg.Add(1)
-		go func() { defer f.wg.Done(); f.runQueue(q) }()
+// queue returns the queue of op on node, creating it on first use.
+func (f *fanout) queue(node, op string) *nodeQueue {
+	f.qmu.RLock()
+	qs := f.queues[node]
+	f.qmu.RUnlock()
+	if qs == nil {
+		f.qmu.Lock()
+		if qs = f.queues[node]; qs == nil {
+			qs = &nodeQueues{
+				write: &nodeQueue{node: node, op: subjects.NodeOpWrite, subject: subjects.StorageNode(node, subjects.NodeOpWrite)},
+				read:  &nodeQueue{node: node, op: subjects.NodeOpRead, subject: subjects.StorageNode(node, subjects.NodeOpRead)},
+			}
+			f.queues[node] = qs
+		}
+		f.qmu.Unlock()
 	}
-	return q
+	if op == subjects.NodeOpWrite {
+		return qs.write
+	}
+	return qs.read
 }
 
-// runQueue is a node queue's batching loop. It owns q until f stops.
-func (f *fanout) runQueue(q *nodeQueue) {
-	subject := subjects.StorageNode(q.node, q.op)
-	var (
-		items []item
-		carry *item // taken from the queue but did not fit the last batch
-	)
-	for {
-		var first item
-		if carry != nil {
-			first, carry = *carry, nil
-		} else {
-			select {
-			case first = <-q.ch:
-			case <-f.stop:
-				return
-			}
+// dispatchLocked sends what q holds while slots are free. It is called
+// with q.mu held and releases it.
+func (f *fanout) dispatchLocked(q *nodeQueue) {
+	for len(q.queued) > 0 && q.inflight < f.maxInflight {
+		items := f.takeLocked(q)
+		if len(items) == 0 {
+			continue // all expired
 		}
-		select {
-		case q.slots <- struct{}{}:
-		case <-f.stop:
-			return
-		}
-		items = append(items[:0], first)
-		size := itemSize(&first)
-	drain:
-		for len(items) < f.maxBatch {
-			select {
-			case it := <-q.ch:
-				if s := itemSize(&it); size+s > f.maxBytes {
-					carry = &it
-					break drain
-				} else {
-					size += s
-				}
-				items = append(items, it)
-			default:
-				break drain
-			}
-		}
-		f.publish(q, subject, items)
+		q.inflight++
+		q.mu.Unlock()
+		f.publish(q, items)
+		q.mu.Lock()
 	}
+	q.mu.Unlock()
 }
 
-// publish sends items as one batch. Items whose request already gave up
-// are dropped. It releases the slot itself when nothing is sent.
-func (f *fanout) publish(q *nodeQueue, subject string, items []item) {
+// takeLocked removes the next batch from q's queue: up to maxBatch live
+// items within maxBytes. Items whose request gave up are dropped.
+func (f *fanout) takeLocked(q *nodeQueue) []item {
 	now := time.Now()
-	var (
-		deadline time.Time
-		ids      = make([]uint64, 0, len(items))
-		data     []byte
-		err      error
-	)
-	live := items[:0]
-	for _, it := range items {
-		if now.After(it.deadline) {
-			f.forget(it.id)
-			continue
+	n, size := 0, 0
+	for n < len(q.queued) && n < f.maxBatch {
+		s := itemSize(&q.queued[n])
+		if n > 0 && size+s > f.maxBytes {
+			break
 		}
-		live = append(live, it)
-		ids = append(ids, it.id)
-		if it.deadline.After(deadline) {
-			deadline = it.deadline
+		size += s
+		n++
+	}
+	items := make([]item, 0, n)
+	for _, it := range q.queued[:n] {
+		if !now.After(it.deadline) {
+			items = append(items, it)
 		}
 	}
-	if len(live) == 0 {
-		<-q.slots
+	rest := q.queued[n:]
+	if len(rest) == 0 {
+		clear(q.queued)
+		q.queued = q.queued[:0]
+	} else {
+		q.spare = append(q.spare[:0], rest...)
+		clear(q.queued)
+		q.queued, q.spare = q.spare, q.queued[:0]
+	}
+	return items
+}
+
+// release frees one of q's slots and sends what waits for it.
+func (f *fanout) release(q *nodeQueue) {
+	q.mu.Lock()
+	q.inflight--
+	if f.closed.Load() {
+		q.mu.Unlock()
 		return
 	}
-	switch q.op {
-	case subjects.NodeOpWrite:
-		b := subjects.NodeWriteBatch{Proto: subjects.NodeProtocolVersion, Items: make([]subjects.NodeWrite, len(live))}
-		for i, it := range live {
-			b.Items[i] = it.write
+	f.dispatchLocked(q)
+}
+
+// publish sends items as one batch on a slot of q the caller took.
+func (f *fanout) publish(q *nodeQueue, items []item) {
+	b := &batch{q: q, items: make([]sentItem, len(items))}
+	for i := range items {
+		b.items[i] = sentItem{id: items[i].id, call: items[i].call}
+		if items[i].deadline.After(b.deadline) {
+			b.deadline = items[i].deadline
 		}
-		data, err = msgpack.Marshal(&b)
-	default:
-		b := subjects.NodeReadBatch{Proto: subjects.NodeProtocolVersion, Items: make([]subjects.NodeRead, len(live))}
-		for i, it := range live {
-			b.Items[i] = it.read
-		}
-		data, err = msgpack.Marshal(&b)
 	}
-	if err != nil {
-		<-q.slots
-		for _, id := range ids {
-			f.fail(id, fmt.Errorf("encode batch: %w", err))
-		}
-		return
-	}
+	buf := batchBufs.Get().(*[]byte)
+	data := f.encode((*buf)[:0], q.op, items)
 	bid := f.newID()
 	f.mu.Lock()
-	f.batches[bid] = &batch{q: q, ids: ids, deadline: deadline}
+	if f.closed.Load() {
+		f.mu.Unlock()
+		batchBufs.Put(buf)
+		b.failRest(errStopping)
+		return
+	}
+	f.batches[bid] = b
 	f.mu.Unlock()
-	if err := f.nc.PublishRequest(subject, f.inbox+"."+strconv.FormatUint(bid, 10), data); err != nil {
-		f.finishBatch(bid, func(id uint64) { f.fail(id, fmt.Errorf("publish to %s: %w", q.node, err)) })
+	var rb [64]byte
+	reply := string(strconv.AppendUint(append(append(rb[:0], f.inbox...), '.'), bid, 10))
+	err := f.nc.PublishRequest(q.subject, reply, data)
+	// NATS has copied data into its buffer.
+	*buf = data[:0]
+	if cap(data) <= maxPooledBatch {
+		batchBufs.Put(buf)
+	}
+	if err != nil {
+		if b := f.take(bid); b != nil {
+			b.failRest(fmt.Errorf("publish to %s: %w", q.node, err))
+			f.release(q)
+		}
+	}
+}
+
+// batchBufs pools the buffers batches are encoded into.
+var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
+
+const maxPooledBatch = 1 << 20
+
+// encode appends the batch message of items to dst.
+func (f *fanout) encode(dst []byte, op string, items []item) []byte {
+	if op == subjects.NodeOpWrite {
+		b := subjects.NodeWriteBatch{Proto: subjects.NodeProtocolVersion, Items: make([]subjects.NodeWrite, len(items))}
+		for i := range items {
+			b.Items[i] = items[i].write
+		}
+		return subjects.MarshalNodeWriteBatch(dst, &b)
+	}
+	b := subjects.NodeReadBatch{Proto: subjects.NodeProtocolVersion, Items: make([]subjects.NodeRead, len(items))}
+	for i := range items {
+		b.Items[i] = items[i].read
+	}
+	return subjects.MarshalNodeReadBatch(dst, &b)
+}
+
+// take removes batch bid; nil if it is gone (answered, expired or
+// stopping).
+func (f *fanout) take(bid uint64) *batch {
+	f.mu.Lock()
+	b := f.batches[bid]
+	delete(f.batches, bid)
+	f.mu.Unlock()
+	return b
+}
+
+// finish ends batch bid: the items it left unanswered fail with err, and
+// its slot is freed.
+func (f *fanout) finish(bid uint64, err error) {
+	if b := f.take(bid); b != nil {
+		b.failRest(err)
+		f.release(b.q)
 	}
 }
 
@@ -293,17 +382,16 @@ func (f *fanout) publish(q *nodeQueue, subject string, items []item) {
 // answered in several replies; the one without More ends it, and items it
 // left unanswered fail rather than wait for their timeout.
 func (f *fanout) onReply(m *nats.Msg) {
-	_, tok, _ := strings.Cut(m.Subject[len(f.inbox):], ".")
-	bid, err := strconv.ParseUint(tok, 10, 64)
+	bid, err := strconv.ParseUint(m.Subject[min(len(f.inbox)+1, len(m.Subject)):], 10, 64)
 	if err != nil {
 		return
 	}
 	if m.Header.Get("Status") == "503" { // no responders: the node is not subscribed
-		f.finishBatch(bid, func(id uint64) { f.fail(id, errNodeUnreachable) })
+		f.finish(bid, errNodeUnreachable)
 		return
 	}
 	if e := subjects.ErrorFromHeaders(m.Header.Get); e != nil {
-		f.finishBatch(bid, func(id uint64) { f.fail(id, e) })
+		f.finish(bid, e)
 		return
 	}
 	f.mu.Lock()
@@ -316,8 +404,8 @@ func (f *fanout) onReply(m *nats.Msg) {
 	switch b.q.op {
 	case subjects.NodeOpWrite:
 		var r subjects.NodeWriteReply
-		if err := msgpack.Unmarshal(m.Data, &r); err != nil {
-			f.finishBatch(bid, func(id uint64) { f.fail(id, fmt.Errorf("bad reply from %s: %w", b.q.node, err)) })
+		if err := subjects.UnmarshalNodeWriteReply(m.Data, &r); err != nil {
+			f.finish(bid, fmt.Errorf("bad reply from %s: %w", b.q.node, err))
 			return
 		}
 		for i := range r.Results {
@@ -326,13 +414,15 @@ func (f *fanout) onReply(m *nats.Msg) {
 			if res.Err != "" {
 				o.err = errors.New(res.Err)
 			}
-			f.deliver(res.ID, o)
+			if k := b.find(res.ID); k >= 0 {
+				b.deliver(k, o)
+			}
 		}
 		more = r.More
 	default:
 		var r subjects.NodeReadReply
-		if err := msgpack.Unmarshal(m.Data, &r); err != nil {
-			f.finishBatch(bid, func(id uint64) { f.fail(id, fmt.Errorf("bad reply from %s: %w", b.q.node, err)) })
+		if err := subjects.UnmarshalNodeReadReply(m.Data, &r); err != nil {
+			f.finish(bid, fmt.Errorf("bad reply from %s: %w", b.q.node, err))
 			return
 		}
 		for i := range r.Results {
@@ -341,62 +431,30 @@ func (f *fanout) onReply(m *nats.Msg) {
 			if res.Err != "" {
 				o.err = errors.New(res.Err)
 			}
-			f.deliver(res.ID, o)
+			if k := b.find(res.ID); k >= 0 {
+				b.deliver(k, o)
+			}
 		}
 		more = r.More
 	}
 	if !more {
-		node := b.q.node
-		f.finishBatch(bid, func(id uint64) { f.fail(id, fmt.Errorf("node %s did not answer the item", node)) })
+		f.finish(bid, fmt.Errorf("node %s did not answer the item", b.q.node))
 	}
 }
 
-// takeBatch removes batch bid and frees its slot; nil if it is gone.
-func (f *fanout) takeBatch(bid uint64) *batch {
-	f.mu.Lock()
-	b := f.batches[bid]
-	delete(f.batches, bid)
-	f.mu.Unlock()
-	if b != nil {
-		<-b.q.slots
+// find returns the index of item id in b, or -1. Nodes answer in order,
+// so the next expected item is checked first.
+func (b *batch) find(id uint64) int {
+	if b.next < len(b.items) && b.items[b.next].id == id {
+		b.next++
+		return b.next - 1
 	}
-	return b
-}
-
-func (f *fanout) finishBatch(bid uint64, each func(id uint64)) {
-	if b := f.takeBatch(bid); b != nil {
-		for _, id := range b.ids {
-			each(id)
+	for k := range b.items {
+		if b.items[k].id == id {
+			return k
 		}
 	}
-}
-
-// deliver hands o to the call waiting for item id, once.
-func (f *fanout) deliver(id uint64, o outcome) {
-	f.mu.Lock()
-	p, ok := f.items[id]
-	delete(f.items, id)
-	f.mu.Unlock()
-	if ok {
-		p.call.ch <- o
-	}
-}
-
-func (f *fanout) fail(id uint64, err error) {
-	f.mu.Lock()
-	p, ok := f.items[id]
-	delete(f.items, id)
-	f.mu.Unlock()
-	if ok {
-		p.call.ch <- outcome{node: p.node, err: err}
-	}
-}
-
-// forget drops item id without an outcome: its request has already given up.
-func (f *fanout) forget(id uint64) {
-	f.mu.Lock()
-	delete(f.items, id)
-	f.mu.Unlock()
+	return -1
 }
 
 // sweep frees the slots of batches whose every request has given up, so a
@@ -416,14 +474,15 @@ func (f *fanout) sweep() {
 				if now.After(b.deadline) {
 					delete(f.batches, bid)
 					expired = append(expired, b)
-					for _, id := range b.ids {
-						delete(f.items, id)
-					}
 				}
 			}
 			f.mu.Unlock()
 			for _, b := range expired {
-				<-b.q.slots
+				// Their requests have given up: no outcome is owed.
+				for k := range b.items {
+					atomic.StoreUint32(&b.items[k].done, 1)
+				}
+				f.release(b.q)
 			}
 		}
 	}
