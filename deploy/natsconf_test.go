@@ -364,6 +364,16 @@ func TestRolesEndToEnd(t *testing.T) {
 				}
 			}
 		}
+		// The admin API too.
+		for _, subj := range []string{subjects.AdminTenantCreate, subjects.AdminTenantUpdate, subjects.AdminNodeDrain} {
+			reply, err := sys.adminConn.Request(subj, []byte{0xdd, 0xff, 0xff, 0xff, 0xff}, 5*time.Second)
+			if err != nil {
+				t.Fatalf("%s: %v", subj, err)
+			}
+			if e := subjects.ErrorFromHeaders(reply.Header.Get); e == nil || e.Code != subjects.CodeInvalid {
+				t.Errorf("garbage on %s: got %+v, want 400", subj, e)
+			}
+		}
 		// The coordinator is still serving.
 		if _, err := def.Put(ctx, "after-garbage", []byte("ok")); err != nil {
 			t.Fatal(err)
