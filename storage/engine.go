@@ -139,6 +139,14 @@ func (e *engine) applyWrites(writes []subjects.NodeWrite) []subjects.NodeWriteRe
 	results := make([]subjects.NodeWriteResult, len(writes))
 	b := e.db.NewBatch()
 	defer b.Close()
+	r, err := e.newReader()
+	if err != nil {
+		for i := range results {
+			results[i] = subjects.NodeWriteResult{ID: writes[i].ID, Err: err.Error()}
+		}
+		return results
+	}
+	defer r.close()
 	var (
 		kbuf, enc []byte
 		kept      []vclock.Version // kept[i]: what key i holds after write i; valid when set[i]
@@ -171,7 +179,8 @@ func (e *engine) applyWrites(writes []subjects.NodeWrite) []subjects.NodeWriteRe
 			}
 		}
 		if !found {
-			rec, err := getRecord(e.db, kbuf)
+			// cur.Value aliases the iterator's buffer until its next seek.
+			rec, err := r.record(kbuf, false)
 			if err != nil {
 				results[i].Err = err.Error()
 				continue
@@ -183,6 +192,7 @@ func (e *engine) applyWrites(writes []subjects.NodeWrite) []subjects.NodeWriteRe
 			merged = vclock.Merge(*cur, merged)
 			if vclock.Compare(merged, *cur) == 0 {
 				// Nothing new: the stored version already wins.
+				merged.Value = bytes.Clone(merged.Value)
 				if vclock.Compare(merged, *w.LWW) != 0 {
 					v := merged
 					results[i].LWW = &v
@@ -243,10 +253,14 @@ func encodeRecord(dst []byte, v *vclock.Version) []byte {
 }
 
 // decodeRecord decodes a stored record; Value is copied out of data.
-func decodeRecord(data []byte) (record, error) {
+func decodeRecord(data []byte) (record, error) { return decodeRecordCopy(data, true) }
+
+// decodeRecordCopy decodes a stored record; with copyValue false, Value
+// aliases data.
+func decodeRecordCopy(data []byte, copyValue bool) (record, error) {
 	if len(data) > 0 && data[0] == 0x91 {
 		if v, rest, ok := subjects.DecodeVersion(data[1:]); ok && len(rest) == 0 {
-			if v != nil && v.Value != nil {
+			if copyValue && v != nil && v.Value != nil {
 				v.Value = bytes.Clone(v.Value)
 			}
 			return record{LWW: v}, nil
@@ -259,18 +273,41 @@ func decodeRecord(data []byte) (record, error) {
 	return rec, nil
 }
 
-// getRecord reads the record at k from r; a missing key is the zero
-// record.
-func getRecord(r pebble.Reader, k []byte) (record, error) {
-	v, closer, err := r.Get(k)
-	if errors.Is(err, pebble.ErrNotFound) {
+// reader reads records through one Pebble iterator: a prefix seek on an
+// open iterator costs about half of a db.Get, which builds an iterator per
+// key. It sees the DB as it was when created; close it promptly, as it
+// pins memtables and tables. Not safe for concurrent use.
+type reader struct {
+	it   *pebble.Iterator
+	kbuf []byte
+}
+
+func (e *engine) newReader() (*reader, error) {
+	it, err := e.db.NewIter(nil)
+	if err != nil {
+		return nil, fmt.Errorf("read: %w", err)
+	}
+	return &reader{it: it}, nil
+}
+
+func (r *reader) close() { _ = r.it.Close() }
+
+// record returns the record at k; a missing key is the zero record. With
+// copyValue false, the Value aliases the iterator until its next use.
+func (r *reader) record(k []byte, copyValue bool) (record, error) {
+	// The default comparer makes the whole key the prefix, so bloom filters
+	// apply and only k itself can be found.
+	if !r.it.SeekPrefixGE(k) || !bytes.Equal(r.it.Key(), k) {
+		if err := r.it.Error(); err != nil {
+			return record{}, fmt.Errorf("read: %w", err)
+		}
 		return record{}, nil
 	}
+	v, err := r.it.ValueAndErr()
 	if err != nil {
 		return record{}, fmt.Errorf("read: %w", err)
 	}
-	defer closer.Close()
-	rec, err := decodeRecord(v)
+	rec, err := decodeRecordCopy(v, copyValue)
 	if err != nil {
 		return record{}, fmt.Errorf("decode stored record: %w", err)
 	}
@@ -278,12 +315,23 @@ func getRecord(r pebble.Reader, k []byte) (record, error) {
 }
 
 // read returns the version stored for (tenant, key), or nil.
-func (e *engine) read(tenant, key string) (*vclock.Version, error) {
-	rec, err := getRecord(e.db, dataKey(nil, tenant, key))
+func (r *reader) read(tenant, key string) (*vclock.Version, error) {
+	r.kbuf = dataKey(r.kbuf[:0], tenant, key)
+	rec, err := r.record(r.kbuf, true)
 	if err != nil {
 		return nil, err
 	}
 	return rec.LWW, nil
+}
+
+// read returns the version stored for (tenant, key), or nil.
+func (e *engine) read(tenant, key string) (*vclock.Version, error) {
+	r, err := e.newReader()
+	if err != nil {
+		return nil, err
+	}
+	defer r.close()
+	return r.read(tenant, key)
 }
 
 // dump lists up to limit keys of tenant after the key after, in key order.

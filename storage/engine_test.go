@@ -80,7 +80,7 @@ func BenchmarkApplyWrites(b *testing.B) {
 	}
 	defer n.Close()
 	value := bytes.Repeat([]byte("v"), 256)
-	const keys, batch = 10_000, 64
+	const keys, batch = 100_000, 64
 	names := make([]string, keys)
 	for i := range names {
 		names[i] = fmt.Sprintf("user%012d", i)

@@ -303,9 +303,17 @@ func (n *Node) handleRead(m *nats.Msg) {
 		return
 	}
 	reply := subjects.NodeReadReply{Results: make([]subjects.NodeReadResult, len(b.Items))}
+	r, rerr := n.eng.newReader()
+	if rerr == nil {
+		defer r.close()
+	}
 	for i, it := range b.Items {
 		reply.Results[i].ID = it.ID
-		v, err := n.eng.read(it.Tenant, it.Key)
+		if rerr != nil {
+			reply.Results[i].Err = rerr.Error()
+			continue
+		}
+		v, err := r.read(it.Tenant, it.Key)
 		if err != nil {
 			reply.Results[i].Err = err.Error()
 			continue

@@ -38,6 +38,7 @@ func runBench(args []string) error {
 	maxBatch := fs.Int("max-batch", 0, "coordinator: replica messages per batch at most (0 = default)")
 	dataDir := fs.String("data", "", "scratch directory (default: a new temporary directory, removed afterwards)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to `FILE`")
+	memProfile := fs.String("memprofile", "", "write an allocation profile of the whole run to `FILE` at the end")
 	var lf logFlags
 	lf.register(fs)
 	lf.level = "error"
@@ -134,6 +135,11 @@ func runBench(args []string) error {
 			return fmt.Errorf("bench interrupted: %w", err)
 		}
 		return fmt.Errorf("bench: %w", err)
+	}
+	if *memProfile != "" {
+		if err := writeFile(*memProfile, func(w io.Writer) error { return pprof.Lookup("allocs").WriteTo(w, 0) }); err != nil {
+			return err
+		}
 	}
 	if err := rep.WriteTable(os.Stdout); err != nil {
 		return err
