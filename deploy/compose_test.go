@@ -438,3 +438,45 @@ func TestComposeCommandsMatchTheCLI(t *testing.T) {
 		}
 	}
 }
+
+// TestEveryNATSCommandTakesCredentials: every command that connects to a
+// NATS server takes the flags nats.conf's users need.
+func TestEveryNATSCommandTakesCredentials(t *testing.T) {
+	bin := proctest.Binary(t)
+	out, err := exec.Command(bin, "help").CombinedOutput()
+	if err != nil {
+		t.Fatalf("quorumkv help: %v\n%s", err, out)
+	}
+	verbs := map[string][][]string{
+		"tenant": {{"create"}, {"get"}, {"list"}, {"update"}, {"delete"}},
+		"node":   {{"list"}, {"drain"}, {"remove"}, {"dump"}},
+		"repair": {{}, {"status"}, {"dead", "list"}, {"dead", "replay"}},
+	}
+	checked := 0
+	for _, m := range regexp.MustCompile(`(?m)^  ([a-z]+) +\S`).FindAllStringSubmatch(string(out), -1) {
+		name := m[1]
+		if name == "version" {
+			continue
+		}
+		forms := verbs[name]
+		if forms == nil {
+			forms = [][]string{{}}
+		}
+		for _, v := range forms {
+			args := append([]string{name}, v...)
+			flags := helpFlags(t, bin, args...)
+			if !flags["nats"] {
+				continue // runs its own servers (dev, bench) or none (migrate)
+			}
+			checked++
+			for _, f := range []string{"creds", "user", "password", "token", "inbox-prefix"} {
+				if !flags[f] {
+					t.Errorf("`quorumkv %s` connects to NATS but has no --%s", strings.Join(args, " "), f)
+				}
+			}
+		}
+	}
+	if checked < 10 {
+		t.Errorf("only %d commands connect to NATS; did `quorumkv help` change its format?", checked)
+	}
+}
