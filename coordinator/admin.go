@@ -122,9 +122,7 @@ func (c *Coordinator) validateTenant(t metadata.Tenant) error {
 		return subjects.Errorf(subjects.KindInvalid, "unknown default_consistency %q; use one, quorum or all", t.DefaultConsistency)
 	}
 	switch t.ConflictPolicy {
-	case subjects.PolicyLWW:
-	case subjects.PolicySiblings:
-		return subjects.Errorf(subjects.KindInvalid, "conflict_policy %q is not available in this release; use lww", t.ConflictPolicy)
+	case subjects.PolicyLWW, subjects.PolicySiblings:
 	default:
 		return subjects.Errorf(subjects.KindInvalid, "unknown conflict_policy %q; use lww or siblings", t.ConflictPolicy)
 	}

@@ -27,8 +27,9 @@ type dataRequest struct {
 	subjects.Request
 	tenant metadata.Tenant
 	level  string
-	ctxDot vclock.Dot
-	after  func() // work left once the client has its reply (repair); may be nil
+	ctxDot vclock.Dot        // lww: the context's dot
+	dvvCtx vclock.DVVContext // siblings: the context's causal history
+	after  func()            // work left once the client has its reply (repair); may be nil
 }
 
 func (c *Coordinator) dataHandler(op string) func(micro.Request) {
@@ -113,19 +114,40 @@ func decodeDataRequest(req micro.Request, op string) (*dataRequest, error) {
 	if op == subjects.OpDelete && len(r.Value) > 0 {
 		return nil, subjects.Errorf(subjects.KindInvalid, "delete takes no value")
 	}
-	if r.Context != "" {
-		dot, err := vclock.DecodeContext(r.Context)
-		if err != nil {
-			return nil, subjects.Errorf(subjects.KindInvalid, "context is not one this store issued: %v", err)
-		}
-		// A context from the far future would drag this coordinator's clock
-		// (and every dot it mints) along; a forged one could exhaust it.
-		if dot.Counter > vclock.CounterAt(time.Now().Add(maxContextSkew)) {
-			return nil, subjects.Errorf(subjects.KindInvalid, "context is dated %s, beyond the allowed clock skew of %s", vclock.Physical(dot.Counter).UTC().Format(time.RFC3339), maxContextSkew)
-		}
-		r.ctxDot = dot
+	if len(r.Context) > maxContextBytes {
+		return nil, subjects.Errorf(subjects.KindInvalid, "context is %d bytes; the limit is %d", len(r.Context), maxContextBytes)
 	}
 	return r, nil
+}
+
+// maxContextBytes bounds a context: a siblings context grows by one actor
+// per node incarnation that coordinated the key, far below this.
+const maxContextBytes = 64 << 10
+
+// parseContext decodes the request's context for its tenant's policy.
+func (r *dataRequest) parseContext() error {
+	if r.Context == "" {
+		return nil
+	}
+	if r.tenant.ConflictPolicy == subjects.PolicySiblings {
+		ctx, err := vclock.DecodeDVVContext(r.Context)
+		if err != nil {
+			return subjects.Errorf(subjects.KindInvalid, "context is not one this store issued for a siblings tenant: %v", err)
+		}
+		r.dvvCtx = ctx
+		return nil
+	}
+	dot, err := vclock.DecodeContext(r.Context)
+	if err != nil {
+		return subjects.Errorf(subjects.KindInvalid, "context is not one this store issued: %v", err)
+	}
+	// A context from the far future would drag this coordinator's clock
+	// (and every dot it mints) along; a forged one could exhaust it.
+	if dot.Counter > vclock.CounterAt(time.Now().Add(maxContextSkew)) {
+		return subjects.Errorf(subjects.KindInvalid, "context is dated %s, beyond the allowed clock skew of %s", vclock.Physical(dot.Counter).UTC().Format(time.RFC3339), maxContextSkew)
+	}
+	r.ctxDot = dot
+	return nil
 }
 
 // resolve finds the tenant of subject and the level to apply.
@@ -146,7 +168,7 @@ func (c *Coordinator) resolve(ctx context.Context, subject string, r *dataReques
 	if r.level == "" {
 		r.level = t.DefaultConsistency
 	}
-	return nil
+	return r.parseContext()
 }
 
 // storeError turns a dependency failure into a wire error naming it.
@@ -227,8 +249,8 @@ func (c *Coordinator) write(ctx context.Context, r *dataRequest, del bool) (*sub
 	if err != nil {
 		return nil, err
 	}
-	if r.tenant.ConflictPolicy != subjects.PolicyLWW {
-		return nil, subjects.Errorf(subjects.KindInvalid, "conflict policy %q is not served by this coordinator", r.tenant.ConflictPolicy)
+	if r.tenant.ConflictPolicy == subjects.PolicySiblings {
+		return c.writeSiblings(ctx, r, pref, need, del)
 	}
 	dot, err := c.hlc.TryStamp(c.cfg.Actor, r.ctxDot)
 	if err != nil {
@@ -297,7 +319,7 @@ func (c *Coordinator) read(ctx context.Context, r *dataRequest) (*subjects.GetRe
 			got = append(got, *o.read.LWW)
 		}
 		if o.err == nil && o.read != nil {
-			replies = append(replies, ReplicaVersion{Node: o.node, LWW: o.read.LWW})
+			replies = append(replies, ReplicaVersion{Node: o.node, LWW: o.read.LWW, DVV: o.read.DVV})
 		}
 	})
 	if err != nil {
@@ -307,6 +329,10 @@ func (c *Coordinator) read(ctx context.Context, r *dataRequest) (*subjects.GetRe
 		r.after = func() { c.repairRead(ctx, cl, r, t.total-t.answered(), replies) }
 	}
 	reply := &subjects.GetReply{Success: true, Key: r.Key, ReplicaCount: t.acks, Consistency: r.level}
+	if r.tenant.ConflictPolicy == subjects.PolicySiblings {
+		c.siblingsReply(r, reply, replies)
+		return reply, nil
+	}
 	if merged, ok := vclock.MergeAll(got); ok {
 		c.hlc.Observe(merged.Dot.Counter)
 		reply.Context = vclock.EncodeContext(merged.Dot)

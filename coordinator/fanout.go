@@ -82,8 +82,9 @@ func (b *batch) failRest(err error) {
 // itemSize estimates an item's bytes in a batch message.
 func itemSize(it *item) int {
 	n := 48 + len(it.write.Tenant) + len(it.write.Key) + len(it.read.Tenant) + len(it.read.Key)
-	if v := it.write.LWW; v != nil {
-		n += len(v.Value) + len(v.Dot.Actor)
+	n += subjects.VersionSize(it.write.LWW, it.write.DVV)
+	if w := it.write.Coordinate; w != nil {
+		n += len(w.Value.Data) + 24*len(w.Context)
 	}
 	return n
 }

@@ -74,3 +74,5 @@ func coordinatorConfigFastTTL() coordinator.Config {
 }
 
 func quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+func removeAll(dir string) error { return os.RemoveAll(dir) }

@@ -22,7 +22,8 @@ type RepairPublisher interface {
 // holds, or nil when it holds nothing for the key.
 type ReplicaVersion struct {
 	Node string
-	LWW  *vclock.Version
+	LWW  *vclock.Version // lww
+	DVV  *vclock.DVVSet  // siblings
 }
 
 // DetectConflicts merges the replies of a read and names the replicas that
@@ -71,9 +72,19 @@ func newConflictService(pub RepairPublisher, actor string, log *slog.Logger) *Co
 // TriggerRepair publishes a request to merge v into key of tenant on
 // targets. The publisher adds the Nats-Msg-Id that de-duplicates it.
 func (s *ConflictService) TriggerRepair(tenant, key string, v vclock.Version, targets []string, reason string) bool {
-	ok := s.pub.Publish(subjects.RepairRequest{
-		Tenant: tenant, Key: key, LWW: &v, Targets: targets, Reason: reason, Coordinator: s.actor,
-	})
+	return s.trigger(subjects.RepairRequest{Tenant: tenant, Key: key, LWW: &v, Targets: targets, Reason: reason})
+}
+
+// TriggerRepairDVV is TriggerRepair for the siblings policy: targets merge
+// the state st (DVVSet sync).
+func (s *ConflictService) TriggerRepairDVV(tenant, key string, st vclock.DVVSet, targets []string, reason string) bool {
+	return s.trigger(subjects.RepairRequest{Tenant: tenant, Key: key, DVV: &st, Targets: targets, Reason: reason})
+}
+
+func (s *ConflictService) trigger(req subjects.RepairRequest) bool {
+	req.Coordinator = s.actor
+	reason := req.Reason
+	ok := s.pub.Publish(req)
 	switch {
 	case !ok:
 		s.dropped.Add(1)
@@ -135,9 +146,15 @@ func (c *Coordinator) collectRest(ctx context.Context, cl *call, n int, each fun
 func (c *Coordinator) repairRead(ctx context.Context, cl *call, r *dataRequest, outstanding int, replies []ReplicaVersion) {
 	c.collectRest(ctx, cl, outstanding, func(o outcome) {
 		if o.err == nil && o.read != nil {
-			replies = append(replies, ReplicaVersion{Node: o.node, LWW: o.read.LWW})
+			replies = append(replies, ReplicaVersion{Node: o.node, LWW: o.read.LWW, DVV: o.read.DVV})
 		}
 	})
+	if r.tenant.ConflictPolicy == subjects.PolicySiblings {
+		if merged, stale, ok := DetectConflictsDVV(replies); ok && len(stale) > 0 {
+			c.repair.TriggerRepairDVV(r.tenant.ID, r.Key, merged, stale, subjects.RepairReasonRead)
+		}
+		return
+	}
 	merged, stale, ok := DetectConflicts(replies)
 	if !ok || len(stale) == 0 {
 		return
@@ -149,6 +166,22 @@ func (c *Coordinator) repairRead(ctx context.Context, cl *call, r *dataRequest, 
 // then hints the ones that still did not (hinted handoff): a repair worker
 // delivers v to them once they answer.
 func (c *Coordinator) hintMissing(ctx context.Context, cl *call, r *dataRequest, pref []string, outstanding int, acked []string, v vclock.Version) {
+	if missed := c.missed(ctx, cl, pref, outstanding, acked); len(missed) > 0 {
+		c.repair.TriggerRepair(r.tenant.ID, r.Key, v, missed, subjects.RepairReasonHint)
+	}
+}
+
+// hintMissingDVV is hintMissing for the siblings policy: the primaries
+// that do not hold the write's state get it.
+func (c *Coordinator) hintMissingDVV(ctx context.Context, cl *call, r *dataRequest, pref []string, outstanding int, acked []string, st vclock.DVVSet) {
+	if missed := c.missed(ctx, cl, pref, outstanding, acked); len(missed) > 0 {
+		c.repair.TriggerRepairDVV(r.tenant.ID, r.Key, st, missed, subjects.RepairReasonHint)
+	}
+}
+
+// missed waits for up to outstanding more outcomes of cl (HintWindow at
+// most) and returns the primaries of pref that never acknowledged.
+func (c *Coordinator) missed(ctx context.Context, cl *call, pref []string, outstanding int, acked []string) []string {
 	c.collectRest(ctx, cl, outstanding, func(o outcome) {
 		if o.err == nil {
 			acked = append(acked, o.node)
@@ -160,8 +193,5 @@ func (c *Coordinator) hintMissing(ctx context.Context, cl *call, r *dataRequest,
 			missed = append(missed, node)
 		}
 	}
-	if len(missed) == 0 {
-		return
-	}
-	c.repair.TriggerRepair(r.tenant.ID, r.Key, v, missed, subjects.RepairReasonHint)
+	return missed
 }

@@ -23,13 +23,13 @@ func TestDetectConflicts(t *testing.T) {
 		stale   []string
 	}{
 		{"no replies", nil, nil, nil},
-		{"nobody holds the key", []ReplicaVersion{{"n1", nil}, {"n2", nil}}, nil, nil},
-		{"all agree", []ReplicaVersion{{"n1", v1}, {"n2", v1}, {"n3", v1}}, v1, nil},
-		{"one older", []ReplicaVersion{{"n1", v2}, {"n2", v1}, {"n3", v2}}, v2, []string{"n2"}},
-		{"one holds nothing", []ReplicaVersion{{"n1", nil}, {"n2", v1}, {"n3", v1}}, v1, []string{"n1"}},
-		{"only one holds it", []ReplicaVersion{{"n1", nil}, {"n2", nil}, {"n3", v2}}, v2, []string{"n1", "n2"}},
-		{"tombstone beats value of same dot", []ReplicaVersion{{"n1", v2}, {"n2", tomb}}, tomb, []string{"n1"}},
-		{"duplicate node named once", []ReplicaVersion{{"n1", v1}, {"n1", v1}, {"n2", v2}}, v2, []string{"n1"}},
+		{"nobody holds the key", []ReplicaVersion{{Node: "n1", LWW: nil}, {Node: "n2", LWW: nil}}, nil, nil},
+		{"all agree", []ReplicaVersion{{Node: "n1", LWW: v1}, {Node: "n2", LWW: v1}, {Node: "n3", LWW: v1}}, v1, nil},
+		{"one older", []ReplicaVersion{{Node: "n1", LWW: v2}, {Node: "n2", LWW: v1}, {Node: "n3", LWW: v2}}, v2, []string{"n2"}},
+		{"one holds nothing", []ReplicaVersion{{Node: "n1", LWW: nil}, {Node: "n2", LWW: v1}, {Node: "n3", LWW: v1}}, v1, []string{"n1"}},
+		{"only one holds it", []ReplicaVersion{{Node: "n1", LWW: nil}, {Node: "n2", LWW: nil}, {Node: "n3", LWW: v2}}, v2, []string{"n1", "n2"}},
+		{"tombstone beats value of same dot", []ReplicaVersion{{Node: "n1", LWW: v2}, {Node: "n2", LWW: tomb}}, tomb, []string{"n1"}},
+		{"duplicate node named once", []ReplicaVersion{{Node: "n1", LWW: v1}, {Node: "n1", LWW: v1}, {Node: "n2", LWW: v2}}, v2, []string{"n1"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -49,7 +49,7 @@ func TestDetectConflicts(t *testing.T) {
 
 // The merge does not depend on the order replies arrive in.
 func TestDetectConflictsOrderIndependent(t *testing.T) {
-	replies := []ReplicaVersion{{"n1", ver(5, "x", "a")}, {"n2", ver(7, "a", "b")}, {"n3", ver(7, "b", "c")}}
+	replies := []ReplicaVersion{{Node: "n1", LWW: ver(5, "x", "a")}, {Node: "n2", LWW: ver(7, "a", "b")}, {Node: "n3", LWW: ver(7, "b", "c")}}
 	want, _, _ := DetectConflicts(replies)
 	for _, perm := range [][]int{{0, 1, 2}, {2, 1, 0}, {1, 0, 2}, {2, 0, 1}} {
 		var r []ReplicaVersion

@@ -39,6 +39,7 @@ type Coordinator struct {
 	latency         *prometheus.HistogramVec
 	replicaFailures *prometheus.CounterVec
 	batchItems      *prometheus.HistogramVec
+	siblings        prometheus.Histogram
 }
 
 // NewCoordinator registers a coordinator's metrics with reg. inflight
@@ -64,7 +65,12 @@ func NewCoordinator(reg prometheus.Registerer, inflight func() float64) *Coordin
 			Buckets: sizeBuckets,
 		}, []string{"op"}),
 	}
-	reg.MustRegister(c.requests, c.latency, c.replicaFailures, c.batchItems,
+	c.siblings = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: Namespace, Subsystem: "coordinator", Name: "read_siblings",
+		Help:    "Live values a read of a siblings tenant returned (1 = no conflict). Client writes are refused past 100.",
+		Buckets: []float64{1, 2, 3, 5, 10, 25, 50, 100},
+	})
+	reg.MustRegister(c.requests, c.latency, c.replicaFailures, c.batchItems, c.siblings,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: Namespace, Subsystem: "coordinator", Name: "inflight_requests",
 			Help: "Client requests in progress (bounded by --max-inflight; past it requests get 429).",
@@ -87,6 +93,14 @@ func (c *Coordinator) ReplicaFailure(reason string) {
 		return
 	}
 	c.replicaFailures.WithLabelValues(reason).Inc()
+}
+
+// Siblings records how many live values a siblings read returned.
+func (c *Coordinator) Siblings(n int) {
+	if c == nil {
+		return
+	}
+	c.siblings.Observe(float64(n))
 }
 
 // Batch records the size of a batch sent to a node.

@@ -45,8 +45,12 @@ func check(r *subjects.RepairRequest) error {
 	switch {
 	case len(r.Key) == 0 || len(r.Key) > subjects.MaxKeyBytes:
 		return fmt.Errorf("repair: key of %d bytes; want 1..%d", len(r.Key), subjects.MaxKeyBytes)
-	case r.LWW == nil || r.LWW.Dot.IsZero():
+	case (r.LWW == nil || r.LWW.Dot.IsZero()) && r.DVV == nil:
 		return errors.New("repair: request carries no version")
+	case r.LWW != nil && r.DVV != nil:
+		return errors.New("repair: request carries versions of both policies")
+	case r.DVV != nil && r.DVV.Validate() != nil:
+		return fmt.Errorf("repair: invalid siblings state: %w", r.DVV.Validate())
 	case len(r.Targets) == 0:
 		return errors.New("repair: request names no target node")
 	}
@@ -84,6 +88,22 @@ func MsgID(r *subjects.RepairRequest) string {
 			h.Write([]byte{0})
 		}
 		field(string(v.Value))
+	}
+	if st := r.DVV; st != nil {
+		for _, e := range st.Entries {
+			field(e.Actor)
+			var c [8]byte
+			binary.BigEndian.PutUint64(c[:], e.Counter)
+			h.Write(c[:])
+			for _, v := range e.Values {
+				if v.Tombstone {
+					h.Write([]byte{1})
+				} else {
+					h.Write([]byte{0})
+				}
+				field(string(v.Data))
+			}
+		}
 	}
 	targets := slices.Clone(r.Targets)
 	slices.Sort(targets)

@@ -357,11 +357,11 @@ func (w *Worker) writeNode(node string, jobs []*job, idx []int) map[int]string {
 	}
 	for _, i := range idx {
 		r := jobs[i].req
-		s := 64 + len(r.Tenant) + len(r.Key) + len(r.LWW.Value) + len(r.LWW.Dot.Actor)
+		s := 64 + len(r.Tenant) + len(r.Key) + subjects.VersionSize(r.LWW, r.DVV)
 		if size+s > limit {
 			flush()
 		}
-		items = append(items, subjects.NodeWrite{ID: uint64(i), Tenant: r.Tenant, Key: r.Key, LWW: r.LWW})
+		items = append(items, subjects.NodeWrite{ID: uint64(i), Tenant: r.Tenant, Key: r.Key, LWW: r.LWW, DVV: r.DVV})
 		size += s
 	}
 	flush()

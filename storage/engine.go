@@ -40,14 +40,17 @@ var (
 type record struct {
 	_msgpack struct{} `msgpack:",as_array"`
 	LWW      *vclock.Version
+	DVV      *vclock.DVVSet
 }
 
 // engine is a node's local store on Pebble. Safe for concurrent use; writes
-// are serialised by the caller (one writer goroutine per node).
+// are serialised by the caller (one writer goroutine per node), which is
+// what makes a siblings Coordinate write atomic per key.
 type engine struct {
 	db    *pebble.DB
 	sync  bool
 	epoch uint64
+	actor string // this incarnation's actor in DVVSet dots: node id + epoch
 }
 
 // openEngine opens (creating if needed) the Pebble store in dir for nodeID.
@@ -66,6 +69,7 @@ func openEngine(dir, nodeID string, fsync bool, log *slog.Logger) (*engine, erro
 		_ = db.Close()
 		return nil, fmt.Errorf("storage: %s: %w", dir, err)
 	}
+	e.actor = vclock.ReplicaActor(nodeID, e.epoch)
 	return e, nil
 }
 
@@ -149,23 +153,19 @@ func (e *engine) applyWrites(writes []subjects.NodeWrite) []subjects.NodeWriteRe
 	defer r.close()
 	var (
 		kbuf, enc []byte
-		kept      []vclock.Version // kept[i]: what key i holds after write i; valid when set[i]
+		kept      []record // kept[i]: what key i holds after write i; valid when set[i]
 		set       []bool
 		last      map[uint64]int // hash of a Pebble key → the last write to it in this batch
 	)
 	if len(writes) > 1 {
-		kept, set = make([]vclock.Version, len(writes)), make([]bool, len(writes))
+		kept, set = make([]record, len(writes)), make([]bool, len(writes))
 		last = make(map[uint64]int, len(writes))
 	}
 	for i, w := range writes {
 		results[i].ID = w.ID
-		if w.LWW == nil {
-			results[i].Err = "write carries no version"
-			continue
-		}
 		kbuf = dataKey(kbuf[:0], w.Tenant, w.Key)
 		var (
-			cur   *vclock.Version
+			cur   record
 			found bool
 			h     uint64
 		)
@@ -174,7 +174,7 @@ func (e *engine) applyWrites(writes []subjects.NodeWrite) []subjects.NodeWriteRe
 			if j, ok := last[h]; ok {
 				j = sameKeyBefore(writes, i, j)
 				if j >= 0 && set[j] {
-					cur, found = &kept[j], true
+					cur, found = kept[j], true
 				}
 			}
 		}
@@ -185,31 +185,35 @@ func (e *engine) applyWrites(writes []subjects.NodeWrite) []subjects.NodeWriteRe
 				results[i].Err = err.Error()
 				continue
 			}
-			cur = rec.LWW
+			cur = rec
 		}
-		merged := *w.LWW
-		if cur != nil {
-			merged = vclock.Merge(*cur, merged)
-			if vclock.Compare(merged, *cur) == 0 {
-				// Nothing new: the stored version already wins.
-				merged.Value = bytes.Clone(merged.Value)
-				if vclock.Compare(merged, *w.LWW) != 0 {
-					v := merged
-					results[i].LWW = &v
-				}
-				if last != nil {
-					kept[i], set[i], last[h] = merged, true, i
-				}
-				continue
-			}
+		next, changed := cur, false
+		switch {
+		case w.LWW != nil:
+			changed = e.mergeLWW(&next, w.LWW, &results[i])
+		case w.DVV != nil:
+			changed = e.mergeDVV(&next, w.DVV, &results[i])
+		case w.Coordinate != nil:
+			changed = e.coordinate(&next, w.Coordinate, &results[i])
+		default:
+			results[i].Err = "write carries no version"
 		}
-		enc = encodeRecord(enc[:0], &merged)
-		if err := b.Set(kbuf, enc, nil); err != nil {
-			results[i].Err = fmt.Sprintf("batch: %v", err)
+		if results[i].Err != "" {
 			continue
 		}
 		if last != nil {
-			kept[i], set[i], last[h] = merged, true, i
+			kept[i], set[i], last[h] = next, true, i
+		}
+		if !changed {
+			continue
+		}
+		var err error
+		if enc, err = encodeRecord(enc[:0], &next); err != nil {
+			results[i].Err = fmt.Sprintf("encode: %v", err)
+			continue
+		}
+		if err := b.Set(kbuf, enc, nil); err != nil {
+			results[i].Err = fmt.Sprintf("batch: %v", err)
 		}
 	}
 	opts := pebble.NoSync
@@ -245,11 +249,17 @@ func sameKeyBefore(writes []subjects.NodeWrite, i, j int) int {
 	return -1
 }
 
-// encodeRecord appends the msgpack of record{LWW: v} to dst without
-// reflection. TestRecordEncoding holds it to the library's encoding of
-// record: a field added to record must be added here.
-func encodeRecord(dst []byte, v *vclock.Version) []byte {
-	return subjects.AppendVersion(append(dst, 0x91), v)
+// encodeRecord appends the stored form of rec to dst. An lww record is
+// written as a one-element array [version] without reflection (the format
+// from before the siblings policy existed, so older data stays readable
+// both ways); a siblings record is the library's encoding of record,
+// [nil, state]. TestRecordEncoding holds both to the library.
+func encodeRecord(dst []byte, rec *record) ([]byte, error) {
+	if rec.DVV == nil {
+		return subjects.AppendVersion(append(dst, 0x91), rec.LWW), nil
+	}
+	b, err := msgpack.Marshal(rec)
+	return append(dst, b...), err
 }
 
 // decodeRecord decodes a stored record; Value is copied out of data.
@@ -271,6 +281,87 @@ func decodeRecordCopy(data []byte, copyValue bool) (record, error) {
 		return record{}, err
 	}
 	return rec, nil
+}
+
+// errPolicy is the answer to a write of one policy on a key that holds the
+// other's versions (possible only when a tenant was deleted with force and
+// recreated under the other policy).
+const errPolicy = "key holds versions of the other conflict policy"
+
+// mergeLWW merges v into rec (max) and reports whether rec changed; when
+// the stored version wins, res says which it is.
+func (e *engine) mergeLWW(rec *record, v *vclock.Version, res *subjects.NodeWriteResult) bool {
+	if rec.DVV != nil {
+		res.Err = errPolicy
+		return false
+	}
+	if rec.LWW == nil {
+		rec.LWW = v
+		return true
+	}
+	merged := vclock.Merge(*rec.LWW, *v)
+	if vclock.Compare(merged, *rec.LWW) == 0 {
+		// Nothing new: the stored version already wins. It may alias the
+		// batch's iterator, so keep a copy.
+		merged.Value = bytes.Clone(merged.Value)
+		rec.LWW = &merged
+		if vclock.Compare(merged, *v) != 0 {
+			res.LWW = &merged
+		}
+		return false
+	}
+	rec.LWW = &merged
+	return true
+}
+
+// mergeDVV syncs s into rec's state. Merges are never refused for their
+// sibling count: repair must always be able to converge replicas.
+func (e *engine) mergeDVV(rec *record, s *vclock.DVVSet, res *subjects.NodeWriteResult) bool {
+	if rec.LWW != nil {
+		res.Err = errPolicy
+		return false
+	}
+	if err := s.Validate(); err != nil {
+		res.Err = fmt.Sprintf("invalid state: %v", err)
+		return false
+	}
+	cur := vclock.DVVSet{}
+	if rec.DVV != nil {
+		cur = *rec.DVV
+	}
+	merged := vclock.Sync(cur, *s)
+	if merged.Equal(cur) {
+		return false
+	}
+	rec.DVV = &merged
+	return true
+}
+
+// coordinate is the coordinating replica's write under siblings: mint a
+// dot from this incarnation's actor and the key's own state, drop what the
+// client's context covers, and answer the complete state.
+func (e *engine) coordinate(rec *record, w *subjects.Coordinate, res *subjects.NodeWriteResult) bool {
+	if rec.LWW != nil {
+		res.Err = errPolicy
+		return false
+	}
+	cur := vclock.DVVSet{}
+	if rec.DVV != nil {
+		cur = *rec.DVV
+	}
+	next, _, err := vclock.Update(cur, w.Context, e.actor, w.Value)
+	if err != nil {
+		res.Err = fmt.Sprintf("coordinate: %v", err)
+		return false
+	}
+	if n := next.Size(); n > subjects.MaxSiblings {
+		res.Err = fmt.Sprintf("the key would hold %d values, more than %d: read it and write back one value with the read's context", n, subjects.MaxSiblings)
+		res.Kind = subjects.KindTooManySiblings
+		return false
+	}
+	rec.DVV = &next
+	res.DVV = &next
+	return true
 }
 
 // reader reads records through one Pebble iterator: a prefix seek on an
@@ -314,21 +405,19 @@ func (r *reader) record(k []byte, copyValue bool) (record, error) {
 	return rec, nil
 }
 
-// read returns the version stored for (tenant, key), or nil.
-func (r *reader) read(tenant, key string) (*vclock.Version, error) {
+// read returns what is stored for (tenant, key); the zero record when
+// nothing is. Values are copied out of the iterator.
+func (r *reader) read(tenant, key string) (record, error) {
 	r.kbuf = dataKey(r.kbuf[:0], tenant, key)
-	rec, err := r.record(r.kbuf, true)
-	if err != nil {
-		return nil, err
-	}
-	return rec.LWW, nil
+	return r.record(r.kbuf, true)
 }
 
-// read returns the version stored for (tenant, key), or nil.
-func (e *engine) read(tenant, key string) (*vclock.Version, error) {
+// read returns what is stored for (tenant, key); the zero record when
+// nothing is.
+func (e *engine) read(tenant, key string) (record, error) {
 	r, err := e.newReader()
 	if err != nil {
-		return nil, err
+		return record{}, err
 	}
 	defer r.close()
 	return r.read(tenant, key)
@@ -362,6 +451,15 @@ func (e *engine) dump(tenant, after string, limit int) ([]subjects.DumpEntry, bo
 			ent.Value, ent.Tombstone = v.Value, v.Tombstone
 			ent.Context = vclock.EncodeContext(v.Dot)
 			ent.Counter, ent.Actor = v.Dot.Counter, v.Dot.Actor
+		}
+		if d := rec.DVV; d != nil {
+			ent.DVV, ent.Siblings = d, d.Size()
+			ent.Tombstone = d.Deleted()
+			ent.Context = vclock.EncodeDVVContext(d.Join())
+			if last, ok := d.Last(); ok {
+				ent.Value = last.Value.Data
+				ent.Counter, ent.Actor = last.Dot.Counter, last.Dot.Actor
+			}
 		}
 		out = append(out, ent)
 	}

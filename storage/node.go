@@ -313,12 +313,12 @@ func (n *Node) handleRead(m *nats.Msg) {
 			reply.Results[i].Err = rerr.Error()
 			continue
 		}
-		v, err := r.read(it.Tenant, it.Key)
+		rec, err := r.read(it.Tenant, it.Key)
 		if err != nil {
 			reply.Results[i].Err = err.Error()
 			continue
 		}
-		reply.Results[i].LWW = v
+		reply.Results[i].LWW, reply.Results[i].DVV = rec.LWW, rec.DVV
 	}
 	chunk(reply.Results, readResultSize, n.replyLimit, func(part []subjects.NodeReadResult, more bool) {
 		n.respond(m, &subjects.NodeReadReply{Results: part, More: more})
@@ -465,17 +465,9 @@ func chunk[T any](results []T, size func(*T) int, limit int, send func(part []T,
 const resultOverhead = 64 // msgpack framing, id, dot: generous
 
 func writeResultSize(r *subjects.NodeWriteResult) int {
-	n := resultOverhead + len(r.Err)
-	if r.LWW != nil {
-		n += len(r.LWW.Value) + len(r.LWW.Dot.Actor)
-	}
-	return n
+	return resultOverhead + len(r.Err) + subjects.VersionSize(r.LWW, r.DVV)
 }
 
 func readResultSize(r *subjects.NodeReadResult) int {
-	n := resultOverhead + len(r.Err)
-	if r.LWW != nil {
-		n += len(r.LWW.Value) + len(r.LWW.Dot.Actor)
-	}
-	return n
+	return resultOverhead + len(r.Err) + subjects.VersionSize(r.LWW, r.DVV)
 }

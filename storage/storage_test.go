@@ -104,15 +104,15 @@ func TestApplyWritesMerges(t *testing.T) {
 	if res[0].LWW == nil || string(res[0].LWW.Value) != "ten" {
 		t.Fatalf("older write in a later batch: %+v", res[0])
 	}
-	v, err := n.eng.read("t", "a")
-	if err != nil || v == nil || string(v.Value) != "ten" {
-		t.Fatalf("read t/a: %v %+v", err, v)
+	rec, err := n.eng.read("t", "a")
+	if err != nil || rec.LWW == nil || string(rec.LWW.Value) != "ten" {
+		t.Fatalf("read t/a: %v %+v", err, rec)
 	}
-	v, _ = n.eng.read("u", "a")
-	if v == nil || string(v.Value) != "other tenant" {
-		t.Fatalf("tenants must not share keys: %+v", v)
+	rec, _ = n.eng.read("u", "a")
+	if rec.LWW == nil || string(rec.LWW.Value) != "other tenant" {
+		t.Fatalf("tenants must not share keys: %+v", rec)
 	}
-	if v, _ := n.eng.read("t", "missing"); v != nil {
+	if v, _ := n.eng.read("t", "missing"); v.LWW != nil || v.DVV != nil {
 		t.Fatalf("missing key: %+v", v)
 	}
 }

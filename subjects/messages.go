@@ -123,14 +123,38 @@ type NodeWriteBatch struct {
 	Items    []NodeWrite //
 }
 
-// NodeWrite merges a version into a key.
+// NodeWrite changes one key. Exactly one of LWW, DVV and Coordinate is
+// set:
+//
+//   - LWW (lww policy): merge this version (max).
+//   - DVV (siblings policy): merge this complete state (DVVSet sync). Merges
+//     are never refused, whatever the sibling count.
+//   - Coordinate (siblings policy): this node is the coordinating replica:
+//     atomically mint a dot from its own per-key state, drop the siblings
+//     the context covers, store, and answer the key's complete state in
+//     NodeWriteResult.DVV. Refused (KindTooManySiblings) when the result
+//     would hold more than MaxSiblings values.
 type NodeWrite struct {
-	_msgpack struct{} `msgpack:",as_array"`
-	ID       uint64   // the coordinator's id for this item; echoed in the result
-	Tenant   string
-	Key      string
-	LWW      *vclock.Version // lww: the version to merge (max)
+	_msgpack   struct{} `msgpack:",as_array"`
+	ID         uint64   // the coordinator's id for this item; echoed in the result
+	Tenant     string
+	Key        string
+	LWW        *vclock.Version
+	DVV        *vclock.DVVSet
+	Coordinate *Coordinate
 }
+
+// Coordinate is a client write under the siblings policy.
+type Coordinate struct {
+	_msgpack struct{}          `msgpack:",as_array"`
+	Context  vclock.DVVContext // what the client read; empty for a blind write
+	Value    vclock.Value      // the new value, or a tombstone for a delete
+}
+
+// MaxSiblings is how many values a key may hold under the siblings policy
+// before client writes are refused (409 too_many_siblings): the client must
+// read and resolve first. Repair merges are exempt.
+const MaxSiblings = 100
 
 // NodeWriteReply answers NodeWriteBatch. A node may answer one batch with
 // several replies when the results would not fit one message: every reply
@@ -150,6 +174,11 @@ type NodeWriteResult struct {
 	// LWW is the version the node holds after the merge when it is not the
 	// one written (a newer one won), so coordinators can observe its clock.
 	LWW *vclock.Version
+	// DVV is the key's complete state after a Coordinate write.
+	DVV *vclock.DVVSet
+	// Kind classifies Err when a coordinator must answer it specifically
+	// (KindTooManySiblings); empty otherwise.
+	Kind string
 }
 
 // NodeReadBatch is the body of kv.node.<id>.read.
@@ -175,13 +204,14 @@ type NodeReadReply struct {
 	More     bool
 }
 
-// NodeReadResult is the outcome of one NodeRead: LWW is nil when the node
-// holds nothing for the key.
+// NodeReadResult is the outcome of one NodeRead: what the node holds for
+// the key under its policy (LWW or DVV), both nil when it holds nothing.
 type NodeReadResult struct {
 	_msgpack struct{} `msgpack:",as_array"`
 	ID       uint64
 	Err      string
 	LWW      *vclock.Version
+	DVV      *vclock.DVVSet
 }
 
 // DumpRequest is the body of kv.node.<id>.dump: list what a node stores for
@@ -200,6 +230,10 @@ type DumpEntry struct {
 	Context   string `json:"context" msgpack:"context"`
 	Counter   uint64 `json:"counter" msgpack:"counter"`
 	Actor     string `json:"actor" msgpack:"actor"`
+	// Siblings policy: the number of values (tombstones included) and the
+	// complete state; Value, Counter and Actor describe the greatest dot.
+	Siblings int            `json:"siblings,omitempty" msgpack:"siblings,omitempty"`
+	DVV      *vclock.DVVSet `json:"dvv,omitempty" msgpack:"dvv,omitempty"`
 }
 
 // DumpReply answers DumpRequest. More is true when Limit cut the list; ask
@@ -227,8 +261,27 @@ type RepairRequest struct {
 	Tenant  string          `json:"tenant" msgpack:"tenant"`
 	Key     string          `json:"key" msgpack:"key"`
 	LWW     *vclock.Version `json:"lww,omitempty" msgpack:"lww,omitempty"` // lww: the merged version
+	DVV     *vclock.DVVSet  `json:"dvv,omitempty" msgpack:"dvv,omitempty"` // siblings: the merged state
 	Targets []string        `json:"targets" msgpack:"targets"`             // storage node ids that lack it
 	Reason  string          `json:"reason" msgpack:"reason"`               // RepairReasonRead or RepairReasonHint
 	// Coordinator is the actor id of the coordinator that asked, for logs.
 	Coordinator string `json:"coordinator,omitempty" msgpack:"coordinator,omitempty"`
+}
+
+// VersionSize estimates the encoded bytes of a version or state, for
+// sizing batches and replies below the server's max payload.
+func VersionSize(v *vclock.Version, s *vclock.DVVSet) int {
+	n := 0
+	if v != nil {
+		n += 16 + len(v.Value) + len(v.Dot.Actor)
+	}
+	if s != nil {
+		for _, e := range s.Entries {
+			n += 16 + len(e.Actor)
+			for _, val := range e.Values {
+				n += 4 + len(val.Data)
+			}
+		}
+	}
+	return n
 }

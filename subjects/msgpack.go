@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"math"
 
+	"github.com/vmihailenco/msgpack/v5"
+
 	"github.com/quorumkv/quorumkv/vclock"
 )
 
@@ -453,6 +455,45 @@ func DecodeVersion(data []byte) (v *vclock.Version, rest []byte, ok bool) {
 	return v, r.b, true
 }
 
+// appendLib appends v's library encoding, or nil when isNil: the siblings
+// states are rare on the data path and have their own validating codec.
+func appendLib(dst []byte, isNil bool, v any) []byte {
+	if isNil {
+		return append(dst, mpNil)
+	}
+	b, err := msgpack.Marshal(v)
+	if err != nil {
+		return append(dst, mpNil) // unreachable for these types; the reader then sees no state
+	}
+	return append(dst, b...)
+}
+
+// lib decodes the next value with the library (nil leaves v unset and
+// returns false).
+func (r *mpReader) lib(v any) bool {
+	if r.isNil() {
+		return false
+	}
+	start := r.b
+	r.skip()
+	if r.bad {
+		return false
+	}
+	if err := msgpack.Unmarshal(start[:len(start)-len(r.b)], v); err != nil {
+		r.fail()
+		return false
+	}
+	return true
+}
+
+func (r *mpReader) dvv() *vclock.DVVSet {
+	var s vclock.DVVSet
+	if !r.lib(&s) {
+		return nil
+	}
+	return &s
+}
+
 // --- storage-node messages (as_array structs) ---
 
 // MarshalNodeWriteBatch appends b's msgpack to dst.
@@ -465,11 +506,13 @@ func MarshalNodeWriteBatch(dst []byte, b *NodeWriteBatch) []byte {
 	dst = appendArrayLen(dst, len(b.Items))
 	for i := range b.Items {
 		w := &b.Items[i]
-		dst = append(dst, 0x94)
+		dst = append(dst, 0x96)
 		dst = appendUint(dst, w.ID)
 		dst = appendStr(dst, w.Tenant)
 		dst = appendStr(dst, w.Key)
 		dst = AppendVersion(dst, w.LWW)
+		dst = appendLib(dst, w.DVV == nil, w.DVV)
+		dst = appendLib(dst, w.Coordinate == nil, w.Coordinate)
 	}
 	return dst
 }
@@ -492,13 +535,18 @@ func decodeNodeWriteBatch(data []byte, b *NodeWriteBatch) bool {
 			b.Items = make([]NodeWrite, r.count(uint64(n)))
 			for i := 0; i < len(b.Items) && !r.bad; i++ {
 				w := &b.Items[i]
-				if r.structLen(4) == 0 {
+				if r.structLen(6) == 0 {
 					continue
 				}
 				w.ID = r.uint()
 				w.Tenant = r.str()
 				w.Key = r.str()
 				w.LWW = r.version()
+				w.DVV = r.dvv()
+				var c Coordinate
+				if r.lib(&c) {
+					w.Coordinate = &c
+				}
 			}
 		}
 	}
@@ -514,10 +562,12 @@ func MarshalNodeWriteReply(dst []byte, rep *NodeWriteReply) []byte {
 		dst = appendArrayLen(dst, len(rep.Results))
 		for i := range rep.Results {
 			x := &rep.Results[i]
-			dst = append(dst, 0x93)
+			dst = append(dst, 0x95)
 			dst = appendUint(dst, x.ID)
 			dst = appendStr(dst, x.Err)
 			dst = AppendVersion(dst, x.LWW)
+			dst = appendLib(dst, x.DVV == nil, x.DVV)
+			dst = appendStr(dst, x.Kind)
 		}
 	}
 	return appendBool(dst, rep.More)
@@ -540,12 +590,14 @@ func decodeNodeWriteReply(data []byte, rep *NodeWriteReply) bool {
 			rep.Results = make([]NodeWriteResult, r.count(uint64(n)))
 			for i := 0; i < len(rep.Results) && !r.bad; i++ {
 				x := &rep.Results[i]
-				if r.structLen(3) == 0 {
+				if r.structLen(5) == 0 {
 					continue
 				}
 				x.ID = r.uint()
 				x.Err = r.str()
 				x.LWW = r.version()
+				x.DVV = r.dvv()
+				x.Kind = r.str()
 			}
 		}
 		rep.More = r.bool()
@@ -610,10 +662,11 @@ func MarshalNodeReadReply(dst []byte, rep *NodeReadReply) []byte {
 		dst = appendArrayLen(dst, len(rep.Results))
 		for i := range rep.Results {
 			x := &rep.Results[i]
-			dst = append(dst, 0x93)
+			dst = append(dst, 0x94)
 			dst = appendUint(dst, x.ID)
 			dst = appendStr(dst, x.Err)
 			dst = AppendVersion(dst, x.LWW)
+			dst = appendLib(dst, x.DVV == nil, x.DVV)
 		}
 	}
 	return appendBool(dst, rep.More)
@@ -636,12 +689,13 @@ func decodeNodeReadReply(data []byte, rep *NodeReadReply) bool {
 			rep.Results = make([]NodeReadResult, r.count(uint64(n)))
 			for i := 0; i < len(rep.Results) && !r.bad; i++ {
 				x := &rep.Results[i]
-				if r.structLen(3) == 0 {
+				if r.structLen(4) == 0 {
 					continue
 				}
 				x.ID = r.uint()
 				x.Err = r.str()
 				x.LWW = r.version()
+				x.DVV = r.dvv()
 			}
 		}
 		rep.More = r.bool()
