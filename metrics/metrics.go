@@ -116,6 +116,9 @@ type Storage struct {
 	messages *prometheus.HistogramVec
 	items    *prometheus.CounterVec
 	commit   prometheus.Histogram
+
+	reg        prometheus.Registerer
+	collectors []prometheus.Collector
 }
 
 // PebbleStats is what the storage node reports about its engine.
@@ -151,7 +154,8 @@ func NewStorage(reg prometheus.Registerer, stats func() PebbleStats, queue func(
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: Namespace, Subsystem: "pebble", Name: name, Help: help},
 			func() float64 { return f(stats()) })
 	}
-	reg.MustRegister(s.messages, s.items, s.commit,
+	s.reg = reg
+	s.collectors = []prometheus.Collector{s.messages, s.items, s.commit,
 		gauge("disk_bytes", "Bytes the store uses on disk.", func(p PebbleStats) float64 { return float64(p.DiskBytes) }),
 		gauge("read_amplification", "Sorted runs a read may consult.", func(p PebbleStats) float64 { return float64(p.ReadAmp) }),
 		gauge("compactions", "Compactions since start.", func(p PebbleStats) float64 { return float64(p.Compactions) }),
@@ -162,8 +166,20 @@ func NewStorage(reg prometheus.Registerer, stats func() PebbleStats, queue func(
 			Help: "Write messages waiting for the writer."}, func() float64 { return float64(queue("write")) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: Namespace, Subsystem: "storage", Name: "queued_reads",
 			Help: "Read messages waiting for the reader."}, func() float64 { return float64(queue("read")) }),
-	)
+	}
+	reg.MustRegister(s.collectors...)
 	return s
+}
+
+// Unregister removes the node's metrics, so a node restarted in the same
+// process can register again.
+func (s *Storage) Unregister() {
+	if s == nil {
+		return
+	}
+	for _, c := range s.collectors {
+		s.reg.Unregister(c)
+	}
 }
 
 // Applied records one group of messages applied together.

@@ -14,6 +14,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/quorumkv/quorumkv/metrics"
 	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
 )
@@ -497,4 +498,17 @@ func (l pebbleLogger) Errorf(format string, args ...any) {
 func (l pebbleLogger) Fatalf(format string, args ...any) {
 	l.log.Error(fmt.Sprintf(format, args...), "component", "pebble")
 	os.Exit(1)
+}
+
+// stats reports the engine's Pebble figures for metrics.
+func (e *engine) stats() metrics.PebbleStats {
+	m := e.db.Metrics()
+	return metrics.PebbleStats{
+		DiskBytes:      m.DiskSpaceUsage(),
+		ReadAmp:        m.ReadAmp(),
+		Compactions:    m.Compact.Count,
+		MemtableBytes:  m.MemTable.Size,
+		WALBytes:       m.WAL.Size,
+		CompactionDebt: m.Compact.EstimatedDebt,
+	}
 }

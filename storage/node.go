@@ -23,8 +23,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/quorumkv/quorumkv/metrics"
 	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/subjects"
 )
@@ -39,6 +41,8 @@ type Config struct {
 	MaxBatch     int           // write messages group-committed together at most; default 256
 	Heartbeat    time.Duration // re-registration interval (refreshes last_seen); default 15s
 	Logger       *slog.Logger  // default slog.Default()
+	// Metrics receives the node's Prometheus metrics; nil records none.
+	Metrics prometheus.Registerer
 }
 
 func (c *Config) validate() error {
@@ -77,6 +81,8 @@ type Node struct {
 	eng *engine
 
 	replyLimit int // bytes of results per reply message, below the server's max payload
+	metrics    *metrics.Storage
+	queues     [2]chan *nats.Msg // writes, reads; set by Start, for the queue gauges
 
 	overloadLog atomic.Int64 // unix nanos of the last "queue full" log
 
@@ -122,6 +128,10 @@ func (n *Node) Start(nc *nats.Conn) error {
 
 	writes := make(chan *nats.Msg, n.cfg.QueueLen)
 	reads := make(chan *nats.Msg, n.cfg.QueueLen)
+	n.queues = [2]chan *nats.Msg{writes, reads}
+	if n.cfg.Metrics != nil && n.metrics == nil {
+		n.metrics = metrics.NewStorage(n.cfg.Metrics, n.pebbleStats, n.queued)
+	}
 	for _, s := range []struct {
 		op string
 		ch chan *nats.Msg
@@ -209,6 +219,7 @@ func (n *Node) Close() error {
 		n.cancel()
 	}
 	n.mu.Unlock()
+	n.metrics.Unregister()
 	n.wg.Wait()
 	if err := n.eng.close(); err != nil {
 		return fmt.Errorf("storage: close pebble: %w", err)
@@ -252,7 +263,29 @@ func (n *Node) collect(msgs []*nats.Msg, ch chan *nats.Msg) []*nats.Msg {
 	return msgs
 }
 
+// pebbleStats reads the engine's figures unless the node is closing (Pebble
+// panics when used after Close).
+func (n *Node) pebbleStats() metrics.PebbleStats {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return metrics.PebbleStats{}
+	}
+	return n.eng.stats()
+}
+
+// queued is how many messages of op wait for their worker loop.
+func (n *Node) queued(op string) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if op == subjects.NodeOpRead {
+		return len(n.queues[1])
+	}
+	return len(n.queues[0])
+}
+
 func (n *Node) applyWriteMsgs(msgs []*nats.Msg) {
+	start := time.Now()
 	var items []subjects.NodeWrite
 	counts := make([]int, len(msgs)) // items per message; -1 = undecodable
 	for i, m := range msgs {
@@ -266,6 +299,15 @@ func (n *Node) applyWriteMsgs(msgs []*nats.Msg) {
 		items = append(items, b.Items...)
 	}
 	results := n.eng.applyWrites(items)
+	if n.metrics != nil {
+		failed := 0
+		for i := range results {
+			if results[i].Err != "" {
+				failed++
+			}
+		}
+		n.metrics.Applied(subjects.NodeOpWrite, len(msgs), len(results), failed, time.Since(start))
+	}
 	for i, m := range msgs {
 		if counts[i] < 0 {
 			continue
@@ -319,6 +361,15 @@ func (n *Node) handleRead(m *nats.Msg) {
 			continue
 		}
 		reply.Results[i].LWW, reply.Results[i].DVV = rec.LWW, rec.DVV
+	}
+	if n.metrics != nil {
+		failed := 0
+		for i := range reply.Results {
+			if reply.Results[i].Err != "" {
+				failed++
+			}
+		}
+		n.metrics.Applied(subjects.NodeOpRead, 1, len(reply.Results), failed, 0)
 	}
 	chunk(reply.Results, readResultSize, n.replyLimit, func(part []subjects.NodeReadResult, more bool) {
 		n.respond(m, &subjects.NodeReadReply{Results: part, More: more})

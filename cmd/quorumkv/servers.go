@@ -162,19 +162,21 @@ func runCoordinator(args []string) error {
 }
 
 // serveMetrics starts the metrics server when addr is set, after letting
-// register hand the registry to the process's components. The returned
-// stop waits for the server to finish once ctx has ended.
+// register hand the registry to the process's components. stop shuts the
+// server down (it also stops when ctx ends) and waits for it.
 func serveMetrics(ctx context.Context, addr string, log *slog.Logger, register func(prometheus.Registerer)) (stop func(), err error) {
 	if addr == "" {
 		return func() {}, nil
 	}
 	reg := metrics.NewRegistry()
 	register(reg)
+	ctx, cancel := context.WithCancel(ctx)
 	_, wait, err := metrics.Serve(ctx, addr, reg, log)
 	if err != nil {
+		cancel()
 		return nil, err
 	}
-	return wait, nil
+	return func() { cancel(); wait() }, nil
 }
 
 // redact hides the password of a store URL for logging.
@@ -197,8 +199,9 @@ func runStorage(args []string) error {
 	data := fs.String("data", "", "data directory, one per node (required)")
 	fsync := fs.Bool("fsync", true, "fsync each write batch before acknowledging it; false trades durability (acknowledged writes may be lost on a machine crash) for speed")
 	vnodes := fs.Int("virtual-nodes", 128, "ring points of this node (more = larger share)")
-	queue := fs.Int("queue-len", 8192, "messages queued per subject before NATS drops them as a slow consumer")
+	queue := fs.Int("queue-len", 8192, "messages queued per subject; past it the node answers 429 overloaded at once")
 	maxBatch := fs.Int("max-batch", 256, "write messages group-committed together at most")
+	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics (empty: off)")
 	var lf logFlags
 	lf.register(fs)
 	if _, err := parse(fs, args); err != nil {
@@ -211,12 +214,18 @@ func runStorage(args []string) error {
 	if err != nil {
 		return err
 	}
-	n, err := storage.Open(storage.Config{NodeID: *id, DataDir: *data, Fsync: *fsync, VirtualNodes: *vnodes, QueueLen: *queue, MaxBatch: *maxBatch, Logger: log})
+	ctx, stop := signalContext()
+	defer stop()
+	scfg := storage.Config{NodeID: *id, DataDir: *data, Fsync: *fsync, VirtualNodes: *vnodes, QueueLen: *queue, MaxBatch: *maxBatch, Logger: log}
+	stopMetrics, err := serveMetrics(ctx, *metricsAddr, log, func(reg prometheus.Registerer) { scfg.Metrics = reg })
 	if err != nil {
 		return err
 	}
-	ctx, stop := signalContext()
-	defer stop()
+	defer stopMetrics()
+	n, err := storage.Open(scfg)
+	if err != nil {
+		return err
+	}
 	nc, err := nf.connect("quorumkv-storage-"+*id, log)
 	if err != nil {
 		_ = n.Close()

@@ -248,7 +248,11 @@ func (c *Cluster) StartNode(id string) error {
 	if _, running := c.nodes[id]; running {
 		return fmt.Errorf("storage node %s is already running", id)
 	}
-	n, err := storage.Open(storage.Config{NodeID: id, DataDir: c.NodeDir(id), Fsync: c.cfg.Fsync, Logger: c.log})
+	scfg := storage.Config{NodeID: id, DataDir: c.NodeDir(id), Fsync: c.cfg.Fsync, Logger: c.log}
+	if c.cfg.Metrics != nil {
+		scfg.Metrics = prometheus.WrapRegistererWith(prometheus.Labels{"node": id}, c.cfg.Metrics)
+	}
+	n, err := storage.Open(scfg)
 	if err != nil {
 		return err
 	}
