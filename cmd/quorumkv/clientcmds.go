@@ -174,6 +174,16 @@ func runGet(args []string) error {
 	if err != nil {
 		return fmt.Errorf("%w: %q", err, pos[0])
 	}
+	if len(res.Siblings) > 1 {
+		// Concurrent values (siblings policy): one per line, and how to
+		// resolve them.
+		for _, v := range res.Siblings {
+			os.Stdout.Write(v)
+			fmt.Println()
+		}
+		fmt.Fprintf(os.Stderr, "%d concurrent values (siblings); resolve with: quorumkv put --tenant %s --context %s %s VALUE\n", len(res.Siblings), k.tenant, res.Context, strconv.Quote(pos[0]))
+		return nil
+	}
 	os.Stdout.Write(res.Value)
 	if fi, serr := os.Stdout.Stat(); serr == nil && fi.Mode()&os.ModeCharDevice != 0 {
 		fmt.Println()
