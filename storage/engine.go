@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"math"
 	"os"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -52,7 +53,20 @@ type engine struct {
 	sync  bool
 	epoch uint64
 	actor string // this incarnation's actor in DVVSet dots: node id + epoch
+
+	// bound lets an lww write skip the read of what its key holds. Per
+	// 128-bit fingerprint of a data key it keeps a counter no smaller than
+	// the dot counter stored under that key (math.MaxUint64 once the key
+	// holds a siblings state). A write whose counter exceeds the bound
+	// wins the merge whatever is stored, as coordinators' hybrid clocks
+	// make nearly every write do. It starts empty, learns each key as it
+	// is written, and stops learning at maxBound keys. Only applyWrites
+	// uses it, from the node's one writer goroutine.
+	bound map[[2]uint64]uint64
 }
+
+// maxBound caps the keys the write path remembers (about 30 bytes each).
+const maxBound = 4 << 20
 
 // openEngine opens (creating if needed) the Pebble store in dir for nodeID.
 // A directory that belongs to another node id, or that another process or
@@ -65,7 +79,7 @@ func openEngine(dir, nodeID string, fsync bool, log *slog.Logger) (*engine, erro
 	if err != nil {
 		return nil, fmt.Errorf("storage: open %s (is another storage node using it?): %w", dir, err)
 	}
-	e := &engine{db: db, sync: fsync}
+	e := &engine{db: db, sync: fsync, bound: make(map[[2]uint64]uint64)}
 	if err := e.initMeta(nodeID); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("storage: %s: %w", dir, err)
@@ -136,10 +150,11 @@ func dataKey(dst []byte, tenant, key string) []byte {
 // when the engine was opened with fsync, and returns one result per write
 // in order. Writes to the same key within the batch see each other.
 //
-// The batch is write-only: the current version of a key comes from the DB,
-// or from an earlier write of the same batch, found through a hash of the
-// Pebble key (an indexed batch would cost a skiplist per batch and a merged
-// iterator per read).
+// The batch is write-only: the current version of a key comes from an
+// earlier write of the same batch, found through a hash of the Pebble key
+// (an indexed batch would cost a skiplist per batch and a merged iterator
+// per read), or from the DB, unless e.bound shows that an lww write wins
+// whatever the key holds.
 func (e *engine) applyWrites(writes []subjects.NodeWrite) []subjects.NodeWriteResult {
 	results := make([]subjects.NodeWriteResult, len(writes))
 	b := e.db.NewBatch()
@@ -168,15 +183,20 @@ func (e *engine) applyWrites(writes []subjects.NodeWrite) []subjects.NodeWriteRe
 		var (
 			cur   record
 			found bool
-			h     uint64
 		)
+		h := maphash.Bytes(keySeed, kbuf)
+		fp := [2]uint64{h, maphash.Bytes(fpSeed, kbuf)}
 		if last != nil {
-			h = maphash.Bytes(keySeed, kbuf)
 			if j, ok := last[h]; ok {
 				j = sameKeyBefore(writes, i, j)
 				if j >= 0 && set[j] {
 					cur, found = kept[j], true
 				}
+			}
+		}
+		if !found && w.LWW != nil {
+			if b, ok := e.bound[fp]; ok && w.LWW.Dot.Counter > b {
+				found = true // it beats whatever is stored: as good as absent
 			}
 		}
 		if !found {
@@ -205,6 +225,7 @@ func (e *engine) applyWrites(writes []subjects.NodeWrite) []subjects.NodeWriteRe
 		if last != nil {
 			kept[i], set[i], last[h] = next, true, i
 		}
+		e.learn(fp, &next)
 		if !changed {
 			continue
 		}
@@ -231,8 +252,27 @@ func (e *engine) applyWrites(writes []subjects.NodeWrite) []subjects.NodeWriteRe
 	return results
 }
 
-// keySeed seeds the hashes that find repeated keys within a batch.
-var keySeed = maphash.MakeSeed()
+// keySeed seeds the hashes that find repeated keys within a batch; with
+// fpSeed it makes the 128-bit fingerprints of e.bound.
+var keySeed, fpSeed = maphash.MakeSeed(), maphash.MakeSeed()
+
+// learn records in e.bound what key fp holds after a write (merges only
+// grow an lww counter, so the new value is a bound whether or not the
+// batch commits).
+func (e *engine) learn(fp [2]uint64, rec *record) {
+	var b uint64
+	switch {
+	case rec.DVV != nil:
+		b = math.MaxUint64
+	case rec.LWW != nil:
+		b = rec.LWW.Dot.Counter
+	default:
+		return
+	}
+	if _, ok := e.bound[fp]; ok || len(e.bound) < maxBound {
+		e.bound[fp] = b
+	}
+}
 
 // sameKeyBefore returns the last write before i to the same key as write
 // i, given that write j's key hashed alike, or -1. A hash collision (j's key

@@ -144,3 +144,39 @@ func BenchmarkRead(b *testing.B) {
 		i += 7919
 	}
 }
+
+// TestBoundSkipsOnlyWhatCannotLose: once the writer knows a key's counter,
+// newer lww writes skip the read; older ones and writes to a key holding
+// siblings still see what is stored.
+func TestBoundSkipsOnlyWhatCannotLose(t *testing.T) {
+	n := open(t, "node-1", t.TempDir())
+	defer n.Close()
+	apply := func(ws ...subjects.NodeWrite) []subjects.NodeWriteResult { return n.eng.applyWrites(ws) }
+	apply(subjects.NodeWrite{ID: 1, Tenant: "t", Key: "a", LWW: version(10, "x", "ten")})
+	if len(n.eng.bound) != 1 {
+		t.Fatalf("bound has %d keys after one write", len(n.eng.bound))
+	}
+	// Newer: takes the fast path and wins.
+	if res := apply(subjects.NodeWrite{ID: 2, Tenant: "t", Key: "a", LWW: version(20, "x", "twenty")}); res[0].Err != "" || res[0].LWW != nil {
+		t.Fatalf("newer write: %+v", res[0])
+	}
+	// Older and equal-counter writes read the key and learn what it holds.
+	res := apply(
+		subjects.NodeWrite{ID: 3, Tenant: "t", Key: "a", LWW: version(15, "x", "fifteen")},
+		subjects.NodeWrite{ID: 4, Tenant: "t", Key: "a", LWW: version(20, "a", "same counter, smaller actor")},
+	)
+	for _, r := range res {
+		if r.Err != "" || r.LWW == nil || string(r.LWW.Value) != "twenty" {
+			t.Fatalf("older write must report the kept version: %+v", r)
+		}
+	}
+	got, err := n.eng.read("t", "a")
+	if err != nil || got.LWW == nil || string(got.LWW.Value) != "twenty" {
+		t.Fatalf("read: %+v %v", got, err)
+	}
+	// A key holding siblings refuses lww writes whatever their counter.
+	apply(subjects.NodeWrite{ID: 5, Tenant: "s", Key: "k", Coordinate: &subjects.Coordinate{Value: vclock.Value{Data: []byte("v")}}})
+	if res := apply(subjects.NodeWrite{ID: 6, Tenant: "s", Key: "k", LWW: version(1<<62, "x", "lww")}); res[0].Err != errPolicy {
+		t.Fatalf("lww write on a siblings key: %+v", res[0])
+	}
+}
