@@ -45,11 +45,12 @@ type Row struct {
 
 // Preload is how long loading the records took.
 type Preload struct {
-	System     string
-	Durability string
-	Records    uint64
-	Seconds    float64
-	OpsPerSec  float64
+	System        string
+	Durability    string
+	Records       uint64
+	Seconds       float64
+	OpsPerSec     float64
+	SettleSeconds float64 // waited afterwards for the process to go idle
 }
 
 // Scale is the large-record-count run.
@@ -238,7 +239,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if len(r.Preloads) > 0 {
 		fmt.Fprintf(ew, "\npreload:")
 		for _, p := range r.Preloads {
-			fmt.Fprintf(ew, "  %s/%s %s in %.1fs (%.0f/s);", p.System, p.Durability, count(p.Records), p.Seconds, p.OpsPerSec)
+			fmt.Fprintf(ew, "  %s/%s %s in %.1fs (%.0f/s, then %.1fs to settle);", p.System, p.Durability, count(p.Records), p.Seconds, p.OpsPerSec, p.SettleSeconds)
 		}
 		fmt.Fprintln(ew)
 	}
@@ -250,7 +251,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 			if base != nil && base.OpsPerSec > 0 {
 				rel = fmt.Sprintf("%.2f× the %s-record %.0f ops/s", x.OpsPerSec/base.OpsPerSec, count(s.BaseRecords), base.OpsPerSec)
 			}
-			fmt.Fprintf(ew, "  %-10s %8.0f ops/s  p50 %s  p99 %s  p99.9 %s  (%s)%s\n", x.Workload, x.OpsPerSec, fmtUS(x.P50US), fmtUS(x.P99US), fmtUS(x.P999US), rel, errNote(x))
+			fmt.Fprintf(ew, "  %-10s %8.0f ops/s  p50 %s  p99 %s  p99.9 %s  cpu s/1k %.3f  (%s)%s\n", x.Workload, x.OpsPerSec, fmtUS(x.P50US), fmtUS(x.P99US), fmtUS(x.P999US), x.CPUSecPer1kOps, rel, errNote(x))
 		}
 		fmt.Fprintf(ew, "  storage: %s in the 3 node data dirs (du) = %.0f bytes per key per replica\n", bytesIEC(s.StorageBytes), s.BytesPerKeyPerReplica)
 		fmt.Fprintf(ew, "  peak RSS: %s — of the one process running all three nats-servers, JetStream, the storage nodes, the coordinator(s) and the clients (getrusage ru_maxrss)\n", bytesIEC(s.PeakRSSBytes))

@@ -273,8 +273,10 @@ func setup(ctx context.Context, cfg *Config, rep *Report, p *progress, dir strin
 				return nil, err
 			}
 			el := time.Since(start)
+			p.step("letting %s settle after the preload (flushes, compactions)", s)
+			settled := settle(ctx, settleIdle, settleMax)
 			rep.Preloads = append(rep.Preloads, Preload{System: s, Durability: dur.Name, Records: records,
-				Seconds: el.Seconds(), OpsPerSec: float64(records) / el.Seconds()})
+				Seconds: el.Seconds(), OpsPerSec: float64(records) / el.Seconds(), SettleSeconds: settled.Seconds()})
 		}
 		e.systems[s] = sys
 	}
@@ -373,6 +375,30 @@ func runScale(ctx context.Context, cfg *Config, rep *Report, p *progress, hists 
 	_, sc.PeakRSSBytes = processUsage()
 	rep.Scale = sc
 	return nil
+}
+
+// After a preload the stores still flush and compact what they took in;
+// measuring then would charge that debt to the first cells. settle waits
+// until the process has used less than settleIdle of a CPU over half a
+// second, or settleMax passed.
+const (
+	settleIdle = 0.15
+	settleMax  = 60 * time.Second
+)
+
+// settle waits for the process to go idle and returns how long it waited.
+func settle(ctx context.Context, idle float64, limit time.Duration) time.Duration {
+	start := time.Now()
+	const window = 500 * time.Millisecond
+	for time.Since(start) < limit && ctx.Err() == nil {
+		cpu0, _ := processUsage()
+		sleep(ctx, window)
+		cpu1, _ := processUsage()
+		if float64(cpu1-cpu0)/float64(window) < idle {
+			break
+		}
+	}
+	return time.Since(start)
 }
 
 // cellSpec is what one cell measures.
