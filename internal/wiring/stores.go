@@ -4,6 +4,7 @@ package wiring
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -39,7 +40,9 @@ func OpenMetadata(ctx context.Context, spec string, nc *nats.Conn, opts StoreOpt
 		if err != nil {
 			return nil, fmt.Errorf("metadata: jetstream: %w", err)
 		}
-		return metanats.Open(ctx, js, metanats.Options{Replicas: opts.Replicas})
+		return retry(ctx, func(ctx context.Context) (metadata.Store, error) {
+			return metanats.Open(ctx, js, metanats.Options{Replicas: opts.Replicas})
+		})
 	case strings.HasPrefix(spec, "postgres://"), strings.HasPrefix(spec, "postgresql://"):
 		if opts.Migrate {
 			if _, err := schema.Migrate(ctx, spec); err != nil {
@@ -60,7 +63,9 @@ func OpenIdempotency(ctx context.Context, spec string, nc *nats.Conn, opts Store
 		if err != nil {
 			return nil, fmt.Errorf("idempotency: jetstream: %w", err)
 		}
-		return idemnats.Open(ctx, js, idemnats.Options{Replicas: opts.Replicas, TTL: opts.IdempotencyTTL})
+		return retry(ctx, func(ctx context.Context) (idempotency.Store, error) {
+			return idemnats.Open(ctx, js, idemnats.Options{Replicas: opts.Replicas, TTL: opts.IdempotencyTTL})
+		})
 	case strings.HasPrefix(spec, "redis://"), strings.HasPrefix(spec, "rediss://"):
 		prefix := opts.RedisPrefix
 		if prefix == "" {
@@ -69,4 +74,38 @@ func OpenIdempotency(ctx context.Context, spec string, nc *nats.Conn, opts Store
 		return idemredis.Open(spec, prefix)
 	}
 	return nil, fmt.Errorf("--idempotency %q: use nats or a redis:// URL", spec)
+}
+
+// Attempts and per-attempt timeout of retry.
+const (
+	openAttempts = 5
+	openTimeout  = 10 * time.Second
+)
+
+// retry calls open with a per-attempt timeout until it succeeds, fails for
+// a reason other than time or reachability, ctx ends, or openAttempts have
+// failed. Two processes creating the same replicated JetStream bucket at
+// the same moment can both stall until they time out (seen on a 3-server
+// nats-server 2.15 cluster); a second attempt finds the bucket made.
+func retry[T any](ctx context.Context, open func(context.Context) (T, error)) (T, error) {
+	var (
+		v   T
+		err error
+	)
+	for i := 0; i < openAttempts; i++ {
+		actx, cancel := context.WithTimeout(ctx, openTimeout)
+		v, err = open(actx)
+		cancel()
+		transient := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, metadata.ErrUnavailable) ||
+			errors.Is(err, idempotency.ErrUnavailable) || errors.Is(err, nats.ErrTimeout)
+		if err == nil || !transient || ctx.Err() != nil {
+			return v, err
+		}
+		select {
+		case <-ctx.Done():
+			return v, err
+		case <-time.After(time.Duration(i+1) * 200 * time.Millisecond):
+		}
+	}
+	return v, fmt.Errorf("after %d attempts: %w", openAttempts, err)
 }
