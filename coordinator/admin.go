@@ -280,6 +280,20 @@ func (c *Coordinator) nodeRequest(body func(any) error) (subjects.NodeRequest, e
 	return req, nil
 }
 
+// existingNode decodes a node request and returns the node it names
+// (no_such_node if there is none).
+func (c *Coordinator) existingNode(ctx context.Context, body func(any) error) (metadata.Node, error) {
+	req, err := c.nodeRequest(body)
+	if err != nil {
+		return metadata.Node{}, err
+	}
+	n, err := c.cfg.Metadata.GetNode(ctx, req.NodeID)
+	if errors.Is(err, metadata.ErrNotFound) {
+		return n, subjects.Errorf(subjects.KindNoSuchNode, "no storage node %q", req.NodeID)
+	}
+	return n, err
+}
+
 func (c *Coordinator) nodeRegister(ctx context.Context, body func(any) error) (any, error) {
 	req, err := c.nodeRequest(body)
 	if err != nil {
@@ -320,14 +334,7 @@ func (c *Coordinator) nodeList(ctx context.Context, _ func(any) error) (any, err
 }
 
 func (c *Coordinator) nodeDrain(ctx context.Context, body func(any) error) (any, error) {
-	req, err := c.nodeRequest(body)
-	if err != nil {
-		return nil, err
-	}
-	n, err := c.cfg.Metadata.GetNode(ctx, req.NodeID)
-	if errors.Is(err, metadata.ErrNotFound) {
-		return nil, subjects.Errorf(subjects.KindNoSuchNode, "no storage node %q", req.NodeID)
-	}
+	n, err := c.existingNode(ctx, body)
 	if err != nil {
 		return nil, err
 	}
@@ -336,7 +343,7 @@ func (c *Coordinator) nodeDrain(ctx context.Context, body func(any) error) (any,
 			return nil, err
 		}
 	}
-	n, err = c.cfg.Metadata.SetNodeStatus(ctx, req.NodeID, metadata.NodeDraining)
+	n, err = c.cfg.Metadata.SetNodeStatus(ctx, n.ID, metadata.NodeDraining)
 	if err != nil {
 		return nil, err
 	}
@@ -360,14 +367,7 @@ func (c *Coordinator) checkCapacity(ctx context.Context, active int) error {
 }
 
 func (c *Coordinator) nodeRemove(ctx context.Context, body func(any) error) (any, error) {
-	req, err := c.nodeRequest(body)
-	if err != nil {
-		return nil, err
-	}
-	n, err := c.cfg.Metadata.GetNode(ctx, req.NodeID)
-	if errors.Is(err, metadata.ErrNotFound) {
-		return nil, subjects.Errorf(subjects.KindNoSuchNode, "no storage node %q", req.NodeID)
-	}
+	n, err := c.existingNode(ctx, body)
 	if err != nil {
 		return nil, err
 	}

@@ -6,27 +6,20 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/common/expfmt"
 
 	"github.com/quorumkv/quorumkv/client"
 	"github.com/quorumkv/quorumkv/internal/devcluster"
+	"github.com/quorumkv/quorumkv/metrics"
 	"github.com/quorumkv/quorumkv/subjects"
 )
 
-// scrape renders reg in the Prometheus text format.
 func scrape(t *testing.T, reg *prometheus.Registry) string {
 	t.Helper()
-	mfs, err := reg.Gather()
+	text, err := metrics.Text(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var b strings.Builder
-	for _, mf := range mfs {
-		if _, err := expfmt.MetricFamilyToText(&b, mf); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return b.String()
+	return text
 }
 
 func TestCoordinatorMetrics(t *testing.T) {

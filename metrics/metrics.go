@@ -17,11 +17,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/expfmt"
 )
 
 // Namespace prefixes every metric name.
@@ -275,4 +277,20 @@ func NewRepairPublisher(reg prometheus.Registerer, stats func() RepairPublisherS
 		counter("hints_published_total", "Read repairs and hints stored in KV_REPAIR.", func(s RepairPublisherStats) uint64 { return s.Published }),
 		counter("hints_dropped_total", "Read repairs and hints lost (queue full, JetStream unavailable); a later read repairs what they would have.", func(s RepairPublisherStats) uint64 { return s.Dropped }),
 	)
+}
+
+// Text renders what g gathers in the Prometheus text format, for tests and
+// one-off dumps.
+func Text(g prometheus.Gatherer) (string, error) {
+	mfs, err := g.Gather()
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	for _, mf := range mfs {
+		if _, err := expfmt.MetricFamilyToText(&b, mf); err != nil {
+			return "", err
+		}
+	}
+	return b.String(), nil
 }

@@ -7,24 +7,20 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/common/expfmt"
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/quorumkv/quorumkv/internal/natstest"
+	"github.com/quorumkv/quorumkv/metrics"
 	"github.com/quorumkv/quorumkv/subjects"
 )
 
 func gather(t *testing.T, reg *prometheus.Registry) string {
 	t.Helper()
-	mfs, err := reg.Gather()
+	text, err := metrics.Text(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var b strings.Builder
-	for _, mf := range mfs {
-		_, _ = expfmt.MetricFamilyToText(&b, mf)
-	}
-	return b.String()
+	return text
 }
 
 // TestNodeMetrics: a node counts what it applies and reports Pebble's
