@@ -300,6 +300,10 @@ func lineChart(title string, xs []int, ss []series, yLabel string) string {
 	}
 	fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle" fill="#5b6675">clients</text>`, padL+pw/2, chartH-6)
 	fmt.Fprintf(&b, `<text x="12" y="%.1f" transform="rotate(-90 12 %.1f)" text-anchor="middle" fill="#5b6675">%s</text>`, padTop+ph/2, padTop+ph/2, esc(yLabel))
+	// Throughput grows with clients, so the top left is free for a legend.
+	for i, s := range ss {
+		fmt.Fprintf(&b, `<text x="%d" y="%d" fill="%s" font-weight="600">%s</text>`, padL+6, padTop+12+13*i, s.colour, esc(s.name))
+	}
 	for _, s := range ss {
 		var pts []string
 		for i, y := range s.ys {
