@@ -273,7 +273,7 @@ func (f *fanout) takeLocked(q *nodeQueue) []item {
 		size += s
 		n++
 	}
-	items := make([]item, 0, n)
+	items := getItems(n)
 	for _, it := range q.queued[:n] {
 		if !now.After(it.deadline) {
 			items = append(items, it)
@@ -313,6 +313,7 @@ func (f *fanout) publish(q *nodeQueue, items []item) {
 	}
 	buf := batchBufs.Get().(*[]byte)
 	data := f.encode((*buf)[:0], q.op, items)
+	putItems(items)
 	bid := f.newID()
 	f.mu.Lock()
 	if f.closed.Load() {
@@ -339,6 +340,22 @@ func (f *fanout) publish(q *nodeQueue, items []item) {
 	}
 }
 
+// itemSlices pools the slices takeLocked hands to publish.
+var itemSlices sync.Pool
+
+func getItems(n int) []item {
+	if p, ok := itemSlices.Get().(*[]item); ok && cap(*p) >= n {
+		return (*p)[:0]
+	}
+	return make([]item, 0, max(n, 16))
+}
+
+func putItems(items []item) {
+	clear(items) // drop the calls and values they hold
+	items = items[:0]
+	itemSlices.Put(&items)
+}
+
 // batchBufs pools the buffers batches are encoded into.
 var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
 
@@ -347,17 +364,17 @@ const maxPooledBatch = 1 << 20
 // encode appends the batch message of items to dst.
 func (f *fanout) encode(dst []byte, op string, items []item) []byte {
 	if op == subjects.NodeOpWrite {
-		b := subjects.NodeWriteBatch{Proto: subjects.NodeProtocolVersion, Items: make([]subjects.NodeWrite, len(items))}
+		dst = subjects.AppendNodeWriteBatchHeader(dst, subjects.NodeProtocolVersion, len(items))
 		for i := range items {
-			b.Items[i] = items[i].write
+			dst = subjects.AppendNodeWrite(dst, &items[i].write)
 		}
-		return subjects.MarshalNodeWriteBatch(dst, &b)
+		return dst
 	}
-	b := subjects.NodeReadBatch{Proto: subjects.NodeProtocolVersion, Items: make([]subjects.NodeRead, len(items))}
+	dst = subjects.AppendNodeReadBatchHeader(dst, subjects.NodeProtocolVersion, len(items))
 	for i := range items {
-		b.Items[i] = items[i].read
+		dst = subjects.AppendNodeRead(dst, &items[i].read)
 	}
-	return subjects.MarshalNodeReadBatch(dst, &b)
+	return dst
 }
 
 // take removes batch bid; nil if it is gone (answered, expired or

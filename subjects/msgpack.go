@@ -487,11 +487,14 @@ func (r *mpReader) lib(v any) bool {
 }
 
 func (r *mpReader) dvv() *vclock.DVVSet {
-	var s vclock.DVVSet
-	if !r.lib(&s) {
+	if r.isNil() { // the common case: no allocation
 		return nil
 	}
-	return &s
+	s := new(vclock.DVVSet)
+	if !r.lib(s) {
+		return nil
+	}
+	return s
 }
 
 // --- storage-node messages (as_array structs) ---
@@ -505,16 +508,27 @@ func MarshalNodeWriteBatch(dst []byte, b *NodeWriteBatch) []byte {
 	}
 	dst = appendArrayLen(dst, len(b.Items))
 	for i := range b.Items {
-		w := &b.Items[i]
-		dst = append(dst, 0x96)
-		dst = appendUint(dst, w.ID)
-		dst = appendStr(dst, w.Tenant)
-		dst = appendStr(dst, w.Key)
-		dst = AppendVersion(dst, w.LWW)
-		dst = appendLib(dst, w.DVV == nil, w.DVV)
-		dst = appendLib(dst, w.Coordinate == nil, w.Coordinate)
+		dst = AppendNodeWrite(dst, &b.Items[i])
 	}
 	return dst
+}
+
+// AppendNodeWriteBatchHeader appends the start of a NodeWriteBatch of n
+// items; AppendNodeWrite appends each item. Together they encode a batch
+// without building a NodeWriteBatch.
+func AppendNodeWriteBatchHeader(dst []byte, proto, n int) []byte {
+	return appendArrayLen(appendInt(append(dst, 0x92), int64(proto)), n)
+}
+
+// AppendNodeWrite appends one item of a NodeWriteBatch.
+func AppendNodeWrite(dst []byte, w *NodeWrite) []byte {
+	dst = append(dst, 0x96)
+	dst = appendUint(dst, w.ID)
+	dst = appendStr(dst, w.Tenant)
+	dst = appendStr(dst, w.Key)
+	dst = AppendVersion(dst, w.LWW)
+	dst = appendLib(dst, w.DVV == nil, w.DVV)
+	return appendLib(dst, w.Coordinate == nil, w.Coordinate)
 }
 
 // UnmarshalNodeWriteBatch decodes data into b, which it overwrites.
@@ -543,9 +557,11 @@ func decodeNodeWriteBatch(data []byte, b *NodeWriteBatch) bool {
 				w.Key = r.str()
 				w.LWW = r.version()
 				w.DVV = r.dvv()
-				var c Coordinate
-				if r.lib(&c) {
-					w.Coordinate = &c
+				if !r.isNil() {
+					c := new(Coordinate)
+					if r.lib(c) {
+						w.Coordinate = c
+					}
 				}
 			}
 		}
@@ -614,13 +630,23 @@ func MarshalNodeReadBatch(dst []byte, b *NodeReadBatch) []byte {
 	}
 	dst = appendArrayLen(dst, len(b.Items))
 	for i := range b.Items {
-		x := &b.Items[i]
-		dst = append(dst, 0x93)
-		dst = appendUint(dst, x.ID)
-		dst = appendStr(dst, x.Tenant)
-		dst = appendStr(dst, x.Key)
+		dst = AppendNodeRead(dst, &b.Items[i])
 	}
 	return dst
+}
+
+// AppendNodeReadBatchHeader appends the start of a NodeReadBatch of n
+// items; AppendNodeRead appends each item.
+func AppendNodeReadBatchHeader(dst []byte, proto, n int) []byte {
+	return appendArrayLen(appendInt(append(dst, 0x92), int64(proto)), n)
+}
+
+// AppendNodeRead appends one item of a NodeReadBatch.
+func AppendNodeRead(dst []byte, x *NodeRead) []byte {
+	dst = append(dst, 0x93)
+	dst = appendUint(dst, x.ID)
+	dst = appendStr(dst, x.Tenant)
+	return appendStr(dst, x.Key)
 }
 
 // UnmarshalNodeReadBatch decodes data into b, which it overwrites.
