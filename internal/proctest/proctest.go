@@ -103,6 +103,18 @@ func (p *Process) Wait(d time.Duration) error {
 	}
 }
 
+// Exited reports whether the process has ended and, if so, how (the
+// error of exec.Cmd.Wait). It never blocks, so a test can notice a child
+// that crashed on its own.
+func (p *Process) Exited() (bool, error) {
+	select {
+	case <-p.done:
+		return true, p.err
+	default:
+		return false, nil
+	}
+}
+
 // Output is everything the process wrote so far.
 func (p *Process) Output() string { return p.out.String() }
 
