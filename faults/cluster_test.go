@@ -11,6 +11,7 @@ package faults
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -487,6 +488,50 @@ func (c *cluster) logs() string {
 		}
 	}
 	return b.String()
+}
+
+// logSummary counts the warnings and errors every process logged (JSON
+// lines), by role, message and the start of the error, so the report
+// says what the processes complained about during the schedule.
+func (c *cluster) logSummary() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]int{}
+	for _, p := range c.all() {
+		role := p.name
+		if i := strings.LastIndex(role, "-"); i > 0 {
+			role = role[:i]
+		}
+		outputs := append([]string(nil), p.past...)
+		if p.p != nil {
+			outputs = append(outputs, p.p.Output())
+		}
+		for _, o := range outputs {
+			for _, line := range strings.Split(o, "\n") {
+				var rec struct {
+					Level string `json:"level"`
+					Msg   string `json:"msg"`
+					Err   string `json:"err"`
+				}
+				if !strings.HasPrefix(line, "{") || json.Unmarshal([]byte(line), &rec) != nil || (rec.Level != "WARN" && rec.Level != "ERROR") {
+					continue
+				}
+				k := role + " " + rec.Level + ": " + rec.Msg
+				if rec.Err != "" {
+					k += " (" + truncate(rec.Err, 90) + ")"
+				}
+				out[k]++
+			}
+		}
+	}
+	return out
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }
 
 func tail(s string, n int) string {

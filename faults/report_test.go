@@ -113,8 +113,12 @@ type faultReport struct {
 	Repair      repairReport                 `json:"repair"`
 	Convergence map[string]convergenceReport `json:"convergence"`
 	Crashes     []string                     `json:"crashes,omitempty"`
-	Timeline    []event                      `json:"timeline"`
-	Windows     []window                     `json:"windows"`
+	// LogLines counts the warnings and errors the processes logged, by
+	// role, message and error (log lines, not events: some are rate
+	// limited to one a second).
+	LogLines map[string]int `json:"log_lines"`
+	Timeline []event        `json:"timeline"`
+	Windows  []window       `json:"windows"`
 
 	tl *timeline
 }

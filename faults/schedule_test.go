@@ -288,6 +288,7 @@ func TestFaultSchedule(t *testing.T) {
 			}
 		})
 	}
+	rep.LogLines = c.logSummary()
 	c.noteCrashes()
 	for _, cr := range c.crashes[len(rep.Crashes):] {
 		rep.Crashes = append(rep.Crashes, cr)
