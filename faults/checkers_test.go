@@ -242,6 +242,140 @@ func checkConvergence(policy string, tenant string, rf int, rg *ring.Ring, dumps
 	return c
 }
 
+// Causes of divergence that divergenceCauses tells apart.
+const (
+	causeLWWUnacked     = "lww: a write that failed its level reached only some replicas"
+	causeLWWAcked       = "lww: an acknowledged write is missing on a replica"
+	causeLWWOther       = "lww: a replica holds an older version of a key no workload wrote"
+	causeDVVDuplicate   = "siblings: a replica lacks a dot whose value it holds under another dot (one write applied twice)"
+	causeDVVUnacked     = "siblings: a write that was never acknowledged reached only some replicas"
+	causeDVVAcked       = "siblings: a replica lacks an acknowledged element"
+	causeDVVBehindClock = "siblings: a replica has not seen another's discards"
+)
+
+// divergenceCauses sorts the divergent keys of one tenant by why their
+// primaries differ, so the report can tell a lost hint (an acknowledged
+// lww write missing on a replica once repair drained) from what the design
+// leaves to read repair: writes that failed their level yet landed
+// somewhere, and siblings writes applied by two coordinating replicas.
+func divergenceCauses(policy, tenant string, rf int, rg *ring.Ring, dumps map[string][]subjects.DumpEntry, lww map[string]*lwwHistory, set setHistory) map[string]int {
+	byNode := map[string]map[string]subjects.DumpEntry{}
+	keys := map[string]bool{}
+	for node, es := range dumps {
+		m := map[string]subjects.DumpEntry{}
+		for _, e := range es {
+			m[e.Key] = e
+			keys[e.Key] = true
+		}
+		byNode[node] = m
+	}
+	out := map[string]int{}
+	for k := range keys {
+		prefs := rg.PreferenceList(tenant, k, rf, nil)
+		if policy == subjects.PolicySiblings {
+			if cause := dvvCause(k, prefs, byNode, set[k]); cause != "" {
+				out[cause]++
+			}
+			continue
+		}
+		var newest *subjects.DumpEntry
+		differ := false
+		for _, node := range prefs {
+			e, ok := byNode[node][k]
+			if !ok {
+				differ = true
+				continue
+			}
+			if newest != nil && (e.Counter != newest.Counter || e.Actor != newest.Actor) {
+				differ = true
+			}
+			if newest == nil || e.Counter > newest.Counter || (e.Counter == newest.Counter && e.Actor > newest.Actor) {
+				newest = &e
+			}
+		}
+		if !differ || newest == nil {
+			continue
+		}
+		seq, err := strconv.Atoi(string(newest.Value))
+		switch h := lww[k]; {
+		case h == nil || err != nil:
+			out[causeLWWOther]++
+		case h.Acked[seq]:
+			out[causeLWWAcked]++
+		default:
+			out[causeLWWUnacked]++
+		}
+	}
+	return out
+}
+
+// dvvCause names why the primaries of key differ under siblings, or "".
+// Values are set-workload sets: a value a replica lacks is judged by the
+// elements it would add there, acknowledged (by elems) or not.
+func dvvCause(key string, prefs []string, byNode map[string]map[string]subjects.DumpEntry, elems map[string]bool) string {
+	type dot struct {
+		actor   string
+		counter uint64
+	}
+	live := map[dot][]byte{}
+	clocks := map[string]map[string]uint64{} // node → actor → counter
+	values := map[string]map[string]bool{}   // node → live values
+	members := map[string]map[string]bool{}  // node → union of its live values
+	for _, node := range prefs {
+		clocks[node], values[node], members[node] = map[string]uint64{}, map[string]bool{}, map[string]bool{}
+		e, ok := byNode[node][key]
+		if !ok || e.DVV == nil {
+			continue
+		}
+		for _, en := range e.DVV.Entries {
+			clocks[node][en.Actor] = en.Counter
+			for i, v := range en.Values {
+				live[dot{en.Actor, en.Counter - uint64(i)}] = v.Data
+				values[node][string(v.Data)] = true
+				for _, el := range strings.Split(string(v.Data), ",") {
+					members[node][el] = true
+				}
+			}
+		}
+	}
+	missing, duplicate, acked, behind := false, true, false, false
+	for _, node := range prefs {
+		for d, v := range live {
+			if clocks[node][d.actor] >= d.counter {
+				continue // seen: live there too, or discarded by a write it saw
+			}
+			missing = true
+			if values[node][string(v)] {
+				continue
+			}
+			duplicate = false
+			for _, el := range strings.Split(string(v), ",") {
+				if !members[node][el] && elems[el] {
+					acked = true
+				}
+			}
+		}
+		for other := range clocks {
+			for a, n := range clocks[other] {
+				if clocks[node][a] < n {
+					behind = true
+				}
+			}
+		}
+	}
+	switch {
+	case missing && duplicate:
+		return causeDVVDuplicate
+	case missing && acked:
+		return causeDVVAcked
+	case missing:
+		return causeDVVUnacked
+	case behind:
+		return causeDVVBehindClock
+	}
+	return ""
+}
+
 // describe renders what one replica holds for a key, canonically, so
 // that equal strings mean identical version sets.
 func describe(policy string, e subjects.DumpEntry, present bool) string {
@@ -399,5 +533,48 @@ func TestCheckConvergence(t *testing.T) {
 	long1, long2 := bytes.Repeat([]byte("a"), 100), append(bytes.Repeat([]byte("a"), 99), 'b')
 	if abbreviate(long1) == abbreviate(long2) {
 		t.Fatal("abbreviate hides a difference")
+	}
+}
+
+func TestDivergenceCauses(t *testing.T) {
+	rg := ring.New([]ring.Member{{ID: "n1", VirtualNodes: 8, Active: true}, {ID: "n2", VirtualNodes: 8, Active: true}, {ID: "n3", VirtualNodes: 8, Active: true}})
+	lww := func(counter uint64, v string) subjects.DumpEntry {
+		return subjects.DumpEntry{Key: "k", Counter: counter, Actor: "c1", Value: []byte(v)}
+	}
+	h := &lwwHistory{}
+	h.add(1, true)
+	h.add(2, false)
+	h.add(3, true)
+	for _, tc := range []struct {
+		newest subjects.DumpEntry
+		want   string
+	}{{lww(2, "2"), causeLWWUnacked}, {lww(3, "3"), causeLWWAcked}} {
+		dumps := map[string][]subjects.DumpEntry{"n1": {tc.newest}, "n2": {lww(1, "1")}, "n3": {tc.newest}}
+		if got := divergenceCauses(subjects.PolicyLWW, "t", 3, rg, dumps, map[string]*lwwHistory{"k": h}, nil); got[tc.want] != 1 || len(got) != 1 {
+			t.Errorf("newest %q: %v, want %q", tc.newest.Value, got, tc.want)
+		}
+	}
+	var base vclock.DVVSet
+	base, _, _ = vclock.Update(base, nil, "n2.1", vclock.Value{Data: []byte("v")})
+	twice, _, _ := vclock.Update(base, nil, "n1.1", vclock.Value{Data: []byte("v")}) // the same value under a second dot
+	failed, _, _ := vclock.Update(base, nil, "n1.1", vclock.Value{Data: []byte("v,f")})
+	lost, _, _ := vclock.Update(base, nil, "n1.1", vclock.Value{Data: []byte("v,a")})
+	set := setHistory{}
+	set.add("k", "v", true)
+	set.add("k", "a", true)
+	set.add("k", "f", false)
+	dvv := func(s vclock.DVVSet) []subjects.DumpEntry { return []subjects.DumpEntry{{Key: "k", DVV: &s}} }
+	for _, tc := range []struct {
+		odd  vclock.DVVSet
+		want string
+	}{{twice, causeDVVDuplicate}, {failed, causeDVVUnacked}, {lost, causeDVVAcked}} {
+		dumps := map[string][]subjects.DumpEntry{"n1": dvv(tc.odd), "n2": dvv(base), "n3": dvv(base)}
+		if got := divergenceCauses(subjects.PolicySiblings, "t", 3, rg, dumps, nil, set); got[tc.want] != 1 || len(got) != 1 {
+			t.Errorf("%v, want %q", got, tc.want)
+		}
+	}
+	same := map[string][]subjects.DumpEntry{"n1": dvv(base), "n2": dvv(base), "n3": dvv(base)}
+	if got := divergenceCauses(subjects.PolicySiblings, "t", 3, rg, same, nil, set); len(got) != 0 {
+		t.Errorf("identical replicas: %v", got)
 	}
 }

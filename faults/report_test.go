@@ -90,6 +90,9 @@ type convergenceReport struct {
 	// after healing, before the final reads (whose read repair heals what
 	// no hint covered); reported, not asserted.
 	BeforeFinalReads convergence `json:"before_final_reads"`
+	// CausesBeforeFinalReads sorts those divergent keys by cause
+	// (divergenceCauses).
+	CausesBeforeFinalReads map[string]int `json:"causes_before_final_reads"`
 	// Final is the verdict after the final reads and their repairs: every
 	// key identical on all its primaries. Asserted.
 	Final convergence `json:"final"`
@@ -135,7 +138,7 @@ func (r *faultReport) write(t *testing.T) {
 		r.LWW.Keys, r.LWW.Acknowledged, r.LWW.Attempted, r.LWW.Lost)
 	for _, name := range sortedKeys(r.Convergence) {
 		cv := r.Convergence[name]
-		t.Logf("report: convergence %s: %d keys, %d divergent before the final reads, %d after", name, cv.Final.Keys, cv.BeforeFinalReads.Divergent, cv.Final.Divergent)
+		t.Logf("report: convergence %s: %d keys, %d divergent before the final reads %v, %d after", name, cv.Final.Keys, cv.BeforeFinalReads.Divergent, cv.CausesBeforeFinalReads, cv.Final.Divergent)
 	}
 	t.Logf("report: repair drained %dms after healing; dead letters %d; workload %dms, total %dms", r.Repair.DrainMS, r.Repair.DeadLetters, r.WorkloadMS, r.TotalMS)
 	path := os.Getenv(ReportEnv)

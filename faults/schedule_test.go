@@ -176,9 +176,11 @@ func TestFaultSchedule(t *testing.T) {
 	tl.add("repair backlog drained (redelivered %d, dead letters %d)", st.Redelivered, st.Dead)
 
 	rg := c.ring(t)
-	before := map[string]convergence{}
+	before, causes := map[string]convergence{}, map[string]map[string]int{}
 	for _, tn := range []struct{ tenant, policy string }{{setTenant, subjects.PolicySiblings}, {lwwTenant, subjects.PolicyLWW}} {
-		before[tn.tenant] = checkConvergence(tn.policy, tn.tenant, rf, rg, c.dumps(t, tn.tenant))
+		dumps := c.dumps(t, tn.tenant)
+		before[tn.tenant] = checkConvergence(tn.policy, tn.tenant, rf, rg, dumps)
+		causes[tn.tenant] = divergenceCauses(tn.policy, tn.tenant, rf, rg, dumps, w.lww, w.set)
 	}
 
 	// Final reads at consistency all: every key any replica holds (their
@@ -271,7 +273,7 @@ func TestFaultSchedule(t *testing.T) {
 	rep.Repair.ConvergeMS = time.Since(finalReads).Milliseconds()
 	tl.add("convergence checked")
 	for tenant, cv := range final {
-		rep.Convergence[tenant] = convergenceReport{BeforeFinalReads: before[tenant], Final: cv}
+		rep.Convergence[tenant] = convergenceReport{BeforeFinalReads: before[tenant], CausesBeforeFinalReads: causes[tenant], Final: cv}
 	}
 	if st, err := c.readRepairStatus(); err == nil {
 		rep.Repair.DeadLetters, rep.Repair.Redelivered = st.Dead, st.Redelivered
