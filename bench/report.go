@@ -41,6 +41,9 @@ type Row struct {
 	Errors         uint64  `json:"errors"`
 	Seconds        float64 `json:"seconds"`
 	SampleError    string  `json:"sample_error,omitempty"`
+	// Repairs is how many read repairs and hints quorumkv's coordinators
+	// asked for during the measured window (replicas that lagged).
+	Repairs uint64 `json:"repairs,omitempty"`
 }
 
 // Preload is how long loading the records took.

@@ -482,6 +482,11 @@ func runCell(ctx context.Context, sys system, conns []*nats.Conn, spec cellSpec,
 		}()
 	}
 	sleep(ctx, spec.warmup)
+	q, _ := sys.(*quorumKV)
+	var rep0 uint64
+	if q != nil {
+		rep0 = q.repairs()
+	}
 	cpu0, _ := processUsage()
 	t0 := time.Now()
 	phase.Store(phaseMeasure)
@@ -515,6 +520,9 @@ func runCell(ctx context.Context, sys system, conns []*nats.Conn, spec cellSpec,
 	}
 	if sample != nil {
 		row.SampleError = sample.Error()
+	}
+	if q != nil {
+		row.Repairs = q.repairs() - rep0
 	}
 	return row, nil
 }

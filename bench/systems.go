@@ -161,6 +161,16 @@ type quorumKV struct{ d *deployment }
 
 func (*quorumKV) name() string { return SysQuorumKV }
 
+// repairs counts the read repairs and hints the coordinators asked for.
+func (q *quorumKV) repairs() uint64 {
+	var n uint64
+	for _, co := range q.d.coords {
+		st := co.RepairStats()
+		n += st.ReadRepairs + st.Hints + st.Dropped
+	}
+	return n
+}
+
 func (q *quorumKV) worker(_ int, nc *nats.Conn) (worker, error) {
 	kv, err := client.New(nc, q.d.tenant, client.WithDefaultTimeout(opTimeout))
 	if err != nil {
