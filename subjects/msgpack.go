@@ -161,6 +161,9 @@ func AppendVersion(b []byte, v *vclock.Version) []byte {
 type mpReader struct {
 	b   []byte
 	bad bool
+	// The last tenant and actor read: a batch repeats them item after
+	// item, so equal ones are shared instead of allocated again.
+	tenant, actor string
 }
 
 func (r *mpReader) fail() { r.bad, r.b = true, nil }
@@ -316,6 +319,16 @@ func (r *mpReader) str() string {
 	return string(b)
 }
 
+// strShared reads a string like str, returning *last (no allocation) when
+// it is equal, else remembering the new one there.
+func (r *mpReader) strShared(last *string) string {
+	b, _ := r.rawBytes()
+	if string(b) != *last { // the conversion in a comparison does not allocate
+		*last = string(b)
+	}
+	return *last
+}
+
 // bytes reads bin or str as the library decodes a []byte: nil stays nil,
 // an empty one is empty but not nil.
 func (r *mpReader) bytes() []byte {
@@ -435,7 +448,7 @@ func (r *mpReader) version() *vclock.Version {
 		// A nil Dot decodes to the zero Dot.
 	} else if r.structLen(2) != 0 {
 		v.Dot.Counter = r.uint()
-		v.Dot.Actor = r.str()
+		v.Dot.Actor = r.strShared(&r.actor)
 	}
 	v.Value = r.bytes()
 	v.Tombstone = r.bool()
@@ -553,7 +566,7 @@ func decodeNodeWriteBatch(data []byte, b *NodeWriteBatch) bool {
 					continue
 				}
 				w.ID = r.uint()
-				w.Tenant = r.str()
+				w.Tenant = r.strShared(&r.tenant)
 				w.Key = r.str()
 				w.LWW = r.version()
 				w.DVV = r.dvv()
@@ -671,7 +684,7 @@ func decodeNodeReadBatch(data []byte, b *NodeReadBatch) bool {
 					continue
 				}
 				x.ID = r.uint()
-				x.Tenant = r.str()
+				x.Tenant = r.strShared(&r.tenant)
 				x.Key = r.str()
 			}
 		}
