@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"bytes"
 	"context"
 	"slices"
 	"strings"
@@ -43,17 +44,22 @@ func (c *Coordinator) writeSiblings(ctx context.Context, r *dataRequest, pref []
 	)
 	// Leg 1: the first primary that answers coordinates. Each attempt but
 	// the last gets half the remaining time, so a silent primary leaves
-	// time for the next.
+	// time for the next. The replica refuses the write after the attempt's
+	// deadline, and the coordinator moves on only a grace period later, so
+	// a replica that was merely slow (paused, stalled disk) does not apply
+	// the write a second time under its own dot once another has.
 	for i, node := range pref {
-		attempt := deadline
+		attempt, giveUp := deadline, deadline
 		if i < len(pref)-1 {
-			attempt = time.Now().Add(time.Until(deadline) / 2)
+			half := time.Until(deadline) / 2
+			attempt = time.Now().Add(half - half/4)
+			giveUp = time.Now().Add(half)
 		}
 		cl := newCall(1)
 		id := c.fan.newID()
 		c.fan.send(cl, node, subjects.NodeOpWrite, item{id: id, deadline: attempt,
-			write: subjects.NodeWrite{ID: id, Tenant: r.tenant.ID, Key: r.Key, Coordinate: &subjects.Coordinate{Context: r.dvvCtx, Value: val}}})
-		o, err := waitOne(ctx, cl, attempt)
+			write: subjects.NodeWrite{ID: id, Tenant: r.tenant.ID, Key: r.Key, Coordinate: &subjects.Coordinate{Context: r.dvvCtx, Value: val, Deadline: attempt.UnixMilli()}}})
+		o, err := waitOne(ctx, cl, giveUp)
 		if err == nil && o.err == nil && o.write != nil && o.write.DVV != nil {
 			state, coordIdx = o.write.DVV, i
 			t.ack()
@@ -143,9 +149,12 @@ func (c *Coordinator) siblingsReply(r *dataRequest, reply *subjects.GetReply, re
 	if len(merged.Entries) > 0 {
 		reply.Context = vclock.EncodeDVVContext(merged.Join())
 	}
+	// Identical values are listed once: a write applied twice (by a
+	// coordinating replica slower than its deadline's grace) holds two dots
+	// for one value; the context covers both.
 	var live [][]byte
 	for _, v := range merged.Values() {
-		if !v.Tombstone {
+		if !v.Tombstone && !slices.ContainsFunc(live, func(b []byte) bool { return bytes.Equal(b, v.Data) }) {
 			live = append(live, v.Data)
 		}
 	}

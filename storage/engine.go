@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
@@ -384,6 +385,11 @@ func (e *engine) mergeDVV(rec *record, s *vclock.DVVSet, res *subjects.NodeWrite
 func (e *engine) coordinate(rec *record, w *subjects.Coordinate, res *subjects.NodeWriteResult) bool {
 	if rec.LWW != nil {
 		res.Err = errPolicy
+		return false
+	}
+	if w.Deadline > 0 && time.Now().UnixMilli() > w.Deadline {
+		res.Err = "the coordinating write arrived after its deadline; the coordinator has handed it to the next primary"
+		res.Kind = subjects.KindTimeout
 		return false
 	}
 	cur := vclock.DVVSet{}

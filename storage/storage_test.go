@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
@@ -172,5 +173,26 @@ func TestChunkSplitsBySize(t *testing.T) {
 	chunk([]int{}, func(s *int) int { return *s }, 25, func(p []int, more bool) { parts = append(parts, p) })
 	if len(parts) != 1 || len(parts[0]) != 0 {
 		t.Fatalf("empty results must still send one (empty, final) part: %v", parts)
+	}
+}
+
+// TestCoordinateRefusedAfterDeadline: a coordinating write that reaches
+// the replica after the coordinator moved on is refused and stores
+// nothing, so it cannot be applied a second time under this replica's dot.
+func TestCoordinateRefusedAfterDeadline(t *testing.T) {
+	n := open(t, "node-1", t.TempDir())
+	defer n.Close()
+	late := &subjects.Coordinate{Value: vclock.Value{Data: []byte("v")}, Deadline: time.Now().Add(-time.Millisecond).UnixMilli()}
+	res := n.eng.applyWrites([]subjects.NodeWrite{{ID: 1, Tenant: "t", Key: "k", Coordinate: late}})
+	if res[0].Err == "" || res[0].Kind != subjects.KindTimeout || res[0].DVV != nil {
+		t.Fatalf("late coordinate: %+v", res[0])
+	}
+	if rec, _ := n.eng.read("t", "k"); rec.DVV != nil {
+		t.Fatalf("a refused write was stored: %+v", rec.DVV)
+	}
+	onTime := &subjects.Coordinate{Value: vclock.Value{Data: []byte("v")}, Deadline: time.Now().Add(time.Minute).UnixMilli()}
+	res = n.eng.applyWrites([]subjects.NodeWrite{{ID: 2, Tenant: "t", Key: "k", Coordinate: onTime}})
+	if res[0].Err != "" || res[0].DVV == nil || res[0].DVV.Size() != 1 {
+		t.Fatalf("coordinate in time: %+v", res[0])
 	}
 }

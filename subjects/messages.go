@@ -149,6 +149,11 @@ type Coordinate struct {
 	_msgpack struct{}          `msgpack:",as_array"`
 	Context  vclock.DVVContext // what the client read; empty for a blind write
 	Value    vclock.Value      // the new value, or a tombstone for a delete
+	// Deadline (Unix milliseconds; 0 = none) is when the coordinator stops
+	// waiting for this replica and lets the next primary coordinate the
+	// write. A replica that gets to the write later refuses it
+	// (KindTimeout) instead of applying it a second time under its own dot.
+	Deadline int64
 }
 
 // MaxSiblings is how many values a key may hold under the siblings policy
