@@ -291,8 +291,15 @@ func (c *Coordinator) Stop() {
 	c.log.Info("coordinator stopped")
 }
 
-// respondError answers req with err as a wire error. Internal errors are
-// logged; the client sees only their class.
+// Replies are published straight to the request's reply subject, never
+// through micro.Request's Respond or Error: those record state on the
+// request that micro reads once the endpoint handler returns, which here
+// is before the request's goroutine answers (a data race). micro's own
+// request counts stay right; its error counts do not include ours
+// (Prometheus has them).
+
+// respondError answers req with err as a wire error, in micro's error
+// headers. Internal errors are logged; the client sees only their class.
 func (c *Coordinator) respondError(req micro.Request, err error) {
 	isJSON := subjects.IsJSON(req.Headers().Get(subjects.ContentType))
 	var e *subjects.Error
@@ -301,13 +308,12 @@ func (c *Coordinator) respondError(req micro.Request, err error) {
 		e = subjects.Errorf(subjects.KindInternal, "internal error; see the coordinator's log")
 	}
 	body, _ := subjects.Marshal(isJSON, e)
-	h := micro.Headers{subjects.KindHeader: []string{e.Kind}}
-	if isJSON {
-		h[subjects.ContentType] = []string{subjects.JSONContentType}
-	}
-	if err := req.Error(fmt.Sprint(int(e.Code)), e.Description(), body, micro.WithHeaders(h)); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-		c.log.Warn("error reply failed", "err", err)
-	}
+	m := &nats.Msg{Subject: req.Reply(), Data: body, Header: nats.Header{
+		subjects.ErrorHeader:     []string{e.Description()},
+		subjects.ErrorCodeHeader: []string{fmt.Sprint(int(e.Code))},
+		subjects.KindHeader:      []string{e.Kind},
+	}}
+	c.reply(m, isJSON)
 }
 
 // respond answers req with v in the request's encoding.
@@ -318,12 +324,21 @@ func (c *Coordinator) respond(req micro.Request, v any) {
 		c.respondError(req, fmt.Errorf("encode reply: %w", err))
 		return
 	}
-	var opts []micro.RespondOpt
-	if isJSON {
-		opts = append(opts, micro.WithHeaders(micro.Headers{subjects.ContentType: []string{subjects.JSONContentType}}))
+	c.reply(&nats.Msg{Subject: req.Reply(), Data: data}, isJSON)
+}
+
+func (c *Coordinator) reply(m *nats.Msg, isJSON bool) {
+	if m.Subject == "" {
+		return // a publish without a reply subject: nobody to answer
 	}
-	if err := req.Respond(data, opts...); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-		c.log.Warn("reply failed", "err", err)
+	if isJSON {
+		if m.Header == nil {
+			m.Header = nats.Header{}
+		}
+		m.Header.Set(subjects.ContentType, subjects.JSONContentType)
+	}
+	if err := c.nc.PublishMsg(m); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		c.log.Warn("reply failed", "subject", m.Subject, "err", err)
 	}
 }
 
