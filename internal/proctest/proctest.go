@@ -6,10 +6,12 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -112,6 +114,33 @@ func (p *Process) Exited() (bool, error) {
 		return true, p.err
 	default:
 		return false, nil
+	}
+}
+
+// WaitStopped waits up to d until the process is stopped (state T in
+// /proc/<pid>/stat), so that a test knows a SIGSTOP has taken effect
+// before it goes on: under load the kernel may stop a busy process a
+// little later than kill(2) returns. Where /proc is missing it waits 100ms.
+func (p *Process) WaitStopped(d time.Duration) error {
+	path := "/proc/" + strconv.Itoa(p.cmd.Process.Pid) + "/stat"
+	if _, err := os.Stat(path); err != nil {
+		time.Sleep(100 * time.Millisecond)
+		return nil
+	}
+	deadline := time.Now().Add(d)
+	for {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		// pid (comm) state ...; comm may hold spaces and parentheses.
+		if i := bytes.LastIndexByte(b, ')'); i > 0 && i+2 < len(b) && (b[i+2] == 'T' || b[i+2] == 't') {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("proctest: quorumkv %v not stopped after %s", p.args, d)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
