@@ -377,8 +377,8 @@ func (c *cluster) kill(p *proc) {
 	p.p.Kill()
 }
 
-// pause SIGSTOPs p; resume SIGCONTs it. A process that crashed is left
-// alone (noteCrashes has recorded it).
+// pause SIGSTOPs p and returns once it is stopped; resume SIGCONTs it. A
+// process that crashed is left alone (noteCrashes has recorded it).
 func (c *cluster) pause(p *proc) {
 	c.noteCrashes()
 	c.mu.Lock()
@@ -386,6 +386,9 @@ func (c *cluster) pause(p *proc) {
 	if done, _ := p.p.Exited(); !done && !p.down {
 		p.paused = true
 		p.p.Signal(syscall.SIGSTOP)
+		if err := p.p.WaitStopped(5 * time.Second); err != nil {
+			c.t.Errorf("%s: %v", p.name, err)
+		}
 	}
 }
 
