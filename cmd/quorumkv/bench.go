@@ -25,7 +25,7 @@ func runBench(args []string) error {
 	htmlOut := fs.String("html", "", "write a self-contained HTML report with charts to `FILE`")
 	records := fs.Uint64("records", 100_000, "records preloaded into each system")
 	valueSize := fs.Int("value-size", 256, "bytes per value")
-	duration := fs.Duration("duration", 2*time.Second, "measured time per cell")
+	duration := fs.Duration("duration", 2500*time.Millisecond, "measured time per cell")
 	warmup := fs.Duration("warmup", 500*time.Millisecond, "unmeasured warm-up per cell")
 	systems := fs.String("systems", strings.Join(bench.Systems, ","), "systems to measure")
 	workloads := fs.String("workloads", "", "workloads (write-only, ycsb-c, ycsb-b, ycsb-a); default per --matrix")
