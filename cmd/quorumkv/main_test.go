@@ -117,7 +117,7 @@ func TestStatusReport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Nodes) != 3 || len(rep.Coordinators) != 2 || rep.Tenants != 1 {
+	if len(rep.Nodes) != 3 || len(rep.Coordinators) != 2 || rep.Tenants != 1 || rep.Repair == nil || len(rep.Repair.Workers) != 1 {
 		t.Fatalf("status %+v", rep)
 	}
 	total := 0.0

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/quorumkv/quorumkv/client"
+	"github.com/quorumkv/quorumkv/repair"
 	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/subjects"
 )
@@ -23,6 +24,10 @@ type statusReport struct {
 	Nodes        []nodeStatus        `json:"nodes"`
 	Coordinators []coordinatorStatus `json:"coordinators"`
 	Tenants      int                 `json:"tenants"`
+	// Repair is the repair stream's backlog and dead letters; nil when it
+	// could not be read (no coordinator or worker created it yet).
+	Repair      *repair.Status `json:"repair,omitempty"`
+	RepairError string         `json:"repair_error,omitempty"`
 }
 
 type nodeStatus struct {
@@ -39,7 +44,7 @@ type coordinatorStatus struct {
 }
 
 func runStatus(args []string) error {
-	fs := newFlags("status", "", "Show the storage nodes (state, ring share), the running coordinators and the tenants.")
+	fs := newFlags("status", "", "Show the storage nodes (state, ring share), the running coordinators, the tenants and the repair backlog.")
 	var a adminFlags
 	a.register(fs)
 	wait := fs.Duration("wait", 500*time.Millisecond, "how long to collect answers from coordinators")
@@ -72,6 +77,11 @@ func runStatus(args []string) error {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\n", c.ID, c.Actor, c.Version, c.Requests, c.Errors)
 	}
 	fmt.Fprintf(w, "\ntenants: %d\n", rep.Tenants)
+	if r := rep.Repair; r != nil {
+		fmt.Fprintf(w, "repair:  backlog %d, dead letters %d, %d workers (quorumkv repair status for more)\n", r.Backlog, r.Dead, len(r.Workers))
+	} else {
+		fmt.Fprintf(w, "repair:  unknown (%s)\n", rep.RepairError)
+	}
 	return w.Flush()
 }
 
@@ -127,5 +137,10 @@ func collectStatus(ctx context.Context, nc *nats.Conn, ad *client.Admin, wait ti
 		rep.Coordinators = append(rep.Coordinators, cs)
 	}
 	sort.Slice(rep.Coordinators, func(i, j int) bool { return rep.Coordinators[i].ID < rep.Coordinators[j].ID })
+	if st, err := repair.ReadStatus(ctx, nc, wait); err != nil {
+		rep.RepairError = err.Error()
+	} else {
+		rep.Repair = st
+	}
 	return rep, nil
 }
