@@ -259,6 +259,13 @@ const (
 // leaves to read repair: writes that failed their level yet landed
 // somewhere, and siblings writes applied by two coordinating replicas.
 func divergenceCauses(policy, tenant string, rf int, rg *ring.Ring, dumps map[string][]subjects.DumpEntry, lww map[string]*lwwHistory, set setHistory) map[string]int {
+	counts, _ := divergenceCausesWithKeys(policy, tenant, rf, rg, dumps, lww, set)
+	return counts
+}
+
+// divergenceCausesWithKeys is divergenceCauses plus, per cause, the first
+// keys it applies to.
+func divergenceCausesWithKeys(policy, tenant string, rf int, rg *ring.Ring, dumps map[string][]subjects.DumpEntry, lww map[string]*lwwHistory, set setHistory) (map[string]int, map[string][]string) {
 	byNode := map[string]map[string]subjects.DumpEntry{}
 	keys := map[string]bool{}
 	for node, es := range dumps {
@@ -269,12 +276,18 @@ func divergenceCauses(policy, tenant string, rf int, rg *ring.Ring, dumps map[st
 		}
 		byNode[node] = m
 	}
-	out := map[string]int{}
-	for k := range keys {
+	out, examples := map[string]int{}, map[string][]string{}
+	note := func(cause, key string) {
+		out[cause]++
+		if len(examples[cause]) < 5 {
+			examples[cause] = append(examples[cause], key)
+		}
+	}
+	for _, k := range sortedKeys(keys) {
 		prefs := rg.PreferenceList(tenant, k, rf, nil)
 		if policy == subjects.PolicySiblings {
 			if cause := dvvCause(k, prefs, byNode, set[k]); cause != "" {
-				out[cause]++
+				note(cause, k)
 			}
 			continue
 		}
@@ -299,14 +312,14 @@ func divergenceCauses(policy, tenant string, rf int, rg *ring.Ring, dumps map[st
 		seq, err := strconv.Atoi(string(newest.Value))
 		switch h := lww[k]; {
 		case h == nil || err != nil:
-			out[causeLWWOther]++
+			note(causeLWWOther, k)
 		case h.Acked[seq]:
-			out[causeLWWAcked]++
+			note(causeLWWAcked, k)
 		default:
-			out[causeLWWUnacked]++
+			note(causeLWWUnacked, k)
 		}
 	}
-	return out
+	return out, examples
 }
 
 // dvvCause names why the primaries of key differ under siblings, or "".
@@ -576,5 +589,20 @@ func TestDivergenceCauses(t *testing.T) {
 	same := map[string][]subjects.DumpEntry{"n1": dvv(base), "n2": dvv(base), "n3": dvv(base)}
 	if got := divergenceCauses(subjects.PolicySiblings, "t", 3, rg, same, nil, set); len(got) != 0 {
 		t.Errorf("identical replicas: %v", got)
+	}
+}
+
+func TestRegressions(t *testing.T) {
+	var s1, s2 vclock.DVVSet
+	s1, _, _ = vclock.Update(s1, nil, "n1.1", vclock.Value{Data: []byte("x")})
+	s2, _, _ = vclock.Update(s1, nil, "n1.1", vclock.Value{Data: []byte("y")})
+	before := []subjects.DumpEntry{{Key: "a", Counter: 5, Actor: "c"}, {Key: "b", Counter: 5, Actor: "c"}, {Key: "c", DVV: &s2}, {Key: "d", Counter: 1, Actor: "c"}}
+	after := []subjects.DumpEntry{{Key: "a", Counter: 6, Actor: "c"}, {Key: "b", Counter: 4, Actor: "c"}, {Key: "c", DVV: &s1}}
+	got := regressions(before, after)
+	if len(got) != 3 || !strings.HasPrefix(got[0], "b:") || !strings.HasPrefix(got[1], "c:") || !strings.HasPrefix(got[2], "d:") {
+		t.Fatalf("%q", got)
+	}
+	if got := regressions(before, before); len(got) != 0 {
+		t.Fatalf("unchanged: %q", got)
 	}
 }

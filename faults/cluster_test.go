@@ -14,7 +14,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -92,6 +94,7 @@ type proc struct {
 	name    string
 	args    []string
 	ready   func() error // nil once the process serves; polled after a start
+	metrics string       // its /metrics URL, when it serves one
 	p       *proctest.Process
 	down    bool     // killed on purpose and not restarted yet
 	paused  bool     // SIGSTOPped and not yet continued
@@ -119,6 +122,17 @@ type cluster struct {
 	coords  []*proc
 	repair  *proc
 	crashes []string // processes that exited on their own, with their output
+
+	// Storage restarts checked against the node's dump from before its
+	// SIGKILL (killStorage, restartStorage).
+	snapshots   map[string]map[string][]subjects.DumpEntry
+	restarts    int
+	checkedKeys int
+	regressed   []string
+
+	// Coordinator counters (hints, replica failures), summed over every
+	// incarnation: scraped before each kill and at the end.
+	counters map[string]float64
 }
 
 // clusterConfig sizes the deployment.
@@ -131,7 +145,7 @@ type clusterConfig struct {
 func startCluster(t *testing.T, cfg clusterConfig) *cluster {
 	t.Helper()
 	proctest.Binary(t) // build first, outside every timed wait
-	c := &cluster{t: t, dir: t.TempDir()}
+	c := &cluster{t: t, dir: t.TempDir(), snapshots: map[string]map[string][]subjects.DumpEntry{}, counters: map[string]float64{}}
 	c.startNATS()
 	c.startRedis()
 
@@ -309,9 +323,10 @@ func (c *cluster) common() []string {
 }
 
 func (c *cluster) newCoordinator(i int) *proc {
+	metrics := fmt.Sprintf("127.0.0.1:%d", freePort(c.t))
 	args := append([]string{"coordinator", "--metadata", "nats", "--idempotency", c.redisURL, "--redis-prefix", c.redisPrefix,
-		"--kv-replicas", "3", "--repair-replicas", "3", "--id", fmt.Sprintf("coord-%d", i)}, c.common()...)
-	return &proc{name: fmt.Sprintf("coordinator-%d", i), args: args, ready: func() error {
+		"--kv-replicas", "3", "--repair-replicas", "3", "--id", fmt.Sprintf("coord-%d", i), "--metrics", metrics}, c.common()...)
+	return &proc{name: fmt.Sprintf("coordinator-%d", i), args: args, metrics: "http://" + metrics + "/metrics", ready: func() error {
 		c.mu.Lock()
 		want := 0
 		for _, p := range c.coords {
@@ -371,6 +386,7 @@ func (c *cluster) start(p *proc) {
 // kill SIGKILLs p and marks it down.
 func (c *cluster) kill(p *proc) {
 	c.noteCrashes()
+	c.scrape(p)
 	c.mu.Lock()
 	p.down, p.paused = true, false
 	c.mu.Unlock()
@@ -399,6 +415,43 @@ func (c *cluster) resume(p *proc) {
 		p.p.Signal(syscall.SIGCONT)
 	}
 	p.paused = false
+}
+
+// countedMetrics are the coordinator series the report sums.
+var countedMetrics = []string{"quorumkv_repair_hints_", "quorumkv_coordinator_replica_failures_total"}
+
+// scrape adds p's counters (when it serves metrics) to c.counters. A
+// killed process's counters since its last scrape are lost, so kill
+// scrapes first; the end of the test scrapes the living.
+func (c *cluster) scrape(p *proc) {
+	if p.metrics == "" {
+		return
+	}
+	hc := http.Client{Timeout: 2 * time.Second}
+	res, err := hc.Get(p.metrics)
+	if err != nil {
+		return
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, line := range strings.Split(string(body), "\n") {
+		name, value, ok := strings.Cut(line, " ")
+		if !ok || strings.HasPrefix(line, "#") {
+			continue
+		}
+		for _, m := range countedMetrics {
+			if strings.HasPrefix(name, m) {
+				if v, err := strconv.ParseFloat(strings.TrimSpace(value), 64); err == nil {
+					c.counters[name] += v
+				}
+			}
+		}
+	}
 }
 
 // noteCrashes records every process that exited without being killed by

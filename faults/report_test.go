@@ -92,7 +92,8 @@ type convergenceReport struct {
 	BeforeFinalReads convergence `json:"before_final_reads"`
 	// CausesBeforeFinalReads sorts those divergent keys by cause
 	// (divergenceCauses).
-	CausesBeforeFinalReads map[string]int `json:"causes_before_final_reads"`
+	CausesBeforeFinalReads map[string]int      `json:"causes_before_final_reads"`
+	CauseExamples          map[string][]string `json:"cause_examples,omitempty"` // the first keys of each cause
 	// Final is the verdict after the final reads and their repairs: every
 	// key identical on all its primaries. Asserted.
 	Final convergence `json:"final"`
@@ -116,6 +117,14 @@ type faultReport struct {
 	Repair      repairReport                 `json:"repair"`
 	Convergence map[string]convergenceReport `json:"convergence"`
 	Crashes     []string                     `json:"crashes,omitempty"`
+	// Storage restarts: each SIGKILLed storage node's dump from before the
+	// kill compared with its dump after the restart.
+	StorageRestarts    int      `json:"storage_restarts_checked"` // per tenant
+	StorageKeysChecked int      `json:"storage_keys_checked"`
+	StorageRegressions []string `json:"storage_regressions,omitempty"` // keys lost or gone back: must be none
+	// CoordinatorCounters sums the coordinators' hint and replica-failure
+	// counters over every incarnation (each scraped just before its kill).
+	CoordinatorCounters map[string]float64 `json:"coordinator_counters"`
 	// LogLines counts the warnings and errors the processes logged, by
 	// role, message and error (log lines, not events: some are rate
 	// limited to one a second).

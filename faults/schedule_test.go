@@ -176,11 +176,11 @@ func TestFaultSchedule(t *testing.T) {
 	tl.add("repair backlog drained (redelivered %d, dead letters %d)", st.Redelivered, st.Dead)
 
 	rg := c.ring(t)
-	before, causes := map[string]convergence{}, map[string]map[string]int{}
+	before, causes, examples := map[string]convergence{}, map[string]map[string]int{}, map[string]map[string][]string{}
 	for _, tn := range []struct{ tenant, policy string }{{setTenant, subjects.PolicySiblings}, {lwwTenant, subjects.PolicyLWW}} {
 		dumps := c.dumps(t, tn.tenant)
 		before[tn.tenant] = checkConvergence(tn.policy, tn.tenant, rf, rg, dumps)
-		causes[tn.tenant] = divergenceCauses(tn.policy, tn.tenant, rf, rg, dumps, w.lww, w.set)
+		causes[tn.tenant], examples[tn.tenant] = divergenceCausesWithKeys(tn.policy, tn.tenant, rf, rg, dumps, w.lww, w.set)
 	}
 
 	// Final reads at consistency all: every key any replica holds (their
@@ -273,7 +273,7 @@ func TestFaultSchedule(t *testing.T) {
 	rep.Repair.ConvergeMS = time.Since(finalReads).Milliseconds()
 	tl.add("convergence checked")
 	for tenant, cv := range final {
-		rep.Convergence[tenant] = convergenceReport{BeforeFinalReads: before[tenant], CausesBeforeFinalReads: causes[tenant], Final: cv}
+		rep.Convergence[tenant] = convergenceReport{BeforeFinalReads: before[tenant], CausesBeforeFinalReads: causes[tenant], CauseExamples: examples[tenant], Final: cv}
 	}
 	if st, err := c.readRepairStatus(); err == nil {
 		rep.Repair.DeadLetters, rep.Repair.Redelivered = st.Dead, st.Redelivered
@@ -290,6 +290,19 @@ func TestFaultSchedule(t *testing.T) {
 			}
 		})
 	}
+	rep.StorageRestarts, rep.StorageKeysChecked, rep.StorageRegressions = c.restarts, c.checkedKeys, c.regressed
+	t.Run("storage/nothing-lost-across-sigkill", func(t *testing.T) {
+		if c.restarts == 0 || c.checkedKeys == 0 {
+			t.Fatal("no storage restart was checked")
+		}
+		if len(c.regressed) > 0 {
+			t.Errorf("%d keys lost or went back after a storage node's SIGKILL and restart (fsync on): %v", len(c.regressed), c.regressed[:min(len(c.regressed), maxDetails)])
+		}
+	})
+	for _, p := range c.coords {
+		c.scrape(p)
+	}
+	rep.CoordinatorCounters = c.counters
 	rep.LogLines = c.logSummary()
 	c.noteCrashes()
 	for _, cr := range c.crashes[len(rep.Crashes):] {
@@ -343,10 +356,10 @@ func runSchedule(t *testing.T, c *cluster, tl *timeline, cfg scheduleConfig, rou
 
 	pause(1500)
 	tl.add("SIGKILL storage %s", node(1).name)
-	c.kill(node(1))
+	c.killStorage(t, node(1))
 	pause(2500)
 	tl.add("restart storage %s", node(1).name)
-	c.start(node(1))
+	c.restartStorage(t, node(1))
 	tl.add("storage %s serving again", node(1).name)
 
 	pause(1000)
@@ -415,12 +428,12 @@ func runSchedule(t *testing.T, c *cluster, tl *timeline, cfg scheduleConfig, rou
 	if cfg.doubleFault {
 		pause(1000)
 		tl.add("SIGKILL storage %s and SIGSTOP storage %s together", node(3).name, node(4).name)
-		c.kill(node(3))
+		c.killStorage(t, node(3))
 		c.pause(node(4))
 		pause(2000)
 		tl.add("SIGCONT storage %s, restart storage %s", node(4).name, node(3).name)
 		c.resume(node(4))
-		c.start(node(3))
+		c.restartStorage(t, node(3))
 		tl.add("storage %s serving again", node(3).name)
 	}
 	pause(1500)
@@ -582,6 +595,86 @@ func (w *workload) lwwWriter(ctx context.Context, kv *client.Client, id, keys in
 		w.mu.Unlock()
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// ---- storage durability across SIGKILL, under the real workload ----
+
+// killStorage dumps what storage node p holds, then SIGKILLs it, so that
+// restartStorage can check that the restarted node lost nothing it had
+// stored: with fsync on, whatever a dump saw was committed.
+func (c *cluster) killStorage(t *testing.T, p *proc) {
+	t.Helper()
+	snap := map[string][]subjects.DumpEntry{}
+	for _, tenant := range []string{setTenant, lwwTenant} {
+		es, err := c.admin.DumpAll(context.Background(), p.name, tenant)
+		if err != nil {
+			t.Fatalf("dump %s before its SIGKILL: %v", p.name, err)
+		}
+		snap[tenant] = es
+	}
+	c.kill(p)
+	c.mu.Lock()
+	c.snapshots[p.name] = snap
+	c.mu.Unlock()
+}
+
+// restartStorage starts p again and compares what it holds with its dump
+// from before the kill: no key may be missing or hold less.
+func (c *cluster) restartStorage(t *testing.T, p *proc) {
+	t.Helper()
+	c.start(p)
+	c.mu.Lock()
+	snap := c.snapshots[p.name]
+	delete(c.snapshots, p.name)
+	c.mu.Unlock()
+	for tenant, before := range snap {
+		after, err := c.admin.DumpAll(context.Background(), p.name, tenant)
+		if err != nil {
+			t.Fatalf("dump %s after its restart: %v", p.name, err)
+		}
+		bad := regressions(before, after)
+		c.mu.Lock()
+		c.restarts++
+		c.checkedKeys += len(before)
+		for _, b := range bad {
+			c.regressed = append(c.regressed, p.name+" "+tenant+"/"+b)
+		}
+		c.mu.Unlock()
+	}
+}
+
+// regressions names the keys of before that after lacks or holds less of:
+// an older lww version, or a DVVSet whose clock does not cover before's.
+func regressions(before, after []subjects.DumpEntry) []string {
+	now := map[string]subjects.DumpEntry{}
+	for _, e := range after {
+		now[e.Key] = e
+	}
+	var out []string
+	for _, b := range before {
+		a, ok := now[b.Key]
+		switch {
+		case !ok:
+			out = append(out, b.Key+": gone")
+		case b.DVV != nil:
+			if a.DVV == nil {
+				out = append(out, b.Key+": DVVSet gone")
+				continue
+			}
+			have := map[string]uint64{}
+			for _, en := range a.DVV.Entries {
+				have[en.Actor] = en.Counter
+			}
+			for _, en := range b.DVV.Entries {
+				if have[en.Actor] < en.Counter {
+					out = append(out, fmt.Sprintf("%s: %s back from %d to %d", b.Key, en.Actor, en.Counter, have[en.Actor]))
+				}
+			}
+		case a.Counter < b.Counter || (a.Counter == b.Counter && a.Actor < b.Actor):
+			out = append(out, fmt.Sprintf("%s: %d@%s back to %d@%s", b.Key, b.Counter, b.Actor, a.Counter, a.Actor))
+		}
+	}
+	return out
 }
 
 // ---- observing the cluster ----
