@@ -4,6 +4,7 @@
 //
 //	go test -race -count=1 ./faults/
 //
-// and the quick subset CI runs with -short. docs/RELIABILITY.md lists each
-// fault, each checker, and the figures from the last full run.
+// (CI runs all of it, as part of go test -race ./...); -short runs a
+// quicker subset for local iteration. docs/RELIABILITY.md lists each fault,
+// each checker, and the figures from the last full run.
 package faults

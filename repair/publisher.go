@@ -68,6 +68,13 @@ func NewPublisher(ctx context.Context, nc *nats.Conn, cfg Config) (*Publisher, e
 		}),
 		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
 			p.inflight.Add(-1)
+			var apiErr *jetstream.APIError
+			if errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeDuplicateInProcess {
+				// The same repair (same Nats-Msg-Id) is being stored right
+				// now by another publish: not a loss.
+				p.published.Add(1)
+				return
+			}
 			p.drop(m.Subject, err)
 		}),
 	)
@@ -75,7 +82,7 @@ func NewPublisher(ctx context.Context, nc *nats.Conn, cfg Config) (*Publisher, e
 		return nil, fmt.Errorf("repair: jetstream: %w", err)
 	}
 	p.js = js
-	if err := ensure(ctx, js, &p.cfg); err != nil {
+	if _, err := ensureStreams(ctx, js, &p.cfg); err != nil {
 		if errors.Is(err, ErrConfigMismatch) {
 			return nil, err
 		}

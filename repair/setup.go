@@ -16,6 +16,7 @@ const (
 	errCodeNoPeers              jetstream.ErrorCode = 10005
 	errCodeInsufficientResource jetstream.ErrorCode = 10023
 	errCodeReplicasNotSupported jetstream.ErrorCode = 10074
+	errCodeDuplicateInProcess   jetstream.ErrorCode = 10158 // "duplicate message id is in process"
 )
 
 // Ensure creates the work stream, its consumer and the dead-letter stream
@@ -32,14 +33,26 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 
 // ensure is Ensure for a validated cfg.
 func ensure(ctx context.Context, js jetstream.JetStream, cfg *Config) error {
-	work, err := ensureStream(ctx, js, cfg, workStreamConfig(cfg))
+	work, err := ensureStreams(ctx, js, cfg)
 	if err != nil {
 		return err
 	}
-	if _, err := ensureStream(ctx, js, cfg, deadStreamConfig(cfg)); err != nil {
-		return err
-	}
 	return ensureConsumer(ctx, work, consumerConfig(cfg))
+}
+
+// ensureStreams creates or checks the work and dead-letter streams only.
+// Publishers (coordinators) need no more: the consumer's settings belong to
+// the workers, so an operator can tune them (quorumkv repair --ack-wait …,
+// or nats consumer edit) without every coordinator refusing to start.
+func ensureStreams(ctx context.Context, js jetstream.JetStream, cfg *Config) (jetstream.Stream, error) {
+	work, err := ensureStream(ctx, js, cfg, workStreamConfig(cfg))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := ensureStream(ctx, js, cfg, deadStreamConfig(cfg)); err != nil {
+		return nil, err
+	}
+	return work, nil
 }
 
 func workStreamConfig(cfg *Config) jetstream.StreamConfig {

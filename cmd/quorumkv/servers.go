@@ -197,7 +197,7 @@ func runStorage(args []string) error {
 	nf.register(fs)
 	id := fs.String("id", "", "node id, a subject token such as node-1 (required)")
 	data := fs.String("data", "", "data directory, one per node (required)")
-	fsync := fs.Bool("fsync", true, "fsync each write batch before acknowledging it; false trades durability (acknowledged writes may be lost on a machine crash) for speed")
+	fsync := fs.Bool("fsync", true, "fsync each write batch before acknowledging it; false trades durability for speed: acknowledged writes may be lost when the process or the machine crashes (the other replicas and repair still hold them)")
 	vnodes := fs.Int("virtual-nodes", 128, "ring points of this node (more = larger share)")
 	queue := fs.Int("queue-len", 8192, "messages queued per subject; past it the node answers 429 overloaded at once")
 	maxBatch := fs.Int("max-batch", 256, "write messages group-committed together at most")
