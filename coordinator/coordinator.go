@@ -230,7 +230,7 @@ func (c *Coordinator) addService() error {
 	}
 	admin := svc.AddGroup(subjects.AdminPrefix)
 	for _, ep := range c.adminEndpoints() {
-		if err := admin.AddEndpoint(ep.name, c.async(ep.handle), micro.WithEndpointSubject(ep.subject)); err != nil {
+		if err := admin.AddEndpoint(ep.name, c.async(simple(ep.handle)), micro.WithEndpointSubject(ep.subject)); err != nil {
 			return fmt.Errorf("coordinator: add endpoint %s: %w", ep.name, err)
 		}
 	}
@@ -240,7 +240,7 @@ func (c *Coordinator) addService() error {
 // async runs h on its own goroutine, bounded by MaxInflight: a micro
 // endpoint delivers one message at a time, and a request that waits on
 // replicas must not hold up the next one. Past the bound it answers 429.
-func (c *Coordinator) async(h func(micro.Request)) micro.HandlerFunc {
+func (c *Coordinator) async(h func(req micro.Request, release func())) micro.HandlerFunc {
 	return func(req micro.Request) {
 		c.mu.RLock()
 		defer c.mu.RUnlock()
@@ -257,10 +257,17 @@ func (c *Coordinator) async(h func(micro.Request)) micro.HandlerFunc {
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
-			defer func() { <-c.sem }()
-			h(req)
+			var once sync.Once
+			release := func() { once.Do(func() { <-c.sem }) }
+			defer release()
+			h(req, release)
 		}()
 	}
+}
+
+// simple adapts a handler that needs no early release for async.
+func simple(h func(micro.Request)) func(micro.Request, func()) {
+	return func(req micro.Request, _ func()) { h(req) }
 }
 
 // Actor is the id this coordinator mints dots under.

@@ -32,13 +32,18 @@ type dataRequest struct {
 	after  func()            // work left once the client has its reply (repair); may be nil
 }
 
-func (c *Coordinator) dataHandler(op string) func(micro.Request) {
-	return func(req micro.Request) {
+// dataHandler serves op. release frees the request's MaxInflight slot: it
+// is called just before the answer goes out, so a client that sends its
+// next request on the answer finds the slot free, and the tail work after
+// the answer (repair, hints: at most HintWindow) does not count as load.
+func (c *Coordinator) dataHandler(op string) func(micro.Request, func()) {
+	return func(req micro.Request, release func()) {
 		start := time.Now()
 		level, outcome := "", "ok"
 		defer func() { c.metrics.Request(op, level, outcome, time.Since(start)) }()
 		fail := func(err error) {
 			outcome = errorKind(err)
+			release()
 			c.respondError(req, err)
 		}
 		timeout := c.cfg.Timeout
@@ -67,6 +72,7 @@ func (c *Coordinator) dataHandler(op string) func(micro.Request) {
 			if !reply.Found {
 				outcome = "not_found"
 			}
+			release()
 			c.respond(req, reply)
 			r.runAfter()
 		default:
@@ -75,6 +81,7 @@ func (c *Coordinator) dataHandler(op string) func(micro.Request) {
 				fail(err)
 				return
 			}
+			release()
 			c.respond(req, reply)
 			r.runAfter()
 		}
