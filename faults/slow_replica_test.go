@@ -42,7 +42,7 @@ func TestSlowCoordinatingReplicaAppliesTheWriteOnce(t *testing.T) {
 	}
 
 	c.pause(slow)
-	res, err := kv.Put(ctx, key, []byte("v"), client.WithConsistency(subjects.Quorum), client.WithTimeout(2*time.Second))
+	res, err := kv.Put(ctx, key, []byte("v"), client.WithConsistency(subjects.Quorum), client.WithTimeout(8*time.Second)) // ample: CI runs packages in parallel under -race
 	if err != nil {
 		c.resume(slow)
 		t.Fatalf("put with the first primary paused: %v", err)
