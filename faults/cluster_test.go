@@ -189,17 +189,17 @@ func startCluster(t *testing.T, cfg clusterConfig) *cluster {
 // meta leader.
 func (c *cluster) startNATS() {
 	t := c.t
-	var routes, urls []string
-	for i := 1; i <= 3; i++ {
-		n := &natsNode{name: fmt.Sprintf("nats-%d", i), port: freePort(t), route: freePort(t), storeDir: filepath.Join(c.dir, fmt.Sprintf("nats-%d", i))}
-		c.nats = append(c.nats, n)
-		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", n.route))
-		urls = append(urls, n.url())
-	}
-	c.url = strings.Join(urls, ",")
-	for _, n := range c.nats {
-		n.routes = strings.Join(routes, ",")
-		c.runNATS(n)
+	// Free ports are found by binding and closing, so another process may
+	// take one before a server binds it: try again with new ports.
+	for attempt := 1; ; attempt++ {
+		err := c.tryStartNATS()
+		if err == nil {
+			break
+		}
+		if attempt == 3 {
+			t.Fatalf("NATS cluster: %v", err)
+		}
+		t.Logf("NATS cluster, attempt %d: %v; retrying on other ports", attempt, err)
 	}
 	t.Cleanup(func() {
 		for _, n := range c.nats {
@@ -228,10 +228,57 @@ func (c *cluster) startNATS() {
 	}
 }
 
+// tryStartNATS picks six distinct free ports (held open together, so no
+// two are the same) and starts the three servers on them; on failure it
+// shuts down what it started.
+func (c *cluster) tryStartNATS() error {
+	var listeners []net.Listener
+	port := func() int {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		listeners = append(listeners, l)
+		return l.Addr().(*net.TCPAddr).Port
+	}
+	var nodes []*natsNode
+	var routes, urls []string
+	for i := 1; i <= 3; i++ {
+		n := &natsNode{name: fmt.Sprintf("nats-%d", i), port: port(), route: port(), storeDir: filepath.Join(c.dir, fmt.Sprintf("nats-%d", i))}
+		nodes = append(nodes, n)
+		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", n.route))
+		urls = append(urls, n.url())
+	}
+	for _, l := range listeners {
+		_ = l.Close()
+	}
+	for _, n := range nodes {
+		n.routes = strings.Join(routes, ",")
+		if err := c.startNATSNode(n); err != nil {
+			for _, m := range nodes {
+				if m.s != nil {
+					m.s.Shutdown()
+					m.s.WaitForShutdown()
+					m.s = nil
+				}
+			}
+			return err
+		}
+	}
+	c.nats, c.url = nodes, strings.Join(urls, ",")
+	return nil
+}
+
 func (c *cluster) runNATS(n *natsNode) {
+	if err := c.startNATSNode(n); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *cluster) startNATSNode(n *natsNode) error {
 	s, err := server.NewServer(n.options(c.t))
 	if err != nil {
-		c.t.Fatalf("%s: %v", n.name, err)
+		return fmt.Errorf("%s: %w", n.name, err)
 	}
 	if os.Getenv("NATS_LOGGING") == "debug" {
 		s.ConfigureLogger()
@@ -239,9 +286,10 @@ func (c *cluster) runNATS(n *natsNode) {
 	go s.Start()
 	if !s.ReadyForConnections(15 * time.Second) {
 		s.Shutdown()
-		c.t.Fatalf("%s not ready within 15s", n.name)
+		return fmt.Errorf("%s not ready within 15s (port %d taken?)", n.name, n.port)
 	}
 	n.s = s
+	return nil
 }
 
 // stopNATS shuts server i (0-based) down, as a crash would from its
