@@ -13,7 +13,6 @@ package subjects
 
 import (
 	"fmt"
-	"regexp"
 	"strings"
 )
 
@@ -107,13 +106,11 @@ func Repair(tenant string) string { return RepairPrefix + "." + tenant }
 // Tenant ids that would collide with other subject spaces.
 var reservedTenants = map[string]bool{"admin": true, "events": true}
 
-var tenantRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
-
 // ValidateTenantID reports why id cannot name a tenant, or nil. A tenant id
 // is a subject token: `[a-z0-9][a-z0-9_-]{0,62}`, and not "admin" or
 // "events", which name other subject spaces.
 func ValidateTenantID(id string) error {
-	if !tenantRE.MatchString(id) {
+	if !isToken(id, false) {
 		return fmt.Errorf("tenant id %q must match [a-z0-9][a-z0-9_-]{0,62}", id)
 	}
 	if reservedTenants[id] {
@@ -122,13 +119,31 @@ func ValidateTenantID(id string) error {
 	return nil
 }
 
-var nodeRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
-
 // ValidateNodeID reports why id cannot name a storage node, or nil. A node id
 // is a subject token: `[A-Za-z0-9][A-Za-z0-9_-]{0,62}`.
 func ValidateNodeID(id string) error {
-	if !nodeRE.MatchString(id) {
+	if !isToken(id, true) {
 		return fmt.Errorf("node id %q must match [A-Za-z0-9][A-Za-z0-9_-]{0,62}", id)
 	}
 	return nil
+}
+
+// isToken reports whether id matches [a-z0-9][a-z0-9_-]{0,62} (upper-case
+// letters too when upper). Every request checks its tenant id, so this is
+// a loop rather than a regular expression.
+func isToken(id string, upper bool) bool {
+	if len(id) == 0 || len(id) > 63 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case upper && c >= 'A' && c <= 'Z':
+		case i > 0 && (c == '_' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
 }

@@ -3,6 +3,7 @@ package subjects
 import (
 	"errors"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -120,5 +121,33 @@ func TestJSONRequestAndReply(t *testing.T) {
 	}
 	if !IsJSON("application/json") || !IsJSON("application/json; charset=utf-8") || IsJSON("application/msgpack") || IsJSON("") {
 		t.Fatal("IsJSON")
+	}
+}
+
+// TestIsTokenMatchesTheDocumentedPattern holds the hand-written check to
+// the regular expressions the docs state, over every short string of a
+// small alphabet.
+func TestIsTokenMatchesTheDocumentedPattern(t *testing.T) {
+	tenant := regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+	node := regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
+	alphabet := []byte("aZ0_-.é ")
+	var walk func(prefix []byte)
+	walk = func(prefix []byte) {
+		s := string(prefix)
+		if isToken(s, false) != tenant.MatchString(s) || isToken(s, true) != node.MatchString(s) {
+			t.Fatalf("%q: isToken disagrees with the pattern", s)
+		}
+		if len(prefix) < 4 {
+			for _, c := range alphabet {
+				walk(append(prefix, c))
+			}
+		}
+	}
+	walk(nil)
+	for _, n := range []int{62, 63, 64} {
+		s := strings.Repeat("a", n)
+		if isToken(s, false) != tenant.MatchString(s) {
+			t.Fatalf("length %d disagrees", n)
+		}
 	}
 }
