@@ -82,9 +82,15 @@ type Node struct {
 
 	replyLimit int // bytes of results per reply message, below the server's max payload
 	metrics    *metrics.Storage
-	queues     [2]chan *nats.Msg // writes, reads; set by Start, for the queue gauges
+	writes     chan *nats.Msg     // queued write messages; set by Start
+	readSub    *nats.Subscription // its pending messages are the read queue; set by Start
 
 	overloadLog atomic.Int64 // unix nanos of the last "queue full" log
+
+	// readMu is held shared by each read being served and exclusively by
+	// Close, so Pebble is never closed under a read.
+	readMu      sync.RWMutex
+	readsClosed bool
 
 	mu     sync.Mutex
 	subs   []*nats.Subscription
@@ -126,25 +132,31 @@ func (n *Node) Start(nc *nats.Conn) error {
 	n.cancel = cancel
 	n.replyLimit = max(int(nc.MaxPayload())-64<<10, 64<<10)
 
+	// Writes are handed to the write loop, which group-commits whatever
+	// queued up. Reads are served on their subscription's own goroutine:
+	// each read message is one Pebble read pass and one reply, so a
+	// hand-off would only add a goroutine wake-up to every get.
 	writes := make(chan *nats.Msg, n.cfg.QueueLen)
-	reads := make(chan *nats.Msg, n.cfg.QueueLen)
-	n.queues = [2]chan *nats.Msg{writes, reads}
+	n.writes = writes
 	if n.cfg.Metrics != nil && n.metrics == nil {
 		n.metrics = metrics.NewStorage(n.cfg.Metrics, n.pebbleStats, n.queued)
 	}
-	for _, s := range []struct {
-		op string
-		ch chan *nats.Msg
-	}{{subjects.NodeOpWrite, writes}, {subjects.NodeOpRead, reads}} {
-		sub, err := nc.Subscribe(subjects.StorageNode(n.cfg.NodeID, s.op), n.enqueue(s.ch))
-		if err != nil {
-			n.unsubscribeLocked()
-			cancel()
-			return fmt.Errorf("storage: subscribe %s: %w", s.op, err)
-		}
-		_ = sub.SetPendingLimits(-1, -1) // the channel is the bound (see enqueue)
-		n.subs = append(n.subs, sub)
+	wsub, err := nc.Subscribe(subjects.StorageNode(n.cfg.NodeID, subjects.NodeOpWrite), n.enqueue(writes))
+	if err != nil {
+		cancel()
+		return fmt.Errorf("storage: subscribe %s: %w", subjects.NodeOpWrite, err)
 	}
+	_ = wsub.SetPendingLimits(-1, -1) // the channel is the bound (see enqueue)
+	n.subs = append(n.subs, wsub)
+	rsub, err := nc.Subscribe(subjects.StorageNode(n.cfg.NodeID, subjects.NodeOpRead), n.serveRead)
+	if err != nil {
+		n.unsubscribeLocked()
+		cancel()
+		return fmt.Errorf("storage: subscribe %s: %w", subjects.NodeOpRead, err)
+	}
+	_ = rsub.SetPendingLimits(-1, -1) // serveRead sheds past QueueLen
+	n.readSub = rsub
+	n.subs = append(n.subs, rsub)
 	dump, err := nc.Subscribe(subjects.StorageNode(n.cfg.NodeID, subjects.NodeOpDump), n.handleDump)
 	if err != nil {
 		n.unsubscribeLocked()
@@ -158,9 +170,8 @@ func (n *Node) Start(nc *nats.Conn) error {
 		return fmt.Errorf("storage: flush subscriptions: %w", err)
 	}
 
-	n.wg.Add(3)
+	n.wg.Add(2)
 	go func() { defer n.wg.Done(); n.writeLoop(ctx, writes) }()
-	go func() { defer n.wg.Done(); n.readLoop(ctx, reads) }()
 	go func() { defer n.wg.Done(); n.registerLoop(ctx, nc) }()
 	n.log.Info("storage node serving", "data", n.cfg.DataDir, "epoch", n.eng.epoch, "fsync", n.cfg.Fsync)
 	return nil
@@ -204,8 +215,10 @@ func (n *Node) unsubscribeLocked() {
 	n.subs = nil
 }
 
-// Close stops taking messages, finishes the ones already queued (their
-// writes are committed and answered), then closes Pebble. Safe to call more
+// Close stops taking messages, finishes the writes already queued (they
+// are committed and answered) and the read in progress, then closes
+// Pebble; reads still queued are dropped (their coordinators count this
+// node as not answering). Safe to call more
 // than once.
 func (n *Node) Close() error {
 	n.mu.Lock()
@@ -219,6 +232,9 @@ func (n *Node) Close() error {
 		n.cancel()
 	}
 	n.mu.Unlock()
+	n.readMu.Lock()
+	n.readsClosed = true
+	n.readMu.Unlock()
 	n.metrics.Unregister()
 	n.wg.Wait()
 	if err := n.eng.close(); err != nil {
@@ -279,9 +295,13 @@ func (n *Node) queued(op string) int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if op == subjects.NodeOpRead {
-		return len(n.queues[1])
+		if n.readSub == nil {
+			return 0
+		}
+		msgs, _, _ := n.readSub.Pending() // includes the one being served
+		return max(msgs, 0)
 	}
-	return len(n.queues[0])
+	return len(n.writes)
 }
 
 func (n *Node) applyWriteMsgs(msgs []*nats.Msg) {
@@ -320,22 +340,24 @@ func (n *Node) applyWriteMsgs(msgs []*nats.Msg) {
 	}
 }
 
-func (n *Node) readLoop(ctx context.Context, ch chan *nats.Msg) {
-	for {
-		select {
-		case m := <-ch:
-			n.handleRead(m)
-		case <-ctx.Done():
-			for {
-				select {
-				case m := <-ch:
-					n.handleRead(m)
-				default:
-					return
-				}
-			}
+// serveRead answers a read message on the read subscription's goroutine.
+// When more than QueueLen read messages wait behind it, it is answered 429
+// overloaded instead: shedding the oldest keeps the queue short, and its
+// coordinator has likely given up on it anyway.
+func (n *Node) serveRead(m *nats.Msg) {
+	n.readMu.RLock()
+	defer n.readMu.RUnlock()
+	if n.readsClosed {
+		return // unsubscribed: the coordinator counts the node as not answering
+	}
+	if n.cfg.QueueLen > 0 && m.Sub != nil {
+		// Pending counts the message being delivered too, until the next.
+		if pending, _, err := m.Sub.Pending(); err == nil && pending-1 > n.cfg.QueueLen {
+			n.respondOverloaded(m, pending-1)
+			return
 		}
 	}
+	n.handleRead(m)
 }
 
 func (n *Node) handleRead(m *nats.Msg) {

@@ -131,3 +131,86 @@ func TestBurstIsAnsweredNotDropped(t *testing.T) {
 	}
 	t.Logf("%d batches written, %d answered overloaded", written, overloaded)
 }
+
+// TestReadBacklogIsShed: reads are served on their subscription's
+// goroutine; while more than QueueLen read messages wait, the ones served
+// are answered 429 at once, and once the backlog is gone reads succeed
+// again. Every message gets an answer.
+func TestReadBacklogIsShed(t *testing.T) {
+	s := natstest.RunServer(t)
+	n, err := Open(Config{NodeID: "node-1", DataDir: filepath.Join(t.TempDir(), "n"), QueueLen: 2, Heartbeat: time.Hour, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	if err := n.Start(natstest.Connect(t, s)); err != nil {
+		t.Fatal(err)
+	}
+	nc := natstest.Connect(t, s)
+	replies := make(chan *nats.Msg, 64)
+	inbox := nc.NewInbox()
+	sub, err := nc.ChanSubscribe(inbox+".*", replies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	read, err := msgpack.Marshal(&subjects.NodeReadBatch{Proto: subjects.NodeProtocolVersion, Items: []subjects.NodeRead{{ID: 1, Tenant: "t", Key: "k"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(name string) {
+		t.Helper()
+		if err := nc.PublishRequest(subjects.StorageNode("node-1", subjects.NodeOpRead), inbox+"."+name, read); err != nil {
+			t.Fatal(err)
+		}
+	}
+	answer := func() (*nats.Msg, *subjects.Error) {
+		t.Helper()
+		select {
+		case m := <-replies:
+			return m, subjects.ErrorFromHeaders(m.Header.Get)
+		case <-time.After(10 * time.Second):
+			t.Fatal("a read was not answered")
+			return nil, nil
+		}
+	}
+
+	// Stall the read goroutine, queue a backlog of 6 behind it, release.
+	n.readMu.Lock()
+	const burst = 6
+	for i := range burst {
+		send(strconv.Itoa(i))
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for n.queued(subjects.NodeOpRead) < burst-1 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if q := n.queued(subjects.NodeOpRead); q < burst-1 {
+		n.readMu.Unlock()
+		t.Fatalf("%d reads queued, want %d", q, burst-1)
+	}
+	n.readMu.Unlock()
+	shed, served := 0, 0
+	for range burst {
+		_, e := answer()
+		switch {
+		case e == nil:
+			served++
+		case e.Code == subjects.CodeOverloaded:
+			shed++
+		default:
+			t.Fatalf("got %+v, want a result or 429", e)
+		}
+	}
+	// The first burst-QueueLen-1 served see more than QueueLen behind them.
+	if shed != burst-2-1 || served != 3 {
+		t.Fatalf("%d shed and %d served, want 3 and 3", shed, served)
+	}
+	send("after")
+	if _, e := answer(); e != nil {
+		t.Fatalf("a read after the backlog: %+v", e)
+	}
+}
