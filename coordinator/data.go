@@ -39,12 +39,14 @@ type dataRequest struct {
 func (c *Coordinator) dataHandler(op string) func(micro.Request, func()) {
 	return func(req micro.Request, release func()) {
 		start := time.Now()
-		level, outcome := "", "ok"
-		defer func() { c.metrics.Request(op, level, outcome, time.Since(start)) }()
+		level := ""
+		// The request's latency ends with its answer; the tail (repair,
+		// hints) is not part of it.
+		record := func(outcome string) { c.metrics.Request(op, level, outcome, time.Since(start)) }
 		fail := func(err error) {
-			outcome = errorKind(err)
 			release()
 			c.respondError(req, err)
+			record(errorKind(err))
 		}
 		timeout := c.cfg.Timeout
 		r, err := decodeDataRequest(req, op)
@@ -69,11 +71,13 @@ func (c *Coordinator) dataHandler(op string) func(micro.Request, func()) {
 				fail(err)
 				return
 			}
-			if !reply.Found {
-				outcome = "not_found"
-			}
 			release()
 			c.respond(req, reply)
+			if reply.Found {
+				record("ok")
+			} else {
+				record("not_found")
+			}
 			r.runAfter()
 		default:
 			reply, err := c.writeOnce(ctx, r, op == subjects.OpDelete)
@@ -83,6 +87,7 @@ func (c *Coordinator) dataHandler(op string) func(micro.Request, func()) {
 			}
 			release()
 			c.respond(req, reply)
+			record("ok")
 			r.runAfter()
 		}
 	}

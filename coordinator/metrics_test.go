@@ -2,12 +2,17 @@ package coordinator_test
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/quorumkv/quorumkv/client"
+	"github.com/quorumkv/quorumkv/coordinator"
 	"github.com/quorumkv/quorumkv/internal/devcluster"
 	"github.com/quorumkv/quorumkv/metrics"
 	"github.com/quorumkv/quorumkv/subjects"
@@ -54,4 +59,53 @@ func TestCoordinatorMetrics(t *testing.T) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
+}
+
+// TestRequestDurationEndsWithTheAnswer: a write's latency is recorded when
+// its answer goes out, not after the tail that waits for the last replica
+// (here a node that never answers, with a 3s hint window).
+func TestRequestDurationEndsWithTheAnswer(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := startClusterWith(t, devcluster.Config{Metrics: reg, Coordinator: coordinator.Config{HintWindow: 3 * time.Second}})
+	ctx := ctxT(t)
+	if err := c.StopNode("node-1"); err != nil {
+		t.Fatal(err)
+	}
+	// A black hole in node-1's place: subscribed, never answering.
+	hole := connect(t, c)
+	if _, err := hole.Subscribe(subjects.StorageNode("node-1", ">"), func(*nats.Msg) {}); err != nil {
+		t.Fatal(err)
+	}
+	if err := hole.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	kv := kvClient(t, c, "default")
+	// RF 3 on three nodes: node-1 holds every key.
+	if _, err := kv.Put(ctx, "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	count := `quorumkv_coordinator_request_duration_seconds_count{coordinator="0",level="quorum",op="put"} 1`
+	var text string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if text = scrape(t, reg); strings.Contains(text, count) {
+			break
+		}
+	}
+	if !strings.Contains(text, count) {
+		t.Fatalf("no put duration recorded:\n%s", text)
+	}
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, `quorumkv_coordinator_request_duration_seconds_sum{coordinator="0",level="quorum",op="put"}`) {
+			f := strings.Fields(line)
+			sum, err := strconv.ParseFloat(f[len(f)-1], 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sum >= 2 {
+				t.Fatalf("put recorded %.3fs: the 3s tail was counted", sum)
+			}
+			return
+		}
+	}
+	t.Fatalf("no duration sum:\n%s", text)
 }
