@@ -62,6 +62,16 @@ type Config struct {
 	Repair     RepairPublisher
 	HintWindow time.Duration
 
+	// A one or quorum read asks only as many primaries as its level needs,
+	// healthy ones first, and asks the others when one of those fails or
+	// has not answered after SpeculativeRetry (0: adaptive, four times the
+	// recent mean replica round trip, within 2ms..200ms).
+	// ReadRepairChance is the fraction of those reads that ask every
+	// primary anyway, so read repair also reaches the replicas reads skip
+	// (0.1; 1 asks every primary always; negative: never).
+	SpeculativeRetry time.Duration
+	ReadRepairChance float64
+
 	// Metrics receives the coordinator's Prometheus metrics; nil records
 	// none.
 	Metrics prometheus.Registerer
@@ -100,6 +110,12 @@ func (c *Config) validate() error {
 	def(&c.IdempotencyTTL, idempotency.DefaultTTL)
 	def(&c.PendingTTL, idempotency.DefaultPendingTTL)
 	def(&c.HintWindow, 500*time.Millisecond)
+	if c.ReadRepairChance == 0 {
+		c.ReadRepairChance = 0.1
+	}
+	if c.ReadRepairChance > 1 || c.SpeculativeRetry < 0 {
+		return fmt.Errorf("coordinator: read repair chance %g (use 0..1, negative for never) or speculative retry %s out of range", c.ReadRepairChance, c.SpeculativeRetry)
+	}
 	defInt(&c.MaxInflight, 4096)
 	defInt(&c.NodeInflight, 2)
 	defInt(&c.MaxBatch, 512)

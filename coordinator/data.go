@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"strings"
 	"time"
 
@@ -284,7 +285,7 @@ func (c *Coordinator) write(ctx context.Context, r *dataRequest, del bool) (*sub
 	}
 	t := tally{required: need, total: len(pref)}
 	var acked []string
-	err = c.await(ctx, cl, &t, r.level, func(o outcome) {
+	err = c.await(ctx, cl, &t, r.level, nil, func(o outcome) {
 		if o.write != nil && o.write.LWW != nil {
 			c.hlc.Observe(o.write.LWW.Dot.Counter)
 		}
@@ -308,8 +309,10 @@ func (c *Coordinator) write(ctx context.Context, r *dataRequest, del bool) (*sub
 	}, nil
 }
 
-// read asks every primary and answers with the merge of the first replies
-// that meet the level.
+// read asks the primaries the level needs (every one at level all, or
+// by ReadRepairChance) and answers with the merge of the first replies
+// that meet the level; the others are asked when one of those fails or is
+// slow (see readTargets).
 func (c *Coordinator) read(ctx context.Context, r *dataRequest) (*subjects.GetReply, error) {
 	pref, need, err := c.replicas(r)
 	if err != nil {
@@ -317,16 +320,27 @@ func (c *Coordinator) read(ctx context.Context, r *dataRequest) (*subjects.GetRe
 	}
 	deadline, _ := ctx.Deadline()
 	cl := newCall(len(pref))
-	for _, node := range pref {
+	send := func(node string) {
 		id := c.fan.newID()
 		c.fan.send(cl, node, subjects.NodeOpRead, item{id: id, deadline: deadline,
 			read: subjects.NodeRead{ID: id, Tenant: r.tenant.ID, Key: r.Key}})
 	}
+	ask, rest := c.readTargets(pref, need)
+	for _, node := range ask {
+		send(node)
+	}
+	var sp *spares
+	if len(rest) > 0 {
+		sp = &spares{asked: ask, rest: rest, send: send, delay: c.cfg.SpeculativeRetry}
+		if sp.delay == 0 {
+			sp.delay = c.fan.speculativeDelay()
+		}
+	}
 	var versions [7]vclock.Version
 	got := versions[:0]
 	var replies []ReplicaVersion
-	t := tally{required: need, total: len(pref)}
-	err = c.await(ctx, cl, &t, r.level, func(o outcome) {
+	t := tally{required: need, total: len(ask)}
+	err = c.await(ctx, cl, &t, r.level, sp, func(o outcome) {
 		if o.err == nil && o.read != nil && o.read.LWW != nil {
 			got = append(got, *o.read.LWW)
 		}
@@ -356,23 +370,101 @@ func (c *Coordinator) read(ctx context.Context, r *dataRequest) (*subjects.GetRe
 	return reply, nil
 }
 
+// readTargets splits pref into the primaries a read asks at once and the
+// ones it keeps in reserve. Every primary is asked when the level needs
+// them all and for a ReadRepairChance share of reads; otherwise the first
+// need primaries of pref are, those not suspected of failing or being
+// slow first. Each node comes first in 1/rf of the preference lists, so
+// reads stay spread evenly.
+func (c *Coordinator) readTargets(pref []string, need int) (ask, rest []string) {
+	chance := c.cfg.ReadRepairChance
+	if need >= len(pref) || chance >= 1 || (chance > 0 && mrand.Float64() < chance) {
+		return pref, nil
+	}
+	now := time.Now()
+	ordered := make([]string, 0, len(pref))
+	for _, node := range pref {
+		if !c.fan.suspected(node, now) {
+			ordered = append(ordered, node)
+		}
+	}
+	for _, node := range pref {
+		if c.fan.suspected(node, now) {
+			ordered = append(ordered, node)
+		}
+	}
+	return ordered[:need], ordered[need:]
+}
+
+// spares are the primaries a read has not asked yet.
+type spares struct {
+	asked []string          // the primaries asked so far
+	rest  []string          // not asked yet
+	send  func(node string) // asks one
+	delay time.Duration     // after which the rest are asked
+	heard map[string]bool   // asked primaries that answered
+}
+
+// askNext asks the next spare and reports whether there was one.
+func (sp *spares) askNext() bool {
+	if sp == nil || len(sp.rest) == 0 {
+		return false
+	}
+	node := sp.rest[0]
+	sp.rest = sp.rest[1:]
+	sp.asked = append(sp.asked, node)
+	sp.send(node)
+	return true
+}
+
 // await feeds the call's outcomes to t until the level is met (nil) or can
-// no longer be met, or ctx ends (unavailable, naming what failed).
-func (c *Coordinator) await(ctx context.Context, cl *call, t *tally, level string, each func(outcome)) error {
+// no longer be met, or ctx ends (unavailable, naming what failed). With
+// spares, a failure asks the next spare, and the level not being met after
+// the spares' delay asks all of them (speculative retry); the primaries
+// that failed or had not answered by then are suspected for a while.
+func (c *Coordinator) await(ctx context.Context, cl *call, t *tally, level string, sp *spares, each func(outcome)) error {
 	var failures []string
+	var speculate <-chan time.Time
+	if sp != nil && len(sp.rest) > 0 {
+		timer := time.NewTimer(sp.delay)
+		defer timer.Stop()
+		speculate = timer.C
+	}
 	for !t.met() {
 		select {
 		case o := <-cl.ch:
 			each(o)
+			if sp != nil {
+				if sp.heard == nil {
+					sp.heard = make(map[string]bool, len(sp.asked))
+				}
+				sp.heard[o.node] = true
+			}
 			if o.err == nil {
 				t.ack()
 				continue
 			}
 			failures = append(failures, o.node+": "+o.err.Error())
 			c.metrics.ReplicaFailure(failureReason(o.err))
+			c.fan.suspect(o.node)
+			if sp.askNext() {
+				c.metrics.SpareRead("failed")
+				t.total++
+			}
 			if t.fail() {
 				return subjects.Errorf(subjects.KindUnavailable, "%s needs %d of %d replicas; %d acknowledged, %d failed (%s)",
 					level, t.required, t.total, t.acks, t.fails, strings.Join(failures, "; "))
+			}
+		case <-speculate:
+			speculate = nil
+			for _, node := range sp.asked {
+				if !sp.heard[node] {
+					c.fan.suspect(node)
+				}
+			}
+			for sp.askNext() {
+				c.metrics.SpareRead("slow")
+				t.total++
 			}
 		case <-ctx.Done():
 			pendingN := t.total - t.answered()

@@ -62,6 +62,7 @@ type batch struct {
 	items    []sentItem
 	next     int // the item the next result should be; used by onReply only
 	deadline time.Time
+	sent     time.Time
 }
 
 // deliver hands o to item k's call unless it has had its outcome.
@@ -112,6 +113,10 @@ type fanout struct {
 
 	nextID atomic.Uint64
 
+	// readRTT is a moving average of read batches' round trips, in
+	// nanoseconds: the base of the adaptive speculative retry delay.
+	readRTT atomic.Int64
+
 	qmu    sync.RWMutex
 	queues map[string]*nodeQueues // by node id
 
@@ -137,6 +142,35 @@ type nodeQueue struct {
 	queued   []item // waiting for a slot, oldest first
 	spare    []item // the previous queued array, reused
 	inflight int
+
+	suspectUntil *atomic.Int64 // shared by the node's queues; unix nanos
+}
+
+// suspectFor is how long a node that failed or was slow is asked last.
+const suspectFor = time.Second
+
+// suspect marks node as failing or slow: reads ask it last for a while.
+func (f *fanout) suspect(node string) {
+	f.queue(node, subjects.NodeOpRead).suspectUntil.Store(time.Now().Add(suspectFor).UnixNano())
+}
+
+// suspected reports whether node failed or was slow recently.
+func (f *fanout) suspected(node string, now time.Time) bool {
+	return now.UnixNano() < f.queue(node, subjects.NodeOpRead).suspectUntil.Load()
+}
+
+// speculativeDelay is how long a read waits for the primaries it asked
+// before it asks the others: four times the recent mean read round trip,
+// within 2ms..200ms.
+func (f *fanout) speculativeDelay() time.Duration {
+	return min(max(4*time.Duration(f.readRTT.Load()), 2*time.Millisecond), 200*time.Millisecond)
+}
+
+// observeRead folds a read batch's round trip into readRTT (weight 1/16;
+// a lost update under contention only drops one sample).
+func (f *fanout) observeRead(rtt time.Duration) {
+	old := f.readRTT.Load()
+	f.readRTT.Store(old + (int64(rtt)-old)/16)
 }
 
 func newFanout(nc *nats.Conn, log *slog.Logger, maxInflight, maxBatch, queueLen int) (*fanout, error) {
@@ -230,9 +264,10 @@ func (f *fanout) queue(node, op string) *nodeQueue {
 	if qs == nil {
 		f.qmu.Lock()
 		if qs = f.queues[node]; qs == nil {
+			suspect := new(atomic.Int64)
 			qs = &nodeQueues{
-				write: &nodeQueue{node: node, op: subjects.NodeOpWrite, subject: subjects.StorageNode(node, subjects.NodeOpWrite)},
-				read:  &nodeQueue{node: node, op: subjects.NodeOpRead, subject: subjects.StorageNode(node, subjects.NodeOpRead)},
+				write: &nodeQueue{node: node, op: subjects.NodeOpWrite, subject: subjects.StorageNode(node, subjects.NodeOpWrite), suspectUntil: suspect},
+				read:  &nodeQueue{node: node, op: subjects.NodeOpRead, subject: subjects.StorageNode(node, subjects.NodeOpRead), suspectUntil: suspect},
 			}
 			f.queues[node] = qs
 		}
@@ -304,7 +339,7 @@ func (f *fanout) release(q *nodeQueue) {
 
 // publish sends items as one batch on a slot of q the caller took.
 func (f *fanout) publish(q *nodeQueue, items []item) {
-	b := &batch{q: q, items: make([]sentItem, len(items))}
+	b := &batch{q: q, items: make([]sentItem, len(items)), sent: time.Now()}
 	for i := range items {
 		b.items[i] = sentItem{id: items[i].id, call: items[i].call}
 		if items[i].deadline.After(b.deadline) {
@@ -438,6 +473,9 @@ func (f *fanout) onReply(m *nats.Msg) {
 		}
 		more = r.More
 	default:
+		if b.next == 0 {
+			f.observeRead(time.Since(b.sent))
+		}
 		var r subjects.NodeReadReply
 		if err := subjects.UnmarshalNodeReadReply(m.Data, &r); err != nil {
 			f.finish(bid, fmt.Errorf("bad reply from %s: %w", b.q.node, err))

@@ -98,7 +98,7 @@ func (c *Coordinator) writeSiblings(ctx context.Context, r *dataRequest, pref []
 	}
 	acked := []string{pref[coordIdx]}
 	if !t.met() {
-		err := c.await(ctx, cl, &t, r.level, func(o outcome) {
+		err := c.await(ctx, cl, &t, r.level, nil, func(o outcome) {
 			if o.err == nil {
 				acked = append(acked, o.node)
 			}

@@ -42,6 +42,7 @@ type Coordinator struct {
 	replicaFailures *prometheus.CounterVec
 	batchItems      *prometheus.HistogramVec
 	siblings        prometheus.Histogram
+	spareReads      *prometheus.CounterVec
 }
 
 // NewCoordinator registers a coordinator's metrics with reg. inflight
@@ -72,7 +73,11 @@ func NewCoordinator(reg prometheus.Registerer, inflight func() float64) *Coordin
 		Help:    "Live values a read of a siblings tenant returned (1 = no conflict). Client writes are refused past 100.",
 		Buckets: []float64{1, 2, 3, 5, 10, 25, 50, 100},
 	})
-	reg.MustRegister(c.requests, c.latency, c.replicaFailures, c.batchItems, c.siblings,
+	c.spareReads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Subsystem: "coordinator", Name: "spare_reads_total",
+		Help: "Primaries a read asked beyond the ones its level needs, by why: failed (one it asked failed) or slow (one it asked had not answered within the speculative retry delay).",
+	}, []string{"reason"})
+	reg.MustRegister(c.requests, c.latency, c.replicaFailures, c.batchItems, c.siblings, c.spareReads,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: Namespace, Subsystem: "coordinator", Name: "inflight_requests",
 			Help: "Client requests in progress (bounded by --max-inflight; past it requests get 429).",
@@ -95,6 +100,14 @@ func (c *Coordinator) ReplicaFailure(reason string) {
 		return
 	}
 	c.replicaFailures.WithLabelValues(reason).Inc()
+}
+
+// SpareRead records a read asking a primary it had kept in reserve.
+func (c *Coordinator) SpareRead(reason string) {
+	if c == nil {
+		return
+	}
+	c.spareReads.WithLabelValues(reason).Inc()
 }
 
 // Siblings records how many live values a siblings read returned.

@@ -18,6 +18,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/quorumkv/quorumkv/client"
+	"github.com/quorumkv/quorumkv/coordinator"
 	"github.com/quorumkv/quorumkv/internal/devcluster"
 	"github.com/quorumkv/quorumkv/repair"
 	"github.com/quorumkv/quorumkv/subjects"
@@ -37,8 +38,14 @@ func testConfig() repair.Config {
 	}
 }
 
-func startCluster(tb testing.TB, cfg repair.Config) *devcluster.Cluster {
+// startCluster boots a 3-node dev cluster with cfg for its repair
+// workers and, if given, coord for its coordinator.
+func startCluster(tb testing.TB, cfg repair.Config, coord ...coordinator.Config) *devcluster.Cluster {
 	tb.Helper()
+	var cc coordinator.Config
+	if len(coord) > 0 {
+		cc = coord[0]
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	level := slog.LevelError
@@ -46,11 +53,12 @@ func startCluster(tb testing.TB, cfg repair.Config) *devcluster.Cluster {
 		level = slog.LevelDebug
 	}
 	c, err := devcluster.Start(ctx, devcluster.Config{
-		Listen:  "127.0.0.1:0",
-		DataDir: tb.TempDir(),
-		Nodes:   3,
-		Repair:  cfg,
-		Logger:  slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+		Listen:      "127.0.0.1:0",
+		DataDir:     tb.TempDir(),
+		Nodes:       3,
+		Repair:      cfg,
+		Coordinator: cc,
+		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 	})
 	if err != nil {
 		tb.Fatalf("start cluster: %v", err)
@@ -257,7 +265,8 @@ func TestHintedHandoffRepairsRestartedNode(t *testing.T) {
 // A read that sees replicas disagree has the stale ones repaired: one that
 // holds an older version and ones that hold nothing.
 func TestReadRepairFixesStaleReplicas(t *testing.T) {
-	c := startCluster(t, testConfig())
+	// Quorum reads ask every primary here, as ReadRepairChance's share do.
+	c := startCluster(t, testConfig(), coordinator.Config{ReadRepairChance: 1})
 	nc := connect(t, c)
 	admin := client.NewAdmin(nc)
 	kv, err := client.New(nc, "default")
