@@ -91,6 +91,8 @@ func runCoordinator(args []string) error {
 	repairOn := fs.Bool("repair", true, "publish read repairs and hinted handoffs to the JetStream stream KV_REPAIR (run `quorumkv repair` workers to apply them)")
 	repairReplicas := fs.Int("repair-replicas", 0, "replicas of KV_REPAIR if this coordinator creates it (0 = 1 outside a cluster, else up to 3)")
 	hintWindow := fs.Duration("hint-window", 500*time.Millisecond, "after answering, how long to wait for the slower primaries before hinting them")
+	readRepairChance := fs.Float64("read-repair-chance", 0.1, "share of one/quorum reads that ask every primary, not only as many as the level needs, so read repair reaches them all (0..1)")
+	speculativeRetry := fs.Duration("speculative-retry", 0, "how long a read waits for the primaries it asked before asking the others (0: adaptive, 4x the mean replica round trip, 2ms..200ms)")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics (empty: off)")
 	var lf logFlags
 	lf.register(fs)
@@ -102,6 +104,16 @@ func runCoordinator(args []string) error {
 	}
 	if *timeout <= 0 || *timeout > 60*time.Second {
 		return usagef("--timeout %s: use 1ms..60s", *timeout)
+	}
+	if *readRepairChance < 0 || *readRepairChance > 1 {
+		return usagef("--read-repair-chance %g: use 0..1", *readRepairChance)
+	}
+	if *speculativeRetry < 0 {
+		return usagef("--speculative-retry %s: use 0 (adaptive) or a positive duration", *speculativeRetry)
+	}
+	chance := *readRepairChance
+	if chance == 0 {
+		chance = -1 // the Config's "never"
 	}
 	log, err := lf.logger(os.Stderr)
 	if err != nil {
@@ -128,7 +140,7 @@ func runCoordinator(args []string) error {
 	cfg := coordinator.Config{
 		Metadata: ms, Idempotency: is, Actor: *actor, Timeout: *timeout,
 		MaxInflight: *maxInflight, NodeInflight: *nodeInflight, MaxBatch: *maxBatch, TenantTTL: *tenantTTL,
-		HintWindow: *hintWindow, Logger: log,
+		HintWindow: *hintWindow, ReadRepairChance: chance, SpeculativeRetry: *speculativeRetry, Logger: log,
 	}
 	var pub *repair.Publisher
 	if *repairOn {
