@@ -62,10 +62,10 @@ type Config struct {
 	Repair     RepairPublisher
 	HintWindow time.Duration
 
-	// A one or quorum read asks only as many primaries as its level needs,
+	// A quorum read asks only as many primaries as it needs,
 	// healthy ones first, and asks the others when one of those fails or
 	// has not answered after SpeculativeRetry (0: adaptive, four times the
-	// recent mean replica round trip, within 2ms..200ms).
+	// recent mean replica round trip, within 5ms..200ms).
 	// ReadRepairChance is the fraction of those reads that ask every
 	// primary anyway, so read repair also reaches the replicas reads skip
 	// (0.1; 1 asks every primary always; negative: never).

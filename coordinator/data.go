@@ -41,13 +41,14 @@ func (c *Coordinator) dataHandler(op string) func(micro.Request, func()) {
 	return func(req micro.Request, release func()) {
 		start := time.Now()
 		level := ""
-		// The request's latency ends with its answer; the tail (repair,
-		// hints) is not part of it.
+		// Recorded just before the answer goes out, so a client that has
+		// its answer sees it counted; the tail (repair, hints) is not part
+		// of a request's latency.
 		record := func(outcome string) { c.metrics.Request(op, level, outcome, time.Since(start)) }
 		fail := func(err error) {
 			release()
-			c.respondError(req, err)
 			record(errorKind(err))
+			c.respondError(req, err)
 		}
 		timeout := c.cfg.Timeout
 		r, err := decodeDataRequest(req, op)
@@ -73,12 +74,12 @@ func (c *Coordinator) dataHandler(op string) func(micro.Request, func()) {
 				return
 			}
 			release()
-			c.respond(req, reply)
 			if reply.Found {
 				record("ok")
 			} else {
 				record("not_found")
 			}
+			c.respond(req, reply)
 			r.runAfter()
 		default:
 			reply, err := c.writeOnce(ctx, r, op == subjects.OpDelete)
@@ -87,8 +88,8 @@ func (c *Coordinator) dataHandler(op string) func(micro.Request, func()) {
 				return
 			}
 			release()
-			c.respond(req, reply)
 			record("ok")
+			c.respond(req, reply)
 			r.runAfter()
 		}
 	}
@@ -309,8 +310,7 @@ func (c *Coordinator) write(ctx context.Context, r *dataRequest, del bool) (*sub
 	}, nil
 }
 
-// read asks the primaries the level needs (every one at level all, or
-// by ReadRepairChance) and answers with the merge of the first replies
+// read asks the primaries readTargets picks and answers with the merge of the first replies
 // that meet the level; the others are asked when one of those fails or is
 // slow (see readTargets).
 func (c *Coordinator) read(ctx context.Context, r *dataRequest) (*subjects.GetReply, error) {
@@ -325,7 +325,7 @@ func (c *Coordinator) read(ctx context.Context, r *dataRequest) (*subjects.GetRe
 		c.fan.send(cl, node, subjects.NodeOpRead, item{id: id, deadline: deadline,
 			read: subjects.NodeRead{ID: id, Tenant: r.tenant.ID, Key: r.Key}})
 	}
-	ask, rest := c.readTargets(pref, need)
+	ask, rest := c.readTargets(pref, need, r.level)
 	for _, node := range ask {
 		send(node)
 	}
@@ -371,14 +371,17 @@ func (c *Coordinator) read(ctx context.Context, r *dataRequest) (*subjects.GetRe
 }
 
 // readTargets splits pref into the primaries a read asks at once and the
-// ones it keeps in reserve. Every primary is asked when the level needs
-// them all and for a ReadRepairChance share of reads; otherwise the first
-// need primaries of pref are, those not suspected of failing or being
-// slow first. Each node comes first in 1/rf of the preference lists, so
+// ones it keeps in reserve. A quorum read asks the first need primaries of
+// pref, those not suspected of failing or being slow first, except for a
+// ReadRepairChance share of reads, which ask every primary. Reads at one
+// and all ask every primary: all needs them, and one wants the fastest
+// answer (and the freshest: a put at one is acknowledged by one replica,
+// and a get at one that asked a single other replica would miss it far
+// more often). Each node comes first in 1/rf of the preference lists, so
 // reads stay spread evenly.
-func (c *Coordinator) readTargets(pref []string, need int) (ask, rest []string) {
+func (c *Coordinator) readTargets(pref []string, need int, level string) (ask, rest []string) {
 	chance := c.cfg.ReadRepairChance
-	if need >= len(pref) || chance >= 1 || (chance > 0 && mrand.Float64() < chance) {
+	if level != subjects.Quorum || need >= len(pref) || chance >= 1 || (chance > 0 && mrand.Float64() < chance) {
 		return pref, nil
 	}
 	now := time.Now()

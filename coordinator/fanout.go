@@ -160,10 +160,11 @@ func (f *fanout) suspected(node string, now time.Time) bool {
 }
 
 // speculativeDelay is how long a read waits for the primaries it asked
-// before it asks the others: four times the recent mean read round trip,
-// within 2ms..200ms.
+// before it asks the others: four times the recent mean read round trip
+// (about its 99th percentile), within 5ms..200ms. The floor keeps a busy
+// machine's scheduling hiccups from triggering spare reads.
 func (f *fanout) speculativeDelay() time.Duration {
-	return min(max(4*time.Duration(f.readRTT.Load()), 2*time.Millisecond), 200*time.Millisecond)
+	return min(max(4*time.Duration(f.readRTT.Load()), 5*time.Millisecond), 200*time.Millisecond)
 }
 
 // observeRead folds a read batch's round trip into readRTT (weight 1/16;

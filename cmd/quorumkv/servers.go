@@ -91,8 +91,8 @@ func runCoordinator(args []string) error {
 	repairOn := fs.Bool("repair", true, "publish read repairs and hinted handoffs to the JetStream stream KV_REPAIR (run `quorumkv repair` workers to apply them)")
 	repairReplicas := fs.Int("repair-replicas", 0, "replicas of KV_REPAIR if this coordinator creates it (0 = 1 outside a cluster, else up to 3)")
 	hintWindow := fs.Duration("hint-window", 500*time.Millisecond, "after answering, how long to wait for the slower primaries before hinting them")
-	readRepairChance := fs.Float64("read-repair-chance", 0.1, "share of one/quorum reads that ask every primary, not only as many as the level needs, so read repair reaches them all (0..1)")
-	speculativeRetry := fs.Duration("speculative-retry", 0, "how long a read waits for the primaries it asked before asking the others (0: adaptive, 4x the mean replica round trip, 2ms..200ms)")
+	readRepairChance := fs.Float64("read-repair-chance", 0.1, "share of quorum reads that ask every primary, not only as many as the level needs, so read repair reaches them all (0..1)")
+	speculativeRetry := fs.Duration("speculative-retry", 0, "how long a read waits for the primaries it asked before asking the others (0: adaptive, 4x the mean replica round trip, 5ms..200ms)")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics (empty: off)")
 	var lf logFlags
 	lf.register(fs)
