@@ -44,6 +44,9 @@ type Row struct {
 	// Repairs is how many read repairs and hints quorumkv's coordinators
 	// asked for during the measured window (replicas that lagged).
 	Repairs uint64 `json:"repairs,omitempty"`
+	// SettleSeconds is how long the process took to go idle after the
+	// cell; the CPU it used meanwhile is in CPUSecPer1kOps.
+	SettleSeconds float64 `json:"settle_seconds"`
 }
 
 // Preload is how long loading the records took.

@@ -325,6 +325,7 @@ func runDurability(ctx context.Context, cfg *Config, rep *Report, p *progress, h
 						return err
 					}
 					row.System, row.Workload, row.Distribution, row.Durability, row.Records = s, wl.Name, dist, durName, cfg.Records
+					settleCell(ctx, &row)
 					rep.Rows = append(rep.Rows, row)
 					p.cellDone()
 				}
@@ -360,6 +361,7 @@ func runScale(ctx context.Context, cfg *Config, rep *Report, p *progress, hists 
 			return err
 		}
 		row.System, row.Workload, row.Distribution, row.Durability, row.Records = SysQuorumKV, wl.Name, DistUniform, dur.Name, cfg.ScaleRecords
+		settleCell(ctx, &row)
 		sc.Rows = append(sc.Rows, row)
 		p.cellDone()
 	}
@@ -388,8 +390,16 @@ const (
 
 // settle waits for the process to go idle and returns how long it waited.
 func settle(ctx context.Context, idle float64, limit time.Duration) time.Duration {
+	waited, _ := settleCPU(ctx, idle, 500*time.Millisecond, limit)
+	return waited
+}
+
+// settleCPU waits, window by window, until the process used less than
+// idle of a CPU over one, or limit passed. It returns how long it waited
+// and the CPU the process used while not yet idle (every window but the
+// last, idle one).
+func settleCPU(ctx context.Context, idle float64, window, limit time.Duration) (waited, busy time.Duration) {
 	start := time.Now()
-	const window = 500 * time.Millisecond
 	for time.Since(start) < limit && ctx.Err() == nil {
 		cpu0, _ := processUsage()
 		sleep(ctx, window)
@@ -397,8 +407,26 @@ func settle(ctx context.Context, idle float64, limit time.Duration) time.Duratio
 		if float64(cpu1-cpu0)/float64(window) < idle {
 			break
 		}
+		busy += cpu1 - cpu0
 	}
-	return time.Since(start)
+	return time.Since(start), busy
+}
+
+// cellSettleMax bounds the wait after a cell.
+const cellSettleMax = 30 * time.Second
+
+// settleCell waits after a cell until the process is idle again and
+// charges the CPU used meanwhile to row's CPU per operation. Work the
+// cell's operations left behind (memtable flushes and compactions,
+// replication, syncs) is part of their cost, and in this one process it
+// would otherwise slow down whichever cell runs next, often another
+// system's.
+func settleCell(ctx context.Context, row *Row) {
+	waited, busy := settleCPU(ctx, settleIdle, 200*time.Millisecond, cellSettleMax)
+	row.SettleSeconds = waited.Seconds()
+	if row.Ops > 0 {
+		row.CPUSecPer1kOps += busy.Seconds() / float64(row.Ops) * 1000
+	}
 }
 
 // cellSpec is what one cell measures.

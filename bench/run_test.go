@@ -58,3 +58,35 @@ func TestRunSmoke(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestSettleCellChargesLeftoverWork: CPU the process burns after a cell
+// (here a goroutine spinning for 600ms, as a compaction would) is added
+// to the cell's CPU per operation, and the wait ends once it stops.
+func TestSettleCellChargesLeftoverWork(t *testing.T) {
+	if runtime.GOOS != "linux" && runtime.GOOS != "darwin" {
+		t.Skip("process CPU comes from getrusage")
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		x := 0
+		for deadline := time.Now().Add(600 * time.Millisecond); time.Now().Before(deadline); {
+			for i := range 1000 {
+				x += i
+			}
+		}
+		_ = x
+		<-stop
+	}()
+	row := Row{Ops: 1000, CPUSecPer1kOps: 0.5}
+	settleCell(context.Background(), &row)
+	close(stop)
+	<-done
+	if row.CPUSecPer1kOps <= 0.5 {
+		t.Fatalf("CPU per 1k ops %.3f: the spinning work was not charged", row.CPUSecPer1kOps)
+	}
+	if row.SettleSeconds < 0.4 || row.SettleSeconds > cellSettleMax.Seconds() {
+		t.Fatalf("settled after %.2fs; the work ran for 0.6s", row.SettleSeconds)
+	}
+}
