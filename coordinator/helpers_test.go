@@ -12,6 +12,7 @@ import (
 	"github.com/quorumkv/quorumkv/client"
 	"github.com/quorumkv/quorumkv/coordinator"
 	"github.com/quorumkv/quorumkv/internal/devcluster"
+	"github.com/quorumkv/quorumkv/subjects"
 )
 
 // startCluster boots an in-process cluster (embedded nats-server, real
@@ -76,3 +77,20 @@ func coordinatorConfigFastTTL() coordinator.Config {
 func quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 func removeAll(dir string) error { return os.RemoveAll(dir) }
+
+// silence stops storage node id and puts a black hole in its place: a
+// subscriber to its subjects that never answers, as a paused or
+// partitioned node looks to a coordinator.
+func silence(t *testing.T, c *devcluster.Cluster, id string) {
+	t.Helper()
+	if err := c.StopNode(id); err != nil {
+		t.Fatal(err)
+	}
+	hole := connect(t, c)
+	if _, err := hole.Subscribe(subjects.StorageNode(id, ">"), func(*nats.Msg) {}); err != nil {
+		t.Fatal(err)
+	}
+	if err := hole.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}

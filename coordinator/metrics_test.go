@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/quorumkv/quorumkv/client"
@@ -68,17 +66,7 @@ func TestRequestDurationEndsWithTheAnswer(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	c := startClusterWith(t, devcluster.Config{Metrics: reg, Coordinator: coordinator.Config{HintWindow: 3 * time.Second}})
 	ctx := ctxT(t)
-	if err := c.StopNode("node-1"); err != nil {
-		t.Fatal(err)
-	}
-	// A black hole in node-1's place: subscribed, never answering.
-	hole := connect(t, c)
-	if _, err := hole.Subscribe(subjects.StorageNode("node-1", ">"), func(*nats.Msg) {}); err != nil {
-		t.Fatal(err)
-	}
-	if err := hole.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	silence(t, c, "node-1")
 	kv := kvClient(t, c, "default")
 	// RF 3 on three nodes: node-1 holds every key.
 	if _, err := kv.Put(ctx, "k", []byte("v")); err != nil {

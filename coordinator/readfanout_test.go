@@ -42,6 +42,16 @@ func spyReads(t *testing.T, c *devcluster.Cluster, nodes ...string) *readSpy {
 	return s
 }
 
+// putKeys writes "v" to keys k0..k<n-1> on every primary.
+func putKeys(t *testing.T, kv *client.Client, n int) {
+	t.Helper()
+	for i := range n {
+		if _, err := kv.Put(ctxT(t), "k"+strconv.Itoa(i), []byte("v"), client.WithConsistency(subjects.All)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func (s *readSpy) total() int64 {
 	var n int64
 	for _, c := range s.items {
@@ -80,11 +90,7 @@ func TestReadAsksWhatTheLevelNeeds(t *testing.T) {
 			kv := kvClient(t, c, "default")
 			ctx := ctxT(t)
 			const keys = 20
-			for i := range keys {
-				if _, err := kv.Put(ctx, "k"+strconv.Itoa(i), []byte("v"), client.WithConsistency(subjects.All)); err != nil {
-					t.Fatal(err)
-				}
-			}
+			putKeys(t, kv, keys)
 			spy := spyReads(t, c, "node-1", "node-2", "node-3")
 			for i := range keys {
 				got, err := kv.Get(ctx, "k"+strconv.Itoa(i), client.WithConsistency(tc.level))
@@ -115,22 +121,8 @@ func TestReadAsksSpareWhenPrimaryIsSilent(t *testing.T) {
 	kv := kvClient(t, c, "default")
 	ctx := ctxT(t)
 	const keys = 20
-	for i := range keys {
-		if _, err := kv.Put(ctx, "k"+strconv.Itoa(i), []byte("v"), client.WithConsistency(subjects.All)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := c.StopNode("node-1"); err != nil {
-		t.Fatal(err)
-	}
-	// A black hole in node-1's place: subscribed, never answering.
-	hole := connect(t, c)
-	if _, err := hole.Subscribe(subjects.StorageNode("node-1", ">"), func(*nats.Msg) {}); err != nil {
-		t.Fatal(err)
-	}
-	if err := hole.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	putKeys(t, kv, keys)
+	silence(t, c, "node-1")
 	for i := range keys {
 		got, err := kv.Get(ctx, "k"+strconv.Itoa(i), client.WithConsistency(subjects.Quorum), client.WithTimeout(1500*time.Millisecond))
 		if err != nil {

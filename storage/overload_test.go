@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/vmihailenco/msgpack/v5"
 
@@ -58,14 +59,7 @@ func TestFullQueueAnswersOverloaded(t *testing.T) {
 // 429, and none is left to time out.
 func TestBurstIsAnsweredNotDropped(t *testing.T) {
 	s := natstest.RunServer(t)
-	n, err := Open(Config{NodeID: "node-1", DataDir: filepath.Join(t.TempDir(), "n"), Fsync: true, QueueLen: 1, MaxBatch: 1, Heartbeat: time.Hour, Logger: quiet()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = n.Close() })
-	if err := n.Start(natstest.Connect(t, s)); err != nil {
-		t.Fatal(err)
-	}
+	startNode(t, s, Config{Fsync: true, QueueLen: 1, MaxBatch: 1})
 	nc := natstest.Connect(t, s)
 	replies := make(chan *nats.Msg, 1<<16)
 	inbox := nc.NewInbox()
@@ -138,14 +132,7 @@ func TestBurstIsAnsweredNotDropped(t *testing.T) {
 // again. Every message gets an answer.
 func TestReadBacklogIsShed(t *testing.T) {
 	s := natstest.RunServer(t)
-	n, err := Open(Config{NodeID: "node-1", DataDir: filepath.Join(t.TempDir(), "n"), QueueLen: 2, Heartbeat: time.Hour, Logger: quiet()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = n.Close() })
-	if err := n.Start(natstest.Connect(t, s)); err != nil {
-		t.Fatal(err)
-	}
+	n := startNode(t, s, Config{QueueLen: 2})
 	nc := natstest.Connect(t, s)
 	replies := make(chan *nats.Msg, 64)
 	inbox := nc.NewInbox()
@@ -213,4 +200,20 @@ func TestReadBacklogIsShed(t *testing.T) {
 	if _, e := answer(); e != nil {
 		t.Fatalf("a read after the backlog: %+v", e)
 	}
+}
+
+// startNode opens and starts node-1 on s with cfg's queue settings, in the
+// test's temp dir.
+func startNode(t *testing.T, s *server.Server, cfg Config) *Node {
+	t.Helper()
+	cfg.NodeID, cfg.DataDir, cfg.Heartbeat, cfg.Logger = "node-1", filepath.Join(t.TempDir(), "n"), time.Hour, quiet()
+	n, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	if err := n.Start(natstest.Connect(t, s)); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
