@@ -159,7 +159,24 @@ func (c *Coordinator) repairRead(ctx context.Context, cl *call, r *dataRequest, 
 	if !ok || len(stale) == 0 {
 		return
 	}
+	if c.racingWrite(merged.Dot.Counter) {
+		return
+	}
 	c.repair.TriggerRepair(r.tenant.ID, r.Key, merged, stale, subjects.RepairReasonRead)
+}
+
+// racingWrite reports whether a version stamped at counter is younger
+// than HintWindow. Replicas that lack so young a version are most likely
+// still receiving its write, and the coordinator that made it hints every
+// primary that does not acknowledge it within its window; a read repair
+// would race the write (on a hot key, for nearly every read) and each
+// costs a JetStream publish and a node write. A read after the window
+// repairs what is still missing: a write that failed its level, whose
+// coordinator leaves no hints, or one whose coordinator died inside its
+// window. Siblings dots count per actor, not time, so siblings reads
+// always repair.
+func (c *Coordinator) racingWrite(counter uint64) bool {
+	return vclock.Physical(counter).After(c.cfg.Now().Add(-c.cfg.HintWindow))
 }
 
 // hintMissing waits for the primaries that had not acknowledged a write,

@@ -265,8 +265,9 @@ func TestHintedHandoffRepairsRestartedNode(t *testing.T) {
 // A read that sees replicas disagree has the stale ones repaired: one that
 // holds an older version and ones that hold nothing.
 func TestReadRepairFixesStaleReplicas(t *testing.T) {
-	// Quorum reads ask every primary here, as ReadRepairChance's share do.
-	c := startCluster(t, testConfig(), coordinator.Config{ReadRepairChance: 1})
+	// Quorum reads ask every primary here, as ReadRepairChance's share do;
+	// a short hint window makes the versions below old enough to repair.
+	c := startCluster(t, testConfig(), coordinator.Config{ReadRepairChance: 1, HintWindow: 20 * time.Millisecond})
 	nc := connect(t, c)
 	admin := client.NewAdmin(nc)
 	kv, err := client.New(nc, "default")
@@ -287,6 +288,7 @@ func TestReadRepairFixesStaleReplicas(t *testing.T) {
 	nodeWrite(t, nc, "node-1", "older", newer)
 	lonely := vclock.Version{Dot: vclock.Dot{Counter: dot.Counter, Actor: "test"}, Value: []byte("only on node-2")}
 	nodeWrite(t, nc, "node-2", "lonely", lonely)
+	time.Sleep(50 * time.Millisecond) // past the hint window: no write is racing
 
 	for _, key := range []string{"older", "lonely"} {
 		// "lonely" reads as not found when the quorum did not include node-2.
@@ -313,6 +315,43 @@ func TestReadRepairFixesStaleReplicas(t *testing.T) {
 	if after := c.RepairPublisher().Stats().Queued; after != before {
 		t.Fatalf("a read of agreeing replicas queued %d repairs", after-before)
 	}
+}
+
+// A read that finds a version younger than the hint window on one replica
+// only leaves it to the write's hints (a repair would race the write on a
+// hot key); the same divergence read after the window is repaired.
+func TestReadRepairLeavesRacingWritesToHints(t *testing.T) {
+	const window = 2 * time.Second
+	c := startCluster(t, testConfig(), coordinator.Config{ReadRepairChance: 1, HintWindow: window})
+	nc := connect(t, c)
+	kv, err := client.New(nc, "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t, 30*time.Second)
+	stamped := time.Now()
+	fresh := vclock.Version{Dot: vclock.Dot{Counter: vclock.CounterAt(stamped), Actor: "test"}, Value: []byte("in flight")}
+	nodeWrite(t, nc, "node-1", "hot", fresh)
+	queued := func() uint64 { return c.RepairPublisher().Stats().Queued }
+	before := queued()
+	// Found or not, as two of the three primaries answer first.
+	if _, err := kv.Get(ctx, "hot", client.WithConsistency(subjects.Quorum)); err != nil && !errors.Is(err, client.ErrNotFound) {
+		t.Fatalf("get hot: %v", err)
+	}
+	time.Sleep(200 * time.Millisecond) // give a repair the chance to show
+	if time.Since(stamped) < window && queued() != before {
+		t.Fatalf("a read racing a %s-old write queued %d repairs", time.Since(stamped).Round(time.Millisecond), queued()-before)
+	}
+	time.Sleep(time.Until(stamped.Add(window + 100*time.Millisecond)))
+	if _, err := kv.Get(ctx, "hot", client.WithConsistency(subjects.Quorum)); err != nil && !errors.Is(err, client.ErrNotFound) {
+		t.Fatalf("get hot after the window: %v", err)
+	}
+	eventually(t, 10*time.Second, "a repair is queued after the window", func() error {
+		if queued() == before {
+			return errors.New("no repair queued")
+		}
+		return nil
+	})
 }
 
 // Hints carrying an older version race new writes of the same keys: every
