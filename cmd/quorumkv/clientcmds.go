@@ -110,7 +110,7 @@ func runPut(args []string) error {
 	if k.json {
 		return printJSON(res)
 	}
-	fmt.Printf("ok: %d replicas acknowledged (%s)\ncontext: %s\n", res.ReplicaCount, res.Consistency, res.Context)
+	fmt.Printf("ok: %s acknowledged (%s)\ncontext: %s\n", replicas(res.ReplicaCount), res.Consistency, res.Context)
 	return nil
 }
 
@@ -137,7 +137,7 @@ func runDelete(args []string) error {
 	if k.json {
 		return printJSON(res)
 	}
-	fmt.Printf("deleted: %d replicas acknowledged (%s)\ncontext: %s\n", res.ReplicaCount, res.Consistency, res.Context)
+	fmt.Printf("deleted: %s acknowledged (%s)\ncontext: %s\n", replicas(res.ReplicaCount), res.Consistency, res.Context)
 	return nil
 }
 
@@ -406,4 +406,12 @@ func runNode(args []string) error {
 		return w.Flush()
 	}
 	return usagef("unknown node verb %q: use %s", verb, verbs)
+}
+
+// replicas is "1 replica" or "N replicas".
+func replicas(n int) string {
+	if n == 1 {
+		return "1 replica"
+	}
+	return fmt.Sprintf("%d replicas", n)
 }
