@@ -310,9 +310,9 @@ func (c *Coordinator) write(ctx context.Context, r *dataRequest, del bool) (*sub
 	}, nil
 }
 
-// read asks the primaries readTargets picks and answers with the merge of the first replies
-// that meet the level; the others are asked when one of those fails or is
-// slow (see readTargets).
+// read asks the primaries readTargets picks and answers with the merge of
+// the first replies that meet the level; the others are asked when one of
+// those fails or is slow (see await).
 func (c *Coordinator) read(ctx context.Context, r *dataRequest) (*subjects.GetReply, error) {
 	pref, need, err := c.replicas(r)
 	if err != nil {
@@ -427,6 +427,13 @@ func (sp *spares) askNext() bool {
 // that failed or had not answered by then are suspected for a while.
 func (c *Coordinator) await(ctx context.Context, cl *call, t *tally, level string, sp *spares, each func(outcome)) error {
 	var failures []string
+	// Messages name every primary, asked or kept in reserve.
+	of := func() int {
+		if sp == nil {
+			return t.total
+		}
+		return t.total + len(sp.rest)
+	}
 	var speculate <-chan time.Time
 	if sp != nil && len(sp.rest) > 0 {
 		timer := time.NewTimer(sp.delay)
@@ -456,7 +463,7 @@ func (c *Coordinator) await(ctx context.Context, cl *call, t *tally, level strin
 			}
 			if t.fail() {
 				return subjects.Errorf(subjects.KindUnavailable, "%s needs %d of %d replicas; %d acknowledged, %d failed (%s)",
-					level, t.required, t.total, t.acks, t.fails, strings.Join(failures, "; "))
+					level, t.required, of(), t.acks, t.fails, strings.Join(failures, "; "))
 			}
 		case <-speculate:
 			speculate = nil
@@ -474,7 +481,7 @@ func (c *Coordinator) await(ctx context.Context, cl *call, t *tally, level strin
 			for i := 0; i < pendingN; i++ {
 				c.metrics.ReplicaFailure("timeout")
 			}
-			msg := fmt.Sprintf("%s needs %d of %d replicas; %d acknowledged, %d did not answer in time", level, t.required, t.total, t.acks, pendingN)
+			msg := fmt.Sprintf("%s needs %d of %d replicas; %d acknowledged, %d did not answer in time", level, t.required, of(), t.acks, pendingN)
 			if len(failures) > 0 {
 				msg += ", failed: " + strings.Join(failures, "; ")
 			}

@@ -147,3 +147,17 @@ func TestReadAsksSpareWhenPrimaryIsSilent(t *testing.T) {
 		t.Fatalf("%d of %d reads waited for the silent node, want at least 1 and far fewer than 10", slow, keys)
 	}
 }
+
+// TestReadTimeoutNamesEveryPrimary: a quorum read that times out before its
+// speculative retry asked only two primaries, yet its answer counts all
+// three, as a write's does.
+func TestReadTimeoutNamesEveryPrimary(t *testing.T) {
+	c := startClusterWith(t, devcluster.Config{Coordinator: coordinator.Config{ReadRepairChance: -1, SpeculativeRetry: time.Minute}})
+	kv := kvClient(t, c, "default")
+	putKeys(t, kv, 1)
+	silence(t, c, "node-1")
+	silence(t, c, "node-2")
+	_, err := kv.Get(ctxT(t), "k0", client.WithConsistency(subjects.Quorum), client.WithTimeout(300*time.Millisecond))
+	assertCode(t, err, 503, "quorum needs 2 of 3 replicas")
+	assertCode(t, err, 503, "did not answer in time")
+}
