@@ -27,7 +27,7 @@ body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;
 h1{font-size:26px;margin:0 0 4px}h2{font-size:20px;margin:36px 0 8px;border-bottom:1px solid #dde3ea;padding-bottom:4px}h3{font-size:16px;margin:20px 0 6px}
 .sub{color:#5b6675}.grid{display:flex;flex-wrap:wrap;gap:12px}.card{background:#fff;border:1px solid #e3e8ee;border-radius:8px;padding:6px}
 table{border-collapse:collapse;font-variant-numeric:tabular-nums}td,th{padding:3px 9px;text-align:right;border-bottom:1px solid #eef1f4}th{background:#f3f6f9;position:sticky;top:0}
-td.l,th.l{text-align:left}.ok{color:#13795b;font-weight:600}.bad{color:#c92a2a;font-weight:600}.na{color:#8b95a5}
+td.l,th.l{text-align:left}.nw{white-space:nowrap}.ok{color:#13795b;font-weight:600}.bad{color:#c92a2a;font-weight:600}.na{color:#8b95a5}
 .legend span{display:inline-block;margin-right:18px}.legend i{display:inline-block;width:14px;height:4px;margin-right:6px;vertical-align:middle}
 .kpi{display:flex;gap:14px;flex-wrap:wrap;margin:14px 0}.kpi div{background:#fff;border:1px solid #e3e8ee;border-radius:8px;padding:10px 14px;min-width:210px}
 .kpi b{display:block;font-size:24px}.heat td{min-width:58px}details{margin:10px 0}summary{cursor:pointer;color:#2f5fa7}
@@ -104,7 +104,7 @@ func (r *Report) htmlTargets(b *strings.Builder) {
 		case !t.Met:
 			res, cls = "missed", "bad"
 		}
-		fmt.Fprintf(b, `<tr><td class="l">%s</td><td>%s</td><td>%s</td><td class="l %s">%s</td><td class="l sub">%s</td></tr>`,
+		fmt.Fprintf(b, `<tr><td class="l">%s</td><td class="nw">%s</td><td>%s</td><td class="l %s">%s</td><td class="l sub">%s</td></tr>`,
 			esc(t.Name), esc(t.Goal), val, cls, res, esc(t.Detail))
 	}
 	b.WriteString(`</table>`)
