@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"slices"
 	"strings"
 	"time"
 
@@ -405,7 +406,7 @@ type spares struct {
 	rest  []string          // not asked yet
 	send  func(node string) // asks one
 	delay time.Duration     // after which the rest are asked
-	heard map[string]bool   // asked primaries that answered
+	heard []string          // asked primaries that answered
 }
 
 // askNext asks the next spare and reports whether there was one.
@@ -445,10 +446,7 @@ func (c *Coordinator) await(ctx context.Context, cl *call, t *tally, level strin
 		case o := <-cl.ch:
 			each(o)
 			if sp != nil {
-				if sp.heard == nil {
-					sp.heard = make(map[string]bool, len(sp.asked))
-				}
-				sp.heard[o.node] = true
+				sp.heard = append(sp.heard, o.node)
 			}
 			if o.err == nil {
 				t.ack()
@@ -468,7 +466,7 @@ func (c *Coordinator) await(ctx context.Context, cl *call, t *tally, level strin
 		case <-speculate:
 			speculate = nil
 			for _, node := range sp.asked {
-				if !sp.heard[node] {
+				if !slices.Contains(sp.heard, node) {
 					c.fan.suspect(node)
 				}
 			}

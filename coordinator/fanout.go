@@ -129,8 +129,11 @@ type fanout struct {
 	wg   sync.WaitGroup
 }
 
-// nodeQueues are one node's queues, per operation.
-type nodeQueues struct{ write, read *nodeQueue }
+// nodeQueues are one node's queues, per operation, and its health.
+type nodeQueues struct {
+	write, read  *nodeQueue
+	suspectUntil atomic.Int64 // unix nanos; see suspect
+}
 
 // nodeQueue batches one operation's items for one node.
 type nodeQueue struct {
@@ -142,8 +145,6 @@ type nodeQueue struct {
 	queued   []item // waiting for a slot, oldest first
 	spare    []item // the previous queued array, reused
 	inflight int
-
-	suspectUntil *atomic.Int64 // shared by the node's queues; unix nanos
 }
 
 // suspectFor is how long a node that failed or was slow is asked last.
@@ -151,12 +152,12 @@ const suspectFor = time.Second
 
 // suspect marks node as failing or slow: reads ask it last for a while.
 func (f *fanout) suspect(node string) {
-	f.queue(node, subjects.NodeOpRead).suspectUntil.Store(time.Now().Add(suspectFor).UnixNano())
+	f.node(node).suspectUntil.Store(time.Now().Add(suspectFor).UnixNano())
 }
 
 // suspected reports whether node failed or was slow recently.
 func (f *fanout) suspected(node string, now time.Time) bool {
-	return now.UnixNano() < f.queue(node, subjects.NodeOpRead).suspectUntil.Load()
+	return now.UnixNano() < f.node(node).suspectUntil.Load()
 }
 
 // speculativeDelay is how long a read waits for the primaries it asked
@@ -259,25 +260,31 @@ func (f *fanout) newID() uint64 { return f.nextID.Add(1) }
 
 // queue returns the queue of op on node, creating it on first use.
 func (f *fanout) queue(node, op string) *nodeQueue {
-	f.qmu.RLock()
-	qs := f.queues[node]
-	f.qmu.RUnlock()
-	if qs == nil {
-		f.qmu.Lock()
-		if qs = f.queues[node]; qs == nil {
-			suspect := new(atomic.Int64)
-			qs = &nodeQueues{
-				write: &nodeQueue{node: node, op: subjects.NodeOpWrite, subject: subjects.StorageNode(node, subjects.NodeOpWrite), suspectUntil: suspect},
-				read:  &nodeQueue{node: node, op: subjects.NodeOpRead, subject: subjects.StorageNode(node, subjects.NodeOpRead), suspectUntil: suspect},
-			}
-			f.queues[node] = qs
-		}
-		f.qmu.Unlock()
-	}
+	qs := f.node(node)
 	if op == subjects.NodeOpWrite {
 		return qs.write
 	}
 	return qs.read
+}
+
+// node returns node's queues, creating them on first use.
+func (f *fanout) node(node string) *nodeQueues {
+	f.qmu.RLock()
+	qs := f.queues[node]
+	f.qmu.RUnlock()
+	if qs != nil {
+		return qs
+	}
+	f.qmu.Lock()
+	defer f.qmu.Unlock()
+	if qs = f.queues[node]; qs == nil {
+		qs = &nodeQueues{
+			write: &nodeQueue{node: node, op: subjects.NodeOpWrite, subject: subjects.StorageNode(node, subjects.NodeOpWrite)},
+			read:  &nodeQueue{node: node, op: subjects.NodeOpRead, subject: subjects.StorageNode(node, subjects.NodeOpRead)},
+		}
+		f.queues[node] = qs
+	}
+	return qs
 }
 
 // dispatchLocked sends what q holds while slots are free. It is called

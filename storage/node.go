@@ -218,8 +218,7 @@ func (n *Node) unsubscribeLocked() {
 // Close stops taking messages, finishes the writes already queued (they
 // are committed and answered) and the read in progress, then closes
 // Pebble; reads still queued are dropped (their coordinators count this
-// node as not answering). Safe to call more
-// than once.
+// node as not answering). Safe to call more than once.
 func (n *Node) Close() error {
 	n.mu.Lock()
 	if n.closed {
@@ -350,7 +349,7 @@ func (n *Node) serveRead(m *nats.Msg) {
 	if n.readsClosed {
 		return // unsubscribed: the coordinator counts the node as not answering
 	}
-	if n.cfg.QueueLen > 0 && m.Sub != nil {
+	if m.Sub != nil {
 		// Pending counts the message being delivered too, until the next.
 		if pending, _, err := m.Sub.Pending(); err == nil && pending-1 > n.cfg.QueueLen {
 			n.respondOverloaded(m, pending-1)
