@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -29,14 +30,27 @@ var (
 // The binary lives at a fixed path per checkout under the temp dir, so
 // repeated runs reuse (and incrementally rebuild) one file instead of
 // leaving one behind per run.
+//
+// When the test binary runs under the race detector (go test -race), the
+// product is built with -race as well, so the multi-process suites check
+// the product's own concurrency; [Start] then fails the test when a child
+// reports a data race.
 func Binary(tb testing.TB) string {
 	tb.Helper()
 	buildOnce.Do(func() {
 		_, file, _, _ := runtime.Caller(0)
 		root := filepath.Join(filepath.Dir(file), "..", "..")
 		sum := sha256.Sum256([]byte(root))
-		binPath = filepath.Join(os.TempDir(), "quorumkv-test-"+hex.EncodeToString(sum[:6]))
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/quorumkv")
+		name := "quorumkv-test-" + hex.EncodeToString(sum[:6])
+		args := []string{"build", "-o"}
+		if raceEnabled {
+			name += "-race"
+			args = append(args, filepath.Join(os.TempDir(), name), "-race")
+		} else {
+			args = append(args, filepath.Join(os.TempDir(), name))
+		}
+		binPath = filepath.Join(os.TempDir(), name)
+		cmd := exec.Command("go", append(args, "./cmd/quorumkv")...)
 		cmd.Dir = root
 		buildOut, buildErr = cmd.CombinedOutput()
 	})
@@ -74,8 +88,22 @@ func Start(tb testing.TB, args ...string) *Process {
 		_ = p.cmd.Process.Signal(syscall.SIGCONT)
 		_ = p.cmd.Process.Kill()
 		<-p.done
+		p.checkRaces()
 	})
 	return p
+}
+
+// raceReport starts every report of the race detector.
+const raceReport = "WARNING: DATA RACE"
+
+// checkRaces fails the test when the child (built with -race) reported a
+// data race. A race-enabled child keeps running after a report and exits
+// with status 66 only when it exits by itself, which a SIGKILLed child
+// never does, so the output is the only reliable sign.
+func (p *Process) checkRaces() {
+	if out := p.Output(); strings.Contains(out, raceReport) {
+		p.tb.Errorf("proctest: quorumkv %v reported a data race:\n%s", p.args, out)
+	}
 }
 
 // Signal sends sig to the process.
