@@ -184,6 +184,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Coordinator, error) {
 	if err != nil {
 		return nil, err
 	}
+	fan.metrics = c.metrics
 	c.fan = fan
 
 	bg, cancel := context.WithCancel(context.Background())

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/quorumkv/quorumkv/metrics"
 	"github.com/quorumkv/quorumkv/subjects"
 )
 
@@ -110,6 +111,7 @@ type fanout struct {
 	maxBatch    int
 	maxBytes    int // estimated bytes per batch message, below the server's max payload
 	queueLen    int
+	metrics     *metrics.Coordinator // nil records nothing; set before the first send
 
 	nextID atomic.Uint64
 
@@ -367,6 +369,7 @@ func (f *fanout) publish(q *nodeQueue, items []item) {
 	}
 	f.batches[bid] = b
 	f.mu.Unlock()
+	f.metrics.Batch(q.op, len(items))
 	var rb [64]byte
 	reply := string(strconv.AppendUint(append(append(rb[:0], f.inbox...), '.'), bid, 10))
 	err := f.nc.PublishRequest(q.subject, reply, data)
