@@ -248,11 +248,12 @@ func TestDockerfile(t *testing.T) {
 	if !strings.Contains(text, "FROM golang:"+mm) {
 		t.Errorf("Dockerfile does not build with Go %s (go.mod says %s)", mm, goVersion)
 	}
-	cmd := exec.Command("go", "list", "-e", "-deps", "-f", "{{if .Error}}{{.ImportPath}}: {{.Error}}{{end}}", "./cmd/quorumkv")
+	// go list would compile nothing; build for real, as the Dockerfile does.
+	cmd := exec.Command("go", "build", "-o", filepath.Join(t.TempDir(), "quorumkv"), "./cmd/quorumkv")
 	cmd.Dir = ".."
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	out, err := cmd.CombinedOutput()
-	if err != nil || strings.TrimSpace(string(out)) != "" {
+	if err != nil {
 		t.Errorf("cmd/quorumkv does not build without cgo: %v\n%s", err, out)
 	}
 }

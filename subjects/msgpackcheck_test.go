@@ -2,6 +2,7 @@ package subjects
 
 import (
 	"bytes"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -66,10 +67,20 @@ func FuzzCheckMsgpack(f *testing.F) {
 			return
 		}
 		// Whatever passes the check decodes without panicking and without
-		// allocating beyond the input's size.
+		// allocating far beyond the input's size: the bound is the input
+		// times a per-byte factor for decoded structures, plus the 1 to 2
+		// MiB msgpack's own (bounded) string decoding may allocate ahead.
+		// Bytes allocated for one input are deterministic, so a breach is
+		// a hostile message inflating a node's memory, not noise.
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
 		var batch NodeWriteBatch
 		_ = msgpack.Unmarshal(data, &batch)
 		var req Request
 		_ = msgpack.Unmarshal(data, &req)
+		runtime.ReadMemStats(&after)
+		if got, limit := after.TotalAlloc-before.TotalAlloc, uint64(4<<20+256*len(data)); got > limit {
+			t.Errorf("decoding % x allocated %d bytes, more than %d", data, got, limit)
+		}
 	})
 }

@@ -714,7 +714,9 @@ var hugeClaims = [][]byte{
 // claims. (msgpack v5.4.1's own slice decoding preallocates the claimed
 // length: 2³²-1 DVVEntry would be hundreds of gigabytes.) The bound allows
 // the 1 to 2 MiB that msgpack's own (bounded) string decoding allocates
-// ahead for a long string claim.
+// ahead for a long string claim. Allocated bytes for a given input are
+// deterministic: a bound broken here means a hostile 8-byte message can make
+// a node allocate gigabytes (a bug), not that decoding got slower.
 func TestDVVDecodeHugeClaims(t *testing.T) {
 	for _, b := range hugeClaims {
 		var s DVVSet
@@ -771,6 +773,9 @@ func TestDVVDecodeRejectsInvalid(t *testing.T) {
 	}
 }
 
+// TestDVVAllocs counts allocations, which are deterministic: a DVVSet
+// operation that starts allocating beyond its bound has lost the buffer
+// reuse the siblings path depends on (a bug), not merely become slower.
 func TestDVVAllocs(t *testing.T) {
 	a, b := benchStates()
 	ctx := Sync(a, b).Join()

@@ -265,8 +265,12 @@ func TestAPIPrefix(t *testing.T) {
 
 // TestDomain runs a claim's whole life through a JetStream context bound to
 // a domain, where nats.go's KV publishes on domain-prefixed subjects and so
-// does Complete. (On a single server the unprefixed subject would work too;
-// the test shows the prefixed one does.)
+// must Complete. A single server maps the domain's prefix onto its own
+// subjects before any subscriber sees them, so the unprefixed subject would
+// work here too and no observer can tell them apart; the test therefore
+// also checks the subject the store publishes Complete on (a leaf-node
+// topology, where only the prefix crosses domains, is the end-to-end test
+// this lacks).
 func TestDomain(t *testing.T) {
 	opts := natstest.Options(t)
 	opts.JetStreamDomain = "hub"
@@ -276,6 +280,9 @@ func TestDomain(t *testing.T) {
 		t.Fatalf("NewWithDomain: %v", err)
 	}
 	s := open(t, js, Options{})
+	if want := "$JS.hub.API.$KV." + DefaultBucket + "."; s.subj != want {
+		t.Fatalf("Complete publishes on %q+key, want %q+key", s.subj, want)
+	}
 	key := idempotency.Key("t1", "k", "domain")
 	cl, err := s.Begin(t.Context(), key, time.Minute)
 	if err != nil || !cl.Owned() {
