@@ -136,8 +136,18 @@ func TestBadInputLeaksNoGoroutines(t *testing.T) {
 		}
 	}
 	warm()
-	time.Sleep(100 * time.Millisecond)
+	// The baseline is taken once the goroutine count has stopped falling
+	// (the warm-up's tails have ended), not after a fixed sleep.
 	base := runtime.NumGoroutine()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		n := runtime.NumGoroutine()
+		if n >= base {
+			break
+		}
+		base = n
+	}
+	base = runtime.NumGoroutine()
 	warm()
 	waitFor(t, 3*time.Second, func() error {
 		if n := runtime.NumGoroutine(); n > base+3 {

@@ -66,7 +66,9 @@ func (s *readSpy) waitTotal(want int64) int64 {
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && s.total() < want; {
 		time.Sleep(5 * time.Millisecond)
 	}
-	time.Sleep(50 * time.Millisecond) // let any extra arrive too
+	// Asserting that no more arrive: an extra item would be sent with the
+	// others, at once; this checks the 50ms after the expected ones.
+	time.Sleep(50 * time.Millisecond)
 	return s.total()
 }
 
