@@ -396,7 +396,17 @@ func (e *engine) coordinate(rec *record, w *subjects.Coordinate, res *subjects.N
 	if rec.DVV != nil {
 		cur = *rec.DVV
 	}
-	next, _, err := vclock.Update(cur, w.Context, e.actor, w.Value)
+	ctx := w.Context
+	if len(ctx) == 0 && w.Value.Tombstone {
+		// A delete without a context deletes what this replica holds: its
+		// own state is the context, so the tombstone supersedes every
+		// sibling here. Values written concurrently on replicas this one
+		// has not heard from are not covered and survive the merge beside
+		// the tombstone. (A put without a context stays a blind write: it
+		// is concurrent with everything and adds a sibling.)
+		ctx = cur.Join()
+	}
+	next, _, err := vclock.Update(cur, ctx, e.actor, w.Value)
 	if err != nil {
 		res.Err = fmt.Sprintf("coordinate: %v", err)
 		return false
