@@ -90,7 +90,7 @@ func TestSiblingsDeleteWithoutContext(t *testing.T) {
 
 	// A value the coordinating replica has not seen survives the delete.
 	for _, v := range []string{"a", "b"} {
-		if _, err := kv.Put(ctx, "k2", []byte(v), client.WithConsistency(subjects.All)); err != nil {
+		if _, err := kv.Put(ctx, "k2", []byte(v), client.WithConsistency(subjects.All), client.WithTimeout(20*time.Second)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -100,7 +100,9 @@ func TestSiblingsDeleteWithoutContext(t *testing.T) {
 		other = devcluster.NodeID(2)
 	}
 	coordinateOn(t, connect(t, c), other, "del", "k2", vclock.Value{Data: []byte("unseen")})
-	if _, err := kv.Delete(ctx, "k2", client.WithConsistency(subjects.All)); err != nil {
+	// A long timeout keeps the first primary the coordinating one even on
+	// a loaded machine (the next takes over after half of it).
+	if _, err := kv.Delete(ctx, "k2", client.WithConsistency(subjects.All), client.WithTimeout(20*time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	got, err = kv.Get(ctx, "k2", client.WithConsistency(subjects.All))
