@@ -340,12 +340,27 @@ func (c *Coordinator) respondError(req micro.Request, err error) {
 	c.reply(m, isJSON)
 }
 
+// replyHeaderRoom is what a reply leaves of the max payload for its headers.
+const replyHeaderRoom = 4 << 10
+
 // respond answers req with v in the request's encoding.
 func (c *Coordinator) respond(req micro.Request, v any) {
 	isJSON := subjects.IsJSON(req.Headers().Get(subjects.ContentType))
 	data, err := subjects.Marshal(isJSON, v)
 	if err != nil {
 		c.respondError(req, fmt.Errorf("encode reply: %w", err))
+		return
+	}
+	if limit := c.nc.MaxPayload() - replyHeaderRoom; int64(len(data)) > limit {
+		// Publishing it would fail and leave the client waiting for its
+		// timeout; say why instead. (A JSON reply of text that escapes
+		// heavily, or a siblings state repair merges grew past the cap.)
+		hint := "delete the key without a context"
+		if isJSON {
+			hint = "read it in msgpack (no Content-Type header), or " + hint
+		}
+		c.respondError(req, subjects.Errorf(subjects.KindTooLarge,
+			"the reply would be %d bytes, more than one message carries (%d): %s", len(data), limit, hint))
 		return
 	}
 	c.reply(&nats.Msg{Subject: req.Reply(), Data: data}, isJSON)

@@ -36,6 +36,9 @@ func (c *Coordinator) writeSiblings(ctx context.Context, r *dataRequest, pref []
 		val.Data = []byte{}
 	}
 	deadline, _ := ctx.Deadline()
+	// The per-key state cap: a state at it fits one node reply and one
+	// client reply (subjects.MaxStateBytes).
+	maxBytes := int64(subjects.MaxStateBytes(c.nc.MaxPayload()))
 	t := tally{required: need, total: len(pref)}
 	var (
 		failures []string
@@ -58,15 +61,17 @@ func (c *Coordinator) writeSiblings(ctx context.Context, r *dataRequest, pref []
 		cl := newCall(1)
 		id := c.fan.newID()
 		c.fan.send(cl, node, subjects.NodeOpWrite, item{id: id, deadline: attempt,
-			write: subjects.NodeWrite{ID: id, Tenant: r.tenant.ID, Key: r.Key, Coordinate: &subjects.Coordinate{Context: r.dvvCtx, Value: val, Deadline: attempt.UnixMilli()}}})
+			write: subjects.NodeWrite{ID: id, Tenant: r.tenant.ID, Key: r.Key, Coordinate: &subjects.Coordinate{Context: r.dvvCtx, Value: val, Deadline: attempt.UnixMilli(), MaxBytes: maxBytes}}})
 		o, err := waitOne(ctx, cl, giveUp)
 		if err == nil && o.err == nil && o.write != nil && o.write.DVV != nil {
 			state, coordIdx = o.write.DVV, i
 			t.ack()
 			break
 		}
-		if err == nil && o.write != nil && o.write.Kind == subjects.KindTooManySiblings {
-			return nil, subjects.Errorf(subjects.KindTooManySiblings, "%s", o.write.Err)
+		if err == nil && o.write != nil && (o.write.Kind == subjects.KindTooManySiblings || o.write.Kind == subjects.KindTooLarge) {
+			// A limit of the key's state: any other primary would refuse
+			// it too (or, not holding all of it yet, accept it wrongly).
+			return nil, subjects.Errorf(o.write.Kind, "%s", o.write.Err)
 		}
 		reason := "did not answer in time"
 		switch {

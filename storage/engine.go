@@ -64,6 +64,12 @@ type engine struct {
 	// is written, and stops learning at maxBound keys. Only applyWrites
 	// uses it, from the node's one writer goroutine.
 	bound map[[2]uint64]uint64
+
+	// stateCap is the default cap on a siblings state a put may grow
+	// (subjects.MaxStateBytes of the connection's max payload), and
+	// replyLimit the most a coordinating write's reply may carry; both
+	// set by Start before the write loop runs, 0 = none.
+	stateCap, replyLimit int
 }
 
 // maxBound caps the keys the write path remembers (about 30 bytes each).
@@ -396,14 +402,43 @@ func (e *engine) coordinate(rec *record, w *subjects.Coordinate, res *subjects.N
 	if rec.DVV != nil {
 		cur = *rec.DVV
 	}
-	next, _, err := vclock.Update(cur, w.Context, e.actor, w.Value)
+	ctx := w.Context
+	if len(ctx) == 0 && w.Value.Tombstone {
+		// A delete without a context deletes what this replica holds: its
+		// own state is the context, so the tombstone supersedes every
+		// sibling here. Values written concurrently on replicas this one
+		// has not heard from are not covered and survive the merge beside
+		// the tombstone. (A put without a context stays a blind write: it
+		// is concurrent with everything and adds a sibling.)
+		ctx = cur.Join()
+	}
+	next, _, err := vclock.Update(cur, ctx, e.actor, w.Value)
 	if err != nil {
 		res.Err = fmt.Sprintf("coordinate: %v", err)
 		return false
 	}
-	if n := next.Size(); n > subjects.MaxSiblings {
+	// Limits refuse only a write that grows the state past them, so a key
+	// over a limit (repair merges are exempt) can always be resolved with
+	// the read's context or deleted.
+	if n := next.Size(); n > subjects.MaxSiblings && n > cur.Size() {
 		res.Err = fmt.Sprintf("the key would hold %d values, more than %d: read it and write back one value with the read's context", n, subjects.MaxSiblings)
 		res.Kind = subjects.KindTooManySiblings
+		return false
+	}
+	size := subjects.StateSize(&next)
+	limit := e.stateCap
+	if w.MaxBytes > 0 {
+		limit = int(min(w.MaxBytes, math.MaxInt32))
+	}
+	if !w.Value.Tombstone && limit > 0 && size > limit && size > subjects.StateSize(&cur) {
+		res.Err = fmt.Sprintf("the key's values would take %d bytes, more than the per-key limit of %d: read it and write back fewer values with the read's context, or delete it", size, limit)
+		res.Kind = subjects.KindTooLarge
+		return false
+	}
+	if e.replyLimit > 0 && size+resultOverhead > e.replyLimit {
+		// Only a state grown past the cap by repair merges gets here.
+		res.Err = fmt.Sprintf("the key's state would be %d bytes, more than one message carries (%d): delete it without a context", size, e.replyLimit)
+		res.Kind = subjects.KindTooLarge
 		return false
 	}
 	rec.DVV = &next

@@ -130,7 +130,8 @@ func (n *Node) Start(nc *nats.Conn) error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
-	n.replyLimit = max(int(nc.MaxPayload())-64<<10, 64<<10)
+	n.replyLimit = max(int(nc.MaxPayload())-subjects.ReplyHeadroom, 64<<10)
+	n.eng.stateCap, n.eng.replyLimit = subjects.MaxStateBytes(nc.MaxPayload()), n.replyLimit
 
 	// Writes are handed to the write loop, which group-commits whatever
 	// queued up. Reads are served on their subscription's own goroutine:
@@ -382,6 +383,13 @@ func (n *Node) handleRead(m *nats.Msg) {
 			continue
 		}
 		reply.Results[i].LWW, reply.Results[i].DVV = rec.LWW, rec.DVV
+		if size := readResultSize(&reply.Results[i]); size > n.replyLimit {
+			// Only repair merges grow a state this far. Sent, it would
+			// exceed the max payload and the coordinator would wait in
+			// vain; say why instead.
+			reply.Results[i].LWW, reply.Results[i].DVV = nil, nil
+			reply.Results[i].Err = fmt.Sprintf("the key's state is %d bytes, more than one message carries (%d): delete it without a context", size, n.replyLimit)
+		}
 	}
 	if n.metrics != nil {
 		failed := 0

@@ -133,7 +133,11 @@ type NodeWriteBatch struct {
 //     atomically mint a dot from its own per-key state, drop the siblings
 //     the context covers, store, and answer the key's complete state in
 //     NodeWriteResult.DVV. Refused (KindTooManySiblings) when the result
-//     would hold more than MaxSiblings values.
+//     would hold more than MaxSiblings values, (KindTooLarge) when a put
+//     would grow the state past Coordinate.MaxBytes, and (KindTooLarge)
+//     when the state would not fit one reply; never when the write does
+//     not grow the state past the limits. A tombstone without a context
+//     takes the node's own state of the key as its context.
 type NodeWrite struct {
 	_msgpack   struct{} `msgpack:",as_array"`
 	ID         uint64   // the coordinator's id for this item; echoed in the result
@@ -154,6 +158,11 @@ type Coordinate struct {
 	// write. A replica that gets to the write later refuses it
 	// (KindTimeout) instead of applying it a second time under its own dot.
 	Deadline int64
+	// MaxBytes caps the [StateSize] a put may leave (0: the node's own
+	// default, MaxStateBytes of its connection's max payload). A put that
+	// would grow the state past it is refused (KindTooLarge); a put that
+	// does not grow the state, and every delete, is accepted.
+	MaxBytes int64
 }
 
 // MaxSiblings is how many values a key may hold under the siblings policy
@@ -182,7 +191,7 @@ type NodeWriteResult struct {
 	// DVV is the key's complete state after a Coordinate write.
 	DVV *vclock.DVVSet
 	// Kind classifies Err when a coordinator must answer it specifically
-	// (KindTooManySiblings); empty otherwise.
+	// (KindTooManySiblings, KindTooLarge); empty otherwise.
 	Kind string
 }
 

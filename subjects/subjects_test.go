@@ -151,3 +151,22 @@ func TestIsTokenMatchesTheDocumentedPattern(t *testing.T) {
 		}
 	}
 }
+
+// TestMaxStateBytes: a state at the cap, with one value repeated as
+// "value", fits one message in base64 JSON under the max payload, and the
+// shipped 4 MiB holds a 1 MiB value.
+func TestMaxStateBytes(t *testing.T) {
+	for _, mp := range []int64{1 << 20, 2 << 20, 4 << 20, 8 << 20, 64 << 20} {
+		c := MaxStateBytes(mp)
+		reply := c + min(c, MaxValueBytes)
+		if b64 := (reply + 2) / 3 * 4; b64 > int(mp)-ReplyHeadroom {
+			t.Errorf("max payload %d: cap %d makes a %d-byte JSON reply", mp, c, b64)
+		}
+		if mp >= 4<<20 && c < MaxValueBytes {
+			t.Errorf("max payload %d: cap %d does not hold one value", mp, c)
+		}
+	}
+	if got := MaxStateBytes(4 << 20); got != 2_048_000 {
+		t.Errorf("cap at 4 MiB is %d, documented 2048000", got)
+	}
+}

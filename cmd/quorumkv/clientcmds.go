@@ -115,7 +115,7 @@ func runPut(args []string) error {
 }
 
 func runDelete(args []string) error {
-	fs := newFlags("delete", "KEY", "Delete KEY: writes a tombstone that supersedes every version the replicas hold.")
+	fs := newFlags("delete", "KEY", "Delete KEY: writes a tombstone. lww: it supersedes every older version. siblings: without --context it supersedes every value the coordinating replica holds; with --context, exactly what that read returned.")
 	var k kvFlags
 	k.register(fs, true)
 	pos, err := parse(fs, args)
