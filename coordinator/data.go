@@ -107,7 +107,7 @@ func errorKind(err error) string {
 
 // decodeDataRequest decodes and checks everything that needs no tenant.
 func decodeDataRequest(req micro.Request, op string) (*dataRequest, error) {
-	isJSON := subjects.IsJSON(req.Headers().Get(subjects.ContentType))
+	isJSON := subjects.IsJSONHeader(req.Headers())
 	r := &dataRequest{}
 	if err := subjects.Unmarshal(isJSON, req.Data(), &r.Request); err != nil {
 		return nil, err
