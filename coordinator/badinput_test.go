@@ -63,6 +63,7 @@ func TestBadInputAnswers4xxAndWritesNothing(t *testing.T) {
 		{"unknown level", subjects.Put("default"), mp(t, map[string]any{"key": "k", "value": []byte("v"), "consistency": "two"}), false, "400", "invalid", `unknown consistency "two"`},
 		{"unknown level get", subjects.Get("default"), mp(t, map[string]any{"key": "k", "consistency": "most"}), false, "400", "invalid", `unknown consistency "most"`},
 		{"bad timeout", subjects.Get("default"), mp(t, map[string]any{"key": "k", "timeout_ms": 600000}), false, "400", "invalid", "timeout_ms 600000 out of range"},
+		{"negative timeout", subjects.Get("default"), mp(t, map[string]any{"key": "k", "timeout_ms": -1}), false, "400", "invalid", "timeout_ms -1 out of range 0..60000 (0 or absent: the coordinator's default)"},
 		{"malformed msgpack", subjects.Put("default"), []byte{0xc1, 0xff, 0x00}, false, "400", "invalid", "malformed msgpack"},
 		{"msgpack of wrong type", subjects.Put("default"), mp(t, []int{1, 2, 3}), false, "400", "invalid", "malformed msgpack"},
 		{"empty body", subjects.Put("default"), nil, false, "400", "invalid", "empty request body"},
@@ -202,6 +203,13 @@ func TestJSONProtocol(t *testing.T) {
 	got, err := kvClient(t, c, "default").Get(ctxT(t), "\x00\xff")
 	if err != nil || !bytes.Equal(got.Value, []byte{0xff, 0, 1, 2}) {
 		t.Fatalf("msgpack get of binary key: %v %+v", err, got)
+	}
+	// timeout_ms 0 is documented as the coordinator's default, in both
+	// encodings.
+	for _, body := range [][]byte{[]byte(`{"key":"t0","value":"v","timeout_ms":0}`), mp(t, map[string]any{"key": "t0", "value": []byte("v"), "timeout_ms": 0})} {
+		if code, _, desc, _ := rawRequest(t, nc, subjects.Put("default"), body, body[0] == '{'); code != "" {
+			t.Fatalf("timeout_ms 0: %s %s", code, desc)
+		}
 	}
 	// A missing key is found:false with no error.
 	code, _, _, data = rawRequest(t, nc, subjects.Get("default"), []byte(`{"key":"nope"}`), true)
