@@ -165,6 +165,8 @@ type mpReader struct {
 	// The last tenant and actor read: a batch repeats them item after
 	// item, so equal ones are shared instead of allocated again.
 	tenant, actor string
+	// The unknown field names of the client message being read.
+	unknown [][]byte
 }
 
 func (r *mpReader) fail() { r.bad, r.b = true, nil }
@@ -812,13 +814,31 @@ func fieldBit(k []byte) uint32 {
 	return 0
 }
 
-// fieldName reads a map key and refuses (fails on) a known one seen
-// before in this map.
+// maxUnknownFields is how many unknown fields a client message may carry
+// on the fast path; more go to the library path, which finds repeats with
+// a map instead of comparing each with each.
+const maxUnknownFields = 8
+
+// fieldName reads a map key and fails on one seen before in this map:
+// known ones by bit, unknown ones (skipped, but still sent only once) by
+// comparison with the few seen.
 func (r *mpReader) fieldName(seen *uint32) []byte {
 	k, _ := r.rawBytes()
 	if bit := fieldBit(k); bit != 0 {
 		r.once(seen, bit)
+		return k
 	}
+	if len(r.unknown) == maxUnknownFields {
+		r.fail()
+		return k
+	}
+	for _, u := range r.unknown {
+		if string(u) == string(k) {
+			r.fail()
+			return k
+		}
+	}
+	r.unknown = append(r.unknown, k)
 	return k
 }
 

@@ -196,3 +196,24 @@ func TestEpochIsAStringInJSON(t *testing.T) {
 		t.Fatalf("%s", out)
 	}
 }
+
+// TestFastPathRefusesWhatTheLibraryPathRefuses: an unknown field sent
+// twice is refused whichever decoder reads it, and many unknown fields
+// are still accepted (by the library path).
+func TestFastPathRefusesWhatTheLibraryPathRefuses(t *testing.T) {
+	// {"key": "k", "x": 1, "x": 2}
+	dup := []byte{0x83, 0xa3, 'k', 'e', 'y', 0xa1, 'k', 0xa1, 'x', 1, 0xa1, 'x', 2}
+	if unmarshalFast(dup, &Request{}) {
+		t.Fatal("fast path accepted a repeated unknown field")
+	}
+	wantInvalid(t, "repeated unknown field", Unmarshal(false, dup, &Request{}), `map key "x" appears more than once`)
+	many := map[string]any{"key": "k"}
+	for i := range 2 * maxUnknownFields {
+		many[string(rune('a'+i))] = i
+	}
+	b, _ := msgpack.Marshal(many)
+	var r Request
+	if err := Unmarshal(false, b, &r); err != nil || r.Key != "k" {
+		t.Fatalf("%v %+v", err, r)
+	}
+}
