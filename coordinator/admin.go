@@ -45,7 +45,7 @@ func (c *Coordinator) adminCall(h func(ctx context.Context, body func(v any) err
 	return func(req micro.Request) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		isJSON := subjects.IsJSON(req.Headers().Get(subjects.ContentType))
+		isJSON := subjects.IsJSONHeader(req.Headers())
 		body := func(v any) error {
 			if len(req.Data()) == 0 {
 				return nil

@@ -63,6 +63,7 @@ func TestBadInputAnswers4xxAndWritesNothing(t *testing.T) {
 		{"unknown level", subjects.Put("default"), mp(t, map[string]any{"key": "k", "value": []byte("v"), "consistency": "two"}), false, "400", "invalid", `unknown consistency "two"`},
 		{"unknown level get", subjects.Get("default"), mp(t, map[string]any{"key": "k", "consistency": "most"}), false, "400", "invalid", `unknown consistency "most"`},
 		{"bad timeout", subjects.Get("default"), mp(t, map[string]any{"key": "k", "timeout_ms": 600000}), false, "400", "invalid", "timeout_ms 600000 out of range"},
+		{"negative timeout", subjects.Get("default"), mp(t, map[string]any{"key": "k", "timeout_ms": -1}), false, "400", "invalid", "timeout_ms -1 out of range 0..60000 (0 or absent: the coordinator's default)"},
 		{"malformed msgpack", subjects.Put("default"), []byte{0xc1, 0xff, 0x00}, false, "400", "invalid", "malformed msgpack"},
 		{"msgpack of wrong type", subjects.Put("default"), mp(t, []int{1, 2, 3}), false, "400", "invalid", "malformed msgpack"},
 		{"empty body", subjects.Put("default"), nil, false, "400", "invalid", "empty request body"},
@@ -88,6 +89,21 @@ func TestBadInputAnswers4xxAndWritesNothing(t *testing.T) {
 		{"register too many vnodes", subjects.AdminNodeRegister, []byte(`{"node_id":"n9","virtual_nodes":100000}`), true, "400", "invalid", "virtual_nodes 100000 out of range"},
 		{"drain missing node", subjects.AdminNodeDrain, []byte(`{"node_id":"ghost"}`), true, "404", "no_such_node", `no storage node "ghost"`},
 		{"remove active node", subjects.AdminNodeRemove, []byte(`{"node_id":"node-1"}`), true, "409", "conflict", "drain it first"},
+		// Input encoding/json or the msgpack library would take and rewrite,
+		// match loosely, or pick from is refused, never stored.
+		{"JSON key not UTF-8", subjects.Put("default"), []byte("{\"key\":\"a\xffb\",\"value\":\"v\"}"), true, "400", "invalid", "key is not valid Unicode text"},
+		{"JSON key lone surrogate", subjects.Put("default"), []byte(`{"key":"a\ud800","value":"v"}`), true, "400", "invalid", "key_base64"},
+		{"JSON value lone surrogate", subjects.Put("default"), []byte(`{"key":"k","value":"\udfff"}`), true, "400", "invalid", "value_base64"},
+		{"JSON KEY field", subjects.Put("default"), []byte(`{"KEY":"k","value":"v"}`), true, "400", "invalid", `unknown field "KEY": field names are case-sensitive; use "key"`},
+		{"JSON duplicate field", subjects.Put("default"), []byte(`{"key":"a","value":"v","key":"b"}`), true, "400", "invalid", `field "key" appears more than once`},
+		{"JSON get duplicate field", subjects.Get("default"), []byte(`{"key":"a","key":"b"}`), true, "400", "invalid", `field "key" appears more than once`},
+		{"msgpack trailing bytes", subjects.Put("default"), append(mp(t, map[string]any{"key": "k", "value": []byte("v")}), 0xc0), false, "400", "invalid", "1 bytes after the message"},
+		{"msgpack duplicate field", subjects.Put("default"), []byte{0x83, 0xa3, 'k', 'e', 'y', 0xa1, 'a', 0xa5, 'v', 'a', 'l', 'u', 'e', 0xc4, 1, 'v', 0xa3, 'k', 'e', 'y', 0xa1, 'b'}, false, "400", "invalid", `map key "key" appears more than once`},
+		{"JSON without the header", subjects.Put("default"), []byte(`{"key":"k","value":"v"}`), false, "400", "invalid", "set the header Content-Type: application/json"},
+		{"admin JSON field case", subjects.AdminTenantCreate, []byte(`{"Tenant_Id":"tc","replication_factor":1}`), true, "400", "invalid", `use "tenant_id"`},
+		{"admin JSON duplicate", subjects.AdminTenantCreate, []byte(`{"tenant_id":"td","tenant_id":"te"}`), true, "400", "invalid", `field "tenant_id" appears more than once`},
+		{"admin msgpack trailing", subjects.AdminTenantCreate, append(mp(t, map[string]any{"tenant_id": "tt", "replication_factor": 1}), 0x01), false, "400", "invalid", "1 bytes after the message"},
+		{"admin bad epoch", subjects.AdminNodeRegister, []byte(`{"node_id":"n9","epoch":"-1"}`), true, "400", "invalid", "epoch"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -198,6 +214,13 @@ func TestJSONProtocol(t *testing.T) {
 	if err != nil || !bytes.Equal(got.Value, []byte{0xff, 0, 1, 2}) {
 		t.Fatalf("msgpack get of binary key: %v %+v", err, got)
 	}
+	// timeout_ms 0 is documented as the coordinator's default, in both
+	// encodings.
+	for _, body := range [][]byte{[]byte(`{"key":"t0","value":"v","timeout_ms":0}`), mp(t, map[string]any{"key": "t0", "value": []byte("v"), "timeout_ms": 0})} {
+		if code, _, desc, _ := rawRequest(t, nc, subjects.Put("default"), body, body[0] == '{'); code != "" {
+			t.Fatalf("timeout_ms 0: %s %s", code, desc)
+		}
+	}
 	// A missing key is found:false with no error.
 	code, _, _, data = rawRequest(t, nc, subjects.Get("default"), []byte(`{"key":"nope"}`), true)
 	if code != "" || !bytes.Contains(data, []byte(`"found":false`)) {
@@ -207,5 +230,138 @@ func TestJSONProtocol(t *testing.T) {
 	code, _, _, data = rawRequest(t, nc, subjects.AdminTenantList, nil, true)
 	if code != "" || !bytes.Contains(data, []byte(`"tenant_id":"default"`)) {
 		t.Fatalf("tenant list: %s %s", code, data)
+	}
+}
+
+// requestWithHeader sends body to subject with the header name: value as
+// given (no canonical spelling) and returns the reply.
+func requestWithHeader(t *testing.T, nc *nats.Conn, subject string, body []byte, name, value string) *nats.Msg {
+	t.Helper()
+	m := nats.NewMsg(subject)
+	m.Data = body
+	m.Header[name] = []string{value}
+	reply, err := nc.RequestMsg(m, 5*time.Second)
+	if err != nil {
+		t.Fatalf("request %s: %v", subject, err)
+	}
+	if e := subjects.ErrorFromHeaders(reply.Header.Get); e != nil {
+		t.Fatalf("request %s with %s: %s: %v", subject, name, value, e)
+	}
+	return reply
+}
+
+// TestContentTypeInAnyCase: the Content-Type header is matched as HTTP
+// matches it, name and value in any letter case, parameters allowed; the
+// reply is JSON too.
+func TestContentTypeInAnyCase(t *testing.T) {
+	c := startCluster(t, 3)
+	nc := connect(t, c)
+	for i, h := range [][2]string{
+		{"content-type", "application/json"},
+		{"CONTENT-TYPE", "APPLICATION/JSON"},
+		{"Content-Type", "Application/Json; charset=utf-8"},
+	} {
+		body := fmt.Appendf(nil, `{"key":"ct%d","value":"v"}`, i)
+		reply := requestWithHeader(t, nc, subjects.Put("default"), body, h[0], h[1])
+		var put map[string]any
+		if err := json.Unmarshal(reply.Data, &put); err != nil || put["success"] != true {
+			t.Fatalf("%s: %s: reply %q is not a JSON put reply: %v", h[0], h[1], reply.Data, err)
+		}
+		if got := reply.Header.Get(subjects.ContentType); got != subjects.JSONContentType {
+			t.Fatalf("%s: %s: reply Content-Type %q", h[0], h[1], got)
+		}
+	}
+	// Admin subjects too.
+	reply := requestWithHeader(t, nc, subjects.AdminTenantList, nil, "content-type", "application/json")
+	if !bytes.Contains(reply.Data, []byte(`"tenant_id":"default"`)) {
+		t.Fatalf("tenant list %q", reply.Data)
+	}
+}
+
+// TestBinaryKeysOnTheWire: a key that is not UTF-8 comes back as
+// key_base64 in every JSON reply (put, delete, get), and as msgpack bin,
+// never as a str holding invalid UTF-8.
+func TestBinaryKeysOnTheWire(t *testing.T) {
+	c := startCluster(t, 3)
+	nc := connect(t, c)
+	for _, op := range []string{subjects.Put("default"), subjects.Get("default"), subjects.Delete("default")} {
+		body := []byte(`{"key_base64":"AP8="}`)
+		if op == subjects.Put("default") {
+			body = []byte(`{"key_base64":"AP8=","value":"v"}`)
+		}
+		code, _, desc, data := rawRequest(t, nc, op, body, true)
+		if code != "" {
+			t.Fatalf("%s: %s %s", op, code, desc)
+		}
+		var rep map[string]any
+		if err := json.Unmarshal(data, &rep); err != nil {
+			t.Fatalf("%s: %q: %v", op, data, err)
+		}
+		if _, has := rep["key"]; has || rep["key_base64"] != "AP8=" {
+			t.Fatalf("%s: JSON reply %s, want key_base64 AP8= and no key", op, data)
+		}
+	}
+	// msgpack: the key field of every reply is bin for a binary key, str
+	// for a UTF-8 one.
+	for _, tc := range []struct {
+		key  string
+		code byte
+	}{{"\x00\xff", 0xc4}, {"text", 0xa4}} {
+		for _, op := range []string{subjects.Put("default"), subjects.Get("default"), subjects.Delete("default")} {
+			req := map[string]any{"key": []byte(tc.key)}
+			if op == subjects.Put("default") {
+				req["value"] = []byte("v")
+			}
+			code, _, desc, data := rawRequest(t, nc, op, mp(t, req), false)
+			if code != "" {
+				t.Fatalf("%s: %s %s", op, code, desc)
+			}
+			var rep map[string]msgpack.RawMessage
+			if err := msgpack.Unmarshal(data, &rep); err != nil {
+				t.Fatal(err)
+			}
+			if k := rep["key"]; len(k) == 0 || k[0] != tc.code {
+				t.Fatalf("%s key %q: reply key encoded as % x, want type byte %#x", op, tc.key, k, tc.code)
+			}
+		}
+	}
+}
+
+// TestNodeEpochIsAStringInJSON: a node's epoch (a uint64, usually above
+// 2^53) is a decimal string in JSON admin replies, so float64 JSON readers
+// (JavaScript) do not round it; msgpack keeps the integer.
+func TestNodeEpochIsAStringInJSON(t *testing.T) {
+	c := startCluster(t, 3)
+	nc := connect(t, c)
+	code, _, desc, data := rawRequest(t, nc, subjects.AdminNodeList, nil, true)
+	if code != "" {
+		t.Fatalf("node list: %s %s", code, desc)
+	}
+	var list struct {
+		Nodes []map[string]any `json:"nodes"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	if err := dec.Decode(&list); err != nil || len(list.Nodes) != 3 {
+		t.Fatalf("node list %s: %v", data, err)
+	}
+	nodes, err := client.NewAdmin(nc).ListNodes(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{}
+	for _, n := range nodes {
+		want[n.ID] = fmt.Sprint(n.Epoch)
+	}
+	for _, n := range list.Nodes {
+		epoch, isString := n["epoch"].(string)
+		if !isString || epoch != want[fmt.Sprint(n["node_id"])] {
+			t.Fatalf("node %v: epoch %#v, want the string %q", n["node_id"], n["epoch"], want[fmt.Sprint(n["node_id"])])
+		}
+	}
+	// A JSON register takes the epoch as a string too, and answers it as one.
+	code, _, desc, data = rawRequest(t, nc, subjects.AdminNodeRegister, []byte(`{"node_id":"node-9","epoch":"18446744073709551615"}`), true)
+	if code != "" || !bytes.Contains(data, []byte(`"epoch":"18446744073709551615"`)) {
+		t.Fatalf("register: %s %s %s", code, desc, data)
 	}
 }

@@ -325,7 +325,7 @@ func (c *Coordinator) Stop() {
 // respondError answers req with err as a wire error, in micro's error
 // headers. Internal errors are logged; the client sees only their class.
 func (c *Coordinator) respondError(req micro.Request, err error) {
-	isJSON := subjects.IsJSON(req.Headers().Get(subjects.ContentType))
+	isJSON := subjects.IsJSONHeader(req.Headers())
 	var e *subjects.Error
 	if !errors.As(err, &e) {
 		c.log.Error("internal error", "subject", req.Subject(), "err", err)
@@ -345,7 +345,7 @@ const replyHeaderRoom = 4 << 10
 
 // respond answers req with v in the request's encoding.
 func (c *Coordinator) respond(req micro.Request, v any) {
-	isJSON := subjects.IsJSON(req.Headers().Get(subjects.ContentType))
+	isJSON := subjects.IsJSONHeader(req.Headers())
 	data, err := subjects.Marshal(isJSON, v)
 	if err != nil {
 		c.respondError(req, fmt.Errorf("encode reply: %w", err))

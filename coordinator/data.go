@@ -107,7 +107,7 @@ func errorKind(err error) string {
 
 // decodeDataRequest decodes and checks everything that needs no tenant.
 func decodeDataRequest(req micro.Request, op string) (*dataRequest, error) {
-	isJSON := subjects.IsJSON(req.Headers().Get(subjects.ContentType))
+	isJSON := subjects.IsJSONHeader(req.Headers())
 	r := &dataRequest{}
 	if err := subjects.Unmarshal(isJSON, req.Data(), &r.Request); err != nil {
 		return nil, err
@@ -122,7 +122,7 @@ func decodeDataRequest(req micro.Request, op string) (*dataRequest, error) {
 	case r.Consistency != "" && !ValidLevel(r.Consistency):
 		return nil, subjects.Errorf(subjects.KindInvalid, "unknown consistency %q; use one, quorum or all", r.Consistency)
 	case r.TimeoutMS < 0 || r.TimeoutMS > subjects.MaxTimeoutMS:
-		return nil, subjects.Errorf(subjects.KindInvalid, "timeout_ms %d out of range 1..%d", r.TimeoutMS, subjects.MaxTimeoutMS)
+		return nil, subjects.Errorf(subjects.KindInvalid, "timeout_ms %d out of range 0..%d (0 or absent: the coordinator's default)", r.TimeoutMS, subjects.MaxTimeoutMS)
 	case len(r.IdempotencyKey) > 256:
 		return nil, subjects.Errorf(subjects.KindInvalid, "idempotency_key is %d bytes; the limit is 256", len(r.IdempotencyKey))
 	}

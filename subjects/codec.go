@@ -5,15 +5,40 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"strconv"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
 
 // IsJSON reports whether a message with this Content-Type header value is
-// JSON; anything else is msgpack.
+// JSON; anything else is msgpack. As in HTTP, the media type is matched in
+// any letter case and may carry parameters ("application/json;
+// charset=utf-8").
 func IsJSON(contentType string) bool {
-	return contentType == JSONContentType || bytes.HasPrefix([]byte(contentType), []byte(JSONContentType+";"))
+	mt, _, _ := strings.Cut(contentType, ";")
+	return strings.EqualFold(strings.TrimSpace(mt), JSONContentType)
+}
+
+// IsJSONHeader reports whether a message with headers h is JSON: whether
+// it carries a Content-Type header, its name in any letter case, whose
+// value IsJSON. nats.Header.Get looks up only the canonical spelling, so
+// callers pass the raw header map.
+func IsJSONHeader(h map[string][]string) bool {
+	if vs, ok := h[ContentType]; ok && len(vs) > 0 && IsJSON(vs[0]) {
+		return true
+	}
+	for k, vs := range h {
+		if strings.EqualFold(k, ContentType) {
+			for _, v := range vs {
+				if IsJSON(v) {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // Unmarshal decodes data into v from JSON or msgpack. Malformed input is an
@@ -38,20 +63,41 @@ func Unmarshal(isJSON bool, data []byte, v any) (err error) {
 		if dec.More() {
 			return Errorf(KindInvalid, "malformed JSON: trailing data")
 		}
-		return nil
+		// encoding/json rewrote invalid text, matched names in any case
+		// and let a repeated field win: refuse what it glossed over.
+		return checkJSON(data, jsonFields(v))
 	}
 	if len(data) == 0 {
 		return Errorf(KindInvalid, "empty request body")
 	}
-	if err := DecodeMsgpack(data, v); err != nil {
-		return Errorf(KindInvalid, "malformed msgpack: %v", err)
+	if err := checkMsgpackMessage(data); err != nil {
+		return Errorf(KindInvalid, "malformed msgpack: %v%s", err, jsonHint(data))
+	}
+	if err := msgpack.Unmarshal(data, v); err != nil {
+		return Errorf(KindInvalid, "malformed msgpack: %v%s", err, jsonHint(data))
 	}
 	return nil
+}
+
+// jsonHint is advice for a msgpack body that looks like JSON.
+func jsonHint(data []byte) string {
+	if len(data) > 0 && data[0] == '{' {
+		return "; the body looks like JSON: set the header Content-Type: application/json to send JSON"
+	}
+	return ""
 }
 
 // Marshal encodes v as JSON or msgpack.
 func Marshal(isJSON bool, v any) ([]byte, error) {
 	if isJSON {
+		switch n := v.(type) { // metadata.Node has no JSON form of its own for the wire
+		case Node:
+			v = wireNode(n)
+		case *Node:
+			if n != nil {
+				v = wireNode(*n)
+			}
+		}
 		return json.Marshal(v)
 	}
 	if b, ok := marshalFast(v); ok {
@@ -199,4 +245,109 @@ func (g *GetReply) UnmarshalJSON(data []byte) error {
 		g.Siblings = append(g.Siblings, b)
 	}
 	return nil
+}
+
+type jsonWriteReply struct {
+	Success        bool    `json:"success"`
+	Key            *string `json:"key,omitempty"`
+	KeyBase64      *string `json:"key_base64,omitempty"`
+	Context        string  `json:"context"`
+	IdempotencyKey string  `json:"idempotency_key"`
+	IsDuplicate    bool    `json:"is_duplicate"`
+	ReplicaCount   int     `json:"replica_count"`
+	Consistency    string  `json:"consistency"`
+}
+
+// MarshalJSON writes Key as "key" when it is UTF-8 and as "key_base64"
+// otherwise, as GetReply does.
+func (w WriteReply) MarshalJSON() ([]byte, error) {
+	j := jsonWriteReply{Success: w.Success, Context: w.Context, IdempotencyKey: w.IdempotencyKey, IsDuplicate: w.IsDuplicate, ReplicaCount: w.ReplicaCount, Consistency: w.Consistency}
+	j.Key, j.KeyBase64 = splitString([]byte(w.Key))
+	return json.Marshal(j)
+}
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (w *WriteReply) UnmarshalJSON(data []byte) error {
+	var j jsonWriteReply
+	if err := json.Unmarshal(data, &j); err != nil {
+		return err
+	}
+	key, err := pickString("key", j.Key, j.KeyBase64)
+	if err != nil {
+		return err
+	}
+	*w = WriteReply{Success: j.Success, Key: string(key), Context: j.Context, IdempotencyKey: j.IdempotencyKey, IsDuplicate: j.IsDuplicate, ReplicaCount: j.ReplicaCount, Consistency: j.Consistency}
+	return nil
+}
+
+// jsonUint64 is a 64-bit identifier in JSON: written as a decimal string,
+// because JSON numbers beyond 2^53 lose precision in JavaScript and other
+// float64 readers; read from a string or a number.
+type jsonUint64 uint64
+
+func (u jsonUint64) MarshalJSON() ([]byte, error) {
+	return strconv.AppendQuote(nil, strconv.FormatUint(uint64(u), 10)), nil
+}
+
+func (u *jsonUint64) UnmarshalJSON(data []byte) error {
+	s := string(data)
+	if s == "null" {
+		return nil
+	}
+	if unq, err := strconv.Unquote(s); err == nil {
+		s = unq
+	}
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return Errorf(KindInvalid, "%s is not an unsigned 64-bit integer (a decimal string or a number)", data)
+	}
+	*u = jsonUint64(v)
+	return nil
+}
+
+// jsonNodeRequest is NodeRequest's JSON form.
+type jsonNodeRequest struct {
+	NodeID       string     `json:"node_id"`
+	VirtualNodes int        `json:"virtual_nodes,omitempty"`
+	Epoch        jsonUint64 `json:"epoch,omitempty"`
+}
+
+// MarshalJSON writes Epoch as a decimal string.
+func (n NodeRequest) MarshalJSON() ([]byte, error) {
+	return json.Marshal(jsonNodeRequest{NodeID: n.NodeID, VirtualNodes: n.VirtualNodes, Epoch: jsonUint64(n.Epoch)})
+}
+
+// UnmarshalJSON reads epoch as a decimal string or a number.
+func (n *NodeRequest) UnmarshalJSON(data []byte) error {
+	var j jsonNodeRequest
+	if err := json.Unmarshal(data, &j); err != nil {
+		if e, ok := err.(*Error); ok {
+			return Errorf(KindInvalid, "epoch: %s", e.Message)
+		}
+		return Errorf(KindInvalid, "malformed JSON: %v", err)
+	}
+	*n = NodeRequest{NodeID: j.NodeID, VirtualNodes: j.VirtualNodes, Epoch: uint64(j.Epoch)}
+	return nil
+}
+
+// jsonNode is a node record on the wire in JSON: its epoch (a uint64 that
+// is often above 2^53) as a decimal string. The outer Epoch hides the
+// embedded one; every other field is the record's own. (The metadata
+// store's own JSON encoding of a Node is unchanged.)
+type jsonNode struct {
+	Node
+	Epoch string `json:"epoch"`
+}
+
+func wireNode(n Node) jsonNode { return jsonNode{Node: n, Epoch: strconv.FormatUint(n.Epoch, 10)} }
+
+// MarshalJSON writes each node's epoch as a decimal string.
+func (l NodeList) MarshalJSON() ([]byte, error) {
+	j := struct {
+		Nodes []jsonNode `json:"nodes"`
+	}{Nodes: make([]jsonNode, 0, len(l.Nodes))}
+	for _, n := range l.Nodes {
+		j.Nodes = append(j.Nodes, wireNode(n))
+	}
+	return json.Marshal(j)
 }

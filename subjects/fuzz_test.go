@@ -89,6 +89,15 @@ var garbage = [][]byte{
 	[]byte(`[1,2,3]`),
 	[]byte(`{"key":"k"} trailing`),
 	[]byte("\xff\xfe\x00"),
+	// What encoding/json and the library take but must be refused:
+	[]byte(`{"key":"\ud800","value":"v"}`),                                    // lone surrogate
+	[]byte("{\"key\":\"a\xffb\"}"),                                            // invalid UTF-8
+	[]byte(`{"KEY":"k","Tenant_ID":"t","NODE_ID":"n"}`),                       // field name case
+	[]byte(`{"key":"a","k\u0065y":"b"}`),                                      // duplicate field
+	[]byte(`{"key":"\ud83d\ude00"}`),                                          // a valid surrogate pair
+	{0x81, 0xa3, 'k', 'e', 'y', 0xa1, 'k', 0xc0},                              // trailing byte after a map
+	{0x82, 0xa3, 'k', 'e', 'y', 0xa1, 'a', 0xa3, 'k', 'e', 'y', 0xc4, 1, 'b'}, // duplicate key, str then bin
+	{0x81, 0xa3, 'k', 'e', 'y', 0xc4, 2, 0x00, 0xff},                          // binary key as bin
 }
 
 func FuzzUnmarshalRequest(f *testing.F) {

@@ -9,7 +9,7 @@ import (
 const (
 	MaxKeyBytes   = 1024    // a key is 1..MaxKeyBytes bytes, any bytes
 	MaxValueBytes = 1 << 20 // a value is 0..MaxValueBytes bytes
-	MaxTimeoutMS  = 60_000  // timeout_ms is 1..MaxTimeoutMS
+	MaxTimeoutMS  = 60_000  // timeout_ms is 0..MaxTimeoutMS; 0 = the coordinator's default
 )
 
 // Consistency levels. ONLY APPEND TO THIS LIST.

@@ -3,6 +3,7 @@ package subjects
 import (
 	"encoding/binary"
 	"math"
+	"unicode/utf8"
 
 	"github.com/vmihailenco/msgpack/v5"
 
@@ -164,6 +165,8 @@ type mpReader struct {
 	// The last tenant and actor read: a batch repeats them item after
 	// item, so equal ones are shared instead of allocated again.
 	tenant, actor string
+	// The unknown field names of the client message being read.
+	unknown [][]byte
 }
 
 func (r *mpReader) fail() { r.bad, r.b = true, nil }
@@ -754,7 +757,7 @@ func appendRequest(dst []byte, r *Request) []byte {
 		}
 	}
 	dst = appendMapLen(dst, n)
-	dst = appendStr(appendStr(dst, "key"), r.Key)
+	dst = appendKey(appendStr(dst, "key"), r.Key)
 	if len(r.Value) > 0 {
 		dst = appendBin(appendStr(dst, "value"), r.Value)
 	}
@@ -773,13 +776,94 @@ func appendRequest(dst []byte, r *Request) []byte {
 	return dst
 }
 
+// once marks field bit as read and fails on a second one: a repeated
+// field is refused (the library path names it), never resolved by order.
+func (r *mpReader) once(seen *uint32, bit uint32) {
+	if *seen&bit != 0 {
+		r.fail()
+	}
+	*seen |= bit
+}
+
+// fieldBit numbers a client message's known field names for once.
+func fieldBit(k []byte) uint32 {
+	switch string(k) {
+	case "key":
+		return 1 << 0
+	case "value":
+		return 1 << 1
+	case "consistency":
+		return 1 << 2
+	case "context":
+		return 1 << 3
+	case "idempotency_key":
+		return 1 << 4
+	case "timeout_ms":
+		return 1 << 5
+	case "success":
+		return 1 << 6
+	case "is_duplicate":
+		return 1 << 7
+	case "replica_count":
+		return 1 << 8
+	case "found":
+		return 1 << 9
+	case "siblings":
+		return 1 << 10
+	}
+	return 0
+}
+
+// maxUnknownFields is how many unknown fields a client message may carry
+// on the fast path; more go to the library path, which finds repeats with
+// a map instead of comparing each with each.
+const maxUnknownFields = 8
+
+// fieldName reads a map key and fails on one seen before in this map:
+// known ones by bit, unknown ones (skipped, but still sent only once) by
+// comparison with the few seen.
+func (r *mpReader) fieldName(seen *uint32) []byte {
+	k, _ := r.rawBytes()
+	if bit := fieldBit(k); bit != 0 {
+		r.once(seen, bit)
+		return k
+	}
+	if len(r.unknown) == maxUnknownFields {
+		r.fail()
+		return k
+	}
+	for _, u := range r.unknown {
+		if string(u) == string(k) {
+			r.fail()
+			return k
+		}
+	}
+	r.unknown = append(r.unknown, k)
+	return k
+}
+
+// done reports whether a client message decoded cleanly: no unexpected
+// byte, a map (not nil), and nothing after it (trailing bytes go to the
+// library path, which refuses them).
+func (r *mpReader) done(n int) bool { return !r.bad && n >= 0 && len(r.b) == 0 }
+
+// appendKey writes a client message's key as str when it is UTF-8 and as
+// bin otherwise: msgpack's str is UTF-8 text, and keys are any bytes.
+func appendKey(b []byte, key string) []byte {
+	if utf8.ValidString(key) {
+		return appendStr(b, key)
+	}
+	return appendBin(b, []byte(key))
+}
+
 // decodeRequest decodes a Request map into r, setting the fields present
 // as the library does; false means "ask the library".
 func decodeRequest(data []byte, req *Request) bool {
 	r := mpReader{b: data}
 	n := r.mapLen()
+	var seen uint32
 	for i := 0; i < n && !r.bad; i++ {
-		k, _ := r.rawBytes()
+		k := r.fieldName(&seen)
 		switch string(k) {
 		case "key":
 			req.Key = r.str()
@@ -801,13 +885,13 @@ func decodeRequest(data []byte, req *Request) bool {
 			r.skip()
 		}
 	}
-	return !r.bad && n >= 0
+	return r.done(n)
 }
 
 func appendWriteReply(dst []byte, w *WriteReply) []byte {
 	dst = append(dst, 0x87)
 	dst = appendBool(appendStr(dst, "success"), w.Success)
-	dst = appendStr(appendStr(dst, "key"), w.Key)
+	dst = appendKey(appendStr(dst, "key"), w.Key)
 	dst = appendStr(appendStr(dst, "context"), w.Context)
 	dst = appendStr(appendStr(dst, "idempotency_key"), w.IdempotencyKey)
 	dst = appendBool(appendStr(dst, "is_duplicate"), w.IsDuplicate)
@@ -818,8 +902,9 @@ func appendWriteReply(dst []byte, w *WriteReply) []byte {
 func decodeWriteReply(data []byte, w *WriteReply) bool {
 	r := mpReader{b: data}
 	n := r.mapLen()
+	var seen uint32
 	for i := 0; i < n && !r.bad; i++ {
-		k, _ := r.rawBytes()
+		k := r.fieldName(&seen)
 		switch string(k) {
 		case "success":
 			w.Success = r.bool()
@@ -843,7 +928,7 @@ func decodeWriteReply(data []byte, w *WriteReply) bool {
 			r.skip()
 		}
 	}
-	return !r.bad && n >= 0
+	return r.done(n)
 }
 
 func appendGetReply(dst []byte, g *GetReply) []byte {
@@ -853,7 +938,7 @@ func appendGetReply(dst []byte, g *GetReply) []byte {
 		dst = append(dst, 0x87)
 	}
 	dst = appendBool(appendStr(dst, "success"), g.Success)
-	dst = appendStr(appendStr(dst, "key"), g.Key)
+	dst = appendKey(appendStr(dst, "key"), g.Key)
 	dst = appendBool(appendStr(dst, "found"), g.Found)
 	dst = appendBin(appendStr(dst, "value"), g.Value)
 	dst = appendStr(appendStr(dst, "context"), g.Context)
@@ -870,8 +955,9 @@ func appendGetReply(dst []byte, g *GetReply) []byte {
 func decodeGetReply(data []byte, g *GetReply) bool {
 	r := mpReader{b: data}
 	n := r.mapLen()
+	var seen uint32
 	for i := 0; i < n && !r.bad; i++ {
-		k, _ := r.rawBytes()
+		k := r.fieldName(&seen)
 		switch string(k) {
 		case "success":
 			g.Success = r.bool()
@@ -906,7 +992,7 @@ func decodeGetReply(data []byte, g *GetReply) bool {
 			r.skip()
 		}
 	}
-	return !r.bad && n >= 0
+	return r.done(n)
 }
 
 // marshalFast encodes the client messages without reflection; ok is false

@@ -19,10 +19,16 @@ const MaxMsgpackDepth = 32
 // MaxMsgpackDepth (the decoder recurses), and the never-used byte 0xc1.
 // It allocates nothing and costs one pass over the headers.
 func CheckMsgpack(b []byte) error {
+	_, err := checkMsgpack(b, 0)
+	return err
+}
+
+// checkMsgpack checks the value at b[i:] as CheckMsgpack does and returns
+// where it ends.
+func checkMsgpack(b []byte, i int) (int, error) {
 	var stack [MaxMsgpackDepth + 1]int // values still expected, per open container
 	depth := 0
 	stack[0] = 1
-	i := 0
 	for depth >= 0 {
 		if stack[depth] == 0 {
 			depth--
@@ -30,7 +36,7 @@ func CheckMsgpack(b []byte) error {
 		}
 		stack[depth]--
 		if i >= len(b) {
-			return fmt.Errorf("msgpack: truncated at byte %d", i)
+			return 0, fmt.Errorf("msgpack: truncated at byte %d", i)
 		}
 		c := b[i]
 		i++
@@ -79,28 +85,28 @@ func CheckMsgpack(b []byte) error {
 				items, i, err = length(b, i, 4)
 				items *= 2
 			default:
-				return fmt.Errorf("msgpack: invalid byte 0x%02x at %d", c, i-1)
+				return 0, fmt.Errorf("msgpack: invalid byte 0x%02x at %d", c, i-1)
 			}
 		}
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if skip > len(b)-i {
-			return fmt.Errorf("msgpack: value at byte %d needs %d bytes, %d remain", i, skip, len(b)-i)
+			return 0, fmt.Errorf("msgpack: value at byte %d needs %d bytes, %d remain", i, skip, len(b)-i)
 		}
 		i += skip
 		if items > 0 {
 			if items > len(b)-i {
-				return fmt.Errorf("msgpack: container at byte %d declares %d elements, only %d bytes remain", i, items, len(b)-i)
+				return 0, fmt.Errorf("msgpack: container at byte %d declares %d elements, only %d bytes remain", i, items, len(b)-i)
 			}
 			if depth == MaxMsgpackDepth {
-				return fmt.Errorf("msgpack: nested deeper than %d", MaxMsgpackDepth)
+				return 0, fmt.Errorf("msgpack: nested deeper than %d", MaxMsgpackDepth)
 			}
 			depth++
 			stack[depth] = items
 		}
 	}
-	return nil
+	return i, nil
 }
 
 // length reads an n-byte big-endian length at b[i:].
@@ -127,4 +133,57 @@ func DecodeMsgpack(data []byte, v any) error {
 		return err
 	}
 	return msgpack.Unmarshal(data, v)
+}
+
+// checkMsgpackMessage checks a client message (a request or reply, or an
+// admin request) as CheckMsgpack does, and also refuses what the library
+// would decode without a word: bytes after the message, and a key that
+// appears twice in its top-level map (the library lets the last win).
+func checkMsgpackMessage(b []byte) error {
+	end, err := checkMsgpack(b, 0)
+	if err != nil {
+		return err
+	}
+	if end != len(b) {
+		return fmt.Errorf("%d bytes after the message; send exactly one msgpack value", len(b)-end)
+	}
+	n, i := 0, 1
+	switch c := b[0]; {
+	case c >= 0x80 && c <= 0x8f:
+		n = int(c & 0x0f)
+	case c == 0xde:
+		n, i = int(binary.BigEndian.Uint16(b[1:])), 3
+	case c == 0xdf:
+		n, i = int(binary.BigEndian.Uint32(b[1:])), 5
+	default:
+		return nil
+	}
+	seen := make(map[string]struct{}, n)
+	for range n {
+		kEnd, _ := checkMsgpack(b, i) // checked above
+		k := mapKeyText(b[i:kEnd])
+		if _, dup := seen[k]; dup {
+			return fmt.Errorf("map key %q appears more than once; send each field once", k)
+		}
+		seen[k] = struct{}{}
+		i, _ = checkMsgpack(b, kEnd)
+	}
+	return nil
+}
+
+// mapKeyText is the text of an encoded map key: the payload of a str or
+// bin (the library reads either as a field name), else the encoding.
+func mapKeyText(k []byte) string {
+	c := k[0]
+	switch {
+	case c >= 0xa0 && c <= 0xbf:
+		return string(k[1:])
+	case c == 0xc4 || c == 0xd9:
+		return string(k[2:])
+	case c == 0xc5 || c == 0xda:
+		return string(k[3:])
+	case c == 0xc6 || c == 0xdb:
+		return string(k[5:])
+	}
+	return string(k)
 }
