@@ -60,6 +60,27 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 	return &Store{pool: pool}, nil
 }
 
+// ContextSecret implements metadata.Store on table cluster_secrets (row
+// "context"). The no-op DO UPDATE makes one statement return the stored
+// secret whether this call inserted it or lost to an earlier or
+// concurrent one; the secret column is never updated.
+func (s *Store) ContextSecret(ctx context.Context, candidate []byte) ([]byte, error) {
+	const op = "context secret"
+	if len(candidate) == 0 {
+		return nil, fmt.Errorf("metadata/postgres: %s: empty candidate", op)
+	}
+	var secret []byte
+	err := s.pool.QueryRow(ctx, `
+		INSERT INTO cluster_secrets (name, secret, created_at)
+		VALUES ('context', $1, $2)
+		ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+		RETURNING secret`, candidate, metadata.Now()).Scan(&secret)
+	if err != nil {
+		return nil, s.wrap(op, err)
+	}
+	return secret, nil
+}
+
 // Close closes the pool, waiting for connections in use to be released.
 func (s *Store) Close() error {
 	s.pool.Close()
