@@ -61,22 +61,24 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 }
 
 // ContextSecret implements metadata.Store on table cluster_secrets (row
-// "context"). The no-op DO UPDATE makes one statement return the stored
-// secret whether this call inserted it or lost to an earlier or
-// concurrent one; the secret column is never updated.
+// "context"): an insert that does nothing if the row exists, then a read.
+// Each statement is its own transaction, so the read sees the row a
+// concurrent creator committed first (the insert waited for it). Rows are never updated, so
+// coordinators need only INSERT and SELECT on the table.
 func (s *Store) ContextSecret(ctx context.Context, candidate []byte) ([]byte, error) {
 	const op = "context secret"
 	if len(candidate) == 0 {
 		return nil, fmt.Errorf("metadata/postgres: %s: empty candidate", op)
 	}
-	var secret []byte
-	err := s.pool.QueryRow(ctx, `
+	if _, err := s.pool.Exec(ctx, `
 		INSERT INTO cluster_secrets (name, secret, created_at)
 		VALUES ('context', $1, $2)
-		ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
-		RETURNING secret`, candidate, metadata.Now()).Scan(&secret)
-	if err != nil {
+		ON CONFLICT (name) DO NOTHING`, candidate, metadata.Now()); err != nil {
 		return nil, s.wrap(op, err)
+	}
+	var secret []byte
+	if err := s.pool.QueryRow(ctx, `SELECT secret FROM cluster_secrets WHERE name = 'context'`).Scan(&secret); err != nil {
+		return nil, s.wrap(op+": read", err)
 	}
 	return secret, nil
 }
