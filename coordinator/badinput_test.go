@@ -71,7 +71,7 @@ func TestBadInputAnswers4xxAndWritesNothing(t *testing.T) {
 		{"JSON trailing data", subjects.Put("default"), []byte(`{"key":"k","value":"v"} {}`), true, "400", "invalid", "trailing data"},
 		{"JSON value and base64", subjects.Put("default"), []byte(`{"key":"k","value":"v","value_base64":"dg=="}`), true, "400", "invalid", "not both"},
 		{"JSON bad base64", subjects.Put("default"), []byte(`{"key":"k","value_base64":"!!"}`), true, "400", "invalid", "not standard base64"},
-		{"bad context", subjects.Put("default"), mp(t, map[string]any{"key": "k", "value": []byte("v"), "context": "l1.@@@"}), false, "400", "invalid", "context is not one this store issued"},
+		{"bad context", subjects.Put("default"), mp(t, map[string]any{"key": "k", "value": []byte("v"), "context": "l2.@@@"}), false, "400", "invalid", "context was not issued by this store"},
 		{"delete with value", subjects.Delete("default"), mp(t, map[string]any{"key": "k", "value": []byte("v")}), false, "400", "invalid", "delete takes no value"},
 		{"unknown tenant", subjects.Put("nosuch"), mp(t, map[string]any{"key": "k", "value": []byte("v")}), false, "404", "no_such_tenant", `no tenant "nosuch"`},
 		{"tenant not a token", "kv.v1.Bad!Tenant.put", mp(t, map[string]any{"key": "k", "value": []byte("v")}), false, "400", "invalid", "must match [a-z0-9][a-z0-9_-]{0,62}"},

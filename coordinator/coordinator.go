@@ -76,6 +76,16 @@ type Config struct {
 	// none.
 	Metrics prometheus.Registerer
 
+	// ContextSecret is the key under which this coordinator authenticates
+	// the contexts it issues (at least vclock.MinContextSecret bytes), and
+	// ContextSecretPrevious an older one whose contexts it still accepts
+	// during a rotation. Every coordinator of a cluster must accept every
+	// other's current secret. Without ContextSecret, the cluster's secret
+	// is fetched from the metadata store, created there by the first
+	// coordinator that asks; ContextSecretPrevious then must be empty.
+	ContextSecret         []byte
+	ContextSecretPrevious []byte
+
 	Logger *slog.Logger
 	Now    func() time.Time // clock for caches and HLC; default time.Now
 }
@@ -123,6 +133,13 @@ func (c *Config) validate() error {
 	if c.Timeout > subjects.MaxTimeoutMS*time.Millisecond {
 		return fmt.Errorf("coordinator: timeout %s exceeds %dms", c.Timeout, subjects.MaxTimeoutMS)
 	}
+	if len(c.ContextSecret) > 0 {
+		if _, err := vclock.NewContextKeys(c.ContextSecret, c.ContextSecretPrevious); err != nil {
+			return fmt.Errorf("coordinator: %w", err)
+		}
+	} else if len(c.ContextSecretPrevious) > 0 {
+		return errors.New("coordinator: a previous context secret needs a current one (the secret kept in the metadata store is not rotated)")
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -138,6 +155,7 @@ type Coordinator struct {
 	nc      *nats.Conn
 	log     *slog.Logger
 	hlc     *vclock.HLC
+	keys    *vclock.ContextKeys // seals and opens client contexts
 	fan     *fanout
 	tenants *tenantCache
 	routing *routing
@@ -160,7 +178,12 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Coordinator, error) {
 		return nil, err
 	}
 	log := cfg.Logger.With("coordinator", cfg.Actor)
+	keys, err := contextKeys(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
 	c := &Coordinator{
+		keys:    keys,
 		cfg:     cfg,
 		nc:      nc,
 		log:     log,
@@ -206,6 +229,27 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Coordinator, error) {
 	}
 	log.Info("coordinator serving", "nodes", c.routing.ring().Len(), "active", c.routing.ring().ActiveCount())
 	return c, nil
+}
+
+// contextKeys builds the keys contexts are sealed with: the configured
+// secrets, or the cluster's secret from the metadata store.
+func contextKeys(ctx context.Context, cfg Config) (*vclock.ContextKeys, error) {
+	secret := cfg.ContextSecret
+	if len(secret) == 0 {
+		candidate := make([]byte, 32)
+		if _, err := rand.Read(candidate); err != nil {
+			return nil, fmt.Errorf("coordinator: context secret candidate: %w", err)
+		}
+		var err error
+		if secret, err = cfg.Metadata.ContextSecret(ctx, candidate); err != nil {
+			return nil, fmt.Errorf("coordinator: context secret from the metadata store: %w", err)
+		}
+	}
+	keys, err := vclock.NewContextKeys(secret, cfg.ContextSecretPrevious)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: %w", err)
+	}
+	return keys, nil
 }
 
 func (c *Coordinator) subscribeEvents() error {

@@ -70,6 +70,9 @@ func (c *Coordinator) dataHandler(op string) func(micro.Request, func()) {
 		switch op {
 		case subjects.OpGet:
 			reply, err := c.read(ctx, r)
+			if err == nil {
+				err = c.sealContext(r, &reply.Context)
+			}
 			if err != nil {
 				fail(err)
 				return
@@ -84,6 +87,9 @@ func (c *Coordinator) dataHandler(op string) func(micro.Request, func()) {
 			r.runAfter()
 		default:
 			reply, err := c.writeOnce(ctx, r, op == subjects.OpDelete)
+			if err == nil {
+				err = c.sealContext(r, &reply.Context)
+			}
 			if err != nil {
 				fail(err)
 				return
@@ -139,25 +145,54 @@ func decodeDataRequest(req micro.Request, op string) (*dataRequest, error) {
 // per node incarnation that coordinated the key, far below this.
 const maxContextBytes = 64 << 10
 
-// parseContext decodes the request's context for its tenant's policy.
-func (r *dataRequest) parseContext() error {
+// sealContext turns the plain context a reply was built with into the
+// authenticated one the client sees. Every context leaves through here:
+// the read and write paths (and the idempotency store, which keeps replies
+// as written) handle plain contexts only, so a stored reply stays valid
+// across a key rotation and is sealed under the current key when replayed.
+func (c *Coordinator) sealContext(r *dataRequest, ctx *string) error {
+	sealed, err := c.keys.Seal(r.tenant.ID, *ctx)
+	if err != nil {
+		return fmt.Errorf("seal context: %w", err)
+	}
+	*ctx = sealed
+	return nil
+}
+
+// parseContext verifies the request's context (it must be one this store
+// sealed for this tenant) and decodes it for the tenant's policy.
+func (r *dataRequest) parseContext(keys *vclock.ContextKeys) error {
 	if r.Context == "" {
 		return nil
 	}
-	if r.tenant.ConflictPolicy == subjects.PolicySiblings {
-		ctx, err := vclock.DecodeDVVContext(r.Context)
+	siblings := r.tenant.ConflictPolicy == subjects.PolicySiblings
+	// A context of the other policy is named plainly, genuine or not.
+	switch p := vclock.PolicyOf(r.Context); {
+	case siblings && p == subjects.PolicyLWW:
+		return subjects.Errorf(subjects.KindInvalid, "context is an lww context, not one for this siblings tenant; read the key again for its context")
+	case !siblings && p == subjects.PolicySiblings:
+		return subjects.Errorf(subjects.KindInvalid, "context is a siblings context, not one for this lww tenant; read the key again for its context")
+	}
+	plain, err := keys.Open(r.tenant.ID, r.Context)
+	if err != nil {
+		return subjects.Errorf(subjects.KindInvalid, "%v", err)
+	}
+	if siblings {
+		ctx, err := vclock.DecodeDVVContext(plain)
 		if err != nil {
 			return subjects.Errorf(subjects.KindInvalid, "context is not one this store issued for a siblings tenant: %v", err)
 		}
 		r.dvvCtx = ctx
 		return nil
 	}
-	dot, err := vclock.DecodeContext(r.Context)
+	dot, err := vclock.DecodeContext(plain)
 	if err != nil {
 		return subjects.Errorf(subjects.KindInvalid, "context is not one this store issued: %v", err)
 	}
 	// A context from the far future would drag this coordinator's clock
-	// (and every dot it mints) along; a forged one could exhaust it.
+	// (and every dot it mints) along. Only this store's own contexts get
+	// here, but a genuine one stays bounded too (another coordinator's
+	// clock may be ahead).
 	if dot.Counter > vclock.CounterAt(time.Now().Add(maxContextSkew)) {
 		return subjects.Errorf(subjects.KindInvalid, "context is dated %s, beyond the allowed clock skew of %s", vclock.Physical(dot.Counter).UTC().Format(time.RFC3339), maxContextSkew)
 	}
@@ -183,7 +218,7 @@ func (c *Coordinator) resolve(ctx context.Context, subject string, r *dataReques
 	if r.level == "" {
 		r.level = t.DefaultConsistency
 	}
-	return r.parseContext()
+	return r.parseContext(c.keys)
 }
 
 // storeError turns a dependency failure into a wire error naming it.

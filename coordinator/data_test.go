@@ -17,7 +17,6 @@ import (
 	"github.com/quorumkv/quorumkv/client"
 	"github.com/quorumkv/quorumkv/internal/devcluster"
 	"github.com/quorumkv/quorumkv/subjects"
-	"github.com/quorumkv/quorumkv/vclock"
 )
 
 var levels = []string{subjects.One, subjects.Quorum, subjects.All}
@@ -374,8 +373,7 @@ func TestRestartsLoseNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d1, _ := vclock.DecodeContext(first.Context)
-	d2, _ := vclock.DecodeContext(second.Context)
+	d1, d2 := issuedDot(t, first.Context), issuedDot(t, second.Context)
 	if d1.Actor == d2.Actor {
 		t.Fatalf("restarted coordinator reuses actor %q", d1.Actor)
 	}

@@ -78,7 +78,7 @@ func TestSiblingsKeepConcurrentWritesAndResolveWithContext(t *testing.T) {
 	if v := values(got); !slices.Equal(v, []string{"a", "b"}) {
 		t.Fatalf("siblings %q, want a and b", v)
 	}
-	if !strings.HasPrefix(got.Context, "d1.") {
+	if !strings.HasPrefix(got.Context, "d2.") {
 		t.Fatalf("siblings context %q", got.Context)
 	}
 	// A write with the read's context replaces exactly those: one value on

@@ -105,6 +105,13 @@ type Store interface {
 	// RemoveNode removes the node. ErrNotFound if it does not exist.
 	RemoveNode(ctx context.Context, id string) error
 
+	// ContextSecret returns the cluster's context secret, the key under
+	// which coordinators authenticate the contexts they issue. If none is
+	// stored yet it stores candidate (non-empty) and returns it: the first
+	// writer wins, and every caller, concurrent ones included, gets the
+	// same bytes. The secret is never changed or removed afterwards.
+	ContextSecret(ctx context.Context, candidate []byte) ([]byte, error)
+
 	// Close releases what the store opened itself. It does not close
 	// connections it was handed.
 	Close() error

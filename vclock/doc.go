@@ -36,6 +36,13 @@
 // an error wrapping [ErrBadContext] for anything [EncodeContext] could not
 // have produced.
 //
+// Clients never see these plain contexts: a coordinator seals each one
+// with [ContextKeys.Seal] (prefixes [SealedLWWPrefix], [SealedDVVPrefix]),
+// an HMAC under the cluster's secret bound to the tenant, and opens what a
+// client hands back with [ContextKeys.Open] before decoding it, so a
+// forged, altered or another tenant's context is refused
+// ([ErrUnauthenticContext]) before it can move a clock.
+//
 // # Caller's duties
 //
 //   - Give every coordinator a distinct, stable actor id and one [HLC]

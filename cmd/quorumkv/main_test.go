@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -134,5 +136,41 @@ func TestStatusReport(t *testing.T) {
 		if co.Actor == "" || co.Version == "" {
 			t.Fatalf("coordinator %+v", co)
 		}
+	}
+}
+
+// TestCoordinatorContextSecretFlags: bad secrets stop the coordinator
+// before it connects, with a message that says what to do, whether they
+// come from the flags or the environment.
+func TestCoordinatorContextSecretFlags(t *testing.T) {
+	long := strings.Repeat("s", 32)
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"--context-secret", "short"}, nil, "--context-secret is 5 bytes; use at least 32"},
+		{nil, map[string]string{"QUORUMKV_CONTEXT_SECRET": "short"}, "--context-secret is 5 bytes; use at least 32"},
+		{[]string{"--context-secret", long, "--context-secret-previous", "old"}, nil, "--context-secret-previous is 3 bytes"},
+		{nil, map[string]string{"QUORUMKV_CONTEXT_SECRET_PREVIOUS": long}, "--context-secret-previous needs --context-secret"},
+		{[]string{"--context-secret", long, "--context-secret-previous", long}, nil, "is the same as --context-secret"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			err := runCoordinator(append([]string{"--nats", "nats://127.0.0.1:1"}, tc.args...))
+			var ue usageError
+			if !errors.As(err, &ue) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want a usage error containing %q", err, tc.want)
+			}
+		})
+	}
+	cur, prev, err := contextSecrets(long, "")
+	if err != nil || string(cur) != long || prev != nil {
+		t.Fatalf("contextSecrets(long, \"\") = %q, %q, %v", cur, prev, err)
+	}
+	if cur, prev, err := contextSecrets("", ""); err != nil || cur != nil || prev != nil {
+		t.Fatalf("no secrets: %q, %q, %v (want the metadata store's)", cur, prev, err)
 	}
 }

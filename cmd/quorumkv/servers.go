@@ -17,6 +17,7 @@ import (
 	"github.com/quorumkv/quorumkv/repair"
 	"github.com/quorumkv/quorumkv/schema"
 	"github.com/quorumkv/quorumkv/storage"
+	"github.com/quorumkv/quorumkv/vclock"
 )
 
 func runDev(args []string) error {
@@ -94,9 +95,15 @@ func runCoordinator(args []string) error {
 	readRepairChance := fs.Float64("read-repair-chance", 0.1, "share of quorum reads that ask every primary, not only as many as the level needs, so read repair reaches them all (0..1)")
 	speculativeRetry := fs.Duration("speculative-retry", 0, "how long a read waits for the primaries it asked before asking the others (0: adaptive, 4x the mean replica round trip, 5ms..200ms)")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics (empty: off)")
+	ctxSecret := fs.String("context-secret", "", "secret under which contexts are authenticated, the same on every coordinator, at least 32 bytes (e.g. the output of openssl rand -hex 32; empty: the cluster's secret kept in the metadata store)")
+	ctxSecretPrev := fs.String("context-secret-previous", "", "the secret before --context-secret, whose contexts are still accepted while a rotation rolls out (see docs/OPERATIONS.md)")
 	var lf logFlags
 	lf.register(fs)
 	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	secret, secretPrev, err := contextSecrets(*ctxSecret, *ctxSecretPrev)
+	if err != nil {
 		return err
 	}
 	if *kvReplicas < 1 || *kvReplicas > 5 {
@@ -141,6 +148,7 @@ func runCoordinator(args []string) error {
 		Metadata: ms, Idempotency: is, Actor: *actor, Timeout: *timeout,
 		MaxInflight: *maxInflight, NodeInflight: *nodeInflight, MaxBatch: *maxBatch, TenantTTL: *tenantTTL,
 		HintWindow: *hintWindow, ReadRepairChance: chance, SpeculativeRetry: *speculativeRetry, Logger: log,
+		ContextSecret: secret, ContextSecretPrevious: secretPrev,
 	}
 	var pub *repair.Publisher
 	if *repairOn {
@@ -171,6 +179,32 @@ func runCoordinator(args []string) error {
 	<-ctx.Done()
 	co.Stop()
 	return nil
+}
+
+// contextSecrets checks the values of --context-secret and
+// --context-secret-previous: each empty or at least
+// vclock.MinContextSecret bytes, and a previous one only with a current
+// one.
+func contextSecrets(current, previous string) ([]byte, []byte, error) {
+	for _, f := range []struct{ name, v string }{{"context-secret", current}, {"context-secret-previous", previous}} {
+		if f.v != "" && len(f.v) < vclock.MinContextSecret {
+			return nil, nil, usagef("--%s is %d bytes; use at least %d (for example the output of \"openssl rand -hex 32\")", f.name, len(f.v), vclock.MinContextSecret)
+		}
+	}
+	if previous != "" && current == "" {
+		return nil, nil, usagef("--context-secret-previous needs --context-secret (the new secret); the secret kept in the metadata store is not rotated")
+	}
+	if current == previous && current != "" {
+		return nil, nil, usagef("--context-secret-previous is the same as --context-secret; give the old secret, or drop it")
+	}
+	if current == "" {
+		return nil, nil, nil
+	}
+	var prev []byte
+	if previous != "" {
+		prev = []byte(previous)
+	}
+	return []byte(current), prev, nil
 }
 
 // serveMetrics starts the metrics server when addr is set, after letting

@@ -3,6 +3,7 @@
 package metadatatest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -42,6 +43,8 @@ func Run(t *testing.T, open func(t *testing.T) metadata.Store) {
 		{"SetNodeStatus", testSetNodeStatus},
 		{"RemoveNode", testRemoveNode},
 		{"ListNodes", testListNodes},
+		{"ContextSecretFirstWins", testContextSecretFirstWins},
+		{"ContextSecretConcurrent", testContextSecretConcurrent},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -620,4 +623,87 @@ func testListNodes(t *testing.T, s metadata.Store) {
 		}
 		sameNode(t, "ListNodes entry "+id, got[i], want[id])
 	}
+}
+
+func secretCandidate(i int) []byte {
+	return bytes.Repeat([]byte{byte('A' + i%26), byte(i)}, 24)
+}
+
+// testContextSecretFirstWins: the first candidate is stored and returned
+// to every later caller; the secret does not show up among tenants or
+// nodes, and they do not disturb it.
+func testContextSecretFirstWins(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	if _, err := s.ContextSecret(ctx, nil); err == nil {
+		t.Error("ContextSecret(empty candidate) succeeded")
+	}
+	first, second := secretCandidate(1), secretCandidate(2)
+	got, err := s.ContextSecret(ctx, first)
+	if err != nil {
+		t.Fatalf("ContextSecret: %v", err)
+	}
+	if !bytes.Equal(got, first) {
+		t.Fatalf("first ContextSecret = %x, want the candidate %x", got, first)
+	}
+	got, err = s.ContextSecret(ctx, second)
+	if err != nil {
+		t.Fatalf("second ContextSecret: %v", err)
+	}
+	if !bytes.Equal(got, first) {
+		t.Fatalf("second ContextSecret = %x, want the first candidate %x", got, first)
+	}
+	ts, err := s.ListTenants(ctx)
+	if err != nil || len(ts) != 0 {
+		t.Fatalf("ListTenants with only a secret stored = %v, %v; want none", ts, err)
+	}
+	ns, err := s.ListNodes(ctx)
+	if err != nil || len(ns) != 0 {
+		t.Fatalf("ListNodes with only a secret stored = %v, %v; want none", ns, err)
+	}
+	mustCreateTenant(t, s, newTenant("context"))
+	mustRegisterNode(t, s, metadata.Node{ID: "context", VirtualNodes: 1, Epoch: 1})
+	if ts, err := s.ListTenants(ctx); err != nil || len(ts) != 1 {
+		t.Fatalf("ListTenants = %v, %v; want tenant context only", ts, err)
+	}
+	if err := s.DeleteTenant(ctx, "context"); err != nil {
+		t.Fatal(err)
+	}
+	got, err = s.ContextSecret(ctx, second)
+	if err != nil || !bytes.Equal(got, first) {
+		t.Fatalf("ContextSecret after tenant and node changes = %x, %v; want %x", got, err, first)
+	}
+}
+
+// testContextSecretConcurrent: concurrent creators all end with the same
+// secret, one of their candidates.
+func testContextSecretConcurrent(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	const n = 8
+	var (
+		wg   sync.WaitGroup
+		got  [n][]byte
+		errs [n]error
+	)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i], errs[i] = s.ContextSecret(ctx, secretCandidate(i))
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("creator %d: %v", i, errs[i])
+		}
+		if !bytes.Equal(got[i], got[0]) {
+			t.Fatalf("creators disagree: %x vs %x", got[i], got[0])
+		}
+	}
+	for i := range n {
+		if bytes.Equal(got[0], secretCandidate(i)) {
+			return
+		}
+	}
+	t.Fatalf("the secret %x is none of the candidates", got[0])
 }

@@ -8,6 +8,11 @@
 //
 // Optimistic locking uses the KV revision: a write names the revision it read
 // and JetStream rejects it if the key changed since.
+//
+// The cluster's context secret lives in the tenants bucket under the key
+// "cluster.context_secret". Its "." keeps it apart from every record key
+// (those never contain one) and listings skip it; it stays inside the
+// subjects the coordinators' NATS permissions already grant.
 package natskv
 
 import (
@@ -18,6 +23,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -82,6 +88,43 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 		return nil, err
 	}
 	return &Store{tenants: tenants, nodes: nodes}, nil
+}
+
+// contextSecretKey is where ContextSecret keeps the secret (see the
+// package doc).
+const contextSecretKey = "cluster.context_secret"
+
+// storedSecret is the JSON record under contextSecretKey.
+type storedSecret struct {
+	Secret    []byte    `json:"secret"` // base64 in JSON
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// ContextSecret implements metadata.Store: a KV create, which only the
+// first writer wins, then a read of whatever is stored.
+func (s *Store) ContextSecret(ctx context.Context, candidate []byte) ([]byte, error) {
+	const op = "context secret"
+	if len(candidate) == 0 {
+		return nil, fmt.Errorf("metadata/natskv: %s: empty candidate", op)
+	}
+	data, err := json.Marshal(storedSecret{Secret: candidate, CreatedAt: metadata.Now()})
+	if err != nil {
+		return nil, fmt.Errorf("metadata/natskv: %s: encode: %w", op, err)
+	}
+	if _, err := s.tenants.Create(ctx, contextSecretKey, data); err == nil {
+		return append([]byte(nil), candidate...), nil
+	} else if !errors.Is(err, jetstream.ErrKeyExists) {
+		return nil, wrap(op, err)
+	}
+	e, err := s.tenants.Get(ctx, contextSecretKey)
+	if err != nil {
+		return nil, wrap(op+": read", err)
+	}
+	var rec storedSecret
+	if err := json.Unmarshal(e.Value(), &rec); err != nil || len(rec.Secret) == 0 {
+		return nil, fmt.Errorf("metadata/natskv: %s: stored record at revision %d is damaged: %v", op, e.Revision(), err)
+	}
+	return rec.Secret, nil
 }
 
 // Close does nothing: the store holds no resources of its own, and the
@@ -379,6 +422,9 @@ func list(ctx context.Context, kv jetstream.KeyValue, fn func([]byte) error) err
 			}
 			if e == nil { // all current values delivered
 				return nil
+			}
+			if strings.Contains(e.Key(), ".") { // not a record (contextSecretKey)
+				continue
 			}
 			if err := fn(e.Value()); err != nil {
 				return fmt.Errorf("decode key %q revision %d: %w", e.Key(), e.Revision(), err)

@@ -60,6 +60,29 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 	return &Store{pool: pool}, nil
 }
 
+// ContextSecret implements metadata.Store on table cluster_secrets (row
+// "context"): an insert that does nothing if the row exists, then a read.
+// Each statement is its own transaction, so the read sees the row a
+// concurrent creator committed first (the insert waited for it). Rows are never updated, so
+// coordinators need only INSERT and SELECT on the table.
+func (s *Store) ContextSecret(ctx context.Context, candidate []byte) ([]byte, error) {
+	const op = "context secret"
+	if len(candidate) == 0 {
+		return nil, fmt.Errorf("metadata/postgres: %s: empty candidate", op)
+	}
+	if _, err := s.pool.Exec(ctx, `
+		INSERT INTO cluster_secrets (name, secret, created_at)
+		VALUES ('context', $1, $2)
+		ON CONFLICT (name) DO NOTHING`, candidate, metadata.Now()); err != nil {
+		return nil, s.wrap(op, err)
+	}
+	var secret []byte
+	if err := s.pool.QueryRow(ctx, `SELECT secret FROM cluster_secrets WHERE name = 'context'`).Scan(&secret); err != nil {
+		return nil, s.wrap(op+": read", err)
+	}
+	return secret, nil
+}
+
 // Close closes the pool, waiting for connections in use to be released.
 func (s *Store) Close() error {
 	s.pool.Close()
