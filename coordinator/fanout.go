@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/quorumkv/quorumkv/subjects"
+	"github.com/quorumkv/quorumkv/vclock"
 )
 
 // Errors a replica outcome can carry.
@@ -34,6 +35,16 @@ type outcome struct {
 // request gave up), so delivering never blocks.
 type call struct {
 	ch chan outcome
+}
+
+// lostTo reports whether the outcome is an lww write that lost its merge,
+// and the dot that beat it: the node answered with the version it keeps
+// (subjects.NodeWriteResult.LWW is set exactly then).
+func (o *outcome) lostTo() (vclock.Dot, bool) {
+	if o.err != nil || o.write == nil || o.write.LWW == nil {
+		return vclock.Dot{}, false
+	}
+	return o.write.LWW.Dot, true
 }
 
 func newCall(items int) *call { return &call{ch: make(chan outcome, items)} }
