@@ -38,13 +38,12 @@ type call struct {
 }
 
 // lostTo reports whether the outcome is an lww write that lost its merge,
-// and the dot that beat it: the node answered with the version it keeps
-// (subjects.NodeWriteResult.LWW is set exactly then).
+// and the dot that beat it (see subjects.NodeWriteResult.Lost).
 func (o *outcome) lostTo() (vclock.Dot, bool) {
-	if o.err != nil || o.write == nil || o.write.LWW == nil {
+	if o.err != nil || o.write == nil {
 		return vclock.Dot{}, false
 	}
-	return o.write.LWW.Dot, true
+	return o.write.Lost()
 }
 
 func newCall(items int) *call { return &call{ch: make(chan outcome, items)} }
