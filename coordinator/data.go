@@ -362,7 +362,7 @@ func restamp(floor vclock.Dot, lost *lostWrite, within bool, attempt int) (vcloc
 	switch {
 	case !within:
 		return floor, subjects.Errorf(subjects.KindUnavailable,
-			"the key holds a version dated %s, beyond the allowed clock skew of %s ahead of this coordinator's clock; the write cannot be ordered after it (an operator must remove that version)",
+			"the key holds a version dated %s, beyond the allowed clock skew of %s ahead of this coordinator's clock; writes to this key are refused until the wall time comes within that skew of it",
 			vclock.Physical(lost.by.Counter).Format(time.RFC3339), maxClockSkew)
 	case attempt >= maxRestamps:
 		return floor, subjects.Errorf(subjects.KindUnavailable,
