@@ -5,8 +5,8 @@
 // to the replicas, and answers once the consistency level is met.
 //
 // Any number of coordinators may run: they share nothing but the metadata
-// store, the idempotency store and NATS. Each mints version dots with its
-// own hybrid logical clock under a per-process actor id.
+// store, the idempotency store and NATS. Each mints lww version dots under
+// a per-process actor id, from one hybrid logical clock per tenant.
 package coordinator
 
 import (
@@ -87,7 +87,7 @@ type Config struct {
 	ContextSecretPrevious []byte
 
 	Logger *slog.Logger
-	Now    func() time.Time // clock for caches and HLC; default time.Now
+	Now    func() time.Time // clock for caches and the hybrid logical clocks; default time.Now
 }
 
 func (c *Config) validate() error {
@@ -154,8 +154,9 @@ type Coordinator struct {
 	cfg     Config
 	nc      *nats.Conn
 	log     *slog.Logger
-	hlc     *vclock.HLC
 	keys    *vclock.ContextKeys // seals and opens client contexts
+	clocks  *tenantClocks       // lww: one hybrid logical clock per tenant
+	skewLog skewLog
 	fan     *fanout
 	tenants *tenantCache
 	routing *routing
@@ -187,7 +188,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Coordinator, error) {
 		cfg:     cfg,
 		nc:      nc,
 		log:     log,
-		hlc:     vclock.NewHLC(cfg.Now),
+		clocks:  newTenantClocks(cfg.Now),
 		tenants: newTenantCache(cfg.Metadata, log, cfg.TenantTTL, cfg.Now),
 		routing: newRouting(cfg.Metadata, log, cfg.RingRefresh),
 		sem:     make(chan struct{}, cfg.MaxInflight),

@@ -294,6 +294,14 @@ func newIdempotencyKey() string {
 
 // write stamps the value (or tombstone) with a new dot and sends it to every
 // primary, answering once the level's count acknowledged.
+//
+// Under lww a primary acknowledges a write only when the write won its
+// merge; one that holds a greater dot (minted by a coordinator whose clock
+// runs ahead, or by a concurrent write) reports that dot instead. The
+// coordinator then observes it, re-stamps the write past it and sends it to
+// every primary again (maxRestamps times at most), so an acknowledged
+// write is never superseded by one that finished before it started,
+// whatever the coordinators' clocks say.
 func (c *Coordinator) write(ctx context.Context, r *dataRequest, del bool) (*subjects.WriteReply, error) {
 	pref, need, err := c.replicas(r)
 	if err != nil {
@@ -302,17 +310,44 @@ func (c *Coordinator) write(ctx context.Context, r *dataRequest, del bool) (*sub
 	if r.tenant.ConflictPolicy == subjects.PolicySiblings {
 		return c.writeSiblings(ctx, r, pref, need, del)
 	}
-	dot, err := c.hlc.TryStamp(c.cfg.Actor, r.ctxDot)
-	if err != nil {
-		return nil, fmt.Errorf("stamp write: %w", err)
-	}
-	v := &vclock.Version{Dot: dot, Tombstone: del}
-	if !del {
-		v.Value = r.Value
-		if v.Value == nil {
-			v.Value = []byte{}
+	clock := c.clocks.get(r.tenant.ID)
+	floor := r.ctxDot // the dot the write must beat
+	for attempt := 0; ; attempt++ {
+		dot, err := clock.TryStamp(c.cfg.Actor, floor)
+		if err != nil {
+			return nil, fmt.Errorf("stamp write: %w", err)
 		}
+		v := &vclock.Version{Dot: dot, Tombstone: del}
+		if !del {
+			v.Value = r.Value
+			if v.Value == nil {
+				v.Value = []byte{}
+			}
+		}
+		reply, cl, t, acked, err := c.sendLWW(ctx, r, pref, need, v)
+		var lost *lostWrite
+		if errors.As(err, &lost) {
+			within := c.observe(clock, lost.by.Counter, "write", r.tenant.ID)
+			if floor, err = restamp(floor, lost, within, attempt); err != nil {
+				return nil, err
+			}
+			c.metrics.Restamp()
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if c.repair != nil {
+			r.after = func() { c.hintMissing(ctx, cl, r, pref, t.total-t.answered(), acked, *v) }
+		}
+		return reply, nil
 	}
+}
+
+// sendLWW sends v to every primary and waits for the level: the reply, and
+// what hintMissing needs. A primary that reports the write lost ends the
+// wait with a *lostWrite.
+func (c *Coordinator) sendLWW(ctx context.Context, r *dataRequest, pref []string, need int, v *vclock.Version) (*subjects.WriteReply, *call, tally, []string, error) {
 	deadline, _ := ctx.Deadline()
 	cl := newCall(len(pref))
 	for _, node := range pref {
@@ -322,19 +357,13 @@ func (c *Coordinator) write(ctx context.Context, r *dataRequest, del bool) (*sub
 	}
 	t := tally{required: need, total: len(pref)}
 	var acked []string
-	err = c.await(ctx, cl, &t, r.level, nil, func(o outcome) {
-		if o.write != nil && o.write.LWW != nil {
-			c.hlc.Observe(o.write.LWW.Dot.Counter)
-		}
-		if o.err == nil {
+	err := c.await(ctx, cl, &t, r.level, nil, func(o outcome) {
+		if _, lost := o.lostTo(); o.err == nil && !lost {
 			acked = append(acked, o.node)
 		}
 	})
 	if err != nil {
-		return nil, err
-	}
-	if c.repair != nil {
-		r.after = func() { c.hintMissing(ctx, cl, r, pref, t.total-t.answered(), acked, *v) }
+		return nil, nil, t, nil, err
 	}
 	return &subjects.WriteReply{
 		Success:        true,
@@ -343,7 +372,41 @@ func (c *Coordinator) write(ctx context.Context, r *dataRequest, del bool) (*sub
 		IdempotencyKey: r.IdempotencyKey,
 		ReplicaCount:   t.acks,
 		Consistency:    r.level,
-	}, nil
+	}, cl, t, acked, nil
+}
+
+// lostWrite is await's error when a primary reports that an lww write lost
+// its merge to the greater dot by: the write would vanish once that
+// version reaches every replica, so it must not count as acknowledged.
+type lostWrite struct {
+	node string
+	by   vclock.Dot
+}
+
+func (e *lostWrite) Error() string {
+	return fmt.Sprintf("%s holds a newer version (%d@%s)", e.node, e.by.Counter, e.by.Actor)
+}
+
+// restamp decides what an lww write does after attempt (0-based) lost to
+// lost: it returns the dot the next stamp must beat, or the error to answer
+// with. within reports whether lost's counter is within the allowed skew
+// (and so was observed into the clock): a write cannot be ordered after a
+// version dated further ahead without dragging the tenant's clock there.
+// restamp is pure.
+func restamp(floor vclock.Dot, lost *lostWrite, within bool, attempt int) (vclock.Dot, error) {
+	switch {
+	case !within:
+		return floor, subjects.Errorf(subjects.KindUnavailable,
+			"the key holds a version dated %s, beyond the allowed clock skew of %s ahead of this coordinator's clock; writes to this key are refused until the wall time comes within that skew of it",
+			vclock.Physical(lost.by.Counter).Format(time.RFC3339), maxClockSkew)
+	case attempt >= maxRestamps:
+		return floor, subjects.Errorf(subjects.KindUnavailable,
+			"the key kept receiving newer versions: the write lost to a newer one %d times (last: %v); retry", attempt+1, lost)
+	}
+	if lost.by.Compare(floor) > 0 {
+		floor = lost.by
+	}
+	return floor, nil
 }
 
 // read asks the primaries readTargets picks and answers with the merge of
@@ -396,7 +459,7 @@ func (c *Coordinator) read(ctx context.Context, r *dataRequest) (*subjects.GetRe
 		return reply, nil
 	}
 	if merged, ok := vclock.MergeAll(got); ok {
-		c.hlc.Observe(merged.Dot.Counter)
+		c.observe(c.clocks.get(r.tenant.ID), merged.Dot.Counter, "read", r.tenant.ID)
 		reply.Context = vclock.EncodeContext(merged.Dot)
 		if merged.Live() {
 			reply.Found = true
@@ -457,7 +520,8 @@ func (sp *spares) askNext() bool {
 }
 
 // await feeds the call's outcomes to t until the level is met (nil) or can
-// no longer be met, or ctx ends (unavailable, naming what failed). With
+// no longer be met, or ctx ends (unavailable, naming what failed), or a
+// replica reports that an lww write lost its merge (*lostWrite). With
 // spares, a failure asks the next spare, and the level not being met after
 // the spares' delay asks all of them (speculative retry); the primaries
 // that failed or had not answered by then are suspected for a while.
@@ -484,6 +548,11 @@ func (c *Coordinator) await(ctx context.Context, cl *call, t *tally, level strin
 				sp.heard = append(sp.heard, o.node)
 			}
 			if o.err == nil {
+				if by, lost := o.lostTo(); lost {
+					// A lost lww write is no acknowledgement: the caller
+					// re-stamps it.
+					return &lostWrite{node: o.node, by: by}
+				}
 				t.ack()
 				continue
 			}

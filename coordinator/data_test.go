@@ -97,8 +97,8 @@ func TestBatchOfLargeValuesSplitsUnderMaxPayload(t *testing.T) {
 			return
 		}
 		text := scrape(t, reg)
-		single := metricValue(t, text, `quorumkv_coordinator_batch_items_bucket{coordinator="0",op="write",le="1"}`)
-		all := metricValue(t, text, `quorumkv_coordinator_batch_items_count{coordinator="0",op="write"}`)
+		single := mustMetric(t, text, `quorumkv_coordinator_batch_items_bucket{coordinator="0",op="write",le="1"}`)
+		all := mustMetric(t, text, `quorumkv_coordinator_batch_items_count{coordinator="0",op="write"}`)
 		if all > single {
 			t.Logf("round %d: %v of %v write batches held more than one write", round, all-single, all)
 			return
@@ -109,9 +109,9 @@ func TestBatchOfLargeValuesSplitsUnderMaxPayload(t *testing.T) {
 	}
 }
 
-// metricValue is the value of the sample named exactly name (with its
+// mustMetric is the value of the sample named exactly name (with its
 // labels) in a Prometheus text exposition.
-func metricValue(t *testing.T, text, name string) float64 {
+func mustMetric(t *testing.T, text, name string) float64 {
 	t.Helper()
 	for _, line := range strings.Split(text, "\n") {
 		if rest, ok := strings.CutPrefix(line, name+" "); ok {

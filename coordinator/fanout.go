@@ -13,6 +13,7 @@ import (
 
 	"github.com/quorumkv/quorumkv/metrics"
 	"github.com/quorumkv/quorumkv/subjects"
+	"github.com/quorumkv/quorumkv/vclock"
 )
 
 // Errors a replica outcome can carry.
@@ -35,6 +36,15 @@ type outcome struct {
 // request gave up), so delivering never blocks.
 type call struct {
 	ch chan outcome
+}
+
+// lostTo reports whether the outcome is an lww write that lost its merge,
+// and the dot that beat it (see subjects.NodeWriteResult.Lost).
+func (o *outcome) lostTo() (vclock.Dot, bool) {
+	if o.err != nil || o.write == nil {
+		return vclock.Dot{}, false
+	}
+	return o.write.Lost()
 }
 
 func newCall(items int) *call { return &call{ch: make(chan outcome, items)} }

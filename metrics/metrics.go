@@ -43,6 +43,8 @@ type Coordinator struct {
 	batchItems      *prometheus.HistogramVec
 	siblings        prometheus.Histogram
 	spareReads      *prometheus.CounterVec
+	skewRejected    *prometheus.CounterVec
+	restamps        prometheus.Counter
 }
 
 // NewCoordinator registers a coordinator's metrics with reg. inflight
@@ -77,7 +79,15 @@ func NewCoordinator(reg prometheus.Registerer, inflight func() float64) *Coordin
 		Namespace: Namespace, Subsystem: "coordinator", Name: "spare_reads_total",
 		Help: "Primaries a read asked beyond the ones its level needs, by why: failed (one it asked failed) or slow (one it asked had not answered within the speculative retry delay).",
 	}, []string{"reason"})
-	reg.MustRegister(c.requests, c.latency, c.replicaFailures, c.batchItems, c.siblings, c.spareReads,
+	c.skewRejected = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "clock_skew_rejected_total",
+		Help: "Versions whose counter was dated beyond the allowed clock skew ahead of local time and so were not observed into a clock, by where they were seen: read (a replica's reply to a read), write (the version a replica reported beating a write).",
+	}, []string{"source"})
+	c.restamps = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: Namespace, Subsystem: "coordinator", Name: "write_restamps_total",
+		Help: "lww writes re-stamped and re-sent because a primary already held a newer version (clock skew between coordinators, or a concurrent write).",
+	})
+	reg.MustRegister(c.requests, c.latency, c.replicaFailures, c.batchItems, c.siblings, c.spareReads, c.skewRejected, c.restamps,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: Namespace, Subsystem: "coordinator", Name: "inflight_requests",
 			Help: "Client requests in progress (bounded by --max-inflight; past it requests get 429).",
@@ -108,6 +118,23 @@ func (c *Coordinator) SpareRead(reason string) {
 		return
 	}
 	c.spareReads.WithLabelValues(reason).Inc()
+}
+
+// SkewRejected records a version not observed into a clock because its
+// counter was dated beyond the allowed skew; source is where it was seen.
+func (c *Coordinator) SkewRejected(source string) {
+	if c == nil {
+		return
+	}
+	c.skewRejected.WithLabelValues(source).Inc()
+}
+
+// Restamp records an lww write re-stamped after it lost to a newer version.
+func (c *Coordinator) Restamp() {
+	if c == nil {
+		return
+	}
+	c.restamps.Inc()
 }
 
 // Siblings records how many live values a siblings read returned.
@@ -251,6 +278,9 @@ func Serve(ctx context.Context, addr string, reg *prometheus.Registry, log *slog
 // RepairWorkerStats is what a repair worker reports at every scrape.
 type RepairWorkerStats struct {
 	Applied, Failed, DeadLettered, NodeWrites uint64
+	// SkewRejected counts repair requests dead-lettered at once because
+	// their version was dated beyond the allowed clock skew.
+	SkewRejected uint64
 	// Backlog is the consumer's pending plus unacknowledged messages, or
 	// -1 when JetStream did not answer.
 	Backlog int64
@@ -268,6 +298,7 @@ func NewRepairWorker(reg prometheus.Registerer, stats func() RepairWorkerStats) 
 		counter("failed_total", "Repair deliveries that failed and were retried with back-off.", func(s RepairWorkerStats) uint64 { return s.Failed }),
 		counter("dead_lettered_total", "Repair requests moved to KV_REPAIR_DEAD after their last delivery.", func(s RepairWorkerStats) uint64 { return s.DeadLettered }),
 		counter("node_writes_total", "Merges confirmed by target nodes.", func(s RepairWorkerStats) uint64 { return s.NodeWrites }),
+		counter("skew_rejected_total", "Repair requests refused (dead-lettered) because their lww version was dated beyond the allowed clock skew ahead of the worker's clock.", func(s RepairWorkerStats) uint64 { return s.SkewRejected }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: Namespace, Subsystem: "repair", Name: "backlog",
 			Help: "Repair requests not yet applied: pending plus delivered and unacknowledged (-1: JetStream did not answer)."},
 			func() float64 { return float64(stats().Backlog) }),

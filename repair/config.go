@@ -114,6 +114,14 @@ type Config struct {
 	QueueLen    int
 	MaxInflight int
 
+	// MaxSkew is how far ahead of the worker's clock an lww version's dot
+	// may be dated (5m, the coordinators' bound). A repair request whose
+	// version is dated beyond it is not merged: it would drag the clock of
+	// every coordinator that later reads the key. It is dead-lettered at
+	// once with the reason. Now is the worker's clock (time.Now).
+	MaxSkew time.Duration
+	Now     func() time.Time
+
 	Logger *slog.Logger
 }
 
@@ -135,6 +143,7 @@ func (c *Config) validate() error {
 	def(&c.MaxBackoff, 5*time.Minute)
 	def(&c.FetchWait, 5*time.Second)
 	def(&c.NodeTimeout, 5*time.Second)
+	def(&c.MaxSkew, 5*time.Minute)
 	defInt(&c.MaxDeliver, 20)
 	defInt(&c.MaxAckPending, 10000)
 	defInt(&c.Batch, 128)
@@ -143,7 +152,7 @@ func (c *Config) validate() error {
 	switch {
 	case c.Replicas < 0 || c.Replicas > 5:
 		return fmt.Errorf("repair: replicas %d out of range 0..5", c.Replicas)
-	case c.Duplicates < 0, c.AckWait < 0, c.DeadMaxAge < 0, c.Backoff < 0, c.MaxBackoff < 0, c.FetchWait < 0, c.NodeTimeout < 0:
+	case c.Duplicates < 0, c.AckWait < 0, c.DeadMaxAge < 0, c.Backoff < 0, c.MaxBackoff < 0, c.FetchWait < 0, c.NodeTimeout < 0, c.MaxSkew < 0:
 		return errors.New("repair: durations must not be negative")
 	case c.MaxDeliver < 2:
 		return fmt.Errorf("repair: max deliver %d: use at least 2", c.MaxDeliver)
@@ -160,6 +169,9 @@ func (c *Config) validate() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 	return nil
 }

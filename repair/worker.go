@@ -18,6 +18,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/quorumkv/quorumkv/subjects"
+	"github.com/quorumkv/quorumkv/vclock"
 )
 
 // Version is the repair worker's version as nats micro reports it.
@@ -31,6 +32,7 @@ type WorkerStats struct {
 	Failed       uint64    `json:"failed"`        // deliveries that failed and were nak'd for a retry with back-off
 	DeadLettered uint64    `json:"dead_lettered"` // messages moved to the dead-letter stream
 	NodeWrites   uint64    `json:"node_writes"`   // merges confirmed by a target node (one per message and target)
+	SkewRejected uint64    `json:"skew_rejected"` // messages dead-lettered because their version was dated beyond MaxSkew
 	Batches      uint64    `json:"batches"`       // fetched batches processed
 }
 
@@ -52,6 +54,7 @@ type Worker struct {
 
 	started                                         time.Time
 	applied, failed, dead, nodeWrites, batchesCount atomic.Uint64
+	skewRejected                                    atomic.Uint64
 
 	exhausted chan uint64 // stream sequences the server gave up on (advisories)
 	cancel    context.CancelFunc
@@ -147,6 +150,7 @@ func (w *Worker) Stats() WorkerStats {
 		Failed:       w.failed.Load(),
 		DeadLettered: w.dead.Load(),
 		NodeWrites:   w.nodeWrites.Load(),
+		SkewRejected: w.skewRejected.Load(),
 		Batches:      w.batchesCount.Load(),
 	}
 }
@@ -262,6 +266,12 @@ func (w *Worker) process(msgs []jetstream.Msg) {
 			w.deadLetterMsg(&job{msg: m, meta: meta, fails: []string{err.Error()}})
 			continue
 		}
+		if reason := w.beyondSkew(req); reason != "" {
+			// No retry can help either: the version stays as far ahead.
+			w.skewRejected.Add(1)
+			w.deadLetterMsg(&job{msg: m, meta: meta, fails: []string{reason}})
+			continue
+		}
 		jobs = append(jobs, &job{msg: m, req: req, meta: meta})
 		seen := map[string]bool{}
 		for _, t := range req.Targets {
@@ -303,6 +313,19 @@ func (w *Worker) process(msgs []jetstream.Msg) {
 		w.log.Warn("could not ack or nak messages; the server redelivers them after the ack wait, and merging again is harmless",
 			"messages", unsettled, "err", lastErr)
 	}
+}
+
+// beyondSkew returns why req must not be merged when its lww version is
+// dated beyond MaxSkew ahead of the worker's clock, or "". Such a version
+// was minted by a clock far ahead of this deployment's (or forged): merged
+// into a replica, it would win every later write of the key and, read by a
+// coordinator, would be refused by its clock anyway.
+func (w *Worker) beyondSkew(req *subjects.RepairRequest) string {
+	if req.LWW == nil || vclock.WithinSkew(req.LWW.Dot.Counter, w.cfg.Now(), w.cfg.MaxSkew) {
+		return ""
+	}
+	return fmt.Sprintf("lww version %d@%s is dated %s, beyond the allowed clock skew of %s ahead of this worker's clock; not merged",
+		req.LWW.Dot.Counter, req.LWW.Dot.Actor, vclock.Physical(req.LWW.Dot.Counter).Format(time.RFC3339), w.cfg.MaxSkew)
 }
 
 // settle acks, naks or dead-letters one processed message. An error means

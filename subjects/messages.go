@@ -185,14 +185,30 @@ type NodeWriteResult struct {
 	_msgpack struct{} `msgpack:",as_array"`
 	ID       uint64
 	Err      string
-	// LWW is the version the node holds after the merge when it is not the
-	// one written (a newer one won), so coordinators can observe its clock.
+	// LWW says whether an lww write won its merge. It is nil when the
+	// version the node holds after the merge is the one sent (the write
+	// won, or the node already held exactly it), and otherwise it is the
+	// version that beat the write (see Lost): a coordinator must not count
+	// such a write as acknowledged, since that version will supersede it
+	// on every replica. Nodes have set it this way since node protocol
+	// version 1, so the signal needs no new field (a new element in these
+	// arrays would break every older reader; see NodeProtocolVersion).
 	LWW *vclock.Version
 	// DVV is the key's complete state after a Coordinate write.
 	DVV *vclock.DVVSet
 	// Kind classifies Err when a coordinator must answer it specifically
 	// (KindTooManySiblings, KindTooLarge); empty otherwise.
 	Kind string
+}
+
+// Lost reports whether an lww write lost its merge on the node, and the
+// dot of the version that beat it. A failed item (Err set) did not lose:
+// it was not applied.
+func (r *NodeWriteResult) Lost() (vclock.Dot, bool) {
+	if r.Err != "" || r.LWW == nil {
+		return vclock.Dot{}, false
+	}
+	return r.LWW.Dot, true
 }
 
 // NodeReadBatch is the body of kv.node.<id>.read.

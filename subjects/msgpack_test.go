@@ -321,3 +321,34 @@ func BenchmarkRequestRoundTrip(b *testing.B) {
 		}
 	}
 }
+
+// A write acknowledgement says whether an lww write won, and what beat it,
+// after the trip through both codecs.
+func TestNodeWriteResultLost(t *testing.T) {
+	in := NodeWriteReply{Results: []NodeWriteResult{
+		{ID: 1}, // won
+		{ID: 2, LWW: ver(1<<40|3, "x", "newer", false)}, // lost to 1<<40|3@x
+		{ID: 3, Err: "commit: disk full"},               // failed: not applied, not lost
+		{ID: 4, LWW: ver(5, "y", "", true)},             // lost to a tombstone
+	}}
+	want := []struct {
+		lost bool
+		by   vclock.Dot
+	}{{false, vclock.Dot{}}, {true, vclock.Dot{Counter: 1<<40 | 3, Actor: "x"}}, {false, vclock.Dot{}}, {true, vclock.Dot{Counter: 5, Actor: "y"}}}
+	data := MarshalNodeWriteReply(nil, &in)
+	var fast, lib NodeWriteReply
+	if err := UnmarshalNodeWriteReply(data, &fast); err != nil {
+		t.Fatal(err)
+	}
+	if err := msgpack.Unmarshal(data, &lib); err != nil {
+		t.Fatal(err)
+	}
+	for _, got := range []NodeWriteReply{fast, lib} {
+		for i, w := range want {
+			by, lost := got.Results[i].Lost()
+			if lost != w.lost || by != w.by {
+				t.Errorf("result %d: Lost() = %v, %v; want %v, %v", i, by, lost, w.by, w.lost)
+			}
+		}
+	}
+}

@@ -123,6 +123,36 @@ func (h *HLC) Observe(c uint64) {
 	}
 }
 
+// WithinSkew reports whether counter c is dated at most maxSkew ahead of
+// the wall time now: c <= [CounterAt](now.Add(maxSkew)). A counter beyond
+// that was minted by a clock running further ahead than the deployment
+// allows (or forged, or corrupted); observing it would drag every counter
+// minted afterwards along with it. A negative maxSkew counts as zero. It is
+// pure and does not allocate.
+func WithinSkew(c uint64, now time.Time, maxSkew time.Duration) bool {
+	return c <= CounterAt(now.Add(max(maxSkew, 0)))
+}
+
+// ObserveBounded is [HLC.Observe] for counters from outside this process
+// (replica replies, repair messages, hints): it observes c only when c is
+// dated at most maxSkew ahead of the clock's own wall time (see
+// [WithinSkew]), and reports whether it did. A counter it refuses leaves the
+// clock unchanged; the caller decides what to do with the version that
+// carried it (count it, refuse it).
+func (h *HLC) ObserveBounded(c uint64, maxSkew time.Duration) bool {
+	var now time.Time
+	if h.now == nil {
+		now = time.Now()
+	} else {
+		now = h.now()
+	}
+	if !WithinSkew(c, now, maxSkew) {
+		return false
+	}
+	h.Observe(c)
+	return true
+}
+
 // Last returns the greatest counter this HLC has returned or observed, or 0
 // if none.
 func (h *HLC) Last() uint64 { return h.last.Load() }

@@ -324,3 +324,74 @@ func TestPhysicalAndCounterAt(t *testing.T) {
 		t.Errorf("Physical(0) = %v", got)
 	}
 }
+
+func TestWithinSkew(t *testing.T) {
+	now := time.UnixMilli(wallMs)
+	edge := CounterAt(now.Add(5 * time.Minute)) // the last millisecond allowed, logical 0
+	cases := []struct {
+		name string
+		c    uint64
+		skew time.Duration
+		want bool
+	}{
+		{"zero", 0, 5 * time.Minute, true},
+		{"now", CounterAt(now), 5 * time.Minute, true},
+		{"past", CounterAt(now.Add(-time.Hour)), 5 * time.Minute, true},
+		{"just inside", edge, 5 * time.Minute, true},
+		{"logical tick past the edge", edge + 1, 5 * time.Minute, false},
+		{"one ms past the edge", CounterAt(now.Add(5*time.Minute + time.Millisecond)), 5 * time.Minute, false},
+		{"a year ahead", CounterAt(now.Add(365 * 24 * time.Hour)), 5 * time.Minute, false},
+		{"max", math.MaxUint64, 5 * time.Minute, false},
+		{"no skew allowed, now", CounterAt(now), 0, true},
+		{"no skew allowed, 1ms ahead", CounterAt(now.Add(time.Millisecond)), 0, false},
+		{"negative skew is zero", CounterAt(now), -time.Hour, true},
+	}
+	for _, tc := range cases {
+		if got := WithinSkew(tc.c, now, tc.skew); got != tc.want {
+			t.Errorf("%s: WithinSkew(%#x, now, %s) = %v, want %v", tc.name, tc.c, tc.skew, got, tc.want)
+		}
+	}
+}
+
+func TestHLCObserveBounded(t *testing.T) {
+	clk := newFakeClock(wallMs)
+	skew := 10 * time.Second
+	base := CounterAt(time.UnixMilli(wallMs))
+	steps := []struct {
+		name     string
+		wallMs   int64
+		c        uint64
+		observed bool
+		last     uint64 // Last after the call
+	}{
+		{"behind the wall: observed", wallMs, base - 5, true, base - 5},
+		{"ahead within the skew", wallMs, base + 5<<16, true, base + 5<<16},
+		{"a year ahead: refused", wallMs, CounterAt(time.UnixMilli(wallMs).AddDate(1, 0, 0)), false, base + 5<<16},
+		{"max: refused, never exhausts", wallMs, math.MaxUint64, false, base + 5<<16},
+		{"just past the bound: refused", wallMs, CounterAt(time.UnixMilli(wallMs).Add(skew)) + 1, false, base + 5<<16},
+		{"at the bound: observed", wallMs, CounterAt(time.UnixMilli(wallMs).Add(skew)), true, CounterAt(time.UnixMilli(wallMs).Add(skew))},
+		// The bound moves with the injected wall clock.
+		{"later wall time admits it", wallMs + 60_000, CounterAt(time.UnixMilli(wallMs).Add(time.Minute + skew)), true, CounterAt(time.UnixMilli(wallMs).Add(time.Minute + skew))},
+	}
+	h := NewHLC(clk.now)
+	for _, s := range steps {
+		clk.set(s.wallMs)
+		if got := h.ObserveBounded(s.c, skew); got != s.observed {
+			t.Fatalf("%s: ObserveBounded = %v, want %v", s.name, got, s.observed)
+		}
+		if got := h.Last(); got != s.last {
+			t.Fatalf("%s: Last = %#x, want %#x", s.name, got, s.last)
+		}
+	}
+	if _, err := h.TryNext(); err != nil {
+		t.Fatalf("TryNext after refused counters: %v", err)
+	}
+	// The zero HLC reads time.Now.
+	var z HLC
+	if z.ObserveBounded(CounterAt(time.Now().Add(time.Hour)), time.Minute) {
+		t.Fatal("zero HLC observed a counter an hour ahead")
+	}
+	if !z.ObserveBounded(CounterAt(time.Now()), time.Minute) || z.Last() == 0 {
+		t.Fatal("zero HLC refused a current counter")
+	}
+}

@@ -84,7 +84,7 @@ func runRepair(args []string) error {
 	stopMetrics, err := serveMetrics(ctx, *metricsAddr, log, func(reg prometheus.Registerer) {
 		metrics.NewRepairWorker(reg, func() metrics.RepairWorkerStats {
 			s := w.Stats()
-			return metrics.RepairWorkerStats{Applied: s.Applied, Failed: s.Failed, DeadLettered: s.DeadLettered, NodeWrites: s.NodeWrites, Backlog: repairBacklog(nc)}
+			return metrics.RepairWorkerStats{Applied: s.Applied, Failed: s.Failed, DeadLettered: s.DeadLettered, NodeWrites: s.NodeWrites, SkewRejected: s.SkewRejected, Backlog: repairBacklog(nc)}
 		})
 	})
 	if err != nil {
