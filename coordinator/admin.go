@@ -222,7 +222,7 @@ func (c *Coordinator) tenantDelete(ctx context.Context, body func(any) error) (a
 			return nil, err
 		}
 		if holds != "" {
-			return nil, subjects.Errorf(subjects.KindConflict, "tenant %q still holds data (on node %s); delete its keys first or pass force", t.ID, holds)
+			return nil, subjects.Errorf(subjects.KindTenantNotEmpty, "tenant %q still holds data (on node %s); delete its keys first or pass force", t.ID, holds)
 		}
 	}
 	if err := c.cfg.Metadata.DeleteTenant(ctx, t.ID); err != nil {
@@ -360,7 +360,7 @@ func (c *Coordinator) checkCapacity(ctx context.Context, active int) error {
 	}
 	for _, t := range ts {
 		if t.ReplicationFactor > active {
-			return subjects.Errorf(subjects.KindConflict, "tenant %q has replication_factor %d; only %d active nodes would remain", t.ID, t.ReplicationFactor, active)
+			return subjects.Errorf(subjects.KindTooFewNodes, "tenant %q has replication_factor %d; only %d active nodes would remain", t.ID, t.ReplicationFactor, active)
 		}
 	}
 	return nil
@@ -372,7 +372,7 @@ func (c *Coordinator) nodeRemove(ctx context.Context, body func(any) error) (any
 		return nil, err
 	}
 	if n.Status == metadata.NodeActive {
-		return nil, subjects.Errorf(subjects.KindConflict, "node %q is active; drain it first", n.ID)
+		return nil, subjects.Errorf(subjects.KindNodeActive, "node %q is active; drain it first", n.ID)
 	}
 	if err := c.cfg.Metadata.RemoveNode(ctx, n.ID); err != nil {
 		return nil, err

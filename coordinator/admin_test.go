@@ -12,6 +12,23 @@ import (
 
 func ptr[T any](v T) *T { return &v }
 
+// assertKind fails unless err is a client.Error of code and kind, and
+// still matches client.ErrConflict when the code is 409 (so callers that
+// test for the class keep working).
+func assertKind(t *testing.T, err error, code int, kind string) {
+	t.Helper()
+	var e *client.Error
+	if !errors.As(err, &e) {
+		t.Fatalf("got %v, want a %d %s error", err, code, kind)
+	}
+	if e.Code != code || e.Kind != kind {
+		t.Fatalf("got %d %s (%q), want %d %s", e.Code, e.Kind, e.Message, code, kind)
+	}
+	if code == 409 && !errors.Is(err, client.ErrConflict) {
+		t.Fatalf("%v does not match client.ErrConflict", err)
+	}
+}
+
 func TestTenantLifecycle(t *testing.T) {
 	c := startCluster(t, 3)
 	ctx := ctxT(t)
@@ -42,6 +59,7 @@ func TestTenantLifecycle(t *testing.T) {
 	// Deleting a tenant that holds data needs force.
 	err = admin.DeleteTenant(ctx, "acme", false)
 	assertCode(t, err, 409, "still holds data")
+	assertKind(t, err, 409, subjects.KindTenantNotEmpty)
 	if err := admin.DeleteTenant(ctx, "acme", true); err != nil {
 		t.Fatal(err)
 	}
@@ -133,6 +151,9 @@ func TestNodeDrainAndRemove(t *testing.T) {
 	// Draining would leave 2 active nodes for an RF 3 tenant: refused.
 	_, err := admin.DrainNode(ctx, "node-3")
 	assertCode(t, err, 409, "replication_factor 3")
+	assertKind(t, err, 409, subjects.KindTooFewNodes)
+	// Removing an active node is refused: drain it first.
+	assertKind(t, admin.RemoveNode(ctx, "node-3"), 409, subjects.KindNodeActive)
 	cur, _ := admin.GetTenant(ctx, "default")
 	if _, err := admin.UpdateTenant(ctx, "default", cur.Version, client.TenantSpec{ReplicationFactor: ptr(2)}); err != nil {
 		t.Fatal(err)
