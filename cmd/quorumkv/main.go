@@ -37,7 +37,7 @@ func commands() []command {
 		{"get", "KEY", "Print the value of KEY.", runGet},
 		{"delete", "KEY", "Delete KEY (writes a tombstone).", runDelete},
 		{"tenant", "create|get|list|update|delete ...", "Manage tenants.", runTenant},
-		{"node", "list|drain|remove|dump ...", "Manage storage nodes.", runNode},
+		{"node", "list|drain|remove|join|dump ...", "Manage storage nodes (join re-admits a removed id).", runNode},
 		{"bench", "", "Benchmark quorumkv against JetStream KV and raw NATS in one run (--quick, --json, --html).", runBench},
 		{"status", "", "Show storage nodes (state, ring share), coordinators and tenants.", runStatus},
 		{"version", "", "Print the version.", func([]string) error { fmt.Println("quorumkv", version); return nil }},
