@@ -22,7 +22,7 @@ const (
 	exitInternal    = 1 // anything unexpected (500)
 	exitUsage       = 2 // bad flags or arguments, or an invalid request (400, 413)
 	exitNotFound    = 3 // key, tenant or node not found (404)
-	exitConflict    = 4 // stale version, in progress, exists (409)
+	exitConflict    = 4 // every 409: stale version, in progress, exists, tenant_not_empty, node_active, node_live, …
 	exitUnavailable = 5 // level not reachable, timeout, overloaded, no coordinator (503, 504, 429)
 )
 
