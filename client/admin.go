@@ -101,10 +101,18 @@ func (a *Admin) DrainNode(ctx context.Context, id string) (*subjects.Node, error
 	return &n, nil
 }
 
-// RemoveNode forgets a drained or down node.
+// RemoveNode forgets a drained or down node whose process no longer runs.
+// The id is then refused (409 node_removed) until JoinNode re-admits it.
 func (a *Admin) RemoveNode(ctx context.Context, id string) error {
 	var s subjects.Success
 	return a.call(ctx, subjects.AdminNodeRemove, &subjects.NodeRequest{NodeID: id}, &s)
+}
+
+// JoinNode re-admits a removed node id: the node's next heartbeat registers
+// it as a new, active node. ErrNoSuchNode if id was not removed.
+func (a *Admin) JoinNode(ctx context.Context, id string) error {
+	var s subjects.Success
+	return a.call(ctx, subjects.AdminNodeJoin, &subjects.NodeRequest{NodeID: id}, &s)
 }
 
 // Dump lists what storage node id holds for tenant, in key order, after

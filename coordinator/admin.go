@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/vmihailenco/msgpack/v5"
 
@@ -36,6 +37,7 @@ func (c *Coordinator) adminEndpoints() []adminEndpoint {
 		{"node_list", rel(subjects.AdminNodeList), c.adminCall(c.nodeList)},
 		{"node_drain", rel(subjects.AdminNodeDrain), c.adminCall(c.nodeDrain)},
 		{"node_remove", rel(subjects.AdminNodeRemove), c.adminCall(c.nodeRemove)},
+		{"node_join", rel(subjects.AdminNodeJoin), c.adminCall(c.nodeJoin)},
 	}
 }
 
@@ -67,6 +69,8 @@ func adminError(err error) error {
 	switch {
 	case errors.As(err, &e):
 		return e
+	case errors.Is(err, metadata.ErrRemoved):
+		return subjects.Errorf(subjects.KindNodeRemoved, "this node id was removed by an operator; re-admit it with node join before it registers again")
 	case errors.Is(err, metadata.ErrStale):
 		return subjects.Errorf(subjects.KindConflict, "stale version: the record changed since you read it; read it again and retry")
 	case errors.Is(err, metadata.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
@@ -222,7 +226,7 @@ func (c *Coordinator) tenantDelete(ctx context.Context, body func(any) error) (a
 			return nil, err
 		}
 		if holds != "" {
-			return nil, subjects.Errorf(subjects.KindConflict, "tenant %q still holds data (on node %s); delete its keys first or pass force", t.ID, holds)
+			return nil, subjects.Errorf(subjects.KindTenantNotEmpty, "tenant %q still holds data (on node %s); delete its keys first or pass force", t.ID, holds)
 		}
 	}
 	if err := c.cfg.Metadata.DeleteTenant(ctx, t.ID); err != nil {
@@ -306,6 +310,12 @@ func (c *Coordinator) nodeRegister(ctx context.Context, body func(any) error) (a
 		req.VirtualNodes = 128
 	}
 	prev, perr := c.cfg.Metadata.GetNode(ctx, req.NodeID)
+	if perr == nil && req.Epoch == 0 {
+		// The epoch names the node's data directory; storing 0 over a live
+		// node's epoch would let its dots be mistaken for another's until
+		// its next heartbeat put the real one back.
+		return nil, subjects.Errorf(subjects.KindInvalid, "node %q is registered with epoch %d: a registration of an existing node must carry its epoch", req.NodeID, prev.Epoch)
+	}
 	n, err := c.cfg.Metadata.RegisterNode(ctx, metadata.Node{ID: req.NodeID, VirtualNodes: req.VirtualNodes, Epoch: req.Epoch})
 	if err != nil {
 		return nil, err
@@ -360,7 +370,7 @@ func (c *Coordinator) checkCapacity(ctx context.Context, active int) error {
 	}
 	for _, t := range ts {
 		if t.ReplicationFactor > active {
-			return subjects.Errorf(subjects.KindConflict, "tenant %q has replication_factor %d; only %d active nodes would remain", t.ID, t.ReplicationFactor, active)
+			return subjects.Errorf(subjects.KindTooFewNodes, "tenant %q has replication_factor %d; only %d active nodes would remain", t.ID, t.ReplicationFactor, active)
 		}
 	}
 	return nil
@@ -372,11 +382,55 @@ func (c *Coordinator) nodeRemove(ctx context.Context, body func(any) error) (any
 		return nil, err
 	}
 	if n.Status == metadata.NodeActive {
-		return nil, subjects.Errorf(subjects.KindConflict, "node %q is active; drain it first", n.ID)
+		return nil, subjects.Errorf(subjects.KindNodeActive, "node %q is active; drain it first", n.ID)
+	}
+	if err := c.nodeAnswers(ctx, n.ID); err != nil {
+		return nil, err
 	}
 	if err := c.cfg.Metadata.RemoveNode(ctx, n.ID); err != nil {
 		return nil, err
 	}
+	c.log.Info("storage node removed; its id is refused until node join", "node", n.ID)
 	c.ringChanged()
+	return subjects.Success{Success: true}, nil
+}
+
+// nodeAnswers refuses (node_live) to remove a node whose process still
+// serves its subjects: it would re-register at its next heartbeat and, if
+// it could, come back as an active node holding stale data. Any answer, an
+// error too, means a live process; so does a subscriber that never answers
+// (a paused process). Only "no responders" proves nothing listens.
+func (c *Coordinator) nodeAnswers(ctx context.Context, id string) error {
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, _ := msgpack.Marshal(&subjects.DumpRequest{Limit: 1})
+	_, err := c.nc.RequestWithContext(pctx, subjects.StorageNode(id, subjects.NodeOpDump), req)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return nil
+	case err == nil:
+		return subjects.Errorf(subjects.KindNodeLive, "node %q is still running (it answers on its subjects); stop its process, then remove it", id)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return subjects.Errorf(subjects.KindNodeLive, "something still subscribes to node %q's subjects but did not answer; stop its process, then remove it", id)
+	default:
+		return subjects.Errorf(subjects.KindUnavailable, "cannot tell whether node %q is still running: %v", id, err)
+	}
+}
+
+// nodeJoin re-admits a removed node id: the node's next heartbeat registers
+// it as a new, active node.
+func (c *Coordinator) nodeJoin(ctx context.Context, body func(any) error) (any, error) {
+	req, err := c.nodeRequest(body)
+	if err != nil {
+		return nil, err
+	}
+	err = c.cfg.Metadata.AdmitNode(ctx, req.NodeID)
+	if errors.Is(err, metadata.ErrNotFound) {
+		return nil, subjects.Errorf(subjects.KindNoSuchNode, "no removed storage node %q to admit (only a removed id needs node join; a new id registers by itself)", req.NodeID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	c.log.Info("removed storage node re-admitted; it registers at its next heartbeat", "node", req.NodeID)
 	return subjects.Success{Success: true}, nil
 }

@@ -6,11 +6,31 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/vmihailenco/msgpack/v5"
+
 	"github.com/quorumkv/quorumkv/client"
 	"github.com/quorumkv/quorumkv/subjects"
 )
 
 func ptr[T any](v T) *T { return &v }
+
+// assertKind fails unless err is a client.Error of code and kind, and
+// still matches client.ErrConflict when the code is 409 (so callers that
+// test for the class keep working).
+func assertKind(t *testing.T, err error, code int, kind string) {
+	t.Helper()
+	var e *client.Error
+	if !errors.As(err, &e) {
+		t.Fatalf("got %v, want a %d %s error", err, code, kind)
+	}
+	if e.Code != code || e.Kind != kind {
+		t.Fatalf("got %d %s (%q), want %d %s", e.Code, e.Kind, e.Message, code, kind)
+	}
+	if code == 409 && !errors.Is(err, client.ErrConflict) {
+		t.Fatalf("%v does not match client.ErrConflict", err)
+	}
+}
 
 func TestTenantLifecycle(t *testing.T) {
 	c := startCluster(t, 3)
@@ -42,6 +62,7 @@ func TestTenantLifecycle(t *testing.T) {
 	// Deleting a tenant that holds data needs force.
 	err = admin.DeleteTenant(ctx, "acme", false)
 	assertCode(t, err, 409, "still holds data")
+	assertKind(t, err, 409, subjects.KindTenantNotEmpty)
 	if err := admin.DeleteTenant(ctx, "acme", true); err != nil {
 		t.Fatal(err)
 	}
@@ -138,6 +159,9 @@ func TestNodeDrainAndRemove(t *testing.T) {
 	// Draining would leave 2 active nodes for an RF 3 tenant: refused.
 	_, err := admin.DrainNode(ctx, "node-3")
 	assertCode(t, err, 409, "replication_factor 3")
+	assertKind(t, err, 409, subjects.KindTooFewNodes)
+	// Removing an active node is refused: drain it first.
+	assertKind(t, admin.RemoveNode(ctx, "node-3"), 409, subjects.KindNodeActive)
 	cur, _ := admin.GetTenant(ctx, "default")
 	if _, err := admin.UpdateTenant(ctx, "default", cur.Version, client.TenantSpec{ReplicationFactor: ptr(2)}); err != nil {
 		t.Fatal(err)
@@ -176,5 +200,110 @@ func TestNodeDrainAndRemove(t *testing.T) {
 	}
 	if err := admin.RemoveNode(ctx, "node-3"); !errors.Is(err, client.ErrNoSuchNode) {
 		t.Fatalf("second remove: %v", err)
+	}
+}
+
+// register sends a node.register as a storage node's heartbeat does and
+// returns the wire error, if any.
+func register(t *testing.T, nc *nats.Conn, req subjects.NodeRequest) (*subjects.Node, *subjects.Error) {
+	t.Helper()
+	data, err := msgpack.Marshal(&req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := nc.Request(subjects.AdminNodeRegister, data, 10*time.Second)
+	if err != nil {
+		t.Fatalf("register %s: %v", req.NodeID, err)
+	}
+	if e := subjects.ErrorFromHeaders(msg.Header.Get); e != nil {
+		return nil, e
+	}
+	var n subjects.Node
+	if err := msgpack.Unmarshal(msg.Data, &n); err != nil {
+		t.Fatal(err)
+	}
+	return &n, nil
+}
+
+// TestNodeRegisterWithoutEpoch: a registration of an existing node that
+// leaves out its epoch is refused, and the stored epoch stays.
+func TestNodeRegisterWithoutEpoch(t *testing.T) {
+	c := startCluster(t, 3)
+	ctx := ctxT(t)
+	nc := connect(t, c)
+	admin := client.NewAdmin(nc)
+	before, err := c.Metadata().GetNode(ctx, "node-1")
+	if err != nil || before.Epoch == 0 {
+		t.Fatalf("node-1: %+v %v", before, err)
+	}
+	if _, e := register(t, nc, subjects.NodeRequest{NodeID: "node-1"}); e == nil || e.Code != 400 || e.Kind != subjects.KindInvalid {
+		t.Fatalf("register node-1 without epoch: %v, want 400 invalid", e)
+	}
+	after, err := c.Metadata().GetNode(ctx, "node-1")
+	if err != nil || after.Epoch != before.Epoch {
+		t.Fatalf("node-1 epoch %d after the refused register, want %d (%v)", after.Epoch, before.Epoch, err)
+	}
+	// A new id may still register without one (its epoch is then 0).
+	if n, e := register(t, nc, subjects.NodeRequest{NodeID: "fresh"}); e != nil || n.Status != "active" {
+		t.Fatalf("register a new node without epoch: %+v %v", n, e)
+	}
+	nodes, err := admin.ListNodes(ctx)
+	if err != nil || len(nodes) != 4 {
+		t.Fatalf("nodes %+v %v", nodes, err)
+	}
+}
+
+// TestNodeRemoveRefusals: a node whose process still runs cannot be
+// removed, and a removed node's heartbeat never brings it back until an
+// operator re-admits it with node join.
+func TestNodeRemoveRefusals(t *testing.T) {
+	c := startCluster(t, 3)
+	ctx := ctxT(t)
+	nc := connect(t, c)
+	admin := client.NewAdmin(nc)
+	cur, _ := admin.GetTenant(ctx, "default")
+	if _, err := admin.UpdateTenant(ctx, "default", cur.Version, client.TenantSpec{ReplicationFactor: ptr(2)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.DrainNode(ctx, "node-3"); err != nil {
+		t.Fatal(err)
+	}
+	// Drained but still running: its heartbeat would undo the removal.
+	assertKind(t, admin.RemoveNode(ctx, "node-3"), 409, subjects.KindNodeLive)
+	if n, err := c.Metadata().GetNode(ctx, "node-3"); err != nil || n.Status != "draining" {
+		t.Fatalf("node-3 after the refused remove: %+v %v", n, err)
+	}
+	epoch := c.Node("node-3").Epoch()
+	if err := c.StopNode("node-3"); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.RemoveNode(ctx, "node-3"); err != nil {
+		t.Fatal(err)
+	}
+	// Its heartbeat (the same request the node sends) is refused, and the
+	// node stays gone.
+	if _, e := register(t, nc, subjects.NodeRequest{NodeID: "node-3", Epoch: epoch}); e == nil || e.Code != 409 || e.Kind != subjects.KindNodeRemoved {
+		t.Fatalf("heartbeat of a removed node: %v, want 409 node_removed", e)
+	}
+	nodes, err := admin.ListNodes(ctx)
+	if err != nil || len(nodes) != 2 {
+		t.Fatalf("nodes after a removed node's heartbeat: %+v %v", nodes, err)
+	}
+	// Only a removed id can be joined; joining re-admits it once.
+	if err := admin.JoinNode(ctx, "node-1"); !errors.Is(err, client.ErrNoSuchNode) {
+		t.Fatalf("join a live node: %v, want no such node", err)
+	}
+	if err := admin.JoinNode(ctx, "node-3"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartNode("node-3"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitForNodes(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	n, err := c.Metadata().GetNode(ctx, "node-3")
+	if err != nil || n.Status != "active" {
+		t.Fatalf("node-3 after join: %+v %v", n, err)
 	}
 }

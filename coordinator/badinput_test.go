@@ -88,7 +88,7 @@ func TestBadInputAnswers4xxAndWritesNothing(t *testing.T) {
 		{"register bad node", subjects.AdminNodeRegister, []byte(`{"node_id":"a.b"}`), true, "400", "invalid", "node id"},
 		{"register too many vnodes", subjects.AdminNodeRegister, []byte(`{"node_id":"n9","virtual_nodes":100000}`), true, "400", "invalid", "virtual_nodes 100000 out of range"},
 		{"drain missing node", subjects.AdminNodeDrain, []byte(`{"node_id":"ghost"}`), true, "404", "no_such_node", `no storage node "ghost"`},
-		{"remove active node", subjects.AdminNodeRemove, []byte(`{"node_id":"node-1"}`), true, "409", "conflict", "drain it first"},
+		{"remove active node", subjects.AdminNodeRemove, []byte(`{"node_id":"node-1"}`), true, "409", "node_active", "drain it first"},
 		// Input encoding/json or the msgpack library would take and rewrite,
 		// match loosely, or pick from is refused, never stored.
 		{"JSON key not UTF-8", subjects.Put("default"), []byte("{\"key\":\"a\xffb\",\"value\":\"v\"}"), true, "400", "invalid", "key is not valid Unicode text"},

@@ -162,7 +162,7 @@ type Coordinator struct {
 	routing *routing
 	repair  *ConflictService     // nil: repair disabled
 	metrics *metrics.Coordinator // nil: no metrics
-	svc     micro.Service
+	svc     *service
 	subs    []*nats.Subscription
 	sem     chan struct{}
 	cancel  context.CancelFunc
@@ -273,26 +273,20 @@ func (c *Coordinator) subscribeEvents() error {
 }
 
 func (c *Coordinator) addService() error {
-	svc, err := micro.AddService(c.nc, micro.Config{
-		Name:        subjects.ServiceName,
-		Version:     Version,
-		Description: "quorumkv coordinator: replicated key-value requests and the admin API",
-		QueueGroup:  subjects.QueueGroup,
-		Metadata:    map[string]string{"actor": c.cfg.Actor},
-	})
+	svc, err := newService(c.nc, subjects.ServiceName, Version,
+		"quorumkv coordinator: replicated key-value requests and the admin API",
+		subjects.QueueGroup, map[string]string{"actor": c.cfg.Actor})
 	if err != nil {
-		return fmt.Errorf("coordinator: add micro service: %w", err)
+		return err
 	}
 	c.svc = svc
-	data := svc.AddGroup(subjects.DataPrefix)
 	for _, op := range []string{subjects.OpPut, subjects.OpGet, subjects.OpDelete} {
-		if err := data.AddEndpoint(op, c.async(c.dataHandler(op)), micro.WithEndpointSubject("*."+op)); err != nil {
+		if err := svc.addEndpoint(op, subjects.DataPrefix+".*."+op, c.async(c.dataHandler(op))); err != nil {
 			return fmt.Errorf("coordinator: add endpoint %s: %w", op, err)
 		}
 	}
-	admin := svc.AddGroup(subjects.AdminPrefix)
 	for _, ep := range c.adminEndpoints() {
-		if err := admin.AddEndpoint(ep.name, c.async(simple(ep.handle)), micro.WithEndpointSubject(ep.subject)); err != nil {
+		if err := svc.addEndpoint(ep.name, subjects.AdminPrefix+"."+ep.subject, c.async(simple(ep.handle))); err != nil {
 			return fmt.Errorf("coordinator: add endpoint %s: %w", ep.name, err)
 		}
 	}
@@ -347,9 +341,7 @@ func (c *Coordinator) Stop() {
 	c.stopping = true
 	c.mu.Unlock()
 	if c.svc != nil {
-		if err := c.svc.Stop(); err != nil {
-			c.log.Warn("stop micro service", "err", err)
-		}
+		c.svc.stop()
 	}
 	for _, s := range c.subs {
 		_ = s.Unsubscribe()
@@ -360,12 +352,10 @@ func (c *Coordinator) Stop() {
 	c.log.Info("coordinator stopped")
 }
 
-// Replies are published straight to the request's reply subject, never
-// through micro.Request's Respond or Error: those record state on the
-// request that micro reads once the endpoint handler returns, which here
-// is before the request's goroutine answers (a data race). micro's own
-// request counts stay right; its error counts do not include ours
-// (Prometheus has them).
+// Replies go through the request (see service.go), which records each
+// request when it is answered: micro's stats ($SRV.STATS, nats micro
+// stats, quorumkv status) count every error reply and the time from
+// receipt to the answer.
 
 // respondError answers req with err as a wire error, in micro's error
 // headers. Internal errors are logged; the client sees only their class.
@@ -377,12 +367,12 @@ func (c *Coordinator) respondError(req micro.Request, err error) {
 		e = subjects.Errorf(subjects.KindInternal, "internal error; see the coordinator's log")
 	}
 	body, _ := subjects.Marshal(isJSON, e)
-	m := &nats.Msg{Subject: req.Reply(), Data: body, Header: nats.Header{
+	m := &nats.Msg{Data: body, Header: nats.Header{
 		subjects.ErrorHeader:     []string{e.Description()},
 		subjects.ErrorCodeHeader: []string{fmt.Sprint(int(e.Code))},
 		subjects.KindHeader:      []string{e.Kind},
 	}}
-	c.reply(m, isJSON)
+	c.reply(req, m, isJSON)
 }
 
 // replyHeaderRoom is what a reply leaves of the max payload for its headers.
@@ -408,21 +398,24 @@ func (c *Coordinator) respond(req micro.Request, v any) {
 			"the reply would be %d bytes, more than one message carries (%d): %s", len(data), limit, hint))
 		return
 	}
-	c.reply(&nats.Msg{Subject: req.Reply(), Data: data}, isJSON)
+	c.reply(req, &nats.Msg{Data: data}, isJSON)
 }
 
-func (c *Coordinator) reply(m *nats.Msg, isJSON bool) {
-	if m.Subject == "" {
-		return // a publish without a reply subject: nobody to answer
-	}
+func (c *Coordinator) reply(req micro.Request, m *nats.Msg, isJSON bool) {
 	if isJSON {
 		if m.Header == nil {
 			m.Header = nats.Header{}
 		}
 		m.Header.Set(subjects.ContentType, subjects.JSONContentType)
 	}
-	if err := c.nc.PublishMsg(m); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-		c.log.Warn("reply failed", "subject", m.Subject, "err", err)
+	var err error
+	if r, ok := req.(*request); ok {
+		err = r.send(m)
+	} else if m.Subject = req.Reply(); m.Subject != "" {
+		err = c.nc.PublishMsg(m)
+	}
+	if err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		c.log.Warn("reply failed", "subject", req.Reply(), "err", err)
 	}
 }
 

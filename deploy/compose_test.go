@@ -481,3 +481,52 @@ func TestEveryNATSCommandTakesCredentials(t *testing.T) {
 		t.Errorf("only %d commands connect to NATS; did `quorumkv help` change its format?", checked)
 	}
 }
+
+// TestComposePublishesMonitoringOnLoopbackOnly: the NATS monitoring port
+// has no authentication and lists every account, user, client address and
+// subscription (/accountz, /connz?auth=true&subs=detail, /jsz), so no port
+// but the NATS client port (authenticated) may be published on every host
+// interface: each other one names 127.0.0.1 (or [::1]) as its host IP.
+func TestComposePublishesMonitoringOnLoopbackOnly(t *testing.T) {
+	c := loadCompose(t)
+	text, err := os.ReadFile(confPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^\s*(?:http|http_port|monitor_port)\s*[:=]\s*(?:"?[^\s:"]*:)?(\d+)`).FindSubmatch(text)
+	if m == nil {
+		t.Fatal("nats.conf sets no monitoring (http) port")
+	}
+	monitoring := string(m[1])
+	published := 0
+	for name, s := range c.services {
+		raw, ok := s["ports"]
+		if !ok {
+			continue
+		}
+		for _, p := range strs(t, name+".ports", raw) {
+			// [HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTO], or a bare
+			// CONTAINER_PORT (published on a random port, every interface).
+			spec, _, _ := strings.Cut(p, "/")
+			hostIP, container := "", spec
+			if i := strings.LastIndex(spec, ":"); i >= 0 {
+				container = spec[i+1:]
+				if j := strings.LastIndex(spec[:i], ":"); j >= 0 {
+					hostIP = strings.Trim(spec[:j], "[]")
+				}
+			}
+			if container == monitoring {
+				published++
+			}
+			if container == "4222" {
+				continue
+			}
+			if hostIP != "127.0.0.1" && hostIP != "::1" {
+				t.Errorf("%s publishes %q on every host interface; bind it to 127.0.0.1 (%s is NATS monitoring: no authentication)", name, p, monitoring)
+			}
+		}
+	}
+	if published == 0 {
+		t.Errorf("no service publishes the monitoring port %s; OPERATIONS.md tells operators to use it on the host", monitoring)
+	}
+}

@@ -29,6 +29,9 @@ var (
 	// refused or cut, timeout, no responders). The error also wraps the cause.
 	// The operation may or may not have taken effect.
 	ErrUnavailable = errors.New("metadata: store unavailable")
+	// ErrRemoved means RegisterNode named a node id an operator removed and
+	// has not re-admitted (AdmitNode): a heartbeat must not bring it back.
+	ErrRemoved = errors.New("metadata: node was removed")
 )
 
 // Tenant is one tenant's replication and conflict settings.
@@ -50,6 +53,11 @@ const (
 	NodeActive   = "active"   // takes reads and writes
 	NodeDraining = "draining" // being emptied before removal; kept across re-registration
 	NodeDown     = "down"     // considered failed; re-registration makes it active again
+
+	// NodeRemoved marks the record a store keeps of a removed node id so
+	// that RegisterNode can refuse it. Stores never return such a record:
+	// GetNode, ListNodes and SetNodeStatus treat the id as absent.
+	NodeRemoved = "removed"
 )
 
 // Node is one storage node as the coordinators know it.
@@ -92,7 +100,8 @@ type Store interface {
 	// A new node gets Status=active and RegisteredAt=LastSeen=now. An existing
 	// node keeps RegisteredAt and a draining status, comes back active if it
 	// was down, and gets n's VirtualNodes and Epoch and LastSeen=now.
-	// n.Status, n.RegisteredAt and n.LastSeen are ignored.
+	// n.Status, n.RegisteredAt and n.LastSeen are ignored. ErrRemoved if the
+	// id was removed (RemoveNode) and not re-admitted since (AdmitNode).
 	RegisterNode(ctx context.Context, n Node) (Node, error)
 	// GetNode returns the node. ErrNotFound if it does not exist.
 	GetNode(ctx context.Context, id string) (Node, error)
@@ -102,8 +111,14 @@ type Store interface {
 	// SetNodeStatus sets the node's status and returns the node; other fields
 	// are unchanged. ErrNotFound if the node does not exist.
 	SetNodeStatus(ctx context.Context, id string, status string) (Node, error)
-	// RemoveNode removes the node. ErrNotFound if it does not exist.
+	// RemoveNode removes the node and remembers its id as removed, so that
+	// RegisterNode refuses it (ErrRemoved) until AdmitNode. ErrNotFound if
+	// the node does not exist (or is already removed). The check and the
+	// removal are one atomic step against a concurrent RegisterNode.
 	RemoveNode(ctx context.Context, id string) error
+	// AdmitNode forgets that id was removed: the next RegisterNode of it
+	// creates a new node. ErrNotFound if id is not a removed node.
+	AdmitNode(ctx context.Context, id string) error
 
 	// ContextSecret returns the cluster's context secret, the key under
 	// which coordinators authenticate the contexts they issue. If none is

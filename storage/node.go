@@ -493,6 +493,15 @@ func (n *Node) registerLoop(ctx context.Context, nc *nats.Conn) {
 		case err == nil && !registered:
 			registered, warned = true, false
 			n.log.Info("registered with coordinators")
+		case errors.Is(err, &subjects.Error{Kind: subjects.KindNodeRemoved}):
+			// An operator removed this id: the coordinators refuse it until
+			// `quorumkv node join`. Keep serving what it holds (a transfer
+			// may still read it) and ask again at the heartbeat interval.
+			if !warned || registered {
+				n.log.Error("this node was removed by an operator and is not part of the cluster; run 'quorumkv node join "+n.cfg.NodeID+"' to re-admit it, or stop it", "err", err)
+				warned = true
+			}
+			registered = false
 		case err != nil && ctx.Err() == nil:
 			if !warned || registered {
 				n.log.Warn("registration failed; retrying", "err", err)

@@ -15,7 +15,7 @@ type Code int
 const (
 	CodeInvalid     Code = 400 // the request is malformed or breaks a rule
 	CodeNotFound    Code = 404 // no such tenant (or node); a missing key is not an error
-	CodeConflict    Code = 409 // stale version, request in progress, too many siblings
+	CodeConflict    Code = 409 // stale version, request in progress, too many siblings, admin refusals
 	CodeTooLarge    Code = 413 // key or value over its limit
 	CodeOverloaded  Code = 429 // the coordinator or node is at its in-flight limit
 	CodeInternal    Code = 500 // a bug or an unexpected failure; logged by the server
@@ -38,6 +38,14 @@ const (
 	KindInternal        = "internal"
 	KindUnavailable     = "unavailable"
 	KindTimeout         = "timeout"
+
+	// 409s of the admin API, each its own kind so a client can tell them
+	// apart without parsing the message.
+	KindTenantNotEmpty = "tenant_not_empty" // tenant.delete without force: a node still holds a live key
+	KindNodeActive     = "node_active"      // node.remove of an active node: drain it first
+	KindTooFewNodes    = "too_few_nodes"    // node.drain would leave fewer active nodes than a tenant's RF
+	KindNodeLive       = "node_live"        // node.remove of a node whose process still answers: stop it first
+	KindNodeRemoved    = "node_removed"     // node.register of a removed id: an operator must node.join it first
 )
 
 // Error headers. ErrorHeader and ErrorCodeHeader are nats.go micro's.
@@ -88,7 +96,8 @@ func KindCode(kind string) Code {
 		return CodeInvalid
 	case KindNoSuchTenant, KindNoSuchNode:
 		return CodeNotFound
-	case KindExists, KindConflict, KindInProgress, KindTooManySiblings:
+	case KindExists, KindConflict, KindInProgress, KindTooManySiblings,
+		KindTenantNotEmpty, KindNodeActive, KindTooFewNodes, KindNodeLive, KindNodeRemoved:
 		return CodeConflict
 	case KindTooLarge:
 		return CodeTooLarge

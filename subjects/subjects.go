@@ -79,6 +79,7 @@ const (
 	AdminNodeList     = AdminPrefix + ".node.list"
 	AdminNodeDrain    = AdminPrefix + ".node.drain"
 	AdminNodeRemove   = AdminPrefix + ".node.remove"
+	AdminNodeJoin     = AdminPrefix + ".node.join" // re-admits a removed node id
 )
 
 // Event subjects: plain publishes, no reply expected.

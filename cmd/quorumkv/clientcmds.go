@@ -330,12 +330,15 @@ func printNodes(asJSON bool, ns ...subjects.Node) error {
 }
 
 func runNode(args []string) error {
-	const verbs = "list|drain|remove|dump"
+	const verbs = "list|drain|remove|join|dump"
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		return usagef("usage: quorumkv node %s [flags] [NODE]", verbs)
 	}
 	verb := args[0]
-	fs := newFlags("node "+verb, "NODE", "Manage storage nodes. dump lists what one node stores for a tenant, read from the node itself.")
+	fs := newFlags("node "+verb, "NODE", "Manage storage nodes. drain takes a node out of preference lists; "+
+		"remove forgets a drained or down node whose process is stopped (refused while it still answers), "+
+		"and its id is then refused at registration until join re-admits it; "+
+		"dump lists what one node stores for a tenant, read from the node itself.")
 	var a adminFlags
 	a.register(fs)
 	tenant := fs.String("tenant", "default", "dump: the tenant to list")
@@ -374,7 +377,13 @@ func runNode(args []string) error {
 		if err := ad.RemoveNode(ctx, pos[0]); err != nil {
 			return err
 		}
-		fmt.Printf("removed node %s\n", pos[0])
+		fmt.Printf("removed node %s (its id is refused until 'quorumkv node join %s')\n", pos[0], pos[0])
+		return nil
+	case "join":
+		if err := ad.JoinNode(ctx, pos[0]); err != nil {
+			return err
+		}
+		fmt.Printf("re-admitted node %s: it registers at its next heartbeat\n", pos[0])
 		return nil
 	case "dump":
 		var entries []subjects.DumpEntry

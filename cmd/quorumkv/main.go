@@ -22,7 +22,7 @@ const (
 	exitInternal    = 1 // anything unexpected (500)
 	exitUsage       = 2 // bad flags or arguments, or an invalid request (400, 413)
 	exitNotFound    = 3 // key, tenant or node not found (404)
-	exitConflict    = 4 // stale version, in progress, exists (409)
+	exitConflict    = 4 // every 409: stale version, in progress, exists, tenant_not_empty, node_active, node_live, …
 	exitUnavailable = 5 // level not reachable, timeout, overloaded, no coordinator (503, 504, 429)
 )
 
@@ -37,7 +37,7 @@ func commands() []command {
 		{"get", "KEY", "Print the value of KEY.", runGet},
 		{"delete", "KEY", "Delete KEY (writes a tombstone).", runDelete},
 		{"tenant", "create|get|list|update|delete ...", "Manage tenants.", runTenant},
-		{"node", "list|drain|remove|dump ...", "Manage storage nodes.", runNode},
+		{"node", "list|drain|remove|join|dump ...", "Manage storage nodes (join re-admits a removed id).", runNode},
 		{"bench", "", "Benchmark quorumkv against JetStream KV and raw NATS in one run (--quick, --json, --html).", runBench},
 		{"status", "", "Show storage nodes (state, ring share), coordinators and tenants.", runStatus},
 		{"version", "", "Print the version.", func([]string) error { fmt.Println("quorumkv", version); return nil }},

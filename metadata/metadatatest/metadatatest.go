@@ -42,6 +42,7 @@ func Run(t *testing.T, open func(t *testing.T) metadata.Store) {
 		{"GetNodeNotFound", testGetNodeNotFound},
 		{"SetNodeStatus", testSetNodeStatus},
 		{"RemoveNode", testRemoveNode},
+		{"RemoveNodeRacesRegister", testRemoveNodeRacesRegister},
 		{"ListNodes", testListNodes},
 		{"ContextSecretFirstWins", testContextSecretFirstWins},
 		{"ContextSecretConcurrent", testContextSecretConcurrent},
@@ -579,12 +580,74 @@ func testRemoveNode(t *testing.T, s metadata.Store) {
 		t.Fatalf("ListNodes after RemoveNode = %+v, want only stay", list)
 	}
 
-	// Registering again makes a new node: active, with a new RegisteredAt.
+	// A removed id stays removed: its heartbeat must not bring it back.
+	_, err = s.RegisterNode(ctx, metadata.Node{ID: "rm", VirtualNodes: 4, Epoch: 2})
+	wantErr(t, "RegisterNode after RemoveNode", err, metadata.ErrRemoved)
+	if _, err := s.GetNode(ctx, "rm"); !errors.Is(err, metadata.ErrNotFound) {
+		t.Fatalf("GetNode after a refused RegisterNode: %v, want not found", err)
+	}
+	// Only a removed id can be admitted, once.
+	wantErr(t, "AdmitNode(missing)", s.AdmitNode(ctx, "never"), metadata.ErrNotFound)
+	wantErr(t, "AdmitNode(live node)", s.AdmitNode(ctx, "stay"), metadata.ErrNotFound)
+	if err := s.AdmitNode(ctx, "rm"); err != nil {
+		t.Fatalf("AdmitNode: %v", err)
+	}
+	wantErr(t, "second AdmitNode", s.AdmitNode(ctx, "rm"), metadata.ErrNotFound)
+
+	// Registering after admission makes a new node: active, with a new
+	// RegisteredAt.
 	time.Sleep(2 * time.Millisecond) // let the clock move past old.RegisteredAt
 	again := mustRegisterNode(t, s, metadata.Node{ID: "rm", VirtualNodes: 4, Epoch: 2})
 	if again.Status != metadata.NodeActive || !again.RegisteredAt.After(old.RegisteredAt) || !again.LastSeen.Equal(again.RegisteredAt) {
 		t.Errorf("re-registered removed node = %+v, want a fresh active node registered after %v", again, old.RegisteredAt)
 	}
+}
+
+// testRemoveNodeRacesRegister: heartbeats racing with a removal never
+// bring the node back; once RemoveNode has returned, every RegisterNode is
+// refused.
+func testRemoveNodeRacesRegister(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	mustRegisterNode(t, s, metadata.Node{ID: "race", VirtualNodes: 8, Epoch: 1})
+	stop := make(chan struct{})
+	errs := make(chan error, 4)
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					errs <- nil
+					return
+				default:
+				}
+				_, err := s.RegisterNode(ctx, metadata.Node{ID: "race", VirtualNodes: 8, Epoch: 1})
+				if err != nil && !errors.Is(err, metadata.ErrRemoved) {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(20 * time.Millisecond) // let the heartbeats run
+	removeErr := s.RemoveNode(ctx, "race")
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("RegisterNode during RemoveNode: %v", err)
+		}
+	}
+	if removeErr != nil {
+		t.Fatalf("RemoveNode: %v", removeErr)
+	}
+	_, err := s.RegisterNode(ctx, metadata.Node{ID: "race", VirtualNodes: 8, Epoch: 1})
+	wantErr(t, "RegisterNode after RemoveNode", err, metadata.ErrRemoved)
+	_, err = s.GetNode(ctx, "race")
+	wantErr(t, "GetNode after RemoveNode", err, metadata.ErrNotFound)
 }
 
 func testListNodes(t *testing.T, s metadata.Store) {

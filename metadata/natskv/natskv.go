@@ -263,6 +263,8 @@ func (s *Store) RegisterNode(ctx context.Context, n metadata.Node) (metadata.Nod
 			return cur, nil
 		case err != nil:
 			return metadata.Node{}, fmt.Errorf("metadata/natskv: %s: %w", op, err)
+		case cur.Status == metadata.NodeRemoved:
+			return metadata.Node{}, fmt.Errorf("metadata/natskv: %s: %w", op, metadata.ErrRemoved)
 		}
 		if cur.Status == metadata.NodeDown {
 			cur.Status = metadata.NodeActive
@@ -284,12 +286,16 @@ func (s *Store) RegisterNode(ctx context.Context, n metadata.Node) (metadata.Nod
 // metadata.ErrNotFound if the node does not exist.
 func (s *Store) GetNode(ctx context.Context, id string) (metadata.Node, error) {
 	n, _, err := s.getNode(ctx, id)
+	if err == nil && n.Status == metadata.NodeRemoved {
+		err = metadata.ErrNotFound
+	}
 	if err != nil {
 		return metadata.Node{}, fmt.Errorf("metadata/natskv: get node %q: %w", id, err)
 	}
 	return n, nil
 }
 
+// getNode returns id's record as stored, a removed id's marker included.
 func (s *Store) getNode(ctx context.Context, id string) (metadata.Node, uint64, error) {
 	var n metadata.Node
 	rev, err := get(ctx, s.nodes, id, &n)
@@ -320,7 +326,9 @@ func (s *Store) ListNodes(ctx context.Context) ([]metadata.Node, error) {
 		if err := json.Unmarshal(data, &n); err != nil {
 			return err
 		}
-		out = append(out, n)
+		if n.Status != metadata.NodeRemoved {
+			out = append(out, n)
+		}
 		return nil
 	})
 	if err != nil {
@@ -340,6 +348,9 @@ func (s *Store) SetNodeStatus(ctx context.Context, id string, status string) (me
 			return metadata.Node{}, wrap(op, err)
 		}
 		cur, rev, err := s.getNode(ctx, id)
+		if err == nil && cur.Status == metadata.NodeRemoved {
+			err = metadata.ErrNotFound
+		}
 		if err != nil {
 			return metadata.Node{}, fmt.Errorf("metadata/natskv: %s: %w", op, err)
 		}
@@ -355,12 +366,58 @@ func (s *Store) SetNodeStatus(ctx context.Context, id string, status string) (me
 }
 
 // RemoveNode implements metadata.Store. It returns an error wrapping
-// metadata.ErrNotFound if the node does not exist.
+// metadata.ErrNotFound if the node does not exist. The node's record is
+// replaced, under its revision, by a removed marker: a RegisterNode racing
+// with it either refreshes the node before (and the removal then retries on
+// the new revision) or sees the marker.
 func (s *Store) RemoveNode(ctx context.Context, id string) error {
-	if err := remove(ctx, s.nodes, id); err != nil {
-		return fmt.Errorf("metadata/natskv: remove node %q: %w", id, err)
+	op := fmt.Sprintf("remove node %q", id)
+	for {
+		if err := ctx.Err(); err != nil {
+			return wrap(op, err)
+		}
+		cur, rev, err := s.getNode(ctx, id)
+		if err == nil && cur.Status == metadata.NodeRemoved {
+			err = metadata.ErrNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("metadata/natskv: %s: %w", op, err)
+		}
+		cur.Status = metadata.NodeRemoved
+		ok, err := s.putNode(ctx, cur, rev)
+		if err != nil {
+			return fmt.Errorf("metadata/natskv: %s: %w", op, err)
+		}
+		if ok {
+			return nil
+		}
 	}
-	return nil
+}
+
+// AdmitNode implements metadata.Store: it deletes a removed id's marker,
+// under its revision. It returns an error wrapping metadata.ErrNotFound if
+// id is not a removed node.
+func (s *Store) AdmitNode(ctx context.Context, id string) error {
+	op := fmt.Sprintf("admit node %q", id)
+	for {
+		if err := ctx.Err(); err != nil {
+			return wrap(op, err)
+		}
+		cur, rev, err := s.getNode(ctx, id)
+		if err == nil && cur.Status != metadata.NodeRemoved {
+			err = metadata.ErrNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("metadata/natskv: %s: %w", op, err)
+		}
+		err = s.nodes.Delete(ctx, key(id), jetstream.LastRevision(rev))
+		if err == nil {
+			return nil
+		}
+		if !isRevisionMismatch(err) {
+			return wrap(op, err)
+		}
+	}
 }
 
 // get reads id's record into v and returns its revision. The error wraps

@@ -214,8 +214,13 @@ func (s *Store) RegisterNode(ctx context.Context, n metadata.Node) (metadata.Nod
 			virtual_nodes = EXCLUDED.virtual_nodes,
 			epoch = EXCLUDED.epoch,
 			last_seen = EXCLUDED.last_seen
+		WHERE n.status <> 'removed'
 		RETURNING `+nodeColumns,
 		n.ID, n.VirtualNodes, int64(n.Epoch), metadata.Now()))
+	if errors.Is(err, pgx.ErrNoRows) {
+		// The conflicting row is a removed id's marker (the WHERE above).
+		return metadata.Node{}, fmt.Errorf("metadata/postgres: register node %q: %w", n.ID, metadata.ErrRemoved)
+	}
 	if err != nil {
 		return metadata.Node{}, s.wrap(fmt.Sprintf("register node %q", n.ID), err)
 	}
@@ -226,7 +231,7 @@ func (s *Store) RegisterNode(ctx context.Context, n metadata.Node) (metadata.Nod
 // metadata.ErrNotFound if the node does not exist.
 func (s *Store) GetNode(ctx context.Context, id string) (metadata.Node, error) {
 	n, err := scanNode(s.pool.QueryRow(ctx,
-		`SELECT `+nodeColumns+` FROM storage_nodes WHERE node_id = $1`, id))
+		`SELECT `+nodeColumns+` FROM storage_nodes WHERE node_id = $1 AND status <> 'removed'`, id))
 	if err != nil {
 		return metadata.Node{}, s.wrap(fmt.Sprintf("get node %q", id), err)
 	}
@@ -235,7 +240,7 @@ func (s *Store) GetNode(ctx context.Context, id string) (metadata.Node, error) {
 
 // ListNodes implements metadata.Store.
 func (s *Store) ListNodes(ctx context.Context) ([]metadata.Node, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+nodeColumns+` FROM storage_nodes ORDER BY node_id COLLATE "C"`)
+	rows, err := s.pool.Query(ctx, `SELECT `+nodeColumns+` FROM storage_nodes WHERE status <> 'removed' ORDER BY node_id COLLATE "C"`)
 	if err != nil {
 		return nil, s.wrap("list nodes", err)
 	}
@@ -256,7 +261,7 @@ func (s *Store) ListNodes(ctx context.Context) ([]metadata.Node, error) {
 // forbids fails with a non-sentinel error.
 func (s *Store) SetNodeStatus(ctx context.Context, id string, status string) (metadata.Node, error) {
 	n, err := scanNode(s.pool.QueryRow(ctx,
-		`UPDATE storage_nodes SET status = $2 WHERE node_id = $1 RETURNING `+nodeColumns, id, status))
+		`UPDATE storage_nodes SET status = $2 WHERE node_id = $1 AND status <> 'removed' RETURNING `+nodeColumns, id, status))
 	if err != nil {
 		return metadata.Node{}, s.wrap(fmt.Sprintf("set node %q status %q", id, status), err)
 	}
@@ -264,10 +269,26 @@ func (s *Store) SetNodeStatus(ctx context.Context, id string, status string) (me
 }
 
 // RemoveNode implements metadata.Store. It returns an error wrapping
-// metadata.ErrNotFound if the node does not exist.
+// metadata.ErrNotFound if the node does not exist. The row stays as a
+// removed marker (status 'removed'), which RegisterNode's upsert refuses.
 func (s *Store) RemoveNode(ctx context.Context, id string) error {
 	op := fmt.Sprintf("remove node %q", id)
-	tag, err := s.pool.Exec(ctx, `DELETE FROM storage_nodes WHERE node_id = $1`, id)
+	tag, err := s.pool.Exec(ctx, `UPDATE storage_nodes SET status = 'removed' WHERE node_id = $1 AND status <> 'removed'`, id)
+	if err != nil {
+		return s.wrap(op, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("metadata/postgres: %s: %w", op, metadata.ErrNotFound)
+	}
+	return nil
+}
+
+// AdmitNode implements metadata.Store: it deletes a removed id's marker row.
+// It returns an error wrapping metadata.ErrNotFound if id is not a removed
+// node.
+func (s *Store) AdmitNode(ctx context.Context, id string) error {
+	op := fmt.Sprintf("admit node %q", id)
+	tag, err := s.pool.Exec(ctx, `DELETE FROM storage_nodes WHERE node_id = $1 AND status = 'removed'`, id)
 	if err != nil {
 		return s.wrap(op, err)
 	}
