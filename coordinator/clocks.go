@@ -15,8 +15,11 @@ import (
 const maxClockSkew = 5 * time.Minute
 
 // maxRestamps is how many times one lww write is re-stamped after losing
-// to a newer version before the client gets 503.
-const maxRestamps = 3
+// to a newer version. Once: the re-stamped write is past every version a
+// quorum of answers held, and a loss after that is to a concurrent write,
+// which counts as an acknowledgement (see sendLWW). The bound guards the
+// loop in write should that ever change.
+const maxRestamps = 1
 
 // tenantClocks is one hybrid logical clock per tenant. lww dots of
 // different tenants are never compared (a key belongs to one tenant), so a

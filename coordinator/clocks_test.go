@@ -211,10 +211,12 @@ func TestContextDoesNotDragOtherTenantsClock(t *testing.T) {
 	}
 	addCoordinator(t, c, coordinator.Config{})
 	stopFirstCoordinator(t, c)
-	if _, err := ta.Put(ctx, "k", []byte("a2"), client.WithContext(res.Context)); err != nil {
+	// At all, so node-1 (whose dump is read below) holds both writes when
+	// they are acknowledged.
+	if _, err := ta.Put(ctx, "k", []byte("a2"), client.WithContext(res.Context), client.WithConsistency(subjects.All)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tb.Put(ctx, "k", []byte("b1")); err != nil {
+	if _, err := tb.Put(ctx, "k", []byte("b1"), client.WithConsistency(subjects.All)); err != nil {
 		t.Fatal(err)
 	}
 	limit := time.Now().Add(time.Minute)

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"github.com/quorumkv/quorumkv/subjects"
+	"github.com/quorumkv/quorumkv/vclock"
 )
 
 // Required is how many primary replicas must answer for level under
@@ -39,6 +40,16 @@ type tally struct {
 	total    int // replicas asked
 	acks     int
 	fails    int
+
+	// lww writes only (see Coordinator.write): losses counts the replicas
+	// that answered that the write lost its merge, and lostTo the greatest
+	// dot they reported. Once the write has been re-stamped past what a
+	// quorum of answers held, a loss can only be to a concurrent write and
+	// counts as an ack (lossIsAck).
+	losses    int
+	lostTo    vclock.Dot
+	lostNode  string
+	lossIsAck bool
 }
 
 // ack records a success and reports whether the level is now met.

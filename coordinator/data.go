@@ -298,10 +298,10 @@ func newIdempotencyKey() string {
 // Under lww a primary acknowledges a write only when the write won its
 // merge; one that holds a greater dot (minted by a coordinator whose clock
 // runs ahead, or by a concurrent write) reports that dot instead. The
-// coordinator then observes it, re-stamps the write past it and sends it to
-// every primary again (maxRestamps times at most), so an acknowledged
-// write is never superseded by one that finished before it started,
-// whatever the coordinators' clocks say.
+// coordinator then observes it, re-stamps the write past the greatest dot
+// a quorum of answers reported and sends it to every primary again, so an
+// acknowledged write is never superseded by one that finished before it
+// started, whatever the coordinators' clocks say (see sendLWW).
 func (c *Coordinator) write(ctx context.Context, r *dataRequest, del bool) (*subjects.WriteReply, error) {
 	pref, need, err := c.replicas(r)
 	if err != nil {
@@ -324,7 +324,7 @@ func (c *Coordinator) write(ctx context.Context, r *dataRequest, del bool) (*sub
 				v.Value = []byte{}
 			}
 		}
-		reply, cl, t, acked, err := c.sendLWW(ctx, r, pref, need, v)
+		reply, cl, t, acked, err := c.sendLWW(ctx, r, pref, need, v, attempt > 0)
 		var lost *lostWrite
 		if errors.As(err, &lost) {
 			within := c.observe(clock, lost.by.Counter, "write", r.tenant.ID)
@@ -345,9 +345,16 @@ func (c *Coordinator) write(ctx context.Context, r *dataRequest, del bool) (*sub
 }
 
 // sendLWW sends v to every primary and waits for the level: the reply, and
-// what hintMissing needs. A primary that reports the write lost ends the
-// wait with a *lostWrite.
-func (c *Coordinator) sendLWW(ctx context.Context, r *dataRequest, pref []string, need int, v *vclock.Version) (*subjects.WriteReply, *call, tally, []string, error) {
+// what hintMissing needs. On a first attempt, primaries that report the
+// write lost do not count; once the level's number of primaries answered
+// and some reported a loss, the wait ends with a *lostWrite naming the
+// greatest dot they hold. restamped (a later attempt) counts a loss as an
+// acknowledgement: the write was stamped past every version that quorum of
+// answers held, which includes every write acknowledged before this one
+// started (quorums overlap), so a greater dot now is a concurrent write's,
+// and losing to a concurrent write breaks no promise. Without that, writers
+// contending for one key would re-stamp past each other until they failed.
+func (c *Coordinator) sendLWW(ctx context.Context, r *dataRequest, pref []string, need int, v *vclock.Version, restamped bool) (*subjects.WriteReply, *call, tally, []string, error) {
 	deadline, _ := ctx.Deadline()
 	cl := newCall(len(pref))
 	for _, node := range pref {
@@ -355,7 +362,7 @@ func (c *Coordinator) sendLWW(ctx context.Context, r *dataRequest, pref []string
 		c.fan.send(cl, node, subjects.NodeOpWrite, item{id: id, deadline: deadline,
 			write: subjects.NodeWrite{ID: id, Tenant: r.tenant.ID, Key: r.Key, LWW: v}})
 	}
-	t := tally{required: need, total: len(pref)}
+	t := tally{required: need, total: len(pref), lossIsAck: restamped}
 	var acked []string
 	err := c.await(ctx, cl, &t, r.level, nil, func(o outcome) {
 		if _, lost := o.lostTo(); o.err == nil && !lost {
@@ -548,10 +555,18 @@ func (c *Coordinator) await(ctx context.Context, cl *call, t *tally, level strin
 				sp.heard = append(sp.heard, o.node)
 			}
 			if o.err == nil {
-				if by, lost := o.lostTo(); lost {
-					// A lost lww write is no acknowledgement: the caller
-					// re-stamps it.
-					return &lostWrite{node: o.node, by: by}
+				if by, lost := o.lostTo(); lost && !t.lossIsAck {
+					// A lost lww write is no acknowledgement. Once as many
+					// replicas answered as the level needs, the caller
+					// re-stamps it past the greatest dot they reported.
+					t.losses++
+					if by.Compare(t.lostTo) > 0 {
+						t.lostTo, t.lostNode = by, o.node
+					}
+					if t.acks+t.losses >= t.required {
+						return &lostWrite{node: t.lostNode, by: t.lostTo}
+					}
+					continue
 				}
 				t.ack()
 				continue
