@@ -217,7 +217,7 @@ func (c *Coordinator) writeOnce(ctx context.Context, r *dataRequest, del bool) (
 		return c.write(ctx, r, del)
 	}
 	key := idempotency.Key(r.tenant.ID, r.Key, r.IdempotencyKey)
-	claim, err := c.cfg.Idempotency.Begin(ctx, key, c.cfg.PendingTTL)
+	claim, err := c.cfg.Idempotency.Begin(ctx, key, nil, c.cfg.PendingTTL)
 	switch {
 	case errors.Is(err, idempotency.ErrInProgress):
 		return nil, subjects.Errorf(subjects.KindInProgress, "a request with idempotency key %q is in progress; retry later", r.IdempotencyKey)
