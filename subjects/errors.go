@@ -15,7 +15,7 @@ type Code int
 const (
 	CodeInvalid     Code = 400 // the request is malformed or breaks a rule
 	CodeNotFound    Code = 404 // no such tenant (or node); a missing key is not an error
-	CodeConflict    Code = 409 // stale version, request in progress, too many siblings
+	CodeConflict    Code = 409 // stale version, request in progress, too many siblings, idempotency key reused
 	CodeTooLarge    Code = 413 // key or value over its limit
 	CodeOverloaded  Code = 429 // the coordinator or node is at its in-flight limit
 	CodeInternal    Code = 500 // a bug or an unexpected failure; logged by the server
@@ -38,6 +38,9 @@ const (
 	KindInternal        = "internal"
 	KindUnavailable     = "unavailable"
 	KindTimeout         = "timeout"
+	// KindIdempotencyMismatch: the idempotency key was used before for a
+	// different request (another op, value or context), 409.
+	KindIdempotencyMismatch = "idempotency_mismatch"
 )
 
 // Error headers. ErrorHeader and ErrorCodeHeader are nats.go micro's.
@@ -88,7 +91,7 @@ func KindCode(kind string) Code {
 		return CodeInvalid
 	case KindNoSuchTenant, KindNoSuchNode:
 		return CodeNotFound
-	case KindExists, KindConflict, KindInProgress, KindTooManySiblings:
+	case KindExists, KindConflict, KindInProgress, KindTooManySiblings, KindIdempotencyMismatch:
 		return CodeConflict
 	case KindTooLarge:
 		return CodeTooLarge
