@@ -38,6 +38,10 @@ var (
 	ErrUnavailable     = errors.New("quorumkv: unavailable")
 	ErrTimeout         = errors.New("quorumkv: timeout")
 	ErrInternal        = errors.New("quorumkv: internal error")
+	// ErrIdempotencyMismatch: the idempotency key was used before for a
+	// different request (another operation, value or context). A 409, so it
+	// matches ErrConflict too.
+	ErrIdempotencyMismatch = errors.New("quorumkv: idempotency key used for a different request")
 )
 
 var kindSentinel = map[string]error{
@@ -53,6 +57,8 @@ var kindSentinel = map[string]error{
 	subjects.KindUnavailable:     ErrUnavailable,
 	subjects.KindTimeout:         ErrTimeout,
 	subjects.KindInternal:        ErrInternal,
+	// Kinds added later.
+	subjects.KindIdempotencyMismatch: ErrIdempotencyMismatch,
 }
 
 // Error is an error answered by a coordinator.

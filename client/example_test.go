@@ -81,7 +81,14 @@ func ExampleClient_Put_idempotent() {
 	first, _ := kv.Put(ctx, "order/42", []byte("paid"), client.WithIdempotencyKey("payment-7"))
 	retry, _ := kv.Put(ctx, "order/42", []byte("paid"), client.WithIdempotencyKey("payment-7"))
 	fmt.Println(first.IsDuplicate, retry.IsDuplicate, first.Context == retry.Context)
-	// Output: false true true
+
+	// The key is bound to its request: another value (or a delete) with it
+	// is refused.
+	_, err := kv.Put(ctx, "order/42", []byte("refunded"), client.WithIdempotencyKey("payment-7"))
+	fmt.Println(errors.Is(err, client.ErrIdempotencyMismatch))
+	// Output:
+	// false true true
+	// true
 }
 
 func ExampleAdmin_CreateTenant() {

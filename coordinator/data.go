@@ -3,6 +3,8 @@ package coordinator
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -243,19 +245,36 @@ func (c *Coordinator) replicas(r *dataRequest) ([]string, int, error) {
 }
 
 // writeOnce wraps write with the idempotency protocol: a request that names
-// an idempotency key claims it first; a retry gets the first response.
-// Without a key, a fresh one is generated and the store is not consulted:
-// nothing can have used it before.
+// an idempotency key claims it first, under the request's fingerprint; a
+// retry gets the first response, and a different request with the same key
+// gets 409 idempotency_mismatch. Without a key, a fresh one is generated and
+// the write's response is recorded under it once the write succeeded (one
+// store write, no claim: nothing can have used the key before), so a retry
+// with the returned key is a duplicate too. When that record fails, the
+// reply carries no idempotency key: only keys that will be honoured are
+// returned.
 func (c *Coordinator) writeOnce(ctx context.Context, r *dataRequest, del bool) (*subjects.WriteReply, error) {
+	fp := requestFingerprint(r, del)
 	if r.IdempotencyKey == "" {
 		r.IdempotencyKey = newIdempotencyKey()
-		return c.write(ctx, r, del)
+		reply, err := c.write(ctx, r, del)
+		if err != nil {
+			return nil, err
+		}
+		if err := c.recordGenerated(ctx, r, fp, reply); err != nil {
+			c.log.Warn("idempotency record failed; the reply carries no idempotency key", "tenant", r.tenant.ID, "err", err)
+			reply.IdempotencyKey = ""
+		}
+		return reply, nil
 	}
 	key := idempotency.Key(r.tenant.ID, r.Key, r.IdempotencyKey)
-	claim, err := c.cfg.Idempotency.Begin(ctx, key, c.cfg.PendingTTL)
+	claim, err := c.cfg.Idempotency.Begin(ctx, key, fp, c.cfg.PendingTTL)
 	switch {
 	case errors.Is(err, idempotency.ErrInProgress):
 		return nil, subjects.Errorf(subjects.KindInProgress, "a request with idempotency key %q is in progress; retry later", r.IdempotencyKey)
+	case errors.Is(err, idempotency.ErrMismatch):
+		return nil, subjects.Errorf(subjects.KindIdempotencyMismatch,
+			"idempotency key %q was used for a different request on this key (another operation, value or context); retry with the same request or use a new key", r.IdempotencyKey)
 	case err != nil:
 		return nil, storeError("idempotency store", err)
 	case !claim.Owned():
@@ -285,6 +304,56 @@ func (c *Coordinator) writeOnce(ctx context.Context, r *dataRequest, del bool) (
 	}
 	return reply, nil
 }
+
+// recordTimeout bounds recording a generated key's response: the write is
+// done, and a slow or unreachable idempotency store must not hold its
+// answer for long (the reply then goes out without the key).
+const recordTimeout = 500 * time.Millisecond
+
+// recordGenerated stores reply under r's generated idempotency key, within
+// the request's time and recordTimeout.
+func (c *Coordinator) recordGenerated(ctx context.Context, r *dataRequest, fp []byte, reply *subjects.WriteReply) error {
+	data, err := msgpack.Marshal(reply)
+	if err != nil {
+		return fmt.Errorf("encode response for %q: %w", r.IdempotencyKey, err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, recordTimeout)
+	defer cancel()
+	key := idempotency.Key(r.tenant.ID, r.Key, r.IdempotencyKey)
+	if err := c.cfg.Idempotency.Record(rctx, key, fp, data, c.cfg.IdempotencyTTL); err != nil {
+		return fmt.Errorf("record generated idempotency key: %w", err)
+	}
+	return nil
+}
+
+// requestFingerprint identifies what a write asks for, so an idempotency key
+// reused for another request is told apart from a retry: a SHA-256 over the
+// operation, the data key, the value and the context, each length-prefixed,
+// cut to fingerprintBytes. The tenant is part of the store key already;
+// consistency and timeout_ms are left out (they change how a write is
+// carried out, not what it writes), so a retry may raise them.
+func requestFingerprint(r *dataRequest, del bool) []byte {
+	op := byte('p')
+	if del {
+		op = 'd'
+	}
+	h := sha256.New()
+	var n [binary.MaxVarintLen64]byte
+	part := func(b []byte) {
+		h.Write(binary.AppendUvarint(n[:0], uint64(len(b))))
+		h.Write(b)
+	}
+	part([]byte{op})
+	part([]byte(r.Key))
+	part(r.Value)
+	part([]byte(r.Context))
+	return h.Sum(nil)[:fingerprintBytes]
+}
+
+// fingerprintBytes is how much of the SHA-256 a fingerprint keeps (128
+// bits; a collision could only make one client's own two requests look
+// alike).
+const fingerprintBytes = 16
 
 func newIdempotencyKey() string {
 	var b [16]byte

@@ -26,8 +26,8 @@ func backends(t *testing.T, f func(t *testing.T, cfg devcluster.Config)) {
 	})
 }
 
-// TestIdempotentWritesApplyOnce: 50 concurrent requests with one
-// idempotency key and then 50 sequential retries store exactly one version;
+// TestIdempotentWritesApplyOnce: 50 concurrent copies of one request with
+// one idempotency key and then 50 sequential retries store exactly one version;
 // exactly one response is not a duplicate; the others are duplicates with
 // the same context, or 409 in_progress while the first is pending.
 func TestIdempotentWritesApplyOnce(t *testing.T) {
@@ -60,12 +60,12 @@ func TestIdempotentWritesApplyOnce(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				record(kv.Put(ctx, "once", []byte(fmt.Sprintf("attempt-%d", i)), client.WithIdempotencyKey("order-42")))
+				record(kv.Put(ctx, "once", []byte("v"), client.WithIdempotencyKey("order-42")))
 			}()
 		}
 		wg.Wait()
 		for i := 0; i < 50; i++ {
-			record(kv.Put(ctx, "once", []byte("retry"), client.WithIdempotencyKey("order-42")))
+			record(kv.Put(ctx, "once", []byte("v"), client.WithIdempotencyKey("order-42")))
 		}
 		if len(firsts) != 1 {
 			t.Fatalf("%d non-duplicate responses, want exactly 1", len(firsts))
@@ -148,8 +148,10 @@ func TestRedisOutage(t *testing.T) {
 	if !errors.As(err, &e) || (e.Code != 503 && e.Code != 504) || !strings.Contains(e.Message, "idempotency store") || !strings.Contains(strings.ToLower(e.Message), "redis") {
 		t.Fatalf("put with a key while Redis is down: %v, want 503 naming the redis idempotency store", err)
 	}
-	if _, err := kv.Put(ctx, "k", []byte("v3")); err != nil {
-		t.Fatalf("put without a key while Redis is down: %v", err)
+	// The write goes on, but its reply names no generated key: it could
+	// not be recorded, so it would not be honoured on a retry.
+	if res, err := kv.Put(ctx, "k", []byte("v3")); err != nil || res.IdempotencyKey != "" {
+		t.Fatalf("put without a key while Redis is down: %v %+v, want success without an idempotency key", err, res)
 	}
 	proxy.Restore()
 	waitFor(t, 10*time.Second, func() error {
@@ -200,5 +202,141 @@ func TestPostgresOutage(t *testing.T) {
 	})
 	if _, err := kv.Put(ctx, "k2", []byte("v")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// dumpText is what the three nodes hold for key, as text.
+func dumpText(t *testing.T, c *devcluster.Cluster, tenant, key string) string {
+	t.Helper()
+	var b strings.Builder
+	for _, e := range dumpKey(t, c, tenant, key, 3) {
+		fmt.Fprintf(&b, "%q %q %t %s %d %s %d; ", e.Key, e.Value, e.Tombstone, e.Context, e.Counter, e.Actor, e.Siblings)
+	}
+	return b.String()
+}
+
+// TestGeneratedIdempotencyKeyIsHonoured: a write without an idempotency key
+// returns a generated one, and a retry with it is a duplicate with the same
+// context that writes nothing, for puts and deletes, under either policy.
+func TestGeneratedIdempotencyKeyIsHonoured(t *testing.T) {
+	backends(t, func(t *testing.T, cfg devcluster.Config) {
+		c := startClusterWith(t, cfg)
+		ctx := ctxT(t)
+		for _, kv := range []*client.Client{kvClient(t, c, "default"), siblingsTenant(t, c, "sib")} {
+			first, err := kv.Put(ctx, "gen", []byte("v1"))
+			if err != nil || first.IdempotencyKey == "" || first.IsDuplicate {
+				t.Fatalf("put without a key: %v %+v", err, first)
+			}
+			before := dumpText(t, c, kv.Tenant(), "gen")
+			for range 2 {
+				again, err := kv.Put(ctx, "gen", []byte("v1"), client.WithIdempotencyKey(first.IdempotencyKey))
+				if err != nil || !again.IsDuplicate || again.Context != first.Context || again.IdempotencyKey != first.IdempotencyKey {
+					t.Fatalf("%s: retry with the generated key %q: %v %+v, want a duplicate of %+v", kv.Tenant(), first.IdempotencyKey, err, again, first)
+				}
+			}
+			if after := dumpText(t, c, kv.Tenant(), "gen"); after != before {
+				t.Fatalf("%s: the retry wrote: replicas held %+v, now %+v", kv.Tenant(), before, after)
+			}
+			del, err := kv.Delete(ctx, "gen")
+			if err != nil || del.IdempotencyKey == "" {
+				t.Fatalf("delete without a key: %v %+v", err, del)
+			}
+			again, err := kv.Delete(ctx, "gen", client.WithIdempotencyKey(del.IdempotencyKey))
+			if err != nil || !again.IsDuplicate || again.Context != del.Context {
+				t.Fatalf("%s: delete retried with the generated key: %v %+v, want a duplicate of %+v", kv.Tenant(), err, again, del)
+			}
+		}
+	})
+}
+
+// TestIdempotencyKeyReusedForAnotherRequest: a key is bound to the request
+// that first used it; the same request is a duplicate, another value, a
+// delete, or another context is 409 idempotency_mismatch and writes nothing.
+func TestIdempotencyKeyReusedForAnotherRequest(t *testing.T) {
+	backends(t, func(t *testing.T, cfg devcluster.Config) {
+		c := startClusterWith(t, cfg)
+		ctx := ctxT(t)
+		kv := kvClient(t, c, "default")
+		first, err := kv.Put(ctx, "k", []byte("v1"), client.WithIdempotencyKey("order-1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = kv.Put(ctx, "k", []byte("v2"), client.WithIdempotencyKey("order-1"))
+		assertKind(t, err, 409, subjects.KindIdempotencyMismatch)
+		if !errors.Is(err, client.ErrIdempotencyMismatch) || !errors.Is(err, client.ErrConflict) {
+			t.Errorf("%v does not match ErrIdempotencyMismatch and ErrConflict", err)
+		}
+		_, err = kv.Delete(ctx, "k", client.WithIdempotencyKey("order-1"))
+		assertKind(t, err, 409, subjects.KindIdempotencyMismatch)
+		_, err = kv.Put(ctx, "k", []byte("v1"), client.WithIdempotencyKey("order-1"), client.WithContext(first.Context))
+		assertKind(t, err, 409, subjects.KindIdempotencyMismatch)
+		// The same request is a duplicate, whatever level or timeout it asks.
+		dup, err := kv.Put(ctx, "k", []byte("v1"), client.WithIdempotencyKey("order-1"),
+			client.WithConsistency(subjects.All), client.WithTimeout(5*time.Second))
+		if err != nil || !dup.IsDuplicate || dup.Context != first.Context {
+			t.Fatalf("same request retried: %v %+v, want a duplicate of %+v", err, dup, first)
+		}
+		// A generated key is bound the same way.
+		gen, err := kv.Put(ctx, "k", []byte("v1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = kv.Put(ctx, "k", []byte("other"), client.WithIdempotencyKey(gen.IdempotencyKey))
+		assertKind(t, err, 409, subjects.KindIdempotencyMismatch)
+		_, err = kv.Delete(ctx, "k", client.WithIdempotencyKey(gen.IdempotencyKey))
+		assertKind(t, err, 409, subjects.KindIdempotencyMismatch)
+		got, err := kv.Get(ctx, "k", client.WithConsistency(subjects.All))
+		if err != nil || string(got.Value) != "v1" || got.Context != gen.Context {
+			t.Fatalf("get after the refused requests: %v %+v, want v1 at %s", err, got, gen.Context)
+		}
+	})
+}
+
+// TestIdempotencyMismatchWhilePending: while the first request with a key
+// is still running, a different request with that key is 409
+// idempotency_mismatch (it would never be honoured) and the same request is
+// 409 in_progress.
+func TestIdempotencyMismatchWhilePending(t *testing.T) {
+	c := startCluster(t, 3)
+	ctx := ctxT(t)
+	kv := kvClient(t, c, "default")
+	silence(t, c, "node-3")
+	// A request at all that waits for the silent node: it holds its claim
+	// for its whole timeout.
+	slow := func(timeout time.Duration) error {
+		_, err := kv.Put(ctx, "k", []byte("v1"), client.WithIdempotencyKey("slow"),
+			client.WithConsistency(subjects.All), client.WithTimeout(timeout))
+		return err
+	}
+	firstDone := make(chan error, 1)
+	go func() {
+		for {
+			// A probe below may hold the claim for a moment: then retry.
+			if err := slow(8 * time.Second); !errors.Is(err, client.ErrInProgress) {
+				firstDone <- err
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	// The first request holds the claim once the same request, sent again,
+	// is in progress (a probe that claims the key itself fails after 1s
+	// and releases it).
+	waitFor(t, 20*time.Second, func() error {
+		if err := slow(time.Second); !errors.Is(err, client.ErrInProgress) {
+			return fmt.Errorf("same request while the first runs: %v, want in_progress", err)
+		}
+		return nil
+	})
+	_, err := kv.Put(ctx, "k", []byte("v2"), client.WithIdempotencyKey("slow"), client.WithTimeout(time.Second))
+	assertKind(t, err, 409, subjects.KindIdempotencyMismatch)
+	_, err = kv.Delete(ctx, "k", client.WithIdempotencyKey("slow"), client.WithTimeout(time.Second))
+	assertKind(t, err, 409, subjects.KindIdempotencyMismatch)
+	// The first one times out waiting for the silent node.
+	select {
+	case err := <-firstDone:
+		assertCode(t, err, 503, "all needs 3 of 3")
+	case <-ctx.Done():
+		t.Fatal("the first request never answered")
 	}
 }

@@ -115,6 +115,15 @@ func TestRolesEndToEnd(t *testing.T) {
 		if err != nil || !again.IsDuplicate || again.Context != first.Context {
 			t.Fatalf("retry: %+v, %v; want the first response marked duplicate", again, err)
 		}
+		// A generated key is recorded through the coordinator role's
+		// permissions, and honoured.
+		gen, err := def.Put(ctx, "idem-gen", []byte("once"))
+		if err != nil || gen.IdempotencyKey == "" {
+			t.Fatalf("put without a key: %+v, %v; want a generated key", gen, err)
+		}
+		if again, err := def.Put(ctx, "idem-gen", []byte("once"), client.WithIdempotencyKey(gen.IdempotencyKey)); err != nil || !again.IsDuplicate {
+			t.Fatalf("retry with the generated key: %+v, %v; want a duplicate", again, err)
+		}
 		ten, err := sys.admin.GetTenant(ctx, "acme")
 		if err != nil {
 			t.Fatal(err)

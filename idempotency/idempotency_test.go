@@ -78,3 +78,28 @@ func TestCheckTTL(t *testing.T) {
 		}
 	}
 }
+
+func TestFingerprintsMatch(t *testing.T) {
+	for _, tc := range []struct {
+		stored, fp string
+		want       bool
+	}{
+		{"", "", true},
+		{"", "a", true},  // an entry from before fingerprints
+		{"a", "", true},  // a caller without fingerprints
+		{"a", "a", true}, // the same request
+		{"a", "b", false},
+		{"a", "ab", false},
+		{"ab", "a", false},
+	} {
+		if got := FingerprintsMatch([]byte(tc.stored), []byte(tc.fp)); got != tc.want {
+			t.Errorf("FingerprintsMatch(%q, %q) = %t, want %t", tc.stored, tc.fp, got, tc.want)
+		}
+	}
+	if err := CheckFingerprint(make([]byte, MaxFingerprintBytes)); err != nil {
+		t.Errorf("CheckFingerprint(%d bytes) = %v", MaxFingerprintBytes, err)
+	}
+	if err := CheckFingerprint(make([]byte, MaxFingerprintBytes+1)); err == nil {
+		t.Errorf("CheckFingerprint(%d bytes) = nil, want an error", MaxFingerprintBytes+1)
+	}
+}

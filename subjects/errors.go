@@ -15,7 +15,7 @@ type Code int
 const (
 	CodeInvalid     Code = 400 // the request is malformed or breaks a rule
 	CodeNotFound    Code = 404 // no such tenant (or node); a missing key is not an error
-	CodeConflict    Code = 409 // stale version, request in progress, too many siblings, admin refusals
+	CodeConflict    Code = 409 // stale version, request in progress, too many siblings, admin refusals, idempotency key reused
 	CodeTooLarge    Code = 413 // key or value over its limit
 	CodeOverloaded  Code = 429 // the coordinator or node is at its in-flight limit
 	CodeInternal    Code = 500 // a bug or an unexpected failure; logged by the server
@@ -46,6 +46,9 @@ const (
 	KindTooFewNodes    = "too_few_nodes"    // node.drain would leave fewer active nodes than a tenant's RF
 	KindNodeLive       = "node_live"        // node.remove of a node whose process still answers: stop it first
 	KindNodeRemoved    = "node_removed"     // node.register of a removed id: an operator must node.join it first
+	// KindIdempotencyMismatch: the idempotency key was used before for a
+	// different request (another op, value or context), 409.
+	KindIdempotencyMismatch = "idempotency_mismatch"
 )
 
 // Error headers. ErrorHeader and ErrorCodeHeader are nats.go micro's.
@@ -97,7 +100,8 @@ func KindCode(kind string) Code {
 	case KindNoSuchTenant, KindNoSuchNode:
 		return CodeNotFound
 	case KindExists, KindConflict, KindInProgress, KindTooManySiblings,
-		KindTenantNotEmpty, KindNodeActive, KindTooFewNodes, KindNodeLive, KindNodeRemoved:
+		KindTenantNotEmpty, KindNodeActive, KindTooFewNodes, KindNodeLive, KindNodeRemoved,
+		KindIdempotencyMismatch:
 		return CodeConflict
 	case KindTooLarge:
 		return CodeTooLarge

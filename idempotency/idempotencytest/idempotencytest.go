@@ -40,7 +40,11 @@ const (
 //   - a nil response and an empty response are both returned to later
 //     Begins as a non-nil empty slice;
 //   - Complete and Abort with an empty or malformed token return ErrNotOwner;
-//   - a completed or aborted claim's token no longer owns the key.
+//   - a completed or aborted claim's token no longer owns the key;
+//   - Begin reports ErrMismatch before ErrInProgress: a pending marker with
+//     another fingerprint is a mismatch;
+//   - an entry stored without a fingerprint (an older version's) matches
+//     every request, and a Begin without one matches every entry.
 func Run(t *testing.T, open func(t *testing.T) idempotency.Store) {
 	tests := []struct {
 		name string
@@ -61,6 +65,15 @@ func Run(t *testing.T, open func(t *testing.T) idempotency.Store) {
 		{"BinaryResponse", testBinaryResponse},
 		{"EmptyAndNilResponse", testEmptyAndNilResponse},
 		{"InvalidTTL", testInvalidTTL},
+		{"MismatchAfterComplete", testMismatchAfterComplete},
+		{"MismatchWhilePending", testMismatchWhilePending},
+		{"EntryWithoutFingerprintMatchesAll", testEntryWithoutFingerprintMatchesAll},
+		{"LongestFingerprint", testLongestFingerprint},
+		{"FingerprintTooLong", testFingerprintTooLong},
+		{"ConcurrentBeginWithTwoFingerprints", testConcurrentBeginWithTwoFingerprints},
+		{"Record", testRecord},
+		{"RecordExpires", testRecordExpires},
+		{"RecordInvalidArguments", testRecordInvalidArguments},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -87,11 +100,25 @@ func ctx(t *testing.T) context.Context {
 	return c
 }
 
-// begin calls Begin and fails t on an error other than ErrInProgress.
+// Fingerprints of the tests: fp is what every test uses unless it says
+// otherwise; fpOther is another request's. Both hold awkward bytes.
+var (
+	fp      = []byte("put\x00key\xff\x00value-hash")
+	fpOther = []byte("delete\x00key\xff\x00")
+)
+
+// begin calls Begin with fp and fails t on an error other than ErrInProgress.
 func begin(t *testing.T, s idempotency.Store, key string, pendingTTL time.Duration) (idempotency.Claim, error) {
 	t.Helper()
-	c, err := s.Begin(ctx(t), key, pendingTTL)
-	if err != nil && !errors.Is(err, idempotency.ErrInProgress) {
+	return beginFP(t, s, key, fp, pendingTTL)
+}
+
+// beginFP calls Begin with fingerprint and fails t on an error other than
+// ErrInProgress and ErrMismatch.
+func beginFP(t *testing.T, s idempotency.Store, key string, fingerprint []byte, pendingTTL time.Duration) (idempotency.Claim, error) {
+	t.Helper()
+	c, err := s.Begin(ctx(t), key, fingerprint, pendingTTL)
+	if err != nil && !errors.Is(err, idempotency.ErrInProgress) && !errors.Is(err, idempotency.ErrMismatch) {
 		t.Fatalf("Begin(%q): unexpected error: %v", key, err)
 	}
 	if err == nil && c.Owned() == (c.Response != nil) {
@@ -173,7 +200,7 @@ func waitOwned(t *testing.T, s idempotency.Store, key string, start time.Time, m
 
 func testFreshClaim(t *testing.T, s idempotency.Store) {
 	key := newKey(t)
-	c, err := s.Begin(ctx(t), key, idempotency.DefaultPendingTTL)
+	c, err := s.Begin(ctx(t), key, fp, idempotency.DefaultPendingTTL)
 	if err != nil {
 		t.Fatalf("Begin: %v", err)
 	}
@@ -340,7 +367,7 @@ func raceBegin(t *testing.T, s idempotency.Store, key string) string {
 	for i := range concurrency {
 		wg.Go(func() {
 			<-start
-			cl, err := s.Begin(c, key, idempotency.DefaultPendingTTL)
+			cl, err := s.Begin(c, key, fp, idempotency.DefaultPendingTTL)
 			results[i] = result{cl, err}
 		})
 	}
@@ -429,7 +456,7 @@ func testEmptyAndNilResponse(t *testing.T, s idempotency.Store) {
 func testInvalidTTL(t *testing.T, s idempotency.Store) {
 	key := newKey(t)
 	for _, d := range []time.Duration{0, -time.Second} {
-		if c, err := s.Begin(ctx(t), key, d); err == nil || errors.Is(err, idempotency.ErrInProgress) || errors.Is(err, idempotency.ErrUnavailable) {
+		if c, err := s.Begin(ctx(t), key, fp, d); err == nil || errors.Is(err, idempotency.ErrInProgress) || errors.Is(err, idempotency.ErrUnavailable) {
 			t.Errorf("Begin with pendingTTL %v = %+v, %v: want an argument error", d, c, err)
 		}
 	}
@@ -443,4 +470,210 @@ func testInvalidTTL(t *testing.T, s idempotency.Store) {
 	mustInProgress(t, s, key)
 	mustComplete(t, s, key, tok, []byte("ok"), longTTL)
 	mustDuplicate(t, s, key, []byte("ok"))
+}
+
+func mustMismatch(t *testing.T, s idempotency.Store, key string, fingerprint []byte) {
+	t.Helper()
+	c, err := beginFP(t, s, key, fingerprint, longTTL)
+	if !errors.Is(err, idempotency.ErrMismatch) {
+		t.Fatalf("Begin(%q, fingerprint %q) = %+v, %v: want ErrMismatch", key, fingerprint, c, err)
+	}
+}
+
+func mustDuplicateFP(t *testing.T, s idempotency.Store, key string, fingerprint, want []byte) {
+	t.Helper()
+	c, err := beginFP(t, s, key, fingerprint, longTTL)
+	if err != nil || c.Owned() || c.Response == nil || !bytes.Equal(c.Response, want) {
+		t.Fatalf("Begin(%q, fingerprint %q) = %+v, %v: want the duplicate %q", key, fingerprint, c, err, want)
+	}
+}
+
+func mustInProgressFP(t *testing.T, s idempotency.Store, key string, fingerprint []byte) {
+	t.Helper()
+	c, err := beginFP(t, s, key, fingerprint, longTTL)
+	if !errors.Is(err, idempotency.ErrInProgress) {
+		t.Fatalf("Begin(%q, fingerprint %q) = %+v, %v: want ErrInProgress", key, fingerprint, c, err)
+	}
+}
+
+func testMismatchAfterComplete(t *testing.T, s idempotency.Store) {
+	key := newKey(t)
+	tok := mustOwn(t, s, key, idempotency.DefaultPendingTTL)
+	mustComplete(t, s, key, tok, []byte("first"), longTTL)
+	mustMismatch(t, s, key, fpOther)
+	mustMismatch(t, s, key, append(bytes.Clone(fp), 0)) // a prefix is not a match
+	mustMismatch(t, s, key, fp[:len(fp)-1])
+	// The refused Begins changed nothing.
+	mustDuplicate(t, s, key, []byte("first"))
+	mustDuplicateFP(t, s, key, nil, []byte("first"))
+}
+
+func testMismatchWhilePending(t *testing.T, s idempotency.Store) {
+	key := newKey(t)
+	tok := mustOwn(t, s, key, idempotency.DefaultPendingTTL)
+	mustMismatch(t, s, key, fpOther)
+	mustInProgress(t, s, key)
+	mustInProgressFP(t, s, key, nil)
+	// The claim survives, and completes under its own fingerprint.
+	mustComplete(t, s, key, tok, []byte("done"), longTTL)
+	mustMismatch(t, s, key, fpOther)
+	mustDuplicate(t, s, key, []byte("done"))
+}
+
+func testEntryWithoutFingerprintMatchesAll(t *testing.T, s idempotency.Store) {
+	key := newKey(t)
+	c, err := beginFP(t, s, key, nil, idempotency.DefaultPendingTTL)
+	if err != nil || !c.Owned() {
+		t.Fatalf("Begin without a fingerprint = %+v, %v: want an owned claim", c, err)
+	}
+	mustInProgress(t, s, key)
+	mustInProgressFP(t, s, key, fpOther)
+	mustComplete(t, s, key, c.Token, []byte("legacy"), longTTL)
+	mustDuplicate(t, s, key, []byte("legacy"))
+	mustDuplicateFP(t, s, key, fpOther, []byte("legacy"))
+	mustDuplicateFP(t, s, key, nil, []byte("legacy"))
+}
+
+func testLongestFingerprint(t *testing.T, s idempotency.Store) {
+	long := make([]byte, idempotency.MaxFingerprintBytes)
+	_, _ = rand.Read(long)
+	key := newKey(t)
+	c, err := beginFP(t, s, key, long, idempotency.DefaultPendingTTL)
+	if err != nil || !c.Owned() {
+		t.Fatalf("Begin with a %d-byte fingerprint = %+v, %v: want an owned claim", len(long), c, err)
+	}
+	mustInProgressFP(t, s, key, long)
+	mustMismatch(t, s, key, long[:len(long)-1])
+	mustComplete(t, s, key, c.Token, []byte("long"), longTTL)
+	mustDuplicateFP(t, s, key, long, []byte("long"))
+	mustMismatch(t, s, key, fp)
+
+	key2 := newKey(t)
+	if err := s.Record(ctx(t), key2, long, []byte("recorded"), longTTL); err != nil {
+		t.Fatalf("Record with a %d-byte fingerprint: %v", len(long), err)
+	}
+	mustDuplicateFP(t, s, key2, long, []byte("recorded"))
+	mustMismatch(t, s, key2, fp)
+}
+
+func testFingerprintTooLong(t *testing.T, s idempotency.Store) {
+	key := newKey(t)
+	tooLong := make([]byte, idempotency.MaxFingerprintBytes+1)
+	c, err := s.Begin(ctx(t), key, tooLong, longTTL)
+	if err == nil || errors.Is(err, idempotency.ErrInProgress) || errors.Is(err, idempotency.ErrMismatch) || errors.Is(err, idempotency.ErrUnavailable) {
+		t.Fatalf("Begin with a %d-byte fingerprint = %+v, %v: want an argument error", len(tooLong), c, err)
+	}
+	if err := s.Record(ctx(t), key, tooLong, []byte("x"), longTTL); err == nil || errors.Is(err, idempotency.ErrUnavailable) {
+		t.Fatalf("Record with a %d-byte fingerprint = %v: want an argument error", len(tooLong), err)
+	}
+	// Nothing was stored.
+	tok := mustOwn(t, s, key, idempotency.DefaultPendingTTL)
+	mustComplete(t, s, key, tok, []byte("ok"), longTTL)
+}
+
+// testConcurrentBeginWithTwoFingerprints: of concurrency Begins with two
+// fingerprints, exactly one owns the key; the others are in progress when
+// they share its fingerprint and a mismatch when they do not.
+func testConcurrentBeginWithTwoFingerprints(t *testing.T, s idempotency.Store) {
+	key := newKey(t)
+	fps := [][]byte{fp, fpOther}
+	type result struct {
+		c   idempotency.Claim
+		err error
+	}
+	results := make([]result, concurrency)
+	c := ctx(t)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range concurrency {
+		wg.Go(func() {
+			<-start
+			cl, err := s.Begin(c, key, fps[i%2], idempotency.DefaultPendingTTL)
+			results[i] = result{cl, err}
+		})
+	}
+	close(start)
+	wg.Wait()
+	owner := -1
+	for i, r := range results {
+		if r.err == nil && r.c.Owned() {
+			if owner >= 0 {
+				t.Fatalf("Begins #%d and #%d both own the key", owner, i)
+			}
+			owner = i
+		}
+	}
+	if owner < 0 {
+		t.Fatalf("none of %d concurrent Begins owns the key: %+v", concurrency, results)
+	}
+	for i, r := range results {
+		switch {
+		case i == owner:
+		case i%2 == owner%2 && !errors.Is(r.err, idempotency.ErrInProgress):
+			t.Errorf("Begin #%d with the owner's fingerprint = %+v, %v: want ErrInProgress", i, r.c, r.err)
+		case i%2 != owner%2 && !errors.Is(r.err, idempotency.ErrMismatch):
+			t.Errorf("Begin #%d with another fingerprint = %+v, %v: want ErrMismatch", i, r.c, r.err)
+		}
+	}
+	mustComplete(t, s, key, results[owner].c.Token, []byte("winner"), longTTL)
+	mustDuplicateFP(t, s, key, fps[owner%2], []byte("winner"))
+	mustMismatch(t, s, key, fps[1-owner%2])
+}
+
+func testRecord(t *testing.T, s idempotency.Store) {
+	key := newKey(t)
+	resp := []byte("c\x00recorded\xff")
+	if err := s.Record(ctx(t), key, fp, resp, longTTL); err != nil {
+		t.Fatalf("Record: %v", err)
+	}
+	resp[0] = 'X' // the store must have copied it
+	for range 2 {
+		mustDuplicate(t, s, key, []byte("c\x00recorded\xff"))
+	}
+	mustMismatch(t, s, key, fpOther)
+	mustDuplicateFP(t, s, key, nil, []byte("c\x00recorded\xff"))
+
+	// Without a fingerprint the entry matches every request.
+	key2 := newKey(t)
+	if err := s.Record(ctx(t), key2, nil, []byte("any"), longTTL); err != nil {
+		t.Fatalf("Record without a fingerprint: %v", err)
+	}
+	mustDuplicateFP(t, s, key2, fpOther, []byte("any"))
+
+	// Empty and nil responses come back as non-nil empty ones.
+	for name, r := range map[string][]byte{"empty": {}, "nil": nil} {
+		k := newKey(t)
+		if err := s.Record(ctx(t), k, fp, r, longTTL); err != nil {
+			t.Fatalf("Record of a %s response: %v", name, err)
+		}
+		c, err := begin(t, s, k, longTTL)
+		if err != nil || c.Owned() || c.Response == nil || len(c.Response) != 0 {
+			t.Errorf("%s response: Begin after Record = %+v (nil response: %t), %v; want a duplicate with a non-nil empty response",
+				name, c, c.Response == nil, err)
+		}
+	}
+}
+
+func testRecordExpires(t *testing.T, s idempotency.Store) {
+	key := newKey(t)
+	start := time.Now()
+	if err := s.Record(ctx(t), key, fp, []byte("short-lived"), shortTTL); err != nil {
+		t.Fatalf("Record: %v", err)
+	}
+	mustDuplicate(t, s, key, []byte("short-lived"))
+	tok := waitOwned(t, s, key, start, shortTTL-100*time.Millisecond, []byte("short-lived"))
+	mustComplete(t, s, key, tok, []byte("second"), longTTL)
+	mustDuplicate(t, s, key, []byte("second"))
+}
+
+func testRecordInvalidArguments(t *testing.T, s idempotency.Store) {
+	key := newKey(t)
+	for _, d := range []time.Duration{0, -time.Second} {
+		if err := s.Record(ctx(t), key, fp, []byte("x"), d); err == nil || errors.Is(err, idempotency.ErrUnavailable) {
+			t.Errorf("Record with ttl %v = %v: want an argument error", d, err)
+		}
+	}
+	// The rejected calls stored nothing.
+	tok := mustOwn(t, s, key, idempotency.DefaultPendingTTL)
+	mustComplete(t, s, key, tok, []byte("ok"), longTTL)
 }

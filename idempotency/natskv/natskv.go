@@ -4,18 +4,26 @@
 // The bucket keeps one revision per key (History 1) and allows per-message
 // TTLs (LimitMarkerTTL is set). A key's value is a one-byte tag and a
 // payload: 'p' for a pending marker, 'c' + response bytes for a completed
-// response.
+// response. An entry with a fingerprint uses the tags 'P' and 'C' instead,
+// followed by one byte holding the fingerprint's length and the
+// fingerprint, then the same payload; the lower-case tags are entries
+// without one (written by versions before fingerprints, which match every
+// request).
 //
 //   - Begin creates the key with the pending marker and a per-key TTL of
 //     pendingTTL (kv.Create with jetstream.KeyTTL). The claim token is the
 //     revision that Create returned: revisions are stream sequence numbers,
-//     never reused, so no later claim of the key can share it.
+//     never reused, so no later claim of the key can share it. The token
+//     goes on with '.' and the claim's fingerprint in hex (empty when it
+//     has none), so Complete can write the response under it.
 //   - Complete publishes the response on the key's subject only if the
 //     key's latest revision is still the claim's (the same compare-and-set
 //     kv.Update does), with a per-message TTL of ttl.
 //   - Abort purges the key only if its latest revision is still the claim's
 //     (kv.Purge with jetstream.LastRevision), leaving a delete marker that
 //     itself expires after a minute.
+//   - Record publishes the response on the key's subject unconditionally,
+//     with a per-message TTL of ttl.
 //
 // While the NATS connection is down (reconnecting), every operation fails at
 // once with idempotency.ErrUnavailable rather than being buffered for the
@@ -29,6 +37,7 @@ package natskv
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"regexp"
@@ -56,6 +65,9 @@ const (
 
 	tagPending   = 'p'
 	tagCompleted = 'c'
+	// With a fingerprint.
+	tagPendingFP   = 'P'
+	tagCompletedFP = 'C'
 )
 
 // Options configures Open.
@@ -144,8 +156,11 @@ func (s *Store) Close() error { return nil }
 
 // Begin implements idempotency.Store.Begin. pendingTTL is rounded up to whole
 // seconds.
-func (s *Store) Begin(ctx context.Context, key string, pendingTTL time.Duration) (idempotency.Claim, error) {
+func (s *Store) Begin(ctx context.Context, key string, fingerprint []byte, pendingTTL time.Duration) (idempotency.Claim, error) {
 	if err := idempotency.CheckTTL("pendingTTL", pendingTTL); err != nil {
+		return idempotency.Claim{}, err
+	}
+	if err := idempotency.CheckFingerprint(fingerprint); err != nil {
 		return idempotency.Claim{}, err
 	}
 	if err := checkKey(key); err != nil {
@@ -155,9 +170,9 @@ func (s *Store) Begin(ctx context.Context, key string, pendingTTL time.Duration)
 		return idempotency.Claim{}, err
 	}
 	for range beginAttempts {
-		rev, err := s.kv.Create(ctx, key, []byte{tagPending}, jetstream.KeyTTL(seconds(pendingTTL)))
+		rev, err := s.kv.Create(ctx, key, entry(tagPending, tagPendingFP, fingerprint, nil), jetstream.KeyTTL(seconds(pendingTTL)))
 		if err == nil {
-			return idempotency.Claim{Token: strconv.FormatUint(rev, 10)}, nil
+			return idempotency.Claim{Token: makeToken(rev, fingerprint)}, nil
 		}
 		if !conflict(err) {
 			return idempotency.Claim{}, wrap("begin", key, err)
@@ -169,16 +184,18 @@ func (s *Store) Begin(ctx context.Context, key string, pendingTTL time.Duration)
 		if err != nil {
 			return idempotency.Claim{}, wrap("begin", key, err)
 		}
-		v := e.Value()
+		pending, stored, payload, err := parseEntry(e.Value())
 		switch {
-		case len(v) > 0 && v[0] == tagPending:
+		case err != nil:
+			return idempotency.Claim{}, fmt.Errorf("idempotency: jetstream: begin %q: stored value at revision %d: %w", key, e.Revision(), err)
+		case !idempotency.FingerprintsMatch(stored, fingerprint):
+			return idempotency.Claim{}, idempotency.ErrMismatch
+		case pending:
 			return idempotency.Claim{}, idempotency.ErrInProgress
-		case len(v) > 0 && v[0] == tagCompleted:
-			resp := make([]byte, len(v)-1) // non-nil even when empty
-			copy(resp, v[1:])
-			return idempotency.Claim{Response: resp}, nil
 		default:
-			return idempotency.Claim{}, fmt.Errorf("idempotency: jetstream: begin %q: stored value at revision %d has no known tag", key, e.Revision())
+			resp := make([]byte, len(payload)) // non-nil even when empty
+			copy(resp, payload)
+			return idempotency.Claim{Response: resp}, nil
 		}
 	}
 	// The key kept changing under us: someone else is working on it.
@@ -195,16 +212,14 @@ func (s *Store) Complete(ctx context.Context, key, token string, response []byte
 	if err := checkKey(key); err != nil {
 		return err
 	}
-	rev, ok := parseToken(token)
+	rev, fingerprint, ok := parseToken(token)
 	if !ok {
 		return idempotency.ErrNotOwner
 	}
 	if err := s.connected("complete", key); err != nil {
 		return err
 	}
-	val := make([]byte, 0, 1+len(response))
-	val = append(val, tagCompleted)
-	val = append(val, response...)
+	val := entry(tagCompleted, tagCompletedFP, fingerprint, response)
 	// kv.Update has no TTL option and would drop the claim's TTL, leaving
 	// the response for MaxAge; publish with the same compare-and-set
 	// instead, and a TTL when it is shorter than MaxAge.
@@ -227,7 +242,7 @@ func (s *Store) Abort(ctx context.Context, key, token string) error {
 	if err := checkKey(key); err != nil {
 		return err
 	}
-	rev, ok := parseToken(token)
+	rev, _, ok := parseToken(token)
 	if !ok {
 		return idempotency.ErrNotOwner
 	}
@@ -242,6 +257,65 @@ func (s *Store) Abort(ctx context.Context, key, token string) error {
 		return wrap("abort", key, err)
 	}
 	return nil
+}
+
+// Record implements idempotency.Store.Record. ttl is rounded up and cut to
+// the bucket's MaxAge as for Complete.
+func (s *Store) Record(ctx context.Context, key string, fingerprint, response []byte, ttl time.Duration) error {
+	if err := idempotency.CheckTTL("ttl", ttl); err != nil {
+		return err
+	}
+	if err := idempotency.CheckFingerprint(fingerprint); err != nil {
+		return err
+	}
+	if err := checkKey(key); err != nil {
+		return err
+	}
+	if err := s.connected("record", key); err != nil {
+		return err
+	}
+	var opts []jetstream.PublishOpt
+	if ttl := seconds(ttl); ttl < s.maxAge {
+		opts = append(opts, jetstream.WithMsgTTL(ttl))
+	}
+	val := entry(tagCompleted, tagCompletedFP, fingerprint, response)
+	if _, err := s.js.PublishMsg(ctx, &nats.Msg{Subject: s.subj + key, Data: val}, opts...); err != nil {
+		return wrap("record", key, err)
+	}
+	return nil
+}
+
+// entry is a stored value: tag and payload without a fingerprint, or tagFP,
+// the fingerprint's length (checked: at most 255), the fingerprint and
+// payload.
+func entry(tag, tagFP byte, fingerprint, payload []byte) []byte {
+	if len(fingerprint) == 0 {
+		return append([]byte{tag}, payload...)
+	}
+	v := make([]byte, 0, 2+len(fingerprint)+len(payload))
+	v = append(v, tagFP, byte(len(fingerprint)))
+	v = append(v, fingerprint...)
+	return append(v, payload...)
+}
+
+// parseEntry undoes entry: the kind, fingerprint (nil for the lower-case
+// tags) and payload of a stored value.
+func parseEntry(v []byte) (pending bool, fingerprint, payload []byte, err error) {
+	if len(v) == 0 {
+		return false, nil, nil, errors.New("empty value")
+	}
+	switch v[0] {
+	case tagPending, tagCompleted:
+		return v[0] == tagPending, nil, v[1:], nil
+	case tagPendingFP, tagCompletedFP:
+		if len(v) < 2 || len(v) < 2+int(v[1]) {
+			return false, nil, nil, fmt.Errorf("value with tag %q is truncated", v[0])
+		}
+		n := int(v[1])
+		return v[0] == tagPendingFP, v[2 : 2+n], v[2+n:], nil
+	default:
+		return false, nil, nil, fmt.Errorf("value has unknown tag %q", v[0])
+	}
 }
 
 // errNotConnected is the cause connected reports.
@@ -271,9 +345,23 @@ func checkKey(key string) error {
 	return nil
 }
 
-func parseToken(token string) (uint64, bool) {
-	rev, err := strconv.ParseUint(token, 10, 64)
-	return rev, err == nil && rev != 0
+// makeToken is the claim token of the marker at revision rev.
+func makeToken(rev uint64, fingerprint []byte) string {
+	return strconv.FormatUint(rev, 10) + "." + hex.EncodeToString(fingerprint)
+}
+
+// parseToken undoes makeToken; ok is false for a token it cannot have made.
+func parseToken(token string) (rev uint64, fingerprint []byte, ok bool) {
+	revText, fp, found := strings.Cut(token, ".")
+	rev, err := strconv.ParseUint(revText, 10, 64)
+	if !found || err != nil || rev == 0 {
+		return 0, nil, false
+	}
+	fingerprint, err = hex.DecodeString(fp)
+	if err != nil || len(fingerprint) > idempotency.MaxFingerprintBytes {
+		return 0, nil, false
+	}
+	return rev, fingerprint, true
 }
 
 // seconds rounds d up to whole seconds, at least one: JetStream truncates

@@ -66,7 +66,7 @@ func TestOpenDefaultsAndReopen(t *testing.T) {
 	js := newJS(t, natstest.Connect(t, natstest.RunServer(t)))
 	s := open(t, js, Options{})
 	key := idempotency.Key("t1", "k", "reopen")
-	cl, err := s.Begin(t.Context(), key, time.Minute)
+	cl, err := s.Begin(t.Context(), key, nil, time.Minute)
 	if err != nil || !cl.Owned() {
 		t.Fatalf("Begin = %+v, %v", cl, err)
 	}
@@ -87,11 +87,76 @@ func TestOpenDefaultsAndReopen(t *testing.T) {
 
 	// A second coordinator opening the same bucket sees the same claims.
 	s2 := open(t, js, Options{})
-	if _, err := s2.Begin(t.Context(), key, time.Minute); !errors.Is(err, idempotency.ErrInProgress) {
+	if _, err := s2.Begin(t.Context(), key, nil, time.Minute); !errors.Is(err, idempotency.ErrInProgress) {
 		t.Fatalf("Begin through a reopened Store: %v, want ErrInProgress", err)
 	}
 	if err := s2.Complete(t.Context(), key, cl.Token, []byte("r"), time.Minute); err != nil {
 		t.Fatalf("Complete through a reopened Store: %v", err)
+	}
+}
+
+// TestStoredValuesWithFingerprint pins the format of entries with a
+// fingerprint ('P' or 'C', its length, the fingerprint, then the response)
+// and honours entries of older versions ('p', 'c' + response) for requests
+// with one.
+func TestStoredValuesWithFingerprint(t *testing.T) {
+	js := newJS(t, natstest.Connect(t, natstest.RunServer(t)))
+	s := open(t, js, Options{})
+	kv, err := js.KeyValue(t.Context(), DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(key string) string {
+		t.Helper()
+		e, err := kv.Get(t.Context(), key)
+		if err != nil {
+			t.Fatalf("get %q: %v", key, err)
+		}
+		return string(e.Value())
+	}
+	fp := []byte("fp\x00\xff")
+	key := idempotency.Key("t1", "k", "fp")
+	cl, err := s.Begin(t.Context(), key, fp, time.Minute)
+	if err != nil || !cl.Owned() {
+		t.Fatalf("Begin = %+v, %v", cl, err)
+	}
+	if v := get(key); v != "P\x04fp\x00\xff" {
+		t.Fatalf("pending value = %q", v)
+	}
+	if err := s.Complete(t.Context(), key, cl.Token, []byte("resp"), time.Minute); err != nil {
+		t.Fatalf("Complete: %v", err)
+	}
+	if v := get(key); v != "C\x04fp\x00\xffresp" {
+		t.Fatalf("completed value = %q", v)
+	}
+	rkey := idempotency.Key("t1", "k", "record")
+	if err := s.Record(t.Context(), rkey, fp, []byte("rec"), time.Minute); err != nil {
+		t.Fatalf("Record: %v", err)
+	}
+	if v := get(rkey); v != "C\x04fp\x00\xffrec" {
+		t.Fatalf("recorded value = %q", v)
+	}
+
+	old := idempotency.Key("t1", "k", "old-done")
+	if _, err := kv.Put(t.Context(), old, []byte("cold response")); err != nil {
+		t.Fatal(err)
+	}
+	if cl, err := s.Begin(t.Context(), old, fp, time.Minute); err != nil || string(cl.Response) != "old response" {
+		t.Fatalf("Begin on an old completed entry = %+v, %v; want its response", cl, err)
+	}
+	oldPending := idempotency.Key("t1", "k", "old-pending")
+	if _, err := kv.Put(t.Context(), oldPending, []byte("p")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Begin(t.Context(), oldPending, fp, time.Minute); !errors.Is(err, idempotency.ErrInProgress) {
+		t.Fatalf("Begin on an old pending marker = %v, want ErrInProgress", err)
+	}
+	truncated := idempotency.Key("t1", "k", "truncated")
+	if _, err := kv.Put(t.Context(), truncated, []byte("C\x09abc")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Begin(t.Context(), truncated, fp, time.Minute); err == nil || errors.Is(err, idempotency.ErrUnavailable) || !strings.Contains(err.Error(), "truncated") {
+		t.Fatalf("Begin on a truncated value: %v, want a truncated-value error", err)
 	}
 }
 
@@ -115,7 +180,7 @@ func TestCompleteTTLBoundedByMaxAge(t *testing.T) {
 	js := newJS(t, natstest.Connect(t, natstest.RunServer(t)))
 	s := open(t, js, Options{TTL: 2 * time.Second})
 	key := idempotency.Key("t1", "k", "maxage")
-	cl, err := s.Begin(t.Context(), key, time.Minute)
+	cl, err := s.Begin(t.Context(), key, nil, time.Minute)
 	if err != nil || !cl.Owned() {
 		t.Fatalf("Begin = %+v, %v", cl, err)
 	}
@@ -125,7 +190,7 @@ func TestCompleteTTLBoundedByMaxAge(t *testing.T) {
 	}
 	deadline := start.Add(10 * time.Second)
 	for {
-		cl, err := s.Begin(t.Context(), key, time.Minute)
+		cl, err := s.Begin(t.Context(), key, nil, time.Minute)
 		if err != nil {
 			t.Fatalf("Begin: %v", err)
 		}
@@ -146,7 +211,7 @@ func TestInvalidKey(t *testing.T) {
 	js := newJS(t, natstest.Connect(t, natstest.RunServer(t)))
 	s := open(t, js, Options{})
 	for _, key := range []string{"", "a b", "a.*", "a.>", ".a", "a.", "a..b", "t\x00"} {
-		if _, err := s.Begin(t.Context(), key, time.Second); err == nil || errors.Is(err, idempotency.ErrUnavailable) {
+		if _, err := s.Begin(t.Context(), key, nil, time.Second); err == nil || errors.Is(err, idempotency.ErrUnavailable) {
 			t.Errorf("Begin(%q) = %v, want an invalid-key error", key, err)
 		}
 		if err := s.Complete(t.Context(), key, "1", nil, time.Second); err == nil || errors.Is(err, idempotency.ErrNotOwner) {
@@ -163,7 +228,7 @@ func TestCanceledContextIsNotUnavailable(t *testing.T) {
 	s := open(t, js, Options{})
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	_, err := s.Begin(ctx, idempotency.Key("t1", "k", "cancel"), time.Second)
+	_, err := s.Begin(ctx, idempotency.Key("t1", "k", "cancel"), nil, time.Second)
 	if !errors.Is(err, context.Canceled) || errors.Is(err, idempotency.ErrUnavailable) {
 		t.Fatalf("Begin with a canceled context: %v, want context.Canceled and not ErrUnavailable", err)
 	}
@@ -173,7 +238,7 @@ func TestClosedConnectionIsUnavailable(t *testing.T) {
 	nc := natstest.Connect(t, natstest.RunServer(t))
 	s := open(t, newJS(t, nc), Options{})
 	nc.Close()
-	_, err := s.Begin(opCtx(t, 5*time.Second), idempotency.Key("t1", "k", "closed"), time.Second)
+	_, err := s.Begin(opCtx(t, 5*time.Second), idempotency.Key("t1", "k", "closed"), nil, time.Second)
 	if !errors.Is(err, idempotency.ErrUnavailable) || !strings.Contains(err.Error(), "jetstream") {
 		t.Fatalf("Begin on a closed connection: %v, want ErrUnavailable mentioning jetstream", err)
 	}
@@ -190,7 +255,7 @@ func TestServerShutdown(t *testing.T) {
 	s := open(t, newJS(t, nc), Options{})
 
 	key := idempotency.Key("t1", "k", "shutdown")
-	cl, err := s.Begin(t.Context(), key, time.Minute)
+	cl, err := s.Begin(t.Context(), key, nil, time.Minute)
 	if err != nil || !cl.Owned() {
 		t.Fatalf("Begin = %+v, %v", cl, err)
 	}
@@ -210,7 +275,7 @@ func TestServerShutdown(t *testing.T) {
 			t.Fatalf("%s with the server down: %v, want ErrUnavailable mentioning jetstream", what, err)
 		}
 	}
-	_, err = s.Begin(opCtx(t, 2*time.Second), idempotency.Key("t1", "k", "other"), time.Minute)
+	_, err = s.Begin(opCtx(t, 2*time.Second), idempotency.Key("t1", "k", "other"), nil, time.Minute)
 	check("Begin", err)
 	t.Logf("error with the server down: %v", err)
 	check("Complete", s.Complete(opCtx(t, 2*time.Second), key, cl.Token, []byte("x"), time.Minute))
@@ -222,7 +287,7 @@ func TestServerShutdown(t *testing.T) {
 	natstest.RunServerWith(t, &opts2)
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		_, err := s.Begin(opCtx(t, 2*time.Second), key, time.Minute)
+		_, err := s.Begin(opCtx(t, 2*time.Second), key, nil, time.Minute)
 		if errors.Is(err, idempotency.ErrInProgress) {
 			break // the claim survived the restart
 		}
@@ -240,7 +305,7 @@ func TestServerShutdown(t *testing.T) {
 	if err := s.Complete(t.Context(), key, cl.Token, []byte("after restart"), time.Minute); err != nil {
 		t.Fatalf("Complete after restart: %v", err)
 	}
-	cl2, err := s.Begin(t.Context(), key, time.Minute)
+	cl2, err := s.Begin(t.Context(), key, nil, time.Minute)
 	if err != nil || string(cl2.Response) != "after restart" {
 		t.Fatalf("Begin after restart = %+v, %v; want the stored response", cl2, err)
 	}
@@ -284,14 +349,14 @@ func TestDomain(t *testing.T) {
 		t.Fatalf("Complete publishes on %q+key, want %q+key", s.subj, want)
 	}
 	key := idempotency.Key("t1", "k", "domain")
-	cl, err := s.Begin(t.Context(), key, time.Minute)
+	cl, err := s.Begin(t.Context(), key, nil, time.Minute)
 	if err != nil || !cl.Owned() {
 		t.Fatalf("Begin = %+v, %v", cl, err)
 	}
 	if err := s.Complete(opCtx(t, 5*time.Second), key, cl.Token, []byte("r"), time.Minute); err != nil {
 		t.Fatalf("Complete: %v", err)
 	}
-	cl, err = s.Begin(t.Context(), key, time.Minute)
+	cl, err = s.Begin(t.Context(), key, nil, time.Minute)
 	if err != nil || string(cl.Response) != "r" {
 		t.Fatalf("Begin after Complete = %+v, %v", cl, err)
 	}

@@ -2,11 +2,19 @@
 //
 // Each store key is one Redis string at prefix+key. Its value is a one-byte
 // tag followed by a payload: 'p' + claim token for a pending marker, 'c' +
-// response bytes for a completed response. Pending markers are written with
+// response bytes for a completed response. An entry with a fingerprint uses
+// the tags 'P' and 'C' instead, followed by one byte holding the
+// fingerprint's length and the fingerprint, then the same payload; the
+// lower-case tags are entries without one (written by versions before
+// fingerprints, which match every request). Pending markers are written with
 // PX pendingTTL and completed responses with PX ttl, so Redis expires both by
 // itself. Begin, Complete and Abort are each a single Lua script, hence atomic
 // and one round trip; Complete and Abort act only when the stored value is
-// still the caller's own pending marker.
+// still the caller's own pending marker. Record is one SET.
+//
+// A claim's token is the random part of its pending marker, '.' and the
+// claim's fingerprint in hex (empty when it has none), so Complete can
+// write the response under the claim's fingerprint.
 //
 // Every key of an operation is a single Redis key, so the Store works with a
 // Redis Cluster client as well.
@@ -15,9 +23,11 @@ package redis
 import (
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -28,6 +38,9 @@ import (
 const (
 	tagPending   = 'p'
 	tagCompleted = 'c'
+	// With a fingerprint.
+	tagPendingFP   = 'P'
+	tagCompletedFP = 'C'
 )
 
 // beginScript returns the current value if KEYS[1] exists; otherwise it sets
@@ -101,29 +114,73 @@ func (s *Store) Close() error {
 
 // Begin implements idempotency.Store.Begin. pendingTTL is kept to the
 // millisecond (at least 1ms).
-func (s *Store) Begin(ctx context.Context, key string, pendingTTL time.Duration) (idempotency.Claim, error) {
+func (s *Store) Begin(ctx context.Context, key string, fingerprint []byte, pendingTTL time.Duration) (idempotency.Claim, error) {
 	if err := idempotency.CheckTTL("pendingTTL", pendingTTL); err != nil {
 		return idempotency.Claim{}, err
 	}
-	token := rand.Text()
+	if err := idempotency.CheckFingerprint(fingerprint); err != nil {
+		return idempotency.Claim{}, err
+	}
+	random := rand.Text()
 	res, err := beginScript.Run(ctx, s.client, []string{s.prefix + key},
-		pendingValue(token), millis(pendingTTL)).Text()
+		pendingValue(random, fingerprint), millis(pendingTTL)).Text()
 	if err != nil {
 		return idempotency.Claim{}, wrap("begin", key, err)
 	}
 	if res == "" {
-		return idempotency.Claim{Token: token}, nil
+		return idempotency.Claim{Token: makeToken(random, fingerprint)}, nil
 	}
-	switch res[0] {
-	case tagPending:
+	pending, stored, payload, err := parseValue(res)
+	if err != nil {
+		return idempotency.Claim{}, fmt.Errorf("idempotency: redis: begin %q: %w", key, err)
+	}
+	switch {
+	case !idempotency.FingerprintsMatch(stored, fingerprint):
+		return idempotency.Claim{}, idempotency.ErrMismatch
+	case pending:
 		return idempotency.Claim{}, idempotency.ErrInProgress
-	case tagCompleted:
-		resp := make([]byte, len(res)-1) // non-nil even when empty
-		copy(resp, res[1:])
-		return idempotency.Claim{Response: resp}, nil
 	default:
-		return idempotency.Claim{}, fmt.Errorf("idempotency: redis: begin %q: stored value has unknown tag %q", key, res[0])
+		resp := make([]byte, len(payload)) // non-nil even when empty
+		copy(resp, payload)
+		return idempotency.Claim{Response: resp}, nil
 	}
+}
+
+// parseValue splits a stored value into its kind, fingerprint (nil for the
+// lower-case tags) and payload.
+func parseValue(v string) (pending bool, fingerprint []byte, payload string, err error) {
+	if v == "" {
+		return false, nil, "", errors.New("stored value is empty")
+	}
+	switch v[0] {
+	case tagPending, tagCompleted:
+		return v[0] == tagPending, nil, v[1:], nil
+	case tagPendingFP, tagCompletedFP:
+		if len(v) < 2 || len(v) < 2+int(v[1]) {
+			return false, nil, "", fmt.Errorf("stored value with tag %q is truncated", v[0])
+		}
+		n := int(v[1])
+		return v[0] == tagPendingFP, []byte(v[2 : 2+n]), v[2+n:], nil
+	default:
+		return false, nil, "", fmt.Errorf("stored value has unknown tag %q", v[0])
+	}
+}
+
+// Record implements idempotency.Store.Record. ttl is kept to the
+// millisecond (at least 1ms).
+func (s *Store) Record(ctx context.Context, key string, fingerprint, response []byte, ttl time.Duration) error {
+	if err := idempotency.CheckTTL("ttl", ttl); err != nil {
+		return err
+	}
+	if err := idempotency.CheckFingerprint(fingerprint); err != nil {
+		return err
+	}
+	// SET with PX keeps the millisecond: go-redis would round a whole number
+	// of seconds to EX, which is the same.
+	if err := s.client.Set(ctx, s.prefix+key, completedValue(fingerprint, response), max(ttl, time.Millisecond)).Err(); err != nil {
+		return wrap("record", key, err)
+	}
+	return nil
 }
 
 // Complete implements idempotency.Store.Complete. ttl is kept to the
@@ -132,14 +189,12 @@ func (s *Store) Complete(ctx context.Context, key, token string, response []byte
 	if err := idempotency.CheckTTL("ttl", ttl); err != nil {
 		return err
 	}
-	if token == "" {
+	random, fingerprint, ok := parseToken(token)
+	if !ok {
 		return idempotency.ErrNotOwner
 	}
-	val := make([]byte, 0, 1+len(response))
-	val = append(val, tagCompleted)
-	val = append(val, response...)
 	n, err := completeScript.Run(ctx, s.client, []string{s.prefix + key},
-		pendingValue(token), val, millis(ttl)).Int()
+		pendingValue(random, fingerprint), completedValue(fingerprint, response), millis(ttl)).Int()
 	if err != nil {
 		return wrap("complete", key, err)
 	}
@@ -151,10 +206,11 @@ func (s *Store) Complete(ctx context.Context, key, token string, response []byte
 
 // Abort implements idempotency.Store.Abort.
 func (s *Store) Abort(ctx context.Context, key, token string) error {
-	if token == "" {
+	random, fingerprint, ok := parseToken(token)
+	if !ok {
 		return idempotency.ErrNotOwner
 	}
-	n, err := abortScript.Run(ctx, s.client, []string{s.prefix + key}, pendingValue(token)).Int()
+	n, err := abortScript.Run(ctx, s.client, []string{s.prefix + key}, pendingValue(random, fingerprint)).Int()
 	if err != nil {
 		return wrap("abort", key, err)
 	}
@@ -164,7 +220,49 @@ func (s *Store) Abort(ctx context.Context, key, token string) error {
 	return nil
 }
 
-func pendingValue(token string) string { return string(rune(tagPending)) + token }
+// pendingValue is the pending marker of the claim with the random part
+// random and fingerprint.
+func pendingValue(random string, fingerprint []byte) string {
+	if len(fingerprint) == 0 {
+		return string(rune(tagPending)) + random
+	}
+	return string(withFingerprint(tagPendingFP, fingerprint, []byte(random)))
+}
+
+// completedValue is the stored form of response under fingerprint.
+func completedValue(fingerprint, response []byte) []byte {
+	if len(fingerprint) == 0 {
+		return append([]byte{tagCompleted}, response...)
+	}
+	return withFingerprint(tagCompletedFP, fingerprint, response)
+}
+
+// withFingerprint is tag, fingerprint's length, fingerprint and payload.
+// The fingerprint's length was checked (at most 255).
+func withFingerprint(tag byte, fingerprint, payload []byte) []byte {
+	v := make([]byte, 0, 2+len(fingerprint)+len(payload))
+	v = append(v, tag, byte(len(fingerprint)))
+	v = append(v, fingerprint...)
+	return append(v, payload...)
+}
+
+// makeToken is the claim token of a marker with random part random.
+func makeToken(random string, fingerprint []byte) string {
+	return random + "." + hex.EncodeToString(fingerprint)
+}
+
+// parseToken undoes makeToken; ok is false for a token it cannot have made.
+func parseToken(token string) (random string, fingerprint []byte, ok bool) {
+	random, fp, found := strings.Cut(token, ".")
+	if !found || random == "" {
+		return "", nil, false
+	}
+	fingerprint, err := hex.DecodeString(fp)
+	if err != nil || len(fingerprint) > idempotency.MaxFingerprintBytes {
+		return "", nil, false
+	}
+	return random, fingerprint, true
+}
 
 // millis converts d to whole milliseconds for PX, rounding up.
 func millis(d time.Duration) string {

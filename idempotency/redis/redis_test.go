@@ -51,12 +51,12 @@ func TestStoredValuesAndTTLs(t *testing.T) {
 	s, c, prefix := newStore(t)
 	ctx := t.Context()
 	key := idempotency.Key("t1", "k", "i")
-	cl, err := s.Begin(ctx, key, 7*time.Second)
+	cl, err := s.Begin(ctx, key, nil, 7*time.Second)
 	if err != nil || !cl.Owned() {
 		t.Fatalf("Begin = %+v, %v", cl, err)
 	}
-	if v, err := c.Get(ctx, prefix+key).Result(); err != nil || v != "p"+cl.Token {
-		t.Fatalf("pending value = %q, %v; want %q", v, err, "p"+cl.Token)
+	if v, err := c.Get(ctx, prefix+key).Result(); err != nil || v != "p"+strings.TrimSuffix(cl.Token, ".") {
+		t.Fatalf("pending value = %q, %v; want %q", v, err, "p"+strings.TrimSuffix(cl.Token, "."))
 	}
 	if ttl := c.PTTL(ctx, prefix+key).Val(); ttl <= 6*time.Second || ttl > 7*time.Second {
 		t.Fatalf("pending PTTL = %v, want about 7s", ttl)
@@ -76,6 +76,76 @@ func TestStoredValuesAndTTLs(t *testing.T) {
 	}
 }
 
+// TestStoredValuesWithFingerprint pins the format of entries with a
+// fingerprint: 'P' or 'C', the fingerprint's length, the fingerprint, then
+// the random part of the marker or the response.
+func TestStoredValuesWithFingerprint(t *testing.T) {
+	s, c, prefix := newStore(t)
+	ctx := t.Context()
+	fp := []byte("fp\x00\xff")
+	key := idempotency.Key("t1", "k", "fp")
+	cl, err := s.Begin(ctx, key, fp, 7*time.Second)
+	if err != nil || !cl.Owned() {
+		t.Fatalf("Begin = %+v, %v", cl, err)
+	}
+	random, _, _ := strings.Cut(cl.Token, ".")
+	if v, err := c.Get(ctx, prefix+key).Result(); err != nil || v != "P\x04fp\x00\xff"+random {
+		t.Fatalf("pending value = %q, %v; want %q", v, err, "P\x04fp\x00\xff"+random)
+	}
+	if err := s.Complete(ctx, key, cl.Token, []byte("resp"), 42*time.Minute); err != nil {
+		t.Fatalf("Complete: %v", err)
+	}
+	if v, err := c.Get(ctx, prefix+key).Result(); err != nil || v != "C\x04fp\x00\xffresp" {
+		t.Fatalf("completed value = %q, %v; want %q", v, err, "C\x04fp\x00\xffresp")
+	}
+	rkey := idempotency.Key("t1", "k", "record")
+	if err := s.Record(ctx, rkey, fp, []byte("rec"), 42*time.Minute); err != nil {
+		t.Fatalf("Record: %v", err)
+	}
+	if v, err := c.Get(ctx, prefix+rkey).Result(); err != nil || v != "C\x04fp\x00\xffrec" {
+		t.Fatalf("recorded value = %q, %v; want %q", v, err, "C\x04fp\x00\xffrec")
+	}
+	if ttl := c.PTTL(ctx, prefix+rkey).Val(); ttl <= 41*time.Minute || ttl > 42*time.Minute {
+		t.Fatalf("recorded PTTL = %v, want about 42m", ttl)
+	}
+}
+
+// TestEntriesOfOlderVersions: values written before fingerprints existed
+// ('c' + response, 'p' + token) are honoured for a request with one.
+func TestEntriesOfOlderVersions(t *testing.T) {
+	s, c, prefix := newStore(t)
+	ctx := t.Context()
+	done := idempotency.Key("t1", "k", "old-done")
+	pending := idempotency.Key("t1", "k", "old-pending")
+	if err := c.Set(ctx, prefix+done, "cold response", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Set(ctx, prefix+pending, "pOLDTOKEN", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := s.Begin(ctx, done, []byte("fp"), time.Second)
+	if err != nil || string(cl.Response) != "old response" {
+		t.Fatalf("Begin on an old completed entry = %+v, %v; want its response", cl, err)
+	}
+	if _, err := s.Begin(ctx, pending, []byte("fp"), time.Second); !errors.Is(err, idempotency.ErrInProgress) {
+		t.Fatalf("Begin on an old pending marker = %v, want ErrInProgress", err)
+	}
+}
+
+// TestTruncatedFingerprintValue: a value whose fingerprint length runs past
+// its end is an error, not a panic or a match.
+func TestTruncatedFingerprintValue(t *testing.T) {
+	s, c, prefix := newStore(t)
+	ctx := t.Context()
+	key := idempotency.Key("t1", "k", "truncated")
+	if err := c.Set(ctx, prefix+key, "C\x09abc", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Begin(ctx, key, []byte("fp"), time.Second); err == nil || errors.Is(err, idempotency.ErrUnavailable) || !strings.Contains(err.Error(), "truncated") {
+		t.Fatalf("Begin on a truncated value: %v, want a truncated-value error", err)
+	}
+}
+
 func TestCorruptValue(t *testing.T) {
 	s, c, prefix := newStore(t)
 	ctx := t.Context()
@@ -83,7 +153,7 @@ func TestCorruptValue(t *testing.T) {
 	if err := c.Set(ctx, prefix+key, "zzz", time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
-	_, err := s.Begin(ctx, key, time.Second)
+	_, err := s.Begin(ctx, key, nil, time.Second)
 	if err == nil || errors.Is(err, idempotency.ErrUnavailable) || !strings.Contains(err.Error(), "unknown tag") {
 		t.Fatalf("Begin on a corrupt value: %v, want an unknown-tag error", err)
 	}
@@ -96,7 +166,7 @@ func TestWrongTypeIsNotUnavailable(t *testing.T) {
 	if err := c.HSet(ctx, prefix+key, "f", "v").Err(); err != nil {
 		t.Fatal(err)
 	}
-	_, err := s.Begin(ctx, key, time.Second)
+	_, err := s.Begin(ctx, key, nil, time.Second)
 	if err == nil || errors.Is(err, idempotency.ErrUnavailable) || !strings.Contains(err.Error(), "WRONGTYPE") {
 		t.Fatalf("Begin on a hash: %v, want a WRONGTYPE error that is not ErrUnavailable", err)
 	}
@@ -106,7 +176,7 @@ func TestCanceledContextIsNotUnavailable(t *testing.T) {
 	s, _, _ := newStore(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	_, err := s.Begin(ctx, idempotency.Key("t1", "k", "cancel"), time.Second)
+	_, err := s.Begin(ctx, idempotency.Key("t1", "k", "cancel"), nil, time.Second)
 	if !errors.Is(err, context.Canceled) || errors.Is(err, idempotency.ErrUnavailable) {
 		t.Fatalf("Begin with a canceled context: %v, want context.Canceled and not ErrUnavailable", err)
 	}
@@ -116,7 +186,7 @@ func TestExpiredDeadlineIsUnavailable(t *testing.T) {
 	s, _, _ := newStore(t)
 	ctx, cancel := context.WithDeadline(t.Context(), time.Now().Add(-time.Second))
 	defer cancel()
-	_, err := s.Begin(ctx, idempotency.Key("t1", "k", "deadline"), time.Second)
+	_, err := s.Begin(ctx, idempotency.Key("t1", "k", "deadline"), nil, time.Second)
 	if !errors.Is(err, idempotency.ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Begin past its deadline: %v, want ErrUnavailable wrapping context.DeadlineExceeded", err)
 	}
@@ -129,7 +199,7 @@ func TestOpen(t *testing.T) {
 		t.Fatalf("Open: %v", err)
 	}
 	key := idempotency.Key("t1", "k", "open")
-	cl, err := s.Begin(t.Context(), key, time.Minute)
+	cl, err := s.Begin(t.Context(), key, nil, time.Minute)
 	if err != nil || !cl.Owned() {
 		t.Fatalf("Begin = %+v, %v", cl, err)
 	}
@@ -140,7 +210,7 @@ func TestOpen(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 	// Close closed the client Open made.
-	if _, err := s.Begin(t.Context(), key, time.Minute); err == nil {
+	if _, err := s.Begin(t.Context(), key, nil, time.Minute); err == nil {
 		t.Fatal("Begin after Close succeeded, want an error")
 	}
 
@@ -181,7 +251,7 @@ func TestFaultProxy(t *testing.T) {
 
 	// Healthy: a pooled connection now exists through the proxy.
 	key := idempotency.Key("t1", "k", "fault")
-	cl, err := s.Begin(opCtx(), key, time.Minute)
+	cl, err := s.Begin(opCtx(), key, nil, time.Minute)
 	if err != nil || !cl.Owned() {
 		t.Fatalf("Begin before the cut = %+v, %v", cl, err)
 	}
@@ -193,7 +263,7 @@ func TestFaultProxy(t *testing.T) {
 			t.Fatalf("%s while cut: %v, want ErrUnavailable mentioning redis", what, err)
 		}
 	}
-	_, err = s.Begin(opCtx(), idempotency.Key("t1", "k", "other"), time.Minute)
+	_, err = s.Begin(opCtx(), idempotency.Key("t1", "k", "other"), nil, time.Minute)
 	checkUnavailable("Begin", err)
 	checkUnavailable("Complete", s.Complete(opCtx(), key, cl.Token, []byte("x"), time.Minute))
 	checkUnavailable("Abort", s.Abort(opCtx(), key, cl.Token))
@@ -202,7 +272,7 @@ func TestFaultProxy(t *testing.T) {
 	proxy.Restore()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		_, err := s.Begin(opCtx(), key, time.Minute)
+		_, err := s.Begin(opCtx(), key, nil, time.Minute)
 		if errors.Is(err, idempotency.ErrInProgress) {
 			break // reached Redis, which still holds the claim
 		}
@@ -220,7 +290,7 @@ func TestFaultProxy(t *testing.T) {
 	if err := s.Complete(opCtx(), key, cl.Token, []byte("after restore"), time.Minute); err != nil {
 		t.Fatalf("Complete after restore: %v", err)
 	}
-	cl2, err := s.Begin(opCtx(), key, time.Minute)
+	cl2, err := s.Begin(opCtx(), key, nil, time.Minute)
 	if err != nil || string(cl2.Response) != "after restore" {
 		t.Fatalf("Begin after restore = %+v, %v; want the stored response", cl2, err)
 	}
