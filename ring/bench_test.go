@@ -53,3 +53,49 @@ func BenchmarkShares(b *testing.B) {
 		r.Shares()
 	}
 }
+
+func BenchmarkMapPreferenceList(b *testing.B) {
+	keys := make([]string, 1024)
+	for i := range keys {
+		keys[i] = "key-" + strconv.Itoa(i)
+	}
+	m, err := Claim(nil, claimNodes(seq(1, 64)...), DefaultPartitions)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dst := make([]string, 0, 3)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		dst = m.PreferenceList("default", keys[i&1023], 3, dst)
+		i++
+	}
+}
+
+func BenchmarkClaim(b *testing.B) {
+	q := DefaultPartitions
+	base, err := Claim(nil, claimNodes(seq(1, 63)...), q)
+	if err != nil {
+		b.Fatal(err)
+	}
+	full, _ := Claim(nil, claimNodes(seq(1, 64)...), q)
+	for _, bc := range []struct {
+		name string
+		prev *Map
+		ids  []int
+	}{
+		{"new/N=64", nil, seq(1, 64)},
+		{"join/N=63+1", base, seq(1, 64)},
+		{"leave/N=64-1", full, seq(2, 64)},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			ns := claimNodes(bc.ids...)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := Claim(bc.prev, ns, q); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -1,7 +1,27 @@
-// Package ring implements the consistent-hash ring that decides which
-// storage nodes hold a key.
+// Package ring decides which storage nodes hold a key.
 //
-// # Model
+// It holds two placements. The virtual-node [Ring] below is what the
+// request path uses today. It is being replaced (issue 14, DESIGN.md §3
+// "Placement: fixed partitions") by fixed partitions and a placement map:
+//
+//   - [Partition] maps a key to one of Q partitions (a power of two,
+//     [DefaultPartitions] = 1024, fixed at cluster creation): the top
+//     log2(Q) bits of [KeyHash], so partitions are contiguous hash ranges in
+//     hash order.
+//   - A [Map] gives every partition an ordered list of R = min(7, nodes)
+//     distinct owners; a tenant with RF r uses the first r
+//     ([Map.PreferenceList], zero-alloc). Maps are versioned, immutable and
+//     have a compact binary form ([Map.MarshalBinary], [Decode]) for the
+//     metadata store and the ring events.
+//   - [Claim] computes the next Map from the previous one and the node set,
+//     deterministically: owners distinct (plus an optional [Rule], e.g. for
+//     zones), every node's count for every prefix of the owner lists within
+//     floor/ceil of the mean, and only the slots that balance needs move.
+//
+// Nothing outside this package uses the Map yet: the storage layout,
+// pending owners, transfers and the metadata store are the rest of issue 14.
+//
+// # Model of the virtual-node Ring
 //
 // Every [Member] owns VirtualNodes points on a 64-bit hash ring. The i-th
 // point (i counting from 0) of the member with ID id sits at

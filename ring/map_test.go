@@ -1,0 +1,164 @@
+package ring
+
+import (
+	"bytes"
+	"errors"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+)
+
+func TestMapLookups(t *testing.T) {
+	m := mustClaim(t, nil, claimNodes(1, 2, 3, 4, 5), 64)
+	if m.Version() != 1 || m.Partitions() != 64 || m.Replicas() != 5 {
+		t.Fatalf("version %d, Q %d, R %d", m.Version(), m.Partitions(), m.Replicas())
+	}
+	if !m.HasNode("node-3") || m.HasNode("node-9") {
+		t.Fatal("HasNode")
+	}
+	for i := range 200 {
+		key := "key-" + strconv.Itoa(i)
+		p := m.Partition("default", key)
+		all := m.Owners(p, nil)
+		for rf := -1; rf <= 9; rf++ {
+			got := m.PreferenceList("default", key, rf, nil)
+			want := all[:max(0, min(rf, len(all)))]
+			if !slices.Equal(got, want) {
+				t.Fatalf("%s rf=%d: %v, want %v", key, rf, got, want)
+			}
+			if h := m.PreferenceListHash(KeyHash("default", key), rf, nil); !slices.Equal(h, want) {
+				t.Fatalf("%s rf=%d: hash form %v, want %v", key, rf, h, want)
+			}
+		}
+	}
+	if got := m.Owners(64, []string{"stale"}); len(got) != 0 {
+		t.Fatalf("Owners(out of range) = %v", got)
+	}
+	var zero Map
+	if got := zero.PreferenceList("default", "k", 3, nil); len(got) != 0 {
+		t.Fatalf("zero map: %v", got)
+	}
+}
+
+// TestMapLookupNoAlloc: PreferenceList runs on every request; with a
+// caller's buffer of capacity rf an allocation would be per-request
+// garbage, so it would be a bug.
+func TestMapLookupNoAlloc(t *testing.T) {
+	m := mustClaim(t, nil, claimNodes(seq(1, 10)...), DefaultPartitions)
+	buf := make([]string, 0, MaxReplicas)
+	if a := testing.AllocsPerRun(100, func() { buf = m.PreferenceList("default", "user:1234567", 3, buf) }); a != 0 {
+		t.Fatalf("PreferenceList allocates %.1f times per call", a)
+	}
+	if a := testing.AllocsPerRun(100, func() { buf = m.Owners(17, buf) }); a != 0 {
+		t.Fatalf("Owners allocates %.1f times per call", a)
+	}
+}
+
+// TestMapConcurrentReads is for -race: a Map is read by many request
+// goroutines at once.
+func TestMapConcurrentReads(t *testing.T) {
+	m := mustClaim(t, nil, claimNodes(seq(1, 8)...), 256)
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]string, 0, 3)
+			for i := range 500 {
+				buf = m.PreferenceList("default", strconv.Itoa(g*1000+i), 3, buf)
+				_ = m.Load(2)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func TestMapEncodingRoundTrip(t *testing.T) {
+	for _, n := range []int{1, 2, 7, 64, 200} {
+		for _, q := range []int{1, 64, 1024} {
+			m := mustClaim(t, nil, claimNodes(seq(1, n)...), q)
+			m = mustClaim(t, m, claimNodes(seq(2, n+1)...), q) // version 2
+			b, err := m.MarshalBinary()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := Decode(b)
+			if err != nil {
+				t.Fatalf("N=%d Q=%d: %v", n, q, err)
+			}
+			if !got.Equal(m) || got.Version() != m.Version() {
+				t.Fatalf("N=%d Q=%d: round trip differs", n, q)
+			}
+			b2, _ := got.AppendBinary([]byte("prefix"))
+			if !bytes.Equal(b2[len("prefix"):], b) {
+				t.Fatalf("N=%d Q=%d: encoding not deterministic", n, q)
+			}
+			if n == 64 && q == 1024 {
+				t.Logf("N=64 Q=1024: %d bytes", len(b))
+			}
+		}
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	good, _ := mustClaim(t, nil, claimNodes(1, 2, 3), 4).MarshalBinary()
+	// good is: "qkpm" 1 | version 1 | log2Q 2 | R 3 | N 3 | 3 ids of 6
+	// bytes ("node-1"...) | 12 owner indexes.
+	ownersAt := len(good) - 12
+	mut := func(f func(b []byte) []byte) []byte { return f(slices.Clone(good)) }
+	for name, b := range map[string][]byte{
+		"empty":        nil,
+		"magic":        mut(func(b []byte) []byte { b[0] = 'x'; return b }),
+		"format":       mut(func(b []byte) []byte { b[4] = 2; return b }),
+		"log2Q":        mut(func(b []byte) []byte { b[6] = 17; return b }),
+		"R":            mut(func(b []byte) []byte { b[7] = 2; return b }),
+		"no nodes":     mut(func(b []byte) []byte { b[8] = 0; return b }),
+		"id order":     mut(func(b []byte) []byte { b[15] = '9'; return b }), // node-1 → node-9
+		"owner range":  mut(func(b []byte) []byte { b[ownersAt] = 3; return b }),
+		"repeat owner": mut(func(b []byte) []byte { b[ownersAt+1] = b[ownersAt]; return b }),
+		"truncated":    good[:len(good)-1],
+		"trailing":     append(slices.Clone(good), 0),
+	} {
+		if _, err := Decode(b); !errors.Is(err, ErrBadMap) {
+			t.Errorf("%s: err = %v, want ErrBadMap", name, err)
+		}
+	}
+	if _, err := Decode(good); err != nil {
+		t.Fatalf("good: %v", err)
+	}
+}
+
+// FuzzDecode: the map arrives from the metadata store and the event
+// subject; bad bytes must give an error, never a panic or a Map that breaks
+// its invariants.
+func FuzzDecode(f *testing.F) {
+	for _, n := range []int{1, 3, 8} {
+		b, _ := mustClaim(f, nil, claimNodes(seq(1, n)...), 8).MarshalBinary()
+		f.Add(b)
+	}
+	f.Add([]byte("qkpm\x01"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := Decode(data)
+		if err != nil {
+			return
+		}
+		checkMap(t, m, nodesOf(m))
+		b, err := m.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m2, err := Decode(b)
+		if err != nil || !m2.Equal(m) || m2.Version() != m.Version() {
+			t.Fatalf("re-encoding does not round-trip: %v", err)
+		}
+	})
+}
+
+func nodesOf(m *Map) []Node {
+	var ns []Node
+	for _, id := range m.Nodes() {
+		ns = append(ns, Node{ID: id})
+	}
+	return ns
+}
