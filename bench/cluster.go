@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,14 +16,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/quorumkv/quorumkv/client"
 	"github.com/quorumkv/quorumkv/coordinator"
-	"github.com/quorumkv/quorumkv/idempotency"
-	"github.com/quorumkv/quorumkv/internal/wiring"
-	"github.com/quorumkv/quorumkv/metadata"
-	"github.com/quorumkv/quorumkv/repair"
-	"github.com/quorumkv/quorumkv/storage"
-	"github.com/quorumkv/quorumkv/subjects"
+	"github.com/quorumkv/quorumkv/internal/devcluster"
 )
 
 // clusterSize is the number of nats-servers, storage nodes and replicas.
@@ -204,17 +197,13 @@ func (c *cluster) close() {
 	c.servers = nil
 }
 
-// deployment is quorumkv on a cluster: one storage node per server, the
-// coordinators, their stores on JetStream KV R3, and one tenant.
+// deployment is quorumkv on a cluster, assembled as `quorumkv dev`
+// assembles it (internal/devcluster): one storage node per server, the
+// coordinators, their stores on JetStream KV R3, a repair publisher and
+// worker (R3 streams), and one tenant with RF 3.
 type deployment struct {
-	c      *cluster
+	*devcluster.Cluster
 	tenant string
-	nodes  []*storage.Node
-	coords []*coordinator.Coordinator
-	meta   metadata.Store
-	idem   idempotency.Store
-	pub    *repair.Publisher
-	worker *repair.Worker
 }
 
 // deployOptions tune the quorumkv deployment under test.
@@ -226,141 +215,30 @@ type deployOptions struct {
 	Coordinator  coordinator.Config
 }
 
-// deploy starts quorumkv on c and creates the tenant with RF 3, quorum.
+// deploy starts quorumkv on c and creates the tenant with RF 3.
 func deploy(ctx context.Context, c *cluster, o deployOptions) (*deployment, error) {
-	d := &deployment{c: c, tenant: o.Tenant}
-	ok := false
-	defer func() {
-		if !ok {
-			d.close()
-		}
-	}()
-	nc, err := c.connect(0, "quorumkv-stores")
+	var urls []string
+	for _, s := range c.servers {
+		urls = append(urls, s.ClientURL())
+	}
+	dc, err := devcluster.Start(ctx, devcluster.Config{
+		DataDir: o.NodeDirs, Nodes: clusterSize, Fsync: o.Fsync, DefaultTenant: o.Tenant,
+		Servers: urls, Replicas: clusterSize, Coordinators: max(o.Coordinators, 1),
+		Coordinator: o.Coordinator, Logger: c.log,
+	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("quorumkv: %w", err)
 	}
-	sopts := wiring.StoreOptions{Replicas: clusterSize}
-	if d.meta, err = wiring.OpenMetadata(ctx, "nats", nc, sopts); err != nil {
-		return nil, fmt.Errorf("metadata store: %w", err)
-	}
-	if d.idem, err = wiring.OpenIdempotency(ctx, "nats", nc, sopts); err != nil {
-		return nil, fmt.Errorf("idempotency store: %w", err)
-	}
-	// Coordinators publish read repairs and hints as in production (the
-	// coordinator command's default), and one repair worker applies them.
-	rcfg := repair.Config{Replicas: clusterSize, Logger: c.log}
-	if d.pub, err = repair.NewPublisher(ctx, nc, rcfg); err != nil {
-		return nil, fmt.Errorf("repair publisher: %w", err)
-	}
-	wnc, err := c.connect(1, "quorumkv-repair")
-	if err != nil {
-		return nil, err
-	}
-	if d.worker, err = repair.NewWorker(ctx, wnc, rcfg); err != nil {
-		return nil, fmt.Errorf("repair worker: %w", err)
-	}
-	for i := range max(o.Coordinators, 1) {
-		cnc, err := c.connect(i, "quorumkv-coordinator-"+strconv.Itoa(i))
-		if err != nil {
-			return nil, err
-		}
-		cfg := o.Coordinator
-		cfg.Metadata, cfg.Idempotency, cfg.Logger, cfg.Repair = d.meta, d.idem, c.log, d.pub
-		co, err := coordinator.New(ctx, cnc, cfg)
-		if err != nil {
-			return nil, fmt.Errorf("coordinator %d: %w", i, err)
-		}
-		d.coords = append(d.coords, co)
-	}
-	for i := range clusterSize {
-		id := "node-" + strconv.Itoa(i+1)
-		n, err := storage.Open(storage.Config{NodeID: id, DataDir: filepath.Join(o.NodeDirs, id), Fsync: o.Fsync, Logger: c.log})
-		if err != nil {
-			return nil, fmt.Errorf("storage node %s: %w", id, err)
-		}
-		d.nodes = append(d.nodes, n)
-		snc, err := c.connect(i, "quorumkv-"+id)
-		if err != nil {
-			return nil, err
-		}
-		if err := n.Start(snc); err != nil {
-			return nil, fmt.Errorf("storage node %s: %w", id, err)
-		}
-	}
-	if err := d.waitNodes(ctx); err != nil {
-		return nil, err
-	}
-	anc, err := c.connect(0, "quorumkv-admin")
-	if err != nil {
-		return nil, err
-	}
-	rf, level := clusterSize, subjects.Quorum
-	_, err = client.NewAdmin(anc).CreateTenant(ctx, o.Tenant, client.TenantSpec{ReplicationFactor: &rf, DefaultConsistency: &level})
-	if err != nil && !errors.Is(err, client.ErrExists) {
-		return nil, fmt.Errorf("create tenant %s: %w", o.Tenant, err)
-	}
-	ok = true
-	return d, nil
-}
-
-func (d *deployment) waitNodes(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	for {
-		ready := true
-		for _, co := range d.coords {
-			ready = ready && co.ActiveNodes() >= clusterSize
-		}
-		if ready {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for %d storage nodes to register: %w", clusterSize, ctx.Err())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	return &deployment{Cluster: dc, tenant: o.Tenant}, nil
 }
 
 // nodeDirs lists the storage nodes' data directories.
-func (d *deployment) nodeDirs(base string) []string {
+func (d *deployment) nodeDirs() []string {
 	var dirs []string
-	for _, n := range d.nodes {
-		dirs = append(dirs, filepath.Join(base, n.ID()))
+	for i := 1; i <= clusterSize; i++ {
+		dirs = append(dirs, d.NodeDir(devcluster.NodeID(i)))
 	}
 	return dirs
-}
-
-// close stops the coordinators, the repair worker and publisher, the
-// nodes, then the stores. The cluster's connections close with the
-// cluster.
-func (d *deployment) close() {
-	for _, co := range d.coords {
-		co.Stop()
-	}
-	d.coords = nil
-	if d.worker != nil {
-		d.worker.Stop()
-		d.worker = nil
-	}
-	if d.pub != nil {
-		d.pub.Close(2 * time.Second)
-		d.pub = nil
-	}
-	for _, n := range d.nodes {
-		if err := n.Close(); err != nil {
-			d.c.log.Warn("close storage node", "node", n.ID(), "err", err)
-		}
-	}
-	d.nodes = nil
-	if d.idem != nil {
-		_ = d.idem.Close()
-		d.idem = nil
-	}
-	if d.meta != nil {
-		_ = d.meta.Close()
-		d.meta = nil
-	}
 }
 
 // dirBytes is what du reports for dir: the allocated size of every file

@@ -215,7 +215,7 @@ type env struct {
 
 func (e *env) close() {
 	if e.deploy != nil {
-		e.deploy.close()
+		e.deploy.Close()
 	}
 	e.c.close()
 }
@@ -365,7 +365,7 @@ func runScale(ctx context.Context, cfg *Config, rep *Report, p *progress, hists 
 		sc.Rows = append(sc.Rows, row)
 		p.cellDone()
 	}
-	for _, d := range e.deploy.nodeDirs(filepath.Join(dir, "quorumkv")) {
+	for _, d := range e.deploy.nodeDirs() {
 		b, err := dirBytes(d)
 		if err != nil {
 			return err

@@ -164,7 +164,7 @@ func (*quorumKV) name() string { return SysQuorumKV }
 // repairs counts the read repairs and hints the coordinators asked for.
 func (q *quorumKV) repairs() uint64 {
 	var n uint64
-	for _, co := range q.d.coords {
+	for _, co := range q.d.Coordinators() {
 		st := co.RepairStats()
 		n += st.ReadRepairs + st.Hints + st.Dropped
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/quorumkv/quorumkv/idempotency"
+	"github.com/quorumkv/quorumkv/internal/settings"
 	"github.com/quorumkv/quorumkv/metadata"
 	"github.com/quorumkv/quorumkv/metrics"
 	"github.com/quorumkv/quorumkv/subjects"
@@ -34,7 +35,9 @@ import (
 // Version is the coordinator service's version as micro reports it.
 const Version = "0.1.0"
 
-// Config configures a coordinator. Zero values take the defaults shown.
+// Config configures a coordinator. Start from [DefaultConfig] and set the
+// stores; a zero field takes its value from DefaultConfig, except
+// ReadRepairChance, where 0 means never (see below).
 type Config struct {
 	Metadata    metadata.Store    // required: tenants and nodes
 	Idempotency idempotency.Store // required: write de-duplication
@@ -68,7 +71,8 @@ type Config struct {
 	// recent mean replica round trip, within 5ms..200ms).
 	// ReadRepairChance is the fraction of those reads that ask every
 	// primary anyway, so read repair also reaches the replicas reads skip
-	// (0.1; 1 asks every primary always; negative: never).
+	// (DefaultConfig: 0.1; 1 asks every primary always; 0 never, and so
+	// does a negative value, the spelling of "never" before DefaultConfig).
 	SpeculativeRetry time.Duration
 	ReadRepairChance float64
 
@@ -90,7 +94,36 @@ type Config struct {
 	Now    func() time.Time // clock for caches and the hybrid logical clocks; default time.Now
 }
 
-func (c *Config) validate() error {
+// ErrInvalidConfig is wrapped by the error of a constructor whose Config
+// is out of range; the message names the setting.
+var ErrInvalidConfig = errors.New("coordinator: invalid configuration")
+
+// DefaultConfig returns the settings a coordinator runs with unless told
+// otherwise, in the style of memberlist's DefaultLANConfig: every field but
+// the stores (Metadata and Idempotency, required), the optional parts
+// (Repair, Metrics, Logger, Now, the context secrets) and Actor (random per
+// start). The coordinator command's flags take their defaults from it.
+func DefaultConfig() Config {
+	return Config{
+		Timeout:          2 * time.Second,
+		MaxInflight:      4096,
+		NodeInflight:     2,
+		MaxBatch:         512,
+		NodeQueue:        16384,
+		TenantTTL:        30 * time.Second,
+		RingRefresh:      5 * time.Second,
+		IdempotencyTTL:   idempotency.DefaultTTL,
+		PendingTTL:       idempotency.DefaultPendingTTL,
+		HintWindow:       500 * time.Millisecond,
+		ReadRepairChance: 0.1,
+	}
+}
+
+// validate is the one check of a Config: it fills zero fields from
+// DefaultConfig (and a random Actor, slog.Default, time.Now) and refuses
+// values out of range, naming the setting.
+func (c *Config) validate() (err error) {
+	defer func() { err = settings.Invalid(err, ErrInvalidConfig) }()
 	if c.Metadata == nil {
 		return errors.New("coordinator: a metadata store is required")
 	}
@@ -104,32 +137,29 @@ func (c *Config) validate() error {
 		}
 		c.Actor = hex.EncodeToString(b[:])
 	}
-	def := func(d *time.Duration, v time.Duration) {
-		if *d <= 0 {
-			*d = v
+	d := DefaultConfig()
+	for _, err := range []error{
+		settings.Default("coordinator: timeout", &c.Timeout, d.Timeout),
+		settings.Default("coordinator: tenant TTL", &c.TenantTTL, d.TenantTTL),
+		settings.Default("coordinator: ring refresh", &c.RingRefresh, d.RingRefresh),
+		settings.Default("coordinator: idempotency TTL", &c.IdempotencyTTL, d.IdempotencyTTL),
+		settings.Default("coordinator: pending TTL", &c.PendingTTL, d.PendingTTL),
+		settings.Default("coordinator: hint window", &c.HintWindow, d.HintWindow),
+		settings.Default("coordinator: max inflight", &c.MaxInflight, d.MaxInflight),
+		settings.Default("coordinator: node inflight", &c.NodeInflight, d.NodeInflight),
+		settings.Default("coordinator: max batch", &c.MaxBatch, d.MaxBatch),
+		settings.Default("coordinator: node queue", &c.NodeQueue, d.NodeQueue),
+	} {
+		if err != nil {
+			return err
 		}
 	}
-	defInt := func(d *int, v int) {
-		if *d <= 0 {
-			*d = v
-		}
+	if c.ReadRepairChance > 1 {
+		return fmt.Errorf("coordinator: read repair chance %g out of range: use 0..1", c.ReadRepairChance)
 	}
-	def(&c.Timeout, 2*time.Second)
-	def(&c.TenantTTL, 30*time.Second)
-	def(&c.RingRefresh, 5*time.Second)
-	def(&c.IdempotencyTTL, idempotency.DefaultTTL)
-	def(&c.PendingTTL, idempotency.DefaultPendingTTL)
-	def(&c.HintWindow, 500*time.Millisecond)
-	if c.ReadRepairChance == 0 {
-		c.ReadRepairChance = 0.1
+	if c.SpeculativeRetry < 0 {
+		return fmt.Errorf("coordinator: speculative retry %s is negative: use 0 (adaptive) or a positive duration", c.SpeculativeRetry)
 	}
-	if c.ReadRepairChance > 1 || c.SpeculativeRetry < 0 {
-		return fmt.Errorf("coordinator: read repair chance %g (use 0..1, negative for never) or speculative retry %s out of range", c.ReadRepairChance, c.SpeculativeRetry)
-	}
-	defInt(&c.MaxInflight, 4096)
-	defInt(&c.NodeInflight, 2)
-	defInt(&c.MaxBatch, 512)
-	defInt(&c.NodeQueue, 16384)
 	if c.Timeout > subjects.MaxTimeoutMS*time.Millisecond {
 		return fmt.Errorf("coordinator: timeout %s exceeds %dms", c.Timeout, subjects.MaxTimeoutMS)
 	}

@@ -96,12 +96,12 @@ func startSystem(tb testing.TB, cfg coordinator.Config) *system {
 		tb.Fatalf("idempotency store as user coordinator: %v", err)
 	}
 	tb.Cleanup(func() { _ = idem.Close() })
-	rcfg := repair.Config{Replicas: 1, MaxDeliver: 4, Backoff: 100 * time.Millisecond, MaxBackoff: 500 * time.Millisecond, FetchWait: 200 * time.Millisecond, NodeTimeout: time.Second, Logger: log}
+	rcfg := repair.Config{Replicas: 1, MaxDeliver: 4, Backoff: 100 * time.Millisecond, MaxBackoff: 500 * time.Millisecond, FetchWait: 200 * time.Millisecond, NodeTimeout: time.Second, DrainTimeout: time.Second, Logger: log}
 	pub, err := repair.NewPublisher(ctx, cn.Conn, rcfg)
 	if err != nil {
 		tb.Fatalf("repair publisher as user coordinator: %v", err)
 	}
-	tb.Cleanup(func() { pub.Close(time.Second) })
+	tb.Cleanup(pub.Stop)
 	rc := dial(tb, sys.url, "repair")
 	w, err := repair.NewWorker(ctx, rc.Conn, rcfg)
 	if err != nil {
@@ -154,17 +154,12 @@ func (s *system) tenant(tb testing.TB, id string) (*client.Client, *conn) {
 // startNode starts storage node id on its own connection as user storage.
 func (s *system) startNode(tb testing.TB, id string) {
 	tb.Helper()
-	n, err := storage.Open(storage.Config{NodeID: id, DataDir: s.dirs[id], Heartbeat: 500 * time.Millisecond, Logger: s.log})
-	if err != nil {
-		tb.Fatalf("open storage node %s: %v", id, err)
-	}
 	nc, err := tryDial(s.url, "storage", password(tb, "storage"))
 	if err != nil {
-		_ = n.Close()
 		tb.Fatalf("connect storage node %s: %v", id, err)
 	}
-	if err := n.Start(nc.Conn); err != nil {
-		_ = n.Close()
+	n, err := storage.New(nc.Conn, storage.Config{NodeID: id, DataDir: s.dirs[id], Heartbeat: 500 * time.Millisecond, Logger: s.log})
+	if err != nil {
 		nc.Close()
 		tb.Fatalf("start storage node %s as user storage: %v", id, err)
 	}
@@ -177,8 +172,8 @@ func (s *system) stopNode(tb testing.TB, id string) {
 	tb.Helper()
 	r := s.nodes[id]
 	delete(s.nodes, id)
-	if err := r.node.Close(); err != nil {
-		tb.Errorf("close storage node %s: %v", id, err)
+	if err := r.node.Stop(); err != nil {
+		tb.Errorf("stop storage node %s: %v", id, err)
 	}
 	r.nc.Close()
 }

@@ -29,6 +29,8 @@ import (
 	"os"
 	"strconv"
 	"time"
+
+	"github.com/quorumkv/quorumkv/internal/settings"
 )
 
 // Names of the JetStream objects. The work stream takes kv.repair.<tenant>
@@ -66,7 +68,8 @@ var ErrConfigMismatch = errors.New("repair: existing JetStream configuration dif
 
 // Config configures the streams, the consumer, publishers and workers. The
 // stream and consumer settings must agree between every process that calls
-// Ensure; the rest is per process. Zero values take the defaults shown.
+// Ensure; the rest is per process. Start from [DefaultConfig]; a zero field
+// takes its value from DefaultConfig (the values shown).
 type Config struct {
 	// Replicas of both streams. 0 = automatic: 1 on a server outside a
 	// cluster, else min(3, servers the connection knows), lowered when the
@@ -113,6 +116,10 @@ type Config struct {
 	// stream ack at most (1024).
 	QueueLen    int
 	MaxInflight int
+	// DrainTimeout is how long a Publisher's Stop waits for what is queued
+	// to be published and acknowledged by the stream (2s); past it, the
+	// rest is dropped and counted.
+	DrainTimeout time.Duration
 
 	// MaxSkew is how far ahead of the worker's clock an lww version's dot
 	// may be dated (5m, the coordinators' bound). A repair request whose
@@ -125,39 +132,64 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-func (c *Config) validate() error {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
+// ErrInvalidConfig is wrapped by the error of a constructor whose Config
+// is out of range; the message names the setting.
+var ErrInvalidConfig = errors.New("repair: invalid configuration")
+
+// DefaultConfig returns the settings of the repair streams, consumer,
+// publishers and workers unless told otherwise: every field but Name
+// (host-pid), Logger and Now. The repair command's flags take their
+// defaults from it.
+func DefaultConfig() Config {
+	return Config{
+		Duplicates:    2 * time.Minute,
+		AckWait:       30 * time.Second,
+		MaxDeliver:    20,
+		MaxAckPending: 10000,
+		DeadMaxAge:    30 * 24 * time.Hour,
+		Backoff:       time.Second,
+		MaxBackoff:    5 * time.Minute,
+		Batch:         128,
+		FetchWait:     5 * time.Second,
+		NodeTimeout:   5 * time.Second,
+		QueueLen:      16384,
+		MaxInflight:   1024,
+		DrainTimeout:  2 * time.Second,
+		MaxSkew:       5 * time.Minute,
+	}
+}
+
+// validate is the one check of a Config: it fills zero fields from
+// DefaultConfig (and Name, Logger, Now) and refuses values out of range,
+// naming the setting.
+func (c *Config) validate() (err error) {
+	defer func() { err = settings.Invalid(err, ErrInvalidConfig) }()
+	d := DefaultConfig()
+	for _, err := range []error{
+		settings.Default("repair: dedup window", &c.Duplicates, d.Duplicates),
+		settings.Default("repair: ack wait", &c.AckWait, d.AckWait),
+		settings.Default("repair: dead max age", &c.DeadMaxAge, d.DeadMaxAge),
+		settings.Default("repair: back-off", &c.Backoff, d.Backoff),
+		settings.Default("repair: max back-off", &c.MaxBackoff, d.MaxBackoff),
+		settings.Default("repair: fetch wait", &c.FetchWait, d.FetchWait),
+		settings.Default("repair: node timeout", &c.NodeTimeout, d.NodeTimeout),
+		settings.Default("repair: drain timeout", &c.DrainTimeout, d.DrainTimeout),
+		settings.Default("repair: max skew", &c.MaxSkew, d.MaxSkew),
+		settings.Default("repair: max deliver", &c.MaxDeliver, d.MaxDeliver),
+		settings.Default("repair: max ack pending", &c.MaxAckPending, d.MaxAckPending),
+		settings.Default("repair: batch", &c.Batch, d.Batch),
+		settings.Default("repair: queue length", &c.QueueLen, d.QueueLen),
+		settings.Default("repair: max inflight", &c.MaxInflight, d.MaxInflight),
+	} {
+		if err != nil {
+			return err
 		}
 	}
-	defInt := func(d *int, v int) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	def(&c.Duplicates, 2*time.Minute)
-	def(&c.AckWait, 30*time.Second)
-	def(&c.DeadMaxAge, 30*24*time.Hour)
-	def(&c.Backoff, time.Second)
-	def(&c.MaxBackoff, 5*time.Minute)
-	def(&c.FetchWait, 5*time.Second)
-	def(&c.NodeTimeout, 5*time.Second)
-	def(&c.MaxSkew, 5*time.Minute)
-	defInt(&c.MaxDeliver, 20)
-	defInt(&c.MaxAckPending, 10000)
-	defInt(&c.Batch, 128)
-	defInt(&c.QueueLen, 16384)
-	defInt(&c.MaxInflight, 1024)
 	switch {
 	case c.Replicas < 0 || c.Replicas > 5:
 		return fmt.Errorf("repair: replicas %d out of range 0..5", c.Replicas)
-	case c.Duplicates < 0, c.AckWait < 0, c.DeadMaxAge < 0, c.Backoff < 0, c.MaxBackoff < 0, c.FetchWait < 0, c.NodeTimeout < 0, c.MaxSkew < 0:
-		return errors.New("repair: durations must not be negative")
 	case c.MaxDeliver < 2:
 		return fmt.Errorf("repair: max deliver %d: use at least 2", c.MaxDeliver)
-	case c.MaxAckPending < 1, c.Batch < 1, c.QueueLen < 1, c.MaxInflight < 1:
-		return errors.New("repair: counts must be positive")
 	case c.MaxBackoff < c.Backoff:
 		return fmt.Errorf("repair: max back-off %s is below back-off %s", c.MaxBackoff, c.Backoff)
 	case c.Batch > c.MaxAckPending:

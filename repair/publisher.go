@@ -39,7 +39,7 @@ type Publisher struct {
 	queued, published, dropped atomic.Uint64
 	inflight                   atomic.Int64
 	lastLog                    atomic.Int64 // unix nanos of the last drop logged
-	abandon                    atomic.Bool  // Close timed out: drop what is still queued
+	abandon                    atomic.Bool  // Stop timed out: drop what is still queued
 
 	mu     sync.RWMutex // guards closed against sends on queue
 	closed bool
@@ -110,7 +110,7 @@ func (p *Publisher) Publish(r subjects.RepairRequest) bool {
 	}
 }
 
-// run publishes queued requests until Close.
+// run publishes queued requests until Stop.
 func (p *Publisher) run() {
 	defer close(p.done)
 	for r := range p.queue {
@@ -156,11 +156,11 @@ func (p *Publisher) Stats() PublisherStats {
 	}
 }
 
-// Close stops taking requests, publishes what is queued and waits up to
-// timeout for the stream's acks; past it, what is left is dropped and
-// counted. It returns once its goroutine has stopped and does not close the
-// connection. Safe to call more than once.
-func (p *Publisher) Close(timeout time.Duration) {
+// Stop stops taking requests, publishes what is queued and waits up to
+// Config.DrainTimeout for the stream's acks; past it, what is left is
+// dropped and counted. It returns once its goroutine has stopped and does
+// not close the connection. Safe to call more than once.
+func (p *Publisher) Stop() {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -169,7 +169,7 @@ func (p *Publisher) Close(timeout time.Duration) {
 	p.closed = true
 	close(p.queue)
 	p.mu.Unlock()
-	timer := time.NewTimer(timeout)
+	timer := time.NewTimer(p.cfg.DrainTimeout)
 	defer timer.Stop()
 	select {
 	case <-p.done:

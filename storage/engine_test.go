@@ -51,7 +51,7 @@ func TestRecordEncoding(t *testing.T) {
 // what the key held after it.
 func TestApplyWritesRepeatedKeys(t *testing.T) {
 	n := open(t, "node-1", t.TempDir())
-	defer n.Close()
+	defer n.Stop()
 	var writes []subjects.NodeWrite
 	for i := range 50 {
 		writes = append(writes, subjects.NodeWrite{ID: uint64(i), Tenant: "t", Key: fmt.Sprintf("k%d", i%7), LWW: version(uint64(100+(i*37)%50), "x", fmt.Sprint(i))})
@@ -87,7 +87,7 @@ func BenchmarkApplyWrites(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer n.Close()
+	defer n.Stop()
 	value := bytes.Repeat([]byte("v"), 256)
 	const keys, batch = 100_000, 64
 	names := make([]string, keys)
@@ -126,7 +126,7 @@ func BenchmarkRead(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer n.Close()
+	defer n.Stop()
 	value := bytes.Repeat([]byte("v"), 256)
 	const keys = 10_000
 	var writes []subjects.NodeWrite
@@ -150,7 +150,7 @@ func BenchmarkRead(b *testing.B) {
 // siblings still see what is stored.
 func TestBoundSkipsOnlyWhatCannotLose(t *testing.T) {
 	n := open(t, "node-1", t.TempDir())
-	defer n.Close()
+	defer n.Stop()
 	apply := func(ws ...subjects.NodeWrite) []subjects.NodeWriteResult { return n.eng.applyWrites(ws) }
 	apply(subjects.NodeWrite{ID: 1, Tenant: "t", Key: "a", LWW: version(10, "x", "ten")})
 	if len(n.eng.bound) != 1 {

@@ -13,7 +13,7 @@ import (
 // is accepted, so the key can be resolved; one that grows it is refused.
 func TestCoordinateLimitsRefuseOnlyGrowth(t *testing.T) {
 	n := open(t, "node-1", t.TempDir())
-	defer n.Close()
+	defer n.Stop()
 	var st vclock.DVVSet
 	for i := range subjects.MaxSiblings + 5 {
 		st, _, _ = vclock.Update(st, nil, "repair.1", vclock.Value{Data: []byte(fmt.Sprint(i))})

@@ -35,7 +35,7 @@ func TestNodeMetrics(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := n.Start(nc); err != nil {
+		if err := n.start(nc); err != nil {
 			t.Fatal(err)
 		}
 		b, _ := msgpack.Marshal(&subjects.NodeWriteBatch{Proto: subjects.NodeProtocolVersion,
@@ -55,7 +55,7 @@ func TestNodeMetrics(t *testing.T) {
 				t.Errorf("round %d: metrics lack %s", round, want)
 			}
 		}
-		if err := n.Close(); err != nil {
+		if err := n.Stop(); err != nil {
 			t.Fatal(err)
 		}
 		if strings.Contains(gather(t, reg), "quorumkv_pebble_disk_bytes") {

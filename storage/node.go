@@ -26,26 +26,50 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/quorumkv/quorumkv/internal/settings"
 	"github.com/quorumkv/quorumkv/metrics"
 	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/subjects"
 )
 
-// Config configures a storage node. Zero values take the defaults.
+// Config configures a storage node. Start from [DefaultConfig] and set
+// NodeID and DataDir; a zero number or duration takes its value from
+// DefaultConfig. Fsync is a plain bool: DefaultConfig sets it, the zero
+// Config does not.
 type Config struct {
 	NodeID       string        // required; a subject token
 	DataDir      string        // required; created if missing; one node per directory
-	Fsync        bool          // fsync every write batch before acknowledging it
-	VirtualNodes int           // ring points to register with; default ring.DefaultVirtualNodes
-	QueueLen     int           // messages queued per subject; past it the node answers 429 overloaded at once; default 8192
-	MaxBatch     int           // write messages group-committed together at most; default 256
-	Heartbeat    time.Duration // re-registration interval (refreshes last_seen); default 15s
+	Fsync        bool          // fsync every write batch before acknowledging it (true)
+	VirtualNodes int           // ring points to register with, 1..4096 (ring.DefaultVirtualNodes)
+	QueueLen     int           // messages queued per subject; past it the node answers 429 overloaded at once (8192)
+	MaxBatch     int           // write messages group-committed together at most (256)
+	Heartbeat    time.Duration // re-registration interval, refreshing last_seen (15s)
 	Logger       *slog.Logger  // default slog.Default()
 	// Metrics receives the node's Prometheus metrics; nil records none.
 	Metrics prometheus.Registerer
 }
 
-func (c *Config) validate() error {
+// ErrInvalidConfig is wrapped by the error of a constructor whose Config
+// is out of range; the message names the setting.
+var ErrInvalidConfig = errors.New("storage: invalid configuration")
+
+// DefaultConfig returns the settings a storage node runs with unless told
+// otherwise: every field but NodeID and DataDir (required), Logger and
+// Metrics. The storage command's flags take their defaults from it.
+func DefaultConfig() Config {
+	return Config{
+		Fsync:        true,
+		VirtualNodes: ring.DefaultVirtualNodes,
+		QueueLen:     8192,
+		MaxBatch:     256,
+		Heartbeat:    15 * time.Second,
+	}
+}
+
+// validate is the one check of a Config: it fills zero fields from
+// DefaultConfig and refuses values out of range, naming the setting.
+func (c *Config) validate() (err error) {
+	defer func() { err = settings.Invalid(err, ErrInvalidConfig) }()
 	if err := subjects.ValidateNodeID(c.NodeID); err != nil {
 		return fmt.Errorf("storage: %w", err)
 	}
@@ -55,17 +79,16 @@ func (c *Config) validate() error {
 	if c.VirtualNodes < 0 || c.VirtualNodes > 4096 {
 		return fmt.Errorf("storage: virtual nodes %d out of range 1..4096", c.VirtualNodes)
 	}
-	if c.VirtualNodes == 0 {
-		c.VirtualNodes = ring.DefaultVirtualNodes
-	}
-	if c.QueueLen <= 0 {
-		c.QueueLen = 8192
-	}
-	if c.MaxBatch <= 0 {
-		c.MaxBatch = 256
-	}
-	if c.Heartbeat <= 0 {
-		c.Heartbeat = 15 * time.Second
+	d := DefaultConfig()
+	for _, err := range []error{
+		settings.Default("storage: virtual nodes", &c.VirtualNodes, d.VirtualNodes),
+		settings.Default("storage: queue length", &c.QueueLen, d.QueueLen),
+		settings.Default("storage: max batch", &c.MaxBatch, d.MaxBatch),
+		settings.Default("storage: heartbeat", &c.Heartbeat, d.Heartbeat),
+	} {
+		if err != nil {
+			return err
+		}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -73,8 +96,8 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// Node is a running storage node. Create with Open, serve with Start, stop
-// with Close.
+// Node is a storage node. [New] opens its store and serves it on NATS;
+// [Open] only opens the store (tests, offline tools). Stop stops either.
 type Node struct {
 	cfg Config
 	log *slog.Logger
@@ -99,8 +122,24 @@ type Node struct {
 	closed bool
 }
 
-// Open opens the node's store. It fails if the directory is in use by
-// another node or process, or belongs to another node id.
+// New opens the node's store (see Open) and serves it on nc (see start):
+// it returns a running node, which the caller stops with Stop. nc stays the
+// caller's; Stop does not close it.
+func New(nc *nats.Conn, cfg Config) (*Node, error) {
+	n, err := Open(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.start(nc); err != nil {
+		_ = n.Stop()
+		return nil, err
+	}
+	return n, nil
+}
+
+// Open opens the node's store without serving it: what New does before it
+// subscribes. It fails if the directory is in use by another node or
+// process, or belongs to another node id. Stop closes it.
 func Open(cfg Config) (*Node, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -119,10 +158,10 @@ func (n *Node) ID() string { return n.cfg.NodeID }
 // Epoch identifies this incarnation of the node's data directory.
 func (n *Node) Epoch() uint64 { return n.eng.epoch }
 
-// Start subscribes to the node's subjects on nc and registers the node with
+// start subscribes to the node's subjects on nc and registers the node with
 // the coordinators, retrying in the background until one answers and then
 // heart-beating. It returns once the subscriptions are in place.
-func (n *Node) Start(nc *nats.Conn) error {
+func (n *Node) start(nc *nats.Conn) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
@@ -216,11 +255,12 @@ func (n *Node) unsubscribeLocked() {
 	n.subs = nil
 }
 
-// Close stops taking messages, finishes the writes already queued (they
+// Stop stops taking messages, finishes the writes already queued (they
 // are committed and answered) and the read in progress, then closes
 // Pebble; reads still queued are dropped (their coordinators count this
-// node as not answering). Safe to call more than once.
-func (n *Node) Close() error {
+// node as not answering). It does not close the connection. Safe to call
+// more than once; only the first call can return an error.
+func (n *Node) Stop() error {
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()

@@ -22,7 +22,7 @@ func TestFullQueueAnswersOverloaded(t *testing.T) {
 	s := natstest.RunServer(t)
 	nc := natstest.Connect(t, s)
 	n := open(t, "node-1", t.TempDir())
-	t.Cleanup(func() { _ = n.Close() })
+	t.Cleanup(func() { _ = n.Stop() })
 
 	ch := make(chan *nats.Msg, 1)
 	sub, err := nc.Subscribe("q", n.enqueue(ch))
@@ -211,8 +211,8 @@ func startNode(t *testing.T, s *server.Server, cfg Config) *Node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = n.Close() })
-	if err := n.Start(natstest.Connect(t, s)); err != nil {
+	t.Cleanup(func() { _ = n.Stop() })
+	if err := n.start(natstest.Connect(t, s)); err != nil {
 		t.Fatal(err)
 	}
 	return n

@@ -30,11 +30,11 @@ func TestDataDirIsExclusive(t *testing.T) {
 	if _, err := Open(Config{NodeID: "node-1", DataDir: dir, Logger: quiet()}); err == nil || !strings.Contains(err.Error(), "another storage node") {
 		t.Fatalf("second open of a dir in use: %v", err)
 	}
-	if err := n.Close(); err != nil {
+	if err := n.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	if err := n.Close(); err != nil {
-		t.Fatalf("second Close: %v", err)
+	if err := n.Stop(); err != nil {
+		t.Fatalf("second Stop: %v", err)
 	}
 	if _, err := Open(Config{NodeID: "node-2", DataDir: dir, Logger: quiet()}); err == nil || !strings.Contains(err.Error(), `belongs to node "node-1"`) {
 		t.Fatalf("open of another node's dir: %v", err)
@@ -59,17 +59,17 @@ func TestEpochPersistsAndChangesOnWipe(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "node")
 	n := open(t, "node-1", dir)
 	e1 := n.Epoch()
-	_ = n.Close()
+	_ = n.Stop()
 	n = open(t, "node-1", dir)
 	if n.Epoch() != e1 || e1 == 0 {
 		t.Fatalf("epoch %x after reopen, want %x", n.Epoch(), e1)
 	}
-	_ = n.Close()
+	_ = n.Stop()
 	if err := os.RemoveAll(dir); err != nil {
 		t.Fatal(err)
 	}
 	n = open(t, "node-1", dir)
-	defer n.Close()
+	defer n.Stop()
 	if n.Epoch() == e1 {
 		t.Fatal("a wiped data dir kept its epoch")
 	}
@@ -84,7 +84,7 @@ func version(counter uint64, actor, value string) *vclock.Version {
 // replaces a newer one, and the node reports the version it kept.
 func TestApplyWritesMerges(t *testing.T) {
 	n := open(t, "node-1", t.TempDir())
-	defer n.Close()
+	defer n.Stop()
 	res := n.eng.applyWrites([]subjects.NodeWrite{
 		{ID: 1, Tenant: "t", Key: "a", LWW: version(10, "x", "ten")},
 		{ID: 2, Tenant: "t", Key: "a", LWW: version(5, "x", "five")}, // older, same batch
@@ -120,7 +120,7 @@ func TestApplyWritesMerges(t *testing.T) {
 
 func TestDumpPagesInKeyOrderPerTenant(t *testing.T) {
 	n := open(t, "node-1", t.TempDir())
-	defer n.Close()
+	defer n.Stop()
 	var writes []subjects.NodeWrite
 	for i, k := range []string{"b", "a", "c", "a\x00z", "d"} {
 		writes = append(writes, subjects.NodeWrite{ID: uint64(i), Tenant: "t", Key: k, LWW: version(uint64(i+1), "x", k)})
@@ -181,7 +181,7 @@ func TestChunkSplitsBySize(t *testing.T) {
 // nothing, so it cannot be applied a second time under this replica's dot.
 func TestCoordinateRefusedAfterDeadline(t *testing.T) {
 	n := open(t, "node-1", t.TempDir())
-	defer n.Close()
+	defer n.Stop()
 	late := &subjects.Coordinate{Value: vclock.Value{Data: []byte("v")}, Deadline: time.Now().Add(-time.Millisecond).UnixMilli()}
 	res := n.eng.applyWrites([]subjects.NodeWrite{{ID: 1, Tenant: "t", Key: "k", Coordinate: late}})
 	if res[0].Err == "" || res[0].Kind != subjects.KindTimeout || res[0].DVV != nil {

@@ -19,26 +19,8 @@ func runBench(args []string) error {
 		"process and one run, on an embedded 3-server NATS cluster: YCSB-style workloads, uniform and zipfian\n"+
 		"keys, several client counts, two matched durability settings. Prints a table with ratios;\n"+
 		"--json and --html write the rows and a report with charts.")
-	quick := fs.Bool("quick", false, "smoke run in under a minute: 10k records, write-only and YCSB C, uniform, 1 and 64 clients, 1s cells, no scale run")
-	matrix := fs.String("matrix", "full", "full (every workload, distribution and client count) or targets (write-only and YCSB C, uniform, 1 and 64 clients)")
-	jsonOut := fs.String("json", "", "write the rows as JSON to `FILE`")
-	htmlOut := fs.String("html", "", "write a self-contained HTML report with charts to `FILE`")
-	records := fs.Uint64("records", 100_000, "records preloaded into each system")
-	valueSize := fs.Int("value-size", 256, "bytes per value")
-	duration := fs.Duration("duration", 2500*time.Millisecond, "measured time per cell")
-	warmup := fs.Duration("warmup", 500*time.Millisecond, "unmeasured warm-up per cell")
-	systems := fs.String("systems", strings.Join(bench.Systems, ","), "systems to measure")
-	workloads := fs.String("workloads", "", "workloads (write-only, ycsb-c, ycsb-b, ycsb-a); default per --matrix")
-	dists := fs.String("distributions", "", "key distributions (uniform, zipfian); default per --matrix")
-	durability := fs.String("durability", "async,fsync", "durability pairs: async (quorumkv --fsync=false vs JetStream default), fsync (fsync per batch vs sync_interval always)")
-	concurrency := fs.String("concurrency", "", "closed-loop clients per cell, comma-separated; default per --matrix")
-	scaleRecords := fs.Uint64("scale-records", 1_000_000, "records of the scale run (quorumkv, 64 clients); 0 skips it")
-	coordinators := fs.Int("coordinators", 1, "quorumkv coordinators, one per server (1..3)")
-	nodeInflight := fs.Int("node-inflight", 0, "coordinator: batches in flight per storage node and operation (0 = default)")
-	maxBatch := fs.Int("max-batch", 0, "coordinator: replica messages per batch at most (0 = default)")
-	dataDir := fs.String("data", "", "scratch directory (default: a new temporary directory, removed afterwards)")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to `FILE`")
-	memProfile := fs.String("memprofile", "", "write an allocation profile of the whole run to `FILE` at the end")
+	var bf benchFlags
+	bf.register(fs)
 	var lf logFlags
 	lf.register(fs)
 	lf.level = "error"
@@ -46,86 +28,23 @@ func runBench(args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-
-	cfg := bench.Config{
-		Records: *records, ValueSize: *valueSize, Warmup: *warmup, Duration: *duration,
-		Durabilities: splitList(*durability), Systems: splitList(*systems),
-		ScaleRecords: *scaleRecords, Coordinators: *coordinators,
-		Coordinator: coordinator.Config{NodeInflight: *nodeInflight, MaxBatch: *maxBatch},
-		Progress:    os.Stderr, Mode: *matrix,
-	}
-	switch *matrix {
-	case "full":
-	case "targets":
-		cfg.Workloads, cfg.Distributions, cfg.Concurrency = []string{"write-only", "ycsb-c"}, []string{bench.DistUniform}, []int{1, 64}
-	default:
-		return usagef("--matrix %q: use full or targets", *matrix)
-	}
-	if *quick {
-		cfg.Mode = "quick"
-		cfg.Workloads, cfg.Distributions, cfg.Concurrency = []string{"write-only", "ycsb-c"}, []string{bench.DistUniform}, []int{1, 64}
-		if !set["records"] {
-			cfg.Records = 10_000
-		}
-		if !set["duration"] {
-			cfg.Duration = time.Second
-		}
-		if !set["warmup"] {
-			cfg.Warmup = 300 * time.Millisecond
-		}
-		if !set["scale-records"] {
-			cfg.ScaleRecords = 0
-		}
-	}
-	if *workloads != "" {
-		cfg.Workloads = splitList(*workloads)
-	}
-	if *dists != "" {
-		cfg.Distributions = splitList(*dists)
-	}
-	if *concurrency != "" {
-		cfg.Concurrency = nil
-		for _, s := range splitList(*concurrency) {
-			n, err := strconv.Atoi(s)
-			if err != nil || n < 1 {
-				return usagef("--concurrency %q: want positive integers, comma-separated", *concurrency)
-			}
-			cfg.Concurrency = append(cfg.Concurrency, n)
-		}
-	}
-	if *coordinators < 1 || *coordinators > 3 {
-		return usagef("--coordinators %d: use 1..3", *coordinators)
-	}
-	log, err := lf.logger(os.Stderr)
+	cfg, err := bf.config(fs)
 	if err != nil {
 		return err
 	}
-	cfg.Logger = log
-
-	cfg.Dir = *dataDir
-	if cfg.Dir == "" {
-		dir, err := os.MkdirTemp("", "quorumkv-bench-")
-		if err != nil {
-			return fmt.Errorf("scratch directory: %w", err)
-		}
-		defer os.RemoveAll(dir)
-		cfg.Dir = dir
-	} else if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
-		return fmt.Errorf("scratch directory: %w", err)
+	if cfg.Logger, err = lf.logger(os.Stderr); err != nil {
+		return err
 	}
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
-			return fmt.Errorf("cpu profile: %w", err)
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return fmt.Errorf("cpu profile: %w", err)
-		}
-		defer pprof.StopCPUProfile()
+	cleanup, err := scratchDir(&cfg.Dir)
+	if err != nil {
+		return err
 	}
+	defer cleanup()
+	stopProfile, err := startCPUProfile(bf.cpuProfile)
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 
 	ctx, stop := signalContext()
 	defer stop()
@@ -136,25 +55,147 @@ func runBench(args []string) error {
 		}
 		return fmt.Errorf("bench: %w", err)
 	}
-	if *memProfile != "" {
-		if err := writeFile(*memProfile, func(w io.Writer) error { return pprof.Lookup("allocs").WriteTo(w, 0) }); err != nil {
+	if bf.memProfile != "" {
+		if err := writeFile(bf.memProfile, func(w io.Writer) error { return pprof.Lookup("allocs").WriteTo(w, 0) }); err != nil {
 			return err
 		}
 	}
 	if err := rep.WriteTable(os.Stdout); err != nil {
 		return err
 	}
-	if *jsonOut != "" {
-		if err := writeFile(*jsonOut, rep.WriteJSON); err != nil {
-			return err
-		}
-	}
-	if *htmlOut != "" {
-		if err := writeFile(*htmlOut, rep.WriteHTML); err != nil {
-			return err
+	for _, out := range []struct {
+		path  string
+		write func(io.Writer) error
+	}{{bf.jsonOut, rep.WriteJSON}, {bf.htmlOut, rep.WriteHTML}} {
+		if out.path != "" {
+			if err := writeFile(out.path, out.write); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
+}
+
+// benchFlags are the flags of quorumkv bench.
+type benchFlags struct {
+	quick                                 bool
+	matrix, jsonOut, htmlOut              string
+	systems, workloads, dists, durability string
+	concurrency, dataDir                  string
+	cpuProfile, memProfile                string
+	cfg                                   bench.Config
+}
+
+func (b *benchFlags) register(fs *flag.FlagSet) {
+	b.cfg = bench.Config{Records: 100_000, ValueSize: 256, Duration: 2500 * time.Millisecond, Warmup: 500 * time.Millisecond,
+		ScaleRecords: 1_000_000, Coordinators: 1, Coordinator: coordinator.DefaultConfig()}
+	c := &b.cfg
+	fs.BoolVar(&b.quick, "quick", false, "smoke run in under a minute: 10k records, write-only and YCSB C, uniform, 1 and 64 clients, 1s cells, no scale run")
+	fs.StringVar(&b.matrix, "matrix", "full", "full (every workload, distribution and client count) or targets (write-only and YCSB C, uniform, 1 and 64 clients)")
+	fs.StringVar(&b.jsonOut, "json", "", "write the rows as JSON to `FILE`")
+	fs.StringVar(&b.htmlOut, "html", "", "write a self-contained HTML report with charts to `FILE`")
+	fs.Uint64Var(&c.Records, "records", c.Records, "records preloaded into each system")
+	fs.IntVar(&c.ValueSize, "value-size", c.ValueSize, "bytes per value")
+	fs.DurationVar(&c.Duration, "duration", c.Duration, "measured time per cell")
+	fs.DurationVar(&c.Warmup, "warmup", c.Warmup, "unmeasured warm-up per cell")
+	fs.StringVar(&b.systems, "systems", strings.Join(bench.Systems, ","), "systems to measure")
+	fs.StringVar(&b.workloads, "workloads", "", "workloads (write-only, ycsb-c, ycsb-b, ycsb-a); default per --matrix")
+	fs.StringVar(&b.dists, "distributions", "", "key distributions (uniform, zipfian); default per --matrix")
+	fs.StringVar(&b.durability, "durability", "async,fsync", "durability pairs: async (quorumkv --fsync=false vs JetStream default), fsync (fsync per batch vs sync_interval always)")
+	fs.StringVar(&b.concurrency, "concurrency", "", "closed-loop clients per cell, comma-separated; default per --matrix")
+	fs.Uint64Var(&c.ScaleRecords, "scale-records", c.ScaleRecords, "records of the scale run (quorumkv, 64 clients); 0 skips it")
+	fs.IntVar(&c.Coordinators, "coordinators", c.Coordinators, "quorumkv coordinators, one per server (1..3)")
+	fs.IntVar(&c.Coordinator.NodeInflight, "node-inflight", c.Coordinator.NodeInflight, "coordinator: batches in flight per storage node and operation")
+	fs.IntVar(&c.Coordinator.MaxBatch, "max-batch", c.Coordinator.MaxBatch, "coordinator: replica messages per batch at most")
+	fs.StringVar(&b.dataDir, "data", "", "scratch directory (default: a new temporary directory, removed afterwards)")
+	fs.StringVar(&b.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to `FILE`")
+	fs.StringVar(&b.memProfile, "memprofile", "", "write an allocation profile of the whole run to `FILE` at the end")
+}
+
+// config is the run the parsed flags of fs ask for: --matrix and --quick
+// choose the cells, and flags given explicitly override them. bench.Run
+// checks the rest.
+func (b *benchFlags) config(fs *flag.FlagSet) (bench.Config, error) {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	cfg := b.cfg
+	cfg.Durabilities, cfg.Systems, cfg.Dir = splitList(b.durability), splitList(b.systems), b.dataDir
+	cfg.Progress, cfg.Mode = os.Stderr, b.matrix
+	targets := func() {
+		cfg.Workloads, cfg.Distributions, cfg.Concurrency = []string{"write-only", "ycsb-c"}, []string{bench.DistUniform}, []int{1, 64}
+	}
+	switch b.matrix {
+	case "full":
+	case "targets":
+		targets()
+	default:
+		return cfg, usagef("--matrix %q: use full or targets", b.matrix)
+	}
+	if b.quick {
+		cfg.Mode = "quick"
+		targets()
+		for name, apply := range map[string]func(){
+			"records":       func() { cfg.Records = 10_000 },
+			"duration":      func() { cfg.Duration = time.Second },
+			"warmup":        func() { cfg.Warmup = 300 * time.Millisecond },
+			"scale-records": func() { cfg.ScaleRecords = 0 },
+		} {
+			if !set[name] {
+				apply()
+			}
+		}
+	}
+	if b.workloads != "" {
+		cfg.Workloads = splitList(b.workloads)
+	}
+	if b.dists != "" {
+		cfg.Distributions = splitList(b.dists)
+	}
+	if b.concurrency != "" {
+		cfg.Concurrency = nil
+		for _, s := range splitList(b.concurrency) {
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 1 {
+				return cfg, usagef("--concurrency %q: want positive integers, comma-separated", b.concurrency)
+			}
+			cfg.Concurrency = append(cfg.Concurrency, n)
+		}
+	}
+	return cfg, nil
+}
+
+// scratchDir makes *dir, or a new temporary directory when it is empty;
+// cleanup removes the temporary one.
+func scratchDir(dir *string) (cleanup func(), err error) {
+	if *dir != "" {
+		if err := os.MkdirAll(*dir, 0o755); err != nil {
+			return nil, fmt.Errorf("scratch directory: %w", err)
+		}
+		return func() {}, nil
+	}
+	tmp, err := os.MkdirTemp("", "quorumkv-bench-")
+	if err != nil {
+		return nil, fmt.Errorf("scratch directory: %w", err)
+	}
+	*dir = tmp
+	return func() { _ = os.RemoveAll(tmp) }, nil
+}
+
+// startCPUProfile profiles the process into path until stop; an empty
+// path profiles nothing.
+func startCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 func splitList(s string) []string {

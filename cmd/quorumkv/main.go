@@ -14,6 +14,9 @@ import (
 	"syscall"
 
 	"github.com/quorumkv/quorumkv/client"
+	"github.com/quorumkv/quorumkv/coordinator"
+	"github.com/quorumkv/quorumkv/repair"
+	"github.com/quorumkv/quorumkv/storage"
 )
 
 // Exit codes, one per error class, so scripts can branch on them.
@@ -87,7 +90,8 @@ func exitCode(err error) int {
 	fmt.Fprintf(os.Stderr, "quorumkv: %s\n", strings.TrimPrefix(err.Error(), "quorumkv: "))
 	var ue usageError
 	switch {
-	case errors.As(err, &ue), errors.Is(err, client.ErrInvalid), errors.Is(err, client.ErrTooLarge):
+	case errors.As(err, &ue), errors.Is(err, client.ErrInvalid), errors.Is(err, client.ErrTooLarge),
+		errors.Is(err, coordinator.ErrInvalidConfig), errors.Is(err, storage.ErrInvalidConfig), errors.Is(err, repair.ErrInvalidConfig):
 		return exitUsage
 	case errors.Is(err, client.ErrNotFound), errors.Is(err, client.ErrNoSuchTenant), errors.Is(err, client.ErrNoSuchNode):
 		return exitNotFound

@@ -46,5 +46,5 @@ func TestStorageStopsCleanlyOnSIGTERM(t *testing.T) {
 	if err != nil {
 		t.Fatalf("reopen after SIGTERM: %v", err)
 	}
-	_ = n.Close()
+	_ = n.Stop()
 }

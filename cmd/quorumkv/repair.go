@@ -18,24 +18,22 @@ import (
 	"github.com/quorumkv/quorumkv/repair"
 )
 
-// repairSettings are the stream, consumer and worker flags; they must agree
-// between every process that creates the repair streams.
-type repairSettings struct {
-	cfg repair.Config
-}
-
-func (r *repairSettings) register(fs *flag.FlagSet) {
-	fs.IntVar(&r.cfg.Replicas, "replicas", 0, "replicas of KV_REPAIR and KV_REPAIR_DEAD (0 = 1 outside a cluster, else up to 3)")
-	fs.DurationVar(&r.cfg.Duplicates, "dedup-window", 2*time.Minute, "de-duplication window of KV_REPAIR (Nats-Msg-Id)")
-	fs.DurationVar(&r.cfg.AckWait, "ack-wait", 30*time.Second, "how long a worker may hold a message before it is redelivered")
-	fs.IntVar(&r.cfg.MaxDeliver, "max-deliver", 20, "deliveries before a message moves to KV_REPAIR_DEAD")
-	fs.IntVar(&r.cfg.MaxAckPending, "max-ack-pending", 10000, "messages delivered and not yet acked, across all workers")
-	fs.DurationVar(&r.cfg.DeadMaxAge, "dead-max-age", 30*24*time.Hour, "how long dead letters are kept")
-	fs.DurationVar(&r.cfg.Backoff, "backoff", time.Second, "retry delay after the first failed delivery; doubles per delivery")
-	fs.DurationVar(&r.cfg.MaxBackoff, "max-backoff", 5*time.Minute, "retry delay at most")
-	fs.IntVar(&r.cfg.Batch, "batch", 128, "messages fetched at once")
-	fs.DurationVar(&r.cfg.NodeTimeout, "node-timeout", 5*time.Second, "how long a write to one storage node may take")
-	fs.StringVar(&r.cfg.Name, "name", "", "this worker's name in logs and stats (default host-pid)")
+// registerRepairFlags binds the stream, consumer and worker flags to cfg;
+// each flag's default is cfg's value (repair.DefaultConfig), and
+// repair.NewWorker checks what they hold. The stream and consumer settings
+// must agree between every process that creates the repair streams.
+func registerRepairFlags(fs *flag.FlagSet, cfg *repair.Config) {
+	fs.IntVar(&cfg.Replicas, "replicas", cfg.Replicas, "replicas of KV_REPAIR and KV_REPAIR_DEAD (0 = 1 outside a cluster, else up to 3)")
+	fs.DurationVar(&cfg.Duplicates, "dedup-window", cfg.Duplicates, "de-duplication window of KV_REPAIR (Nats-Msg-Id)")
+	fs.DurationVar(&cfg.AckWait, "ack-wait", cfg.AckWait, "how long a worker may hold a message before it is redelivered")
+	fs.IntVar(&cfg.MaxDeliver, "max-deliver", cfg.MaxDeliver, "deliveries before a message moves to KV_REPAIR_DEAD")
+	fs.IntVar(&cfg.MaxAckPending, "max-ack-pending", cfg.MaxAckPending, "messages delivered and not yet acked, across all workers")
+	fs.DurationVar(&cfg.DeadMaxAge, "dead-max-age", cfg.DeadMaxAge, "how long dead letters are kept")
+	fs.DurationVar(&cfg.Backoff, "backoff", cfg.Backoff, "retry delay after the first failed delivery; doubles per delivery")
+	fs.DurationVar(&cfg.MaxBackoff, "max-backoff", cfg.MaxBackoff, "retry delay at most")
+	fs.IntVar(&cfg.Batch, "batch", cfg.Batch, "messages fetched at once")
+	fs.DurationVar(&cfg.NodeTimeout, "node-timeout", cfg.NodeTimeout, "how long a write to one storage node may take")
+	fs.StringVar(&cfg.Name, "name", cfg.Name, "this worker's name in logs and stats (default host-pid)")
 }
 
 func runRepair(args []string) error {
@@ -54,26 +52,20 @@ func runRepair(args []string) error {
 		"Also: `quorumkv repair status`, `quorumkv repair dead list|replay`. See docs/REPAIR.md.")
 	var nf natsFlags
 	nf.register(fs)
-	var rs repairSettings
-	rs.register(fs)
+	cfg := repair.DefaultConfig()
+	registerRepairFlags(fs, &cfg)
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics (empty: off)")
 	var lf logFlags
 	lf.register(fs)
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	log, err := lf.logger(os.Stderr)
+	r, err := startRole("quorumkv-repair", &nf, &lf)
 	if err != nil {
 		return err
 	}
-	ctx, stop := signalContext()
-	defer stop()
-	nc, err := nf.connect("quorumkv-repair", log)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	cfg := rs.cfg
+	defer r.close()
+	ctx, log, nc := r.ctx, r.log, r.nc
 	cfg.Logger = log
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()

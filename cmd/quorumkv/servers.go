@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/quorumkv/quorumkv/coordinator"
@@ -22,18 +24,20 @@ import (
 
 func runDev(args []string) error {
 	fs := newFlags("dev", "", "Run a whole quorumkv in one process, with nothing else installed: an embedded nats-server\nwith JetStream, storage nodes on Pebble, a coordinator (metadata and idempotency on JetStream KV)\nand tenant \"default\". Data survives restarts. Stop with Ctrl-C.")
-	listen := fs.String("listen", "127.0.0.1:4222", "NATS client address to serve (HOST:PORT)")
-	data := fs.String("data", "./data", "directory for all data (NATS JetStream and storage nodes)")
-	nodes := fs.Int("nodes", 3, "storage nodes to run (1..7)")
-	fsync := fs.Bool("fsync", true, "fsync storage writes before acknowledging them (false trades durability for speed)")
+	cfg := devcluster.DefaultConfig()
+	cfg.DataDir = "./data"
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "NATS client address to serve (HOST:PORT)")
+	fs.StringVar(&cfg.DataDir, "data", cfg.DataDir, "directory for all data (NATS JetStream and storage nodes)")
+	fs.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "storage nodes to run (1..7)")
+	fs.BoolVar(&cfg.Fsync, "fsync", cfg.Fsync, "fsync storage writes before acknowledging them (false trades durability for speed)")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics of every component on HOST:PORT at /metrics (empty: off)")
 	lf := logFlags{level: "warn"} // the banner says what matters; --log-level info shows the rest
 	lf.register(fs)
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	if *nodes < 1 || *nodes > 7 {
-		return usagef("--nodes %d: use 1..7", *nodes)
+	if cfg.Nodes < 1 || cfg.Nodes > 7 {
+		return usagef("--nodes %d: use 1..7", cfg.Nodes)
 	}
 	log, err := lf.logger(os.Stderr)
 	if err != nil {
@@ -42,7 +46,7 @@ func runDev(args []string) error {
 	ctx, stop := signalContext()
 	defer stop()
 	started := time.Now()
-	cfg := devcluster.Config{Listen: *listen, DataDir: *data, Nodes: *nodes, Fsync: *fsync, Logger: log}
+	cfg.Logger = log
 	stopMetrics, err := serveMetrics(ctx, *metricsAddr, log, func(reg prometheus.Registerer) { cfg.Metrics = reg })
 	if err != nil {
 		return err
@@ -68,7 +72,7 @@ With the nats CLI, in JSON:
   nats --server %s req kv.v1.default.put '{"key":"greeting","value":"hello"}' -H 'Content-Type:application/json'
   nats --server %s req kv.v1.default.get '{"key":"greeting"}' -H 'Content-Type:application/json'
 Stop with Ctrl-C.
-`, version, *nodes, min(3, *nodes), *data, time.Since(started).Round(time.Millisecond), url, url, url, url, url, url, url, url)
+`, version, cfg.Nodes, min(3, cfg.Nodes), cfg.DataDir, time.Since(started).Round(time.Millisecond), url, url, url, url, url, url, url, url)
 	<-ctx.Done()
 	fmt.Fprintln(os.Stderr, "stopping…")
 	return nil
@@ -78,22 +82,13 @@ func runCoordinator(args []string) error {
 	fs := newFlags("coordinator", "", "Serve client requests (kv.v1.<tenant>.put|get|delete) and the admin API (kv.v1.admin.>)\nas part of the micro service \"quorumkv\", queue group \"coordinators\". Run as many as you like.")
 	var nf natsFlags
 	nf.register(fs)
-	meta := fs.String("metadata", "nats", "metadata store: nats (JetStream KV) or postgres://user@host/db")
-	idem := fs.String("idempotency", "nats", "idempotency store: nats (JetStream KV) or redis://host:6379/0")
-	migrate := fs.Bool("migrate", true, "apply PostgreSQL migrations at start (under an advisory lock)")
-	kvReplicas := fs.Int("kv-replicas", 1, "replicas of the JetStream KV buckets (3 on a 3-server cluster)")
-	redisPrefix := fs.String("redis-prefix", "quorumkv:idem:", "key prefix in Redis")
-	actor := fs.String("id", "", "actor id in minted versions (default: random per start; must be unique per process)")
-	timeout := fs.Duration("timeout", 2*time.Second, "default request timeout (requests may ask for up to 60s)")
-	maxInflight := fs.Int("max-inflight", 4096, "requests in progress before answering 429 overloaded")
-	nodeInflight := fs.Int("node-inflight", 2, "batches in flight per storage node and operation")
-	maxBatch := fs.Int("max-batch", 512, "replica messages per batch at most")
-	tenantTTL := fs.Duration("tenant-ttl", 30*time.Second, "how long a cached tenant is trusted without an update event")
+	var st storeFlags
+	st.register(fs)
+	cfg := coordinator.DefaultConfig()
+	registerCoordinatorFlags(fs, &cfg)
 	repairOn := fs.Bool("repair", true, "publish read repairs and hinted handoffs to the JetStream stream KV_REPAIR (run `quorumkv repair` workers to apply them)")
-	repairReplicas := fs.Int("repair-replicas", 0, "replicas of KV_REPAIR if this coordinator creates it (0 = 1 outside a cluster, else up to 3)")
-	hintWindow := fs.Duration("hint-window", 500*time.Millisecond, "after answering, how long to wait for the slower primaries before hinting them")
-	readRepairChance := fs.Float64("read-repair-chance", 0.1, "share of quorum reads that ask every primary, not only as many as the level needs, so read repair reaches them all (0..1)")
-	speculativeRetry := fs.Duration("speculative-retry", 0, "how long a read waits for the primaries it asked before asking the others (0: adaptive, 4x the mean replica round trip, 5ms..200ms)")
+	rcfg := repair.DefaultConfig()
+	fs.IntVar(&rcfg.Replicas, "repair-replicas", rcfg.Replicas, "replicas of KV_REPAIR if this coordinator creates it (0 = 1 outside a cluster, else up to 3)")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics (empty: off)")
 	ctxSecret := fs.String("context-secret", "", "secret under which contexts are authenticated, the same on every coordinator, at least 32 bytes (e.g. the output of openssl rand -hex 32; empty: the cluster's secret kept in the metadata store)")
 	ctxSecretPrev := fs.String("context-secret-previous", "", "the secret before --context-secret, whose contexts are still accepted while a rotation rolls out (see docs/OPERATIONS.md)")
@@ -102,60 +97,32 @@ func runCoordinator(args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	secret, secretPrev, err := contextSecrets(*ctxSecret, *ctxSecretPrev)
+	var err error
+	if cfg.ContextSecret, cfg.ContextSecretPrevious, err = contextSecrets(*ctxSecret, *ctxSecretPrev); err != nil {
+		return err
+	}
+	if err := st.check(); err != nil {
+		return err
+	}
+	r, err := startRole("quorumkv-coordinator", &nf, &lf)
 	if err != nil {
 		return err
 	}
-	if *kvReplicas < 1 || *kvReplicas > 5 {
-		return usagef("--kv-replicas %d: use 1..5", *kvReplicas)
-	}
-	if *timeout <= 0 || *timeout > 60*time.Second {
-		return usagef("--timeout %s: use 1ms..60s", *timeout)
-	}
-	if *readRepairChance < 0 || *readRepairChance > 1 {
-		return usagef("--read-repair-chance %g: use 0..1", *readRepairChance)
-	}
-	if *speculativeRetry < 0 {
-		return usagef("--speculative-retry %s: use 0 (adaptive) or a positive duration", *speculativeRetry)
-	}
-	chance := *readRepairChance
-	if chance == 0 {
-		chance = -1 // the Config's "never"
-	}
-	log, err := lf.logger(os.Stderr)
+	defer r.close()
+	ctx, log, nc := r.ctx, r.log, r.nc
+	stores, err := wiring.OpenStores(ctx, nc, st.meta, st.idem, st.opts)
 	if err != nil {
 		return err
 	}
-	ctx, stop := signalContext()
-	defer stop()
-	nc, err := nf.connect("quorumkv-coordinator", log)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	opts := wiring.StoreOptions{Replicas: *kvReplicas, RedisPrefix: *redisPrefix, Migrate: *migrate}
-	ms, err := wiring.OpenMetadata(ctx, *meta, nc, opts)
-	if err != nil {
-		return fmt.Errorf("metadata store: %w", err)
-	}
-	defer ms.Close()
-	is, err := wiring.OpenIdempotency(ctx, *idem, nc, opts)
-	if err != nil {
-		return fmt.Errorf("idempotency store: %w", err)
-	}
-	defer is.Close()
-	cfg := coordinator.Config{
-		Metadata: ms, Idempotency: is, Actor: *actor, Timeout: *timeout,
-		MaxInflight: *maxInflight, NodeInflight: *nodeInflight, MaxBatch: *maxBatch, TenantTTL: *tenantTTL,
-		HintWindow: *hintWindow, ReadRepairChance: chance, SpeculativeRetry: *speculativeRetry, Logger: log,
-		ContextSecret: secret, ContextSecretPrevious: secretPrev,
-	}
+	defer stores.Close()
+	cfg.Metadata, cfg.Idempotency, cfg.Logger = stores.Metadata, stores.Idempotency, log
 	var pub *repair.Publisher
 	if *repairOn {
-		if pub, err = repair.NewPublisher(ctx, nc, repair.Config{Replicas: *repairReplicas, Logger: log}); err != nil {
+		rcfg.Logger = log
+		if pub, err = repair.NewPublisher(ctx, nc, rcfg); err != nil {
 			return fmt.Errorf("repair publisher: %w", err)
 		}
-		defer pub.Close(2 * time.Second)
+		defer pub.Stop()
 		cfg.Repair = pub
 	}
 	stopMetrics, err := serveMetrics(ctx, *metricsAddr, log, func(reg prometheus.Registerer) {
@@ -175,9 +142,76 @@ func runCoordinator(args []string) error {
 	if err != nil {
 		return err
 	}
-	log.Info("coordinator ready", "nats", nc.ConnectedUrlRedacted(), "metadata", redact(*meta), "idempotency", redact(*idem), "repair", *repairOn)
+	log.Info("coordinator ready", "nats", nc.ConnectedUrlRedacted(), "metadata", redact(st.meta), "idempotency", redact(st.idem), "repair", *repairOn)
 	<-ctx.Done()
 	co.Stop()
+	return nil
+}
+
+// role is what a long-running role command starts with: its logger, a
+// context that SIGINT or SIGTERM cancels, and its NATS connection.
+type role struct {
+	ctx  context.Context
+	log  *slog.Logger
+	nc   *nats.Conn
+	stop context.CancelFunc
+}
+
+// startRole builds the logger from lf, then connects as name with nf.
+// close closes the connection and the signal context.
+func startRole(name string, nf *natsFlags, lf *logFlags) (*role, error) {
+	log, err := lf.logger(os.Stderr)
+	if err != nil {
+		return nil, err
+	}
+	ctx, stop := signalContext()
+	nc, err := nf.connect(name, log)
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	return &role{ctx: ctx, log: log, nc: nc, stop: stop}, nil
+}
+
+func (r *role) close() {
+	r.nc.Close()
+	r.stop()
+}
+
+// registerCoordinatorFlags binds the coordinator's tuning flags to cfg;
+// each flag's default is cfg's value (coordinator.DefaultConfig), and
+// coordinator.New checks what they hold.
+func registerCoordinatorFlags(fs *flag.FlagSet, cfg *coordinator.Config) {
+	fs.StringVar(&cfg.Actor, "id", cfg.Actor, "actor id in minted versions (default: random per start; must be unique per process)")
+	fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "default request timeout (requests may ask for up to 60s)")
+	fs.IntVar(&cfg.MaxInflight, "max-inflight", cfg.MaxInflight, "requests in progress before answering 429 overloaded")
+	fs.IntVar(&cfg.NodeInflight, "node-inflight", cfg.NodeInflight, "batches in flight per storage node and operation")
+	fs.IntVar(&cfg.MaxBatch, "max-batch", cfg.MaxBatch, "replica messages per batch at most")
+	fs.DurationVar(&cfg.TenantTTL, "tenant-ttl", cfg.TenantTTL, "how long a cached tenant is trusted without an update event")
+	fs.DurationVar(&cfg.HintWindow, "hint-window", cfg.HintWindow, "after answering, how long to wait for the slower primaries before hinting them")
+	fs.Float64Var(&cfg.ReadRepairChance, "read-repair-chance", cfg.ReadRepairChance, "share of quorum reads that ask every primary, not only as many as the level needs, so read repair reaches them all (0..1)")
+	fs.DurationVar(&cfg.SpeculativeRetry, "speculative-retry", cfg.SpeculativeRetry, "how long a read waits for the primaries it asked before asking the others (0: adaptive, 4x the mean replica round trip, 5ms..200ms)")
+}
+
+// storeFlags are the flags naming a coordinator's metadata and
+// idempotency stores.
+type storeFlags struct {
+	meta, idem string
+	opts       wiring.StoreOptions
+}
+
+func (s *storeFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&s.meta, "metadata", "nats", "metadata store: nats (JetStream KV) or postgres://user@host/db")
+	fs.StringVar(&s.idem, "idempotency", "nats", "idempotency store: nats (JetStream KV) or redis://host:6379/0")
+	fs.BoolVar(&s.opts.Migrate, "migrate", true, "apply PostgreSQL migrations at start (under an advisory lock)")
+	fs.IntVar(&s.opts.Replicas, "kv-replicas", 1, "replicas of the JetStream KV buckets (3 on a 3-server cluster)")
+	fs.StringVar(&s.opts.RedisPrefix, "redis-prefix", wiring.DefaultRedisPrefix, "key prefix in Redis")
+}
+
+func (s *storeFlags) check() error {
+	if s.opts.Replicas < 1 || s.opts.Replicas > 5 {
+		return usagef("--kv-replicas %d: use 1..5", s.opts.Replicas)
+	}
 	return nil
 }
 
@@ -241,50 +275,41 @@ func runStorage(args []string) error {
 	fs := newFlags("storage", "", "Serve one storage node: versions in Pebble under --data, on subjects kv.node.<id>.>.\nIt registers itself with the coordinators (no database credentials needed).")
 	var nf natsFlags
 	nf.register(fs)
-	id := fs.String("id", "", "node id, a subject token such as node-1 (required)")
-	data := fs.String("data", "", "data directory, one per node (required)")
-	fsync := fs.Bool("fsync", true, "fsync each write batch before acknowledging it; false trades durability for speed: acknowledged writes may be lost when the process or the machine crashes (the other replicas and repair still hold them)")
-	vnodes := fs.Int("virtual-nodes", 128, "ring points of this node (more = larger share)")
-	queue := fs.Int("queue-len", 8192, "messages queued per subject; past it the node answers 429 overloaded at once")
-	maxBatch := fs.Int("max-batch", 256, "write messages group-committed together at most")
+	cfg := storage.DefaultConfig()
+	fs.StringVar(&cfg.NodeID, "id", "", "node id, a subject token such as node-1 (required)")
+	fs.StringVar(&cfg.DataDir, "data", "", "data directory, one per node (required)")
+	fs.BoolVar(&cfg.Fsync, "fsync", cfg.Fsync, "fsync each write batch before acknowledging it; false trades durability for speed: acknowledged writes may be lost when the process or the machine crashes (the other replicas and repair still hold them)")
+	fs.IntVar(&cfg.VirtualNodes, "virtual-nodes", cfg.VirtualNodes, "ring points of this node (more = larger share)")
+	fs.IntVar(&cfg.QueueLen, "queue-len", cfg.QueueLen, "messages queued per subject; past it the node answers 429 overloaded at once")
+	fs.IntVar(&cfg.MaxBatch, "max-batch", cfg.MaxBatch, "write messages group-committed together at most")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics (empty: off)")
 	var lf logFlags
 	lf.register(fs)
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	if *id == "" || *data == "" {
+	if cfg.NodeID == "" || cfg.DataDir == "" {
 		return usagef("--id and --data are required")
 	}
-	log, err := lf.logger(os.Stderr)
+	r, err := startRole("quorumkv-storage-"+cfg.NodeID, &nf, &lf)
 	if err != nil {
 		return err
 	}
-	ctx, stop := signalContext()
-	defer stop()
-	scfg := storage.Config{NodeID: *id, DataDir: *data, Fsync: *fsync, VirtualNodes: *vnodes, QueueLen: *queue, MaxBatch: *maxBatch, Logger: log}
-	stopMetrics, err := serveMetrics(ctx, *metricsAddr, log, func(reg prometheus.Registerer) { scfg.Metrics = reg })
+	defer r.close()
+	ctx, log := r.ctx, r.log
+	cfg.Logger = log
+	stopMetrics, err := serveMetrics(ctx, *metricsAddr, log, func(reg prometheus.Registerer) { cfg.Metrics = reg })
 	if err != nil {
 		return err
 	}
 	defer stopMetrics()
-	n, err := storage.Open(scfg)
+	n, err := storage.New(r.nc, cfg)
 	if err != nil {
-		return err
-	}
-	nc, err := nf.connect("quorumkv-storage-"+*id, log)
-	if err != nil {
-		_ = n.Close()
-		return err
-	}
-	defer nc.Close()
-	if err := n.Start(nc); err != nil {
-		_ = n.Close()
 		return err
 	}
 	<-ctx.Done()
 	log.Info("stopping: finishing queued writes, then closing Pebble")
-	return n.Close()
+	return n.Stop()
 }
 
 func runMigrate(args []string) error {

@@ -1,7 +1,10 @@
 // Package devcluster runs a whole quorumkv deployment in one process: an
-// embedded nats-server with JetStream, storage nodes, a coordinator with its
-// stores on JetStream KV, a repair worker, and tenant "default". It backs `quorumkv dev` and
-// the integration tests, so what the tests exercise is what users run.
+// embedded nats-server with JetStream (or the NATS servers it is given),
+// storage nodes, coordinators with their stores, a repair publisher and
+// worker, and tenant "default". It is the one assembly of the components:
+// `quorumkv dev`, the benchmark (on a 3-server cluster) and the
+// integration tests all start from it, so what the tests exercise is what
+// users run.
 package devcluster
 
 import (
@@ -13,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,43 +26,71 @@ import (
 
 	"github.com/quorumkv/quorumkv/client"
 	"github.com/quorumkv/quorumkv/coordinator"
-	"github.com/quorumkv/quorumkv/idempotency"
 	"github.com/quorumkv/quorumkv/internal/wiring"
 	"github.com/quorumkv/quorumkv/metadata"
 	"github.com/quorumkv/quorumkv/repair"
 	"github.com/quorumkv/quorumkv/storage"
 )
 
-// Config configures a dev cluster. Zero values take the defaults shown.
+// Config configures a dev cluster. Start from [DefaultConfig]; a zero field
+// takes the default shown (the component configs take theirs as their
+// packages define: see coordinator.Config and repair.Config).
 type Config struct {
-	Listen        string // NATS client address (127.0.0.1:4222); port 0 picks a free one
+	Listen        string // NATS client address of the embedded server (127.0.0.1:4222); port 0 picks a free one
 	DataDir       string // everything lives below it (./data)
 	Nodes         int    // storage nodes (3)
-	Fsync         bool   // fsync storage writes before acknowledging
+	Fsync         bool   // fsync storage writes before acknowledging (DefaultConfig: true)
 	DefaultTenant string // created with RF min(3, Nodes) if missing ("default"); "-" for none
 	Metadata      string // metadata store: "nats" (default) or a postgres:// URL
 	Idempotency   string // idempotency store: "nats" (default) or a redis:// URL
-	RedisPrefix   string // key prefix in Redis (default "quorumkv:idem:")
-	Coordinator   coordinator.Config
-	Repair        repair.Config // repair streams, publisher and workers
+	RedisPrefix   string // key prefix in Redis (default wiring.DefaultRedisPrefix)
+	// Servers, when set, are client URLs of running NATS servers to deploy
+	// on instead of starting an embedded one (Listen is then unused): the
+	// i-th coordinator, storage node (node-i+1) and repair worker connect
+	// to Servers[i mod len], the stores and the publisher to Servers[0].
+	Servers []string
+	// Replicas are the JetStream replicas of the stores' KV buckets and of
+	// the repair streams (1; 3 on a 3-server cluster).
+	Replicas     int
+	Coordinators int // coordinators started (1)
+	Coordinator  coordinator.Config
+	Repair       repair.Config // repair streams, publisher and workers
 	// Metrics receives every component's Prometheus metrics, labelled by
 	// coordinator index and storage node id; nil records none.
 	Metrics prometheus.Registerer
 	Logger  *slog.Logger
 }
 
+// DefaultConfig is the deployment `quorumkv dev` runs: three storage nodes
+// with fsync, one coordinator and one repair worker with their packages'
+// default settings, stores on JetStream KV, tenant "default".
+func DefaultConfig() Config {
+	return Config{
+		Listen:        "127.0.0.1:4222",
+		DataDir:       "data",
+		Nodes:         3,
+		Fsync:         true,
+		DefaultTenant: "default",
+		Metadata:      "nats",
+		Idempotency:   "nats",
+		Replicas:      1,
+		Coordinators:  1,
+		Coordinator:   coordinator.DefaultConfig(),
+		Repair:        repair.DefaultConfig(),
+	}
+}
+
 // Cluster is a running dev cluster. Stop it with Close.
 type Cluster struct {
 	cfg    Config
 	log    *slog.Logger
-	Server *server.Server
-	URL    string
+	Server *server.Server // the embedded server; nil on Config.Servers
+	URL    string         // a client URL of the (first) server
 
 	mu     sync.Mutex
 	coords []*coordinator.Coordinator
 	nodes  map[string]*nodeProc
-	meta   metadata.Store
-	idem   idempotency.Store
+	stores *wiring.Stores
 	conns  []*nats.Conn
 
 	pub     *repair.Publisher
@@ -73,42 +105,7 @@ type nodeProc struct {
 
 // Start boots the cluster and returns once tenant default answers.
 func Start(ctx context.Context, cfg Config) (*Cluster, error) {
-	if cfg.Listen == "" {
-		cfg.Listen = "127.0.0.1:4222"
-	}
-	if cfg.DataDir == "" {
-		cfg.DataDir = "data"
-	}
-	if cfg.Nodes <= 0 {
-		cfg.Nodes = 3
-	}
-	if cfg.DefaultTenant == "" {
-		cfg.DefaultTenant = "default"
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	host, portText, err := net.SplitHostPort(cfg.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("--listen %q: want HOST:PORT: %w", cfg.Listen, err)
-	}
-	port, err := strconv.Atoi(portText)
-	if err != nil || port < 0 || port > 65535 {
-		return nil, fmt.Errorf("--listen %q: bad port", cfg.Listen)
-	}
-	if port != 0 {
-		// nats-server would only log this; say it plainly instead.
-		l, err := net.Listen("tcp", cfg.Listen)
-		if err != nil {
-			return nil, fmt.Errorf("cannot listen on %s (is another NATS server or quorumkv dev running? pick another with --listen): %w", cfg.Listen, err)
-		}
-		_ = l.Close()
-	} else {
-		port = -1
-	}
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
-		return nil, fmt.Errorf("create data dir: %w", err)
-	}
+	cfg.defaults()
 	c := &Cluster{cfg: cfg, log: cfg.Logger, nodes: make(map[string]*nodeProc)}
 	ok := false
 	defer func() {
@@ -116,55 +113,36 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 			c.Close()
 		}
 	}()
-
-	opts := &server.Options{
-		ServerName: "quorumkv-dev",
-		Host:       host,
-		Port:       port,
-		NoSigs:     true,
-		NoLog:      true,
-		JetStream:  true,
-		StoreDir:   filepath.Join(cfg.DataDir, "nats"),
-		MaxPayload: 4 << 20,
-		MaxPending: 64 << 20,
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
 	}
-	s, err := server.NewServer(opts)
-	if err != nil {
-		return nil, fmt.Errorf("embedded nats-server: %w", err)
+	if len(cfg.Servers) == 0 {
+		s, err := startServer(cfg.Listen, filepath.Join(cfg.DataDir, "nats"))
+		if err != nil {
+			return nil, err
+		}
+		c.Server, c.cfg.Servers = s, []string{s.ClientURL()}
 	}
-	go s.Start()
-	if !s.ReadyForConnections(15 * time.Second) {
-		s.Shutdown()
-		return nil, fmt.Errorf("embedded nats-server on %s did not start within 15s", cfg.Listen)
-	}
-	c.Server, c.URL = s, s.ClientURL()
-
-	nc, err := c.connect("coordinator")
+	c.URL = c.cfg.Servers[0]
+	nc, err := c.connect("stores", 0)
 	if err != nil {
 		return nil, err
 	}
-	if cfg.Metadata == "" {
-		cfg.Metadata = "nats"
-	}
-	if cfg.Idempotency == "" {
-		cfg.Idempotency = "nats"
-	}
-	storeOpts := wiring.StoreOptions{Replicas: 1, Migrate: true, RedisPrefix: cfg.RedisPrefix}
-	if c.meta, err = wiring.OpenMetadata(ctx, cfg.Metadata, nc, storeOpts); err != nil {
+	storeOpts := wiring.StoreOptions{Replicas: cfg.Replicas, Migrate: true, RedisPrefix: cfg.RedisPrefix}
+	if c.stores, err = wiring.OpenStores(ctx, nc, cfg.Metadata, cfg.Idempotency, storeOpts); err != nil {
 		return nil, err
 	}
-	if c.idem, err = wiring.OpenIdempotency(ctx, cfg.Idempotency, nc, storeOpts); err != nil {
-		return nil, err
-	}
-	pnc, err := c.connect("repair-publisher")
+	pnc, err := c.connect("repair-publisher", 0)
 	if err != nil {
 		return nil, err
 	}
 	if c.pub, err = repair.NewPublisher(ctx, pnc, c.repairConfig("publisher")); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("repair publisher: %w", err)
 	}
-	if _, err := c.AddCoordinator(ctx); err != nil {
-		return nil, err
+	for range cfg.Coordinators {
+		if _, err := c.AddCoordinator(ctx); err != nil {
+			return nil, err
+		}
 	}
 	for i := 1; i <= cfg.Nodes; i++ {
 		if err := c.StartNode(NodeID(i)); err != nil {
@@ -186,13 +164,89 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	return c, nil
 }
 
+// defaults fills the zero fields of c from DefaultConfig, except the
+// component configs (their packages default them) and Fsync (a bool).
+func (c *Config) defaults() {
+	d := DefaultConfig()
+	for _, f := range []struct {
+		v   *string
+		def string
+	}{
+		{&c.Listen, d.Listen}, {&c.DataDir, d.DataDir}, {&c.DefaultTenant, d.DefaultTenant},
+		{&c.Metadata, d.Metadata}, {&c.Idempotency, d.Idempotency},
+	} {
+		if *f.v == "" {
+			*f.v = f.def
+		}
+	}
+	for _, f := range []struct {
+		v   *int
+		def int
+	}{
+		{&c.Nodes, d.Nodes}, {&c.Replicas, d.Replicas}, {&c.Coordinators, d.Coordinators},
+	} {
+		if *f.v <= 0 {
+			*f.v = f.def
+		}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// startServer starts the embedded nats-server with JetStream on listen,
+// its store in dir.
+func startServer(listen, dir string) (*server.Server, error) {
+	host, portText, err := net.SplitHostPort(listen)
+	if err != nil {
+		return nil, fmt.Errorf("--listen %q: want HOST:PORT: %w", listen, err)
+	}
+	port, err := strconv.Atoi(portText)
+	if err != nil || port < 0 || port > 65535 {
+		return nil, fmt.Errorf("--listen %q: bad port", listen)
+	}
+	if port != 0 {
+		// nats-server would only log this; say it plainly instead.
+		l, err := net.Listen("tcp", listen)
+		if err != nil {
+			return nil, fmt.Errorf("cannot listen on %s (is another NATS server or quorumkv dev running? pick another with --listen): %w", listen, err)
+		}
+		_ = l.Close()
+	} else {
+		port = -1
+	}
+	opts := &server.Options{
+		ServerName: "quorumkv-dev",
+		Host:       host,
+		Port:       port,
+		NoSigs:     true,
+		NoLog:      true,
+		JetStream:  true,
+		StoreDir:   dir,
+		MaxPayload: 4 << 20,
+		MaxPending: 64 << 20,
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats-server: %w", err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(15 * time.Second) {
+		s.Shutdown()
+		return nil, fmt.Errorf("embedded nats-server on %s did not start within 15s", listen)
+	}
+	return s, nil
+}
+
 // NodeID is the id of the i-th storage node (1-based): node-1, node-2, ….
 func NodeID(i int) string { return "node-" + strconv.Itoa(i) }
 
-func (c *Cluster) connect(name string) (*nats.Conn, error) {
-	nc, err := nats.Connect(c.URL, nats.Name("quorumkv-dev-"+name), nats.MaxReconnects(-1))
+// connect opens a connection named name to server i (mod the servers),
+// closed with the cluster.
+func (c *Cluster) connect(name string, i int) (*nats.Conn, error) {
+	nc, err := c.dial(name, i)
 	if err != nil {
-		return nil, fmt.Errorf("connect %s: %w", name, err)
+		return nil, err
 	}
 	c.mu.Lock()
 	c.conns = append(c.conns, nc)
@@ -200,23 +254,33 @@ func (c *Cluster) connect(name string) (*nats.Conn, error) {
 	return nc, nil
 }
 
+// dial opens a connection named name to server i (mod the servers); the
+// caller closes it.
+func (c *Cluster) dial(name string, i int) (*nats.Conn, error) {
+	nc, err := nats.Connect(c.cfg.Servers[i%len(c.cfg.Servers)], nats.Name("quorumkv-dev-"+name), nats.MaxReconnects(-1))
+	if err != nil {
+		return nil, fmt.Errorf("connect %s: %w", name, err)
+	}
+	return nc, nil
+}
+
 // AddCoordinator starts one more coordinator on its own connection,
-// sharing the cluster's stores.
+// sharing the cluster's stores and repair publisher.
 func (c *Cluster) AddCoordinator(ctx context.Context) (*coordinator.Coordinator, error) {
-	nc, err := c.connect("coordinator")
+	c.mu.Lock()
+	n := len(c.coords)
+	c.mu.Unlock()
+	nc, err := c.connect("coordinator", n)
 	if err != nil {
 		return nil, err
 	}
 	cfg := c.cfg.Coordinator
-	cfg.Metadata, cfg.Idempotency, cfg.Logger = c.meta, c.idem, c.log
+	cfg.Metadata, cfg.Idempotency, cfg.Logger = c.stores.Metadata, c.stores.Idempotency, c.log
 	cfg.Actor = ""
 	if cfg.Repair == nil && c.pub != nil {
 		cfg.Repair = c.pub
 	}
 	if c.cfg.Metrics != nil {
-		c.mu.Lock()
-		n := len(c.coords)
-		c.mu.Unlock()
 		cfg.Metrics = prometheus.WrapRegistererWith(prometheus.Labels{"coordinator": strconv.Itoa(n)}, c.cfg.Metrics)
 	}
 	co, err := coordinator.New(ctx, nc, cfg)
@@ -241,7 +305,8 @@ func (c *Cluster) StopCoordinator(i int) {
 // NodeDir is where storage node id keeps its data.
 func (c *Cluster) NodeDir(id string) string { return filepath.Join(c.cfg.DataDir, id) }
 
-// StartNode starts (or restarts) storage node id on its own connection.
+// StartNode starts (or restarts) storage node id on its own connection, to
+// the server of its number (node-1 to the first).
 func (c *Cluster) StartNode(id string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -252,17 +317,13 @@ func (c *Cluster) StartNode(id string) error {
 	if c.cfg.Metrics != nil {
 		scfg.Metrics = prometheus.WrapRegistererWith(prometheus.Labels{"node": id}, c.cfg.Metrics)
 	}
-	n, err := storage.Open(scfg)
+	i, _ := strconv.Atoi(strings.TrimPrefix(id, "node-"))
+	nc, err := c.dial(id, max(i-1, 0))
 	if err != nil {
 		return err
 	}
-	nc, err := nats.Connect(c.URL, nats.Name("quorumkv-dev-"+id), nats.MaxReconnects(-1))
+	n, err := storage.New(nc, scfg)
 	if err != nil {
-		_ = n.Close()
-		return fmt.Errorf("connect %s: %w", id, err)
-	}
-	if err := n.Start(nc); err != nil {
-		_ = n.Close()
 		nc.Close()
 		return err
 	}
@@ -280,7 +341,7 @@ func (c *Cluster) StopNode(id string) error {
 	if p == nil {
 		return fmt.Errorf("storage node %s is not running", id)
 	}
-	err := p.node.Close()
+	err := p.node.Stop()
 	p.nc.Close()
 	return err
 }
@@ -297,7 +358,7 @@ func (c *Cluster) Node(id string) *storage.Node {
 
 func (c *Cluster) repairConfig(name string) repair.Config {
 	cfg := c.cfg.Repair
-	cfg.Replicas, cfg.Logger, cfg.Name = 1, c.log, "dev-"+name
+	cfg.Replicas, cfg.Logger, cfg.Name = c.cfg.Replicas, c.log, "dev-"+name
 	return cfg
 }
 
@@ -305,15 +366,16 @@ func (c *Cluster) repairConfig(name string) repair.Config {
 func (c *Cluster) StartRepairWorker(ctx context.Context) (*repair.Worker, error) {
 	c.mu.Lock()
 	c.started++
-	name := "worker-" + strconv.Itoa(c.started)
+	n := c.started
 	c.mu.Unlock()
-	nc, err := c.connect("repair-" + name)
+	name := "worker-" + strconv.Itoa(n)
+	nc, err := c.connect("repair-"+name, n)
 	if err != nil {
 		return nil, err
 	}
 	w, err := repair.NewWorker(ctx, nc, c.repairConfig(name))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("repair worker: %w", err)
 	}
 	c.mu.Lock()
 	c.workers = append(c.workers, w)
@@ -337,7 +399,7 @@ func (c *Cluster) StopRepairWorkers() {
 func (c *Cluster) RepairPublisher() *repair.Publisher { return c.pub }
 
 // Metadata is the cluster's metadata store.
-func (c *Cluster) Metadata() metadata.Store { return c.meta }
+func (c *Cluster) Metadata() metadata.Store { return c.stores.Metadata }
 
 // WaitForNodes waits until n storage nodes are registered active and every
 // coordinator's ring has them.
@@ -363,7 +425,7 @@ func (c *Cluster) WaitForNodes(ctx context.Context, n int) error {
 }
 
 func (c *Cluster) ensureTenant(ctx context.Context, id string, rf int) error {
-	nc, err := c.connect("admin")
+	nc, err := c.connect("admin", 0)
 	if err != nil {
 		return err
 	}
@@ -375,7 +437,9 @@ func (c *Cluster) ensureTenant(ctx context.Context, id string, rf int) error {
 	return nil
 }
 
-// Close stops everything in reverse order of start. Safe to call twice.
+// Close stops everything in reverse order of start: coordinators, the
+// repair publisher and workers, storage nodes, the stores, the
+// connections, the embedded server. Safe to call twice.
 func (c *Cluster) Close() {
 	c.mu.Lock()
 	coords := c.coords
@@ -389,22 +453,17 @@ func (c *Cluster) Close() {
 		co.Stop()
 	}
 	if c.pub != nil {
-		c.pub.Close(2 * time.Second)
+		c.pub.Stop()
 	}
 	c.StopRepairWorkers()
 	for id, p := range nodes {
-		if err := p.node.Close(); err != nil {
-			c.log.Warn("close storage node", "node", id, "err", err)
+		if err := p.node.Stop(); err != nil {
+			c.log.Warn("stop storage node", "node", id, "err", err)
 		}
 		p.nc.Close()
 	}
-	if c.idem != nil {
-		_ = c.idem.Close()
-		c.idem = nil
-	}
-	if c.meta != nil {
-		_ = c.meta.Close()
-		c.meta = nil
+	if c.stores != nil {
+		c.stores.Close()
 	}
 	for _, nc := range conns {
 		nc.Close()

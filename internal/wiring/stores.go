@@ -21,10 +21,14 @@ import (
 	"github.com/quorumkv/quorumkv/schema"
 )
 
+// DefaultRedisPrefix is the key prefix of the idempotency store in Redis
+// unless StoreOptions.RedisPrefix names another.
+const DefaultRedisPrefix = "quorumkv:idem:"
+
 // StoreOptions are the knobs shared by the JetStream-backed stores.
 type StoreOptions struct {
 	Replicas    int    // JetStream replicas of the KV buckets (1 for one server, 3 for a cluster)
-	RedisPrefix string // key prefix in Redis; default "quorumkv:idem:"
+	RedisPrefix string // key prefix in Redis; default DefaultRedisPrefix
 	Migrate     bool   // apply PostgreSQL migrations before opening
 	// IdempotencyTTL is how long completed responses are kept; the
 	// JetStream bucket's MaxAge (0 = idempotency.DefaultTTL).
@@ -69,11 +73,47 @@ func OpenIdempotency(ctx context.Context, spec string, nc *nats.Conn, opts Store
 	case strings.HasPrefix(spec, "redis://"), strings.HasPrefix(spec, "rediss://"):
 		prefix := opts.RedisPrefix
 		if prefix == "" {
-			prefix = "quorumkv:idem:"
+			prefix = DefaultRedisPrefix
 		}
 		return idemredis.Open(spec, prefix)
 	}
 	return nil, fmt.Errorf("--idempotency %q: use nats or a redis:// URL", spec)
+}
+
+// Stores are the two stores every coordinator needs. The coordinators
+// given them use them; the owner of Stores closes them, after those
+// coordinators stopped.
+type Stores struct {
+	Metadata    metadata.Store
+	Idempotency idempotency.Store
+}
+
+// OpenStores opens the metadata store named by meta and the idempotency
+// store named by idem (see OpenMetadata and OpenIdempotency). On error
+// nothing stays open, and the error names the store that failed.
+func OpenStores(ctx context.Context, nc *nats.Conn, meta, idem string, opts StoreOptions) (*Stores, error) {
+	ms, err := OpenMetadata(ctx, meta, nc, opts)
+	if err != nil {
+		return nil, fmt.Errorf("metadata store: %w", err)
+	}
+	is, err := OpenIdempotency(ctx, idem, nc, opts)
+	if err != nil {
+		_ = ms.Close()
+		return nil, fmt.Errorf("idempotency store: %w", err)
+	}
+	return &Stores{Metadata: ms, Idempotency: is}, nil
+}
+
+// Close closes both stores. Safe to call more than once.
+func (s *Stores) Close() {
+	if s.Idempotency != nil {
+		_ = s.Idempotency.Close()
+		s.Idempotency = nil
+	}
+	if s.Metadata != nil {
+		_ = s.Metadata.Close()
+		s.Metadata = nil
+	}
 }
 
 // Attempts and per-attempt timeout of retry.
