@@ -63,6 +63,12 @@ func (c *Coordinator) adminCall(h func(ctx context.Context, body func(v any) err
 	}
 }
 
+// wireTenant and wireNode are the admin API's records of a tenant and a
+// node. The metadata records and the wire records have the same fields, so
+// these are conversions, and the compiler refuses them if the two drift.
+func wireTenant(t metadata.Tenant) subjects.Tenant { return subjects.Tenant(t) }
+func wireNode(n metadata.Node) subjects.Node       { return subjects.Node(n) }
+
 // adminError maps metadata errors to wire errors.
 func adminError(err error) error {
 	var e *subjects.Error
@@ -97,7 +103,7 @@ func (c *Coordinator) tenantCreate(ctx context.Context, body func(any) error) (a
 		return nil, err
 	}
 	c.tenantChanged(created, false)
-	return created, nil
+	return wireTenant(created), nil
 }
 
 func applyTenantFields(t *metadata.Tenant, req *subjects.TenantRequest) {
@@ -170,7 +176,11 @@ func (c *Coordinator) tenantGet(ctx context.Context, body func(any) error) (any,
 	if err != nil {
 		return nil, err
 	}
-	return c.getTenant(ctx, req.TenantID)
+	t, err := c.getTenant(ctx, req.TenantID)
+	if err != nil {
+		return nil, err
+	}
+	return wireTenant(t), nil
 }
 
 func (c *Coordinator) tenantList(ctx context.Context, _ func(any) error) (any, error) {
@@ -178,7 +188,11 @@ func (c *Coordinator) tenantList(ctx context.Context, _ func(any) error) (any, e
 	if err != nil {
 		return nil, err
 	}
-	return subjects.TenantList{Tenants: ts}, nil
+	l := subjects.TenantList{Tenants: make([]subjects.Tenant, 0, len(ts))}
+	for _, t := range ts {
+		l.Tenants = append(l.Tenants, wireTenant(t))
+	}
+	return l, nil
 }
 
 func (c *Coordinator) tenantUpdate(ctx context.Context, body func(any) error) (any, error) {
@@ -208,7 +222,7 @@ func (c *Coordinator) tenantUpdate(ctx context.Context, body func(any) error) (a
 		return nil, err
 	}
 	c.tenantChanged(updated, false)
-	return updated, nil
+	return wireTenant(updated), nil
 }
 
 func (c *Coordinator) tenantDelete(ctx context.Context, body func(any) error) (any, error) {
@@ -324,7 +338,7 @@ func (c *Coordinator) nodeRegister(ctx context.Context, body func(any) error) (a
 		c.log.Info("storage node registered", "node", n.ID, "status", n.Status, "epoch", n.Epoch)
 		c.ringChanged()
 	}
-	return n, nil
+	return wireNode(n), nil
 }
 
 // ringChanged reloads this coordinator's ring and tells the others.
@@ -340,7 +354,11 @@ func (c *Coordinator) nodeList(ctx context.Context, _ func(any) error) (any, err
 	if err != nil {
 		return nil, err
 	}
-	return subjects.NodeList{Nodes: ns}, nil
+	l := subjects.NodeList{Nodes: make([]subjects.Node, 0, len(ns))}
+	for _, n := range ns {
+		l.Nodes = append(l.Nodes, wireNode(n))
+	}
+	return l, nil
 }
 
 func (c *Coordinator) nodeDrain(ctx context.Context, body func(any) error) (any, error) {
@@ -358,7 +376,7 @@ func (c *Coordinator) nodeDrain(ctx context.Context, body func(any) error) (any,
 		return nil, err
 	}
 	c.ringChanged()
-	return n, nil
+	return wireNode(n), nil
 }
 
 // checkCapacity refuses a change that would leave fewer active nodes than a
