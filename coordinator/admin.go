@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/metadata"
 	"github.com/quorumkv/quorumkv/subjects"
 )
@@ -47,12 +48,12 @@ func (c *Coordinator) adminCall(h func(ctx context.Context, body func(v any) err
 	return func(req micro.Request) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		isJSON := subjects.IsJSONHeader(req.Headers())
+		isJSON := wire.IsJSONHeader(req.Headers())
 		body := func(v any) error {
 			if len(req.Data()) == 0 {
 				return nil
 			}
-			return subjects.Unmarshal(isJSON, req.Data(), v)
+			return wire.Unmarshal(isJSON, req.Data(), v)
 		}
 		res, err := h(ctx, body)
 		if err != nil {

@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/metrics"
 	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/subjects"
@@ -310,7 +311,7 @@ func (n *Node) applyWriteMsgs(msgs []*nats.Msg) {
 	counts := make([]int, len(msgs)) // items per message; -1 = undecodable
 	for i, m := range msgs {
 		var b subjects.NodeWriteBatch
-		if err := subjects.UnmarshalNodeWriteBatch(m.Data, &b); err != nil || b.Proto != subjects.NodeProtocolVersion {
+		if err := wire.UnmarshalNodeWriteBatch(m.Data, &b); err != nil || b.Proto != subjects.NodeProtocolVersion {
 			counts[i] = -1
 			n.respondError(m, fmt.Sprintf("bad write batch (proto %d): %v", b.Proto, err))
 			continue
@@ -362,7 +363,7 @@ func (n *Node) serveRead(m *nats.Msg) {
 
 func (n *Node) handleRead(m *nats.Msg) {
 	var b subjects.NodeReadBatch
-	if err := subjects.UnmarshalNodeReadBatch(m.Data, &b); err != nil || b.Proto != subjects.NodeProtocolVersion {
+	if err := wire.UnmarshalNodeReadBatch(m.Data, &b); err != nil || b.Proto != subjects.NodeProtocolVersion {
 		n.respondError(m, fmt.Sprintf("bad read batch (proto %d): %v", b.Proto, err))
 		return
 	}
@@ -406,9 +407,9 @@ func (n *Node) handleRead(m *nats.Msg) {
 }
 
 func (n *Node) handleDump(m *nats.Msg) {
-	isJSON := subjects.IsJSON(m.Header.Get(subjects.ContentType))
+	isJSON := wire.IsJSON(m.Header.Get(subjects.ContentType))
 	var req subjects.DumpRequest
-	if err := subjects.Unmarshal(isJSON, m.Data, &req); err != nil {
+	if err := wire.Unmarshal(isJSON, m.Data, &req); err != nil {
 		n.respondError(m, err.Error())
 		return
 	}
@@ -431,7 +432,7 @@ func (n *Node) handleDump(m *nats.Msg) {
 		n.respondError(m, err.Error())
 		return
 	}
-	data, err := subjects.Marshal(isJSON, subjects.DumpReply{NodeID: n.cfg.NodeID, Entries: entries, More: more})
+	data, err := wire.Marshal(isJSON, subjects.DumpReply{NodeID: n.cfg.NodeID, Entries: entries, More: more})
 	if err != nil {
 		n.respondError(m, err.Error())
 		return
