@@ -368,11 +368,7 @@ func (c *Coordinator) respondError(req micro.Request, err error) {
 		e = subjects.Errorf(subjects.KindInternal, "internal error; see the coordinator's log")
 	}
 	body, _ := wire.Marshal(isJSON, e)
-	m := &nats.Msg{Data: body, Header: nats.Header{
-		subjects.ErrorHeader:     []string{e.Description()},
-		subjects.ErrorCodeHeader: []string{fmt.Sprint(int(e.Code))},
-		subjects.KindHeader:      []string{e.Kind},
-	}}
+	m := &nats.Msg{Data: body, Header: e.Headers()}
 	c.reply(req, m, isJSON)
 }
 

@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -203,11 +202,7 @@ func (n *Node) respondOverloaded(m *nats.Msg, queued int) {
 	if m.Reply == "" {
 		return
 	}
-	resp := nats.NewMsg(m.Reply)
-	resp.Header.Set(subjects.ErrorHeader, e.Description())
-	resp.Header.Set(subjects.ErrorCodeHeader, strconv.Itoa(int(e.Code)))
-	resp.Header.Set(subjects.KindHeader, e.Kind)
-	_ = m.RespondMsg(resp)
+	_ = m.RespondMsg(&nats.Msg{Subject: m.Reply, Header: e.Headers()})
 }
 
 func (n *Node) unsubscribeLocked() {
@@ -473,11 +468,8 @@ func (n *Node) respondError(m *nats.Msg, desc string) {
 	if m.Reply == "" {
 		return
 	}
-	resp := nats.NewMsg(m.Reply)
-	resp.Header.Set(subjects.ErrorHeader, subjects.KindInvalid+": "+desc)
-	resp.Header.Set(subjects.ErrorCodeHeader, "400")
-	resp.Header.Set(subjects.KindHeader, subjects.KindInvalid)
-	_ = m.RespondMsg(resp)
+	e := subjects.Errorf(subjects.KindInvalid, "%s", desc)
+	_ = m.RespondMsg(&nats.Msg{Subject: m.Reply, Header: e.Headers()})
 }
 
 // registerLoop registers the node through the admin API until a coordinator

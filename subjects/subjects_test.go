@@ -131,3 +131,26 @@ func TestMaxStateBytes(t *testing.T) {
 		t.Errorf("cap at 4 MiB is %d, documented 2048000", got)
 	}
 }
+
+// TestErrorHeaders: Headers writes what the servers wrote by hand before
+// it existed (micro's two headers and the kind), and ErrorFromHeaders
+// reads every kind back unchanged.
+func TestErrorHeaders(t *testing.T) {
+	e := Errorf(KindInvalid, "bad %s", "batch")
+	h := e.Headers()
+	want := map[string]string{ErrorHeader: "invalid: bad batch", ErrorCodeHeader: "400", KindHeader: KindInvalid}
+	if len(h) != len(want) {
+		t.Fatalf("headers %v, want %v", h, want)
+	}
+	for k, v := range want {
+		if got := h[k]; len(got) != 1 || got[0] != v {
+			t.Errorf("%s: %q, want %q", k, got, v)
+		}
+	}
+	for _, k := range []string{KindInvalid, KindNoSuchTenant, KindExists, KindTooManySiblings, KindTooLarge, KindOverloaded, KindUnavailable, KindTimeout, KindInternal, KindIdempotencyMismatch} {
+		e := Errorf(k, "message: with %s", "colons")
+		if back := ErrorFromHeaders(e.Headers().Get); back == nil || *back != *e {
+			t.Errorf("%s: round trip %+v, want %+v", k, back, e)
+		}
+	}
+}
