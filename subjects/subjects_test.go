@@ -18,6 +18,10 @@ func TestSubjectBuilders(t *testing.T) {
 		Repair("acme"):                    "kv.repair.acme",
 		AdminTenantCreate:                 "kv.v1.admin.tenant.create",
 		AdminNodeRegister:                 "kv.v1.admin.node.register",
+		RepairAll:                         "kv.repair.*",
+		RepairDead("acme"):                "kv.repair.dead.acme",
+		RepairDeadAll:                     "kv.repair.dead.*",
+		RepairWorkersStats:                "kv.repair.workers.stats",
 	}
 	for got, want := range cases {
 		if got != want {
