@@ -1,7 +1,10 @@
 // Package subjects is quorumkv's wire contract: the NATS subjects every
-// process speaks on, the messages they carry, the error codes, and the
-// protocol version. docs/PROTOCOL.md describes the same contract for people
-// writing clients in other languages.
+// process speaks on (this file lists all of them), the messages they
+// carry, the error codes and how errors travel, the limits, and the
+// protocol versions. docs/PROTOCOL.md describes the same contract for
+// people writing clients in other languages. The codec that turns these
+// messages into bytes is internal/wire; this package defines what the
+// bytes mean.
 //
 // Client-facing messages are msgpack maps whose field names equal the JSON
 // names; a request carrying the header Content-Type: application/json is
