@@ -19,6 +19,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/subjects"
 )
 
@@ -207,7 +208,7 @@ func (c *Client) do(ctx context.Context, subject string, req *subjects.Request, 
 
 // request sends v as msgpack to subject and decodes the reply into out.
 func request(ctx context.Context, nc *nats.Conn, subject string, v, out any) error {
-	data, err := subjects.Marshal(false, v)
+	data, err := wire.Marshal(false, v)
 	if err != nil {
 		return fmt.Errorf("%w: encode request: %v", ErrInvalid, err)
 	}
@@ -223,7 +224,7 @@ func request(ctx context.Context, nc *nats.Conn, subject string, v, out any) err
 	if e := subjects.ErrorFromHeaders(msg.Header.Get); e != nil {
 		return &Error{Code: int(e.Code), Kind: e.Kind, Message: e.Message}
 	}
-	if err := subjects.Unmarshal(false, msg.Data, out); err != nil {
+	if err := wire.Unmarshal(false, msg.Data, out); err != nil {
 		return fmt.Errorf("quorumkv: decode reply from %s: %w", subject, err)
 	}
 	return nil

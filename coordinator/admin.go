@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/metadata"
 	"github.com/quorumkv/quorumkv/subjects"
 )
@@ -47,12 +48,12 @@ func (c *Coordinator) adminCall(h func(ctx context.Context, body func(v any) err
 	return func(req micro.Request) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		isJSON := subjects.IsJSONHeader(req.Headers())
+		isJSON := wire.IsJSONHeader(req.Headers())
 		body := func(v any) error {
 			if len(req.Data()) == 0 {
 				return nil
 			}
-			return subjects.Unmarshal(isJSON, req.Data(), v)
+			return wire.Unmarshal(isJSON, req.Data(), v)
 		}
 		res, err := h(ctx, body)
 		if err != nil {
@@ -62,6 +63,12 @@ func (c *Coordinator) adminCall(h func(ctx context.Context, body func(v any) err
 		c.respond(req, res)
 	}
 }
+
+// wireTenant and wireNode are the admin API's records of a tenant and a
+// node. The metadata records and the wire records have the same fields, so
+// these are conversions, and the compiler refuses them if the two drift.
+func wireTenant(t metadata.Tenant) subjects.Tenant { return subjects.Tenant(t) }
+func wireNode(n metadata.Node) subjects.Node       { return subjects.Node(n) }
 
 // adminError maps metadata errors to wire errors.
 func adminError(err error) error {
@@ -97,7 +104,7 @@ func (c *Coordinator) tenantCreate(ctx context.Context, body func(any) error) (a
 		return nil, err
 	}
 	c.tenantChanged(created, false)
-	return created, nil
+	return wireTenant(created), nil
 }
 
 func applyTenantFields(t *metadata.Tenant, req *subjects.TenantRequest) {
@@ -170,7 +177,11 @@ func (c *Coordinator) tenantGet(ctx context.Context, body func(any) error) (any,
 	if err != nil {
 		return nil, err
 	}
-	return c.getTenant(ctx, req.TenantID)
+	t, err := c.getTenant(ctx, req.TenantID)
+	if err != nil {
+		return nil, err
+	}
+	return wireTenant(t), nil
 }
 
 func (c *Coordinator) tenantList(ctx context.Context, _ func(any) error) (any, error) {
@@ -178,7 +189,11 @@ func (c *Coordinator) tenantList(ctx context.Context, _ func(any) error) (any, e
 	if err != nil {
 		return nil, err
 	}
-	return subjects.TenantList{Tenants: ts}, nil
+	l := subjects.TenantList{Tenants: make([]subjects.Tenant, 0, len(ts))}
+	for _, t := range ts {
+		l.Tenants = append(l.Tenants, wireTenant(t))
+	}
+	return l, nil
 }
 
 func (c *Coordinator) tenantUpdate(ctx context.Context, body func(any) error) (any, error) {
@@ -208,7 +223,7 @@ func (c *Coordinator) tenantUpdate(ctx context.Context, body func(any) error) (a
 		return nil, err
 	}
 	c.tenantChanged(updated, false)
-	return updated, nil
+	return wireTenant(updated), nil
 }
 
 func (c *Coordinator) tenantDelete(ctx context.Context, body func(any) error) (any, error) {
@@ -324,7 +339,7 @@ func (c *Coordinator) nodeRegister(ctx context.Context, body func(any) error) (a
 		c.log.Info("storage node registered", "node", n.ID, "status", n.Status, "epoch", n.Epoch)
 		c.ringChanged()
 	}
-	return n, nil
+	return wireNode(n), nil
 }
 
 // ringChanged reloads this coordinator's ring and tells the others.
@@ -340,7 +355,11 @@ func (c *Coordinator) nodeList(ctx context.Context, _ func(any) error) (any, err
 	if err != nil {
 		return nil, err
 	}
-	return subjects.NodeList{Nodes: ns}, nil
+	l := subjects.NodeList{Nodes: make([]subjects.Node, 0, len(ns))}
+	for _, n := range ns {
+		l.Nodes = append(l.Nodes, wireNode(n))
+	}
+	return l, nil
 }
 
 func (c *Coordinator) nodeDrain(ctx context.Context, body func(any) error) (any, error) {
@@ -358,7 +377,7 @@ func (c *Coordinator) nodeDrain(ctx context.Context, body func(any) error) (any,
 		return nil, err
 	}
 	c.ringChanged()
-	return n, nil
+	return wireNode(n), nil
 }
 
 // checkCapacity refuses a change that would leave fewer active nodes than a

@@ -14,6 +14,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/quorumkv/quorumkv/client"
+	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/subjects"
 )
 
@@ -113,7 +114,7 @@ func TestBadInputAnswers4xxAndWritesNothing(t *testing.T) {
 			}
 			// The body carries the same error, in the request's encoding.
 			var e subjects.Error
-			if err := subjects.Unmarshal(tc.json, data, &e); err != nil || fmt.Sprint(int(e.Code)) != tc.code || e.Kind != tc.kind {
+			if err := wire.Unmarshal(tc.json, data, &e); err != nil || fmt.Sprint(int(e.Code)) != tc.code || e.Kind != tc.kind {
 				t.Fatalf("error body %q (%v), want code %s kind %s", data, err, tc.code, tc.kind)
 			}
 		})

@@ -16,6 +16,7 @@ import (
 	"github.com/quorumkv/quorumkv/client"
 	"github.com/quorumkv/quorumkv/coordinator"
 	"github.com/quorumkv/quorumkv/internal/devcluster"
+	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/internal/wiring"
 	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
@@ -43,12 +44,12 @@ func addCoordinator(t *testing.T, c *devcluster.Cluster, cfg coordinator.Config)
 func nodeWrite(t *testing.T, nc *nats.Conn, node, tenant, key string, v vclock.Version) {
 	t.Helper()
 	b := subjects.NodeWriteBatch{Proto: subjects.NodeProtocolVersion, Items: []subjects.NodeWrite{{ID: 1, Tenant: tenant, Key: key, LWW: &v}}}
-	m, err := nc.Request(subjects.StorageNode(node, subjects.NodeOpWrite), subjects.MarshalNodeWriteBatch(nil, &b), 5*time.Second)
+	m, err := nc.Request(subjects.StorageNode(node, subjects.NodeOpWrite), wire.MarshalNodeWriteBatch(nil, &b), 5*time.Second)
 	if err != nil {
 		t.Fatalf("write to %s: %v", node, err)
 	}
 	var r subjects.NodeWriteReply
-	if err := subjects.UnmarshalNodeWriteReply(m.Data, &r); err != nil || len(r.Results) != 1 || r.Results[0].Err != "" {
+	if err := wire.UnmarshalNodeWriteReply(m.Data, &r); err != nil || len(r.Results) != 1 || r.Results[0].Err != "" {
 		t.Fatalf("write to %s: %v %+v", node, err, r)
 	}
 }

@@ -26,6 +26,7 @@ import (
 
 	"github.com/quorumkv/quorumkv/idempotency"
 	"github.com/quorumkv/quorumkv/internal/settings"
+	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/metadata"
 	"github.com/quorumkv/quorumkv/metrics"
 	"github.com/quorumkv/quorumkv/subjects"
@@ -390,18 +391,14 @@ func (c *Coordinator) Stop() {
 // respondError answers req with err as a wire error, in micro's error
 // headers. Internal errors are logged; the client sees only their class.
 func (c *Coordinator) respondError(req micro.Request, err error) {
-	isJSON := subjects.IsJSONHeader(req.Headers())
+	isJSON := wire.IsJSONHeader(req.Headers())
 	var e *subjects.Error
 	if !errors.As(err, &e) {
 		c.log.Error("internal error", "subject", req.Subject(), "err", err)
 		e = subjects.Errorf(subjects.KindInternal, "internal error; see the coordinator's log")
 	}
-	body, _ := subjects.Marshal(isJSON, e)
-	m := &nats.Msg{Data: body, Header: nats.Header{
-		subjects.ErrorHeader:     []string{e.Description()},
-		subjects.ErrorCodeHeader: []string{fmt.Sprint(int(e.Code))},
-		subjects.KindHeader:      []string{e.Kind},
-	}}
+	body, _ := wire.Marshal(isJSON, e)
+	m := &nats.Msg{Data: body, Header: e.Headers()}
 	c.reply(req, m, isJSON)
 }
 
@@ -410,8 +407,8 @@ const replyHeaderRoom = 4 << 10
 
 // respond answers req with v in the request's encoding.
 func (c *Coordinator) respond(req micro.Request, v any) {
-	isJSON := subjects.IsJSONHeader(req.Headers())
-	data, err := subjects.Marshal(isJSON, v)
+	isJSON := wire.IsJSONHeader(req.Headers())
+	data, err := wire.Marshal(isJSON, v)
 	if err != nil {
 		c.respondError(req, fmt.Errorf("encode reply: %w", err))
 		return

@@ -17,6 +17,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/quorumkv/quorumkv/idempotency"
+	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/metadata"
 	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
@@ -115,9 +116,9 @@ func errorKind(err error) string {
 
 // decodeDataRequest decodes and checks everything that needs no tenant.
 func decodeDataRequest(req micro.Request, op string) (*dataRequest, error) {
-	isJSON := subjects.IsJSONHeader(req.Headers())
+	isJSON := wire.IsJSONHeader(req.Headers())
 	r := &dataRequest{}
-	if err := subjects.Unmarshal(isJSON, req.Data(), &r.Request); err != nil {
+	if err := wire.Unmarshal(isJSON, req.Data(), &r.Request); err != nil {
 		return nil, err
 	}
 	switch {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/metrics"
 	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
@@ -420,15 +421,15 @@ const maxPooledBatch = 1 << 20
 // encode appends the batch message of items to dst.
 func (f *fanout) encode(dst []byte, op string, items []item) []byte {
 	if op == subjects.NodeOpWrite {
-		dst = subjects.AppendNodeWriteBatchHeader(dst, subjects.NodeProtocolVersion, len(items))
+		dst = wire.AppendNodeWriteBatchHeader(dst, subjects.NodeProtocolVersion, len(items))
 		for i := range items {
-			dst = subjects.AppendNodeWrite(dst, &items[i].write)
+			dst = wire.AppendNodeWrite(dst, &items[i].write)
 		}
 		return dst
 	}
-	dst = subjects.AppendNodeReadBatchHeader(dst, subjects.NodeProtocolVersion, len(items))
+	dst = wire.AppendNodeReadBatchHeader(dst, subjects.NodeProtocolVersion, len(items))
 	for i := range items {
-		dst = subjects.AppendNodeRead(dst, &items[i].read)
+		dst = wire.AppendNodeRead(dst, &items[i].read)
 	}
 	return dst
 }
@@ -478,7 +479,7 @@ func (f *fanout) onReply(m *nats.Msg) {
 	switch b.q.op {
 	case subjects.NodeOpWrite:
 		var r subjects.NodeWriteReply
-		if err := subjects.UnmarshalNodeWriteReply(m.Data, &r); err != nil {
+		if err := wire.UnmarshalNodeWriteReply(m.Data, &r); err != nil {
 			f.finish(bid, fmt.Errorf("bad reply from %s: %w", b.q.node, err))
 			return
 		}
@@ -498,7 +499,7 @@ func (f *fanout) onReply(m *nats.Msg) {
 			f.observeRead(time.Since(b.sent))
 		}
 		var r subjects.NodeReadReply
-		if err := subjects.UnmarshalNodeReadReply(m.Data, &r); err != nil {
+		if err := wire.UnmarshalNodeReadReply(m.Data, &r); err != nil {
 			f.finish(bid, fmt.Errorf("bad reply from %s: %w", b.q.node, err))
 			return
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/quorumkv/quorumkv/client"
 	"github.com/quorumkv/quorumkv/coordinator"
 	"github.com/quorumkv/quorumkv/internal/devcluster"
+	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/subjects"
 )
 
@@ -29,7 +30,7 @@ func spyReads(t *testing.T, c *devcluster.Cluster, nodes ...string) *readSpy {
 		s.items[node] = n
 		if _, err := nc.Subscribe(subjects.StorageNode(node, subjects.NodeOpRead), func(m *nats.Msg) {
 			var b subjects.NodeReadBatch
-			if err := subjects.UnmarshalNodeReadBatch(m.Data, &b); err == nil {
+			if err := wire.UnmarshalNodeReadBatch(m.Data, &b); err == nil {
 				n.Add(int64(len(b.Items)))
 			}
 		}); err != nil {

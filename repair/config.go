@@ -33,21 +33,16 @@ import (
 	"github.com/quorumkv/quorumkv/internal/settings"
 )
 
-// Names of the JetStream objects. The work stream takes kv.repair.<tenant>
-// (one token after the prefix) and the dead-letter stream
-// kv.repair.dead.<tenant> (two tokens), so the two never overlap although
-// both live under kv.repair.>, which is what a repair role's permissions
-// name. A tenant called "dead" is no problem: its work subject
-// kv.repair.dead has one token too few for the dead-letter stream.
+// Names of the JetStream objects. Their subjects are in package subjects:
+// the work stream takes subjects.RepairAll, the dead-letter stream
+// subjects.RepairDeadAll.
 const (
 	StreamName     = "KV_REPAIR"
 	DeadStreamName = "KV_REPAIR_DEAD"
 	ConsumerName   = "repair-workers"
-	WorkSubjects   = "kv.repair.*"     // kv.repair.<tenant>
-	DeadPrefix     = "kv.repair.dead"  // kv.repair.dead.<tenant>
-	DeadSubjects   = DeadPrefix + ".*" //
 	ServiceName    = "quorumkv-repair" // nats micro service of the workers (stats)
-	statsSubject   = "kv.repair.workers.stats"
+	// advisoryPrefix is the NATS server's advisory of a message that
+	// exhausted its deliveries (not a quorumkv subject).
 	advisoryPrefix = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 )
 
@@ -58,9 +53,6 @@ const (
 	HeaderStreamSeq  = "Kv-Repair-Stream-Seq" // sequence in KV_REPAIR
 	HeaderSubject    = "Kv-Repair-Subject"    // the original subject
 )
-
-// DeadSubject is the dead-letter subject of tenant.
-func DeadSubject(tenant string) string { return DeadPrefix + "." + tenant }
 
 // ErrConfigMismatch is wrapped by Ensure's error when an existing stream or
 // consumer differs from the configuration asked for.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/subjects"
 )
 
@@ -28,7 +29,7 @@ func Encode(r *subjects.RepairRequest) ([]byte, error) {
 // Decode decodes and checks a repair request. It never panics.
 func Decode(data []byte) (*subjects.RepairRequest, error) {
 	var r subjects.RepairRequest
-	if err := subjects.Unmarshal(false, data, &r); err != nil {
+	if err := wire.Unmarshal(false, data, &r); err != nil {
 		return nil, fmt.Errorf("repair: decode request: %w", err)
 	}
 	if err := check(&r); err != nil {

@@ -9,6 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/quorumkv/quorumkv/subjects"
 )
 
 // JetStream error codes that mean "cannot place this many replicas".
@@ -59,7 +61,7 @@ func workStreamConfig(cfg *Config) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        StreamName,
 		Description: "quorumkv repair requests (read repair and hinted handoff), consumed by the repair workers",
-		Subjects:    []string{WorkSubjects},
+		Subjects:    []string{subjects.RepairAll},
 		Retention:   jetstream.WorkQueuePolicy,
 		Storage:     jetstream.FileStorage,
 		Replicas:    cfg.Replicas,
@@ -72,7 +74,7 @@ func deadStreamConfig(cfg *Config) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        DeadStreamName,
 		Description: "quorumkv repair requests that exhausted their deliveries; see docs/REPAIR.md to inspect and replay",
-		Subjects:    []string{DeadSubjects},
+		Subjects:    []string{subjects.RepairDeadAll},
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
 		Replicas:    cfg.Replicas,
@@ -90,7 +92,7 @@ func consumerConfig(cfg *Config) jetstream.ConsumerConfig {
 		AckWait:       cfg.AckWait,
 		MaxDeliver:    cfg.MaxDeliver,
 		MaxAckPending: cfg.MaxAckPending,
-		FilterSubject: WorkSubjects,
+		FilterSubject: subjects.RepairAll,
 	}
 }
 

@@ -132,7 +132,7 @@ func (w *Worker) addService() error {
 	}
 	err = svc.AddEndpoint("stats", micro.HandlerFunc(func(req micro.Request) {
 		_ = req.RespondJSON(w.Stats())
-	}), micro.WithEndpointSubject(statsSubject))
+	}), micro.WithEndpointSubject(subjects.RepairWorkersStats))
 	if err != nil {
 		_ = svc.Stop()
 		return fmt.Errorf("repair: add stats endpoint: %w", err)
@@ -490,7 +490,7 @@ func (w *Worker) deadLetter(ctx context.Context, subject string, data []byte, hd
 	if !validToken(tenant) {
 		tenant = "_invalid"
 	}
-	m := nats.NewMsg(DeadSubject(tenant))
+	m := nats.NewMsg(subjects.RepairDead(tenant))
 	m.Data = data
 	for k, v := range hdr {
 		if !strings.HasPrefix(k, "Nats-") {

@@ -16,6 +16,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/metrics"
 	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
@@ -304,7 +305,7 @@ func sameKeyBefore(writes []subjects.NodeWrite, i, j int) int {
 // [nil, state]. TestRecordEncoding holds both to the library.
 func encodeRecord(dst []byte, rec *record) ([]byte, error) {
 	if rec.DVV == nil {
-		return subjects.AppendVersion(append(dst, 0x91), rec.LWW), nil
+		return wire.AppendVersion(append(dst, 0x91), rec.LWW), nil
 	}
 	b, err := msgpack.Marshal(rec)
 	return append(dst, b...), err
@@ -317,7 +318,7 @@ func decodeRecord(data []byte) (record, error) { return decodeRecordCopy(data, t
 // aliases data.
 func decodeRecordCopy(data []byte, copyValue bool) (record, error) {
 	if len(data) > 0 && data[0] == 0x91 {
-		if v, rest, ok := subjects.DecodeVersion(data[1:]); ok && len(rest) == 0 {
+		if v, rest, ok := wire.DecodeVersion(data[1:]); ok && len(rest) == 0 {
 			if copyValue && v != nil && v.Value != nil {
 				v.Value = bytes.Clone(v.Value)
 			}

@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +26,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/quorumkv/quorumkv/internal/settings"
+	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/metrics"
 	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/subjects"
@@ -241,11 +241,7 @@ func (n *Node) respondOverloaded(m *nats.Msg, queued int) {
 	if m.Reply == "" {
 		return
 	}
-	resp := nats.NewMsg(m.Reply)
-	resp.Header.Set(subjects.ErrorHeader, e.Description())
-	resp.Header.Set(subjects.ErrorCodeHeader, strconv.Itoa(int(e.Code)))
-	resp.Header.Set(subjects.KindHeader, e.Kind)
-	_ = m.RespondMsg(resp)
+	_ = m.RespondMsg(&nats.Msg{Subject: m.Reply, Header: e.Headers()})
 }
 
 func (n *Node) unsubscribeLocked() {
@@ -350,7 +346,7 @@ func (n *Node) applyWriteMsgs(msgs []*nats.Msg) {
 	counts := make([]int, len(msgs)) // items per message; -1 = undecodable
 	for i, m := range msgs {
 		var b subjects.NodeWriteBatch
-		if err := subjects.UnmarshalNodeWriteBatch(m.Data, &b); err != nil || b.Proto != subjects.NodeProtocolVersion {
+		if err := wire.UnmarshalNodeWriteBatch(m.Data, &b); err != nil || b.Proto != subjects.NodeProtocolVersion {
 			counts[i] = -1
 			n.respondError(m, fmt.Sprintf("bad write batch (proto %d): %v", b.Proto, err))
 			continue
@@ -402,7 +398,7 @@ func (n *Node) serveRead(m *nats.Msg) {
 
 func (n *Node) handleRead(m *nats.Msg) {
 	var b subjects.NodeReadBatch
-	if err := subjects.UnmarshalNodeReadBatch(m.Data, &b); err != nil || b.Proto != subjects.NodeProtocolVersion {
+	if err := wire.UnmarshalNodeReadBatch(m.Data, &b); err != nil || b.Proto != subjects.NodeProtocolVersion {
 		n.respondError(m, fmt.Sprintf("bad read batch (proto %d): %v", b.Proto, err))
 		return
 	}
@@ -446,9 +442,9 @@ func (n *Node) handleRead(m *nats.Msg) {
 }
 
 func (n *Node) handleDump(m *nats.Msg) {
-	isJSON := subjects.IsJSON(m.Header.Get(subjects.ContentType))
+	isJSON := wire.IsJSON(m.Header.Get(subjects.ContentType))
 	var req subjects.DumpRequest
-	if err := subjects.Unmarshal(isJSON, m.Data, &req); err != nil {
+	if err := wire.Unmarshal(isJSON, m.Data, &req); err != nil {
 		n.respondError(m, err.Error())
 		return
 	}
@@ -471,7 +467,7 @@ func (n *Node) handleDump(m *nats.Msg) {
 		n.respondError(m, err.Error())
 		return
 	}
-	data, err := subjects.Marshal(isJSON, subjects.DumpReply{NodeID: n.cfg.NodeID, Entries: entries, More: more})
+	data, err := wire.Marshal(isJSON, subjects.DumpReply{NodeID: n.cfg.NodeID, Entries: entries, More: more})
 	if err != nil {
 		n.respondError(m, err.Error())
 		return
@@ -512,11 +508,8 @@ func (n *Node) respondError(m *nats.Msg, desc string) {
 	if m.Reply == "" {
 		return
 	}
-	resp := nats.NewMsg(m.Reply)
-	resp.Header.Set(subjects.ErrorHeader, subjects.KindInvalid+": "+desc)
-	resp.Header.Set(subjects.ErrorCodeHeader, "400")
-	resp.Header.Set(subjects.KindHeader, subjects.KindInvalid)
-	_ = m.RespondMsg(resp)
+	e := subjects.Errorf(subjects.KindInvalid, "%s", desc)
+	_ = m.RespondMsg(&nats.Msg{Subject: m.Reply, Header: e.Headers()})
 }
 
 // registerLoop registers the node through the admin API until a coordinator

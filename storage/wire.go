@@ -5,6 +5,7 @@ import (
 
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/subjects"
 )
 
@@ -20,9 +21,9 @@ const maxPooledReply = 1 << 20
 func appendReply(dst []byte, v any) ([]byte, error) {
 	switch r := v.(type) {
 	case *subjects.NodeWriteReply:
-		return subjects.MarshalNodeWriteReply(dst, r), nil
+		return wire.MarshalNodeWriteReply(dst, r), nil
 	case *subjects.NodeReadReply:
-		return subjects.MarshalNodeReadReply(dst, r), nil
+		return wire.MarshalNodeReadReply(dst, r), nil
 	}
 	b, err := msgpack.Marshal(v)
 	return append(dst, b...), err

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/nats-io/nats.go"
 )
 
 // Code is an error class, numbered like the HTTP status it resembles. It
@@ -136,6 +138,19 @@ func CodeKind(code Code) string {
 		return KindTimeout
 	default:
 		return KindInternal
+	}
+}
+
+// Headers returns the headers that carry e on a reply, the nats.go micro
+// way: ErrorHeader holds e.Description(), ErrorCodeHeader the code in
+// decimal, and KindHeader the kind. [ErrorFromHeaders] reads them back.
+// Every server answers errors with these headers, whatever the body; the
+// returned header is new, and the caller may add to it.
+func (e *Error) Headers() nats.Header {
+	return nats.Header{
+		ErrorHeader:     []string{e.Description()},
+		ErrorCodeHeader: []string{strconv.Itoa(int(e.Code))},
+		KindHeader:      []string{e.Kind},
 	}
 }
 

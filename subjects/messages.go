@@ -1,7 +1,8 @@
 package subjects
 
 import (
-	"github.com/quorumkv/quorumkv/metadata"
+	"time"
+
 	"github.com/quorumkv/quorumkv/vclock"
 )
 
@@ -64,11 +65,33 @@ type GetReply struct {
 	Consistency  string `msgpack:"consistency"`
 }
 
-// Tenant and Node are the admin API's records.
-type (
-	Tenant = metadata.Tenant
-	Node   = metadata.Node
-)
+// Tenant is the admin API's record of a tenant: the answer to tenant.create,
+// tenant.get and tenant.update, and an element of TenantList. Times are UTC.
+// Its fields are those of the coordinators' metadata record, which converts
+// to it field for field (the two are kept identical; the compiler checks
+// the conversion).
+type Tenant struct {
+	ID                 string    `json:"tenant_id" msgpack:"tenant_id"`
+	ReplicationFactor  int       `json:"replication_factor" msgpack:"replication_factor"`
+	DefaultConsistency string    `json:"default_consistency" msgpack:"default_consistency"` // One, Quorum or All
+	ConflictPolicy     string    `json:"conflict_policy" msgpack:"conflict_policy"`         // PolicyLWW or PolicySiblings
+	Version            int64     `json:"version" msgpack:"version"`                         // optimistic lock: send it back on tenant.update
+	CreatedAt          time.Time `json:"created_at" msgpack:"created_at"`
+	UpdatedAt          time.Time `json:"updated_at" msgpack:"updated_at"`
+}
+
+// Node is the admin API's record of a storage node: the answer to
+// node.register and node.drain, and an element of NodeList. Like Tenant, it
+// mirrors the metadata record field for field. In JSON, Epoch is a decimal
+// string (it is often above 2^53); in msgpack an unsigned integer.
+type Node struct {
+	ID           string    `json:"node_id" msgpack:"node_id"`
+	Status       string    `json:"status" msgpack:"status"` // active, draining or down
+	VirtualNodes int       `json:"virtual_nodes" msgpack:"virtual_nodes"`
+	Epoch        uint64    `json:"epoch" msgpack:"epoch"` // changes when the node's data dir is created or wiped
+	RegisteredAt time.Time `json:"registered_at" msgpack:"registered_at"`
+	LastSeen     time.Time `json:"last_seen" msgpack:"last_seen"`
+}
 
 // TenantRequest is the body of the tenant admin subjects. Create reads
 // every field (nil = default); update reads TenantID, Version and the

@@ -1,7 +1,10 @@
 // Package subjects is quorumkv's wire contract: the NATS subjects every
-// process speaks on, the messages they carry, the error codes, and the
-// protocol version. docs/PROTOCOL.md describes the same contract for people
-// writing clients in other languages.
+// process speaks on (this file lists all of them), the messages they
+// carry, the error codes and how errors travel, the limits, and the
+// protocol versions. docs/PROTOCOL.md describes the same contract for
+// people writing clients in other languages. The codec that turns these
+// messages into bytes is internal/wire; this package defines what the
+// bytes mean.
 //
 // Client-facing messages are msgpack maps whose field names equal the JSON
 // names; a request carrying the header Content-Type: application/json is
@@ -43,7 +46,7 @@ const (
 	AdminPrefix  = "kv.v1.admin"  // kv.v1.admin.<area>.<verb>
 	EventsPrefix = "kv.v1.events" // kv.v1.events.<what>
 	NodePrefix   = "kv.node"      // kv.node.<nodeID>.<op>
-	RepairPrefix = "kv.repair"    // kv.repair.<tenant>
+	RepairPrefix = "kv.repair"    // kv.repair.<tenant>, kv.repair.dead.<tenant>, kv.repair.workers.stats
 )
 
 // Put, Get and Delete are the data subjects of tenant.
@@ -101,8 +104,26 @@ func StorageNode(nodeID, op string) string { return NodePrefix + "." + nodeID + 
 // NodeAll is the wildcard a storage node subscribes to.
 func NodeAll(nodeID string) string { return NodePrefix + "." + nodeID + ".*" }
 
+// Repair subjects. Coordinators publish repairs to the work stream
+// (JetStream KV_REPAIR) on Repair(tenant), one token after RepairPrefix;
+// repair workers move a repair that exhausted its deliveries to the
+// dead-letter stream (KV_REPAIR_DEAD) on RepairDead(tenant), two tokens
+// after it. The two streams never overlap although both live under
+// kv.repair.>, which is what a repair role's permissions name; a tenant
+// called "dead" is no problem, since its work subject kv.repair.dead has
+// one token too few for the dead-letter stream. ONLY APPEND TO THIS LIST.
+const (
+	RepairAll          = RepairPrefix + ".*"             // the work stream's subjects: kv.repair.<tenant>
+	RepairDeadPrefix   = RepairPrefix + ".dead"          // kv.repair.dead.<tenant>
+	RepairDeadAll      = RepairDeadPrefix + ".*"         // the dead-letter stream's subjects
+	RepairWorkersStats = RepairPrefix + ".workers.stats" // the workers' stats endpoint (micro service quorumkv-repair)
+)
+
 // Repair returns the repair-stream subject of tenant.
 func Repair(tenant string) string { return RepairPrefix + "." + tenant }
+
+// RepairDead returns the dead-letter subject of tenant.
+func RepairDead(tenant string) string { return RepairDeadPrefix + "." + tenant }
 
 // Tenant ids that would collide with other subject spaces.
 var reservedTenants = map[string]bool{"admin": true, "events": true}

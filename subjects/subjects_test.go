@@ -18,6 +18,10 @@ func TestSubjectBuilders(t *testing.T) {
 		Repair("acme"):                    "kv.repair.acme",
 		AdminTenantCreate:                 "kv.v1.admin.tenant.create",
 		AdminNodeRegister:                 "kv.v1.admin.node.register",
+		RepairAll:                         "kv.repair.*",
+		RepairDead("acme"):                "kv.repair.dead.acme",
+		RepairDeadAll:                     "kv.repair.dead.*",
+		RepairWorkersStats:                "kv.repair.workers.stats",
 	}
 	for got, want := range cases {
 		if got != want {
@@ -85,45 +89,6 @@ func TestErrorsRoundTripThroughHeaders(t *testing.T) {
 	}
 }
 
-func TestJSONRequestAndReply(t *testing.T) {
-	var r Request
-	if err := Unmarshal(true, []byte(`{"key":"k","value":"hé","consistency":"all","timeout_ms":5}`), &r); err != nil {
-		t.Fatal(err)
-	}
-	if r.Key != "k" || string(r.Value) != "hé" || r.Consistency != "all" || r.TimeoutMS != 5 {
-		t.Fatalf("%+v", r)
-	}
-	if err := Unmarshal(true, []byte(`{"key_base64":"AP8=","value_base64":"AAE="}`), &r); err != nil || r.Key != "\x00\xff" || string(r.Value) != "\x00\x01" {
-		t.Fatalf("%v %+v", err, r)
-	}
-	for _, bad := range []string{`{"key":"k","key_base64":"aw=="}`, `{"value_base64":"%%"}`, `[1]`, `{"key":1}`, `{`} {
-		var e *Error
-		if err := Unmarshal(true, []byte(bad), &r); !errors.As(err, &e) || e.Code != CodeInvalid {
-			t.Errorf("%s: %v, want a 400", bad, err)
-		}
-	}
-	out, err := Marshal(true, GetReply{Success: true, Key: "k", Found: true, Value: []byte{0xff}, Siblings: [][]byte{{0xff}, []byte("a")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(string(out), `"value_base64":"/w=="`) || !strings.Contains(string(out), `"siblings_base64":["/w==","YQ=="]`) {
-		t.Fatalf("binary get reply: %s", out)
-	}
-	var g GetReply
-	if err := Unmarshal(true, out, &g); err != nil || string(g.Value) != "\xff" || len(g.Siblings) != 2 {
-		t.Fatalf("%v %+v", err, g)
-	}
-	// msgpack round trip of the same reply.
-	mp, _ := Marshal(false, GetReply{Success: true, Key: "k", Found: true, Value: []byte("v")})
-	var g2 GetReply
-	if err := Unmarshal(false, mp, &g2); err != nil || string(g2.Value) != "v" || !g2.Found {
-		t.Fatalf("%v %+v", err, g2)
-	}
-	if !IsJSON("application/json") || !IsJSON("application/json; charset=utf-8") || IsJSON("application/msgpack") || IsJSON("") {
-		t.Fatal("IsJSON")
-	}
-}
-
 // TestIsTokenMatchesTheDocumentedPattern holds the hand-written check to
 // the regular expressions the docs state, over every short string of a
 // small alphabet.
@@ -168,5 +133,28 @@ func TestMaxStateBytes(t *testing.T) {
 	}
 	if got := MaxStateBytes(4 << 20); got != 2_048_000 {
 		t.Errorf("cap at 4 MiB is %d, documented 2048000", got)
+	}
+}
+
+// TestErrorHeaders: Headers writes what the servers wrote by hand before
+// it existed (micro's two headers and the kind), and ErrorFromHeaders
+// reads every kind back unchanged.
+func TestErrorHeaders(t *testing.T) {
+	e := Errorf(KindInvalid, "bad %s", "batch")
+	h := e.Headers()
+	want := map[string]string{ErrorHeader: "invalid: bad batch", ErrorCodeHeader: "400", KindHeader: KindInvalid}
+	if len(h) != len(want) {
+		t.Fatalf("headers %v, want %v", h, want)
+	}
+	for k, v := range want {
+		if got := h[k]; len(got) != 1 || got[0] != v {
+			t.Errorf("%s: %q, want %q", k, got, v)
+		}
+	}
+	for _, k := range []string{KindInvalid, KindNoSuchTenant, KindExists, KindTooManySiblings, KindTooLarge, KindOverloaded, KindUnavailable, KindTimeout, KindInternal, KindIdempotencyMismatch} {
+		e := Errorf(k, "message: with %s", "colons")
+		if back := ErrorFromHeaders(e.Headers().Get); back == nil || *back != *e {
+			t.Errorf("%s: round trip %+v, want %+v", k, back, e)
+		}
 	}
 }

@@ -1,4 +1,4 @@
-package subjects
+package wire
 
 import (
 	"bytes"
@@ -9,13 +9,15 @@ import (
 	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/quorumkv/quorumkv/subjects"
 )
 
 // wantInvalid checks that err is a 400 invalid whose message holds msg.
 func wantInvalid(t *testing.T, name string, err error, msg string) {
 	t.Helper()
-	var e *Error
-	if !errors.As(err, &e) || e.Code != CodeInvalid || e.Kind != KindInvalid || !strings.Contains(e.Message, msg) {
+	var e *subjects.Error
+	if !errors.As(err, &e) || e.Code != subjects.CodeInvalid || e.Kind != subjects.KindInvalid || !strings.Contains(e.Message, msg) {
 		t.Errorf("%s: got %v, want 400 invalid containing %q", name, err, msg)
 	}
 }
@@ -28,25 +30,25 @@ func TestJSONRefusesWhatEncodingJSONRewrites(t *testing.T) {
 		name, body, msg string
 		v               any
 	}{
-		{"invalid UTF-8 key", "{\"key\":\"a\xffb\",\"value\":\"v\"}", "key is not valid Unicode text", &Request{}},
-		{"lone high surrogate key", `{"key":"\ud800","value":"v"}`, "key_base64", &Request{}},
-		{"high surrogate then text", `{"key":"\ud800x","value":"v"}`, "key is not valid Unicode text", &Request{}},
-		{"two high surrogates", `{"key":"\ud800\ud800","value":"v"}`, "key is not valid Unicode text", &Request{}},
-		{"lone low surrogate value", `{"key":"k","value":"a\udc00"}`, "value_base64", &Request{}},
-		{"invalid UTF-8 context", "{\"key\":\"k\",\"context\":\"\xc3\"}", `field "context" is not valid Unicode text`, &Request{}},
-		{"invalid UTF-8 name", "{\"key\":\"k\",\"\xff\":1}", "a field name is not valid Unicode text", &Request{}},
-		{"upper-case KEY", `{"KEY":"k","value":"v"}`, `unknown field "KEY": field names are case-sensitive; use "key"`, &Request{}},
-		{"mixed-case Value", `{"key":"k","Value":"v"}`, `use "value"`, &Request{}},
-		{"Kelvin sign", `{"\u212aey":"k"}`, `use "key"`, &Request{}},
-		{"duplicate key", `{"key":"a","value":"v","key":"b"}`, `field "key" appears more than once`, &Request{}},
-		{"duplicate by escape", `{"key":"a","k\u0065y":"b"}`, `field "key" appears more than once`, &Request{}},
-		{"duplicate unknown field", `{"key":"a","x":1,"x":2}`, `field "x" appears more than once`, &Request{}},
-		{"trailing bracket", `{"key":"k"}]`, "trailing data", &Request{}},
-		{"admin field case", `{"Tenant_ID":"acme"}`, `use "tenant_id"`, &TenantRequest{}},
-		{"admin duplicate", `{"tenant_id":"a","tenant_id":"b"}`, `field "tenant_id" appears more than once`, &TenantRequest{}},
-		{"admin invalid UTF-8", "{\"tenant_id\":\"\xff\"}", `field "tenant_id" is not valid Unicode text`, &TenantRequest{}},
-		{"node field case", `{"Node_Id":"n1"}`, `use "node_id"`, &NodeRequest{}},
-		{"node duplicate epoch", `{"node_id":"n1","epoch":1,"epoch":"2"}`, `field "epoch" appears more than once`, &NodeRequest{}},
+		{"invalid UTF-8 key", "{\"key\":\"a\xffb\",\"value\":\"v\"}", "key is not valid Unicode text", &subjects.Request{}},
+		{"lone high surrogate key", `{"key":"\ud800","value":"v"}`, "key_base64", &subjects.Request{}},
+		{"high surrogate then text", `{"key":"\ud800x","value":"v"}`, "key is not valid Unicode text", &subjects.Request{}},
+		{"two high surrogates", `{"key":"\ud800\ud800","value":"v"}`, "key is not valid Unicode text", &subjects.Request{}},
+		{"lone low surrogate value", `{"key":"k","value":"a\udc00"}`, "value_base64", &subjects.Request{}},
+		{"invalid UTF-8 context", "{\"key\":\"k\",\"context\":\"\xc3\"}", `field "context" is not valid Unicode text`, &subjects.Request{}},
+		{"invalid UTF-8 name", "{\"key\":\"k\",\"\xff\":1}", "a field name is not valid Unicode text", &subjects.Request{}},
+		{"upper-case KEY", `{"KEY":"k","value":"v"}`, `unknown field "KEY": field names are case-sensitive; use "key"`, &subjects.Request{}},
+		{"mixed-case Value", `{"key":"k","Value":"v"}`, `use "value"`, &subjects.Request{}},
+		{"Kelvin sign", `{"\u212aey":"k"}`, `use "key"`, &subjects.Request{}},
+		{"duplicate key", `{"key":"a","value":"v","key":"b"}`, `field "key" appears more than once`, &subjects.Request{}},
+		{"duplicate by escape", `{"key":"a","k\u0065y":"b"}`, `field "key" appears more than once`, &subjects.Request{}},
+		{"duplicate unknown field", `{"key":"a","x":1,"x":2}`, `field "x" appears more than once`, &subjects.Request{}},
+		{"trailing bracket", `{"key":"k"}]`, "trailing data", &subjects.Request{}},
+		{"admin field case", `{"Tenant_ID":"acme"}`, `use "tenant_id"`, &subjects.TenantRequest{}},
+		{"admin duplicate", `{"tenant_id":"a","tenant_id":"b"}`, `field "tenant_id" appears more than once`, &subjects.TenantRequest{}},
+		{"admin invalid UTF-8", "{\"tenant_id\":\"\xff\"}", `field "tenant_id" is not valid Unicode text`, &subjects.TenantRequest{}},
+		{"node field case", `{"Node_Id":"n1"}`, `use "node_id"`, &subjects.NodeRequest{}},
+		{"node duplicate epoch", `{"node_id":"n1","epoch":1,"epoch":"2"}`, `field "epoch" appears more than once`, &subjects.NodeRequest{}},
 	} {
 		wantInvalid(t, tc.name, Unmarshal(true, []byte(tc.body), tc.v), tc.msg)
 	}
@@ -57,7 +59,7 @@ func TestJSONRefusesWhatEncodingJSONRewrites(t *testing.T) {
 		{`{"key":"k","unknown":{"Key":1,"nested":["\ud83d\ude00"]}}`, "k", ""},
 		{" \n{\"key\":\"k\"}\n ", "k", ""},
 	} {
-		var r Request
+		var r subjects.Request
 		if err := Unmarshal(true, []byte(tc.body), &r); err != nil || r.Key != tc.key || string(r.Value) != tc.value {
 			t.Errorf("%s: %v %+v, want key %q value %q", tc.body, err, r, tc.key, tc.value)
 		}
@@ -69,19 +71,19 @@ func TestJSONRefusesWhatEncodingJSONRewrites(t *testing.T) {
 func TestMsgpackRefusesTrailingAndRepeatedFields(t *testing.T) {
 	req, _ := msgpack.Marshal(map[string]any{"key": "k", "value": []byte("v")})
 	trailing := append(bytes.Clone(req), 0xc0)
-	wantInvalid(t, "request trailing nil", Unmarshal(false, trailing, &Request{}), "1 bytes after the message")
-	wantInvalid(t, "request trailing map", Unmarshal(false, append(bytes.Clone(req), req...), &Request{}), "bytes after the message")
-	admin, _ := msgpack.Marshal(&TenantRequest{TenantID: "acme"})
-	wantInvalid(t, "admin trailing", Unmarshal(false, append(admin, 0x01), &TenantRequest{}), "1 bytes after the message")
+	wantInvalid(t, "request trailing nil", Unmarshal(false, trailing, &subjects.Request{}), "1 bytes after the message")
+	wantInvalid(t, "request trailing map", Unmarshal(false, append(bytes.Clone(req), req...), &subjects.Request{}), "bytes after the message")
+	admin, _ := msgpack.Marshal(&subjects.TenantRequest{TenantID: "acme"})
+	wantInvalid(t, "admin trailing", Unmarshal(false, append(admin, 0x01), &subjects.TenantRequest{}), "1 bytes after the message")
 	// {"key": "a", "value": bin "v", "key": "b"}
 	dup := []byte{0x83, 0xa3, 'k', 'e', 'y', 0xa1, 'a', 0xa5, 'v', 'a', 'l', 'u', 'e', 0xc4, 1, 'v', 0xa3, 'k', 'e', 'y', 0xa1, 'b'}
-	wantInvalid(t, "duplicate key", Unmarshal(false, dup, &Request{}), `map key "key" appears more than once`)
+	wantInvalid(t, "duplicate key", Unmarshal(false, dup, &subjects.Request{}), `map key "key" appears more than once`)
 	// tenant_id twice, through the library path.
 	dupAdmin := []byte{0x82, 0xa9, 't', 'e', 'n', 'a', 'n', 't', '_', 'i', 'd', 0xa1, 'a', 0xa9, 't', 'e', 'n', 'a', 'n', 't', '_', 'i', 'd', 0xa1, 'b'}
-	wantInvalid(t, "duplicate admin field", Unmarshal(false, dupAdmin, &TenantRequest{}), `map key "tenant_id" appears more than once`)
+	wantInvalid(t, "duplicate admin field", Unmarshal(false, dupAdmin, &subjects.TenantRequest{}), `map key "tenant_id" appears more than once`)
 	// A JSON body sent without the header is told to set it.
-	wantInvalid(t, "JSON as msgpack", Unmarshal(false, []byte(`{"key":"k"}`), &Request{}), "set the header Content-Type: application/json")
-	if err := Unmarshal(false, req, &Request{}); err != nil {
+	wantInvalid(t, "JSON as msgpack", Unmarshal(false, []byte(`{"key":"k"}`), &subjects.Request{}), "set the header Content-Type: application/json")
+	if err := Unmarshal(false, req, &subjects.Request{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -118,22 +120,22 @@ func TestContentTypeMatchesAsHTTPDoes(t *testing.T) {
 // msgpack.
 func TestBinaryKeysInReplies(t *testing.T) {
 	const bin = "\x00\xff"
-	out, err := Marshal(true, WriteReply{Success: true, Key: bin, Context: "c"})
+	out, err := Marshal(true, subjects.WriteReply{Success: true, Key: bin, Context: "c"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(string(out), `"key_base64":"AP8="`) || strings.Contains(string(out), `"key":`) {
 		t.Fatalf("JSON write reply: %s", out)
 	}
-	var w WriteReply
+	var w subjects.WriteReply
 	if err := Unmarshal(true, out, &w); err != nil || w.Key != bin {
 		t.Fatalf("%v %+v", err, w)
 	}
-	out, _ = Marshal(true, &WriteReply{Key: "text"})
+	out, _ = Marshal(true, &subjects.WriteReply{Key: "text"})
 	if !strings.Contains(string(out), `"key":"text"`) || strings.Contains(string(out), "key_base64") {
 		t.Fatalf("JSON write reply: %s", out)
 	}
-	for _, v := range []any{&WriteReply{Key: bin}, &GetReply{Key: bin}, &Request{Key: bin}} {
+	for _, v := range []any{&subjects.WriteReply{Key: bin}, &subjects.GetReply{Key: bin}, &subjects.Request{Key: bin}} {
 		b, err := Marshal(false, v)
 		if err != nil {
 			t.Fatal(err)
@@ -153,7 +155,7 @@ func TestBinaryKeysInReplies(t *testing.T) {
 			t.Fatalf("%T: the library cannot read a bin key: %v", v, err)
 		}
 	}
-	b, _ := Marshal(false, &WriteReply{Key: "text"})
+	b, _ := Marshal(false, &subjects.WriteReply{Key: "text"})
 	var m map[string]msgpack.RawMessage
 	if err := msgpack.Unmarshal(b, &m); err != nil || m["key"][0] != 0xa4 {
 		t.Fatalf("UTF-8 key encoded as % x, want fixstr", m["key"])
@@ -164,8 +166,8 @@ func TestBinaryKeysInReplies(t *testing.T) {
 // parse numbers as float64 (JavaScript).
 func TestEpochIsAStringInJSON(t *testing.T) {
 	const epoch = uint64(1<<63 + 12345) // not representable as a float64
-	n := Node{ID: "n1", Status: "active", VirtualNodes: 128, Epoch: epoch, LastSeen: time.Unix(1, 0).UTC()}
-	for _, v := range []any{n, &n, NodeList{Nodes: []Node{n}}} {
+	n := subjects.Node{ID: "n1", Status: "active", VirtualNodes: 128, Epoch: epoch, LastSeen: time.Unix(1, 0).UTC()}
+	for _, v := range []any{n, &n, subjects.NodeList{Nodes: []subjects.Node{n}}} {
 		out, err := Marshal(true, v)
 		if err != nil {
 			t.Fatal(err)
@@ -176,22 +178,22 @@ func TestEpochIsAStringInJSON(t *testing.T) {
 		}
 	}
 	// msgpack keeps the uint64.
-	b, _ := Marshal(false, NodeList{Nodes: []Node{n}})
-	var l NodeList
+	b, _ := Marshal(false, subjects.NodeList{Nodes: []subjects.Node{n}})
+	var l subjects.NodeList
 	if err := msgpack.Unmarshal(b, &l); err != nil || l.Nodes[0].Epoch != epoch {
 		t.Fatalf("%v %+v", err, l)
 	}
 	// Requests take a string or a number.
 	for _, body := range []string{`{"node_id":"n1","epoch":"9223372036854788153"}`, `{"node_id":"n1","epoch":9223372036854788153}`} {
-		var r NodeRequest
+		var r subjects.NodeRequest
 		if err := Unmarshal(true, []byte(body), &r); err != nil || r.Epoch != epoch || r.NodeID != "n1" {
 			t.Errorf("%s: %v %+v", body, err, r)
 		}
 	}
 	for _, body := range []string{`{"node_id":"n1","epoch":"-1"}`, `{"node_id":"n1","epoch":1.5}`, `{"node_id":"n1","epoch":"x"}`, `{"node_id":"n1","epoch":true}`} {
-		wantInvalid(t, body, Unmarshal(true, []byte(body), &NodeRequest{}), "epoch")
+		wantInvalid(t, body, Unmarshal(true, []byte(body), &subjects.NodeRequest{}), "epoch")
 	}
-	out, _ := json.Marshal(NodeRequest{NodeID: "n1", Epoch: epoch})
+	out, _ := json.Marshal(subjects.NodeRequest{NodeID: "n1", Epoch: epoch})
 	if !strings.Contains(string(out), `"epoch":"9223372036854788153"`) {
 		t.Fatalf("%s", out)
 	}
@@ -203,16 +205,16 @@ func TestEpochIsAStringInJSON(t *testing.T) {
 func TestFastPathRefusesWhatTheLibraryPathRefuses(t *testing.T) {
 	// {"key": "k", "x": 1, "x": 2}
 	dup := []byte{0x83, 0xa3, 'k', 'e', 'y', 0xa1, 'k', 0xa1, 'x', 1, 0xa1, 'x', 2}
-	if unmarshalFast(dup, &Request{}) {
+	if unmarshalFast(dup, &subjects.Request{}) {
 		t.Fatal("fast path accepted a repeated unknown field")
 	}
-	wantInvalid(t, "repeated unknown field", Unmarshal(false, dup, &Request{}), `map key "x" appears more than once`)
+	wantInvalid(t, "repeated unknown field", Unmarshal(false, dup, &subjects.Request{}), `map key "x" appears more than once`)
 	many := map[string]any{"key": "k"}
 	for i := range 2 * maxUnknownFields {
 		many[string(rune('a'+i))] = i
 	}
 	b, _ := msgpack.Marshal(many)
-	var r Request
+	var r subjects.Request
 	if err := Unmarshal(false, b, &r); err != nil || r.Key != "k" {
 		t.Fatalf("%v %+v", err, r)
 	}

@@ -1,10 +1,12 @@
-package subjects
+package wire
 
 import (
 	"reflect"
 	"strings"
 	"sync"
 	"unicode/utf8"
+
+	"github.com/quorumkv/quorumkv/subjects"
 )
 
 // encoding/json accepts, and silently rewrites or picks between, input
@@ -30,7 +32,7 @@ func checkJSON(data []byte, fields []string) error {
 	s.value(0, "")
 	s.space()
 	if s.err == nil && s.i != len(s.b) {
-		s.err = Errorf(KindInvalid, "malformed JSON: trailing data after the request object")
+		s.err = subjects.Errorf(subjects.KindInvalid, "malformed JSON: trailing data after the request object")
 	}
 	if s.err != nil {
 		return s.err
@@ -42,7 +44,7 @@ type jsonScanner struct {
 	b      []byte
 	i      int
 	fields []string
-	err    *Error
+	err    *subjects.Error
 }
 
 func (s *jsonScanner) space() {
@@ -58,7 +60,7 @@ func (s *jsonScanner) space() {
 
 func (s *jsonScanner) failf(format string, args ...any) {
 	if s.err == nil {
-		s.err = Errorf(KindInvalid, format, args...)
+		s.err = subjects.Errorf(subjects.KindInvalid, format, args...)
 	}
 	s.i = len(s.b)
 }
@@ -168,7 +170,7 @@ func (s *jsonScanner) object(depth int, member string) {
 
 // checkFieldName refuses a name that encoding/json would match to one of
 // fields only by ignoring letter case.
-func checkFieldName(name string, fields []string) *Error {
+func checkFieldName(name string, fields []string) *subjects.Error {
 	for _, f := range fields {
 		if f == name {
 			return nil
@@ -176,7 +178,7 @@ func checkFieldName(name string, fields []string) *Error {
 	}
 	for _, f := range fields {
 		if strings.EqualFold(f, name) {
-			return Errorf(KindInvalid, "unknown field %q: field names are case-sensitive; use %q", name, f)
+			return subjects.Errorf(subjects.KindInvalid, "unknown field %q: field names are case-sensitive; use %q", name, f)
 		}
 	}
 	return nil
@@ -312,13 +314,15 @@ func (s *jsonScanner) badText(member string, name bool) {
 	}
 }
 
-// jsonShadows maps a type with its own JSON form to the struct that form
-// is decoded through, whose tags name its fields.
-var jsonShadows = map[reflect.Type]reflect.Type{
-	reflect.TypeFor[Request]():     reflect.TypeFor[jsonRequest](),
-	reflect.TypeFor[GetReply]():    reflect.TypeFor[jsonGetReply](),
-	reflect.TypeFor[WriteReply]():  reflect.TypeFor[jsonWriteReply](),
-	reflect.TypeFor[NodeRequest](): reflect.TypeFor[jsonNodeRequest](),
+// customJSONFields lists, for each message type with a JSON form of its
+// own (the MarshalJSON and UnmarshalJSON methods in subjects/json.go), the
+// members of that form in its order. TestCustomJSONFields checks each list
+// against what the type's MarshalJSON writes.
+var customJSONFields = map[reflect.Type][]string{
+	reflect.TypeFor[subjects.Request]():     {"key", "key_base64", "value", "value_base64", "consistency", "context", "idempotency_key", "timeout_ms"},
+	reflect.TypeFor[subjects.GetReply]():    {"success", "key", "key_base64", "found", "value", "value_base64", "context", "siblings", "siblings_base64", "replica_count", "consistency"},
+	reflect.TypeFor[subjects.WriteReply]():  {"success", "key", "key_base64", "context", "idempotency_key", "is_duplicate", "replica_count", "consistency"},
+	reflect.TypeFor[subjects.NodeRequest](): {"node_id", "virtual_nodes", "epoch"},
 }
 
 var jsonFieldCache sync.Map // reflect.Type → []string
@@ -336,13 +340,12 @@ func jsonFields(v any) []string {
 	if f, ok := jsonFieldCache.Load(t); ok {
 		return f.([]string)
 	}
-	st := t
-	if sh, ok := jsonShadows[t]; ok {
-		st = sh
+	if names, ok := customJSONFields[t]; ok {
+		return names
 	}
 	var names []string
-	for i := range st.NumField() {
-		f := st.Field(i)
+	for i := range t.NumField() {
+		f := t.Field(i)
 		if !f.IsExported() {
 			continue
 		}

@@ -1,13 +1,13 @@
-package subjects_test
+package wire_test
 
 // Fuzz targets for the request decoders: whatever arrives on a subject,
-// subjects.Unmarshal must not panic and must answer a 400 (*Error of kind
+// wire.Unmarshal must not panic and must answer a 400 (*Error of kind
 // invalid) when it cannot decode. What it accepts must re-encode to bytes
 // that decode to the same encoding again.
 //
 // Run one for a while with, for example:
 //
-//	go test ./subjects -run '^$' -fuzz '^FuzzUnmarshalRequest$' -fuzztime 20s
+//	go test ./internal/wire -run '^$' -fuzz '^FuzzUnmarshalRequest$' -fuzztime 20s
 //
 // The seed corpus is the f.Add calls below plus testdata/fuzz/<target>/.
 
@@ -19,11 +19,12 @@ import (
 
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
 )
 
-// recoveredPrefix starts the message subjects.Unmarshal gives a decoder
+// recoveredPrefix starts the message wire.Unmarshal gives a decoder
 // panic it recovered from: a bug the fuzzer must report, not a 400.
 const recoveredPrefix = "malformed request: "
 
@@ -31,7 +32,7 @@ const recoveredPrefix = "malformed request: "
 // new zero value of v's type for the re-decode.
 func checkDecode(t *testing.T, isJSON bool, data []byte, v any, fresh func() any) {
 	t.Helper()
-	err := subjects.Unmarshal(isJSON, data, v)
+	err := wire.Unmarshal(isJSON, data, v)
 	if err != nil {
 		var e *subjects.Error
 		if !errors.As(err, &e) {
@@ -45,15 +46,15 @@ func checkDecode(t *testing.T, isJSON bool, data []byte, v any, fresh func() any
 		}
 		return
 	}
-	once, err := subjects.Marshal(isJSON, v)
+	once, err := wire.Marshal(isJSON, v)
 	if err != nil {
 		t.Fatalf("accepted %q but cannot encode the result %+v: %v", data, v, err)
 	}
 	again := fresh()
-	if err := subjects.Unmarshal(isJSON, once, again); err != nil {
+	if err := wire.Unmarshal(isJSON, once, again); err != nil {
 		t.Fatalf("cannot decode its own encoding %q of %+v: %v", once, v, err)
 	}
-	twice, err := subjects.Marshal(isJSON, again)
+	twice, err := wire.Marshal(isJSON, again)
 	if err != nil {
 		t.Fatalf("encode %+v: %v", again, err)
 	}

@@ -1,110 +1,19 @@
 package subjects
 
 import (
-	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"strconv"
-	"strings"
 	"unicode/utf8"
-
-	"github.com/vmihailenco/msgpack/v5"
 )
 
-// IsJSON reports whether a message with this Content-Type header value is
-// JSON; anything else is msgpack. As in HTTP, the media type is matched in
-// any letter case and may carry parameters ("application/json;
-// charset=utf-8").
-func IsJSON(contentType string) bool {
-	mt, _, _ := strings.Cut(contentType, ";")
-	return strings.EqualFold(strings.TrimSpace(mt), JSONContentType)
-}
-
-// IsJSONHeader reports whether a message with headers h is JSON: whether
-// it carries a Content-Type header, its name in any letter case, whose
-// value IsJSON. nats.Header.Get looks up only the canonical spelling, so
-// callers pass the raw header map.
-func IsJSONHeader(h map[string][]string) bool {
-	if vs, ok := h[ContentType]; ok && len(vs) > 0 && IsJSON(vs[0]) {
-		return true
-	}
-	for k, vs := range h {
-		if strings.EqualFold(k, ContentType) {
-			for _, v := range vs {
-				if IsJSON(v) {
-					return true
-				}
-			}
-		}
-	}
-	return false
-}
-
-// Unmarshal decodes data into v from JSON or msgpack. Malformed input is an
-// *Error of kind invalid; it never panics.
-func Unmarshal(isJSON bool, data []byte, v any) (err error) {
-	defer func() {
-		if r := recover(); r != nil { // defensive: a decoder bug must not kill a coordinator
-			err = Errorf(KindInvalid, "malformed request: %v", r)
-		}
-	}()
-	if !isJSON && unmarshalFast(data, v) {
-		return nil
-	}
-	if isJSON {
-		dec := json.NewDecoder(bytes.NewReader(data))
-		if err := dec.Decode(v); err != nil {
-			if e, ok := err.(*Error); ok {
-				return e
-			}
-			return Errorf(KindInvalid, "malformed JSON: %v", err)
-		}
-		if dec.More() {
-			return Errorf(KindInvalid, "malformed JSON: trailing data")
-		}
-		// encoding/json rewrote invalid text, matched names in any case
-		// and let a repeated field win: refuse what it glossed over.
-		return checkJSON(data, jsonFields(v))
-	}
-	if len(data) == 0 {
-		return Errorf(KindInvalid, "empty request body")
-	}
-	if err := checkMsgpackMessage(data); err != nil {
-		return Errorf(KindInvalid, "malformed msgpack: %v%s", err, jsonHint(data))
-	}
-	if err := msgpack.Unmarshal(data, v); err != nil {
-		return Errorf(KindInvalid, "malformed msgpack: %v%s", err, jsonHint(data))
-	}
-	return nil
-}
-
-// jsonHint is advice for a msgpack body that looks like JSON.
-func jsonHint(data []byte) string {
-	if len(data) > 0 && data[0] == '{' {
-		return "; the body looks like JSON: set the header Content-Type: application/json to send JSON"
-	}
-	return ""
-}
-
-// Marshal encodes v as JSON or msgpack.
-func Marshal(isJSON bool, v any) ([]byte, error) {
-	if isJSON {
-		switch n := v.(type) { // metadata.Node has no JSON form of its own for the wire
-		case Node:
-			v = wireNode(n)
-		case *Node:
-			if n != nil {
-				v = wireNode(*n)
-			}
-		}
-		return json.Marshal(v)
-	}
-	if b, ok := marshalFast(v); ok {
-		return b, nil
-	}
-	return msgpack.Marshal(v)
-}
+// The JSON forms of the messages whose JSON differs from their msgpack:
+// keys and values are text in "key" and "value" when they are UTF-8 and
+// base64 in "key_base64" and "value_base64" otherwise, and 64-bit
+// identifiers (a node's epoch) are decimal strings. internal/wire decodes
+// requests through these methods after its strictness checks, and knows
+// the member names of each form.
 
 // jsonRequest is Request's JSON form.
 type jsonRequest struct {

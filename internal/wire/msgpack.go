@@ -1,4 +1,4 @@
-package subjects
+package wire
 
 import (
 	"encoding/binary"
@@ -7,6 +7,7 @@ import (
 
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
 )
 
@@ -516,7 +517,7 @@ func (r *mpReader) dvv() *vclock.DVVSet {
 // --- storage-node messages (as_array structs) ---
 
 // MarshalNodeWriteBatch appends b's msgpack to dst.
-func MarshalNodeWriteBatch(dst []byte, b *NodeWriteBatch) []byte {
+func MarshalNodeWriteBatch(dst []byte, b *subjects.NodeWriteBatch) []byte {
 	dst = append(dst, 0x92)
 	dst = appendInt(dst, int64(b.Proto))
 	if b.Items == nil {
@@ -537,7 +538,7 @@ func AppendNodeWriteBatchHeader(dst []byte, proto, n int) []byte {
 }
 
 // AppendNodeWrite appends one item of a NodeWriteBatch.
-func AppendNodeWrite(dst []byte, w *NodeWrite) []byte {
+func AppendNodeWrite(dst []byte, w *subjects.NodeWrite) []byte {
 	dst = append(dst, 0x96)
 	dst = appendUint(dst, w.ID)
 	dst = appendStr(dst, w.Tenant)
@@ -548,21 +549,21 @@ func AppendNodeWrite(dst []byte, w *NodeWrite) []byte {
 }
 
 // UnmarshalNodeWriteBatch decodes data into b, which it overwrites.
-func UnmarshalNodeWriteBatch(data []byte, b *NodeWriteBatch) error {
+func UnmarshalNodeWriteBatch(data []byte, b *subjects.NodeWriteBatch) error {
 	if decodeNodeWriteBatch(data, b) {
 		return nil
 	}
-	*b = NodeWriteBatch{}
+	*b = subjects.NodeWriteBatch{}
 	return DecodeMsgpack(data, b)
 }
 
-func decodeNodeWriteBatch(data []byte, b *NodeWriteBatch) bool {
+func decodeNodeWriteBatch(data []byte, b *subjects.NodeWriteBatch) bool {
 	r := mpReader{b: data}
-	*b = NodeWriteBatch{}
+	*b = subjects.NodeWriteBatch{}
 	if r.structLen(2) != 0 {
 		b.Proto = int(r.int())
 		if n := r.arrayLen(); n >= 0 {
-			b.Items = make([]NodeWrite, r.count(uint64(n)))
+			b.Items = make([]subjects.NodeWrite, r.count(uint64(n)))
 			for i := 0; i < len(b.Items) && !r.bad; i++ {
 				w := &b.Items[i]
 				if r.structLen(6) == 0 {
@@ -574,7 +575,7 @@ func decodeNodeWriteBatch(data []byte, b *NodeWriteBatch) bool {
 				w.LWW = r.version()
 				w.DVV = r.dvv()
 				if !r.isNil() {
-					c := new(Coordinate)
+					c := new(subjects.Coordinate)
 					if r.lib(c) {
 						w.Coordinate = c
 					}
@@ -586,7 +587,7 @@ func decodeNodeWriteBatch(data []byte, b *NodeWriteBatch) bool {
 }
 
 // MarshalNodeWriteReply appends r's msgpack to dst.
-func MarshalNodeWriteReply(dst []byte, rep *NodeWriteReply) []byte {
+func MarshalNodeWriteReply(dst []byte, rep *subjects.NodeWriteReply) []byte {
 	dst = append(dst, 0x92)
 	if rep.Results == nil {
 		dst = append(dst, mpNil)
@@ -606,20 +607,20 @@ func MarshalNodeWriteReply(dst []byte, rep *NodeWriteReply) []byte {
 }
 
 // UnmarshalNodeWriteReply decodes data into rep, which it overwrites.
-func UnmarshalNodeWriteReply(data []byte, rep *NodeWriteReply) error {
+func UnmarshalNodeWriteReply(data []byte, rep *subjects.NodeWriteReply) error {
 	if decodeNodeWriteReply(data, rep) {
 		return nil
 	}
-	*rep = NodeWriteReply{}
+	*rep = subjects.NodeWriteReply{}
 	return DecodeMsgpack(data, rep)
 }
 
-func decodeNodeWriteReply(data []byte, rep *NodeWriteReply) bool {
+func decodeNodeWriteReply(data []byte, rep *subjects.NodeWriteReply) bool {
 	r := mpReader{b: data}
-	*rep = NodeWriteReply{}
+	*rep = subjects.NodeWriteReply{}
 	if r.structLen(2) != 0 {
 		if n := r.arrayLen(); n >= 0 {
-			rep.Results = make([]NodeWriteResult, r.count(uint64(n)))
+			rep.Results = make([]subjects.NodeWriteResult, r.count(uint64(n)))
 			for i := 0; i < len(rep.Results) && !r.bad; i++ {
 				x := &rep.Results[i]
 				if r.structLen(5) == 0 {
@@ -638,7 +639,7 @@ func decodeNodeWriteReply(data []byte, rep *NodeWriteReply) bool {
 }
 
 // MarshalNodeReadBatch appends b's msgpack to dst.
-func MarshalNodeReadBatch(dst []byte, b *NodeReadBatch) []byte {
+func MarshalNodeReadBatch(dst []byte, b *subjects.NodeReadBatch) []byte {
 	dst = append(dst, 0x92)
 	dst = appendInt(dst, int64(b.Proto))
 	if b.Items == nil {
@@ -658,7 +659,7 @@ func AppendNodeReadBatchHeader(dst []byte, proto, n int) []byte {
 }
 
 // AppendNodeRead appends one item of a NodeReadBatch.
-func AppendNodeRead(dst []byte, x *NodeRead) []byte {
+func AppendNodeRead(dst []byte, x *subjects.NodeRead) []byte {
 	dst = append(dst, 0x93)
 	dst = appendUint(dst, x.ID)
 	dst = appendStr(dst, x.Tenant)
@@ -666,21 +667,21 @@ func AppendNodeRead(dst []byte, x *NodeRead) []byte {
 }
 
 // UnmarshalNodeReadBatch decodes data into b, which it overwrites.
-func UnmarshalNodeReadBatch(data []byte, b *NodeReadBatch) error {
+func UnmarshalNodeReadBatch(data []byte, b *subjects.NodeReadBatch) error {
 	if decodeNodeReadBatch(data, b) {
 		return nil
 	}
-	*b = NodeReadBatch{}
+	*b = subjects.NodeReadBatch{}
 	return DecodeMsgpack(data, b)
 }
 
-func decodeNodeReadBatch(data []byte, b *NodeReadBatch) bool {
+func decodeNodeReadBatch(data []byte, b *subjects.NodeReadBatch) bool {
 	r := mpReader{b: data}
-	*b = NodeReadBatch{}
+	*b = subjects.NodeReadBatch{}
 	if r.structLen(2) != 0 {
 		b.Proto = int(r.int())
 		if n := r.arrayLen(); n >= 0 {
-			b.Items = make([]NodeRead, r.count(uint64(n)))
+			b.Items = make([]subjects.NodeRead, r.count(uint64(n)))
 			for i := 0; i < len(b.Items) && !r.bad; i++ {
 				x := &b.Items[i]
 				if r.structLen(3) == 0 {
@@ -696,7 +697,7 @@ func decodeNodeReadBatch(data []byte, b *NodeReadBatch) bool {
 }
 
 // MarshalNodeReadReply appends rep's msgpack to dst.
-func MarshalNodeReadReply(dst []byte, rep *NodeReadReply) []byte {
+func MarshalNodeReadReply(dst []byte, rep *subjects.NodeReadReply) []byte {
 	dst = append(dst, 0x92)
 	if rep.Results == nil {
 		dst = append(dst, mpNil)
@@ -715,20 +716,20 @@ func MarshalNodeReadReply(dst []byte, rep *NodeReadReply) []byte {
 }
 
 // UnmarshalNodeReadReply decodes data into rep, which it overwrites.
-func UnmarshalNodeReadReply(data []byte, rep *NodeReadReply) error {
+func UnmarshalNodeReadReply(data []byte, rep *subjects.NodeReadReply) error {
 	if decodeNodeReadReply(data, rep) {
 		return nil
 	}
-	*rep = NodeReadReply{}
+	*rep = subjects.NodeReadReply{}
 	return DecodeMsgpack(data, rep)
 }
 
-func decodeNodeReadReply(data []byte, rep *NodeReadReply) bool {
+func decodeNodeReadReply(data []byte, rep *subjects.NodeReadReply) bool {
 	r := mpReader{b: data}
-	*rep = NodeReadReply{}
+	*rep = subjects.NodeReadReply{}
 	if r.structLen(2) != 0 {
 		if n := r.arrayLen(); n >= 0 {
-			rep.Results = make([]NodeReadResult, r.count(uint64(n)))
+			rep.Results = make([]subjects.NodeReadResult, r.count(uint64(n)))
 			for i := 0; i < len(rep.Results) && !r.bad; i++ {
 				x := &rep.Results[i]
 				if r.structLen(4) == 0 {
@@ -749,7 +750,7 @@ func decodeNodeReadReply(data []byte, rep *NodeReadReply) bool {
 
 // appendRequest writes r as the library does: omitempty fields left out
 // when empty.
-func appendRequest(dst []byte, r *Request) []byte {
+func appendRequest(dst []byte, r *subjects.Request) []byte {
 	n := 1
 	for _, present := range [...]bool{len(r.Value) > 0, r.Consistency != "", r.Context != "", r.IdempotencyKey != "", r.TimeoutMS != 0} {
 		if present {
@@ -858,7 +859,7 @@ func appendKey(b []byte, key string) []byte {
 
 // decodeRequest decodes a Request map into r, setting the fields present
 // as the library does; false means "ask the library".
-func decodeRequest(data []byte, req *Request) bool {
+func decodeRequest(data []byte, req *subjects.Request) bool {
 	r := mpReader{b: data}
 	n := r.mapLen()
 	var seen uint32
@@ -888,7 +889,7 @@ func decodeRequest(data []byte, req *Request) bool {
 	return r.done(n)
 }
 
-func appendWriteReply(dst []byte, w *WriteReply) []byte {
+func appendWriteReply(dst []byte, w *subjects.WriteReply) []byte {
 	dst = append(dst, 0x87)
 	dst = appendBool(appendStr(dst, "success"), w.Success)
 	dst = appendKey(appendStr(dst, "key"), w.Key)
@@ -899,7 +900,7 @@ func appendWriteReply(dst []byte, w *WriteReply) []byte {
 	return appendStr(appendStr(dst, "consistency"), w.Consistency)
 }
 
-func decodeWriteReply(data []byte, w *WriteReply) bool {
+func decodeWriteReply(data []byte, w *subjects.WriteReply) bool {
 	r := mpReader{b: data}
 	n := r.mapLen()
 	var seen uint32
@@ -931,7 +932,7 @@ func decodeWriteReply(data []byte, w *WriteReply) bool {
 	return r.done(n)
 }
 
-func appendGetReply(dst []byte, g *GetReply) []byte {
+func appendGetReply(dst []byte, g *subjects.GetReply) []byte {
 	if len(g.Siblings) > 0 {
 		dst = append(dst, 0x88)
 	} else {
@@ -952,7 +953,7 @@ func appendGetReply(dst []byte, g *GetReply) []byte {
 	return appendStr(appendStr(dst, "consistency"), g.Consistency)
 }
 
-func decodeGetReply(data []byte, g *GetReply) bool {
+func decodeGetReply(data []byte, g *subjects.GetReply) bool {
 	r := mpReader{b: data}
 	n := r.mapLen()
 	var seen uint32
@@ -999,11 +1000,11 @@ func decodeGetReply(data []byte, g *GetReply) bool {
 // for every other type.
 func marshalFast(v any) (b []byte, ok bool) {
 	switch m := v.(type) {
-	case *Request:
+	case *subjects.Request:
 		return appendRequest(make([]byte, 0, 64+len(m.Key)+len(m.Value)), m), true
-	case *WriteReply:
+	case *subjects.WriteReply:
 		return appendWriteReply(make([]byte, 0, 160+len(m.Key)), m), true
-	case *GetReply:
+	case *subjects.GetReply:
 		return appendGetReply(make([]byte, 0, 128+len(m.Key)+len(m.Value)), m), true
 	}
 	return nil, false
@@ -1014,11 +1015,11 @@ func marshalFast(v any) (b []byte, ok bool) {
 // path does not take).
 func unmarshalFast(data []byte, v any) bool {
 	switch m := v.(type) {
-	case *Request:
+	case *subjects.Request:
 		return decodeRequest(data, m)
-	case *WriteReply:
+	case *subjects.WriteReply:
 		return decodeWriteReply(data, m)
-	case *GetReply:
+	case *subjects.GetReply:
 		return decodeGetReply(data, m)
 	}
 	return false

@@ -1,4 +1,4 @@
-package subjects
+package wire
 
 import (
 	"bytes"
@@ -8,17 +8,18 @@ import (
 
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
 )
 
 func TestCheckMsgpackAcceptsRealMessages(t *testing.T) {
 	v := &vclock.Version{Dot: vclock.Dot{Counter: 1 << 60, Actor: "abc"}, Value: bytes.Repeat([]byte{1}, 70000)}
 	msgs := []any{
-		&NodeWriteBatch{Proto: 1, Items: []NodeWrite{{ID: 1, Tenant: "t", Key: "k", LWW: v}, {ID: 2, Tenant: "t", Key: strings.Repeat("k", 300)}}},
-		&NodeReadReply{Results: []NodeReadResult{{ID: 9, LWW: v}, {ID: 10, Err: "x"}}, More: true},
+		&subjects.NodeWriteBatch{Proto: 1, Items: []subjects.NodeWrite{{ID: 1, Tenant: "t", Key: "k", LWW: v}, {ID: 2, Tenant: "t", Key: strings.Repeat("k", 300)}}},
+		&subjects.NodeReadReply{Results: []subjects.NodeReadResult{{ID: 9, LWW: v}, {ID: 10, Err: "x"}}, More: true},
 		map[string]any{"key": "k", "value": []byte("v"), "timeout_ms": 5, "f": 1.5, "neg": -100000, "big": uint64(1 << 63), "nil": nil, "arr": []any{true, false, int8(-3), float32(2)}},
-		&GetReply{Success: true, Siblings: [][]byte{{1}, {2}}},
-		&TenantList{Tenants: []Tenant{{ID: "a"}, {ID: "b"}}}, // times are msgpack extensions
+		&subjects.GetReply{Success: true, Siblings: [][]byte{{1}, {2}}},
+		&subjects.TenantList{Tenants: []subjects.Tenant{{ID: "a"}, {ID: "b"}}}, // times are msgpack extensions
 	}
 	for _, m := range msgs {
 		b, err := msgpack.Marshal(m)
@@ -50,7 +51,7 @@ func TestCheckMsgpackRejectsHostileInput(t *testing.T) {
 		if err := CheckMsgpack(b); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
-		var batch NodeWriteBatch
+		var batch subjects.NodeWriteBatch
 		if err := DecodeMsgpack(b, &batch); err == nil {
 			t.Errorf("%s: DecodeMsgpack accepted", name)
 		}
@@ -58,7 +59,7 @@ func TestCheckMsgpackRejectsHostileInput(t *testing.T) {
 }
 
 func FuzzCheckMsgpack(f *testing.F) {
-	b, _ := msgpack.Marshal(&NodeWriteBatch{Proto: 1, Items: []NodeWrite{{ID: 1, Tenant: "t", Key: "k"}}})
+	b, _ := msgpack.Marshal(&subjects.NodeWriteBatch{Proto: 1, Items: []subjects.NodeWrite{{ID: 1, Tenant: "t", Key: "k"}}})
 	f.Add(b)
 	f.Add([]byte{0x92, 0x01, 0xdd, 0xff, 0xff, 0xff, 0xff})
 	f.Add([]byte{0x81, 0xa3, 'k', 'e', 'y', 0xa1, 'k'})
@@ -74,9 +75,9 @@ func FuzzCheckMsgpack(f *testing.F) {
 		// a hostile message inflating a node's memory, not noise.
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		var batch NodeWriteBatch
+		var batch subjects.NodeWriteBatch
 		_ = msgpack.Unmarshal(data, &batch)
-		var req Request
+		var req subjects.Request
 		_ = msgpack.Unmarshal(data, &req)
 		runtime.ReadMemStats(&after)
 		if got, limit := after.TotalAlloc-before.TotalAlloc, uint64(4<<20+256*len(data)); got > limit {

@@ -1,4 +1,4 @@
-package subjects
+package wire
 
 import (
 	"encoding/binary"

@@ -1,4 +1,4 @@
-package subjects
+package wire
 
 import (
 	"bytes"
@@ -8,6 +8,7 @@ import (
 
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
 )
 
@@ -26,31 +27,31 @@ func codecCases() []any {
 	big := bytes.Repeat([]byte("v"), 70_000)
 	long := strings.Repeat("k", 300)
 	return []any{
-		&NodeWriteBatch{Proto: NodeProtocolVersion, Items: []NodeWrite{
+		&subjects.NodeWriteBatch{Proto: subjects.NodeProtocolVersion, Items: []subjects.NodeWrite{
 			{ID: 1, Tenant: "default", Key: "user000000000001", LWW: ver(1<<62|7, "c0ffee01", strings.Repeat("x", 256), false)},
 			{ID: 200, Tenant: "t", Key: long, LWW: ver(300, "a", "", false)},
 			{ID: 70_000, Tenant: "t", Key: "k", LWW: ver(1<<33, strings.Repeat("a", 40), "-", true)},
 			{ID: 1 << 40, Tenant: "", Key: "", LWW: nil},
 			{ID: 0, Tenant: "t", Key: "big", LWW: &vclock.Version{Value: big}},
 		}},
-		&NodeWriteBatch{Proto: 1},
-		&NodeWriteBatch{Proto: -3, Items: []NodeWrite{}},
-		&NodeWriteBatch{},
-		&NodeWriteReply{Results: []NodeWriteResult{{ID: 1}, {ID: 2, Err: "commit: disk full", LWW: ver(9, "z", "newer", false)}}, More: true},
-		&NodeWriteReply{},
-		&NodeWriteReply{Results: []NodeWriteResult{}},
-		&NodeReadBatch{Proto: 1, Items: []NodeRead{{ID: 5, Tenant: "t", Key: "a"}, {ID: 1 << 20, Tenant: long, Key: long}}},
-		&NodeReadBatch{Proto: 1},
-		&NodeReadReply{Results: []NodeReadResult{{ID: 5, LWW: ver(1, "a", "v", false)}, {ID: 6}, {ID: 7, Err: "read: boom"}}},
-		&NodeReadReply{More: true},
-		&Request{Key: "k"},
-		&Request{Key: long, Value: big, Consistency: Quorum, Context: "l1.AAAA", IdempotencyKey: "idem", TimeoutMS: 2000},
-		&Request{Key: "k", Value: []byte{}, TimeoutMS: -5},
-		&WriteReply{Success: true, Key: "k", Context: "l1.x", IdempotencyKey: "abc", ReplicaCount: 3, Consistency: Quorum},
-		&WriteReply{IsDuplicate: true, ReplicaCount: 1 << 20},
-		&GetReply{Success: true, Key: "k", Found: true, Value: []byte("hello"), Context: "l1.x", ReplicaCount: 2, Consistency: One},
-		&GetReply{Success: true, Key: "k", Value: []byte{}},
-		&GetReply{Key: "k", Siblings: [][]byte{[]byte("a"), nil, {}}},
+		&subjects.NodeWriteBatch{Proto: 1},
+		&subjects.NodeWriteBatch{Proto: -3, Items: []subjects.NodeWrite{}},
+		&subjects.NodeWriteBatch{},
+		&subjects.NodeWriteReply{Results: []subjects.NodeWriteResult{{ID: 1}, {ID: 2, Err: "commit: disk full", LWW: ver(9, "z", "newer", false)}}, More: true},
+		&subjects.NodeWriteReply{},
+		&subjects.NodeWriteReply{Results: []subjects.NodeWriteResult{}},
+		&subjects.NodeReadBatch{Proto: 1, Items: []subjects.NodeRead{{ID: 5, Tenant: "t", Key: "a"}, {ID: 1 << 20, Tenant: long, Key: long}}},
+		&subjects.NodeReadBatch{Proto: 1},
+		&subjects.NodeReadReply{Results: []subjects.NodeReadResult{{ID: 5, LWW: ver(1, "a", "v", false)}, {ID: 6}, {ID: 7, Err: "read: boom"}}},
+		&subjects.NodeReadReply{More: true},
+		&subjects.Request{Key: "k"},
+		&subjects.Request{Key: long, Value: big, Consistency: subjects.Quorum, Context: "l1.AAAA", IdempotencyKey: "idem", TimeoutMS: 2000},
+		&subjects.Request{Key: "k", Value: []byte{}, TimeoutMS: -5},
+		&subjects.WriteReply{Success: true, Key: "k", Context: "l1.x", IdempotencyKey: "abc", ReplicaCount: 3, Consistency: subjects.Quorum},
+		&subjects.WriteReply{IsDuplicate: true, ReplicaCount: 1 << 20},
+		&subjects.GetReply{Success: true, Key: "k", Found: true, Value: []byte("hello"), Context: "l1.x", ReplicaCount: 2, Consistency: subjects.One},
+		&subjects.GetReply{Success: true, Key: "k", Value: []byte{}},
+		&subjects.GetReply{Key: "k", Siblings: [][]byte{[]byte("a"), nil, {}}},
 	}
 }
 
@@ -59,13 +60,13 @@ func fresh(v any) any { return reflect.New(reflect.TypeOf(v).Elem()).Interface()
 func fastMarshal(t *testing.T, v any) []byte {
 	t.Helper()
 	switch m := v.(type) {
-	case *NodeWriteBatch:
+	case *subjects.NodeWriteBatch:
 		return MarshalNodeWriteBatch(nil, m)
-	case *NodeWriteReply:
+	case *subjects.NodeWriteReply:
 		return MarshalNodeWriteReply(nil, m)
-	case *NodeReadBatch:
+	case *subjects.NodeReadBatch:
 		return MarshalNodeReadBatch(nil, m)
-	case *NodeReadReply:
+	case *subjects.NodeReadReply:
 		return MarshalNodeReadReply(nil, m)
 	}
 	b, ok := marshalFast(v)
@@ -78,13 +79,13 @@ func fastMarshal(t *testing.T, v any) []byte {
 // fastDecode runs only the hand-written decoder of v's type.
 func fastDecode(data []byte, v any) bool {
 	switch m := v.(type) {
-	case *NodeWriteBatch:
+	case *subjects.NodeWriteBatch:
 		return decodeNodeWriteBatch(data, m)
-	case *NodeWriteReply:
+	case *subjects.NodeWriteReply:
 		return decodeNodeWriteReply(data, m)
-	case *NodeReadBatch:
+	case *subjects.NodeReadBatch:
 		return decodeNodeReadBatch(data, m)
-	case *NodeReadReply:
+	case *subjects.NodeReadReply:
 		return decodeNodeReadReply(data, m)
 	}
 	return unmarshalFast(data, v)
@@ -154,28 +155,28 @@ func TestFallbackKeepsLibraryBehaviour(t *testing.T) {
 		data []byte
 		v    any
 	}{
-		"map for array struct": {asMap, &NodeWriteBatch{}},
-		"float timeout":        {floatTimeout, &Request{}},
-		"field count changed":  {wrongCount, &NodeReadBatch{}},
-		"garbage":              {[]byte{0xc1, 0x00}, &NodeWriteReply{}},
-		"array for map":        {[]byte{0x93, 1, 2, 3}, &Request{}},
-		"truncated":            {[]byte{0x92, 0x01, 0x91}, &NodeWriteBatch{}},
+		"map for array struct": {asMap, &subjects.NodeWriteBatch{}},
+		"float timeout":        {floatTimeout, &subjects.Request{}},
+		"field count changed":  {wrongCount, &subjects.NodeReadBatch{}},
+		"garbage":              {[]byte{0xc1, 0x00}, &subjects.NodeWriteReply{}},
+		"array for map":        {[]byte{0x93, 1, 2, 3}, &subjects.Request{}},
+		"truncated":            {[]byte{0x92, 0x01, 0x91}, &subjects.NodeWriteBatch{}},
 	} {
 		lib := fresh(tc.v)
 		libErr := DecodeMsgpack(tc.data, lib)
 		got := fresh(tc.v)
 		var err error
 		switch m := got.(type) {
-		case *NodeWriteBatch:
+		case *subjects.NodeWriteBatch:
 			err = UnmarshalNodeWriteBatch(tc.data, m)
-		case *NodeWriteReply:
+		case *subjects.NodeWriteReply:
 			err = UnmarshalNodeWriteReply(tc.data, m)
-		case *NodeReadBatch:
+		case *subjects.NodeReadBatch:
 			err = UnmarshalNodeReadBatch(tc.data, m)
 		default:
 			err = Unmarshal(false, tc.data, got)
 			if libErr != nil {
-				libErr = Errorf(KindInvalid, "malformed msgpack: %v", libErr)
+				libErr = subjects.Errorf(subjects.KindInvalid, "malformed msgpack: %v", libErr)
 			}
 		}
 		if (err == nil) != (libErr == nil) || (err != nil && err.Error() != libErr.Error()) {
@@ -202,12 +203,12 @@ func TestDecodeVersion(t *testing.T) {
 }
 
 func TestMarshalUnmarshalUseFastPath(t *testing.T) {
-	req := &Request{Key: "k", Value: []byte("v"), Consistency: Quorum}
+	req := &subjects.Request{Key: "k", Value: []byte("v"), Consistency: subjects.Quorum}
 	b, err := Marshal(false, req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got Request
+	var got subjects.Request
 	if err := Unmarshal(false, b, &got); err != nil || !reflect.DeepEqual(&got, req) {
 		t.Fatalf("round trip %+v %v", got, err)
 	}
@@ -215,7 +216,7 @@ func TestMarshalUnmarshalUseFastPath(t *testing.T) {
 	// request decode left its fast path (a bug on every client request),
 	// not that it became slower.
 	allocs := testing.AllocsPerRun(100, func() {
-		var r Request
+		var r subjects.Request
 		_ = Unmarshal(false, b, &r)
 	})
 	if allocs > 3 { // key, consistency and the interface conversion at most
@@ -235,7 +236,7 @@ func FuzzFastDecodersAgreeWithLibrary(f *testing.F) {
 	}
 	f.Add([]byte{0x81, 0xa3, 'k', 'e', 'y', 0x92, 0x91, 0x90, 0xc0})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		for _, proto := range []any{&NodeWriteBatch{}, &NodeWriteReply{}, &NodeReadBatch{}, &NodeReadReply{}, &Request{}, &WriteReply{}, &GetReply{}} {
+		for _, proto := range []any{&subjects.NodeWriteBatch{}, &subjects.NodeWriteReply{}, &subjects.NodeReadBatch{}, &subjects.NodeReadReply{}, &subjects.Request{}, &subjects.WriteReply{}, &subjects.GetReply{}} {
 			got := fresh(proto)
 			if !fastDecode(data, got) {
 				continue
@@ -253,23 +254,23 @@ func FuzzFastDecodersAgreeWithLibrary(f *testing.F) {
 
 func fastMarshalNoT(v any) []byte {
 	switch m := v.(type) {
-	case *NodeWriteBatch:
+	case *subjects.NodeWriteBatch:
 		return MarshalNodeWriteBatch(nil, m)
-	case *NodeWriteReply:
+	case *subjects.NodeWriteReply:
 		return MarshalNodeWriteReply(nil, m)
-	case *NodeReadBatch:
+	case *subjects.NodeReadBatch:
 		return MarshalNodeReadBatch(nil, m)
-	case *NodeReadReply:
+	case *subjects.NodeReadReply:
 		return MarshalNodeReadReply(nil, m)
 	}
 	b, _ := marshalFast(v)
 	return b
 }
 
-func benchBatch(n int) *NodeWriteBatch {
-	b := &NodeWriteBatch{Proto: NodeProtocolVersion}
+func benchBatch(n int) *subjects.NodeWriteBatch {
+	b := &subjects.NodeWriteBatch{Proto: subjects.NodeProtocolVersion}
 	for i := range n {
-		b.Items = append(b.Items, NodeWrite{ID: uint64(1000 + i), Tenant: "bench", Key: "user000000012345",
+		b.Items = append(b.Items, subjects.NodeWrite{ID: uint64(1000 + i), Tenant: "bench", Key: "user000000012345",
 			LWW: ver(1<<40+uint64(i), "c0ffee01", strings.Repeat("v", 256), false)})
 	}
 	return b
@@ -282,7 +283,7 @@ func BenchmarkNodeWriteBatchRoundTrip(b *testing.B) {
 	batch := benchBatch(16)
 	b.Run("fast", func(b *testing.B) {
 		var buf []byte
-		var out NodeWriteBatch
+		var out subjects.NodeWriteBatch
 		b.ReportAllocs()
 		for b.Loop() {
 			buf = MarshalNodeWriteBatch(buf[:0], batch)
@@ -293,7 +294,7 @@ func BenchmarkNodeWriteBatchRoundTrip(b *testing.B) {
 		b.ReportMetric(float64(len(buf)), "bytes/msg")
 	})
 	b.Run("reflection", func(b *testing.B) {
-		var out NodeWriteBatch
+		var out subjects.NodeWriteBatch
 		b.ReportAllocs()
 		for b.Loop() {
 			buf, err := msgpack.Marshal(batch)
@@ -308,14 +309,14 @@ func BenchmarkNodeWriteBatchRoundTrip(b *testing.B) {
 }
 
 func BenchmarkRequestRoundTrip(b *testing.B) {
-	req := &Request{Key: "user000000012345", Value: bytes.Repeat([]byte("v"), 256), Consistency: Quorum, TimeoutMS: 5000}
+	req := &subjects.Request{Key: "user000000012345", Value: bytes.Repeat([]byte("v"), 256), Consistency: subjects.Quorum, TimeoutMS: 5000}
 	b.ReportAllocs()
 	for b.Loop() {
 		data, err := Marshal(false, req)
 		if err != nil {
 			b.Fatal(err)
 		}
-		var out Request
+		var out subjects.Request
 		if err := Unmarshal(false, data, &out); err != nil {
 			b.Fatal(err)
 		}
@@ -325,7 +326,7 @@ func BenchmarkRequestRoundTrip(b *testing.B) {
 // A write acknowledgement says whether an lww write won, and what beat it,
 // after the trip through both codecs.
 func TestNodeWriteResultLost(t *testing.T) {
-	in := NodeWriteReply{Results: []NodeWriteResult{
+	in := subjects.NodeWriteReply{Results: []subjects.NodeWriteResult{
 		{ID: 1}, // won
 		{ID: 2, LWW: ver(1<<40|3, "x", "newer", false)}, // lost to 1<<40|3@x
 		{ID: 3, Err: "commit: disk full"},               // failed: not applied, not lost
@@ -336,14 +337,14 @@ func TestNodeWriteResultLost(t *testing.T) {
 		by   vclock.Dot
 	}{{false, vclock.Dot{}}, {true, vclock.Dot{Counter: 1<<40 | 3, Actor: "x"}}, {false, vclock.Dot{}}, {true, vclock.Dot{Counter: 5, Actor: "y"}}}
 	data := MarshalNodeWriteReply(nil, &in)
-	var fast, lib NodeWriteReply
+	var fast, lib subjects.NodeWriteReply
 	if err := UnmarshalNodeWriteReply(data, &fast); err != nil {
 		t.Fatal(err)
 	}
 	if err := msgpack.Unmarshal(data, &lib); err != nil {
 		t.Fatal(err)
 	}
-	for _, got := range []NodeWriteReply{fast, lib} {
+	for _, got := range []subjects.NodeWriteReply{fast, lib} {
 		for i, w := range want {
 			by, lost := got.Results[i].Lost()
 			if lost != w.lost || by != w.by {
