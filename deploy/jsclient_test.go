@@ -2,7 +2,6 @@ package deploy_test
 
 import (
 	"context"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,11 +40,7 @@ func TestJavaScriptClientFromProtocolDoc(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	c, err := devcluster.Start(ctx, devcluster.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Nodes: 3, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
+	c, _ := devcluster.StartForTest(t, devcluster.Config{Nodes: 3})
 	cmd := exec.CommandContext(ctx, node, "check.mjs", c.URL)
 	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()

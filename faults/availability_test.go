@@ -4,11 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/quorumkv/quorumkv/client"
 	"github.com/quorumkv/quorumkv/coordinator"
@@ -25,16 +22,7 @@ import (
 func TestAvailabilityMatrix(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	c, err := devcluster.Start(ctx, devcluster.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Nodes: 6, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	nc, err := nats.Connect(c.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	c, nc := devcluster.StartForTest(t, devcluster.Config{Nodes: 6})
 	admin := client.NewAdmin(nc)
 	nodes, err := admin.ListNodes(ctx)
 	if err != nil {

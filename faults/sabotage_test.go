@@ -3,11 +3,8 @@ package faults
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/quorumkv/quorumkv/client"
 	"github.com/quorumkv/quorumkv/internal/devcluster"
@@ -25,16 +22,7 @@ import (
 func TestSetCheckerCatchesTheUnionSabotage(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	c, err := devcluster.Start(ctx, devcluster.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Nodes: 3, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	nc, err := nats.Connect(c.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	_, nc := devcluster.StartForTest(t, devcluster.Config{Nodes: 3})
 	// Each run has a tenant of its own, so neither sees the other's keys.
 	const honestTenant, sabotagedTenant = "honest", "sabotaged"
 	r, policy := rf, subjects.PolicySiblings
