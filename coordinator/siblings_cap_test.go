@@ -74,8 +74,15 @@ func getJSON(t *testing.T, nc *nats.Conn, tenant, key string) map[string]any {
 // is the "4 siblings of 1 MiB": the second already does not fit.
 func TestSiblingsStateCap(t *testing.T) {
 	c := startCluster(t, 3)
-	kv := siblingsTenant(t, c, "big")
+	siblingsTenant(t, c, "big")
 	nc := connect(t, c)
+	// Writes of 1-2 MB states to every replica with fsync can take more
+	// than the default 2 s on a loaded machine; the test is about limits,
+	// not latency.
+	kv, err := client.New(nc, "big", client.WithDefaultTimeout(10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := ctxT(t)
 	capBytes := subjects.MaxStateBytes(nc.MaxPayload())
 	if capBytes < subjects.MaxValueBytes {
@@ -88,7 +95,7 @@ func TestSiblingsStateCap(t *testing.T) {
 	if _, err := kv.Put(ctx, "k", first, all); err != nil {
 		t.Fatal(err)
 	}
-	_, err := kv.Put(ctx, "k", binaryValue(t, subjects.MaxValueBytes), all)
+	_, err = kv.Put(ctx, "k", binaryValue(t, subjects.MaxValueBytes), all)
 	assertCode(t, err, 413, "per-key limit")
 	if !errors.Is(err, client.ErrTooLarge) {
 		t.Fatalf("%v does not match ErrTooLarge", err)
