@@ -37,6 +37,7 @@ type Config struct {
 	DataDir      string        // required; created if missing; one node per directory
 	Fsync        bool          // fsync every write batch before acknowledging it
 	VirtualNodes int           // ring points to register with; default ring.DefaultVirtualNodes
+	Partitions   int           // partitions Q the data is laid out in; default ring.DefaultPartitions; must match the data directory's
 	QueueLen     int           // messages queued per subject; past it the node answers 429 overloaded at once; default 8192
 	MaxBatch     int           // write messages group-committed together at most; default 256
 	Heartbeat    time.Duration // re-registration interval (refreshes last_seen); default 15s
@@ -57,6 +58,12 @@ func (c *Config) validate() error {
 	}
 	if c.VirtualNodes == 0 {
 		c.VirtualNodes = ring.DefaultVirtualNodes
+	}
+	if c.Partitions == 0 {
+		c.Partitions = ring.DefaultPartitions
+	}
+	if err := ring.ValidatePartitions(c.Partitions); err != nil {
+		return fmt.Errorf("storage: %w", err)
 	}
 	if c.QueueLen <= 0 {
 		c.QueueLen = 8192
@@ -106,7 +113,7 @@ func Open(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	log := cfg.Logger.With("node", cfg.NodeID)
-	eng, err := openEngine(cfg.DataDir, cfg.NodeID, cfg.Fsync, log)
+	eng, err := openEngine(cfg.DataDir, cfg.NodeID, cfg.Partitions, cfg.Fsync, log)
 	if err != nil {
 		return nil, err
 	}
