@@ -10,6 +10,12 @@
 // Writes are group-committed: every write message waiting in the node's
 // queue when the writer gets to it is applied as one Pebble batch with one
 // fsync, then each message is answered.
+//
+// Data is laid out partition first (Config.Partitions, see engine.go), so a
+// partition is one contiguous Pebble range; the directory records its
+// partition count and one in the layout from before partitions is migrated
+// at Open. dump lists one tenant's keys in (partition, key) order, resuming
+// after the last key of the previous page.
 package storage
 
 import (

@@ -15,6 +15,7 @@ import (
 	"github.com/quorumkv/quorumkv/internal/wiring"
 	"github.com/quorumkv/quorumkv/metrics"
 	"github.com/quorumkv/quorumkv/repair"
+	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/schema"
 	"github.com/quorumkv/quorumkv/storage"
 	"github.com/quorumkv/quorumkv/vclock"
@@ -245,6 +246,7 @@ func runStorage(args []string) error {
 	data := fs.String("data", "", "data directory, one per node (required)")
 	fsync := fs.Bool("fsync", true, "fsync each write batch before acknowledging it; false trades durability for speed: acknowledged writes may be lost when the process or the machine crashes (the other replicas and repair still hold them)")
 	vnodes := fs.Int("virtual-nodes", 128, "ring points of this node (more = larger share)")
+	partitions := fs.Int("partitions", ring.DefaultPartitions, "partitions the data directory is laid out in (a power of two up to 65536); must match what the directory was written with")
 	queue := fs.Int("queue-len", 8192, "messages queued per subject; past it the node answers 429 overloaded at once")
 	maxBatch := fs.Int("max-batch", 256, "write messages group-committed together at most")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics (empty: off)")
@@ -262,7 +264,7 @@ func runStorage(args []string) error {
 	}
 	ctx, stop := signalContext()
 	defer stop()
-	scfg := storage.Config{NodeID: *id, DataDir: *data, Fsync: *fsync, VirtualNodes: *vnodes, QueueLen: *queue, MaxBatch: *maxBatch, Logger: log}
+	scfg := storage.Config{NodeID: *id, DataDir: *data, Fsync: *fsync, VirtualNodes: *vnodes, Partitions: *partitions, QueueLen: *queue, MaxBatch: *maxBatch, Logger: log}
 	stopMetrics, err := serveMetrics(ctx, *metricsAddr, log, func(reg prometheus.Registerer) { scfg.Metrics = reg })
 	if err != nil {
 		return err
