@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -203,6 +204,7 @@ func (e *engine) dataKey(dst []byte, tenant, key string) []byte {
 
 // appendDataKey appends the Pebble key of (tenant, key) in partition p.
 func appendDataKey(dst []byte, p uint32, tenant, key string) []byte {
+	dst = slices.Grow(dst, partitionPrefixLen+len(tenant)+1+len(key)) // one allocation at most
 	dst = appendPartitionPrefix(dst, p)
 	dst = append(dst, tenant...)
 	dst = append(dst, 0)
