@@ -51,6 +51,13 @@ var (
 	metaPartitions = []byte{nsMeta, 'p', 'a', 'r', 't', 'i', 't', 'i', 'o', 'n', 's'}
 )
 
+// ownerLayoutTag follows the node id stored under metaNodeID once a
+// directory is in the partitioned layout. Binaries from before partitions
+// compare the whole value with their node id, so they refuse such a
+// directory ("data dir belongs to node ...") instead of serving it as empty.
+// Node ids are subject tokens and never contain a space.
+const ownerLayoutTag = " [partitioned layout: binaries from before partitions cannot read it]"
+
 // record is what a replica stores for one key. Exactly one policy field is
 // set. Fields are only ever appended (the siblings policy adds its state).
 type record struct {
@@ -110,7 +117,7 @@ func openEngine(dir, nodeID string, q int, fsync bool, log *slog.Logger) (*engin
 		_ = db.Close()
 		return nil, fmt.Errorf("storage: %s: %w", dir, err)
 	}
-	if err := e.initLayout(); err != nil {
+	if err := e.initLayout(nodeID); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("storage: %s: %w", dir, err)
 	}
@@ -123,9 +130,10 @@ func openEngine(dir, nodeID string, q int, fsync bool, log *slog.Logger) (*engin
 }
 
 // initLayout records e.q in a directory that has no partition count yet
-// (new, or in the layout from before partitions) and refuses one written
-// with another count: its keys would sit in the wrong partitions.
-func (e *engine) initLayout() error {
+// (new, or in the layout from before partitions), with the owner tagged so
+// older binaries refuse it, and refuses one written with another count: its
+// keys would sit in the wrong partitions.
+func (e *engine) initLayout(nodeID string) error {
 	v, err := e.getMeta(metaPartitions)
 	if err != nil {
 		return err
@@ -141,7 +149,11 @@ func (e *engine) initLayout() error {
 	}
 	var buf [4]byte
 	binary.BigEndian.PutUint32(buf[:], uint32(e.q))
-	if err := e.db.Set(metaPartitions, buf[:], pebble.Sync); err != nil {
+	b := e.db.NewBatch()
+	defer b.Close()
+	_ = b.Set(metaPartitions, buf[:], nil)
+	_ = b.Set(metaNodeID, []byte(nodeID+ownerLayoutTag), nil)
+	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("record the partition count: %w", err)
 	}
 	return nil
@@ -155,6 +167,7 @@ func (e *engine) initMeta(nodeID string) error {
 	if err != nil {
 		return err
 	}
+	owner = bytes.TrimSuffix(owner, []byte(ownerLayoutTag))
 	if owner != nil && string(owner) != nodeID {
 		return fmt.Errorf("data dir belongs to node %q, not %q", owner, nodeID)
 	}
@@ -175,7 +188,7 @@ func (e *engine) initMeta(nodeID string) error {
 	}
 	b := e.db.NewBatch()
 	defer b.Close()
-	_ = b.Set(metaNodeID, []byte(nodeID), nil)
+	_ = b.Set(metaNodeID, []byte(nodeID+ownerLayoutTag), nil)
 	_ = b.Set(metaEpoch, buf[:], nil)
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("write node metadata: %w", err)
@@ -594,11 +607,11 @@ func (e *engine) dump(tenant, after string, limit int) ([]subjects.DumpEntry, bo
 	if after != "" {
 		p = ring.Partition(tenant, after, e.q)
 	}
-	for ; int(p) < e.q; p++ {
+	for first := p; int(p) < e.q; p++ {
 		prefix = append(appendPartitionPrefix(prefix[:0], p), tenant...)
 		prefix = append(prefix, 0)
-		ok := false
-		if after != "" && p == ring.Partition(tenant, after, e.q) {
+		var ok bool
+		if after != "" && p == first {
 			// Strictly after: the smallest key greater than after.
 			ok = it.SeekGE(append(append(bytes.Clone(prefix), after...), 0))
 		} else {

@@ -76,8 +76,13 @@ func writeOldLayout(t *testing.T, dir string, recs []oldRecord) {
 		}
 		_ = b.Set(k, v, nil)
 	}
-	// A binary from before partitions never wrote the partition count.
+	// A binary from before partitions never wrote the partition count, and
+	// stored the bare node id.
 	_ = b.Delete(metaPartitions, nil)
+	if owner, closer, err := db.Get(metaNodeID); err == nil {
+		_ = b.Set(metaNodeID, bytes.TrimSuffix(bytes.Clone(owner), []byte(ownerLayoutTag)), nil)
+		_ = closer.Close()
+	}
 	if err := b.Commit(pebble.Sync); err != nil {
 		t.Fatal(err)
 	}
@@ -139,6 +144,18 @@ func TestMigrateOldLayout(t *testing.T) {
 	if got := namespaceCount(t, dir, nsData); got != len(recs) {
 		t.Fatalf("%d keys in the new namespace, want %d", got, len(recs))
 	}
+	// A binary from before partitions compares the whole owner value with
+	// its node id, so it refuses the migrated directory.
+	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{quiet()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner, closer, err := db.Get(metaNodeID)
+	if err != nil || string(owner) == "node-1" || !strings.HasPrefix(string(owner), "node-1 [partitioned layout") {
+		t.Fatalf("owner after migration: %q %v", owner, err)
+	}
+	_ = closer.Close()
+	_ = db.Close()
 	// The count was recorded: another one is refused now.
 	if _, err := Open(Config{NodeID: "node-1", DataDir: dir, Partitions: 128, Logger: quiet()}); err == nil {
 		t.Fatal("a migrated dir opened with another partition count")
@@ -334,5 +351,16 @@ func TestDumpAcrossPartitions(t *testing.T) {
 				t.Fatalf("dumped %d keys, want %d in (partition, key) order", len(got), len(want))
 			}
 		})
+	}
+}
+
+// BenchmarkDataKey builds the Pebble key of a point read or write: the
+// partition (xxhash of tenant 0x00 key) and the key bytes.
+func BenchmarkDataKey(b *testing.B) {
+	e := &engine{q: ring.DefaultPartitions}
+	buf := make([]byte, 0, 64)
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = e.dataKey(buf[:0], "bench", "user000000001234")
 	}
 }
