@@ -115,7 +115,7 @@ func (a *Admin) JoinNode(ctx context.Context, id string) error {
 	return a.call(ctx, subjects.AdminNodeJoin, &subjects.NodeRequest{NodeID: id}, &s)
 }
 
-// Dump lists what storage node id holds for tenant, in key order, after
+// Dump lists what storage node id holds for tenant, in (partition, key) order, after
 // the key after (limit 0 = 1000). It asks the node itself, bypassing the
 // coordinators: the view operators and tests use to compare replicas.
 func (a *Admin) Dump(ctx context.Context, node, tenant, after string, limit int) (*subjects.DumpReply, error) {

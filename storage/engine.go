@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/metrics"
+	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
 )
@@ -25,19 +27,37 @@ import (
 // Pebble key layout. Every key starts with a one-byte namespace so data and
 // the node's own metadata never collide:
 //
-//	'd' tenant 0x00 key  → record (msgpack array)
-//	'm' name             → node metadata (node id, epoch)
+//	'p' partition tenant 0x00 key → record (msgpack array)
+//	'm' name                      → node metadata (node id, epoch, partitions)
+//	'd' tenant 0x00 key           → record, the layout before partitions;
+//	                                 only migrateLayout reads it
 //
-// Tenant ids never contain 0x00, so the data layout is unambiguous.
+// partition is ring.Partition(tenant, key, Q) as 2 bytes big-endian (Q ≤
+// 65536), so each partition is one contiguous key range: a range scan
+// streams it, a DeleteRange drops it. Within a partition keys sort by
+// (tenant, key). Tenant ids never contain 0x00, so the layout is
+// unambiguous. Q is recorded under 'm' "partitions" and a directory written
+// with another Q is refused; a directory still holding 'd' keys is migrated
+// at open, before the node serves (migrate.go), so no read ever looks at
+// the old namespace.
 const (
-	nsData = 'd'
-	nsMeta = 'm'
+	nsData    = 'p'
+	nsMeta    = 'm'
+	nsOldData = 'd'
 )
 
 var (
-	metaNodeID = []byte{nsMeta, 'n', 'o', 'd', 'e'}
-	metaEpoch  = []byte{nsMeta, 'e', 'p', 'o', 'c', 'h'}
+	metaNodeID     = []byte{nsMeta, 'n', 'o', 'd', 'e'}
+	metaEpoch      = []byte{nsMeta, 'e', 'p', 'o', 'c', 'h'}
+	metaPartitions = []byte{nsMeta, 'p', 'a', 'r', 't', 'i', 't', 'i', 'o', 'n', 's'}
 )
+
+// ownerLayoutTag follows the node id stored under metaNodeID once a
+// directory is in the partitioned layout. Binaries from before partitions
+// compare the whole value with their node id, so they refuse such a
+// directory ("data dir belongs to node ...") instead of serving it as empty.
+// Node ids are subject tokens and never contain a space.
+const ownerLayoutTag = " [partitioned layout: binaries from before partitions cannot read it]"
 
 // record is what a replica stores for one key. Exactly one policy field is
 // set. Fields are only ever appended (the siblings policy adds its state).
@@ -53,6 +73,7 @@ type record struct {
 type engine struct {
 	db    *pebble.DB
 	sync  bool
+	q     int // partitions (ring.Partition), recorded in the directory
 	epoch uint64
 	actor string // this incarnation's actor in DVVSet dots: node id + epoch
 
@@ -76,10 +97,15 @@ type engine struct {
 // maxBound caps the keys the write path remembers (about 30 bytes each).
 const maxBound = 4 << 20
 
-// openEngine opens (creating if needed) the Pebble store in dir for nodeID.
-// A directory that belongs to another node id, or that another process or
-// node holds open, is refused.
-func openEngine(dir, nodeID string, fsync bool, log *slog.Logger) (*engine, error) {
+// openEngine opens (creating if needed) the Pebble store in dir for nodeID,
+// laid out in q partitions. A directory that belongs to another node id,
+// that was written with another partition count, or that another process or
+// node holds open, is refused. A directory in the layout from before
+// partitions is migrated first (see migrateLayout).
+func openEngine(dir, nodeID string, q int, fsync bool, log *slog.Logger) (*engine, error) {
+	if err := ring.ValidatePartitions(q); err != nil {
+		return nil, fmt.Errorf("storage: %w", err)
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("storage: create data dir %s: %w", dir, err)
 	}
@@ -87,13 +113,51 @@ func openEngine(dir, nodeID string, fsync bool, log *slog.Logger) (*engine, erro
 	if err != nil {
 		return nil, fmt.Errorf("storage: open %s (is another storage node using it?): %w", dir, err)
 	}
-	e := &engine{db: db, sync: fsync, bound: make(map[[2]uint64]uint64)}
+	e := &engine{db: db, sync: fsync, q: q, bound: make(map[[2]uint64]uint64)}
 	if err := e.initMeta(nodeID); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("storage: %s: %w", dir, err)
 	}
+	if err := e.initLayout(nodeID); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("storage: %s: %w", dir, err)
+	}
+	if err := e.migrateLayout(log, migrateBatch); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("storage: %s: migrate to the partitioned layout (start again to resume): %w", dir, err)
+	}
 	e.actor = vclock.ReplicaActor(nodeID, e.epoch)
 	return e, nil
+}
+
+// initLayout records e.q in a directory that has no partition count yet
+// (new, or in the layout from before partitions), with the owner tagged so
+// older binaries refuse it, and refuses one written with another count: its
+// keys would sit in the wrong partitions.
+func (e *engine) initLayout(nodeID string) error {
+	v, err := e.getMeta(metaPartitions)
+	if err != nil {
+		return err
+	}
+	if v != nil {
+		if len(v) != 4 {
+			return fmt.Errorf("partition count recorded as %x, not 4 bytes", v)
+		}
+		if got := int(binary.BigEndian.Uint32(v)); got != e.q {
+			return fmt.Errorf("data dir was written with %d partitions, not %d: start the node with --partitions %d, or wipe the directory and let the node rebuild from its replicas", got, e.q, got)
+		}
+		return nil
+	}
+	var buf [4]byte
+	binary.BigEndian.PutUint32(buf[:], uint32(e.q))
+	b := e.db.NewBatch()
+	defer b.Close()
+	_ = b.Set(metaPartitions, buf[:], nil)
+	_ = b.Set(metaNodeID, []byte(nodeID+ownerLayoutTag), nil)
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("record the partition count: %w", err)
+	}
+	return nil
 }
 
 // initMeta binds the directory to nodeID and loads or mints its epoch. A new
@@ -104,6 +168,7 @@ func (e *engine) initMeta(nodeID string) error {
 	if err != nil {
 		return err
 	}
+	owner = bytes.TrimSuffix(owner, []byte(ownerLayoutTag))
 	if owner != nil && string(owner) != nodeID {
 		return fmt.Errorf("data dir belongs to node %q, not %q", owner, nodeID)
 	}
@@ -124,7 +189,7 @@ func (e *engine) initMeta(nodeID string) error {
 	}
 	b := e.db.NewBatch()
 	defer b.Close()
-	_ = b.Set(metaNodeID, []byte(nodeID), nil)
+	_ = b.Set(metaNodeID, []byte(nodeID+ownerLayoutTag), nil)
 	_ = b.Set(metaEpoch, buf[:], nil)
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("write node metadata: %w", err)
@@ -147,12 +212,27 @@ func (e *engine) getMeta(k []byte) ([]byte, error) {
 func (e *engine) close() error { return e.db.Close() }
 
 // dataKey returns the Pebble key of (tenant, key), appended to dst.
-func dataKey(dst []byte, tenant, key string) []byte {
-	dst = append(dst, nsData)
+func (e *engine) dataKey(dst []byte, tenant, key string) []byte {
+	return appendDataKey(dst, ring.Partition(tenant, key, e.q), tenant, key)
+}
+
+// appendDataKey appends the Pebble key of (tenant, key) in partition p.
+func appendDataKey(dst []byte, p uint32, tenant, key string) []byte {
+	dst = slices.Grow(dst, partitionPrefixLen+len(tenant)+1+len(key)) // one allocation at most
+	dst = appendPartitionPrefix(dst, p)
 	dst = append(dst, tenant...)
 	dst = append(dst, 0)
 	return append(dst, key...)
 }
+
+// appendPartitionPrefix appends the 3-byte prefix every key of partition p
+// starts with.
+func appendPartitionPrefix(dst []byte, p uint32) []byte {
+	return append(dst, nsData, byte(p>>8), byte(p))
+}
+
+// partitionPrefixLen is the length of a partition prefix.
+const partitionPrefixLen = 3
 
 // applyWrites merges every write into the store as one atomic batch, synced
 // when the engine was opened with fsync, and returns one result per write
@@ -187,7 +267,7 @@ func (e *engine) applyWrites(writes []subjects.NodeWrite) []subjects.NodeWriteRe
 	}
 	for i, w := range writes {
 		results[i].ID = w.ID
-		kbuf = dataKey(kbuf[:0], w.Tenant, w.Key)
+		kbuf = e.dataKey(kbuf[:0], w.Tenant, w.Key)
 		var (
 			cur   record
 			found bool
@@ -453,6 +533,7 @@ func (e *engine) coordinate(rec *record, w *subjects.Coordinate, res *subjects.N
 // pins memtables and tables. Not safe for concurrent use.
 type reader struct {
 	it   *pebble.Iterator
+	q    int
 	kbuf []byte
 }
 
@@ -461,7 +542,7 @@ func (e *engine) newReader() (*reader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read: %w", err)
 	}
-	return &reader{it: it}, nil
+	return &reader{it: it, q: e.q}, nil
 }
 
 func (r *reader) close() { _ = r.it.Close() }
@@ -491,7 +572,7 @@ func (r *reader) record(k []byte, copyValue bool) (record, error) {
 // read returns what is stored for (tenant, key); the zero record when
 // nothing is. Values are copied out of the iterator.
 func (r *reader) read(tenant, key string) (record, error) {
-	r.kbuf = dataKey(r.kbuf[:0], tenant, key)
+	r.kbuf = appendDataKey(r.kbuf[:0], ring.Partition(tenant, key, r.q), tenant, key)
 	return r.record(r.kbuf, true)
 }
 
@@ -506,47 +587,82 @@ func (e *engine) read(tenant, key string) (record, error) {
 	return r.read(tenant, key)
 }
 
-// dump lists up to limit keys of tenant after the key after, in key order.
+// dump lists up to limit keys of tenant in (partition, key) order, starting
+// after the key after (the last key of the previous page; "" = from the
+// start): partitions in order from after's own, and within each the
+// tenant's keys in key order. more reports that keys remain.
 func (e *engine) dump(tenant, after string, limit int) ([]subjects.DumpEntry, bool, error) {
-	lower := dataKey(nil, tenant, after)
-	if after != "" {
-		lower = append(lower, 0) // strictly after
-	}
-	upper := append([]byte{nsData}, tenant...)
-	upper = append(upper, 1)
-	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	it, err := e.db.NewIter(&pebble.IterOptions{
+		LowerBound: []byte{nsData},
+		UpperBound: []byte{nsData + 1},
+	})
 	if err != nil {
 		return nil, false, fmt.Errorf("dump: %w", err)
 	}
 	defer it.Close()
-	prefixLen := 1 + len(tenant) + 1
-	var out []subjects.DumpEntry
-	for ok := it.First(); ok; ok = it.Next() {
-		if len(out) == limit {
-			return out, true, nil
+	var (
+		out    []subjects.DumpEntry
+		prefix []byte // partition prefix, tenant, 0x00
+		p      uint32
+	)
+	if after != "" {
+		p = ring.Partition(tenant, after, e.q)
+	}
+	for first := p; int(p) < e.q; p++ {
+		prefix = append(appendPartitionPrefix(prefix[:0], p), tenant...)
+		prefix = append(prefix, 0)
+		var ok bool
+		if after != "" && p == first {
+			// Strictly after: the smallest key greater than after.
+			ok = it.SeekGE(append(append(bytes.Clone(prefix), after...), 0))
+		} else {
+			ok = it.SeekGE(prefix)
 		}
-		rec, err := decodeRecord(it.Value())
-		if err != nil {
-			return nil, false, fmt.Errorf("dump: decode %q: %w", it.Key()[prefixLen:], err)
-		}
-		ent := subjects.DumpEntry{Key: string(it.Key()[prefixLen:])}
-		if v := rec.LWW; v != nil {
-			ent.Value, ent.Tombstone = v.Value, v.Tombstone
-			ent.Context = vclock.EncodeContext(v.Dot)
-			ent.Counter, ent.Actor = v.Dot.Counter, v.Dot.Actor
-		}
-		if d := rec.DVV; d != nil {
-			ent.DVV, ent.Siblings = d, d.Size()
-			ent.Tombstone = d.Deleted()
-			ent.Context = vclock.EncodeDVVContext(d.Join())
-			if last, ok := d.Last(); ok {
-				ent.Value = last.Value.Data
-				ent.Counter, ent.Actor = last.Dot.Counter, last.Dot.Actor
+		for ; ok && bytes.HasPrefix(it.Key(), prefix); ok = it.Next() {
+			if len(out) == limit {
+				return out, true, nil
 			}
+			ent, err := dumpEntry(it.Key()[len(prefix):], it.Value())
+			if err != nil {
+				return nil, false, err
+			}
+			out = append(out, ent)
 		}
-		out = append(out, ent)
+		if !ok {
+			break // nothing after this partition's tenant range
+		}
+		if next := keyPartition(it.Key()); next > p+1 {
+			p = next - 1 // skip the partitions that hold no keys at all
+		}
 	}
 	return out, false, it.Error()
+}
+
+// keyPartition is the partition of a data key.
+func keyPartition(k []byte) uint32 { return uint32(k[1])<<8 | uint32(k[2]) }
+
+// dumpEntry is what dump lists of the record data stored under key.
+func dumpEntry(key, data []byte) (subjects.DumpEntry, error) {
+	rec, err := decodeRecord(data)
+	if err != nil {
+		return subjects.DumpEntry{}, fmt.Errorf("dump: decode %q: %w", key, err)
+	}
+	ent := subjects.DumpEntry{Key: string(key)}
+	if v := rec.LWW; v != nil {
+		ent.Value, ent.Tombstone = v.Value, v.Tombstone
+		ent.Context = vclock.EncodeContext(v.Dot)
+		ent.Counter, ent.Actor = v.Dot.Counter, v.Dot.Actor
+	}
+	if d := rec.DVV; d != nil {
+		ent.DVV, ent.Siblings = d, d.Size()
+		ent.Tombstone = d.Deleted()
+		ent.Context = vclock.EncodeDVVContext(d.Join())
+		if last, ok := d.Last(); ok {
+			ent.Value = last.Value.Data
+			ent.Counter, ent.Actor = last.Dot.Counter, last.Dot.Actor
+		}
+	}
+	return ent, nil
 }
 
 // Pebble tuning of a storage node. Point reads dominate (every read and

@@ -10,6 +10,12 @@
 // Writes are group-committed: every write message waiting in the node's
 // queue when the writer gets to it is applied as one Pebble batch with one
 // fsync, then each message is answered.
+//
+// Data is laid out partition first (Config.Partitions, see engine.go), so a
+// partition is one contiguous Pebble range; the directory records its
+// partition count and one in the layout from before partitions is migrated
+// at Open. dump lists one tenant's keys in (partition, key) order, resuming
+// after the last key of the previous page.
 package storage
 
 import (
@@ -41,6 +47,7 @@ type Config struct {
 	DataDir      string        // required; created if missing; one node per directory
 	Fsync        bool          // fsync every write batch before acknowledging it (true)
 	VirtualNodes int           // ring points to register with, 1..4096 (ring.DefaultVirtualNodes)
+	Partitions   int           // partitions Q the data is laid out in, a power of two up to 65536; must match the data directory's (ring.DefaultPartitions)
 	QueueLen     int           // messages queued per subject; past it the node answers 429 overloaded at once (8192)
 	MaxBatch     int           // write messages group-committed together at most (256)
 	Heartbeat    time.Duration // re-registration interval, refreshing last_seen (15s)
@@ -60,6 +67,7 @@ func DefaultConfig() Config {
 	return Config{
 		Fsync:        true,
 		VirtualNodes: ring.DefaultVirtualNodes,
+		Partitions:   ring.DefaultPartitions,
 		QueueLen:     8192,
 		MaxBatch:     256,
 		Heartbeat:    15 * time.Second,
@@ -85,10 +93,14 @@ func (c *Config) validate() (err error) {
 		settings.Default("storage: queue length", &c.QueueLen, d.QueueLen),
 		settings.Default("storage: max batch", &c.MaxBatch, d.MaxBatch),
 		settings.Default("storage: heartbeat", &c.Heartbeat, d.Heartbeat),
+		settings.Default("storage: partitions", &c.Partitions, d.Partitions),
 	} {
 		if err != nil {
 			return err
 		}
+	}
+	if err := ring.ValidatePartitions(c.Partitions); err != nil {
+		return fmt.Errorf("storage: %w", err)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -145,7 +157,7 @@ func Open(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	log := cfg.Logger.With("node", cfg.NodeID)
-	eng, err := openEngine(cfg.DataDir, cfg.NodeID, cfg.Fsync, log)
+	eng, err := openEngine(cfg.DataDir, cfg.NodeID, cfg.Partitions, cfg.Fsync, log)
 	if err != nil {
 		return nil, err
 	}

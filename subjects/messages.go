@@ -268,7 +268,8 @@ type NodeReadResult struct {
 }
 
 // DumpRequest is the body of kv.node.<id>.dump: list what a node stores for
-// a tenant, in key order, starting after After. Limit 0 means 1000.
+// a tenant, in (partition, key) order, starting after After (the last key of
+// the previous page). Limit 0 means 1000.
 type DumpRequest struct {
 	Tenant string `json:"tenant" msgpack:"tenant"`
 	After  string `json:"after,omitempty" msgpack:"after,omitempty"`

@@ -280,6 +280,7 @@ func runStorage(args []string) error {
 	fs.StringVar(&cfg.DataDir, "data", "", "data directory, one per node (required)")
 	fs.BoolVar(&cfg.Fsync, "fsync", cfg.Fsync, "fsync each write batch before acknowledging it; false trades durability for speed: acknowledged writes may be lost when the process or the machine crashes (the other replicas and repair still hold them)")
 	fs.IntVar(&cfg.VirtualNodes, "virtual-nodes", cfg.VirtualNodes, "ring points of this node (more = larger share)")
+	fs.IntVar(&cfg.Partitions, "partitions", cfg.Partitions, "partitions the data directory is laid out in (a power of two up to 65536); must match what the directory was written with")
 	fs.IntVar(&cfg.QueueLen, "queue-len", cfg.QueueLen, "messages queued per subject; past it the node answers 429 overloaded at once")
 	fs.IntVar(&cfg.MaxBatch, "max-batch", cfg.MaxBatch, "write messages group-committed together at most")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics (empty: off)")
