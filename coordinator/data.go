@@ -19,6 +19,7 @@ import (
 	"github.com/quorumkv/quorumkv/idempotency"
 	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/metadata"
+	"github.com/quorumkv/quorumkv/storage/replica"
 	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
 )
@@ -424,19 +425,17 @@ func (c *Coordinator) write(ctx context.Context, r *dataRequest, del bool) (*sub
 // started (quorums overlap), so a greater dot now is a concurrent write's,
 // and losing to a concurrent write breaks no promise. Without that, writers
 // contending for one key would re-stamp past each other until they failed.
-func (c *Coordinator) sendLWW(ctx context.Context, r *dataRequest, pref []string, need int, v *vclock.Version, restamped bool) (*subjects.WriteReply, *call, tally, []string, error) {
+func (c *Coordinator) sendLWW(ctx context.Context, r *dataRequest, pref []string, need int, v *vclock.Version, restamped bool) (*subjects.WriteReply, *replica.Call, tally, []string, error) {
 	deadline, _ := ctx.Deadline()
-	cl := newCall(len(pref))
+	cl := replica.NewCall(len(pref))
 	for _, node := range pref {
-		id := c.fan.newID()
-		c.fan.send(cl, node, subjects.NodeOpWrite, item{id: id, deadline: deadline,
-			write: subjects.NodeWrite{ID: id, Tenant: r.tenant.ID, Key: r.Key, LWW: v}})
+		c.rep.Write(cl, node, deadline, subjects.NodeWrite{Tenant: r.tenant.ID, Key: r.Key, LWW: v})
 	}
 	t := tally{required: need, total: len(pref), lossIsAck: restamped}
 	var acked []string
-	err := c.await(ctx, cl, &t, r.level, nil, func(o outcome) {
-		if _, lost := o.lostTo(); o.err == nil && !lost {
-			acked = append(acked, o.node)
+	err := c.await(ctx, cl, &t, r.level, nil, func(o replica.Outcome) {
+		if _, lost := o.LostTo(); o.Err == nil && !lost {
+			acked = append(acked, o.Node)
 		}
 	})
 	if err != nil {
@@ -495,11 +494,9 @@ func (c *Coordinator) read(ctx context.Context, r *dataRequest) (*subjects.GetRe
 		return nil, err
 	}
 	deadline, _ := ctx.Deadline()
-	cl := newCall(len(pref))
+	cl := replica.NewCall(len(pref))
 	send := func(node string) {
-		id := c.fan.newID()
-		c.fan.send(cl, node, subjects.NodeOpRead, item{id: id, deadline: deadline,
-			read: subjects.NodeRead{ID: id, Tenant: r.tenant.ID, Key: r.Key}})
+		c.rep.Read(cl, node, deadline, subjects.NodeRead{Tenant: r.tenant.ID, Key: r.Key})
 	}
 	ask, rest := c.readTargets(pref, need, r.level)
 	for _, node := range ask {
@@ -509,19 +506,19 @@ func (c *Coordinator) read(ctx context.Context, r *dataRequest) (*subjects.GetRe
 	if len(rest) > 0 {
 		sp = &spares{asked: ask, rest: rest, send: send, delay: c.cfg.SpeculativeRetry}
 		if sp.delay == 0 {
-			sp.delay = c.fan.speculativeDelay()
+			sp.delay = c.rep.SpeculativeDelay()
 		}
 	}
 	var versions [7]vclock.Version
 	got := versions[:0]
 	var replies []ReplicaVersion
 	t := tally{required: need, total: len(ask)}
-	err = c.await(ctx, cl, &t, r.level, sp, func(o outcome) {
-		if o.err == nil && o.read != nil && o.read.LWW != nil {
-			got = append(got, *o.read.LWW)
+	err = c.await(ctx, cl, &t, r.level, sp, func(o replica.Outcome) {
+		if o.Err == nil && o.Read != nil && o.Read.LWW != nil {
+			got = append(got, *o.Read.LWW)
 		}
-		if o.err == nil && o.read != nil {
-			replies = append(replies, ReplicaVersion{Node: o.node, LWW: o.read.LWW, DVV: o.read.DVV})
+		if o.Err == nil && o.Read != nil {
+			replies = append(replies, ReplicaVersion{Node: o.Node, LWW: o.Read.LWW, DVV: o.Read.DVV})
 		}
 	})
 	if err != nil {
@@ -563,12 +560,12 @@ func (c *Coordinator) readTargets(pref []string, need int, level string) (ask, r
 	now := time.Now()
 	ordered := make([]string, 0, len(pref))
 	for _, node := range pref {
-		if !c.fan.suspected(node, now) {
+		if !c.rep.Suspected(node, now) {
 			ordered = append(ordered, node)
 		}
 	}
 	for _, node := range pref {
-		if c.fan.suspected(node, now) {
+		if c.rep.Suspected(node, now) {
 			ordered = append(ordered, node)
 		}
 	}
@@ -602,7 +599,7 @@ func (sp *spares) askNext() bool {
 // spares, a failure asks the next spare, and the level not being met after
 // the spares' delay asks all of them (speculative retry); the primaries
 // that failed or had not answered by then are suspected for a while.
-func (c *Coordinator) await(ctx context.Context, cl *call, t *tally, level string, sp *spares, each func(outcome)) error {
+func (c *Coordinator) await(ctx context.Context, cl *replica.Call, t *tally, level string, sp *spares, each func(replica.Outcome)) error {
 	var failures []string
 	// Messages name every primary, asked or kept in reserve.
 	of := func() int {
@@ -619,19 +616,19 @@ func (c *Coordinator) await(ctx context.Context, cl *call, t *tally, level strin
 	}
 	for !t.met() {
 		select {
-		case o := <-cl.ch:
+		case o := <-cl.Outcomes():
 			each(o)
 			if sp != nil {
-				sp.heard = append(sp.heard, o.node)
+				sp.heard = append(sp.heard, o.Node)
 			}
-			if o.err == nil {
-				if by, lost := o.lostTo(); lost && !t.lossIsAck {
+			if o.Err == nil {
+				if by, lost := o.LostTo(); lost && !t.lossIsAck {
 					// A lost lww write is no acknowledgement. Once as many
 					// replicas answered as the level needs, the caller
 					// re-stamps it past the greatest dot they reported.
 					t.losses++
 					if by.Compare(t.lostTo) > 0 {
-						t.lostTo, t.lostNode = by, o.node
+						t.lostTo, t.lostNode = by, o.Node
 					}
 					if t.acks+t.losses >= t.required {
 						return &lostWrite{node: t.lostNode, by: t.lostTo}
@@ -641,9 +638,9 @@ func (c *Coordinator) await(ctx context.Context, cl *call, t *tally, level strin
 				t.ack()
 				continue
 			}
-			failures = append(failures, o.node+": "+o.err.Error())
-			c.metrics.ReplicaFailure(failureReason(o.err))
-			c.fan.suspect(o.node)
+			failures = append(failures, o.Node+": "+o.Err.Error())
+			c.metrics.ReplicaFailure(failureReason(o.Err))
+			c.rep.Suspect(o.Node)
 			if sp.askNext() {
 				c.metrics.SpareRead("failed")
 				t.total++
@@ -656,7 +653,7 @@ func (c *Coordinator) await(ctx context.Context, cl *call, t *tally, level strin
 			speculate = nil
 			for _, node := range sp.asked {
 				if !slices.Contains(sp.heard, node) {
-					c.fan.suspect(node)
+					c.rep.Suspect(node)
 				}
 			}
 			for sp.askNext() {
@@ -681,9 +678,9 @@ func (c *Coordinator) await(ctx context.Context, cl *call, t *tally, level strin
 // failureReason classifies a replica failure for metrics.
 func failureReason(err error) string {
 	switch {
-	case errors.Is(err, errNodeUnreachable):
+	case errors.Is(err, replica.ErrNodeDown):
 		return "unreachable"
-	case errors.Is(err, errNodeOverloaded):
+	case errors.Is(err, replica.ErrQueueFull):
 		return "overloaded"
 	}
 	return "error"
