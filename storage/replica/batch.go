@@ -306,28 +306,29 @@ func (c *Client) onReply(m *nats.Msg) {
 
 // route decodes one reply to b and delivers each result it holds to its
 // item; more is the reply's More flag. A reply that does not decode
-// delivers nothing.
+// delivers nothing. Only the decoding differs by operation.
 func (c *Client) route(b *batch, data []byte) (more bool, err error) {
-	var wr subjects.NodeWriteReply
-	var rr subjects.NodeReadReply
 	if b.q.op == subjects.NodeOpWrite {
-		err, more = wire.UnmarshalNodeWriteReply(data, &wr), wr.More
-	} else {
-		if b.next == 0 {
-			c.observeRead(time.Since(b.sent))
+		var r subjects.NodeWriteReply
+		if err := wire.UnmarshalNodeWriteReply(data, &r); err != nil {
+			return false, err
 		}
-		err, more = wire.UnmarshalNodeReadReply(data, &rr), rr.More
+		for i := range r.Results {
+			b.deliverResult(r.Results[i].ID, r.Results[i].Err, Outcome{Write: &r.Results[i]})
+		}
+		return r.More, nil
 	}
-	if err != nil {
+	if b.next == 0 {
+		c.observeRead(time.Since(b.sent))
+	}
+	var r subjects.NodeReadReply
+	if err := wire.UnmarshalNodeReadReply(data, &r); err != nil {
 		return false, err
 	}
-	for i := range wr.Results {
-		b.deliverResult(wr.Results[i].ID, wr.Results[i].Err, Outcome{Write: &wr.Results[i]})
+	for i := range r.Results {
+		b.deliverResult(r.Results[i].ID, r.Results[i].Err, Outcome{Read: &r.Results[i]})
 	}
-	for i := range rr.Results {
-		b.deliverResult(rr.Results[i].ID, rr.Results[i].Err, Outcome{Read: &rr.Results[i]})
-	}
-	return more, nil
+	return r.More, nil
 }
 
 // deliverResult delivers o, a node's result for item id that failed with
