@@ -120,7 +120,7 @@ func (r *dataRequest) runAfter() {
 }
 
 // collectRest feeds each up to n more outcomes of cl, until they arrived,
-// HintWindow passed, or ctx ended (the fan-out drops items whose request
+// HintWindow passed, or ctx ended (the replica client drops items whose request
 // gave up, so nothing arrives after that).
 func (c *Coordinator) collectRest(ctx context.Context, cl *replica.Call, n int, each func(replica.Outcome)) {
 	if n <= 0 {
