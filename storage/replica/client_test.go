@@ -221,3 +221,49 @@ func TestPayloadLimit(t *testing.T) {
 		}
 	}
 }
+
+// Reads take the same reply path: chunked results reach their items, the
+// read outcome carries the node's version, and the round trip feeds
+// SpeculativeDelay (within its 5ms..200ms bounds).
+func TestReadChunked(t *testing.T) {
+	s := natstest.RunServer(t)
+	nc := natstest.Connect(t, s)
+	v := &vclock.Version{Dot: vclock.Dot{Counter: 7, Actor: "a"}, Value: []byte("x")}
+	sub, err := nc.Subscribe(subjects.StorageNode("n1", subjects.NodeOpRead), func(m *nats.Msg) {
+		var b subjects.NodeReadBatch
+		if err := wire.UnmarshalNodeReadBatch(m.Data, &b); err != nil {
+			t.Errorf("bad batch: %v", err)
+			return
+		}
+		for i, it := range b.Items {
+			r := subjects.NodeReadReply{Results: []subjects.NodeReadResult{{ID: it.ID, LWW: v}}, More: i < len(b.Items)-1}
+			_ = m.Respond(wire.MarshalNodeReadReply(nil, &r))
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	c := newClient(t, nc, replica.Config{MaxInflight: 1})
+	call := replica.NewCall(3)
+	deadline := time.Now().Add(5 * time.Second)
+	// The first leaves alone; the other two queue and leave as one batch.
+	ids := []uint64{
+		c.Read(call, "n1", deadline, subjects.NodeRead{Tenant: "t", Key: "a"}),
+		c.Read(call, "n1", deadline, subjects.NodeRead{Tenant: "t", Key: "b"}),
+		c.Read(call, "n1", deadline, subjects.NodeRead{Tenant: "t", Key: "c"}),
+	}
+	got := outcomes(t, call, 3)
+	for _, id := range ids {
+		if o := got[id]; o.Err != nil || o.Read == nil || o.Read.LWW == nil || o.Read.LWW.Dot.Counter != 7 {
+			t.Fatalf("item %d: %+v", id, o)
+		}
+	}
+	if d := c.SpeculativeDelay(); d < 5*time.Millisecond || d > 200*time.Millisecond {
+		t.Fatalf("speculative delay %s", d)
+	}
+	c.Suspect("n1")
+	if !c.Suspected("n1", time.Now()) || c.Suspected("n1", time.Now().Add(2*time.Second)) || c.Suspected("n2", time.Now()) {
+		t.Fatal("suspicion lasts one second, for the node named")
+	}
+}

@@ -72,9 +72,9 @@
 //   - ErrNodeDown: nobody serves the node's subject (NATS no responders,
 //     status 503). It arrives at once, so a stopped node costs no timeout.
 //   - a *subjects.Error read from the reply's error headers: the node
-//     refused the batch (400 for a malformed batch or another protocol
-//     version; 429 when its queue is full, which also matches
-//     ErrOverloaded).
+//     refused the batch (400 for a malformed batch, another protocol
+//     version or a node that is stopping; 429 when its queue is full,
+//     which also matches ErrOverloaded).
 //   - "bad reply from <node>": the reply did not decode.
 //   - a publish error from the connection, and ErrStopping after Stop.
 //
@@ -85,9 +85,9 @@
 // whose deadline passed before they left are dropped unsent; a batch
 // whose every item's deadline passed stops holding an in-flight slot
 // (within 50ms), so a node that is subscribed but silent (paused,
-// partitioned) cannot hold its queue forever. Nothing is delivered for an
-// item past its deadline that the node did not answer; the caller times
-// it out itself. A node gives no deadline of its own to the batch, except
+// partitioned) cannot hold its queue forever. An item the node has not
+// answered by its deadline may never get an outcome; the caller times it
+// out itself. A node gives no deadline of its own to the batch, except
 // the one a siblings coordinating write carries (subjects.Coordinate).
 //
 // Replies reach the client on one wildcard subscription of a private
