@@ -29,6 +29,7 @@ import (
 	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/metadata"
 	"github.com/quorumkv/quorumkv/metrics"
+	"github.com/quorumkv/quorumkv/storage/replica"
 	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
 )
@@ -188,7 +189,7 @@ type Coordinator struct {
 	keys    *vclock.ContextKeys // seals and opens client contexts
 	clocks  *tenantClocks       // lww: one hybrid logical clock per tenant
 	skewLog skewLog
-	fan     *fanout
+	rep     *replica.Client // the storage-node protocol
 	tenants *tenantCache
 	routing *routing
 	repair  *ConflictService     // nil: repair disabled
@@ -235,12 +236,16 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Coordinator, error) {
 		// and serve once the periodic refresh succeeds.
 		log.Warn("initial ring load failed; retrying in the background", "err", err)
 	}
-	fan, err := newFanout(nc, log, cfg.NodeInflight, cfg.MaxBatch, cfg.NodeQueue)
+	rep, err := replica.New(nc, replica.Config{
+		MaxInflight: cfg.NodeInflight,
+		MaxBatch:    cfg.MaxBatch,
+		QueueLen:    cfg.NodeQueue,
+		OnBatch:     c.metrics.Batch, // nil metrics record nothing
+	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("coordinator: %w", err)
 	}
-	fan.metrics = c.metrics
-	c.fan = fan
+	c.rep = rep
 
 	bg, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
@@ -379,7 +384,7 @@ func (c *Coordinator) Stop() {
 	}
 	c.cancel()
 	c.wg.Wait()
-	c.fan.close()
+	c.rep.Stop()
 	c.log.Info("coordinator stopped")
 }
 

@@ -9,8 +9,6 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/micro"
@@ -19,6 +17,7 @@ import (
 	"github.com/quorumkv/quorumkv/idempotency"
 	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/metadata"
+	"github.com/quorumkv/quorumkv/storage/replica"
 	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
 )
@@ -424,19 +423,17 @@ func (c *Coordinator) write(ctx context.Context, r *dataRequest, del bool) (*sub
 // started (quorums overlap), so a greater dot now is a concurrent write's,
 // and losing to a concurrent write breaks no promise. Without that, writers
 // contending for one key would re-stamp past each other until they failed.
-func (c *Coordinator) sendLWW(ctx context.Context, r *dataRequest, pref []string, need int, v *vclock.Version, restamped bool) (*subjects.WriteReply, *call, tally, []string, error) {
+func (c *Coordinator) sendLWW(ctx context.Context, r *dataRequest, pref []string, need int, v *vclock.Version, restamped bool) (*subjects.WriteReply, *replica.Call, tally, []string, error) {
 	deadline, _ := ctx.Deadline()
-	cl := newCall(len(pref))
+	cl := replica.NewCall(len(pref))
 	for _, node := range pref {
-		id := c.fan.newID()
-		c.fan.send(cl, node, subjects.NodeOpWrite, item{id: id, deadline: deadline,
-			write: subjects.NodeWrite{ID: id, Tenant: r.tenant.ID, Key: r.Key, LWW: v}})
+		c.rep.Write(cl, node, deadline, subjects.NodeWrite{Tenant: r.tenant.ID, Key: r.Key, LWW: v})
 	}
 	t := tally{required: need, total: len(pref), lossIsAck: restamped}
 	var acked []string
-	err := c.await(ctx, cl, &t, r.level, nil, func(o outcome) {
-		if _, lost := o.lostTo(); o.err == nil && !lost {
-			acked = append(acked, o.node)
+	err := c.await(ctx, cl, &t, r.level, nil, func(o replica.Outcome) {
+		if _, lost := o.LostTo(); o.Err == nil && !lost {
+			acked = append(acked, o.Node)
 		}
 	})
 	if err != nil {
@@ -495,11 +492,9 @@ func (c *Coordinator) read(ctx context.Context, r *dataRequest) (*subjects.GetRe
 		return nil, err
 	}
 	deadline, _ := ctx.Deadline()
-	cl := newCall(len(pref))
+	cl := replica.NewCall(len(pref))
 	send := func(node string) {
-		id := c.fan.newID()
-		c.fan.send(cl, node, subjects.NodeOpRead, item{id: id, deadline: deadline,
-			read: subjects.NodeRead{ID: id, Tenant: r.tenant.ID, Key: r.Key}})
+		c.rep.Read(cl, node, deadline, subjects.NodeRead{Tenant: r.tenant.ID, Key: r.Key})
 	}
 	ask, rest := c.readTargets(pref, need, r.level)
 	for _, node := range ask {
@@ -509,19 +504,19 @@ func (c *Coordinator) read(ctx context.Context, r *dataRequest) (*subjects.GetRe
 	if len(rest) > 0 {
 		sp = &spares{asked: ask, rest: rest, send: send, delay: c.cfg.SpeculativeRetry}
 		if sp.delay == 0 {
-			sp.delay = c.fan.speculativeDelay()
+			sp.delay = c.rep.SpeculativeDelay()
 		}
 	}
 	var versions [7]vclock.Version
 	got := versions[:0]
 	var replies []ReplicaVersion
 	t := tally{required: need, total: len(ask)}
-	err = c.await(ctx, cl, &t, r.level, sp, func(o outcome) {
-		if o.err == nil && o.read != nil && o.read.LWW != nil {
-			got = append(got, *o.read.LWW)
+	err = c.await(ctx, cl, &t, r.level, sp, func(o replica.Outcome) {
+		if o.Err == nil && o.Read != nil && o.Read.LWW != nil {
+			got = append(got, *o.Read.LWW)
 		}
-		if o.err == nil && o.read != nil {
-			replies = append(replies, ReplicaVersion{Node: o.node, LWW: o.read.LWW, DVV: o.read.DVV})
+		if o.Err == nil && o.Read != nil {
+			replies = append(replies, ReplicaVersion{Node: o.Node, LWW: o.Read.LWW, DVV: o.Read.DVV})
 		}
 	})
 	if err != nil {
@@ -563,128 +558,14 @@ func (c *Coordinator) readTargets(pref []string, need int, level string) (ask, r
 	now := time.Now()
 	ordered := make([]string, 0, len(pref))
 	for _, node := range pref {
-		if !c.fan.suspected(node, now) {
+		if !c.rep.Suspected(node, now) {
 			ordered = append(ordered, node)
 		}
 	}
 	for _, node := range pref {
-		if c.fan.suspected(node, now) {
+		if c.rep.Suspected(node, now) {
 			ordered = append(ordered, node)
 		}
 	}
 	return ordered[:need], ordered[need:]
-}
-
-// spares are the primaries a read has not asked yet.
-type spares struct {
-	asked []string          // the primaries asked so far
-	rest  []string          // not asked yet
-	send  func(node string) // asks one
-	delay time.Duration     // after which the rest are asked
-	heard []string          // asked primaries that answered
-}
-
-// askNext asks the next spare and reports whether there was one.
-func (sp *spares) askNext() bool {
-	if sp == nil || len(sp.rest) == 0 {
-		return false
-	}
-	node := sp.rest[0]
-	sp.rest = sp.rest[1:]
-	sp.asked = append(sp.asked, node)
-	sp.send(node)
-	return true
-}
-
-// await feeds the call's outcomes to t until the level is met (nil) or can
-// no longer be met, or ctx ends (unavailable, naming what failed), or a
-// replica reports that an lww write lost its merge (*lostWrite). With
-// spares, a failure asks the next spare, and the level not being met after
-// the spares' delay asks all of them (speculative retry); the primaries
-// that failed or had not answered by then are suspected for a while.
-func (c *Coordinator) await(ctx context.Context, cl *call, t *tally, level string, sp *spares, each func(outcome)) error {
-	var failures []string
-	// Messages name every primary, asked or kept in reserve.
-	of := func() int {
-		if sp == nil {
-			return t.total
-		}
-		return t.total + len(sp.rest)
-	}
-	var speculate <-chan time.Time
-	if sp != nil && len(sp.rest) > 0 {
-		timer := time.NewTimer(sp.delay)
-		defer timer.Stop()
-		speculate = timer.C
-	}
-	for !t.met() {
-		select {
-		case o := <-cl.ch:
-			each(o)
-			if sp != nil {
-				sp.heard = append(sp.heard, o.node)
-			}
-			if o.err == nil {
-				if by, lost := o.lostTo(); lost && !t.lossIsAck {
-					// A lost lww write is no acknowledgement. Once as many
-					// replicas answered as the level needs, the caller
-					// re-stamps it past the greatest dot they reported.
-					t.losses++
-					if by.Compare(t.lostTo) > 0 {
-						t.lostTo, t.lostNode = by, o.node
-					}
-					if t.acks+t.losses >= t.required {
-						return &lostWrite{node: t.lostNode, by: t.lostTo}
-					}
-					continue
-				}
-				t.ack()
-				continue
-			}
-			failures = append(failures, o.node+": "+o.err.Error())
-			c.metrics.ReplicaFailure(failureReason(o.err))
-			c.fan.suspect(o.node)
-			if sp.askNext() {
-				c.metrics.SpareRead("failed")
-				t.total++
-			}
-			if t.fail() {
-				return subjects.Errorf(subjects.KindUnavailable, "%s needs %d of %d replicas; %d acknowledged, %d failed (%s)",
-					level, t.required, of(), t.acks, t.fails, strings.Join(failures, "; "))
-			}
-		case <-speculate:
-			speculate = nil
-			for _, node := range sp.asked {
-				if !slices.Contains(sp.heard, node) {
-					c.fan.suspect(node)
-				}
-			}
-			for sp.askNext() {
-				c.metrics.SpareRead("slow")
-				t.total++
-			}
-		case <-ctx.Done():
-			pendingN := t.total - t.answered()
-			for i := 0; i < pendingN; i++ {
-				c.metrics.ReplicaFailure("timeout")
-			}
-			msg := fmt.Sprintf("%s needs %d of %d replicas; %d acknowledged, %d did not answer in time", level, t.required, of(), t.acks, pendingN)
-			if len(failures) > 0 {
-				msg += ", failed: " + strings.Join(failures, "; ")
-			}
-			return subjects.Errorf(subjects.KindUnavailable, "%s", msg)
-		}
-	}
-	return nil
-}
-
-// failureReason classifies a replica failure for metrics.
-func failureReason(err error) string {
-	switch {
-	case errors.Is(err, errNodeUnreachable):
-		return "unreachable"
-	case errors.Is(err, errNodeOverloaded):
-		return "overloaded"
-	}
-	return "error"
 }

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/quorumkv/quorumkv/storage/replica"
 	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
 )
@@ -119,9 +120,9 @@ func (r *dataRequest) runAfter() {
 }
 
 // collectRest feeds each up to n more outcomes of cl, until they arrived,
-// HintWindow passed, or ctx ended (the fan-out drops items whose request
+// HintWindow passed, or ctx ended (the replica client drops items whose request
 // gave up, so nothing arrives after that).
-func (c *Coordinator) collectRest(ctx context.Context, cl *call, n int, each func(outcome)) {
+func (c *Coordinator) collectRest(ctx context.Context, cl *replica.Call, n int, each func(replica.Outcome)) {
 	if n <= 0 {
 		return
 	}
@@ -129,7 +130,7 @@ func (c *Coordinator) collectRest(ctx context.Context, cl *call, n int, each fun
 	defer timer.Stop()
 	for ; n > 0; n-- {
 		select {
-		case o := <-cl.ch:
+		case o := <-cl.Outcomes():
 			each(o)
 		case <-timer.C:
 			return
@@ -143,10 +144,10 @@ func (c *Coordinator) collectRest(ctx context.Context, cl *call, n int, each fun
 // asks to repair the ones that lack the merge. Replicas that failed or did
 // not answer are not targets: they may hold anything, and a primary that
 // missed a write is hinted by the write.
-func (c *Coordinator) repairRead(ctx context.Context, cl *call, r *dataRequest, outstanding int, replies []ReplicaVersion) {
-	c.collectRest(ctx, cl, outstanding, func(o outcome) {
-		if o.err == nil && o.read != nil {
-			replies = append(replies, ReplicaVersion{Node: o.node, LWW: o.read.LWW, DVV: o.read.DVV})
+func (c *Coordinator) repairRead(ctx context.Context, cl *replica.Call, r *dataRequest, outstanding int, replies []ReplicaVersion) {
+	c.collectRest(ctx, cl, outstanding, func(o replica.Outcome) {
+		if o.Err == nil && o.Read != nil {
+			replies = append(replies, ReplicaVersion{Node: o.Node, LWW: o.Read.LWW, DVV: o.Read.DVV})
 		}
 	})
 	if r.tenant.ConflictPolicy == subjects.PolicySiblings {
@@ -182,7 +183,7 @@ func (c *Coordinator) racingWrite(counter uint64) bool {
 // hintMissing waits for the primaries that had not acknowledged a write,
 // then hints the ones that still did not (hinted handoff): a repair worker
 // delivers v to them once they answer.
-func (c *Coordinator) hintMissing(ctx context.Context, cl *call, r *dataRequest, pref []string, outstanding int, acked []string, v vclock.Version) {
+func (c *Coordinator) hintMissing(ctx context.Context, cl *replica.Call, r *dataRequest, pref []string, outstanding int, acked []string, v vclock.Version) {
 	if missed := c.missed(ctx, cl, pref, outstanding, acked); len(missed) > 0 {
 		c.repair.TriggerRepair(r.tenant.ID, r.Key, v, missed, subjects.RepairReasonHint)
 	}
@@ -190,7 +191,7 @@ func (c *Coordinator) hintMissing(ctx context.Context, cl *call, r *dataRequest,
 
 // hintMissingDVV is hintMissing for the siblings policy: the primaries
 // that do not hold the write's state get it.
-func (c *Coordinator) hintMissingDVV(ctx context.Context, cl *call, r *dataRequest, pref []string, outstanding int, acked []string, st vclock.DVVSet) {
+func (c *Coordinator) hintMissingDVV(ctx context.Context, cl *replica.Call, r *dataRequest, pref []string, outstanding int, acked []string, st vclock.DVVSet) {
 	if missed := c.missed(ctx, cl, pref, outstanding, acked); len(missed) > 0 {
 		c.repair.TriggerRepairDVV(r.tenant.ID, r.Key, st, missed, subjects.RepairReasonHint)
 	}
@@ -198,10 +199,10 @@ func (c *Coordinator) hintMissingDVV(ctx context.Context, cl *call, r *dataReque
 
 // missed waits for up to outstanding more outcomes of cl (HintWindow at
 // most) and returns the primaries of pref that never acknowledged.
-func (c *Coordinator) missed(ctx context.Context, cl *call, pref []string, outstanding int, acked []string) []string {
-	c.collectRest(ctx, cl, outstanding, func(o outcome) {
-		if o.err == nil {
-			acked = append(acked, o.node)
+func (c *Coordinator) missed(ctx context.Context, cl *replica.Call, pref []string, outstanding int, acked []string) []string {
+	c.collectRest(ctx, cl, outstanding, func(o replica.Outcome) {
+		if o.Err == nil {
+			acked = append(acked, o.Node)
 		}
 	})
 	var missed []string

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/quorumkv/quorumkv/storage/replica"
 	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
 )
@@ -58,26 +59,24 @@ func (c *Coordinator) writeSiblings(ctx context.Context, r *dataRequest, pref []
 			attempt = time.Now().Add(half - half/4)
 			giveUp = time.Now().Add(half)
 		}
-		cl := newCall(1)
-		id := c.fan.newID()
-		c.fan.send(cl, node, subjects.NodeOpWrite, item{id: id, deadline: attempt,
-			write: subjects.NodeWrite{ID: id, Tenant: r.tenant.ID, Key: r.Key, Coordinate: &subjects.Coordinate{Context: r.dvvCtx, Value: val, Deadline: attempt.UnixMilli(), MaxBytes: maxBytes}}})
+		cl := replica.NewCall(1)
+		c.rep.Write(cl, node, attempt, subjects.NodeWrite{Tenant: r.tenant.ID, Key: r.Key, Coordinate: &subjects.Coordinate{Context: r.dvvCtx, Value: val, Deadline: attempt.UnixMilli(), MaxBytes: maxBytes}})
 		o, err := waitOne(ctx, cl, giveUp)
-		if err == nil && o.err == nil && o.write != nil && o.write.DVV != nil {
-			state, coordIdx = o.write.DVV, i
+		if err == nil && o.Err == nil && o.Write != nil && o.Write.DVV != nil {
+			state, coordIdx = o.Write.DVV, i
 			t.ack()
 			break
 		}
-		if err == nil && o.write != nil && (o.write.Kind == subjects.KindTooManySiblings || o.write.Kind == subjects.KindTooLarge) {
+		if err == nil && o.Write != nil && (o.Write.Kind == subjects.KindTooManySiblings || o.Write.Kind == subjects.KindTooLarge) {
 			// A limit of the key's state: any other primary would refuse
 			// it too (or, not holding all of it yet, accept it wrongly).
-			return nil, subjects.Errorf(o.write.Kind, "%s", o.write.Err)
+			return nil, subjects.Errorf(o.Write.Kind, "%s", o.Write.Err)
 		}
 		reason := "did not answer in time"
 		switch {
-		case err == nil && o.err != nil:
-			reason = o.err.Error()
-			c.metrics.ReplicaFailure(failureReason(o.err))
+		case err == nil && o.Err != nil:
+			reason = o.Err.Error()
+			c.metrics.ReplicaFailure(failureReason(o.Err))
 		case err == nil:
 			reason = "answered without the key's state"
 		default:
@@ -95,17 +94,15 @@ func (c *Coordinator) writeSiblings(ctx context.Context, r *dataRequest, pref []
 	// Leg 2: the other primaries merge the complete state. The ones that
 	// failed to coordinate are not asked again; hints reach them.
 	others := pref[coordIdx+1:]
-	cl := newCall(len(others))
+	cl := replica.NewCall(len(others))
 	for _, node := range others {
-		id := c.fan.newID()
-		c.fan.send(cl, node, subjects.NodeOpWrite, item{id: id, deadline: deadline,
-			write: subjects.NodeWrite{ID: id, Tenant: r.tenant.ID, Key: r.Key, DVV: state}})
+		c.rep.Write(cl, node, deadline, subjects.NodeWrite{Tenant: r.tenant.ID, Key: r.Key, DVV: state})
 	}
 	acked := []string{pref[coordIdx]}
 	if !t.met() {
-		err := c.await(ctx, cl, &t, r.level, nil, func(o outcome) {
-			if o.err == nil {
-				acked = append(acked, o.node)
+		err := c.await(ctx, cl, &t, r.level, nil, func(o replica.Outcome) {
+			if o.Err == nil {
+				acked = append(acked, o.Node)
 			}
 		})
 		if err != nil {
@@ -126,16 +123,16 @@ func (c *Coordinator) writeSiblings(ctx context.Context, r *dataRequest, pref []
 }
 
 // waitOne waits for cl's single outcome until deadline or ctx ends.
-func waitOne(ctx context.Context, cl *call, deadline time.Time) (outcome, error) {
+func waitOne(ctx context.Context, cl *replica.Call, deadline time.Time) (replica.Outcome, error) {
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	select {
-	case o := <-cl.ch:
+	case o := <-cl.Outcomes():
 		return o, nil
 	case <-timer.C:
-		return outcome{}, context.DeadlineExceeded
+		return replica.Outcome{}, context.DeadlineExceeded
 	case <-ctx.Done():
-		return outcome{}, ctx.Err()
+		return replica.Outcome{}, ctx.Err()
 	}
 }
 

@@ -74,8 +74,8 @@ type Config struct {
 	Duplicates time.Duration
 	// AckWait is how long a worker may hold a delivered message before the
 	// server gives it to another worker (30s). It bounds how long a crashed
-	// worker's messages wait; it must exceed NodeTimeout times the writes a
-	// batch makes to one node.
+	// worker's messages wait; it must exceed NodeTimeout (a batch's merges
+	// to all its targets get one NodeTimeout).
 	AckWait time.Duration
 	// MaxDeliver is how many deliveries a message gets before it moves to
 	// the dead-letter stream (20). With the default back-off this is about

@@ -15,8 +15,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
-	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/quorumkv/quorumkv/storage/replica"
 	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
 )
@@ -51,6 +51,7 @@ type Worker struct {
 	log    *slog.Logger
 	svc    micro.Service
 	adv    *nats.Subscription
+	rep    *replica.Client // writes merges to the target nodes
 
 	started                                         time.Time
 	applied, failed, dead, nodeWrites, batchesCount atomic.Uint64
@@ -106,6 +107,13 @@ func newWorker(ctx context.Context, nc *nats.Conn, cfg Config, beforeAck func(*s
 	if err := w.addService(); err != nil {
 		_ = w.adv.Unsubscribe()
 		return nil, err
+	}
+	// One fetched batch queues at most Batch merges per node.
+	w.rep, err = replica.New(nc, replica.Config{QueueLen: max(replica.DefaultConfig().QueueLen, 2*cfg.Batch)})
+	if err != nil {
+		_ = w.svc.Stop()
+		_ = w.adv.Unsubscribe()
+		return nil, fmt.Errorf("repair: %w", err)
 	}
 	bg, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
@@ -164,6 +172,7 @@ func (w *Worker) Stop() {
 		w.cancel()
 		_ = w.adv.Unsubscribe()
 		w.wg.Wait()
+		w.rep.Stop()
 		if err := w.svc.Stop(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 			w.log.Warn("stop micro service", "err", err)
 		}
@@ -247,9 +256,10 @@ type job struct {
 	fails []string // "node: reason" of each target that did not confirm
 }
 
-// process carries out a batch: per target node one write of all the
-// batch's items for it (in parallel across nodes), then acks or naks each
-// message by the outcome of all its targets.
+// process carries out a batch: every message's version goes to each of
+// its targets as a merge (batched per node by the replica client, all
+// nodes at once), then each message is acked or nak'd by the outcome of
+// all its targets.
 func (w *Worker) process(msgs []jetstream.Msg) {
 	w.batchesCount.Add(1)
 	jobs := make([]*job, 0, len(msgs))
@@ -281,27 +291,7 @@ func (w *Worker) process(msgs []jetstream.Msg) {
 			}
 		}
 	}
-	var (
-		mu sync.Mutex
-		wg sync.WaitGroup
-	)
-	for node, idx := range byNode {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs := w.writeNode(node, jobs, idx)
-			mu.Lock()
-			defer mu.Unlock()
-			for _, i := range idx {
-				if err, bad := errs[i]; bad {
-					jobs[i].fails = append(jobs[i].fails, node+": "+err)
-				} else {
-					w.nodeWrites.Add(1)
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	w.writeTargets(jobs, byNode)
 	var unsettled int
 	var lastErr error
 	for _, j := range jobs {
@@ -354,116 +344,64 @@ func (w *Worker) settle(j *job) error {
 	return nil
 }
 
-// errItemMissing is what an item gets when the node's last reply did not
-// name it.
-const errItemMissing = "node did not answer the item"
-
-// errNodeDown is what items get when nobody serves the node's subject.
-const errNodeDown = "node is down (no responders)"
-
-// writeNode sends the versions of jobs[idx] to node as merges and returns
-// the failed ones by job index. Items are sent in batches below the
-// server's max payload; a batch's reply may come in several messages.
-func (w *Worker) writeNode(node string, jobs []*job, idx []int) map[int]string {
-	errs := map[int]string{}
-	limit := max(int(w.nc.MaxPayload())-64<<10, 64<<10)
-	var items []subjects.NodeWrite
-	size := 0
-	flush := func() {
-		if len(items) == 0 {
-			return
-		}
-		for id, err := range w.writeBatch(node, items) {
-			errs[int(id)] = err
-		}
-		items, size = items[:0], 0
+// writeTargets sends each job's version to each of its targets as a
+// merge (byNode: the jobs of each target, by index) and records in the
+// jobs the targets that did not confirm it. The replica client batches a
+// node's merges into as few messages as fit; every merge gets NodeTimeout
+// from now.
+func (w *Worker) writeTargets(jobs []*job, byNode map[string][]int) {
+	type sent struct {
+		job  int
+		node string
 	}
-	for _, i := range idx {
-		r := jobs[i].req
-		s := 64 + len(r.Tenant) + len(r.Key) + subjects.VersionSize(r.LWW, r.DVV)
-		if size+s > limit {
-			flush()
-		}
-		items = append(items, subjects.NodeWrite{ID: uint64(i), Tenant: r.Tenant, Key: r.Key, LWW: r.LWW, DVV: r.DVV})
-		size += s
+	pending := map[uint64]sent{} // by item ID
+	deadline := time.Now().Add(w.cfg.NodeTimeout)
+	n := 0
+	for _, idx := range byNode {
+		n += len(idx)
 	}
-	flush()
-	return errs
-}
-
-// writeBatch sends one NodeWriteBatch to node and returns the items that
-// failed, by item id.
-func (w *Worker) writeBatch(node string, items []subjects.NodeWrite) map[uint64]string {
-	failAll := func(reason string) map[uint64]string {
-		out := make(map[uint64]string, len(items))
-		for _, it := range items {
-			out[it.ID] = reason
+	call := replica.NewCall(n)
+	for node, idx := range byNode {
+		ws := make([]subjects.NodeWrite, len(idx))
+		for k, i := range idx {
+			r := jobs[i].req
+			ws[k] = subjects.NodeWrite{Tenant: r.Tenant, Key: r.Key, LWW: r.LWW, DVV: r.DVV}
 		}
-		return out
+		w.rep.Write(call, node, deadline, ws...)
+		for k, i := range idx {
+			pending[ws[k].ID] = sent{job: i, node: node}
+		}
 	}
-	data, err := msgpack.Marshal(&subjects.NodeWriteBatch{Proto: subjects.NodeProtocolVersion, Items: items})
-	if err != nil {
-		return failAll("encode: " + err.Error())
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.NodeTimeout)
-	defer cancel()
-	inbox := w.nc.NewInbox()
-	sub, err := w.nc.SubscribeSync(inbox)
-	if err != nil {
-		return failAll("subscribe reply: " + err.Error())
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	if err := w.nc.PublishRequest(subjects.StorageNode(node, subjects.NodeOpWrite), inbox, data); err != nil {
-		return failAll("publish: " + err.Error())
-	}
-	pending := make(map[uint64]bool, len(items))
-	for _, it := range items {
-		pending[it.ID] = true
-	}
-	out := map[uint64]string{}
-	for {
-		m, err := sub.NextMsgWithContext(ctx)
-		if errors.Is(err, nats.ErrNoResponders) {
-			return failAll(errNodeDown)
-		}
-		if err != nil {
-			if errors.Is(err, context.DeadlineExceeded) {
-				err = fmt.Errorf("no reply within %s", w.cfg.NodeTimeout)
-			}
-			for id := range pending {
-				out[id] = err.Error()
-			}
-			return out
-		}
-		if m.Header.Get("Status") == "503" {
-			return failAll(errNodeDown)
-		}
-		if e := subjects.ErrorFromHeaders(m.Header.Get); e != nil {
-			return failAll(e.Error())
-		}
-		var r subjects.NodeWriteReply
-		if err := msgpack.Unmarshal(m.Data, &r); err != nil {
-			for id := range pending {
-				out[id] = "bad reply: " + err.Error()
-			}
-			return out
-		}
-		for _, res := range r.Results {
-			if !pending[res.ID] {
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	for len(pending) > 0 {
+		select {
+		case o := <-call.Outcomes():
+			s, ok := pending[o.ID]
+			if !ok {
 				continue
 			}
-			delete(pending, res.ID)
-			if res.Err != "" {
-				out[res.ID] = res.Err
+			delete(pending, o.ID)
+			if o.Err != nil {
+				jobs[s.job].fails = append(jobs[s.job].fails, s.node+": "+failReason(o.Err))
+			} else {
+				w.nodeWrites.Add(1)
 			}
-		}
-		if !r.More {
-			for id := range pending {
-				out[id] = errItemMissing
+		case <-timer.C:
+			for _, s := range pending {
+				jobs[s.job].fails = append(jobs[s.job].fails, fmt.Sprintf("%s: no reply within %s", s.node, w.cfg.NodeTimeout))
 			}
-			return out
+			return
 		}
 	}
+}
+
+// failReason is how a failed merge reads in logs and dead letters.
+func failReason(err error) string {
+	if errors.Is(err, replica.ErrNodeDown) {
+		return "node is down (no responders)"
+	}
+	return err.Error()
 }
 
 // deadLetterMsg moves a delivered message to the dead-letter stream and

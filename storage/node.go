@@ -35,6 +35,7 @@ import (
 	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/metrics"
 	"github.com/quorumkv/quorumkv/ring"
+	"github.com/quorumkv/quorumkv/storage/replica"
 	"github.com/quorumkv/quorumkv/subjects"
 )
 
@@ -181,7 +182,7 @@ func (n *Node) start(nc *nats.Conn) error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
-	n.replyLimit = max(int(nc.MaxPayload())-subjects.ReplyHeadroom, 64<<10)
+	n.replyLimit = replica.PayloadLimit(nc.MaxPayload()) // the limit clients batch by
 	n.eng.stateCap, n.eng.replyLimit = subjects.MaxStateBytes(nc.MaxPayload()), n.replyLimit
 
 	// Writes are handed to the write loop, which group-commits whatever

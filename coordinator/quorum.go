@@ -1,0 +1,190 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/quorumkv/quorumkv/storage/replica"
+	"github.com/quorumkv/quorumkv/subjects"
+	"github.com/quorumkv/quorumkv/vclock"
+)
+
+// The quorum logic: how many replicas a level needs (Required), counting
+// their outcomes (tally), and waiting for them (await), with the spare
+// reads of a quorum read. The replicas' messages themselves go through
+// storage/replica.
+
+// Required is how many primary replicas must answer for level under
+// replication factor rf: one = 1, quorum = ⌊rf/2⌋+1, all = rf. It returns
+// 0 for an unknown level or rf < 1.
+func Required(level string, rf int) int {
+	if rf < 1 {
+		return 0
+	}
+	switch level {
+	case subjects.One:
+		return 1
+	case subjects.Quorum:
+		return rf/2 + 1
+	case subjects.All:
+		return rf
+	}
+	return 0
+}
+
+// ValidLevel reports whether level names a consistency level.
+func ValidLevel(level string) bool {
+	return level == subjects.One || level == subjects.Quorum || level == subjects.All
+}
+
+// ValidPolicy reports whether p names a conflict policy.
+func ValidPolicy(p string) bool {
+	return p == subjects.PolicyLWW || p == subjects.PolicySiblings
+}
+
+// tally counts replica outcomes against a level. It is pure: the caller
+// feeds it outcomes and asks whether the request is decided.
+type tally struct {
+	required int // acks needed
+	total    int // replicas asked
+	acks     int
+	fails    int
+
+	// lww writes only (see Coordinator.write): losses counts the replicas
+	// that answered that the write lost its merge, and lostTo the greatest
+	// dot they reported. Once the write has been re-stamped past what a
+	// quorum of answers held, a loss can only be to a concurrent write and
+	// counts as an ack (lossIsAck).
+	losses    int
+	lostTo    vclock.Dot
+	lostNode  string
+	lossIsAck bool
+}
+
+// ack records a success and reports whether the level is now met.
+func (t *tally) ack() bool { t.acks++; return t.met() }
+
+// fail records a failure and reports whether the level can no longer be met.
+func (t *tally) fail() bool { t.fails++; return t.impossible() }
+
+func (t *tally) met() bool        { return t.acks >= t.required }
+func (t *tally) impossible() bool { return t.total-t.fails < t.required }
+func (t *tally) answered() int    { return t.acks + t.fails }
+
+// spares are the primaries a read has not asked yet.
+type spares struct {
+	asked []string          // the primaries asked so far
+	rest  []string          // not asked yet
+	send  func(node string) // asks one
+	delay time.Duration     // after which the rest are asked
+	heard []string          // asked primaries that answered
+}
+
+// askNext asks the next spare and reports whether there was one.
+func (sp *spares) askNext() bool {
+	if sp == nil || len(sp.rest) == 0 {
+		return false
+	}
+	node := sp.rest[0]
+	sp.rest = sp.rest[1:]
+	sp.asked = append(sp.asked, node)
+	sp.send(node)
+	return true
+}
+
+// await feeds the call's outcomes to t until the level is met (nil) or can
+// no longer be met, or ctx ends (unavailable, naming what failed), or a
+// replica reports that an lww write lost its merge (*lostWrite). With
+// spares, a failure asks the next spare, and the level not being met after
+// the spares' delay asks all of them (speculative retry); the primaries
+// that failed or had not answered by then are suspected for a while.
+func (c *Coordinator) await(ctx context.Context, cl *replica.Call, t *tally, level string, sp *spares, each func(replica.Outcome)) error {
+	var failures []string
+	// Messages name every primary, asked or kept in reserve.
+	of := func() int {
+		if sp == nil {
+			return t.total
+		}
+		return t.total + len(sp.rest)
+	}
+	var speculate <-chan time.Time
+	if sp != nil && len(sp.rest) > 0 {
+		timer := time.NewTimer(sp.delay)
+		defer timer.Stop()
+		speculate = timer.C
+	}
+	for !t.met() {
+		select {
+		case o := <-cl.Outcomes():
+			each(o)
+			if sp != nil {
+				sp.heard = append(sp.heard, o.Node)
+			}
+			if o.Err == nil {
+				if by, lost := o.LostTo(); lost && !t.lossIsAck {
+					// A lost lww write is no acknowledgement. Once as many
+					// replicas answered as the level needs, the caller
+					// re-stamps it past the greatest dot they reported.
+					t.losses++
+					if by.Compare(t.lostTo) > 0 {
+						t.lostTo, t.lostNode = by, o.Node
+					}
+					if t.acks+t.losses >= t.required {
+						return &lostWrite{node: t.lostNode, by: t.lostTo}
+					}
+					continue
+				}
+				t.ack()
+				continue
+			}
+			failures = append(failures, o.Node+": "+o.Err.Error())
+			c.metrics.ReplicaFailure(failureReason(o.Err))
+			c.rep.Suspect(o.Node)
+			if sp.askNext() {
+				c.metrics.SpareRead("failed")
+				t.total++
+			}
+			if t.fail() {
+				return subjects.Errorf(subjects.KindUnavailable, "%s needs %d of %d replicas; %d acknowledged, %d failed (%s)",
+					level, t.required, of(), t.acks, t.fails, strings.Join(failures, "; "))
+			}
+		case <-speculate:
+			speculate = nil
+			for _, node := range sp.asked {
+				if !slices.Contains(sp.heard, node) {
+					c.rep.Suspect(node)
+				}
+			}
+			for sp.askNext() {
+				c.metrics.SpareRead("slow")
+				t.total++
+			}
+		case <-ctx.Done():
+			pendingN := t.total - t.answered()
+			for i := 0; i < pendingN; i++ {
+				c.metrics.ReplicaFailure("timeout")
+			}
+			msg := fmt.Sprintf("%s needs %d of %d replicas; %d acknowledged, %d did not answer in time", level, t.required, of(), t.acks, pendingN)
+			if len(failures) > 0 {
+				msg += ", failed: " + strings.Join(failures, "; ")
+			}
+			return subjects.Errorf(subjects.KindUnavailable, "%s", msg)
+		}
+	}
+	return nil
+}
+
+// failureReason classifies a replica failure for metrics.
+func failureReason(err error) string {
+	switch {
+	case errors.Is(err, replica.ErrNodeDown):
+		return "unreachable"
+	case errors.Is(err, replica.ErrQueueFull):
+		return "overloaded"
+	}
+	return "error"
+}

@@ -1,0 +1,101 @@
+// Package replica is the client side of the storage-node protocol: the
+// one place where a process (a coordinator, a repair worker, later a
+// partition transfer or a hash-tree exchange) sends work to storage nodes
+// on kv.node.<id>.<op> and turns their replies into one outcome per item.
+// The server side is package storage (node.go). New node operations (range
+// streaming, hash-tree exchange) are added to this package and nowhere
+// else, so the protocol has one client.
+//
+// # Using it
+//
+//	rc, err := replica.New(nc, replica.DefaultConfig())
+//	defer rc.Stop()
+//	call := replica.NewCall(len(nodes))
+//	for _, n := range nodes {
+//		rc.Write(call, n, deadline, subjects.NodeWrite{Tenant: t, Key: k, LWW: v})
+//	}
+//	for range nodes {
+//		select {
+//		case o := <-call.Outcomes(): // o.Node, o.Write or o.Err
+//		case <-time.After(time.Until(deadline)): // no outcome is owed any more
+//		}
+//	}
+//
+// A Call collects the outcomes of one caller's items; it has room for every
+// item the caller sends through it, so the client never blocks delivering.
+// Each item sent gets exactly one outcome, unless its deadline passed
+// first: then it may get none, and the caller must stop waiting at its
+// deadline (that is how a silent node is detected).
+//
+// # The node protocol
+//
+// This is the contract between Client and storage.Node; both sides keep it.
+//
+// Messages. A request is one batch for one node and one operation:
+// subjects.NodeWriteBatch on kv.node.<id>.write or subjects.NodeReadBatch on
+// kv.node.<id>.read, msgpack, with Proto = subjects.NodeProtocolVersion. A
+// batch holds 1..Config.MaxBatch items of that operation, for any tenants
+// and keys (the same key may appear twice), and its encoded size stays
+// below PayloadLimit of the connection's max payload, except that a single
+// item larger than that still goes alone. Every item carries an ID unique
+// among the items in flight from this client; the client assigns it.
+//
+// Ordering. A node applies a write batch's items in order, as one Pebble
+// batch with one fsync, and answers only once they are durable. Batches
+// to one node may be in flight concurrently (Config.MaxInflight per node
+// and operation) and are applied in the order the node receives them; two
+// items of one caller to one node carry no order the caller may rely on
+// unless it waits for the first's outcome.
+//
+// Replies. A node answers a batch on its reply subject with
+// subjects.NodeWriteReply or subjects.NodeReadReply: one result per item,
+// in the batch's order, each naming its item's ID. A reply too large for one
+// message is chunked: every chunk but the last has More set, and the
+// batch stays open until the chunk without More arrives. An item that the
+// last chunk leaves unanswered fails with "node <id> did not answer the
+// item". A result whose ID names no item of the batch is ignored.
+//
+// What a result means, per item (the Outcome's Write or Read is set even
+// when the result carries an error):
+//   - Err empty: the item was applied (write) or answered (read; a nil
+//     version means the node holds nothing for the key).
+//   - Err set: the item failed on the node, with Kind naming the wire error
+//     (e.g. too_large, too_many_siblings); Outcome.Err is that text. Other
+//     items of the batch are unaffected.
+//   - A write of an lww version that lost its merge to a greater dot is not
+//     an error: the result names the winner (Outcome.LostTo), the node
+//     keeps the greater version, and the caller decides whether the write
+//     counts.
+//
+// Errors that fail a whole batch, and so every item in it that has no
+// outcome yet:
+//   - ErrNodeDown: nobody serves the node's subject (NATS no responders,
+//     status 503). It arrives at once, so a stopped node costs no timeout.
+//   - a *subjects.Error read from the reply's error headers: the node
+//     refused the batch (400 for a malformed batch, another protocol
+//     version or a node that is stopping; 429 when its queue is full,
+//     which also matches ErrOverloaded).
+//   - "bad reply from <node>": the reply did not decode.
+//   - a publish error from the connection, and ErrStopping after Stop.
+//
+// Errors that fail an item without sending it: ErrQueueFull (the client's
+// queue for the node holds Config.QueueLen items) and ErrStopping.
+//
+// Deadlines. Each item has a deadline (normally its request's). Items
+// whose deadline passed before they left are dropped unsent; a batch
+// whose every item's deadline passed stops holding an in-flight slot
+// (within 50ms), so a node that is subscribed but silent (paused,
+// partitioned) cannot hold its queue forever. An item the node has not
+// answered by its deadline may never get an outcome; the caller times it
+// out itself. A node gives no deadline of its own to the batch, except
+// the one a siblings coordinating write carries (subjects.Coordinate).
+//
+// Replies reach the client on one wildcard subscription of a private
+// inbox (<inbox>.<batch id>); no request creates an inbox or a
+// subscription, and no goroutine exists per node or per item.
+//
+// Health. The client marks a node suspected for a second when a caller
+// reports it failed or slow (Suspect), and keeps a moving average of read
+// round trips (SpeculativeDelay), so callers can ask the nodes most likely
+// to answer first and ask spares when one is slow.
+package replica
