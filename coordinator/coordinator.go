@@ -201,6 +201,7 @@ type Coordinator struct {
 
 	mu       sync.RWMutex // guards stopping against wg.Add
 	stopping bool
+	stopOnce sync.Once
 	wg       sync.WaitGroup // request goroutines and background loops
 }
 
@@ -369,16 +370,19 @@ func (c *Coordinator) Actor() string { return c.cfg.Actor }
 // every goroutine it started. It does not close the stores or the NATS
 // connection it was handed. Safe to call more than once.
 func (c *Coordinator) Stop() {
-	c.mu.Lock()
-	if c.stopping {
-		c.mu.Unlock()
-		return
-	}
-	c.stopping = true
-	c.mu.Unlock()
+	c.stopOnce.Do(c.stop)
+}
+
+func (c *Coordinator) stop() {
+	// Drain first: requests NATS routed here before the unsubscribe took
+	// effect are served as usual, not refused (a rolling restart shows
+	// clients no errors). Only then do stragglers get "stopping".
 	if c.svc != nil {
 		c.svc.stop()
 	}
+	c.mu.Lock()
+	c.stopping = true
+	c.mu.Unlock()
 	for _, s := range c.subs {
 		_ = s.Unsubscribe()
 	}

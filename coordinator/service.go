@@ -103,10 +103,15 @@ func (s *service) addEndpoint(name, subject string, h micro.HandlerFunc) error {
 
 // stop drains the endpoints (requests already delivered are still handed
 // to their handlers) and leaves discovery.
+//
+// It returns once every endpoint has drained (or after drainTimeout): NATS
+// may route requests to this coordinator until the server has processed
+// the unsubscribe, and a drain hands those to the handlers too, so a
+// rolling restart answers them instead of failing them.
 func (s *service) stop() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, ep := range s.eps {
+	eps := s.eps
+	for _, ep := range eps {
 		if err := ep.sub.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 			_ = ep.sub.Unsubscribe()
 		}
@@ -115,7 +120,17 @@ func (s *service) stop() {
 		_ = sub.Unsubscribe()
 	}
 	s.control = nil
+	s.mu.Unlock()
+	deadline := time.Now().Add(drainTimeout)
+	for _, ep := range eps {
+		for ep.sub.IsValid() && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 }
+
+// drainTimeout bounds how long stop waits for the endpoints to drain.
+const drainTimeout = 5 * time.Second
 
 func (s *service) identity() micro.ServiceIdentity {
 	id := s.ident
