@@ -223,7 +223,9 @@ func TestGeneratedIdempotencyKeyIsHonoured(t *testing.T) {
 		c := startClusterWith(t, cfg)
 		ctx := ctxT(t)
 		for _, kv := range []*client.Client{kvClient(t, c, "default"), siblingsTenant(t, c, "sib")} {
-			first, err := kv.Put(ctx, "gen", []byte("v1"))
+			// At all, so every replica holds the write before the dump that
+			// the retries must leave unchanged.
+			first, err := kv.Put(ctx, "gen", []byte("v1"), client.WithConsistency(subjects.All))
 			if err != nil || first.IdempotencyKey == "" || first.IsDuplicate {
 				t.Fatalf("put without a key: %v %+v", err, first)
 			}
