@@ -7,6 +7,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/subjects"
 )
 
@@ -113,6 +114,37 @@ func (a *Admin) RemoveNode(ctx context.Context, id string) error {
 func (a *Admin) JoinNode(ctx context.Context, id string) error {
 	var s subjects.Success
 	return a.call(ctx, subjects.AdminNodeJoin, &subjects.NodeRequest{NodeID: id}, &s)
+}
+
+// Placement returns the cluster's current placement map: which nodes own
+// each partition, in preference order (a tenant of RF r uses the first r;
+// see ring.Map.PreferenceList). Before any storage node registered, and
+// while none is active, it is the zero Map, which names no owners. The
+// answering coordinator reloads the map from the metadata store first, so
+// it is at least as new as any node change acknowledged before the call.
+func (a *Admin) Placement(ctx context.Context) (*ring.Map, error) {
+	rep, err := a.PlacementInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(rep.Map) == 0 {
+		return &ring.Map{}, nil
+	}
+	m, err := ring.Decode(rep.Map)
+	if err != nil {
+		return nil, fmt.Errorf("placement map version %d: %w", rep.Version, err)
+	}
+	return m, nil
+}
+
+// PlacementInfo returns kv.v1.admin.placement.get's reply as sent: the
+// map's version, Q, R, its binary form and each node's share.
+func (a *Admin) PlacementInfo(ctx context.Context) (*subjects.PlacementReply, error) {
+	var rep subjects.PlacementReply
+	if err := a.call(ctx, subjects.AdminPlacementGet, struct{}{}, &rep); err != nil {
+		return nil, err
+	}
+	return &rep, nil
 }
 
 // Dump lists what storage node id holds for tenant, in (partition, key) order, after

@@ -39,6 +39,7 @@ func (c *Coordinator) adminEndpoints() []adminEndpoint {
 		{"node_drain", rel(subjects.AdminNodeDrain), c.adminCall(c.nodeDrain)},
 		{"node_remove", rel(subjects.AdminNodeRemove), c.adminCall(c.nodeRemove)},
 		{"node_join", rel(subjects.AdminNodeJoin), c.adminCall(c.nodeJoin)},
+		{"placement_get", rel(subjects.AdminPlacementGet), c.adminCall(c.placementGet)},
 	}
 }
 
@@ -65,10 +66,14 @@ func (c *Coordinator) adminCall(h func(ctx context.Context, body func(v any) err
 }
 
 // wireTenant and wireNode are the admin API's records of a tenant and a
-// node. The metadata records and the wire records have the same fields, so
-// these are conversions, and the compiler refuses them if the two drift.
+// node. The metadata tenant and the wire tenant have the same fields, so
+// that is a conversion, which the compiler refuses if the two drift; the
+// wire node adds its placement share (set by node.list only).
 func wireTenant(t metadata.Tenant) subjects.Tenant { return subjects.Tenant(t) }
-func wireNode(n metadata.Node) subjects.Node       { return subjects.Node(n) }
+func wireNode(n metadata.Node) subjects.Node {
+	return subjects.Node{ID: n.ID, Status: n.Status, VirtualNodes: n.VirtualNodes, Epoch: n.Epoch,
+		RegisteredAt: n.RegisteredAt, LastSeen: n.LastSeen}
+}
 
 // adminError maps metadata errors to wire errors.
 func adminError(err error) error {
@@ -126,7 +131,7 @@ func (c *Coordinator) validateTenant(t metadata.Tenant) error {
 	if t.ReplicationFactor < 1 || t.ReplicationFactor > MaxReplicationFactor {
 		return subjects.Errorf(subjects.KindInvalid, "replication_factor %d out of range 1..%d", t.ReplicationFactor, MaxReplicationFactor)
 	}
-	if active := c.routing.ring().ActiveCount(); t.ReplicationFactor > active {
+	if active := c.routing.placement().nodeCount(); t.ReplicationFactor > active {
 		return subjects.Errorf(subjects.KindInvalid, "replication_factor %d exceeds the %d active storage nodes", t.ReplicationFactor, active)
 	}
 	if !ValidLevel(t.DefaultConsistency) {
@@ -254,12 +259,16 @@ func (c *Coordinator) tenantDelete(ctx context.Context, body func(any) error) (a
 	return subjects.Success{Success: true}, nil
 }
 
-// tenantHoldsData asks every node in the ring whether it holds a live
-// (not deleted) key of tenant and returns the first node that does, or "".
-// A node that does not answer makes the check fail: deleting blind could
-// orphan data.
+// tenantHoldsData asks every registered node (draining ones too) whether
+// it holds a live (not deleted) key of tenant and returns the first node
+// that does, or "". A node that does not answer makes the check fail:
+// deleting blind could orphan data.
 func (c *Coordinator) tenantHoldsData(ctx context.Context, tenant string) (string, error) {
-	for _, m := range c.routing.ring().Members() {
+	nodes, err := c.cfg.Metadata.ListNodes(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, m := range nodes {
 		after := ""
 		for {
 			req, _ := msgpack.Marshal(&subjects.DumpRequest{Tenant: tenant, After: after, Limit: 1000})
@@ -337,17 +346,37 @@ func (c *Coordinator) nodeRegister(ctx context.Context, body func(any) error) (a
 	}
 	if perr != nil || prev.Status != n.Status || prev.VirtualNodes != n.VirtualNodes || prev.Epoch != n.Epoch {
 		c.log.Info("storage node registered", "node", n.ID, "status", n.Status, "epoch", n.Epoch)
-		c.ringChanged()
+	}
+	// The cheap path: a heartbeat of a node whose place in the map is
+	// already right (an active node in it, or a draining one out of it)
+	// reads nothing more. A new node, one that came back active, or one
+	// whose earlier change no map reflects yet (a failed reconcile) claims
+	// the next map.
+	if inMap := c.routing.placement().m.HasNode(n.ID); inMap != (n.Status == metadata.NodeActive) {
+		if err := c.placementChanged(ctx); err != nil {
+			return nil, err
+		}
 	}
 	return wireNode(n), nil
 }
 
-// ringChanged reloads this coordinator's ring and tells the others.
-func (c *Coordinator) ringChanged() {
-	c.routing.refreshNow()
-	if err := c.nc.Publish(subjects.EventsRing, nil); err != nil {
-		c.log.Warn("ring event not published; other coordinators catch up at their next refresh", "err", err)
+// placementChanged is called after the active node set changed: it
+// computes and stores the next placement map (routing.reconcile) and, if
+// one was stored, tells the other coordinators on kv.v1.events.ring.
+// The node record is already changed when this fails: the request answers
+// the error, and the periodic refresh of any coordinator stores the map
+// later.
+func (c *Coordinator) placementChanged(ctx context.Context) error {
+	changed, err := c.routing.reconcile(ctx)
+	if err != nil {
+		return subjects.Errorf(subjects.KindUnavailable, "the node record changed but the placement map could not be stored (it will be at the next refresh): %v", err)
 	}
+	if changed {
+		if err := c.nc.Publish(subjects.EventsRing, nil); err != nil {
+			c.log.Warn("ring event not published; other coordinators catch up at their next refresh", "err", err)
+		}
+	}
+	return nil
 }
 
 func (c *Coordinator) nodeList(ctx context.Context, _ func(any) error) (any, error) {
@@ -355,11 +384,34 @@ func (c *Coordinator) nodeList(ctx context.Context, _ func(any) error) (any, err
 	if err != nil {
 		return nil, err
 	}
-	l := subjects.NodeList{Nodes: make([]subjects.Node, 0, len(ns))}
+	pl := c.routing.placement()
+	l := subjects.NodeList{Nodes: make([]subjects.Node, 0, len(ns)), PlacementVersion: pl.version, Partitions: pl.q}
 	for _, n := range ns {
-		l.Nodes = append(l.Nodes, wireNode(n))
+		w := wireNode(n)
+		share := pl.shares[n.ID] // zero for a node outside the map
+		w.Share = &share
+		l.Nodes = append(l.Nodes, w)
 	}
 	return l, nil
+}
+
+// placementGet answers kv.v1.admin.placement.get with the stored map,
+// which it loads first, so the answer is at least as new as any change
+// acknowledged before the request.
+func (c *Coordinator) placementGet(ctx context.Context, _ func(any) error) (any, error) {
+	if err := c.routing.load(ctx); err != nil {
+		return nil, err
+	}
+	pl := c.routing.placement()
+	rep := subjects.PlacementReply{Version: pl.version, Partitions: pl.q, Replicas: pl.m.Replicas(), Shares: pl.shares}
+	if pl.nodes > 0 {
+		b, err := pl.m.MarshalBinary()
+		if err != nil {
+			return nil, err
+		}
+		rep.Map = b
+	}
+	return rep, nil
 }
 
 func (c *Coordinator) nodeDrain(ctx context.Context, body func(any) error) (any, error) {
@@ -368,7 +420,7 @@ func (c *Coordinator) nodeDrain(ctx context.Context, body func(any) error) (any,
 		return nil, err
 	}
 	if n.Status == metadata.NodeActive {
-		if err := c.checkCapacity(ctx, c.routing.ring().ActiveCount()-1); err != nil {
+		if err := c.checkCapacity(ctx, c.routing.placement().nodeCount()-1); err != nil {
 			return nil, err
 		}
 	}
@@ -376,7 +428,11 @@ func (c *Coordinator) nodeDrain(ctx context.Context, body func(any) error) (any,
 	if err != nil {
 		return nil, err
 	}
-	c.ringChanged()
+	// Out of every owner list at once (no data moves yet: see
+	// docs/ARCHITECTURE.md, "Placement").
+	if err := c.placementChanged(ctx); err != nil {
+		return nil, err
+	}
 	return wireNode(n), nil
 }
 
@@ -410,7 +466,9 @@ func (c *Coordinator) nodeRemove(ctx context.Context, body func(any) error) (any
 		return nil, err
 	}
 	c.log.Info("storage node removed; its id is refused until node join", "node", n.ID)
-	c.ringChanged()
+	if err := c.placementChanged(ctx); err != nil {
+		return nil, err
+	}
 	return subjects.Success{Success: true}, nil
 }
 
@@ -451,5 +509,11 @@ func (c *Coordinator) nodeJoin(ctx context.Context, body func(any) error) (any, 
 		return nil, err
 	}
 	c.log.Info("removed storage node re-admitted; it registers at its next heartbeat", "node", req.NodeID)
+	// The id is not active until it registers (which claims the map then);
+	// reconciling here costs two reads and catches up any change an
+	// earlier failure left unstored.
+	if err := c.placementChanged(ctx); err != nil {
+		return nil, err
+	}
 	return subjects.Success{Success: true}, nil
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/metadata"
 	"github.com/quorumkv/quorumkv/metrics"
+	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/storage/replica"
 	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
@@ -49,13 +50,18 @@ type Config struct {
 	// one.
 	Actor string
 
-	Timeout        time.Duration // default per-request timeout (2s); requests may set timeout_ms up to 60s
-	MaxInflight    int           // requests in progress before answering 429 overloaded (4096)
-	NodeInflight   int           // batches in flight per storage node and operation (2)
-	MaxBatch       int           // replica messages per batch at most (512)
-	NodeQueue      int           // replica messages queued per node and operation (16384)
-	TenantTTL      time.Duration // how long a cached tenant is trusted without an event (30s)
-	RingRefresh    time.Duration // ring reload interval (5s)
+	Timeout      time.Duration // default per-request timeout (2s); requests may set timeout_ms up to 60s
+	MaxInflight  int           // requests in progress before answering 429 overloaded (4096)
+	NodeInflight int           // batches in flight per storage node and operation (2)
+	MaxBatch     int           // replica messages per batch at most (512)
+	NodeQueue    int           // replica messages queued per node and operation (16384)
+	TenantTTL    time.Duration // how long a cached tenant is trusted without an event (30s)
+	RingRefresh  time.Duration // placement map reload interval (5s)
+	// Partitions is the partition count Q of a new cluster (a power of two
+	// in 1..65536; ring.DefaultPartitions). The first coordinator stores it
+	// in the metadata store; afterwards the stored count wins and this
+	// setting is ignored: Q is fixed when the cluster is created.
+	Partitions     int
 	IdempotencyTTL time.Duration // how long a write's response is kept for retries (24h)
 	PendingTTL     time.Duration // how long an in-progress marker lives (30s)
 
@@ -114,6 +120,7 @@ func DefaultConfig() Config {
 		NodeQueue:        16384,
 		TenantTTL:        30 * time.Second,
 		RingRefresh:      5 * time.Second,
+		Partitions:       ring.DefaultPartitions,
 		IdempotencyTTL:   idempotency.DefaultTTL,
 		PendingTTL:       idempotency.DefaultPendingTTL,
 		HintWindow:       500 * time.Millisecond,
@@ -151,10 +158,14 @@ func (c *Config) validate() (err error) {
 		settings.Default("coordinator: node inflight", &c.NodeInflight, d.NodeInflight),
 		settings.Default("coordinator: max batch", &c.MaxBatch, d.MaxBatch),
 		settings.Default("coordinator: node queue", &c.NodeQueue, d.NodeQueue),
+		settings.Default("coordinator: partitions", &c.Partitions, d.Partitions),
 	} {
 		if err != nil {
 			return err
 		}
+	}
+	if err := ring.ValidatePartitions(c.Partitions); err != nil {
+		return fmt.Errorf("coordinator: partitions: %w", err)
 	}
 	if c.ReadRepairChance > 1 {
 		return fmt.Errorf("coordinator: read repair chance %g out of range: use 0..1", c.ReadRepairChance)
@@ -223,7 +234,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Coordinator, error) {
 		log:     log,
 		clocks:  newTenantClocks(cfg.Now),
 		tenants: newTenantCache(cfg.Metadata, log, cfg.TenantTTL, cfg.Now),
-		routing: newRouting(cfg.Metadata, log, cfg.RingRefresh),
+		routing: newRouting(cfg.Metadata, log, cfg.RingRefresh, cfg.Partitions),
 		sem:     make(chan struct{}, cfg.MaxInflight),
 	}
 	if cfg.Repair != nil {
@@ -232,10 +243,10 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Coordinator, error) {
 	if cfg.Metrics != nil {
 		c.metrics = metrics.NewCoordinator(cfg.Metrics, func() float64 { return float64(len(c.sem)) })
 	}
-	if err := c.routing.load(ctx); err != nil {
+	if _, err := c.routing.reconcile(ctx); err != nil {
 		// Not fatal: a coordinator may start before the store is reachable
 		// and serve once the periodic refresh succeeds.
-		log.Warn("initial ring load failed; retrying in the background", "err", err)
+		log.Warn("initial placement map load failed; retrying in the background", "err", err)
 	}
 	rep, err := replica.New(nc, replica.Config{
 		MaxInflight: cfg.NodeInflight,
@@ -265,7 +276,8 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Coordinator, error) {
 		c.Stop()
 		return nil, fmt.Errorf("coordinator: flush: %w", err)
 	}
-	log.Info("coordinator serving", "nodes", c.routing.ring().Len(), "active", c.routing.ring().ActiveCount())
+	pl := c.routing.placement()
+	log.Info("coordinator serving", "placement_version", pl.version, "active", pl.nodeCount(), "partitions", pl.q)
 	return c, nil
 }
 
@@ -291,7 +303,7 @@ func contextKeys(ctx context.Context, cfg Config) (*vclock.ContextKeys, error) {
 }
 
 func (c *Coordinator) subscribeEvents() error {
-	ring, err := c.nc.Subscribe(subjects.EventsRing, func(*nats.Msg) { c.routing.refreshNow() })
+	ringSub, err := c.nc.Subscribe(subjects.EventsRing, func(*nats.Msg) { c.routing.refreshNow() })
 	if err != nil {
 		return fmt.Errorf("coordinator: subscribe %s: %w", subjects.EventsRing, err)
 	}
@@ -302,10 +314,10 @@ func (c *Coordinator) subscribeEvents() error {
 		}
 	})
 	if err != nil {
-		_ = ring.Unsubscribe()
+		_ = ringSub.Unsubscribe()
 		return fmt.Errorf("coordinator: subscribe %s: %w", subjects.EventsTenant, err)
 	}
-	c.subs = append(c.subs, ring, tenant)
+	c.subs = append(c.subs, ringSub, tenant)
 	return nil
 }
 
@@ -455,6 +467,10 @@ func (c *Coordinator) reply(req micro.Request, m *nats.Msg, isJSON bool) {
 	}
 }
 
-// ActiveNodes is the number of active storage nodes in this coordinator's
-// current ring.
-func (c *Coordinator) ActiveNodes() int { return c.routing.ring().ActiveCount() }
+// ActiveNodes is the number of storage nodes in this coordinator's current
+// placement map: the active ones when it was claimed.
+func (c *Coordinator) ActiveNodes() int { return c.routing.placement().nodeCount() }
+
+// Placement returns the placement map this coordinator routes by (the zero
+// Map, with no owners, before any node registered). The Map is immutable.
+func (c *Coordinator) Placement() *ring.Map { return c.routing.placement().m }

@@ -231,11 +231,12 @@ func storeError(name string, err error) error {
 	return subjects.Errorf(subjects.KindUnavailable, "%s unavailable: %v", name, err)
 }
 
-// replicas returns the preference list of r's key and how many of its
-// replies the level needs, or unavailable when the ring cannot supply them.
+// replicas returns the preference list of r's key (the first RF owners of
+// its partition in the current placement map) and how many of its replies
+// the level needs, or unavailable when the map cannot supply them.
 func (c *Coordinator) replicas(r *dataRequest) ([]string, int, error) {
 	rf := r.tenant.ReplicationFactor
-	pref := c.routing.ring().PreferenceList(r.tenant.ID, r.Key, rf, make([]string, 0, rf))
+	pref := c.routing.placement().m.PreferenceList(r.tenant.ID, r.Key, rf, make([]string, 0, rf))
 	need := Required(r.level, rf)
 	if len(pref) < need {
 		return nil, 0, subjects.Errorf(subjects.KindUnavailable,

@@ -10,7 +10,6 @@ import (
 	"github.com/quorumkv/quorumkv/client"
 	"github.com/quorumkv/quorumkv/coordinator"
 	"github.com/quorumkv/quorumkv/internal/devcluster"
-	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/subjects"
 )
 
@@ -28,11 +27,11 @@ func TestAvailabilityMatrix(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	members := make([]ring.Member, len(nodes))
-	for i, n := range nodes {
-		members[i] = ring.Member{ID: n.ID, VirtualNodes: n.VirtualNodes, Active: true}
+	// The placement map the coordinators route by.
+	rg, err := admin.Placement(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
-	rg := ring.New(members)
 
 	const timeout = 500 * time.Millisecond
 	cells := 0

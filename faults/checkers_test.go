@@ -198,7 +198,7 @@ type convergence struct {
 // lww the version (dot, tombstone, value). A primary that holds nothing
 // while another holds something diverges too. dumps must have every
 // node of rg.
-func checkConvergence(policy string, tenant string, rf int, rg *ring.Ring, dumps map[string][]subjects.DumpEntry) convergence {
+func checkConvergence(policy string, tenant string, rf int, rg *ring.Map, dumps map[string][]subjects.DumpEntry) convergence {
 	byNode := map[string]map[string]subjects.DumpEntry{}
 	keys := map[string]bool{}
 	for node, es := range dumps {
@@ -258,14 +258,14 @@ const (
 // lww write missing on a replica once repair drained) from what the design
 // leaves to read repair: writes that failed their level yet landed
 // somewhere, and siblings writes applied by two coordinating replicas.
-func divergenceCauses(policy, tenant string, rf int, rg *ring.Ring, dumps map[string][]subjects.DumpEntry, lww map[string]*lwwHistory, set setHistory) map[string]int {
+func divergenceCauses(policy, tenant string, rf int, rg *ring.Map, dumps map[string][]subjects.DumpEntry, lww map[string]*lwwHistory, set setHistory) map[string]int {
 	counts, _ := divergenceCausesWithKeys(policy, tenant, rf, rg, dumps, lww, set)
 	return counts
 }
 
 // divergenceCausesWithKeys is divergenceCauses plus, per cause, the first
 // keys it applies to.
-func divergenceCausesWithKeys(policy, tenant string, rf int, rg *ring.Ring, dumps map[string][]subjects.DumpEntry, lww map[string]*lwwHistory, set setHistory) (map[string]int, map[string][]string) {
+func divergenceCausesWithKeys(policy, tenant string, rf int, rg *ring.Map, dumps map[string][]subjects.DumpEntry, lww map[string]*lwwHistory, set setHistory) (map[string]int, map[string][]string) {
 	byNode := map[string]map[string]subjects.DumpEntry{}
 	keys := map[string]bool{}
 	for node, es := range dumps {
@@ -515,7 +515,7 @@ func TestCheckLWW(t *testing.T) {
 }
 
 func TestCheckConvergence(t *testing.T) {
-	rg := ring.New([]ring.Member{{ID: "n1", VirtualNodes: 8, Active: true}, {ID: "n2", VirtualNodes: 8, Active: true}, {ID: "n3", VirtualNodes: 8, Active: true}})
+	rg := threeNodeMap(t)
 	var s1, s2 vclock.DVVSet
 	s1, _, _ = vclock.Update(s1, nil, "n1.1", vclock.Value{Data: []byte("x")})
 	s2, _, _ = vclock.Update(s1, nil, "n2.1", vclock.Value{Data: []byte("y")}) // s1 plus a sibling
@@ -550,7 +550,7 @@ func TestCheckConvergence(t *testing.T) {
 }
 
 func TestDivergenceCauses(t *testing.T) {
-	rg := ring.New([]ring.Member{{ID: "n1", VirtualNodes: 8, Active: true}, {ID: "n2", VirtualNodes: 8, Active: true}, {ID: "n3", VirtualNodes: 8, Active: true}})
+	rg := threeNodeMap(t)
 	lww := func(counter uint64, v string) subjects.DumpEntry {
 		return subjects.DumpEntry{Key: "k", Counter: counter, Actor: "c1", Value: []byte(v)}
 	}
@@ -605,4 +605,15 @@ func TestRegressions(t *testing.T) {
 	if got := regressions(before, before); len(got) != 0 {
 		t.Fatalf("unchanged: %q", got)
 	}
+}
+
+// threeNodeMap is a placement map of nodes n1, n2 and n3, so that every
+// key's RF-3 preference list names all three.
+func threeNodeMap(t *testing.T) *ring.Map {
+	t.Helper()
+	m, err := ring.Claim(nil, []ring.Node{{ID: "n1"}, {ID: "n2"}, {ID: "n3"}}, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

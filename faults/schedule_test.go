@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/quorumkv/quorumkv/client"
-	"github.com/quorumkv/quorumkv/metadata"
 	"github.com/quorumkv/quorumkv/repair"
 	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/subjects"
@@ -679,18 +678,14 @@ func regressions(before, after []subjects.DumpEntry) []string {
 
 // ---- observing the cluster ----
 
-// ring is the ring the coordinators route by, from the node list.
-func (c *cluster) ring(t *testing.T) *ring.Ring {
+// ring is the placement map the coordinators route by.
+func (c *cluster) ring(t *testing.T) *ring.Map {
 	t.Helper()
-	nodes, err := c.admin.ListNodes(context.Background())
+	m, err := c.admin.Placement(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	members := make([]ring.Member, len(nodes))
-	for i, n := range nodes {
-		members[i] = ring.Member{ID: n.ID, VirtualNodes: n.VirtualNodes, Active: n.Status == metadata.NodeActive}
-	}
-	return ring.New(members)
+	return m
 }
 
 // dumps asks every storage node for everything it holds of tenant.

@@ -70,6 +70,22 @@ type Node struct {
 	LastSeen     time.Time `json:"last_seen" msgpack:"last_seen"`
 }
 
+// Placement is the cluster's stored placement map (DESIGN.md §3): which
+// storage nodes own each of the cluster's fixed partitions.
+type Placement struct {
+	// Version numbers the stored maps 1, 2, 3, ...: every change stores
+	// Version+1, and a write names the version it follows (optimistic
+	// locking, see SetPlacement).
+	Version uint64 `json:"version" msgpack:"version"`
+	// Map is the map's binary form (ring.Map.MarshalBinary), empty when no
+	// storage node is active. The store keeps it as opaque bytes: the
+	// encoding carries its own format number, so a later format (per-
+	// partition pending owners during a transfer) fits this same record.
+	Map []byte `json:"map" msgpack:"map"`
+	// UpdatedAt is when this version was stored; set by the store.
+	UpdatedAt time.Time `json:"updated_at" msgpack:"updated_at"`
+}
+
 // Store keeps tenants and storage nodes. Implementations are safe for
 // concurrent use. Validation of ids/ranges is the caller's job; the store only
 // persists (a backend may still reject values its own schema forbids, with a
@@ -126,6 +142,23 @@ type Store interface {
 	// writer wins, and every caller, concurrent ones included, gets the
 	// same bytes. The secret is never changed or removed afterwards.
 	ContextSecret(ctx context.Context, candidate []byte) ([]byte, error)
+
+	// Partitions returns the cluster's partition count Q. If none is
+	// stored yet it stores candidate (> 0; the caller checks it is a valid
+	// count) and returns it: the first writer wins, every caller gets the
+	// same number, and it never changes afterwards (Q is fixed when the
+	// cluster is created).
+	Partitions(ctx context.Context, candidate int) (int, error)
+	// GetPlacement returns the stored placement map. ErrNotFound if none
+	// was stored yet.
+	GetPlacement(ctx context.Context) (Placement, error)
+	// SetPlacement stores p if it follows the stored map: p.Version must be
+	// the stored Version+1, or 1 when none is stored. It returns p with
+	// UpdatedAt set. ErrStale if the stored version is not p.Version-1 (a
+	// concurrent writer stored that version first, or the caller read an
+	// old one): of concurrent writers of one version exactly one wins; the
+	// others re-read and recompute. p.Version 0 is an error.
+	SetPlacement(ctx context.Context, p Placement) (Placement, error)
 
 	// Close releases what the store opened itself. It does not close
 	// connections it was handed.

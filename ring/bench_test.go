@@ -1,7 +1,6 @@
 package ring
 
 import (
-	"fmt"
 	"strconv"
 	"testing"
 )
@@ -13,45 +12,6 @@ func BenchmarkKeyHash(b *testing.B) {
 		sink += KeyHash("default", "user:1234567")
 	}
 	_ = sink
-}
-
-func BenchmarkPreferenceList(b *testing.B) {
-	keys := make([]string, 1024)
-	for i := range keys {
-		keys[i] = "key-" + strconv.Itoa(i)
-	}
-	for _, members := range []int{5, 50} {
-		b.Run(fmt.Sprintf("members=%d/n=3", members), func(b *testing.B) {
-			r := New(nodes(members, 0))
-			dst := make([]string, 0, 3)
-			b.ReportAllocs()
-			i := 0
-			for b.Loop() {
-				dst = r.PreferenceList("default", keys[i&1023], 3, dst)
-				i++
-			}
-		})
-	}
-}
-
-func BenchmarkNew(b *testing.B) {
-	for _, members := range []int{5, 50} {
-		b.Run(fmt.Sprintf("members=%d", members), func(b *testing.B) {
-			ms := nodes(members, 0)
-			b.ReportAllocs()
-			for b.Loop() {
-				New(ms)
-			}
-		})
-	}
-}
-
-func BenchmarkShares(b *testing.B) {
-	r := New(nodes(50, 0))
-	b.ReportAllocs()
-	for b.Loop() {
-		r.Shares()
-	}
 }
 
 func BenchmarkMapPreferenceList(b *testing.B) {

@@ -7,39 +7,32 @@ import (
 )
 
 func Example() {
-	r := ring.New([]ring.Member{
-		{ID: "node-1", Active: true},
-		{ID: "node-2", Active: true},
-		{ID: "node-3", Active: true},
-		{ID: "node-4", Active: true, VirtualNodes: 256}, // twice the load
-		{ID: "node-5"},                                  // known but draining: never in a preference list
-	})
-	fmt.Println("members:", r.Len(), "active:", r.ActiveCount(), "owns node-5:", r.Owns("node-5"))
+	// A new cluster of three nodes and 16 partitions (real clusters have
+	// ring.DefaultPartitions).
+	m, err := ring.Claim(nil, []ring.Node{{ID: "node-1"}, {ID: "node-2"}, {ID: "node-3"}}, 16)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("version:", m.Version(), "partitions:", m.Partitions(), "owners per partition:", m.Replicas())
 
 	// Reuse a buffer on the hot path: no allocation per lookup.
 	buf := make([]string, 0, 3)
 	for _, key := range []string{"user:42", "user:43", "cart:7"} {
-		buf = r.PreferenceList("default", key, 3, buf)
-		fmt.Println(key, "->", buf)
+		buf = m.PreferenceList("default", key, 2, buf)
+		fmt.Println(key, "partition", m.Partition("default", key), "->", buf)
 	}
 
-	// Asking for more replicas than active members returns them all.
-	fmt.Println(len(r.PreferenceList("default", "user:42", 10, nil)))
+	// Each node is first owner (primary) of Q/N partitions, give or take one.
+	fmt.Println(m.Load(1))
 
+	// A fourth node: the next version, moving about a quarter of the slots.
+	next, _ := ring.Claim(m, []ring.Node{{ID: "node-1"}, {ID: "node-2"}, {ID: "node-3"}, {ID: "node-4"}}, 16)
+	fmt.Println("version:", next.Version(), next.Load(1))
 	// Output:
-	// members: 5 active: 4 owns node-5: true
-	// user:42 -> [node-1 node-3 node-4]
-	// user:43 -> [node-2 node-3 node-1]
-	// cart:7 -> [node-3 node-4 node-2]
-	// 4
-}
-
-// The primary's share of the hash space, for a status page.
-func ExampleRing_Shares() {
-	r := ring.New([]ring.Member{
-		{ID: "a", Active: true, VirtualNodes: 1},
-		{ID: "b", Active: false},
-	})
-	fmt.Println(r.Shares())
-	// Output: map[a:1]
+	// version: 1 partitions: 16 owners per partition: 3
+	// user:42 partition 3 -> [node-2 node-1]
+	// user:43 partition 4 -> [node-1 node-3]
+	// cart:7 partition 15 -> [node-2 node-3]
+	// map[node-1:6 node-2:5 node-3:5]
+	// version: 2 map[node-1:4 node-2:4 node-3:4 node-4:4]
 }

@@ -38,6 +38,16 @@ type Map struct {
 // its prev; the metadata store uses it for optimistic locking.
 func (m *Map) Version() uint64 { return m.version }
 
+// WithVersion returns a map that places every partition as m does, with
+// version v. It shares m's (immutable) contents. The metadata store numbers
+// its records, and a record may hold no map (no node was active), so the
+// claim that follows one gets the record's next number this way.
+func (m *Map) WithVersion(v uint64) *Map {
+	c := *m
+	c.version = v
+	return &c
+}
+
 // Partitions returns Q, the number of partitions.
 func (m *Map) Partitions() int { return m.q }
 

@@ -162,3 +162,18 @@ func nodesOf(m *Map) []Node {
 	}
 	return ns
 }
+
+func TestWithVersion(t *testing.T) {
+	m, err := Claim(nil, []Node{{ID: "a"}, {ID: "b"}, {ID: "c"}}, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := m.WithVersion(42)
+	if v.Version() != 42 || m.Version() != 1 || !v.Equal(m) {
+		t.Fatalf("WithVersion(42) = version %d (original %d), equal %v", v.Version(), m.Version(), v.Equal(m))
+	}
+	next, err := Claim(v, []Node{{ID: "a"}, {ID: "b"}}, 64)
+	if err != nil || next.Version() != 43 {
+		t.Fatalf("Claim after WithVersion(42) = version %d, %v; want 43", next.Version(), err)
+	}
+}

@@ -253,8 +253,10 @@ func wireNode(n Node) jsonNode { return jsonNode{Node: n, Epoch: strconv.FormatU
 // MarshalJSON writes each node's epoch as a decimal string.
 func (l NodeList) MarshalJSON() ([]byte, error) {
 	j := struct {
-		Nodes []jsonNode `json:"nodes"`
-	}{Nodes: make([]jsonNode, 0, len(l.Nodes))}
+		Nodes            []jsonNode `json:"nodes"`
+		PlacementVersion uint64     `json:"placement_version,omitempty"`
+		Partitions       int        `json:"partitions,omitempty"`
+	}{Nodes: make([]jsonNode, 0, len(l.Nodes)), PlacementVersion: l.PlacementVersion, Partitions: l.Partitions}
 	for _, n := range l.Nodes {
 		j.Nodes = append(j.Nodes, wireNode(n))
 	}

@@ -81,16 +81,53 @@ type Tenant struct {
 }
 
 // Node is the admin API's record of a storage node: the answer to
-// node.register and node.drain, and an element of NodeList. Like Tenant, it
-// mirrors the metadata record field for field. In JSON, Epoch is a decimal
-// string (it is often above 2^53); in msgpack an unsigned integer.
+// node.register and node.drain, and an element of NodeList. Its first six
+// fields mirror the metadata record. In JSON, Epoch is a decimal string (it
+// is often above 2^53); in msgpack an unsigned integer.
 type Node struct {
 	ID           string    `json:"node_id" msgpack:"node_id"`
-	Status       string    `json:"status" msgpack:"status"` // active, draining or down
-	VirtualNodes int       `json:"virtual_nodes" msgpack:"virtual_nodes"`
-	Epoch        uint64    `json:"epoch" msgpack:"epoch"` // changes when the node's data dir is created or wiped
+	Status       string    `json:"status" msgpack:"status"`               // active, draining or down
+	VirtualNodes int       `json:"virtual_nodes" msgpack:"virtual_nodes"` // unused since the placement map; kept for old readers
+	Epoch        uint64    `json:"epoch" msgpack:"epoch"`                 // changes when the node's data dir is created or wiped
 	RegisteredAt time.Time `json:"registered_at" msgpack:"registered_at"`
 	LastSeen     time.Time `json:"last_seen" msgpack:"last_seen"`
+	// Share is the node's share of the placement map's partitions, set in
+	// node.list (absent elsewhere; zero counts for a node not in the map,
+	// such as a draining one).
+	Share *NodeShare `json:"share,omitempty" msgpack:"share,omitempty"`
+}
+
+// NodeShare is one node's share of a placement map's partitions.
+type NodeShare struct {
+	// Primaries counts the partitions whose first owner the node is (the
+	// first replica of every key there, for any RF).
+	Primaries int `json:"primaries" msgpack:"primaries"`
+	// Replicas counts the partitions in which the node is among the first
+	// min(3, R) owners: its load for tenants of RF 3.
+	Replicas int `json:"replicas" msgpack:"replicas"`
+	// Owned counts the partitions in which the node is among all R owners
+	// (R = min(7, nodes in the map)).
+	Owned int `json:"owned" msgpack:"owned"`
+	// Fraction is Replicas / (Q × min(3, R)): the node's share of the
+	// RF-3 replica slots, 1/N when balanced.
+	Fraction float64 `json:"fraction" msgpack:"fraction"`
+}
+
+// PlacementReply answers kv.v1.admin.placement.get: the placement map the
+// answering coordinator routes by (it reloads it from the metadata store
+// first).
+type PlacementReply struct {
+	// Version of the map; 0 when none exists yet (no node ever registered).
+	Version uint64 `json:"version" msgpack:"version"`
+	// Partitions is the cluster's partition count Q.
+	Partitions int `json:"partitions" msgpack:"partitions"`
+	// Replicas is R, the length of every owner list: min(7, nodes).
+	Replicas int `json:"replicas" msgpack:"replicas"`
+	// Map is the map's binary form (ring.Map.MarshalBinary; read it with
+	// ring.Decode), base64 in JSON; empty while no node is active.
+	Map []byte `json:"map" msgpack:"map"`
+	// Shares holds each node of the map's share, by node id.
+	Shares map[string]NodeShare `json:"shares" msgpack:"shares"`
 }
 
 // TenantRequest is the body of the tenant admin subjects. Create reads
@@ -120,6 +157,10 @@ type NodeRequest struct {
 // NodeList answers kv.v1.admin.node.list.
 type NodeList struct {
 	Nodes []Node `json:"nodes" msgpack:"nodes"`
+	// PlacementVersion is the version of the placement map the shares
+	// come from (0: none yet); Partitions is the cluster's Q.
+	PlacementVersion uint64 `json:"placement_version,omitempty" msgpack:"placement_version,omitempty"`
+	Partitions       int    `json:"partitions,omitempty" msgpack:"partitions,omitempty"`
 }
 
 // Success answers admin calls that return nothing else.

@@ -83,11 +83,16 @@ const (
 	AdminNodeDrain    = AdminPrefix + ".node.drain"
 	AdminNodeRemove   = AdminPrefix + ".node.remove"
 	AdminNodeJoin     = AdminPrefix + ".node.join" // re-admits a removed node id
+	// AdminPlacementGet returns the current placement map (PlacementReply).
+	AdminPlacementGet = AdminPrefix + ".placement.get"
 )
 
 // Event subjects: plain publishes, no reply expected.
 const (
-	EventsRing   = EventsPrefix + ".ring"   // the set of storage nodes changed
+	// EventsRing: a new placement map was stored (the set of active
+	// storage nodes changed); coordinators reload it from the metadata
+	// store. The payload is empty; do not rely on it.
+	EventsRing   = EventsPrefix + ".ring"
 	EventsTenant = EventsPrefix + ".tenant" // a tenant changed; payload TenantEvent
 )
 

@@ -322,9 +322,13 @@ func printNodes(asJSON bool, ns ...subjects.Node) error {
 		return printJSON(subjects.NodeList{Nodes: ns})
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "NODE\tSTATUS\tVNODES\tEPOCH\tLAST SEEN")
+	fmt.Fprintln(w, "NODE\tSTATUS\tPRIMARIES\tREPLICAS (RF 3)\tSHARE\tEPOCH\tLAST SEEN")
 	for _, n := range ns {
-		fmt.Fprintf(w, "%s\t%s\t%d\t%016x\t%s ago\n", n.ID, n.Status, n.VirtualNodes, n.Epoch, time.Since(n.LastSeen).Round(time.Second))
+		var sh subjects.NodeShare
+		if n.Share != nil {
+			sh = *n.Share
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%.1f%%\t%016x\t%s ago\n", n.ID, n.Status, sh.Primaries, sh.Replicas, 100*sh.Fraction, n.Epoch, time.Since(n.LastSeen).Round(time.Second))
 	}
 	return w.Flush()
 }

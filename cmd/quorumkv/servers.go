@@ -191,6 +191,7 @@ func registerCoordinatorFlags(fs *flag.FlagSet, cfg *coordinator.Config) {
 	fs.DurationVar(&cfg.HintWindow, "hint-window", cfg.HintWindow, "after answering, how long to wait for the slower primaries before hinting them")
 	fs.Float64Var(&cfg.ReadRepairChance, "read-repair-chance", cfg.ReadRepairChance, "share of quorum reads that ask every primary, not only as many as the level needs, so read repair reaches them all (0..1)")
 	fs.DurationVar(&cfg.SpeculativeRetry, "speculative-retry", cfg.SpeculativeRetry, "how long a read waits for the primaries it asked before asking the others (0: adaptive, 4x the mean replica round trip, 5ms..200ms)")
+	fs.IntVar(&cfg.Partitions, "partitions", cfg.Partitions, "partition count Q of a new cluster (a power of two up to 65536); the first coordinator stores it and it never changes, so later values are ignored")
 }
 
 // storeFlags are the flags naming a coordinator's metadata and
@@ -279,7 +280,7 @@ func runStorage(args []string) error {
 	fs.StringVar(&cfg.NodeID, "id", "", "node id, a subject token such as node-1 (required)")
 	fs.StringVar(&cfg.DataDir, "data", "", "data directory, one per node (required)")
 	fs.BoolVar(&cfg.Fsync, "fsync", cfg.Fsync, "fsync each write batch before acknowledging it; false trades durability for speed: acknowledged writes may be lost when the process or the machine crashes (the other replicas and repair still hold them)")
-	fs.IntVar(&cfg.VirtualNodes, "virtual-nodes", cfg.VirtualNodes, "ring points of this node (more = larger share)")
+	fs.IntVar(&cfg.VirtualNodes, "virtual-nodes", cfg.VirtualNodes, "ignored since placement is by partitions (the placement map gives every node an equal share); kept so existing command lines still start")
 	fs.IntVar(&cfg.Partitions, "partitions", cfg.Partitions, "partitions the data directory is laid out in (a power of two up to 65536); must match what the directory was written with")
 	fs.IntVar(&cfg.QueueLen, "queue-len", cfg.QueueLen, "messages queued per subject; past it the node answers 429 overloaded at once")
 	fs.IntVar(&cfg.MaxBatch, "max-batch", cfg.MaxBatch, "write messages group-committed together at most")

@@ -14,7 +14,6 @@ import (
 
 	"github.com/quorumkv/quorumkv/client"
 	"github.com/quorumkv/quorumkv/repair"
-	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/subjects"
 )
 
@@ -32,7 +31,7 @@ type statusReport struct {
 
 type nodeStatus struct {
 	subjects.Node
-	RingShare float64 `json:"ring_share"` // fraction of keys this node is first replica for
+	RingShare float64 `json:"ring_share"` // fraction of partitions (so of keys) this node is first replica for
 }
 
 type coordinatorStatus struct {
@@ -67,9 +66,13 @@ func runStatus(args []string) error {
 	}
 	fmt.Printf("NATS: %s\n\n", rep.NATS)
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "NODE\tSTATUS\tRING SHARE\tVNODES\tLAST SEEN")
+	fmt.Fprintln(w, "NODE\tSTATUS\tPRIMARY SHARE\tREPLICAS (RF 3)\tLAST SEEN")
 	for _, n := range rep.Nodes {
-		fmt.Fprintf(w, "%s\t%s\t%.1f%%\t%d\t%s ago\n", n.ID, n.Status, 100*n.RingShare, n.VirtualNodes, time.Since(n.LastSeen).Round(time.Second))
+		replicas := 0
+		if n.Share != nil {
+			replicas = n.Share.Replicas
+		}
+		fmt.Fprintf(w, "%s\t%s\t%.1f%%\t%d\t%s ago\n", n.ID, n.Status, 100*n.RingShare, replicas, time.Since(n.LastSeen).Round(time.Second))
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "COORDINATOR\tACTOR\tVERSION\tREQUESTS\tERRORS")
@@ -91,13 +94,19 @@ func collectStatus(ctx context.Context, nc *nats.Conn, ad *client.Admin, wait ti
 	if err != nil {
 		return nil, err
 	}
-	members := make([]ring.Member, len(nodes))
-	for i, n := range nodes {
-		members[i] = ring.Member{ID: n.ID, VirtualNodes: n.VirtualNodes, Active: n.Status == "active"}
-	}
-	shares := ring.New(members).Shares()
+	// Every partition has one primary, so the primaries add up to Q.
+	q := 0
 	for _, n := range nodes {
-		rep.Nodes = append(rep.Nodes, nodeStatus{Node: n, RingShare: shares[n.ID]})
+		if n.Share != nil {
+			q += n.Share.Primaries
+		}
+	}
+	for _, n := range nodes {
+		ns := nodeStatus{Node: n}
+		if n.Share != nil && q > 0 {
+			ns.RingShare = float64(n.Share.Primaries) / float64(q)
+		}
+		rep.Nodes = append(rep.Nodes, ns)
 	}
 	tenants, err := ad.ListTenants(ctx)
 	if err != nil {

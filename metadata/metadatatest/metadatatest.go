@@ -46,6 +46,10 @@ func Run(t *testing.T, open func(t *testing.T) metadata.Store) {
 		{"ListNodes", testListNodes},
 		{"ContextSecretFirstWins", testContextSecretFirstWins},
 		{"ContextSecretConcurrent", testContextSecretConcurrent},
+		{"PartitionsFirstWins", testPartitionsFirstWins},
+		{"PartitionsConcurrent", testPartitionsConcurrent},
+		{"PlacementCompareAndSet", testPlacementCompareAndSet},
+		{"PlacementConcurrent", testPlacementConcurrent},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -769,4 +773,159 @@ func testContextSecretConcurrent(t *testing.T, s metadata.Store) {
 		}
 	}
 	t.Fatalf("the secret %x is none of the candidates", got[0])
+}
+
+// testPartitionsFirstWins: Q is stored by the first caller and never
+// changes; it is no tenant or node.
+func testPartitionsFirstWins(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	if _, err := s.Partitions(ctx, 0); err == nil {
+		t.Error("Partitions(0) succeeded")
+	}
+	got, err := s.Partitions(ctx, 256)
+	if err != nil || got != 256 {
+		t.Fatalf("first Partitions(256) = %d, %v; want 256", got, err)
+	}
+	got, err = s.Partitions(ctx, 1024)
+	if err != nil || got != 256 {
+		t.Fatalf("second Partitions(1024) = %d, %v; want the first, 256", got, err)
+	}
+	if ts, err := s.ListTenants(ctx); err != nil || len(ts) != 0 {
+		t.Fatalf("ListTenants with only Q stored = %v, %v; want none", ts, err)
+	}
+	if ns, err := s.ListNodes(ctx); err != nil || len(ns) != 0 {
+		t.Fatalf("ListNodes with only Q stored = %v, %v; want none", ns, err)
+	}
+}
+
+// testPartitionsConcurrent: concurrent creators all get the same Q, one of
+// their candidates.
+func testPartitionsConcurrent(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	const n = 8
+	var (
+		wg   sync.WaitGroup
+		got  [n]int
+		errs [n]error
+	)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i], errs[i] = s.Partitions(ctx, 1<<(i+1))
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("creator %d: %v", i, errs[i])
+		}
+		if got[i] != got[0] {
+			t.Fatalf("creators disagree: %d vs %d", got[i], got[0])
+		}
+	}
+	if got[0] < 2 || got[0] > 1<<n || got[0]&(got[0]-1) != 0 {
+		t.Fatalf("Q = %d is none of the candidates", got[0])
+	}
+}
+
+func placementBytes(v uint64) []byte {
+	// Any bytes will do: the store keeps the map opaque. A zero byte and
+	// high bytes check that nothing is lost on the way.
+	return []byte{'q', 'k', 0, byte(v), 0xff, 0x80, byte(v >> 8)}
+}
+
+// testPlacementCompareAndSet: the map record is read back as written, and
+// a write must name the version that follows the stored one.
+func testPlacementCompareAndSet(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	_, err := s.GetPlacement(ctx)
+	wantErr(t, "GetPlacement before any", err, metadata.ErrNotFound)
+	if _, err := s.SetPlacement(ctx, metadata.Placement{Version: 0, Map: placementBytes(0)}); err == nil {
+		t.Fatal("SetPlacement(version 0) succeeded")
+	}
+	_, err = s.SetPlacement(ctx, metadata.Placement{Version: 2, Map: placementBytes(2)})
+	wantErr(t, "SetPlacement(version 2) with none stored", err, metadata.ErrStale)
+
+	check := window()
+	p1, err := s.SetPlacement(ctx, metadata.Placement{Version: 1, Map: placementBytes(1)})
+	if err != nil {
+		t.Fatalf("SetPlacement(version 1): %v", err)
+	}
+	check(t, "UpdatedAt", p1.UpdatedAt)
+	got, err := s.GetPlacement(ctx)
+	if err != nil || got.Version != 1 || !bytes.Equal(got.Map, placementBytes(1)) || !got.UpdatedAt.Equal(p1.UpdatedAt) {
+		t.Fatalf("GetPlacement = %+v, %v; want %+v", got, err, p1)
+	}
+	_, err = s.SetPlacement(ctx, metadata.Placement{Version: 1, Map: placementBytes(9)})
+	wantErr(t, "SetPlacement(version 1) again", err, metadata.ErrStale)
+	_, err = s.SetPlacement(ctx, metadata.Placement{Version: 3, Map: placementBytes(3)})
+	wantErr(t, "SetPlacement(version 3) over 1", err, metadata.ErrStale)
+
+	// An empty map (no active node) is a valid record; so are large
+	// versions.
+	if _, err := s.SetPlacement(ctx, metadata.Placement{Version: 2}); err != nil {
+		t.Fatalf("SetPlacement(version 2, empty map): %v", err)
+	}
+	if got, err := s.GetPlacement(ctx); err != nil || got.Version != 2 || len(got.Map) != 0 {
+		t.Fatalf("GetPlacement = %+v, %v; want version 2 with an empty map", got, err)
+	}
+	big := make([]byte, 16<<10) // a map of 1024 partitions × 7 owners and more
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	if _, err := s.SetPlacement(ctx, metadata.Placement{Version: 3, Map: big}); err != nil {
+		t.Fatalf("SetPlacement(version 3, 16 KiB): %v", err)
+	}
+	if got, err := s.GetPlacement(ctx); err != nil || got.Version != 3 || !bytes.Equal(got.Map, big) {
+		t.Fatalf("GetPlacement = version %d, %d bytes, %v; want version 3 and the 16 KiB written", got.Version, len(got.Map), err)
+	}
+	if ts, err := s.ListTenants(ctx); err != nil || len(ts) != 0 {
+		t.Fatalf("ListTenants with only a map stored = %v, %v; want none", ts, err)
+	}
+	if ns, err := s.ListNodes(ctx); err != nil || len(ns) != 0 {
+		t.Fatalf("ListNodes with only a map stored = %v, %v; want none", ns, err)
+	}
+}
+
+// testPlacementConcurrent: of concurrent writers of one version exactly one
+// wins, the others get ErrStale, and the stored map is the winner's.
+func testPlacementConcurrent(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	if _, err := s.SetPlacement(ctx, metadata.Placement{Version: 1, Map: placementBytes(1)}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 8
+	for version := uint64(2); version <= 3; version++ {
+		var (
+			wg   sync.WaitGroup
+			errs [n]error
+		)
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, errs[i] = s.SetPlacement(ctx, metadata.Placement{Version: version, Map: []byte{byte(version), byte(i)}})
+			}()
+		}
+		wg.Wait()
+		winner := -1
+		for i, err := range errs {
+			switch {
+			case err == nil && winner >= 0:
+				t.Fatalf("version %d: writers %d and %d both won", version, winner, i)
+			case err == nil:
+				winner = i
+			case !errors.Is(err, metadata.ErrStale):
+				t.Fatalf("version %d, writer %d: %v, want ErrStale or success", version, i, err)
+			}
+		}
+		if winner < 0 {
+			t.Fatalf("version %d: no writer won", version)
+		}
+		got, err := s.GetPlacement(ctx)
+		if err != nil || got.Version != version || !bytes.Equal(got.Map, []byte{byte(version), byte(winner)}) {
+			t.Fatalf("GetPlacement = %+v, %v; want version %d by writer %d", got, err, version, winner)
+		}
+	}
 }

@@ -10,9 +10,11 @@
 // and JetStream rejects it if the key changed since.
 //
 // The cluster's context secret lives in the tenants bucket under the key
-// "cluster.context_secret". Its "." keeps it apart from every record key
-// (those never contain one) and listings skip it; it stays inside the
-// subjects the coordinators' NATS permissions already grant.
+// "cluster.context_secret", its partition count under "cluster.partitions"
+// and its placement map under "cluster.placement". The "." keeps them apart
+// from every record key (those never contain one) and listings skip them;
+// they stay inside the subjects the coordinators' NATS permissions already
+// grant.
 package natskv
 
 import (
@@ -125,6 +127,110 @@ func (s *Store) ContextSecret(ctx context.Context, candidate []byte) ([]byte, er
 		return nil, fmt.Errorf("metadata/natskv: %s: stored record at revision %d is damaged: %v", op, e.Revision(), err)
 	}
 	return rec.Secret, nil
+}
+
+// Keys of the cluster-wide records (see the package doc).
+const (
+	partitionsKey = "cluster.partitions"
+	placementKey  = "cluster.placement"
+)
+
+// storedPartitions is the JSON record under partitionsKey.
+type storedPartitions struct {
+	Partitions int       `json:"partitions"`
+	CreatedAt  time.Time `json:"created_at"`
+}
+
+// Partitions implements metadata.Store: a KV create, which only the first
+// writer wins, then a read of whatever is stored.
+func (s *Store) Partitions(ctx context.Context, candidate int) (int, error) {
+	const op = "partitions"
+	if candidate <= 0 {
+		return 0, fmt.Errorf("metadata/natskv: %s: candidate %d <= 0", op, candidate)
+	}
+	data, err := json.Marshal(storedPartitions{Partitions: candidate, CreatedAt: metadata.Now()})
+	if err != nil {
+		return 0, fmt.Errorf("metadata/natskv: %s: encode: %w", op, err)
+	}
+	if _, err := s.tenants.Create(ctx, partitionsKey, data); err == nil {
+		return candidate, nil
+	} else if !errors.Is(err, jetstream.ErrKeyExists) {
+		return 0, wrap(op, err)
+	}
+	e, err := s.tenants.Get(ctx, partitionsKey)
+	if err != nil {
+		return 0, wrap(op+": read", err)
+	}
+	var rec storedPartitions
+	if err := json.Unmarshal(e.Value(), &rec); err != nil || rec.Partitions <= 0 {
+		return 0, fmt.Errorf("metadata/natskv: %s: stored record at revision %d is damaged: %v", op, e.Revision(), err)
+	}
+	return rec.Partitions, nil
+}
+
+// GetPlacement implements metadata.Store.
+func (s *Store) GetPlacement(ctx context.Context) (metadata.Placement, error) {
+	p, _, err := s.getPlacement(ctx)
+	if err != nil {
+		return metadata.Placement{}, fmt.Errorf("metadata/natskv: get placement: %w", err)
+	}
+	return p, nil
+}
+
+func (s *Store) getPlacement(ctx context.Context) (metadata.Placement, uint64, error) {
+	var p metadata.Placement
+	e, err := s.tenants.Get(ctx, placementKey)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return p, 0, metadata.ErrNotFound
+		}
+		return p, 0, classify(err)
+	}
+	if err := json.Unmarshal(e.Value(), &p); err != nil || p.Version == 0 {
+		return p, 0, fmt.Errorf("stored record at revision %d is damaged: %v", e.Revision(), err)
+	}
+	return p, e.Revision(), nil
+}
+
+// SetPlacement implements metadata.Store: a KV create for version 1, else
+// an update under the revision that holds version p.Version-1, so of
+// concurrent writers only the first succeeds.
+func (s *Store) SetPlacement(ctx context.Context, p metadata.Placement) (metadata.Placement, error) {
+	op := fmt.Sprintf("set placement version %d", p.Version)
+	if p.Version == 0 {
+		return metadata.Placement{}, fmt.Errorf("metadata/natskv: %s: version 0", op)
+	}
+	p.UpdatedAt = metadata.Now()
+	data, err := json.Marshal(p)
+	if err != nil {
+		return metadata.Placement{}, fmt.Errorf("metadata/natskv: %s: encode: %w", op, err)
+	}
+	if p.Version == 1 {
+		if _, err := s.tenants.Create(ctx, placementKey, data); err != nil {
+			if isRevisionMismatch(err) {
+				return metadata.Placement{}, fmt.Errorf("metadata/natskv: %s: a map is stored already: %w", op, metadata.ErrStale)
+			}
+			return metadata.Placement{}, wrap(op, err)
+		}
+		return p, nil
+	}
+	cur, rev, err := s.getPlacement(ctx)
+	if errors.Is(err, metadata.ErrNotFound) {
+		return metadata.Placement{}, fmt.Errorf("metadata/natskv: %s: none stored: %w", op, metadata.ErrStale)
+	}
+	if err != nil {
+		return metadata.Placement{}, fmt.Errorf("metadata/natskv: %s: %w", op, err)
+	}
+	if cur.Version != p.Version-1 {
+		return metadata.Placement{}, fmt.Errorf("metadata/natskv: %s: stored version is %d: %w", op, cur.Version, metadata.ErrStale)
+	}
+	if _, err := s.tenants.Update(ctx, placementKey, data, rev); err != nil {
+		if isRevisionMismatch(err) {
+			return metadata.Placement{}, fmt.Errorf("metadata/natskv: %s: concurrent update: %w", op, metadata.ErrStale)
+		}
+		return metadata.Placement{}, wrap(op, err)
+	}
+	return p, nil
 }
 
 // Close does nothing: the store holds no resources of its own, and the
@@ -480,7 +586,7 @@ func list(ctx context.Context, kv jetstream.KeyValue, fn func([]byte) error) err
 			if e == nil { // all current values delivered
 				return nil
 			}
-			if strings.Contains(e.Key(), ".") { // not a record (contextSecretKey)
+			if strings.Contains(e.Key(), ".") { // not a record (cluster.*)
 				continue
 			}
 			if err := fn(e.Value()); err != nil {

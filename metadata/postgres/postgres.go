@@ -83,6 +83,82 @@ func (s *Store) ContextSecret(ctx context.Context, candidate []byte) ([]byte, er
 	return secret, nil
 }
 
+// Partitions implements metadata.Store on table cluster_partitions: an
+// insert that does nothing if the row exists, then a read (as
+// ContextSecret). The row is never updated.
+func (s *Store) Partitions(ctx context.Context, candidate int) (int, error) {
+	const op = "partitions"
+	if candidate <= 0 {
+		return 0, fmt.Errorf("metadata/postgres: %s: candidate %d <= 0", op, candidate)
+	}
+	if _, err := s.pool.Exec(ctx, `
+		INSERT INTO cluster_partitions (partitions, created_at)
+		VALUES ($1, $2)
+		ON CONFLICT (singleton) DO NOTHING`, candidate, metadata.Now()); err != nil {
+		return 0, s.wrap(op, err)
+	}
+	var q int
+	if err := s.pool.QueryRow(ctx, `SELECT partitions FROM cluster_partitions`).Scan(&q); err != nil {
+		return 0, s.wrap(op+": read", err)
+	}
+	return q, nil
+}
+
+// GetPlacement implements metadata.Store. Versions (uint64) are bit-cast
+// to bigint, as epochs are.
+func (s *Store) GetPlacement(ctx context.Context) (metadata.Placement, error) {
+	var (
+		p       metadata.Placement
+		version int64
+	)
+	err := s.pool.QueryRow(ctx, `SELECT version, map, updated_at FROM placement_map`).Scan(&version, &p.Map, &p.UpdatedAt)
+	if err != nil {
+		return metadata.Placement{}, s.wrap("get placement", err)
+	}
+	p.Version, p.UpdatedAt = uint64(version), p.UpdatedAt.UTC()
+	if len(p.Map) == 0 {
+		p.Map = nil
+	}
+	return p, nil
+}
+
+// SetPlacement implements metadata.Store: an insert that does nothing when
+// a row exists (version 1), else an update of the row that holds version
+// p.Version-1. Each is one statement, so concurrent writers serialise on
+// the row and only the first one finds it at the version it names.
+func (s *Store) SetPlacement(ctx context.Context, p metadata.Placement) (metadata.Placement, error) {
+	op := fmt.Sprintf("set placement version %d", p.Version)
+	if p.Version == 0 {
+		return metadata.Placement{}, fmt.Errorf("metadata/postgres: %s: version 0", op)
+	}
+	p.UpdatedAt = metadata.Now()
+	m := p.Map
+	if m == nil {
+		m = []byte{}
+	}
+	var (
+		tag pgconn.CommandTag
+		err error
+	)
+	if p.Version == 1 {
+		tag, err = s.pool.Exec(ctx, `
+			INSERT INTO placement_map (version, map, updated_at)
+			VALUES (1, $1, $2)
+			ON CONFLICT (singleton) DO NOTHING`, m, p.UpdatedAt)
+	} else {
+		tag, err = s.pool.Exec(ctx, `
+			UPDATE placement_map SET version = $1, map = $2, updated_at = $3
+			WHERE version = $4`, int64(p.Version), m, p.UpdatedAt, int64(p.Version-1))
+	}
+	if err != nil {
+		return metadata.Placement{}, s.wrap(op, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return metadata.Placement{}, fmt.Errorf("metadata/postgres: %s: the stored map is not version %d: %w", op, p.Version-1, metadata.ErrStale)
+	}
+	return p, nil
+}
+
 // Close closes the pool, waiting for connections in use to be released.
 func (s *Store) Close() error {
 	s.pool.Close()
