@@ -98,7 +98,7 @@ func (c *Coordinator) tenantCreate(ctx context.Context, body func(any) error) (a
 	}
 	t := metadata.Tenant{ID: req.TenantID, ReplicationFactor: 3, DefaultConsistency: subjects.Quorum, ConflictPolicy: subjects.PolicyLWW}
 	applyTenantFields(&t, &req)
-	if err := c.validateTenant(t); err != nil {
+	if err := c.validateTenant(ctx, t); err != nil {
 		return nil, err
 	}
 	created, err := c.cfg.Metadata.CreateTenant(ctx, t)
@@ -124,14 +124,29 @@ func applyTenantFields(t *metadata.Tenant, req *subjects.TenantRequest) {
 	}
 }
 
-func (c *Coordinator) validateTenant(t metadata.Tenant) error {
+// validateTenant checks t. The active nodes are counted in the metadata
+// store, not in this coordinator's placement map: the map of a coordinator
+// that has not yet received the last ring event lags the store, and a
+// tenant created right after a node registered (through another
+// coordinator) must not be refused for it.
+func (c *Coordinator) validateTenant(ctx context.Context, t metadata.Tenant) error {
 	if err := subjects.ValidateTenantID(t.ID); err != nil {
 		return subjects.Errorf(subjects.KindInvalid, "%v", err)
 	}
 	if t.ReplicationFactor < 1 || t.ReplicationFactor > MaxReplicationFactor {
 		return subjects.Errorf(subjects.KindInvalid, "replication_factor %d out of range 1..%d", t.ReplicationFactor, MaxReplicationFactor)
 	}
-	if active := c.routing.placement().nodeCount(); t.ReplicationFactor > active {
+	nodes, err := c.cfg.Metadata.ListNodes(ctx)
+	if err != nil {
+		return storeError("metadata store", err)
+	}
+	active := 0
+	for _, n := range nodes {
+		if n.Status == metadata.NodeActive {
+			active++
+		}
+	}
+	if t.ReplicationFactor > active {
 		return subjects.Errorf(subjects.KindInvalid, "replication_factor %d exceeds the %d active storage nodes", t.ReplicationFactor, active)
 	}
 	if !ValidLevel(t.DefaultConsistency) {
@@ -220,7 +235,7 @@ func (c *Coordinator) tenantUpdate(ctx context.Context, body func(any) error) (a
 	}
 	applyTenantFields(&t, &req)
 	t.Version = req.Version
-	if err := c.validateTenant(t); err != nil {
+	if err := c.validateTenant(ctx, t); err != nil {
 		return nil, err
 	}
 	updated, err := c.cfg.Metadata.UpdateTenant(ctx, t)

@@ -174,9 +174,11 @@ func startCluster(t *testing.T, cfg clusterConfig) *cluster {
 		c.start(p)
 	}
 	if err := waitUntil(30*time.Second, func() error {
-		nodes, err := c.admin.ListNodes(context.Background())
-		if err == nil && len(nodes) != cfg.storageNodes {
-			err = fmt.Errorf("%d of %d storage nodes registered", len(nodes), cfg.storageNodes)
+		// Placed, not only registered: a node's record is written before
+		// the registration's placement map is stored.
+		m, err := c.admin.Placement(context.Background())
+		if err == nil && len(m.Nodes()) != cfg.storageNodes {
+			err = fmt.Errorf("%d of %d storage nodes in the placement map", len(m.Nodes()), cfg.storageNodes)
 		}
 		return err
 	}); err != nil {
