@@ -55,6 +55,9 @@ type Config struct {
 	Logger       *slog.Logger  // default slog.Default()
 	// Metrics receives the node's Prometheus metrics; nil records none.
 	Metrics prometheus.Registerer
+	// TransferRate caps the bytes per second a partition transfer pulls
+	// into this node (DefaultTransferRate); Unlimited for no cap.
+	TransferRate int64
 }
 
 // ErrInvalidConfig is wrapped by the error of a constructor whose Config
@@ -72,6 +75,7 @@ func DefaultConfig() Config {
 		QueueLen:     8192,
 		MaxBatch:     256,
 		Heartbeat:    15 * time.Second,
+		TransferRate: DefaultTransferRate,
 	}
 }
 
@@ -103,6 +107,11 @@ func (c *Config) validate() (err error) {
 	if err := ring.ValidatePartitions(c.Partitions); err != nil {
 		return fmt.Errorf("storage: %w", err)
 	}
+	if c.TransferRate != Unlimited {
+		if err := settings.Default("storage: transfer rate (bytes/s, or Unlimited)", &c.TransferRate, d.TransferRate); err != nil {
+			return err
+		}
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -122,6 +131,13 @@ type Node struct {
 	readSub    *nats.Subscription // its pending messages are the read queue; set by Start
 
 	overloadLog atomic.Int64 // unix nanos of the last "queue full" log
+
+	// Partition transfers (transfer.go): local hands batches pulled from
+	// another node to the write loop; stopping closes when Stop begins.
+	nc       *nats.Conn
+	local    chan *localWrite
+	stopping <-chan struct{}
+	rc       *replica.Client // created by the first PullPartition; under mu
 
 	// readMu is held shared by each read being served and exclusively by
 	// Close, so Pebble is never closed under a read.
@@ -182,6 +198,7 @@ func (n *Node) start(nc *nats.Conn) error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
+	n.nc, n.local, n.stopping = nc, make(chan *localWrite), ctx.Done()
 	n.replyLimit = replica.PayloadLimit(nc.MaxPayload()) // the limit clients batch by
 	n.eng.stateCap, n.eng.replyLimit = subjects.MaxStateBytes(nc.MaxPayload()), n.replyLimit
 
@@ -217,6 +234,13 @@ func (n *Node) start(nc *nats.Conn) error {
 		return fmt.Errorf("storage: subscribe dump: %w", err)
 	}
 	n.subs = append(n.subs, dump)
+	scan, err := nc.Subscribe(subjects.StorageNode(n.cfg.NodeID, subjects.NodeOpScan), n.handleScan)
+	if err != nil {
+		n.unsubscribeLocked()
+		cancel()
+		return fmt.Errorf("storage: subscribe scan: %w", err)
+	}
+	n.subs = append(n.subs, scan)
 	if err := nc.Flush(); err != nil {
 		n.unsubscribeLocked()
 		cancel()
@@ -280,7 +304,11 @@ func (n *Node) Stop() error {
 	if n.cancel != nil {
 		n.cancel()
 	}
+	rc := n.rc
 	n.mu.Unlock()
+	if rc != nil {
+		rc.Stop() // fails a transfer's request in flight at once
+	}
 	n.readMu.Lock()
 	n.readsClosed = true
 	n.readMu.Unlock()
@@ -301,6 +329,9 @@ func (n *Node) writeLoop(ctx context.Context, ch chan *nats.Msg) {
 		var first *nats.Msg
 		select {
 		case first = <-ch:
+		case j := <-n.local:
+			n.applyLocal(j)
+			continue
 		case <-ctx.Done():
 			for {
 				msgs = n.collect(msgs[:0], ch)

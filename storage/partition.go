@@ -47,15 +47,18 @@ func (e *engine) scanPartition(p uint32, cursor []byte, limit int) ([]partEntry,
 	if err := e.checkPartition(p); err != nil {
 		return nil, nil, err
 	}
-	return scanPartition(e.db, p, cursor, limit)
+	return scanPartition(e.db, p, cursor, limit, 0)
 }
 
 // scanPartition is engine.scanPartition over any Pebble reader, such as a
-// snapshot that a transfer streams a consistent partition from.
-func scanPartition(r pebble.Reader, p uint32, cursor []byte, limit int) ([]partEntry, []byte, error) {
+// snapshot that a transfer streams a consistent partition from. With
+// maxBytes above 0 it also stops before the records' keys and values would
+// exceed maxBytes, though it always returns at least one record.
+func scanPartition(r pebble.Reader, p uint32, cursor []byte, limit, maxBytes int) ([]partEntry, []byte, error) {
 	if limit < 1 {
 		limit = 1000
 	}
+	size := 0
 	lo, hi := partitionBounds(p)
 	if cursor != nil {
 		lo = append(append(lo, cursor...), 0) // strictly after
@@ -76,6 +79,9 @@ func scanPartition(r pebble.Reader, p uint32, cursor []byte, limit int) ([]partE
 		v, err := it.ValueAndErr()
 		if err != nil {
 			return nil, nil, fmt.Errorf("scan partition %d: %w", p, err)
+		}
+		if size += len(rest) + len(v); maxBytes > 0 && size > maxBytes && len(out) > 0 {
+			break // ok stays true: the cursor says more remain
 		}
 		out = append(out, partEntry{Tenant: string(rest[:sep]), Key: string(rest[sep+1:]), Record: bytes.Clone(v)})
 	}

@@ -380,3 +380,53 @@ func VersionSize(v *vclock.Version, s *vclock.DVVSet) int {
 	}
 	return n
 }
+
+// PartitionScan is the body of kv.node.<id>.scan: the pull request of a
+// partition transfer (the receiver asks, the source answers). It asks for
+// the records of partition Partition after Cursor, in (tenant, key) order,
+// up to Limit records and MaxBytes bytes of records. The node answers
+// PartitionScanReply, or a 400 for a malformed request: another
+// NodeProtocolVersion, a Partitions other than its own, a partition not
+// below it, or a cursor that is not a (tenant, key) of that partition.
+//
+// Each request is answered from its own Pebble iterator, a consistent view
+// of the node at that moment; successive requests see the node as it is
+// when each arrives, so a record changed after its part of the range was
+// sent is not sent again. A transfer relies on the writes made during it
+// reaching the receiver too (pending owners), never on the source holding
+// a view open for it. Requests hold no state on the source: any number of
+// them, from any receiver, in any order, and a restarted source answers a
+// cursor it handed out before.
+type PartitionScan struct {
+	_msgpack   struct{} `msgpack:",as_array"`
+	Proto      int      // NodeProtocolVersion
+	Partitions int      // the receiver's partition count Q; must equal the source's
+	Partition  uint32   // 0..Q-1
+	Cursor     []byte   // nil: from the start of the partition; else a reply's Cursor
+	Limit      int      // records at most; 0 means 1000, more than 10000 means 10000
+	MaxBytes   int      // record bytes at most (0 or past the node's reply limit: that limit); one record always goes
+}
+
+// PartitionScanReply answers PartitionScan.
+type PartitionScanReply struct {
+	_msgpack struct{}          `msgpack:",as_array"`
+	Records  []PartitionRecord // in (tenant, key) order, all of the requested partition
+	// Cursor resumes the scan after the last record: send it in the next
+	// request. Nil once the partition has no more records. It is opaque
+	// (today tenant 0x00 key) and stays valid across writes and restarts
+	// of either node.
+	Cursor []byte
+}
+
+// PartitionRecord is one key of a partition with its complete version
+// state. State is the msgpack array the source stores, [LWW] for the lww
+// policy or [nil, DVV] for siblings (elements typed as in NodeReadResult:
+// *vclock.Version, *vclock.DVVSet; trailing nils may be absent). A
+// receiver merges it like a repair (NodeWrite.LWW or NodeWrite.DVV), never
+// stores it as it is.
+type PartitionRecord struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Tenant   string
+	Key      string
+	State    []byte
+}

@@ -101,6 +101,7 @@ const (
 	NodeOpWrite = "write" // NodeWriteBatch → NodeWriteReply
 	NodeOpRead  = "read"  // NodeReadBatch → NodeReadReply
 	NodeOpDump  = "dump"  // DumpRequest → DumpReply (operators, repair checks)
+	NodeOpScan  = "scan"  // PartitionScan → PartitionScanReply (partition transfer)
 )
 
 // StorageNode returns the subject of op on storage node nodeID.

@@ -1,0 +1,48 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/quorumkv/quorumkv/subjects"
+)
+
+// ScanPartition asks node for one page of a partition (the pull request
+// of a partition transfer; see PartitionScan in the package doc) and waits
+// for the answer until ctx ends. It sets req.Proto. It returns the reply
+// and its size in bytes on the wire. Errors: ErrNodeDown when nobody
+// serves the node, a *subjects.Error when the node refused the request
+// (400 for a malformed one), ctx's error, or "bad reply from <node>".
+//
+// Unlike Write and Read it is a plain request-reply, not batched: a
+// transfer has at most one page in flight per (partition, source) and its
+// pages are large, so batching would gain nothing.
+func (c *Client) ScanPartition(ctx context.Context, node string, req subjects.PartitionScan) (*subjects.PartitionScanReply, int, error) {
+	if c.closed.Load() {
+		return nil, 0, ErrStopping
+	}
+	req.Proto = subjects.NodeProtocolVersion
+	data, err := msgpack.Marshal(&req)
+	if err != nil {
+		return nil, 0, fmt.Errorf("replica: encode scan: %w", err)
+	}
+	msg, err := c.nc.RequestWithContext(ctx, subjects.StorageNode(node, subjects.NodeOpScan), data)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return nil, 0, fmt.Errorf("scan partition %d on %s: %w", req.Partition, node, ErrNodeDown)
+	case err != nil:
+		return nil, 0, fmt.Errorf("scan partition %d on %s: %w", req.Partition, node, err)
+	}
+	if e := subjects.ErrorFromHeaders(msg.Header.Get); e != nil {
+		return nil, 0, batchError(e)
+	}
+	var rep subjects.PartitionScanReply
+	if err := msgpack.Unmarshal(msg.Data, &rep); err != nil {
+		return nil, 0, fmt.Errorf("bad reply from %s: %w", node, err)
+	}
+	return &rep, len(msg.Data), nil
+}

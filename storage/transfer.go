@@ -1,0 +1,471 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/quorumkv/quorumkv/ring"
+	"github.com/quorumkv/quorumkv/storage/replica"
+	"github.com/quorumkv/quorumkv/subjects"
+)
+
+// Partition transfer (issue 14): a node pulls one partition from another
+// in pages over kv.node.<id>.scan and merges every record through its own
+// write loop, like a repair. The source side (handleScan) is stateless: a
+// page is one Pebble iterator over the live store. The receiver side
+// (PullPartition) keeps its cursor in its own store after every page, so
+// a transfer stopped by a failure of either node, or by its caller,
+// resumes where it stopped. Who pulls what and when (pending owners, map
+// flips, barriers) is the coordinators' business, not this file's.
+
+// DefaultTransferRate is the bytes per second a transfer pulls at most
+// unless Config.TransferRate says otherwise: generous, so that a transfer
+// runs near what the machine allows while foreground traffic keeps a share.
+const DefaultTransferRate = 128 << 20
+
+// Unlimited as Config.TransferRate or TransferOptions.Rate lifts the cap.
+const Unlimited = -1
+
+// Scan page limits (subjects.PartitionScan): records per page by default
+// and at most.
+const (
+	scanDefaultRecords = 1000
+	scanMaxRecords     = 10_000
+)
+
+// handleScan answers one page of a partition (subjects.PartitionScan).
+func (n *Node) handleScan(m *nats.Msg) {
+	n.readMu.RLock()
+	defer n.readMu.RUnlock()
+	if n.readsClosed {
+		return // unsubscribed: the receiver sees no answer and retries later
+	}
+	var req subjects.PartitionScan
+	if err := msgpack.Unmarshal(m.Data, &req); err != nil || req.Proto != subjects.NodeProtocolVersion {
+		n.respondError(m, fmt.Sprintf("bad scan request (proto %d): %v", req.Proto, err))
+		return
+	}
+	if req.Partitions != n.eng.q {
+		n.respondError(m, fmt.Sprintf("scan asks with %d partitions; node %s is laid out in %d", req.Partitions, n.cfg.NodeID, n.eng.q))
+		return
+	}
+	if err := n.eng.checkPartition(req.Partition); err != nil {
+		n.respondError(m, err.Error())
+		return
+	}
+	if err := checkCursor(req.Cursor, req.Partition, n.eng.q); err != nil {
+		n.respondError(m, err.Error())
+		return
+	}
+	limit := req.Limit
+	switch {
+	case limit <= 0:
+		limit = scanDefaultRecords
+	case limit > scanMaxRecords:
+		limit = scanMaxRecords
+	}
+	maxBytes := n.replyLimit
+	if req.MaxBytes > 0 && req.MaxBytes < maxBytes {
+		maxBytes = req.MaxBytes
+	}
+	entries, next, err := scanPartition(n.eng.db, req.Partition, req.Cursor, limit, maxBytes)
+	if err != nil {
+		n.respondKind(m, subjects.KindInternal, err.Error())
+		return
+	}
+	reply := subjects.PartitionScanReply{Records: make([]subjects.PartitionRecord, len(entries)), Cursor: next}
+	for i, en := range entries {
+		reply.Records[i] = subjects.PartitionRecord{Tenant: en.Tenant, Key: en.Key, State: en.Record}
+	}
+	data, err := msgpack.Marshal(&reply)
+	if err != nil {
+		n.respondKind(m, subjects.KindInternal, fmt.Sprintf("encode scan reply: %v", err))
+		return
+	}
+	if limit := n.nc.MaxPayload(); int64(len(data)) > limit {
+		// Only one record past the reply limit gets here (a siblings state
+		// grown by repair merges): say which, rather than time out.
+		first := entries[0]
+		n.respondKind(m, subjects.KindTooLarge, fmt.Sprintf("record %s/%q of partition %d is %d bytes, more than one message carries (%d): delete it without a context", first.Tenant, first.Key, req.Partition, len(first.Record), limit))
+		return
+	}
+	if err := m.Respond(data); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		n.log.Warn("scan reply failed", "err", err)
+	}
+}
+
+func (n *Node) respondKind(m *nats.Msg, kind, desc string) {
+	n.log.Warn("node request failed", "subject", m.Subject, "err", desc)
+	if m.Reply == "" {
+		return
+	}
+	e := subjects.Errorf(kind, "%s", desc)
+	_ = m.RespondMsg(&nats.Msg{Subject: m.Reply, Header: e.Headers()})
+}
+
+// checkCursor reports why cursor cannot resume a scan of partition p: it
+// must be nil or tenant 0x00 key of a key in p.
+func checkCursor(cursor []byte, p uint32, q int) error {
+	if cursor == nil {
+		return nil
+	}
+	sep := bytes.IndexByte(cursor, 0)
+	if sep < 0 {
+		return fmt.Errorf("malformed cursor %q: not a cursor of a scan reply", cursor)
+	}
+	tenant, key := string(cursor[:sep]), string(cursor[sep+1:])
+	if err := subjects.ValidateTenantID(tenant); err != nil {
+		return fmt.Errorf("malformed cursor %q: %w", cursor, err)
+	}
+	if len(key) == 0 || len(key) > subjects.MaxKeyBytes {
+		return fmt.Errorf("malformed cursor %q: key of %d bytes", cursor, len(key))
+	}
+	if got := ring.Partition(tenant, key, q); got != p {
+		return fmt.Errorf("malformed cursor %q: it is in partition %d, not %d", cursor, got, p)
+	}
+	return nil
+}
+
+// TransferOptions tunes PullPartition. Zero fields take the defaults.
+type TransferOptions struct {
+	// Records and Bytes bound one page (1000 records, 1 MiB; the source
+	// caps the bytes at its reply limit).
+	Records, Bytes int
+	// Rate caps the bytes per second pulled: 0 is Config.TransferRate,
+	// Unlimited none.
+	Rate int64
+	// Timeout bounds each page's round trip (10s). A page that times out
+	// fails the call; call again to resume.
+	Timeout time.Duration
+	// Restart forgets the cursor persisted for this (partition, source)
+	// and pulls the whole partition again.
+	Restart bool
+	// Progress, when set, is called after each page is merged and
+	// persisted, on the caller's goroutine.
+	Progress func(TransferProgress)
+}
+
+// TransferProgress reports a PullPartition call.
+type TransferProgress struct {
+	Partition uint32
+	From      string
+	Resumed   bool   // the call began from a persisted cursor
+	Cursor    []byte // persisted: a later call resumes after it; nil once Done
+	Pages     int
+	Records   int64 // merged by this call
+	Bytes     int64 // received by this call: the pages' size on the wire
+	// Skipped counts records not merged because the key holds the other
+	// conflict policy's versions here (a tenant deleted with force and
+	// recreated under the other policy); they are logged.
+	Skipped   int64
+	Elapsed   time.Duration
+	Throttled time.Duration // of Elapsed, how long the rate cap held pages back
+	Rate      float64       // Bytes per second of Elapsed
+	Done      bool          // the partition was pulled to its end
+}
+
+// localWrite is a batch of merges that PullPartition hands to the write
+// loop, with the transfer cursor to persist once they are applied (nil
+// value: delete it).
+type localWrite struct {
+	items      []subjects.NodeWrite
+	metaKey    []byte
+	metaValue  []byte
+	results    []subjects.NodeWriteResult
+	persistErr error
+	done       chan struct{}
+}
+
+// applyLocal runs on the write loop: the merges through applyWrites, the
+// same path as every write (so e.bound learns each key), then the cursor,
+// unless a merge failed. One WAL orders the two commits, so a persisted
+// cursor never runs ahead of the records it covers.
+func (n *Node) applyLocal(j *localWrite) {
+	defer close(j.done)
+	j.results = n.eng.applyWrites(j.items)
+	for i := range j.results {
+		if err := j.results[i].Err; err != "" && err != errPolicy {
+			return
+		}
+	}
+	if j.metaKey == nil {
+		return
+	}
+	opts := pebble.NoSync
+	if n.eng.sync {
+		opts = pebble.Sync
+	}
+	if j.metaValue == nil {
+		j.persistErr = n.eng.db.Delete(j.metaKey, opts)
+	} else {
+		j.persistErr = n.eng.db.Set(j.metaKey, j.metaValue, opts)
+	}
+}
+
+// errStopping fails a transfer of a node that is stopping.
+var errStopping = errors.New("storage: node is stopping")
+
+// submit hands j to the write loop and waits until it is applied. It
+// fails only when the node stops or ctx ends before the loop took j; once
+// taken, j is always applied and waited for.
+func (n *Node) submit(ctx context.Context, j *localWrite) error {
+	j.done = make(chan struct{})
+	select {
+	case n.local <- j:
+	case <-n.stopping:
+		return errStopping
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	<-j.done
+	return nil
+}
+
+// transferKey is where the cursor of pulling partition p from node from
+// is kept: 'm' "xfer" partition(2 bytes) from.
+func transferKey(p uint32, from string) []byte {
+	return append([]byte{nsMeta, 'x', 'f', 'e', 'r', byte(p >> 8), byte(p)}, from...)
+}
+
+// TransferCursor returns the cursor persisted for pulling partition p from
+// node from: where the next PullPartition resumes; nil when none (never
+// started, or finished).
+func (n *Node) TransferCursor(p uint32, from string) ([]byte, error) {
+	n.readMu.RLock()
+	defer n.readMu.RUnlock()
+	if n.readsClosed {
+		return nil, errStopping
+	}
+	return n.eng.getMeta(transferKey(p, from))
+}
+
+// client returns the node's replica client, created on first use.
+func (n *Node) client() (*replica.Client, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case n.closed:
+		return nil, errStopping
+	case n.nc == nil:
+		return nil, errors.New("storage: node is not serving (opened without a connection)")
+	case n.rc == nil:
+		rc, err := replica.New(n.nc, replica.DefaultConfig())
+		if err != nil {
+			return nil, err
+		}
+		n.rc = rc
+	}
+	return n.rc, nil
+}
+
+// PullPartition copies partition p from storage node from into this node:
+// it asks for pages of records (subjects.PartitionScan, one request in
+// flight, the next asked while the current one is merged), merges each
+// record through the write loop like a repair (a version this node holds
+// that is newer stays; siblings are synced), and persists the cursor after
+// each page in the node's metadata, so a call that fails (either node
+// stopped, a timeout, ctx ended) resumes from the last page merged, also
+// after a restart. It returns once the partition was pulled to its end
+// (Done, and the persisted cursor is cleared) or with the error that
+// stopped it and the progress so far. Records written to the source after
+// their part of the range was sent are not pulled: a transfer is complete
+// only if such writes reach this node too (pending owners).
+func (n *Node) PullPartition(ctx context.Context, from string, p uint32, opts TransferOptions) (TransferProgress, error) {
+	prog := TransferProgress{Partition: p, From: from}
+	if err := n.eng.checkPartition(p); err != nil {
+		return prog, fmt.Errorf("storage: pull: %w", err)
+	}
+	if err := subjects.ValidateNodeID(from); err != nil {
+		return prog, fmt.Errorf("storage: pull: %w", err)
+	}
+	if from == n.cfg.NodeID {
+		return prog, fmt.Errorf("storage: pull: node %s cannot pull from itself", from)
+	}
+	rc, err := n.client()
+	if err != nil {
+		return prog, err
+	}
+	if opts.Records <= 0 {
+		opts.Records = scanDefaultRecords
+	}
+	if opts.Bytes <= 0 {
+		opts.Bytes = 1 << 20
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 10 * time.Second
+	}
+	rate := opts.Rate
+	if rate == 0 {
+		rate = n.cfg.TransferRate
+	}
+	key := transferKey(p, from)
+	var cursor []byte
+	if opts.Restart {
+		if err := n.submit(ctx, &localWrite{metaKey: key}); err != nil {
+			return prog, err
+		}
+	} else if cursor, err = n.TransferCursor(p, from); err != nil {
+		return prog, err
+	}
+	if err := checkCursor(cursor, p, n.eng.q); err != nil {
+		return prog, fmt.Errorf("storage: persisted transfer cursor of partition %d from %s: %w (pull with Restart)", p, from, err)
+	}
+	prog.Resumed, prog.Cursor = cursor != nil, cursor
+
+	start := time.Now()
+	lim := newLimiter(rate, start)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends a page still in flight
+	type page struct {
+		rep  *subjects.PartitionScanReply
+		size int
+		err  error
+	}
+	ask := func(cursor []byte) <-chan page {
+		ch := make(chan page, 1)
+		go func() {
+			rctx, cancel := context.WithTimeout(ctx, opts.Timeout)
+			defer cancel()
+			rep, size, err := rc.ScanPartition(rctx, from, subjects.PartitionScan{
+				Partitions: n.eng.q, Partition: p, Cursor: cursor, Limit: opts.Records, MaxBytes: opts.Bytes,
+			})
+			ch <- page{rep, size, err}
+		}()
+		return ch
+	}
+	report := func() {
+		prog.Elapsed = time.Since(start)
+		prog.Throttled = lim.throttled
+		if s := prog.Elapsed.Seconds(); s > 0 {
+			prog.Rate = float64(prog.Bytes) / s
+		}
+	}
+	next := ask(cursor)
+	for {
+		var pg page
+		select {
+		case pg = <-next:
+		case <-ctx.Done():
+			report()
+			return prog, ctx.Err()
+		}
+		if pg.err != nil {
+			report()
+			return prog, fmt.Errorf("storage: pull partition %d from %s (resume from the persisted cursor): %w", p, from, pg.err)
+		}
+		items, err := n.transferWrites(pg.rep, p, from)
+		if err != nil {
+			report()
+			return prog, err
+		}
+		if pg.rep.Cursor != nil {
+			// Ask for the next page while this one is merged, once the
+			// rate cap allows the bytes just received.
+			if err := lim.wait(ctx, pg.size); err != nil {
+				report()
+				return prog, err
+			}
+			next = ask(pg.rep.Cursor)
+		}
+		j := &localWrite{items: items, metaKey: key, metaValue: pg.rep.Cursor}
+		if err := n.submit(ctx, j); err != nil {
+			report()
+			return prog, err
+		}
+		skipped := 0
+		for i := range j.results {
+			switch r := &j.results[i]; r.Err {
+			case "":
+			case errPolicy:
+				skipped++
+				n.log.Warn("transfer: record not merged", "partition", p, "from", from, "tenant", items[i].Tenant, "key", items[i].Key, "err", r.Err)
+			default:
+				report()
+				return prog, fmt.Errorf("storage: pull partition %d from %s: merge %s/%q: %s", p, from, items[i].Tenant, items[i].Key, r.Err)
+			}
+		}
+		if j.persistErr != nil {
+			report()
+			return prog, fmt.Errorf("storage: pull partition %d from %s: persist cursor: %w", p, from, j.persistErr)
+		}
+		prog.Pages++
+		prog.Records += int64(len(items) - skipped)
+		prog.Skipped += int64(skipped)
+		prog.Bytes += int64(pg.size)
+		prog.Cursor = pg.rep.Cursor
+		prog.Done = pg.rep.Cursor == nil
+		report()
+		if opts.Progress != nil {
+			opts.Progress(prog)
+		}
+		if prog.Done {
+			return prog, nil
+		}
+	}
+}
+
+// transferWrites turns a page into merges, refusing records that are not
+// of partition p or whose state does not decode.
+func (n *Node) transferWrites(rep *subjects.PartitionScanReply, p uint32, from string) ([]subjects.NodeWrite, error) {
+	items := make([]subjects.NodeWrite, len(rep.Records))
+	for i, r := range rep.Records {
+		if ring.Partition(r.Tenant, r.Key, n.eng.q) != p || subjects.ValidateTenantID(r.Tenant) != nil || r.Key == "" {
+			return nil, fmt.Errorf("storage: pull partition %d from %s: it sent %q/%q, not a key of the partition", p, from, r.Tenant, r.Key)
+		}
+		rec, err := decodeRecordCopy(r.State, false) // values alias the page, kept until merged
+		if err != nil || (rec.LWW == nil) == (rec.DVV == nil) {
+			return nil, fmt.Errorf("storage: pull partition %d from %s: bad state of %s/%q: %v", p, from, r.Tenant, r.Key, err)
+		}
+		items[i] = subjects.NodeWrite{ID: uint64(i), Tenant: r.Tenant, Key: r.Key, LWW: rec.LWW, DVV: rec.DVV}
+	}
+	if rep.Cursor != nil {
+		if err := checkCursor(rep.Cursor, p, n.eng.q); err != nil {
+			return nil, fmt.Errorf("storage: pull partition %d from %s: %w", p, from, err)
+		}
+	}
+	return items, nil
+}
+
+// limiter paces a transfer to rate bytes per second: after b more bytes
+// the next request waits until every byte so far fits the rate since the
+// start, so a transfer of B bytes takes at least (B - its last page)/rate.
+// Time spent slower than the rate earns no credit, so no burst exceeds one
+// page.
+type limiter struct {
+	rate      float64 // bytes per second; <= 0: none
+	next      time.Time
+	throttled time.Duration
+}
+
+func newLimiter(rate int64, now time.Time) *limiter {
+	return &limiter{rate: float64(rate), next: now}
+}
+
+func (l *limiter) wait(ctx context.Context, b int) error {
+	if l.rate <= 0 {
+		return nil
+	}
+	now := time.Now()
+	l.next = l.next.Add(time.Duration(float64(b) / l.rate * float64(time.Second)))
+	d := l.next.Sub(now)
+	if d <= 0 {
+		l.next = now
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		l.throttled += d
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
