@@ -264,6 +264,7 @@ func TestRolesEndToEnd(t *testing.T) {
 			subjects.StorageNode("node-1", subjects.NodeOpWrite),
 			subjects.StorageNode("node-1", subjects.NodeOpRead),
 			subjects.StorageNode("node-1", subjects.NodeOpDump),
+			subjects.StorageNode("node-1", subjects.NodeOpScan),
 			subjects.Repair("default"),
 			"kv.repair.dead.default",
 			subjects.AdminTenantList,
@@ -306,6 +307,19 @@ func TestRolesEndToEnd(t *testing.T) {
 		defer cancel()
 		if _, err := adm.ListTenants(tctx); err == nil {
 			t.Error("a storage node listed the tenants")
+		}
+	})
+
+	t.Run("a storage node pulls pages of a partition from another", func(t *testing.T) {
+		src, dst := dial(t, sys.url, "storage"), dial(t, sys.url, "storage")
+		sub, err := src.Subscribe(subjects.StorageNode("node-1", subjects.NodeOpScan), func(m *nats.Msg) { _ = m.Respond([]byte("page")) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = sub.Unsubscribe() }()
+		_ = src.Flush()
+		if m, err := dst.Request(subjects.StorageNode("node-1", subjects.NodeOpScan), nil, 5*time.Second); err != nil || string(m.Data) != "page" {
+			t.Fatalf("scan request between storage nodes: %v", err)
 		}
 	})
 
