@@ -284,6 +284,7 @@ func runStorage(args []string) error {
 	fs.IntVar(&cfg.Partitions, "partitions", cfg.Partitions, "partitions the data directory is laid out in (a power of two up to 65536); must match what the directory was written with")
 	fs.IntVar(&cfg.QueueLen, "queue-len", cfg.QueueLen, "messages queued per subject; past it the node answers 429 overloaded at once")
 	fs.IntVar(&cfg.MaxBatch, "max-batch", cfg.MaxBatch, "write messages group-committed together at most")
+	transferRate := fs.Float64("transfer-rate", float64(cfg.TransferRate)/(1<<20), "MiB per second a partition transfer into this node pulls at most; 0 = unlimited")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics (empty: off)")
 	var lf logFlags
 	lf.register(fs)
@@ -292,6 +293,14 @@ func runStorage(args []string) error {
 	}
 	if cfg.NodeID == "" || cfg.DataDir == "" {
 		return usagef("--id and --data are required")
+	}
+	switch {
+	case *transferRate < 0:
+		return usagef("--transfer-rate %v is negative (0 = unlimited)", *transferRate)
+	case *transferRate == 0:
+		cfg.TransferRate = storage.Unlimited
+	default:
+		cfg.TransferRate = max(int64(*transferRate*(1<<20)), 1)
 	}
 	r, err := startRole("quorumkv-storage-"+cfg.NodeID, &nf, &lf)
 	if err != nil {
