@@ -1,6 +1,8 @@
 // Package storage is a quorumkv storage node: it owns one Pebble store on
-// local disk, listens on kv.node.<id>.write|read|dump, merges every incoming
-// version into what it holds, and answers with what it holds.
+// local disk, listens on kv.node.<id>.write|read|dump|scan, merges every
+// incoming version into what it holds, and answers with what it holds. It
+// can also pull a whole partition from another node (PullPartition,
+// transfer.go), merging it the same way.
 //
 // A node never decides consistency; coordinators do. It only guarantees that
 // a write it acknowledged is in Pebble (fsynced unless Config.Fsync is

@@ -94,6 +94,48 @@
 // inbox (<inbox>.<batch id>); no request creates an inbox or a
 // subscription, and no goroutine exists per node or per item.
 //
+// # Partition scan (transfer)
+//
+// ScanPartition is the pull request of a partition transfer: a node that
+// is to own a partition asks a node that holds it for one page at a time
+// (storage.Node.PullPartition drives it). It is plain request-reply, one
+// message each way, not batched:
+//
+//   - Request: subjects.PartitionScan on kv.node.<id>.scan, msgpack array,
+//     Proto = subjects.NodeProtocolVersion, Partitions = the asker's Q,
+//     Partition in 0..Q-1, Cursor nil (from the start) or the Cursor of
+//     the previous reply, Limit records (0: 1000, at most 10000), MaxBytes
+//     of records (0: the node's reply limit, PayloadLimit of its max
+//     payload; never more). At least one record is answered whatever
+//     MaxBytes says.
+//   - Reply: subjects.PartitionScanReply: the partition's next records in
+//     (tenant, key) order, every one of the requested partition, each
+//     with its complete stored state (PartitionRecord.State: msgpack
+//     [lww version] or [nil, DVVSet]), and the Cursor to continue from, nil
+//     once the partition has no more. An empty partition answers no
+//     records and a nil cursor.
+//   - Consistency: each page is read through its own Pebble iterator, a
+//     consistent view at the moment the request arrives; the source keeps
+//     no state between pages (no snapshot, no transfer id, nothing to time
+//     out). A key written after the scan passed it is not sent again, and
+//     pages see later versions than the transfer's start, never earlier:
+//     merges only grow a record. So a transfer yields at least what the
+//     source held when it began, and the writes made during it must reach
+//     the receiver by another path (pending owners write to current ∪
+//     pending). A cursor stays valid across writes and restarts of either
+//     side, and any node holding the partition answers it.
+//   - Errors (error headers): 400 for a body that does not decode, another
+//     protocol version, a Q other than the node's, a partition ≥ Q, or a
+//     cursor that is not tenant 0x00 key of a key in that partition; 413
+//     when a single record does not fit one message; 500 when Pebble
+//     fails. No responders (ErrNodeDown) when the node is not serving; a
+//     node that stops with a request queued never answers it, so the
+//     asker's timeout ends that page.
+//   - The receiver merges every record (NodeWrite.LWW or NodeWrite.DVV
+//     semantics: a newer version it holds stays; siblings are synced),
+//     never stores a state as it came, and refuses a page with a record
+//     outside the partition or a state that does not decode.
+//
 // Health. The client marks a node suspected for a second when a caller
 // reports it failed or slow (Suspect), and keeps a moving average of read
 // round trips (SpeculativeDelay), so callers can ask the nodes most likely
