@@ -52,8 +52,9 @@ func (e *engine) scanPartition(p uint32, cursor []byte, limit int) ([]partEntry,
 
 // scanPartition is engine.scanPartition over any Pebble reader, such as a
 // snapshot that a transfer streams a consistent partition from. With
-// maxBytes above 0 it also stops before the records' keys and values would
-// exceed maxBytes, though it always returns at least one record.
+// maxBytes above 0 it also stops before the records would exceed maxBytes
+// (keys, values and scanRecordOverhead each), though it always returns at
+// least one record.
 func scanPartition(r pebble.Reader, p uint32, cursor []byte, limit, maxBytes int) ([]partEntry, []byte, error) {
 	if limit < 1 {
 		limit = 1000
@@ -80,7 +81,7 @@ func scanPartition(r pebble.Reader, p uint32, cursor []byte, limit, maxBytes int
 		if err != nil {
 			return nil, nil, fmt.Errorf("scan partition %d: %w", p, err)
 		}
-		if size += len(rest) + len(v); maxBytes > 0 && size > maxBytes && len(out) > 0 {
+		if size += len(rest) + len(v) + scanRecordOverhead; maxBytes > 0 && size > maxBytes && len(out) > 0 {
 			break // ok stays true: the cursor says more remain
 		}
 		out = append(out, partEntry{Tenant: string(rest[:sep]), Key: string(rest[sep+1:]), Record: bytes.Clone(v)})
@@ -95,6 +96,10 @@ func scanPartition(r pebble.Reader, p uint32, cursor []byte, limit, maxBytes int
 	next := append(append([]byte(last.Tenant), 0), last.Key...)
 	return out, next, nil
 }
+
+// scanRecordOverhead bounds what a record adds to a scan reply beyond its
+// tenant, key and stored bytes: msgpack headers of its array and fields.
+const scanRecordOverhead = 16
 
 // dropPartition deletes every record of partition p with one range
 // deletion, committed with fsync.

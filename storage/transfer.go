@@ -90,10 +90,15 @@ func (n *Node) handleScan(m *nats.Msg) {
 		return
 	}
 	if limit := n.nc.MaxPayload(); int64(len(data)) > limit {
-		// Only one record past the reply limit gets here (a siblings state
-		// grown by repair merges): say which, rather than time out.
-		first := entries[0]
-		n.respondKind(m, subjects.KindTooLarge, fmt.Sprintf("record %s/%q of partition %d is %d bytes, more than one message carries (%d): delete it without a context", first.Tenant, first.Key, req.Partition, len(first.Record), limit))
+		// A page is sized below the reply limit, so only a single record
+		// past it gets here (a siblings state grown by repair merges):
+		// say which, rather than let the receiver time out.
+		desc := fmt.Sprintf("a page of %d records of partition %d is %d bytes, more than one message carries (%d)", len(entries), req.Partition, len(data), limit)
+		if len(entries) == 1 {
+			first := entries[0]
+			desc = fmt.Sprintf("record %s/%q of partition %d is %d bytes, more than one message carries (%d): delete it without a context", first.Tenant, first.Key, req.Partition, len(first.Record), limit)
+		}
+		n.respondKind(m, subjects.KindTooLarge, desc)
 		return
 	}
 	if err := m.Respond(data); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
@@ -355,6 +360,9 @@ func (n *Node) PullPartition(ctx context.Context, from string, p uint32, opts Tr
 		case <-ctx.Done():
 			report()
 			return prog, ctx.Err()
+		case <-n.stopping:
+			report()
+			return prog, errStopping
 		}
 		if pg.err != nil {
 			report()

@@ -517,6 +517,12 @@ func TestScanBadInput(t *testing.T) {
 		t.Fatalf("second page: %+v %v", rep, err)
 	}
 
+	// MaxBytes bounds a page's size on the wire, framing included.
+	rep, size, err := rc.ScanPartition(ctx, "a", subjects.PartitionScan{Partitions: xferQ, Partition: xferPart, Limit: 10_000, MaxBytes: 4096})
+	if err != nil || len(rep.Records) < 2 || size > 4096+64 {
+		t.Fatalf("page of at most 4096 bytes: %d records, %d bytes, %v", len(rep.Records), size, err)
+	}
+
 	for name, pull := range map[string]func() error{
 		"partition ≥ Q": func() error { _, err := b.PullPartition(ctx, "a", xferQ, TransferOptions{}); return err },
 		"bad source id": func() error { _, err := b.PullPartition(ctx, "a.b", 1, TransferOptions{}); return err },
