@@ -394,6 +394,10 @@ func settle(ctx context.Context, idle float64, limit time.Duration) time.Duratio
 	return waited
 }
 
+// settleUsage is the process CPU time settleCPU samples; a test replaces
+// it to drive settleCPU without depending on the machine's load.
+var settleUsage = func() time.Duration { cpu, _ := processUsage(); return cpu }
+
 // settleCPU waits, window by window, until the process used less than
 // idle of a CPU over one, or limit passed. It returns how long it waited
 // and the CPU the process used while not yet idle (every window but the
@@ -401,9 +405,9 @@ func settle(ctx context.Context, idle float64, limit time.Duration) time.Duratio
 func settleCPU(ctx context.Context, idle float64, window, limit time.Duration) (waited, busy time.Duration) {
 	start := time.Now()
 	for time.Since(start) < limit && ctx.Err() == nil {
-		cpu0, _ := processUsage()
+		cpu0 := settleUsage()
 		sleep(ctx, window)
-		cpu1, _ := processUsage()
+		cpu1 := settleUsage()
 		if float64(cpu1-cpu0)/float64(window) < idle {
 			break
 		}
