@@ -44,6 +44,7 @@ type Options struct {
 
 // Store is a metadata.Store on JetStream KV. It is safe for concurrent use.
 type Store struct {
+	js      jetstream.JetStream
 	tenants jetstream.KeyValue
 	nodes   jetstream.KeyValue
 }
@@ -89,7 +90,7 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 	if err != nil {
 		return nil, err
 	}
-	return &Store{tenants: tenants, nodes: nodes}, nil
+	return &Store{js: js, tenants: tenants, nodes: nodes}, nil
 }
 
 // contextSecretKey is where ContextSecret keeps the secret (see the
@@ -276,7 +277,7 @@ func (s *Store) getTenant(ctx context.Context, id string) (metadata.Tenant, uint
 // ListTenants implements metadata.Store.
 func (s *Store) ListTenants(ctx context.Context) ([]metadata.Tenant, error) {
 	out := make([]metadata.Tenant, 0)
-	err := list(ctx, s.tenants, func(data []byte) error {
+	err := s.list(ctx, s.tenants, func(data []byte) error {
 		var t metadata.Tenant
 		if err := json.Unmarshal(data, &t); err != nil {
 			return err
@@ -427,7 +428,7 @@ func (s *Store) putNode(ctx context.Context, n metadata.Node, rev uint64) (bool,
 // ListNodes implements metadata.Store.
 func (s *Store) ListNodes(ctx context.Context) ([]metadata.Node, error) {
 	out := make([]metadata.Node, 0)
-	err := list(ctx, s.nodes, func(data []byte) error {
+	err := s.list(ctx, s.nodes, func(data []byte) error {
 		var n metadata.Node
 		if err := json.Unmarshal(data, &n); err != nil {
 			return err
@@ -568,32 +569,46 @@ func remove(ctx context.Context, kv jetstream.KeyValue, id string) error {
 	}
 }
 
-// list calls fn with the value of every live record in kv.
-func list(ctx context.Context, kv jetstream.KeyValue, fn func([]byte) error) error {
-	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+// list calls fn with the value of every record (not cluster.* keys) in
+// kv, in key order. The keys come from the bucket's stream state (the
+// subjects it holds), then each is read: a watcher's "all initial values
+// delivered" marker counts messages, and a record rewritten while the
+// watch is under way (a node's heartbeat) is delivered twice and counted
+// twice, so the marker came early and a listing could miss records
+// (TestListNodesCompleteUnderHeartbeats: 14 of 300 listings short). A
+// short node list would have moved partitions off live nodes.
+func (s *Store) list(ctx context.Context, kv jetstream.KeyValue, fn func([]byte) error) error {
+	stream, err := s.js.Stream(ctx, "KV_"+kv.Bucket())
 	if err != nil {
 		return err
 	}
-	defer func() { _ = w.Stop() }()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case e, ok := <-w.Updates():
-			if !ok {
-				return nats.ErrConnectionClosed
-			}
-			if e == nil { // all current values delivered
-				return nil
-			}
-			if strings.Contains(e.Key(), ".") { // not a record (cluster.*)
-				continue
-			}
-			if err := fn(e.Value()); err != nil {
-				return fmt.Errorf("decode key %q revision %d: %w", e.Key(), e.Revision(), err)
-			}
+	prefix := "$KV." + kv.Bucket() + "."
+	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
+	if err != nil {
+		return err
+	}
+	keys := make([]string, 0, len(info.State.Subjects))
+	for subj := range info.State.Subjects {
+		k := strings.TrimPrefix(subj, prefix)
+		if strings.Contains(k, ".") { // not a record (cluster.*)
+			continue
+		}
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		e, err := kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			continue // deleted since, or a delete marker
+		}
+		if err != nil {
+			return err
+		}
+		if err := fn(e.Value()); err != nil {
+			return fmt.Errorf("decode key %q revision %d: %w", e.Key(), e.Revision(), err)
 		}
 	}
+	return nil
 }
 
 // isRevisionMismatch reports whether err is JetStream's "wrong last sequence"
