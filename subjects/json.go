@@ -79,6 +79,15 @@ func pickString(name string, plain, b64 *string) ([]byte, error) {
 	return nil, nil
 }
 
+// unmarshalKeyed decodes data into the JSON form j of a reply and returns
+// its key, read from "key" or "key_base64" (plain and b64, members of j).
+func unmarshalKeyed(data []byte, j any, plain, b64 **string) ([]byte, error) {
+	if err := json.Unmarshal(data, j); err != nil {
+		return nil, err
+	}
+	return pickString("key", *plain, *b64)
+}
+
 // splitString returns b as a plain string when it is valid UTF-8, else as
 // base64.
 func splitString(b []byte) (plain, b64 *string) {
@@ -131,10 +140,7 @@ func (g GetReply) MarshalJSON() ([]byte, error) {
 // UnmarshalJSON reads what MarshalJSON writes.
 func (g *GetReply) UnmarshalJSON(data []byte) error {
 	var j jsonGetReply
-	if err := json.Unmarshal(data, &j); err != nil {
-		return err
-	}
-	key, err := pickString("key", j.Key, j.KeyBase64)
+	key, err := unmarshalKeyed(data, &j, &j.Key, &j.KeyBase64)
 	if err != nil {
 		return err
 	}
@@ -178,10 +184,7 @@ func (w WriteReply) MarshalJSON() ([]byte, error) {
 // UnmarshalJSON reads what MarshalJSON writes.
 func (w *WriteReply) UnmarshalJSON(data []byte) error {
 	var j jsonWriteReply
-	if err := json.Unmarshal(data, &j); err != nil {
-		return err
-	}
-	key, err := pickString("key", j.Key, j.KeyBase64)
+	key, err := unmarshalKeyed(data, &j, &j.Key, &j.KeyBase64)
 	if err != nil {
 		return err
 	}
