@@ -69,38 +69,38 @@ func (c *Coordinator) dataHandler(op string) func(micro.Request, func()) {
 			return
 		}
 		level = r.level
-		switch op {
-		case subjects.OpGet:
-			reply, err := c.read(ctx, r)
-			if err == nil {
-				err = c.sealContext(r, &reply.Context)
+		// A get and a write differ in the call and its reply; both seal
+		// the reply's context and answer alike.
+		var (
+			reply    any
+			replyCtx *string
+			outcome  = "ok"
+		)
+		if op == subjects.OpGet {
+			var g *subjects.GetReply
+			if g, err = c.read(ctx, r); err == nil {
+				reply, replyCtx = g, &g.Context
+				if !g.Found {
+					outcome = "not_found"
+				}
 			}
-			if err != nil {
-				fail(err)
-				return
+		} else {
+			var w *subjects.WriteReply
+			if w, err = c.writeOnce(ctx, r, op == subjects.OpDelete); err == nil {
+				reply, replyCtx = w, &w.Context
 			}
-			release()
-			if reply.Found {
-				record("ok")
-			} else {
-				record("not_found")
-			}
-			c.respond(req, reply)
-			r.runAfter()
-		default:
-			reply, err := c.writeOnce(ctx, r, op == subjects.OpDelete)
-			if err == nil {
-				err = c.sealContext(r, &reply.Context)
-			}
-			if err != nil {
-				fail(err)
-				return
-			}
-			release()
-			record("ok")
-			c.respond(req, reply)
-			r.runAfter()
 		}
+		if err == nil {
+			err = c.sealContext(r, replyCtx)
+		}
+		if err != nil {
+			fail(err)
+			return
+		}
+		release()
+		record(outcome)
+		c.respond(req, reply)
+		r.runAfter()
 	}
 }
 
