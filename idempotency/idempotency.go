@@ -170,6 +170,24 @@ func FingerprintsMatch(stored, fp []byte) bool {
 	return len(stored) == 0 || len(fp) == 0 || bytes.Equal(stored, fp)
 }
 
+// Existing is Begin's answer for an entry that is already stored: pending
+// (a claim in progress) or done with payload, stored with fingerprint
+// stored, for a request with fingerprint fp. It is ErrMismatch when the
+// fingerprints do not match, ErrInProgress while the entry is pending, and
+// otherwise a Claim holding a copy of payload (non-nil even when empty).
+// Backends share it so that every store answers a repeat alike.
+func Existing[P string | []byte](pending bool, stored, fp []byte, payload P) (Claim, error) {
+	switch {
+	case !FingerprintsMatch(stored, fp):
+		return Claim{}, ErrMismatch
+	case pending:
+		return Claim{}, ErrInProgress
+	}
+	resp := make([]byte, len(payload)) // non-nil even when empty
+	copy(resp, payload)
+	return Claim{Response: resp}, nil
+}
+
 // CheckFingerprint returns an error when fp is longer than
 // MaxFingerprintBytes. Backends use it to validate their arguments.
 func CheckFingerprint(fp []byte) error {

@@ -185,18 +185,10 @@ func (s *Store) Begin(ctx context.Context, key string, fingerprint []byte, pendi
 			return idempotency.Claim{}, wrap("begin", key, err)
 		}
 		pending, stored, payload, err := parseEntry(e.Value())
-		switch {
-		case err != nil:
+		if err != nil {
 			return idempotency.Claim{}, fmt.Errorf("idempotency: jetstream: begin %q: stored value at revision %d: %w", key, e.Revision(), err)
-		case !idempotency.FingerprintsMatch(stored, fingerprint):
-			return idempotency.Claim{}, idempotency.ErrMismatch
-		case pending:
-			return idempotency.Claim{}, idempotency.ErrInProgress
-		default:
-			resp := make([]byte, len(payload)) // non-nil even when empty
-			copy(resp, payload)
-			return idempotency.Claim{Response: resp}, nil
 		}
+		return idempotency.Existing(pending, stored, fingerprint, payload)
 	}
 	// The key kept changing under us: someone else is working on it.
 	return idempotency.Claim{}, idempotency.ErrInProgress

@@ -134,16 +134,7 @@ func (s *Store) Begin(ctx context.Context, key string, fingerprint []byte, pendi
 	if err != nil {
 		return idempotency.Claim{}, fmt.Errorf("idempotency: redis: begin %q: %w", key, err)
 	}
-	switch {
-	case !idempotency.FingerprintsMatch(stored, fingerprint):
-		return idempotency.Claim{}, idempotency.ErrMismatch
-	case pending:
-		return idempotency.Claim{}, idempotency.ErrInProgress
-	default:
-		resp := make([]byte, len(payload)) // non-nil even when empty
-		copy(resp, payload)
-		return idempotency.Claim{Response: resp}, nil
-	}
+	return idempotency.Existing(pending, stored, fingerprint, payload)
 }
 
 // parseValue splits a stored value into its kind, fingerprint (nil for the
