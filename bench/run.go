@@ -64,6 +64,20 @@ type Config struct {
 	Mode     string       // label of the run ("full", "quick"), for the report
 }
 
+// knownNames sets an empty *names to all, and refuses a name not in all
+// (what names the kind, for the error).
+func knownNames(what string, names *[]string, all []string) error {
+	if len(*names) == 0 {
+		*names = all
+	}
+	for _, n := range *names {
+		if !slices.Contains(all, n) {
+			return fmt.Errorf("bench: unknown %s %q", what, n)
+		}
+	}
+	return nil
+}
+
 func (c *Config) validate() error {
 	if c.Dir == "" {
 		return errors.New("bench: a scratch directory is required")
@@ -74,40 +88,14 @@ func (c *Config) validate() error {
 	if c.ValueSize <= 0 {
 		c.ValueSize = 256
 	}
-	if len(c.Systems) == 0 {
-		c.Systems = Systems
-	}
-	for _, s := range c.Systems {
-		if !slices.Contains(Systems, s) {
-			return fmt.Errorf("bench: unknown system %q", s)
-		}
-	}
-	if len(c.Workloads) == 0 {
-		for _, w := range Workloads {
-			c.Workloads = append(c.Workloads, w.Name)
-		}
-	}
-	for _, w := range c.Workloads {
-		if _, ok := workloadByName(w); !ok {
-			return fmt.Errorf("bench: unknown workload %q", w)
-		}
-	}
-	if len(c.Distributions) == 0 {
-		c.Distributions = Distributions
-	}
-	for _, d := range c.Distributions {
-		if !slices.Contains(Distributions, d) {
-			return fmt.Errorf("bench: unknown distribution %q", d)
-		}
-	}
-	if len(c.Durabilities) == 0 {
-		for _, d := range Durabilities {
-			c.Durabilities = append(c.Durabilities, d.Name)
-		}
-	}
-	for _, d := range c.Durabilities {
-		if _, ok := durabilityByName(d); !ok {
-			return fmt.Errorf("bench: unknown durability %q", d)
+	for _, err := range []error{
+		knownNames("system", &c.Systems, Systems),
+		knownNames("workload", &c.Workloads, workloadNames()),
+		knownNames("distribution", &c.Distributions, Distributions),
+		knownNames("durability", &c.Durabilities, durabilityNames()),
+	} {
+		if err != nil {
+			return err
 		}
 	}
 	if len(c.Concurrency) == 0 {

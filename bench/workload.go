@@ -80,6 +80,20 @@ func appendRecordKey(dst []byte, i uint64) []byte {
 }
 
 // workloadByName finds a workload.
+func workloadNames() (names []string) {
+	for _, w := range Workloads {
+		names = append(names, w.Name)
+	}
+	return names
+}
+
+func durabilityNames() (names []string) {
+	for _, d := range Durabilities {
+		names = append(names, d.Name)
+	}
+	return names
+}
+
 func workloadByName(name string) (Workload, bool) {
 	for _, w := range Workloads {
 		if w.Name == name {
