@@ -230,10 +230,10 @@ func printTenants(asJSON bool, ts ...subjects.Tenant) error {
 
 func runTenant(args []string) error {
 	const verbs = "create|get|list|update|delete"
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return usagef("usage: quorumkv tenant %s [flags] [TENANT]", verbs)
+	verb, err := verbArg(args, "tenant", verbs, "[TENANT]")
+	if err != nil {
+		return err
 	}
-	verb := args[0]
 	fs := newFlags("tenant "+verb, "TENANT", "Manage tenants through the admin API (kv.v1.admin.tenant.*).")
 	var a adminFlags
 	a.register(fs)
@@ -333,12 +333,22 @@ func printNodes(asJSON bool, ns ...subjects.Node) error {
 	return w.Flush()
 }
 
+// verbArg returns the verb that starts the arguments of `quorumkv cmd`
+// (one of verbs, which the caller checks), or the usage of cmd, whose
+// operands follow its flags.
+func verbArg(args []string, cmd, verbs, operands string) (string, error) {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return "", usagef("usage: quorumkv %s %s [flags] %s", cmd, verbs, operands)
+	}
+	return args[0], nil
+}
+
 func runNode(args []string) error {
 	const verbs = "list|drain|remove|join|dump"
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return usagef("usage: quorumkv node %s [flags] [NODE]", verbs)
+	verb, err := verbArg(args, "node", verbs, "[NODE]")
+	if err != nil {
+		return err
 	}
-	verb := args[0]
 	fs := newFlags("node "+verb, "NODE", "Manage storage nodes. drain takes a node out of preference lists; "+
 		"remove forgets a drained or down node whose process is stopped (refused while it still answers), "+
 		"and its id is then refused at registration until join re-admits it; "+

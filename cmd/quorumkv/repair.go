@@ -151,10 +151,10 @@ func runRepairStatus(args []string) error {
 
 func runRepairDead(args []string) error {
 	const verbs = "list|replay"
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return usagef("usage: quorumkv repair dead %s [flags] [SEQ...]", verbs)
+	verb, err := verbArg(args, "repair dead", verbs, "[SEQ...]")
+	if err != nil {
+		return err
 	}
-	verb := args[0]
 	fs := newFlags("repair dead "+verb, "[SEQ...]", "List the dead letters of KV_REPAIR_DEAD, or replay some (SEQ...) or all (--all):\n"+
 		"a replayed request goes back to KV_REPAIR for another round of deliveries and leaves the dead letters.")
 	var nf natsFlags
