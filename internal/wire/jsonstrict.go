@@ -83,23 +83,14 @@ func (s *jsonScanner) value(depth int, member string) {
 		s.object(depth, member)
 	case '[':
 		s.i++
-		s.space()
-		if s.i < len(s.b) && s.b[s.i] == ']' {
-			s.i++
+		if s.space(); s.skipByte(']') {
 			return
 		}
 		for s.err == nil && s.i < len(s.b) {
 			s.value(depth+1, member)
-			s.space()
-			if s.i < len(s.b) && s.b[s.i] == ',' {
-				s.i++
-				continue
-			}
-			if s.i < len(s.b) && s.b[s.i] == ']' {
-				s.i++
+			if !s.more(']') {
 				return
 			}
-			s.failf("malformed JSON: expected , or ] at byte %d", s.i)
 		}
 	case '"':
 		s.str(member, false)
@@ -116,9 +107,7 @@ func (s *jsonScanner) value(depth int, member string) {
 
 func (s *jsonScanner) object(depth int, member string) {
 	var seen []string // objects here have a handful of members
-	s.space()
-	if s.i < len(s.b) && s.b[s.i] == '}' {
-		s.i++
+	if s.space(); s.skipByte('}') {
 		return
 	}
 	for s.err == nil && s.i < len(s.b) {
@@ -144,28 +133,41 @@ func (s *jsonScanner) object(depth int, member string) {
 				return
 			}
 		}
-		s.space()
-		if s.i >= len(s.b) || s.b[s.i] != ':' {
+		if s.space(); !s.skipByte(':') {
 			s.failf("malformed JSON: expected : at byte %d", s.i)
 			return
 		}
-		s.i++
 		m := member
 		if depth == 0 {
 			m = name
 		}
 		s.value(depth+1, m)
-		s.space()
-		if s.i < len(s.b) && s.b[s.i] == ',' {
-			s.i++
-			continue
-		}
-		if s.i < len(s.b) && s.b[s.i] == '}' {
-			s.i++
+		if !s.more('}') {
 			return
 		}
-		s.failf("malformed JSON: expected , or } at byte %d", s.i)
 	}
+}
+
+// skipByte passes over c if it is next.
+func (s *jsonScanner) skipByte(c byte) bool {
+	if s.i < len(s.b) && s.b[s.i] == c {
+		s.i++
+		return true
+	}
+	return false
+}
+
+// more reads what follows an array element or object member: true after a
+// comma, false after close (the end) or anything else (an error).
+func (s *jsonScanner) more(close byte) bool {
+	s.space()
+	if s.skipByte(',') {
+		return true
+	}
+	if !s.skipByte(close) {
+		s.failf("malformed JSON: expected , or %c at byte %d", close, s.i)
+	}
+	return false
 }
 
 // checkFieldName refuses a name that encoding/json would match to one of

@@ -212,33 +212,23 @@ func (r *mpReader) be(n int) uint64 {
 }
 
 // arrayLen reads an array header: -1 for nil.
-func (r *mpReader) arrayLen() int {
-	c := r.code()
-	switch {
-	case c&0xf0 == 0x90:
-		return int(c & 0x0f)
-	case c == mpNil:
-		return -1
-	case c == mpArray16:
-		return int(r.be(2))
-	case c == mpArray32:
-		return r.count(r.be(4))
-	}
-	r.fail()
-	return 0
-}
+func (r *mpReader) arrayLen() int { return r.header(0x90, mpArray16, mpArray32) }
 
 // mapLen reads a map header: -1 for nil.
-func (r *mpReader) mapLen() int {
+func (r *mpReader) mapLen() int { return r.header(0x80, mpMap16, mpMap32) }
+
+// header reads an array or map header (fixed code fix, or the 16- and
+// 32-bit codes c16 and c32): -1 for nil.
+func (r *mpReader) header(fix, c16, c32 byte) int {
 	c := r.code()
 	switch {
-	case c&0xf0 == 0x80:
+	case c&0xf0 == fix:
 		return int(c & 0x0f)
 	case c == mpNil:
 		return -1
-	case c == mpMap16:
+	case c == c16:
 		return int(r.be(2))
-	case c == mpMap32:
+	case c == c32:
 		return r.count(r.be(4))
 	}
 	r.fail()
@@ -515,19 +505,115 @@ func (r *mpReader) dvv() *vclock.DVVSet {
 }
 
 // --- storage-node messages (as_array structs) ---
+//
+// Every node message is a 2-element array: a batch is [proto, items] and a
+// reply is [results, more]; each item or result is an as_array struct.
+// appendItems and decodeNode hold that shape once; the per-type append
+// functions below and mpReader.item write and read the fields of one item.
+
+// appendItems appends items as an array (nil as nil), each by item.
+func appendItems[T any](dst []byte, items []T, item func([]byte, *T) []byte) []byte {
+	if items == nil {
+		return append(dst, mpNil)
+	}
+	dst = appendArrayLen(dst, len(items))
+	for i := range items {
+		dst = item(dst, &items[i])
+	}
+	return dst
+}
+
+// nodeItem is an item of a node message: the types mpReader.item reads.
+type nodeItem interface {
+	subjects.NodeWrite | subjects.NodeRead | subjects.NodeWriteResult | subjects.NodeReadResult
+}
+
+// decodeNode reads a node message: a batch [proto, items] when proto is
+// set, a reply [items, more] when more is set. Each item is an as_array
+// struct of fields elements.
+func decodeNode[T nodeItem](data []byte, proto *int, items *[]T, more *bool, fields int) bool {
+	r := mpReader{b: data}
+	if r.structLen(2) == 0 {
+		return !r.bad
+	}
+	if proto != nil {
+		*proto = int(r.int())
+	}
+	if n := r.arrayLen(); n >= 0 {
+		s := make([]T, r.count(uint64(n)))
+		*items = s
+		for i := 0; i < len(s) && !r.bad; i++ {
+			if r.structLen(fields) != 0 {
+				r.item(&s[i])
+			}
+		}
+	}
+	if more != nil {
+		*more = r.bool()
+	}
+	return !r.bad
+}
+
+// item reads the fields of one node-message item into x. A type switch
+// rather than a function value per type: a function value would take r
+// to the heap (an allocation a message).
+func (r *mpReader) item(x any) {
+	switch x := x.(type) {
+	case *subjects.NodeWrite:
+		x.ID = r.uint()
+		x.Tenant = r.strShared(&r.tenant)
+		x.Key = r.str()
+		x.LWW = r.version()
+		x.DVV = r.dvv()
+		if !r.isNil() {
+			c := new(subjects.Coordinate)
+			if r.lib(c) {
+				x.Coordinate = c
+			}
+		}
+	case *subjects.NodeRead:
+		x.ID = r.uint()
+		x.Tenant = r.strShared(&r.tenant)
+		x.Key = r.str()
+	case *subjects.NodeWriteResult:
+		r.result(&x.ID, &x.Err, &x.LWW, &x.DVV)
+		x.Kind = r.str()
+	case *subjects.NodeReadResult:
+		r.result(&x.ID, &x.Err, &x.LWW, &x.DVV)
+	}
+}
+
+// appendResult appends the elements every node result starts with: ID,
+// Err, LWW, DVV (a write result adds Kind).
+func appendResult(dst []byte, id uint64, err string, lww *vclock.Version, dvv *vclock.DVVSet) []byte {
+	dst = appendUint(dst, id)
+	dst = appendStr(dst, err)
+	dst = AppendVersion(dst, lww)
+	return appendLib(dst, dvv == nil, dvv)
+}
+
+// result reads what appendResult appends.
+func (r *mpReader) result(id *uint64, err *string, lww **vclock.Version, dvv **vclock.DVVSet) {
+	*id = r.uint()
+	*err = r.str()
+	*lww = r.version()
+	*dvv = r.dvv()
+}
+
+// unmarshalNode decodes data into v with fast, and when fast does not take
+// it, with the library; v is overwritten either way.
+func unmarshalNode[T any](data []byte, v *T, fast func([]byte, *T) bool) error {
+	if fast(data, v) {
+		return nil
+	}
+	var zero T
+	*v = zero
+	return DecodeMsgpack(data, v)
+}
 
 // MarshalNodeWriteBatch appends b's msgpack to dst.
 func MarshalNodeWriteBatch(dst []byte, b *subjects.NodeWriteBatch) []byte {
-	dst = append(dst, 0x92)
-	dst = appendInt(dst, int64(b.Proto))
-	if b.Items == nil {
-		return append(dst, mpNil)
-	}
-	dst = appendArrayLen(dst, len(b.Items))
-	for i := range b.Items {
-		dst = AppendNodeWrite(dst, &b.Items[i])
-	}
-	return dst
+	return appendItems(appendInt(append(dst, 0x92), int64(b.Proto)), b.Items, AppendNodeWrite)
 }
 
 // AppendNodeWriteBatchHeader appends the start of a NodeWriteBatch of n
@@ -550,112 +636,42 @@ func AppendNodeWrite(dst []byte, w *subjects.NodeWrite) []byte {
 
 // UnmarshalNodeWriteBatch decodes data into b, which it overwrites.
 func UnmarshalNodeWriteBatch(data []byte, b *subjects.NodeWriteBatch) error {
-	if decodeNodeWriteBatch(data, b) {
-		return nil
-	}
-	*b = subjects.NodeWriteBatch{}
-	return DecodeMsgpack(data, b)
+	return unmarshalNode(data, b, decodeNodeWriteBatch)
 }
 
 func decodeNodeWriteBatch(data []byte, b *subjects.NodeWriteBatch) bool {
-	r := mpReader{b: data}
 	*b = subjects.NodeWriteBatch{}
-	if r.structLen(2) != 0 {
-		b.Proto = int(r.int())
-		if n := r.arrayLen(); n >= 0 {
-			b.Items = make([]subjects.NodeWrite, r.count(uint64(n)))
-			for i := 0; i < len(b.Items) && !r.bad; i++ {
-				w := &b.Items[i]
-				if r.structLen(6) == 0 {
-					continue
-				}
-				w.ID = r.uint()
-				w.Tenant = r.strShared(&r.tenant)
-				w.Key = r.str()
-				w.LWW = r.version()
-				w.DVV = r.dvv()
-				if !r.isNil() {
-					c := new(subjects.Coordinate)
-					if r.lib(c) {
-						w.Coordinate = c
-					}
-				}
-			}
-		}
-	}
-	return !r.bad
+	return decodeNode(data, &b.Proto, &b.Items, nil, 6)
 }
 
 // MarshalNodeWriteReply appends r's msgpack to dst.
 func MarshalNodeWriteReply(dst []byte, rep *subjects.NodeWriteReply) []byte {
-	dst = append(dst, 0x92)
-	if rep.Results == nil {
-		dst = append(dst, mpNil)
-	} else {
-		dst = appendArrayLen(dst, len(rep.Results))
-		for i := range rep.Results {
-			x := &rep.Results[i]
-			dst = append(dst, 0x95)
-			dst = appendUint(dst, x.ID)
-			dst = appendStr(dst, x.Err)
-			dst = AppendVersion(dst, x.LWW)
-			dst = appendLib(dst, x.DVV == nil, x.DVV)
-			dst = appendStr(dst, x.Kind)
-		}
-	}
-	return appendBool(dst, rep.More)
+	return appendBool(appendItems(append(dst, 0x92), rep.Results, appendNodeWriteResult), rep.More)
+}
+
+func appendNodeWriteResult(dst []byte, x *subjects.NodeWriteResult) []byte {
+	return appendStr(appendResult(append(dst, 0x95), x.ID, x.Err, x.LWW, x.DVV), x.Kind)
 }
 
 // UnmarshalNodeWriteReply decodes data into rep, which it overwrites.
 func UnmarshalNodeWriteReply(data []byte, rep *subjects.NodeWriteReply) error {
-	if decodeNodeWriteReply(data, rep) {
-		return nil
-	}
-	*rep = subjects.NodeWriteReply{}
-	return DecodeMsgpack(data, rep)
+	return unmarshalNode(data, rep, decodeNodeWriteReply)
 }
 
 func decodeNodeWriteReply(data []byte, rep *subjects.NodeWriteReply) bool {
-	r := mpReader{b: data}
 	*rep = subjects.NodeWriteReply{}
-	if r.structLen(2) != 0 {
-		if n := r.arrayLen(); n >= 0 {
-			rep.Results = make([]subjects.NodeWriteResult, r.count(uint64(n)))
-			for i := 0; i < len(rep.Results) && !r.bad; i++ {
-				x := &rep.Results[i]
-				if r.structLen(5) == 0 {
-					continue
-				}
-				x.ID = r.uint()
-				x.Err = r.str()
-				x.LWW = r.version()
-				x.DVV = r.dvv()
-				x.Kind = r.str()
-			}
-		}
-		rep.More = r.bool()
-	}
-	return !r.bad
+	return decodeNode(data, nil, &rep.Results, &rep.More, 5)
 }
 
 // MarshalNodeReadBatch appends b's msgpack to dst.
 func MarshalNodeReadBatch(dst []byte, b *subjects.NodeReadBatch) []byte {
-	dst = append(dst, 0x92)
-	dst = appendInt(dst, int64(b.Proto))
-	if b.Items == nil {
-		return append(dst, mpNil)
-	}
-	dst = appendArrayLen(dst, len(b.Items))
-	for i := range b.Items {
-		dst = AppendNodeRead(dst, &b.Items[i])
-	}
-	return dst
+	return appendItems(appendInt(append(dst, 0x92), int64(b.Proto)), b.Items, AppendNodeRead)
 }
 
 // AppendNodeReadBatchHeader appends the start of a NodeReadBatch of n
 // items; AppendNodeRead appends each item.
 func AppendNodeReadBatchHeader(dst []byte, proto, n int) []byte {
-	return appendArrayLen(appendInt(append(dst, 0x92), int64(proto)), n)
+	return AppendNodeWriteBatchHeader(dst, proto, n) // the same [proto, items] header
 }
 
 // AppendNodeRead appends one item of a NodeReadBatch.
@@ -668,82 +684,31 @@ func AppendNodeRead(dst []byte, x *subjects.NodeRead) []byte {
 
 // UnmarshalNodeReadBatch decodes data into b, which it overwrites.
 func UnmarshalNodeReadBatch(data []byte, b *subjects.NodeReadBatch) error {
-	if decodeNodeReadBatch(data, b) {
-		return nil
-	}
-	*b = subjects.NodeReadBatch{}
-	return DecodeMsgpack(data, b)
+	return unmarshalNode(data, b, decodeNodeReadBatch)
 }
 
 func decodeNodeReadBatch(data []byte, b *subjects.NodeReadBatch) bool {
-	r := mpReader{b: data}
 	*b = subjects.NodeReadBatch{}
-	if r.structLen(2) != 0 {
-		b.Proto = int(r.int())
-		if n := r.arrayLen(); n >= 0 {
-			b.Items = make([]subjects.NodeRead, r.count(uint64(n)))
-			for i := 0; i < len(b.Items) && !r.bad; i++ {
-				x := &b.Items[i]
-				if r.structLen(3) == 0 {
-					continue
-				}
-				x.ID = r.uint()
-				x.Tenant = r.strShared(&r.tenant)
-				x.Key = r.str()
-			}
-		}
-	}
-	return !r.bad
+	return decodeNode(data, &b.Proto, &b.Items, nil, 3)
 }
 
 // MarshalNodeReadReply appends rep's msgpack to dst.
 func MarshalNodeReadReply(dst []byte, rep *subjects.NodeReadReply) []byte {
-	dst = append(dst, 0x92)
-	if rep.Results == nil {
-		dst = append(dst, mpNil)
-	} else {
-		dst = appendArrayLen(dst, len(rep.Results))
-		for i := range rep.Results {
-			x := &rep.Results[i]
-			dst = append(dst, 0x94)
-			dst = appendUint(dst, x.ID)
-			dst = appendStr(dst, x.Err)
-			dst = AppendVersion(dst, x.LWW)
-			dst = appendLib(dst, x.DVV == nil, x.DVV)
-		}
-	}
-	return appendBool(dst, rep.More)
+	return appendBool(appendItems(append(dst, 0x92), rep.Results, appendNodeReadResult), rep.More)
+}
+
+func appendNodeReadResult(dst []byte, x *subjects.NodeReadResult) []byte {
+	return appendResult(append(dst, 0x94), x.ID, x.Err, x.LWW, x.DVV)
 }
 
 // UnmarshalNodeReadReply decodes data into rep, which it overwrites.
 func UnmarshalNodeReadReply(data []byte, rep *subjects.NodeReadReply) error {
-	if decodeNodeReadReply(data, rep) {
-		return nil
-	}
-	*rep = subjects.NodeReadReply{}
-	return DecodeMsgpack(data, rep)
+	return unmarshalNode(data, rep, decodeNodeReadReply)
 }
 
 func decodeNodeReadReply(data []byte, rep *subjects.NodeReadReply) bool {
-	r := mpReader{b: data}
 	*rep = subjects.NodeReadReply{}
-	if r.structLen(2) != 0 {
-		if n := r.arrayLen(); n >= 0 {
-			rep.Results = make([]subjects.NodeReadResult, r.count(uint64(n)))
-			for i := 0; i < len(rep.Results) && !r.bad; i++ {
-				x := &rep.Results[i]
-				if r.structLen(4) == 0 {
-					continue
-				}
-				x.ID = r.uint()
-				x.Err = r.str()
-				x.LWW = r.version()
-				x.DVV = r.dvv()
-			}
-		}
-		rep.More = r.bool()
-	}
-	return !r.bad
+	return decodeNode(data, nil, &rep.Results, &rep.More, 4)
 }
 
 // --- client messages (maps keyed by field name) ---
@@ -848,6 +813,15 @@ func (r *mpReader) fieldName(seen *uint32) []byte {
 // library path, which refuses them).
 func (r *mpReader) done(n int) bool { return !r.bad && n >= 0 && len(r.b) == 0 }
 
+// intOrZero reads an integer, nil as 0 (as the library decodes nil into
+// an int field).
+func (r *mpReader) intOrZero() int64 {
+	if r.isNil() {
+		return 0
+	}
+	return r.int()
+}
+
 // appendKey writes a client message's key as str when it is UTF-8 and as
 // bin otherwise: msgpack's str is UTF-8 text, and keys are any bytes.
 func appendKey(b []byte, key string) []byte {
@@ -864,8 +838,7 @@ func decodeRequest(data []byte, req *subjects.Request) bool {
 	n := r.mapLen()
 	var seen uint32
 	for i := 0; i < n && !r.bad; i++ {
-		k := r.fieldName(&seen)
-		switch string(k) {
+		switch string(r.fieldName(&seen)) {
 		case "key":
 			req.Key = r.str()
 		case "value":
@@ -877,11 +850,7 @@ func decodeRequest(data []byte, req *subjects.Request) bool {
 		case "idempotency_key":
 			req.IdempotencyKey = r.str()
 		case "timeout_ms":
-			if r.isNil() {
-				req.TimeoutMS = 0
-			} else {
-				req.TimeoutMS = r.int()
-			}
+			req.TimeoutMS = r.intOrZero()
 		default:
 			r.skip()
 		}
@@ -905,8 +874,7 @@ func decodeWriteReply(data []byte, w *subjects.WriteReply) bool {
 	n := r.mapLen()
 	var seen uint32
 	for i := 0; i < n && !r.bad; i++ {
-		k := r.fieldName(&seen)
-		switch string(k) {
+		switch string(r.fieldName(&seen)) {
 		case "success":
 			w.Success = r.bool()
 		case "key":
@@ -918,11 +886,7 @@ func decodeWriteReply(data []byte, w *subjects.WriteReply) bool {
 		case "is_duplicate":
 			w.IsDuplicate = r.bool()
 		case "replica_count":
-			if r.isNil() {
-				w.ReplicaCount = 0
-			} else {
-				w.ReplicaCount = int(r.int())
-			}
+			w.ReplicaCount = int(r.intOrZero())
 		case "consistency":
 			w.Consistency = r.str()
 		default:
@@ -958,8 +922,7 @@ func decodeGetReply(data []byte, g *subjects.GetReply) bool {
 	n := r.mapLen()
 	var seen uint32
 	for i := 0; i < n && !r.bad; i++ {
-		k := r.fieldName(&seen)
-		switch string(k) {
+		switch string(r.fieldName(&seen)) {
 		case "success":
 			g.Success = r.bool()
 		case "key":
@@ -982,11 +945,7 @@ func decodeGetReply(data []byte, g *subjects.GetReply) bool {
 				}
 			}
 		case "replica_count":
-			if r.isNil() {
-				g.ReplicaCount = 0
-			} else {
-				g.ReplicaCount = int(r.int())
-			}
+			g.ReplicaCount = int(r.intOrZero())
 		case "consistency":
 			g.Consistency = r.str()
 		default:
