@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/storage/replica"
 	"github.com/quorumkv/quorumkv/subjects"
 )
@@ -56,8 +57,7 @@ func (c *Coordinator) route(r *dataRequest, write bool) (route, error) {
 // followed by the members of target[:rf] that are not current, and how
 // many of it are current (see ring.Map.WriteSet).
 func keyWriteSet(pl *placement, r *dataRequest, rf int) ([]string, int) {
-	set := pl.m.PreferenceList(r.tenant.ID, r.Key, rf, make([]string, 0, 2*rf))
-	return set, len(set)
+	return pl.m.WriteSetHash(ring.KeyHash(r.tenant.ID, r.Key), rf, make([]string, 0, 2*rf))
 }
 
 // counts reports whether node's outcome counts toward rt's level.
