@@ -421,16 +421,16 @@ type sentWrite struct {
 // A node that refuses v as not_owner means the map is stale: once the
 // level cannot be met, v (the same version) is sent again under the
 // reloaded map, at most maxNotOwnerRetries times (retryNotOwner).
-func (c *Coordinator) sendLWW(ctx context.Context, r *dataRequest, v *vclock.Version, restamped bool) (*subjects.WriteReply, *sentWrite, error) {
+func (c *Coordinator) sendLWW(ctx context.Context, r *dataRequest, v *vclock.Version, restamped bool) (*subjects.WriteReply, sentWrite, error) {
 	deadline, _ := ctx.Deadline()
 	for try := 0; ; try++ {
 		rt, err := c.route(r, true)
 		if err != nil {
-			return nil, nil, err
+			return nil, sentWrite{}, err
 		}
-		cl := replica.NewCall(len(rt.nodes))
+		cl := rt.newCall(len(rt.nodes))
 		for _, node := range rt.nodes {
-			c.sendWrite(cl, &rt, node, deadline, subjects.NodeWrite{Tenant: r.tenant.ID, Key: r.Key, LWW: v})
+			c.rep.Write(cl, node, deadline, subjects.NodeWrite{Tenant: r.tenant.ID, Key: r.Key, LWW: v})
 		}
 		t := tally{required: rt.need, total: rt.counted, lossIsAck: restamped, counted: rt.nodes[:rt.counted]}
 		var acked []string
@@ -441,10 +441,10 @@ func (c *Coordinator) sendLWW(ctx context.Context, r *dataRequest, v *vclock.Ver
 				acked = append(acked, o.Node)
 			}
 		})
-		if retry, err := c.retryNotOwner(ctx, notOwnerf(&t, &rt, err), try); retry {
+		if retry, err := c.retryNotOwner(ctx, notOwnerf(&t, rt.pl.version, err), try); retry {
 			continue
 		} else if err != nil {
-			return nil, nil, err
+			return nil, sentWrite{}, err
 		}
 		return &subjects.WriteReply{
 				Success:        true,
@@ -453,7 +453,7 @@ func (c *Coordinator) sendLWW(ctx context.Context, r *dataRequest, v *vclock.Ver
 				IdempotencyKey: r.IdempotencyKey,
 				ReplicaCount:   t.acks,
 				Consistency:    r.level,
-			}, &sentWrite{
+			}, sentWrite{
 				cl: cl, nodes: rt.nodes, acked: acked,
 				outstanding: len(rt.nodes) - heard,
 			}, nil
@@ -518,9 +518,9 @@ func (c *Coordinator) readOnce(ctx context.Context, r *dataRequest) (*subjects.G
 	}
 	pref, need := rt.nodes, rt.need
 	deadline, _ := ctx.Deadline()
-	cl := replica.NewCall(len(pref))
+	cl := rt.newCall(len(pref))
 	send := func(node string) {
-		c.sendRead(cl, &rt, node, deadline, subjects.NodeRead{Tenant: r.tenant.ID, Key: r.Key})
+		c.rep.Read(cl, node, deadline, subjects.NodeRead{Tenant: r.tenant.ID, Key: r.Key})
 	}
 	ask, rest := c.readTargets(pref, need, r.level)
 	for _, node := range ask {
@@ -546,7 +546,7 @@ func (c *Coordinator) readOnce(ctx context.Context, r *dataRequest) (*subjects.G
 		}
 	})
 	if err != nil {
-		return nil, notOwnerf(&t, &rt, err)
+		return nil, notOwnerf(&t, rt.pl.version, err)
 	}
 	if c.repair != nil {
 		r.after = func() { c.repairRead(ctx, cl, r, t.total-t.answered(), replies) }

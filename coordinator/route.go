@@ -63,14 +63,9 @@ func keyWriteSet(pl *placement, r *dataRequest, rf int) ([]string, int) {
 // counts reports whether node's outcome counts toward rt's level.
 func (rt *route) counts(node string) bool { return slices.Contains(rt.nodes[:rt.counted], node) }
 
-// sendWrite sends w to node as part of rt's attempt.
-func (c *Coordinator) sendWrite(cl *replica.Call, rt *route, node string, deadline time.Time, w subjects.NodeWrite) {
-	c.rep.Write(cl, node, deadline, w)
-}
-
-// sendRead sends rd to node as part of rt's attempt.
-func (c *Coordinator) sendRead(cl *replica.Call, rt *route, node string, deadline time.Time, rd subjects.NodeRead) {
-	c.rep.Read(cl, node, deadline, rd)
+// newCall returns a Call for n items of rt's attempt.
+func (rt *route) newCall(n int) *replica.Call {
+	return replica.NewCall(n)
 }
 
 // kindNotOwner is subjects.KindNotOwner (spec §3).
@@ -117,6 +112,9 @@ const maxNotOwnerRetries = 3
 // unavailable once the retries ran out or the map cannot be loaded). The
 // reload is shared with every request refused at once (routing.reload).
 func (c *Coordinator) retryNotOwner(ctx context.Context, err error, try int) (retry bool, _ error) {
+	if err == nil {
+		return false, nil
+	}
 	var no *notOwnerError
 	if !errors.As(err, &no) {
 		return false, err
@@ -153,12 +151,14 @@ func (c *Coordinator) retryNotOwner(ctx context.Context, err error, try int) (re
 
 // notOwnerf wraps an attempt's failure as a not_owner one when the tally
 // saw a refusal.
-func notOwnerf(t *tally, rt *route, err error) error {
-	var lost *lostWrite
-	if t.notOwner == 0 || err == nil || errors.As(err, &lost) {
+func notOwnerf(t *tally, version uint64, err error) error {
+	if t.notOwner == 0 || err == nil {
+		return err
+	}
+	if lost := (*lostWrite)(nil); errors.As(err, &lost) {
 		return err // a lost lww write is re-stamped (and re-routed) first
 	}
-	return &notOwnerError{version: rt.pl.version, err: err}
+	return &notOwnerError{version: version, err: err}
 }
 
 // missingFrom returns the nodes of set not in acked.

@@ -75,9 +75,9 @@ func (c *Coordinator) writeSiblings(ctx context.Context, r *dataRequest, del boo
 	)
 	for try := 0; ; try++ {
 		others := missingFrom(rt.nodes, skip)
-		cl = replica.NewCall(len(others))
+		cl = rt.newCall(len(others))
 		for _, node := range others {
-			c.sendWrite(cl, &rt, node, deadline, subjects.NodeWrite{Tenant: r.tenant.ID, Key: r.Key, DVV: state})
+			c.rep.Write(cl, node, deadline, subjects.NodeWrite{Tenant: r.tenant.ID, Key: r.Key, DVV: state})
 		}
 		t = tally{required: rt.need, total: rt.counted, counted: rt.nodes[:rt.counted]}
 		for _, node := range rt.nodes[:rt.counted] {
@@ -102,7 +102,7 @@ func (c *Coordinator) writeSiblings(ctx context.Context, r *dataRequest, del boo
 			}
 		}
 		outstanding = len(others) - heard
-		retry, err := c.retryNotOwner(ctx, notOwnerf(&t, &rt, err), try)
+		retry, err := c.retryNotOwner(ctx, notOwnerf(&t, rt.pl.version, err), try)
 		if err != nil {
 			return nil, err
 		}
@@ -156,8 +156,8 @@ func (c *Coordinator) coordinateSiblings(ctx context.Context, r *dataRequest, rt
 			attempt = time.Now().Add(half - half/4)
 			giveUp = time.Now().Add(half)
 		}
-		cl := replica.NewCall(1)
-		c.sendWrite(cl, rt, node, attempt, subjects.NodeWrite{Tenant: r.tenant.ID, Key: r.Key, Coordinate: &subjects.Coordinate{Context: r.dvvCtx, Value: val, Deadline: attempt.UnixMilli(), MaxBytes: maxBytes}})
+		cl := rt.newCall(1)
+		c.rep.Write(cl, node, attempt, subjects.NodeWrite{Tenant: r.tenant.ID, Key: r.Key, Coordinate: &subjects.Coordinate{Context: r.dvvCtx, Value: val, Deadline: attempt.UnixMilli(), MaxBytes: maxBytes}})
 		o, err := waitOne(ctx, cl, giveUp)
 		if err == nil && o.Err == nil && o.Write != nil && o.Write.DVV != nil {
 			return o.Write.DVV, i, nil
