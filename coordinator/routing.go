@@ -23,19 +23,6 @@ type placement struct {
 	m       *ring.Map // never nil; the zero Map (no owners) when no node is active
 	nodes   int       // nodes in m
 	shares  map[string]subjects.NodeShare
-	// proto is the node protocol this coordinator speaks to the nodes of
-	// m (the negotiation is the node lifecycle's, spec §4): 2 carries the
-	// map version in every node request (fencing), 1 does not. 0 until
-	// negotiated reads as subjects.NodeProtocolVersion.
-	proto int
-}
-
-// nodeProto returns the node protocol requests under p are sent with.
-func (p *placement) nodeProto() int {
-	if p.proto == 0 {
-		return subjects.NodeProtocolVersion
-	}
-	return p.proto
 }
 
 // nodeCount returns how many storage nodes own partitions: the active ones
