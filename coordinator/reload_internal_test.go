@@ -1,0 +1,77 @@
+package coordinator
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/quorumkv/quorumkv/metadata"
+)
+
+// countingStore counts GetPlacement calls and holds each until gate is
+// closed, so concurrent reloads overlap.
+type countingStore struct {
+	*placementStore
+	gets atomic.Int32
+	gate chan struct{}
+}
+
+func (s *countingStore) GetPlacement(ctx context.Context) (metadata.Placement, error) {
+	s.gets.Add(1)
+	<-s.gate
+	return s.placementStore.GetPlacement(ctx)
+}
+
+// Requests refused as not_owner at once share one map load; once the map
+// is newer than the version they were refused under, reload reads
+// nothing.
+func TestReloadIsSharedByConcurrentRefusals(t *testing.T) {
+	ctx := context.Background()
+	ps := &placementStore{nodes: map[string]string{"n1": metadata.NodeActive, "n2": metadata.NodeActive}}
+	st := &countingStore{placementStore: ps, gate: make(chan struct{})}
+	close(st.gate)
+	r := newRouting(st, slog.New(slog.DiscardHandler), time.Hour, 64)
+	if _, err := r.reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v := r.placement().version
+	// Another coordinator stores the next version.
+	other := newRouting(ps, slog.New(slog.DiscardHandler), time.Hour, 64)
+	ps.setStatus("n3", metadata.NodeActive)
+	if changed, err := other.reconcile(ctx); err != nil || !changed {
+		t.Fatalf("other coordinator's reconcile: changed %v, %v", changed, err)
+	}
+	st.gate = make(chan struct{})
+	st.gets.Store(0)
+	const n = 16
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = r.reload(ctx, v) }()
+	}
+	// Let the callers pile up on the one load, then release it.
+	for st.gets.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	close(st.gate)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("reload %d: %v", i, err)
+		}
+	}
+	if got := st.gets.Load(); got != 1 {
+		t.Fatalf("%d concurrent reloads read the map %d times, want 1", n, got)
+	}
+	if r.placement().version != v+1 {
+		t.Fatalf("version %d after reload, want %d", r.placement().version, v+1)
+	}
+	if err := r.reload(ctx, v); err != nil || st.gets.Load() != 1 {
+		t.Fatalf("reload past a newer map read it again (%d reads, %v)", st.gets.Load(), err)
+	}
+}
