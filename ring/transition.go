@@ -276,6 +276,12 @@ func (m *Map) Retarget(target *Map, v uint64) (*Map, error) {
 // are ignored) and every partition whose receivers are now all done
 // flipped: current := target, since = v. flipped lists them, ascending.
 // It returns ErrVersion unless v > m.Version().
+//
+// A receiver reports what it pulled under some map version r (the map it
+// worked from). A partition whose rows changed after r may have a new
+// target the pull did not serve (or the receiver may have left and come
+// back, and dropped its data in between), so pass only the
+// [Map.StillCurrent] partitions of the report.
 func (m *Map) MarkDone(node string, ps []uint32, v uint64) (next *Map, flipped []uint32, err error) {
 	if v <= m.version {
 		return nil, nil, fmt.Errorf("%w: %d, map is at %d", ErrVersion, v, m.version)
@@ -297,6 +303,19 @@ func (m *Map) MarkDone(node string, ps []uint32, v uint64) (next *Map, flipped [
 	}
 	slices.Sort(flipped)
 	return d.build(), flipped, nil
+}
+
+// StillCurrent appends to dst[:0] the partitions of ps whose rows have not
+// changed since map version asOf (Since(p) <= asOf, p < Q), in ps's
+// order: those a transfer report made under map asOf speaks for.
+func (m *Map) StillCurrent(ps []uint32, asOf uint64, dst []uint32) []uint32 {
+	dst = dst[:0]
+	for _, p := range ps {
+		if int(p) < m.q && m.since[p] <= asOf {
+			dst = append(dst, p)
+		}
+	}
+	return dst
 }
 
 // Substitute returns m's target map with node dead replaced by node repl
