@@ -5,7 +5,6 @@ import (
 	"errors"
 
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/quorumkv/quorumkv/ring"
@@ -63,23 +62,17 @@ func keyWriteSet(pl *placement, r *dataRequest, rf int) ([]string, int) {
 // counts reports whether node's outcome counts toward rt's level.
 func (rt *route) counts(node string) bool { return slices.Contains(rt.nodes[:rt.counted], node) }
 
-// newCall returns a Call for n items of rt's attempt.
+// newCall returns a Call for n items of rt's attempt: they carry the
+// map version rt was routed with, so a node whose map changed the key's
+// partition after it refuses them (not_owner).
 func (rt *route) newCall(n int) *replica.Call {
-	return replica.NewCall(n)
+	return replica.NewCallAt(n, rt.pl.version)
 }
 
-// kindNotOwner is subjects.KindNotOwner (spec §3).
-const kindNotOwner = "not_owner"
-
 // isNotOwner reports whether o is a node refusing its item because the
-// request's map version is older than the partition's last change. The
-// refusal's text starts with the kind (it is a plain Err string in a node
-// result; write results also carry it in Kind).
+// request's map version is older than the partition's last change.
 func isNotOwner(o *replica.Outcome) bool {
-	if o.Write != nil && o.Write.Kind == kindNotOwner {
-		return true
-	}
-	return o.Err != nil && strings.HasPrefix(o.Err.Error(), kindNotOwner)
+	return o.Err != nil && errors.Is(o.Err, replica.ErrNotOwner)
 }
 
 // notOwnerOp names o's operation for the not_owner metric.

@@ -16,6 +16,7 @@ import (
 	"github.com/quorumkv/quorumkv/client"
 	"github.com/quorumkv/quorumkv/coordinator"
 	"github.com/quorumkv/quorumkv/internal/devcluster"
+	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/metadata"
 	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/subjects"
@@ -182,17 +183,18 @@ func TestWriteSetCountsCurrentOwnersOnly(t *testing.T) {
 }
 
 // refuser stands in for storage nodes whose map is newer than the
-// coordinator's: it refuses every item with not_owner while refuse says
-// so, and acknowledges (writes) or answers "not found" (reads) otherwise.
-// It records the DVV states merged into it.
+// coordinator's: it refuses every item of a batch with not_owner when
+// refuse says so of the batch's map version, and acknowledges (writes) or
+// answers "not found" (reads) otherwise. It records the DVV states merged
+// into it.
 type refuser struct {
-	refuse func() bool
+	refuse func(mapVersion uint64) bool
 	mu     sync.Mutex
 	items  map[string]int // items received, by node
 	states []vclock.DVVSet
 }
 
-func newRefuser(t *testing.T, c *devcluster.Cluster, refuse func() bool, ids ...string) *refuser {
+func newRefuser(t *testing.T, c *devcluster.Cluster, refuse func(uint64) bool, ids ...string) *refuser {
 	t.Helper()
 	f := &refuser{refuse: refuse, items: map[string]int{}}
 	nc := connect(t, c)
@@ -214,14 +216,14 @@ func newRefuser(t *testing.T, c *devcluster.Cluster, refuse func() bool, ids ...
 	return f
 }
 
-const notOwnerText = "not_owner: partition changed at a newer map version"
+var notOwnerText = subjects.NotOwnerError(0, 1<<40, 1)
 
 func (f *refuser) onWrite(id string, m *nats.Msg) {
 	var b subjects.NodeWriteBatch
-	if err := msgpack.Unmarshal(m.Data, &b); err != nil {
+	if err := wire.UnmarshalNodeWriteBatch(m.Data, &b); err != nil {
 		return
 	}
-	refuse := f.refuse()
+	refuse := f.refuse(b.MapVersion)
 	var r subjects.NodeWriteReply
 	f.mu.Lock()
 	for _, it := range b.Items {
@@ -229,7 +231,7 @@ func (f *refuser) onWrite(id string, m *nats.Msg) {
 		res := subjects.NodeWriteResult{ID: it.ID}
 		switch {
 		case refuse:
-			res.Err, res.Kind = notOwnerText, "not_owner"
+			res.Err, res.Kind = notOwnerText, subjects.KindNotOwner
 		case it.DVV != nil:
 			f.states = append(f.states, *it.DVV)
 		case it.Coordinate != nil:
@@ -244,10 +246,10 @@ func (f *refuser) onWrite(id string, m *nats.Msg) {
 
 func (f *refuser) onRead(id string, m *nats.Msg) {
 	var b subjects.NodeReadBatch
-	if err := msgpack.Unmarshal(m.Data, &b); err != nil {
+	if err := wire.UnmarshalNodeReadBatch(m.Data, &b); err != nil {
 		return
 	}
-	refuse := f.refuse()
+	refuse := f.refuse(b.MapVersion)
 	var r subjects.NodeReadReply
 	f.mu.Lock()
 	for _, it := range b.Items {
@@ -284,10 +286,10 @@ func TestNotOwnerReloadsMapAndRetries(t *testing.T) {
 	}
 	var newest uint64 = v1
 	var mu sync.Mutex
-	newRefuser(t, c, func() bool {
+	newRefuser(t, c, func(v uint64) bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return coordVersion(c) < newest
+		return v < newest
 	}, ids...)
 	storeMap(t, c, m.WithVersion(v1), false)
 	kv := kvClient(t, c, "default")
@@ -337,7 +339,7 @@ func TestNotOwnerRetriesRunOutWith503(t *testing.T) {
 	for i := 1; i <= 3; i++ {
 		ids = append(ids, devcluster.NodeID(i))
 	}
-	f := newRefuser(t, c, func() bool { return true }, ids...)
+	f := newRefuser(t, c, func(uint64) bool { return true }, ids...)
 	kv := kvClient(t, c, "default")
 	_, err := kv.Put(ctxT(t), "k", []byte("v"), client.WithTimeout(5*time.Second))
 	assertCode(t, err, 503, "not_owner")
@@ -378,7 +380,7 @@ func TestSiblingsMergeRetryResendsState(t *testing.T) {
 		}
 	}
 	v1 := m.Version() + 1
-	f := newRefuser(t, c, func() bool { return coordVersion(c) < v1 }, devcluster.NodeID(2), devcluster.NodeID(3))
+	f := newRefuser(t, c, func(v uint64) bool { return v < v1 }, devcluster.NodeID(2), devcluster.NodeID(3))
 	storeMap(t, c, m.WithVersion(v1), false)
 	kv := kvClient(t, c, "s")
 	if _, err := kv.Put(ctx, key, []byte("v")); err != nil {
