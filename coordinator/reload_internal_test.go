@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/quorumkv/quorumkv/metadata"
+	"github.com/quorumkv/quorumkv/ring"
 )
 
 // countingStore counts GetPlacement calls and holds each until gate is
@@ -30,20 +31,29 @@ func (s *countingStore) GetPlacement(ctx context.Context) (metadata.Placement, e
 // nothing.
 func TestReloadIsSharedByConcurrentRefusals(t *testing.T) {
 	ctx := context.Background()
-	ps := &placementStore{nodes: map[string]string{"n1": metadata.NodeActive, "n2": metadata.NodeActive}}
+	ps := &placementStore{nodes: map[string]string{}}
 	st := &countingStore{placementStore: ps, gate: make(chan struct{})}
 	close(st.gate)
 	r := newRouting(st, slog.New(slog.DiscardHandler), time.Hour, 64)
-	if _, err := r.reconcile(ctx); err != nil {
+	m, err := ring.Claim(nil, []ring.Node{{ID: "n1"}, {ID: "n2"}}, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := func(v uint64) {
+		data, err := m.WithVersion(v).MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ps.SetPlacement(ctx, metadata.Placement{Version: v, Map: data}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	store(1)
+	if err := r.load(ctx); err != nil {
 		t.Fatal(err)
 	}
 	v := r.placement().version
-	// Another coordinator stores the next version.
-	other := newRouting(ps, slog.New(slog.DiscardHandler), time.Hour, 64)
-	ps.setStatus("n3", metadata.NodeActive)
-	if changed, err := other.reconcile(ctx); err != nil || !changed {
-		t.Fatalf("other coordinator's reconcile: changed %v, %v", changed, err)
-	}
+	store(v + 1) // another coordinator stores the next version
 	st.gate = make(chan struct{})
 	st.gets.Store(0)
 	const n = 16
