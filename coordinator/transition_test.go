@@ -177,7 +177,10 @@ type refuser struct {
 	items  map[string]int // items received, by node
 	states []vclock.DVVSet
 	values map[string]string // the last lww value written, by key
-	silent bool              // answer nothing (a paused node)
+	// Siblings: states coordinated here, by key, and how many writes were.
+	dvv         map[string]vclock.DVVSet
+	coordinated int
+	silent      bool // answer nothing (a paused node)
 }
 
 func (f *refuser) setSilent(v bool) {
@@ -194,7 +197,7 @@ func (f *refuser) value(key string) string {
 
 func newRefuser(t *testing.T, c *devcluster.Cluster, refuse func(uint64) bool, ids ...string) *refuser {
 	t.Helper()
-	f := &refuser{refuse: refuse, items: map[string]int{}, values: map[string]string{}}
+	f := &refuser{refuse: refuse, items: map[string]int{}, values: map[string]string{}, dvv: map[string]vclock.DVVSet{}}
 	nc := connect(t, c)
 	for _, id := range ids {
 		if err := c.StopNode(id); err != nil {
@@ -239,7 +242,14 @@ func (f *refuser) onWrite(id string, m *nats.Msg) {
 		case it.LWW != nil:
 			f.values[it.Key] = string(it.LWW.Value)
 		case it.Coordinate != nil:
-			res.Err = "this fake does not coordinate"
+			st, _, err := vclock.Update(f.dvv[it.Key], it.Coordinate.Context, "fake-"+id, it.Coordinate.Value)
+			if err != nil {
+				res.Err = err.Error()
+				break
+			}
+			f.dvv[it.Key] = st
+			f.coordinated++
+			res.DVV = &st
 		}
 		r.Results = append(r.Results, res)
 	}
@@ -411,5 +421,34 @@ func TestSiblingsMergeRetryResendsState(t *testing.T) {
 	}
 	if es[i].Siblings != 1 {
 		t.Fatalf("%s holds %d values for %s, want 1: the write was coordinated again", first, es[i].Siblings, key)
+	}
+}
+
+// A siblings write whose coordinating replica refuses it as not_owner
+// starts again under the reloaded map: the refusal minted nothing, and
+// the retry is coordinated exactly once.
+func TestSiblingsCoordinatorRefusalRetriesWhole(t *testing.T) {
+	c := transitionCluster(t, 3, nil)
+	ctx := ctxT(t)
+	admin := client.NewAdmin(connect(t, c))
+	policy := subjects.PolicySiblings
+	if _, err := admin.CreateTenant(ctx, "s", client.TenantSpec{ConflictPolicy: &policy}); err != nil {
+		t.Fatal(err)
+	}
+	m := storedMap(t, c)
+	v1 := m.Version() + 1
+	f := newRefuser(t, c, func(v uint64) bool { return v < v1 }, devcluster.NodeID(1), devcluster.NodeID(2), devcluster.NodeID(3))
+	storeMap(t, c, m.WithVersion(v1), false)
+	kv := kvClient(t, c, "s")
+	if _, err := kv.Put(ctx, "k", []byte("v")); err != nil {
+		t.Fatalf("siblings put refused by its coordinating replica under a stale map: %v", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.coordinated != 1 {
+		t.Fatalf("the write was coordinated %d times, want 1", f.coordinated)
+	}
+	if len(f.states) < 1 {
+		t.Fatalf("no other replica merged the coordinated state")
 	}
 }
