@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"slices"
 	"time"
@@ -36,6 +37,13 @@ type route struct {
 func (c *Coordinator) route(r *dataRequest, write bool) (route, error) {
 	rf := r.tenant.ReplicationFactor
 	pl := c.routing.placement()
+	// The negotiated node protocol (2: items carry the map version) is the
+	// replica client's; batches already encoded keep theirs.
+	if p := c.nodeProtocolNow(); p != c.rep.Protocol() {
+		if err := c.rep.SetProtocol(p); err != nil {
+			return route{}, fmt.Errorf("node protocol: %w", err)
+		}
+	}
 	var rt route
 	rt.pl = pl
 	if write {
@@ -50,6 +58,21 @@ func (c *Coordinator) route(r *dataRequest, write bool) (route, error) {
 			"%s needs %d replicas of %d, but only %d active storage nodes are in the ring", r.level, rt.need, rf, rt.counted)
 	}
 	return rt, nil
+}
+
+// protocolNegotiator is routing once it negotiates the node protocol
+// (spec §4: 2 when every node of the map registered protocol 2, else 1).
+type protocolNegotiator interface{ nodeProtocol() int }
+
+// nodeProtocolNow returns the node protocol requests are sent in: the
+// negotiated one where routing negotiates it, else the newest. (The
+// assertion lets this file build with or without the node-lifecycle
+// change to routing; once both are in, it can call routing directly.)
+func (c *Coordinator) nodeProtocolNow() int {
+	if n, ok := any(c.routing).(protocolNegotiator); ok {
+		return n.nodeProtocol()
+	}
+	return subjects.NodeProtocolVersion
 }
 
 // keyWriteSet returns the write set of r's key under pl: current[:rf]
