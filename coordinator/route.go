@@ -77,9 +77,12 @@ func (c *Coordinator) nodeProtocolNow() int {
 
 // keyWriteSet returns the write set of r's key under pl: current[:rf]
 // followed by the members of target[:rf] that are not current, and how
-// many of it are current (see ring.Map.WriteSet).
+// many of it are current (see ring.Map.WriteSet). The slice is sized for
+// a map without moving partitions (the usual case: one allocation, as the
+// preference list took before write sets); WriteSet grows it while a map
+// moves partitions.
 func keyWriteSet(pl *placement, r *dataRequest, rf int) ([]string, int) {
-	return pl.m.WriteSetHash(ring.KeyHash(r.tenant.ID, r.Key), rf, make([]string, 0, 2*rf))
+	return pl.m.WriteSetHash(ring.KeyHash(r.tenant.ID, r.Key), rf, make([]string, 0, rf))
 }
 
 // counts reports whether node's outcome counts toward rt's level.
