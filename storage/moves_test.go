@@ -459,6 +459,63 @@ func TestWriteRacingInstallIsRefusedOrScanned(t *testing.T) {
 	t.Logf("%d writes accepted (all in the scan), %d refused", len(accepted), refused.Load())
 }
 
+// TestInstallWaitsForFencedWrites: a write that passed the old map's fence
+// but is not yet applied when the new map arrives holds the install back,
+// so a scan at the new version (answered map_behind until the install)
+// contains it. Installing off the write loop would answer the scan first.
+func TestInstallWaitsForFencedWrites(t *testing.T) {
+	s := natstest.RunServer(t)
+	m1 := claim(t, nil, "a", "b")
+	f := newFakeCoord(t, s, m1, false)
+	held, release := make(chan struct{}), make(chan struct{})
+	var armed atomic.Bool
+	n, err := Open(Config{NodeID: "a", DataDir: t.TempDir(), Partitions: xferQ, Logger: quiet(), MapPoll: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.beforeApply = func() {
+		if armed.CompareAndSwap(true, false) {
+			close(held)
+			<-release
+		}
+	}
+	if err := n.start(natstest.Connect(t, s)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Stop() })
+	key := keysIn("lww", xferPart, xferQ, 1)[0]
+	armed.Store(true)
+	wrote := make(chan subjects.NodeWriteResult, 1)
+	go func() {
+		wrote <- rawWrite(t, natstest.Connect(t, s), "a", 2, m1.Version(), subjects.NodeWrite{Tenant: "lww", Key: key, LWW: version(9, "c1", "v")})
+	}()
+	<-held // the write passed the fence of version 1
+	m2 := retarget(t, m1, "a", "b", "c")
+	f.set(m2)
+	rc, err := replica.New(natstest.Connect(t, s), replica.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rc.Stop)
+	scanned := make(chan map[string][]byte, 1)
+	go func() { recs, _ := scanAll(t, rc, "a", xferPart, m2.Version()); scanned <- recs }()
+	var recs map[string][]byte
+	select {
+	case recs = <-scanned: // answered while the write waits: it cannot be in it
+	case <-time.After(500 * time.Millisecond):
+	}
+	close(release)
+	if res := <-wrote; res.Err != "" {
+		t.Fatalf("the write that passed the fence: %+v", res)
+	}
+	if recs == nil {
+		recs = <-scanned
+	}
+	if _, ok := recs["lww\x00"+key]; !ok {
+		t.Fatal("a write accepted at the old map is missing from a scan at the new one")
+	}
+}
+
 // TestTransferLoopPullsFromAllOwners: a node that joins receives every
 // partition from every current owner (keys only one of them holds come
 // in), reports them, and the map flips; the heartbeat carries protocol and

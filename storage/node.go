@@ -167,6 +167,10 @@ type Node struct {
 	handoffKick chan struct{}
 	xfer        xferState // receive.go
 
+	// beforeApply, set by tests before start, runs on the write loop
+	// between the fence and the apply of each batch of write messages.
+	beforeApply func()
+
 	// readMu is held shared by each read being served and exclusively by
 	// Close, so Pebble is never closed under a read.
 	readMu      sync.RWMutex
@@ -450,6 +454,9 @@ func (n *Node) applyWriteMsgs(msgs []*nats.Msg) {
 			}
 			items = append(items, it)
 		}
+	}
+	if n.beforeApply != nil {
+		n.beforeApply()
 	}
 	results := n.eng.applyWrites(items)
 	if len(refused) > 0 {
