@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/quorumkv/quorumkv/internal/natstest"
@@ -259,7 +261,8 @@ func TestFencingRefusesStaleSenders(t *testing.T) {
 		t.Fatalf("since: flipped %d, other %d", m.Since(flipped), m.Since(flipped+1))
 	}
 	f := newFakeCoord(t, s, m, false)
-	a := startXfer(t, s, Config{NodeID: "a", DataDir: t.TempDir()}, nil)
+	reg := prometheus.NewRegistry()
+	a := startXfer(t, s, Config{NodeID: "a", DataDir: t.TempDir(), Metrics: reg}, nil)
 	if got := a.Map(); got == nil || got.Version() != m.Version() {
 		t.Fatalf("node map at start: %v, want version %d", got, m.Version())
 	}
@@ -311,6 +314,12 @@ func TestFencingRefusesStaleSenders(t *testing.T) {
 	waitFor(t, 5*time.Second, "the node to install the announced map", func() bool { return a.Map().Version() == m3.Version() })
 	if res := rawWrite(t, nc, "a", 2, m.Version(), w(ko[2])); res.Kind != subjects.KindNotOwner {
 		t.Fatalf("write at the replaced version: %+v, want not_owner", res)
+	}
+	text := gather(t, reg)
+	for _, want := range []string{`quorumkv_storage_not_owner_total{op="write"} 3`, `quorumkv_storage_not_owner_total{op="read"} 2`} {
+		if !strings.Contains(text, want) {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 }
 
@@ -598,7 +607,10 @@ func TestHandoffThenDrop(t *testing.T) {
 	only := map[uint32]string{}
 	a := startXfer(t, s, cfg("a"), nil)
 	b := startXfer(t, s, cfg("b"), nil)
-	c := startXfer(t, s, cfg("c"), func(e *engine) {
+	reg := prometheus.NewRegistry()
+	ccfg := cfg("c")
+	ccfg.Metrics = reg
+	c := startXfer(t, s, ccfg, func(e *engine) {
 		var ws []subjects.NodeWrite
 		for p := range uint32(xferQ) {
 			only[p] = keysIn("lww", p, xferQ, 1)[0]
@@ -635,6 +647,12 @@ func TestHandoffThenDrop(t *testing.T) {
 			if rec, err := n.eng.read("lww", k); err != nil || rec.LWW == nil || string(rec.LWW.Value) != "on c" {
 				t.Fatalf("%s lacks %q of partition %d after c's handoff: %+v %v", n.ID(), k, p, rec, err)
 			}
+		}
+	}
+	text := gather(t, reg)
+	for _, want := range []string{fmt.Sprintf("quorumkv_storage_dropped_partitions_total %d", xferQ), "quorumkv_storage_handoff_records_total"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("metrics lack %s", want)
 		}
 	}
 	// A late write, unfenced, re-creates a record: handed off and dropped

@@ -146,6 +146,8 @@ func (n *Node) initialMap(ctx context.Context) {
 	m, err := n.loadMap(ctx, n.cfg.MapWait)
 	switch {
 	case errors.Is(err, errNoMap):
+	case errors.Is(err, nats.ErrNoResponders):
+		n.log.Info("no coordinator answers yet: serving unfenced until the placement map loads")
 	case err != nil:
 		n.log.Warn("no placement map at start: serving unfenced until one loads", "err", err)
 	default:
