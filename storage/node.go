@@ -439,7 +439,7 @@ func (n *Node) applyWriteMsgs(msgs []*nats.Msg) {
 	m := n.pmap.Load()               // only this loop installs maps: stable for the batch
 	for i, msg := range msgs {
 		var b subjects.NodeWriteBatch
-		if err := wire.UnmarshalNodeWriteBatch(msg.Data, &b); err != nil || !protoOK(b.Proto) {
+		if err := wire.UnmarshalNodeWriteBatch(msg.Data, &b); err != nil || !subjects.NodeProtocolSupported(b.Proto) {
 			counts[i] = -1
 			n.respondError(msg, fmt.Sprintf("bad write batch (proto %d, accepted %d..%d): %v", b.Proto, subjects.NodeProtocolMin, subjects.NodeProtocolVersion, err))
 			continue
@@ -492,13 +492,6 @@ func (n *Node) applyWriteMsgs(msgs []*nats.Msg) {
 	}
 }
 
-// protoOK reports whether a node request of protocol proto is one this
-// node reads: NodeProtocolMin..NodeProtocolVersion (1 carries no map
-// version: unfenced).
-func protoOK(proto int) bool {
-	return proto >= subjects.NodeProtocolMin && proto <= subjects.NodeProtocolVersion
-}
-
 // serveRead answers a read message on the read subscription's goroutine.
 // When more than QueueLen read messages wait behind it, it is answered 429
 // overloaded instead: shedding the oldest keeps the queue short, and its
@@ -521,7 +514,7 @@ func (n *Node) serveRead(m *nats.Msg) {
 
 func (n *Node) handleRead(m *nats.Msg) {
 	var b subjects.NodeReadBatch
-	if err := wire.UnmarshalNodeReadBatch(m.Data, &b); err != nil || !protoOK(b.Proto) {
+	if err := wire.UnmarshalNodeReadBatch(m.Data, &b); err != nil || !subjects.NodeProtocolSupported(b.Proto) {
 		n.respondError(m, fmt.Sprintf("bad read batch (proto %d, accepted %d..%d): %v", b.Proto, subjects.NodeProtocolMin, subjects.NodeProtocolVersion, err))
 		return
 	}

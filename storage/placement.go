@@ -63,7 +63,7 @@ func fenced(m *ring.Map, p uint32, v uint64) string {
 		return ""
 	}
 	if since := m.Since(p); v < since {
-		return subjects.Errorf(subjects.KindNotOwner, "partition %d changed at map version %d; request has %d (node's map is version %d)", p, since, v, m.Version()).Error()
+		return subjects.NotOwnerError(p, since, v)
 	}
 	return ""
 }
