@@ -18,6 +18,16 @@
 // partition count and one in the layout from before partitions is migrated
 // at Open. dump lists one tenant's keys in (partition, key) order, resuming
 // after the last key of the previous page.
+//
+// Moving partitions (issue 14; docs/ARCHITECTURE.md, "Moving partitions:
+// fencing instead of barriers"): the node knows the placement map
+// (placement.go) and installs it on the write loop; it refuses write and
+// read items from senders whose map is older than the item's partition's
+// since (not_owner) and scans naming a map it has not loaded (map_behind).
+// Its transfer loop (receive.go) pulls the partitions it receives from
+// every reachable current owner and reports them done; its handoff loop
+// (handoff.go) pushes partitions it no longer owns to their owners after
+// Config.HandoffGrace and drops them.
 package storage
 
 import (

@@ -23,8 +23,8 @@ import (
 // page is one Pebble iterator over the live store. The receiver side
 // (PullPartition) keeps its cursor in its own store after every page, so
 // a transfer stopped by a failure of either node, or by its caller,
-// resumes where it stopped. Who pulls what and when (pending owners, map
-// flips, barriers) is the coordinators' business, not this file's.
+// resumes where it stopped. Which partitions to pull, and when, is the
+// transfer loop's (receive.go); the map flips are the coordinators'.
 
 // DefaultTransferRate is the bytes per second a transfer pulls at most
 // unless Config.TransferRate says otherwise: generous, so that a transfer
