@@ -593,6 +593,40 @@ func TestTransferLoopPullsFromAllOwners(t *testing.T) {
 	})
 }
 
+// TestTransferSkipsDownSource: with one current owner down, a receiver
+// pulls from the other and finishes; with every source down it reports
+// nothing.
+func TestTransferSkipsDownSource(t *testing.T) {
+	s := natstest.RunServer(t)
+	m1 := claim(t, nil, "a", "b") // b never serves: down
+	f := newFakeCoord(t, s, m1, true)
+	var src map[string]record
+	a := startXfer(t, s, Config{NodeID: "a", DataDir: t.TempDir()}, func(e *engine) { fillMixed(t, e, 2000, 200, 10) })
+	src = partRecords(t, a.eng, xferPart)
+	f.set(retarget(t, m1, "a", "b", "c"))
+	c := startXfer(t, s, Config{NodeID: "c", DataDir: t.TempDir(), MapPoll: 200 * time.Millisecond}, nil)
+	waitFor(t, 30*time.Second, "every partition c receives to be done", func() bool { return len(f.current().Receiving("c", nil)) == 0 })
+	got := partRecords(t, c.eng, xferPart)
+	for k, want := range src {
+		if !sameRecord(got[k], want) {
+			t.Fatalf("%q on c is %+v, want %+v", k, got[k], want)
+		}
+	}
+
+	// Every source down: nothing is reported.
+	m := claim(t, nil, "x", "y")
+	s2 := natstest.RunServer(t)
+	f3 := newFakeCoord(t, s2, retarget(t, m, "x", "y", "d"), true)
+	d := startXfer(t, s2, Config{NodeID: "d", DataDir: t.TempDir()}, nil)
+	time.Sleep(2500 * time.Millisecond) // a round over every partition, and a report tick
+	f3.mu.Lock()
+	reports := len(f3.reports)
+	f3.mu.Unlock()
+	if reports != 0 || d.TransferStatus() == nil || d.TransferStatus().PartitionsDone != 0 {
+		t.Fatalf("with every source down: %d reports, status %+v", reports, d.TransferStatus())
+	}
+}
+
 // TestHandoffThenDrop: a node leaving the map pushes the records of the
 // partitions it no longer owns to their current owners, after the grace,
 // then drops them.

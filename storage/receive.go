@@ -114,11 +114,17 @@ func (s *xferState) isDone(p uint32) bool {
 type plan struct {
 	m     *ring.Map
 	parts []uint32 // m.Receiving(self)
+	// down holds the sources that nobody served (replica.ErrNodeDown)
+	// through xferTries tries: skipped for the rest of the plan, asked
+	// again by the next one.
+	down sync.Map
 }
 
 // transferLoop runs plans until ctx ends: one for each map that changes
-// what to pull, again a second after a plan that did not finish.
+// what to pull, and again after a plan that did not finish (a second
+// later, doubling while it keeps failing).
 func (n *Node) transferLoop(ctx context.Context) {
+	backoff := time.Second // before retrying a plan that did not finish; doubles to 30s
 	for {
 		var retry <-chan time.Time
 		if m := n.pmap.Load(); m != nil {
@@ -127,9 +133,13 @@ func (n *Node) transferLoop(ctx context.Context) {
 			case planStopped:
 				return
 			case planChanged:
+				backoff = time.Second
 				continue
 			case planIncomplete:
-				retry = time.After(time.Second)
+				retry = time.After(backoff)
+				backoff = min(2*backoff, 30*time.Second)
+			case planComplete:
+				backoff = time.Second
 			}
 		}
 		select {
@@ -222,7 +232,7 @@ func (n *Node) runPlan(ctx context.Context, pl *plan) bool {
 		go func() {
 			defer wg.Done()
 			for p := range todo {
-				if n.receivePartition(ctx, pl.m, p) {
+				if n.receivePartition(ctx, pl, p) {
 					doneCh <- p
 				}
 			}
@@ -290,10 +300,11 @@ func (n *Node) runPlan(ctx context.Context, pl *plan) bool {
 // skipping a source that fails xferTries times in a row. It reports
 // whether at least one source was pulled to the end and every other one
 // was skipped as unreachable (not stopped by ctx).
-func (n *Node) receivePartition(ctx context.Context, m *ring.Map, p uint32) bool {
+func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 	if n.xfer.isDone(p) {
 		return true
 	}
+	m := pl.m
 	rate := n.cfg.TransferRate
 	if rate > 0 {
 		rate = max(rate/xferWorkers, 1)
@@ -306,6 +317,9 @@ func (n *Node) receivePartition(ctx context.Context, m *ring.Map, p uint32) bool
 	}
 	finished := 0
 	for _, src := range sources {
+		if _, down := pl.down.Load(src); down {
+			continue
+		}
 		var err error
 		for try := range xferTries {
 			var last TransferProgress
@@ -316,10 +330,10 @@ func (n *Node) receivePartition(ctx context.Context, m *ring.Map, p uint32) bool
 					last = pr
 				},
 			})
-			if err == nil || ctx.Err() != nil {
+			if err == nil || ctx.Err() != nil || try == xferTries-1 {
 				break
 			}
-			n.log.Warn("transfer: pull failed", "partition", p, "from", src, "try", try+1, "err", err)
+			n.log.Debug("transfer: pull failed", "partition", p, "from", src, "try", try+1, "err", err)
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Duration(200*(try+1)) * time.Millisecond):
@@ -330,8 +344,12 @@ func (n *Node) receivePartition(ctx context.Context, m *ring.Map, p uint32) bool
 		}
 		if err == nil {
 			finished++
-		} else if !errors.Is(err, replica.ErrNodeDown) {
-			n.log.Warn("transfer: skipping a source after retries", "partition", p, "from", src, "err", err)
+		} else {
+			down := errors.Is(err, replica.ErrNodeDown)
+			if down {
+				pl.down.Store(src, true)
+			}
+			n.log.Warn("transfer: skipping a source after retries", "partition", p, "from", src, "down", down, "err", err)
 		}
 	}
 	if finished == 0 && len(sources) > 0 {
