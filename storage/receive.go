@@ -46,9 +46,11 @@ type xferState struct {
 	status  *subjects.TransferStatus // last figures; nil before any transfer
 	samples []rateSample             // bytes received over the last rateWindow
 	// done holds the partitions this node pulled to their end from every
-	// reachable source while it owned them without a break (install
-	// forgets the others): a restarted plan reports them without pulling.
-	done map[uint32]bool
+	// reachable source, with their since in the map pulled under; install
+	// forgets those the node stops owning. A later plan reports one
+	// without pulling while its since is unchanged (ring.Map.StillCurrent:
+	// a report speaks only for rows that did not change after its map).
+	done map[uint32]uint64
 }
 
 type rateSample struct {
@@ -104,10 +106,11 @@ func (s *xferState) forgetDone(owned func(p uint32) bool) {
 	}
 }
 
-func (s *xferState) isDone(p uint32) bool {
+func (s *xferState) isDone(p uint32, since uint64) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.done[p]
+	at, ok := s.done[p]
+	return ok && at == since
 }
 
 // plan is one run of the transfer loop over one map.
@@ -202,7 +205,7 @@ func (n *Node) runPlanUntilChanged(ctx context.Context, pl *plan) planEnd {
 func (n *Node) samePlan(pl *plan, next *ring.Map) bool {
 	var a, b []string
 	for _, p := range next.Receiving(n.cfg.NodeID, nil) {
-		if n.xfer.isDone(p) {
+		if n.xfer.isDone(p, next.Since(p)) {
 			continue
 		}
 		if _, ok := slices.BinarySearch(pl.parts, p); !ok || next.Since(p) != pl.m.Since(p) {
@@ -301,10 +304,10 @@ func (n *Node) runPlan(ctx context.Context, pl *plan) bool {
 // whether at least one source was pulled to the end and every other one
 // was skipped as unreachable (not stopped by ctx).
 func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
-	if n.xfer.isDone(p) {
+	m := pl.m
+	if n.xfer.isDone(p, m.Since(p)) {
 		return true
 	}
-	m := pl.m
 	rate := n.cfg.TransferRate
 	if rate > 0 {
 		rate = max(rate/xferWorkers, 1)
@@ -357,9 +360,9 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 	}
 	n.xfer.mu.Lock()
 	if n.xfer.done == nil {
-		n.xfer.done = map[uint32]bool{}
+		n.xfer.done = map[uint32]uint64{}
 	}
-	n.xfer.done[p] = true
+	n.xfer.done[p] = m.Since(p)
 	n.xfer.mu.Unlock()
 	n.metrics.TransferPartition()
 	return true
