@@ -160,7 +160,8 @@ type PlacementReply struct {
 	Version uint64 `json:"version" msgpack:"version"`
 	// Partitions is the cluster's partition count Q.
 	Partitions int `json:"partitions" msgpack:"partitions"`
-	// Replicas is R, the length of every owner list: min(7, nodes).
+	// Replicas is R, the length of the shortest current owner list:
+	// min(7, nodes) when no partition moves.
 	Replicas int `json:"replicas" msgpack:"replicas"`
 	// Map is the map's binary form (ring.Map.MarshalBinary; read it with
 	// ring.Decode), base64 in JSON; empty while no node is active.

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"unicode/utf8"
@@ -1067,16 +1068,22 @@ func MarshalPartitionScan(dst []byte, s *subjects.PartitionScan) ([]byte, error)
 
 // UnmarshalPartitionScan decodes data, in either form MarshalPartitionScan
 // writes, into s, which it overwrites; the six-element form decodes with
-// MapVersion 0.
+// MapVersion 0. Bytes after the message are refused.
 func UnmarshalPartitionScan(data []byte, s *subjects.PartitionScan) error {
 	*s = subjects.PartitionScan{}
-	if len(data) > 0 && data[0] == 0x96 {
+	if len(data) == 0 {
+		return errors.New("empty partition scan")
+	}
+	if err := checkMsgpackMessage(data); err != nil {
+		return err
+	}
+	if data[0] == 0x96 {
 		var v1 partitionScanV1
-		if err := DecodeMsgpack(data, &v1); err != nil {
+		if err := msgpack.Unmarshal(data, &v1); err != nil {
 			return err
 		}
 		*s = subjects.PartitionScan{Proto: v1.Proto, Partitions: v1.Partitions, Partition: v1.Partition, Cursor: v1.Cursor, Limit: v1.Limit, MaxBytes: v1.MaxBytes}
 		return nil
 	}
-	return DecodeMsgpack(data, s)
+	return msgpack.Unmarshal(data, s)
 }

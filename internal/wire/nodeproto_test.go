@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -118,7 +119,7 @@ func TestPartitionScanProtocolForms(t *testing.T) {
 	if err := Unmarshal(false, old, &got); err != nil || !reflect.DeepEqual(got, v1) {
 		t.Fatalf("Unmarshal of a proto 1 scan: %+v, %v", got, err)
 	}
-	for _, bad := range [][]byte{nil, {0x95, 1, 2, 3, 4, 5}, {0x96, 0xc1}, {0x98, 1, 1, 1, 1, 1, 1, 1, 1}} {
+	for _, bad := range [][]byte{nil, {0x95, 1, 2, 3, 4, 5}, {0x96, 0xc1}, {0x98, 1, 1, 1, 1, 1, 1, 1, 1}, append(slices.Clone(old), 0)} {
 		if err := UnmarshalPartitionScan(bad, &got); err == nil {
 			t.Errorf("%x: decoded", bad)
 		}
