@@ -143,6 +143,12 @@ func (n *Node) transferLoop(ctx context.Context) {
 				backoff = min(2*backoff, 30*time.Second)
 			case planComplete:
 				backoff = time.Second
+				if cur := n.pmap.Load(); len(cur.Receiving(n.cfg.NodeID, nil)) > 0 {
+					// The coordinators did not mark everything reported
+					// (its rows changed after the map it was pulled under):
+					// look again, in case no newer map arrives to say so.
+					retry = time.After(5 * time.Second)
+				}
 			}
 		}
 		select {
