@@ -355,11 +355,18 @@ func scanAll(tb testing.TB, rc *replica.Client, node string, p uint32, mv uint64
 
 // TestScanMapBehind: a scan naming a map version the source has not
 // loaded is answered map_behind until it has; version 0 is always served.
+// The node (held, as storage --join=false) registers with hold.
 func TestScanMapBehind(t *testing.T) {
 	s := natstest.RunServer(t)
 	f := newFakeCoord(t, s, nil, false) // no map yet
-	a := startXfer(t, s, Config{NodeID: "a", DataDir: t.TempDir(), MapPoll: time.Hour}, func(e *engine) {
+	a := startXfer(t, s, Config{NodeID: "a", DataDir: t.TempDir(), MapPoll: time.Hour, Hold: true}, func(e *engine) {
 		apply(t, e, []subjects.NodeWrite{{Tenant: "lww", Key: keysIn("lww", xferPart, xferQ, 1)[0], LWW: version(3, "c1", "x")}})
+	})
+	// storage --join=false: the registration asks to be held standby.
+	waitFor(t, 5*time.Second, "a registration with hold", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return len(f.regs) > 0 && f.regs[0].Hold && f.regs[0].Protocol == subjects.NodeProtocolVersion
 	})
 	rc, err := replica.New(natstest.Connect(t, s), replica.DefaultConfig())
 	if err != nil {
