@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -631,6 +632,40 @@ func TestTransferSkipsDownSource(t *testing.T) {
 	f3.mu.Unlock()
 	if reports != 0 || d.TransferStatus() == nil || d.TransferStatus().PartitionsDone != 0 {
 		t.Fatalf("with every source down: %d reports, status %+v", reports, d.TransferStatus())
+	}
+}
+
+// TestTransferForgetsCursorsOfAnotherGeneration: a cursor persisted under
+// other rows of the partition (the node may have missed writes since) is
+// not resumed: the partition is pulled from its start.
+func TestTransferForgetsCursorsOfAnotherGeneration(t *testing.T) {
+	s := natstest.RunServer(t)
+	m1 := claim(t, nil, "a")
+	f := newFakeCoord(t, s, m1, true)
+	a := startXfer(t, s, Config{NodeID: "a", DataDir: t.TempDir()}, func(e *engine) { fillMixed(t, e, 4000, 0, 10) })
+	src := partRecords(t, a.eng, xferPart)
+	m2 := retarget(t, m1, "a", "c")
+	// c holds a cursor half way through the partition, made under an
+	// older since.
+	es, mid, err := a.eng.scanPartition(xferPart, nil, len(src)/2)
+	if err != nil || mid == nil || len(es) == 0 {
+		t.Fatalf("scan: %v", err)
+	}
+	f.set(m2)
+	c := startXfer(t, s, Config{NodeID: "c", DataDir: t.TempDir()}, func(e *engine) {
+		if err := e.db.Set(transferKey(xferPart, "a"), mid, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.db.Set(generationKey(xferPart), binary.BigEndian.AppendUint64(nil, m2.Since(xferPart)-1), nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+	waitFor(t, 30*time.Second, "every partition to flip", func() bool { return moving(f.current()) == 0 })
+	got := partRecords(t, c.eng, xferPart)
+	for k, want := range src {
+		if !sameRecord(got[k], want) {
+			t.Fatalf("%q on c is %+v, want %+v (a stale cursor was resumed)", k, got[k], want)
+		}
 	}
 }
 

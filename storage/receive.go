@@ -1,7 +1,9 @@
 package storage
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -318,6 +320,12 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 	if rate > 0 {
 		rate = max(rate/xferWorkers, 1)
 	}
+	if err := n.transferGeneration(ctx, p, m.Since(p)); err != nil {
+		if ctx.Err() == nil {
+			n.log.Warn("transfer: partition generation", "partition", p, "err", err)
+		}
+		return false
+	}
 	var sources []string
 	for _, o := range m.Owners(p, nil) {
 		if o != n.cfg.NodeID {
@@ -468,4 +476,51 @@ func (n *Node) undoDone(k int) {
 		st.PartitionsDone = max(st.PartitionsDone-k, 0)
 	}
 	n.xfer.mu.Unlock()
+}
+
+// generationKey keeps, per partition, the since of the map the
+// partition's persisted transfer cursors were made under: 'm' "xgen"
+// partition(2 bytes).
+func generationKey(p uint32) []byte {
+	return []byte{nsMeta, 'x', 'g', 'e', 'n', byte(p >> 8), byte(p)}
+}
+
+// transferGeneration makes the persisted cursors of p ones made under
+// since: when they were made under another (the rows changed since, and
+// the node may have missed writes in between, for instance while down or
+// while it skipped a map that did not name it), it forgets them before
+// recording since, so the pulls start over.
+func (n *Node) transferGeneration(ctx context.Context, p uint32, since uint64) error {
+	n.readMu.RLock()
+	if n.readsClosed {
+		n.readMu.RUnlock()
+		return errStopping
+	}
+	cur, err := n.eng.getMeta(generationKey(p))
+	n.readMu.RUnlock()
+	if err != nil {
+		return err
+	}
+	want := binary.BigEndian.AppendUint64(nil, since)
+	if bytes.Equal(cur, want) {
+		return nil
+	}
+	rj := &localWrite{regen: &regenJob{p: p}}
+	if err := n.submit(ctx, rj); err != nil {
+		return err
+	}
+	if rj.regen.err != nil {
+		return rj.regen.err
+	}
+	j := &localWrite{metaKey: generationKey(p), metaValue: want}
+	if err := n.submit(ctx, j); err != nil {
+		return err
+	}
+	return j.persistErr
+}
+
+// regenJob asks the write loop to forget partition p's transfer cursors.
+type regenJob struct {
+	p   uint32
+	err error
 }

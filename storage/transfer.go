@@ -195,6 +195,7 @@ type TransferProgress struct {
 type localWrite struct {
 	install    *ring.Map // set: install this map (placement.go), nothing else
 	drop       *dropJob  // set: drop a partition (handoff.go), nothing else
+	regen      *regenJob // set: forget a partition's cursors (receive.go), nothing else
 	items      []subjects.NodeWrite
 	metaKey    []byte
 	metaValue  []byte
@@ -215,6 +216,9 @@ func (n *Node) applyLocal(j *localWrite) {
 		return
 	case j.drop != nil:
 		n.applyDrop(j.drop)
+		return
+	case j.regen != nil:
+		j.regen.err = n.eng.forgetCursors(func(p uint32) bool { return p == j.regen.p })
 		return
 	}
 	j.results = n.eng.applyWrites(j.items)
