@@ -456,6 +456,10 @@ func (n *Node) applyWriteMsgs(msgs []*nats.Msg) {
 		}
 		counts[i] = len(b.Items)
 		n.sawVersion(b.MapVersion)
+		if m == nil || b.MapVersion == 0 { // unfenced: nothing to check, no hashing
+			items = append(items, b.Items...)
+			continue
+		}
 		for _, it := range b.Items {
 			if why := fenced(m, ring.Partition(it.Tenant, it.Key, n.eng.q), b.MapVersion); why != "" {
 				refused = append(refused, subjects.NodeWriteResult{ID: it.ID, Err: why, Kind: subjects.KindNotOwner})
@@ -536,14 +540,17 @@ func (n *Node) handleRead(m *nats.Msg) {
 		defer r.close()
 	}
 	refused := 0
+	fence := pm != nil && b.MapVersion != 0
 	for i, it := range b.Items {
 		reply.Results[i].ID = it.ID
-		if why := fenced(pm, ring.Partition(it.Tenant, it.Key, n.eng.q), b.MapVersion); why != "" {
-			// A stale reader must not count what this node holds (maybe
-			// nothing, once handed off) as an owner's answer.
-			reply.Results[i].Err = why
-			refused++
-			continue
+		if fence {
+			if why := fenced(pm, ring.Partition(it.Tenant, it.Key, n.eng.q), b.MapVersion); why != "" {
+				// A stale reader must not count what this node holds (maybe
+				// nothing, once handed off) as an owner's answer.
+				reply.Results[i].Err = why
+				refused++
+				continue
+			}
 		}
 		if rerr != nil {
 			reply.Results[i].Err = rerr.Error()
