@@ -71,7 +71,8 @@ func (n *Node) handoffLoop(ctx context.Context) {
 				if ctx.Err() != nil {
 					return
 				}
-				n.log.Warn("handoff failed; retrying", "partition", p, "err", err)
+				n.log.Warn("handoff failed; retrying after the grace", "partition", p, "err", err)
+				unowned[p] = now // an owner down: do not spin on it
 				continue
 			}
 			delete(unowned, p)
