@@ -22,7 +22,11 @@ type countingStore struct {
 
 func (s *countingStore) GetPlacement(ctx context.Context) (metadata.Placement, error) {
 	s.gets.Add(1)
-	<-s.gate
+	select {
+	case <-s.gate:
+	case <-ctx.Done():
+		return metadata.Placement{}, ctx.Err()
+	}
 	return s.placementStore.GetPlacement(ctx)
 }
 
@@ -83,5 +87,48 @@ func TestReloadIsSharedByConcurrentRefusals(t *testing.T) {
 	}
 	if err := r.reload(ctx, v); err != nil || st.gets.Load() != 1 {
 		t.Fatalf("reload past a newer map read it again (%d reads, %v)", st.gets.Load(), err)
+	}
+}
+
+// A waiter whose leader's load failed because the leader's request ran
+// out of time loads the map itself.
+func TestReloadWaiterOutlivesItsLeader(t *testing.T) {
+	ctx := context.Background()
+	ps := &placementStore{nodes: map[string]string{}}
+	st := &countingStore{placementStore: ps, gate: make(chan struct{})}
+	r := newRouting(st, slog.New(slog.DiscardHandler), time.Hour, 64)
+	m, err := ring.Claim(nil, []ring.Node{{ID: "n1"}}, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := m.WithVersion(1).MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ps.SetPlacement(ctx, metadata.Placement{Version: 1, Map: data}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.partitions(ctx); err != nil {
+		t.Fatal(err)
+	}
+	lctx, cancel := context.WithCancel(ctx)
+	leader := make(chan error, 1)
+	go func() { leader <- r.reload(lctx, 0) }()
+	for st.gets.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	waiter := make(chan error, 1)
+	go func() { waiter <- r.reload(ctx, 0) }()
+	time.Sleep(20 * time.Millisecond) // the waiter joins the flight
+	cancel()
+	if err := <-leader; err == nil {
+		t.Fatal("the leader's load succeeded although its context was cancelled")
+	}
+	close(st.gate)
+	if err := <-waiter; err != nil {
+		t.Fatalf("waiter: %v", err)
+	}
+	if v := r.placement().version; v != 1 {
+		t.Fatalf("version %d after the waiter's reload, want 1", v)
 	}
 }

@@ -183,35 +183,39 @@ type reloadFlight struct {
 // already is, and otherwise joins the load in flight or starts one, so a
 // burst of refused requests costs one metadata read, not one each. The
 // load runs on the calling request's goroutine, bounded by its ctx (and
-// load's own 5s); a caller whose ctx ends stops waiting, and the others
-// then see that load's error and start another on their next attempt.
-// The result may still be seen (the store holds no newer map yet); the
-// caller's retry bound covers that.
+// load's own 5s); a caller whose ctx ends stops waiting. A waiter whose
+// leader's load failed (the leader's own time may have run out) tries
+// once more itself. The result may still be seen (the store holds no
+// newer map yet); the caller's retry bound covers that.
 func (r *routing) reload(ctx context.Context, seen uint64) error {
-	if r.placement().version > seen {
-		return nil
-	}
-	r.flightMu.Lock()
-	f := r.flight
-	lead := f == nil
-	if lead {
-		f = &reloadFlight{done: make(chan struct{})}
-		r.flight = f
-	}
-	r.flightMu.Unlock()
-	if lead {
-		f.err = r.load(ctx)
+	for attempt := 0; ; attempt++ {
+		if r.placement().version > seen {
+			return nil
+		}
 		r.flightMu.Lock()
-		r.flight = nil
+		f := r.flight
+		lead := f == nil
+		if lead {
+			f = &reloadFlight{done: make(chan struct{})}
+			r.flight = f
+		}
 		r.flightMu.Unlock()
-		close(f.done)
-		return f.err
-	}
-	select {
-	case <-f.done:
-		return f.err
-	case <-ctx.Done():
-		return ctx.Err()
+		if lead {
+			f.err = r.load(ctx)
+			r.flightMu.Lock()
+			r.flight = nil
+			r.flightMu.Unlock()
+			close(f.done)
+			return f.err
+		}
+		select {
+		case <-f.done:
+			if f.err == nil || attempt > 0 || ctx.Err() != nil {
+				return f.err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 
