@@ -322,4 +322,3 @@ func (c *Coordinator) tenantHoldsData(ctx context.Context, tenant string) (strin
 	}
 	return "", nil
 }
-
