@@ -392,7 +392,7 @@ func (n *Node) applyWriteMsgs(msgs []*nats.Msg) {
 	counts := make([]int, len(msgs)) // items per message; -1 = undecodable
 	for i, m := range msgs {
 		var b subjects.NodeWriteBatch
-		if err := wire.UnmarshalNodeWriteBatch(m.Data, &b); err != nil || b.Proto != subjects.NodeProtocolVersion {
+		if err := wire.UnmarshalNodeWriteBatch(m.Data, &b); err != nil || !subjects.NodeProtocolSupported(b.Proto) {
 			counts[i] = -1
 			n.respondError(m, fmt.Sprintf("bad write batch (proto %d): %v", b.Proto, err))
 			continue
@@ -444,7 +444,7 @@ func (n *Node) serveRead(m *nats.Msg) {
 
 func (n *Node) handleRead(m *nats.Msg) {
 	var b subjects.NodeReadBatch
-	if err := wire.UnmarshalNodeReadBatch(m.Data, &b); err != nil || b.Proto != subjects.NodeProtocolVersion {
+	if err := wire.UnmarshalNodeReadBatch(m.Data, &b); err != nil || !subjects.NodeProtocolSupported(b.Proto) {
 		n.respondError(m, fmt.Sprintf("bad read batch (proto %d): %v", b.Proto, err))
 		return
 	}

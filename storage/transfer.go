@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/storage/replica"
 	"github.com/quorumkv/quorumkv/subjects"
@@ -48,7 +49,7 @@ func (n *Node) handleScan(m *nats.Msg) {
 		return // unsubscribed: the receiver sees no answer and retries later
 	}
 	var req subjects.PartitionScan
-	if err := msgpack.Unmarshal(m.Data, &req); err != nil || req.Proto != subjects.NodeProtocolVersion {
+	if err := wire.UnmarshalPartitionScan(m.Data, &req); err != nil || !subjects.NodeProtocolSupported(req.Proto) {
 		n.respondError(m, fmt.Sprintf("bad scan request (proto %d): %v", req.Proto, err))
 		return
 	}
