@@ -15,6 +15,7 @@ import (
 	"github.com/quorumkv/quorumkv/client"
 	"github.com/quorumkv/quorumkv/coordinator"
 	"github.com/quorumkv/quorumkv/internal/devcluster"
+	"github.com/quorumkv/quorumkv/internal/pgtest"
 	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/subjects"
 )
@@ -37,10 +38,14 @@ type lifecycle struct {
 	alive map[string]bool // nodes the heartbeat loop keeps registering
 }
 
-func startLifecycle(t *testing.T) *lifecycle {
+func startLifecycle(t *testing.T) *lifecycle { return startLifecycleOn(t, "") }
+
+// startLifecycleOn starts the coordinators on metadata store md ("" for
+// JetStream KV, or a postgres:// URL).
+func startLifecycleOn(t *testing.T, md string) *lifecycle {
 	t.Helper()
 	cfg := coordinator.Config{RingRefresh: time.Hour, NodeHeartbeat: lifecycleHeartbeat}
-	c := startClusterWith(t, devcluster.Config{Nodes: -1, Coordinators: 2, DefaultTenant: "-", Coordinator: cfg})
+	c := startClusterWith(t, devcluster.Config{Nodes: -1, Coordinators: 2, DefaultTenant: "-", Coordinator: cfg, Metadata: md})
 	nc := connect(t, c)
 	l := &lifecycle{t: t, c: c, nc: nc, admin: client.NewAdmin(nc), alive: map[string]bool{}}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -395,8 +400,15 @@ func TestLifecycleBadInput(t *testing.T) {
 // with its node's status back; with spare nodes both succeed; a join
 // during a drain ends with both in the target. No map ever has a row
 // shorter than RF.
-func TestLifecycleConcurrentDrains(t *testing.T) {
-	l := startLifecycle(t)
+func TestLifecycleConcurrentDrains(t *testing.T) { testConcurrentDrains(t, startLifecycle(t)) }
+
+// TestLifecycleConcurrentDrainsPostgres is TestLifecycleConcurrentDrains
+// on the PostgreSQL metadata store.
+func TestLifecycleConcurrentDrainsPostgres(t *testing.T) {
+	testConcurrentDrains(t, startLifecycleOn(t, pgtest.NewDatabase(t)))
+}
+
+func testConcurrentDrains(t *testing.T, l *lifecycle) {
 	ctx := ctxT(t)
 	for _, id := range []string{"n1", "n2", "n3", "n4"} {
 		l.register(id, false)
