@@ -272,8 +272,6 @@ func TestNodeRemoveRefusals(t *testing.T) {
 	if _, err := admin.DrainNode(ctx, "node-3"); err != nil {
 		t.Fatal(err)
 	}
-	// Leaving: not removable yet.
-	assertKind(t, admin.RemoveNode(ctx, "node-3"), 409, subjects.KindNodeActive)
 	waitFor(t, 30*time.Second, func() error {
 		if n, err := c.Metadata().GetNode(ctx, "node-3"); err != nil || n.Status != "left" {
 			return fmt.Errorf("node-3: %+v %v", n, err)

@@ -183,9 +183,13 @@ func (l *lifecycle) transfer(ids ...string) *ring.Map {
 	return nil
 }
 
-func (l *lifecycle) tenant(rf int) {
+func (l *lifecycle) tenant(rf int, name ...string) {
 	l.t.Helper()
-	if _, err := l.admin.CreateTenant(ctxT(l.t), "t", client.TenantSpec{ReplicationFactor: &rf}); err != nil {
+	id := "t"
+	if len(name) > 0 {
+		id = name[0]
+	}
+	if _, err := l.admin.CreateTenant(ctxT(l.t), id, client.TenantSpec{ReplicationFactor: &rf}); err != nil {
 		l.t.Fatal(err)
 	}
 }
@@ -214,6 +218,7 @@ func TestLifecycleGrowAndShrink(t *testing.T) {
 	if n := l.register("n1", false); n.Status != "active" {
 		t.Fatalf("the first node of an empty cluster registered %s, want active at once", n.Status)
 	}
+	l.tenant(1, "first") // from now on the cluster may hold data: joins stream
 	for _, id := range []string{"n2", "n3"} {
 		if n := l.register(id, false); n.Status != "joining" {
 			t.Fatalf("%s registered %s, want joining", id, n.Status)
@@ -522,6 +527,27 @@ func testConcurrentDrains(t *testing.T, l *lifecycle) {
 	})
 }
 
+// TestLifecycleNoTenantsNoStreaming: before the first tenant no key can
+// exist, so nodes that register (a cluster starting) are active at once.
+func TestLifecycleNoTenantsNoStreaming(t *testing.T) {
+	l := startLifecycle(t)
+	for _, id := range []string{"n1", "n2", "n3"} {
+		l.register(id, false)
+	}
+	l.wantStatuses(map[string]string{"n1": "active", "n2": "active", "n3": "active"})
+	if m := l.placement(); fmt.Sprint(m.CurrentNodes()) != "[n1 n2 n3]" {
+		t.Fatalf("current nodes %v", m.CurrentNodes())
+	}
+	for _, co := range l.c.Coordinators() {
+		waitFor(t, 5*time.Second, func() error {
+			if n := co.ActiveNodes(); n != 3 {
+				return fmt.Errorf("coordinator counts %d active nodes", n)
+			}
+			return nil
+		})
+	}
+}
+
 // TestLifecycleReplaceAndForceRemove: replace gives exactly a dead node's
 // partitions to a standby node, which alone receives; remove --force
 // takes a down node out with a warning.
@@ -592,6 +618,7 @@ func TestLifecycleProtocolNegotiation(t *testing.T) {
 	l.register("n1", false)
 	l.register("n2", false)
 	l.transfer("n1", "n2")
+	l.tenant(1)
 	before := l.placement().Version()
 	if n := l.register("old", false, 0); n.Status != "joining" {
 		t.Fatalf("old node registered %s", n.Status)

@@ -22,19 +22,20 @@ type placement struct {
 	version uint64
 	q       int       // the cluster's partition count; 0 until known
 	m       *ring.Map // never nil; the zero Map (no owners) when no node is active
-	nodes   int       // nodes in m
+	nodes   int       // nodes m names (current or target rows)
+	current int       // nodes in m's current rows: those reads and levels count on
 	shares  map[string]subjects.NodeShare
 }
 
-// nodeCount returns how many storage nodes own partitions: the active ones
-// when the map was claimed.
-func (p *placement) nodeCount() int { return p.nodes }
+// nodeCount returns how many storage nodes own partitions in the current
+// rows (a joining node counts once its first partition flipped).
+func (p *placement) nodeCount() int { return p.current }
 
 func newPlacement(version uint64, q int, m *ring.Map) *placement {
 	if m == nil {
 		m = &ring.Map{}
 	}
-	p := &placement{version: version, q: q, m: m, nodes: len(m.Nodes())}
+	p := &placement{version: version, q: q, m: m, nodes: len(m.Nodes()), current: len(m.CurrentNodes())}
 	p.shares = make(map[string]subjects.NodeShare, p.nodes)
 	if p.nodes == 0 {
 		return p
@@ -267,8 +268,11 @@ func desiredNodes(nodes []metadata.Node) []string {
 
 // retargetTo returns the next version of cur heading for a target claimed
 // for ids (ring.Claim from cur's target map: balanced, moving the least).
-// A new cluster (no owners yet) takes it at once.
-func retargetTo(cur *placement, ids []string) (*ring.Map, error) {
+// A new cluster (no owners yet) takes it at once, and so does a cluster
+// without tenants (noData): no key can have been written, so there is
+// nothing to stream (a cluster's nodes starting together all become active
+// before its first tenant).
+func retargetTo(cur *placement, ids []string, noData bool) (*ring.Map, error) {
 	ns := make([]ring.Node, len(ids))
 	for i, id := range ids {
 		ns[i] = ring.Node{ID: id}
@@ -281,7 +285,11 @@ func retargetTo(cur *placement, ids []string) (*ring.Map, error) {
 	if err != nil {
 		return nil, fmt.Errorf("claim placement: %w", err)
 	}
-	next, err := cur.m.Retarget(target, cur.version+1)
+	from := cur.m
+	if noData {
+		from = &ring.Map{}
+	}
+	next, err := from.Retarget(target, cur.version+1)
 	if err != nil {
 		return nil, fmt.Errorf("retarget placement: %w", err)
 	}
@@ -330,15 +338,15 @@ func (r *routing) reconcile(ctx context.Context) (changed bool, err error) {
 		if cur.nodes > 0 && slices.Equal(cur.m.TargetNodes(), ids) {
 			return nil, nil
 		}
-		if cur.nodes > 0 {
+		if rf < 0 {
+			if rf, err = maxRF(ctx, r.store); err != nil {
+				return nil, err
+			}
+		}
+		if cur.nodes > 0 && rf > 0 {
 			if why := protocolBlock(cur.m, nodes); why != "" {
 				r.warnOnce("placement change waits for a node protocol upgrade", "reason", why)
 				return nil, nil
-			}
-			if rf < 0 {
-				if rf, err = maxRF(ctx, r.store); err != nil {
-					return nil, err
-				}
 			}
 			if len(ids) < len(cur.m.TargetNodes()) && len(ids) < rf {
 				r.warnOnce("placement change refused: fewer target nodes than a tenant's replication factor",
@@ -346,7 +354,7 @@ func (r *routing) reconcile(ctx context.Context) (changed bool, err error) {
 				return nil, nil
 			}
 		}
-		return retargetTo(cur, ids)
+		return retargetTo(cur, ids, rf == 0)
 	})
 	if err != nil {
 		return false, err

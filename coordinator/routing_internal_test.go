@@ -92,7 +92,11 @@ func (s *placementStore) ListNodes(context.Context) ([]metadata.Node, error) {
 	return out, nil
 }
 
-func (s *placementStore) ListTenants(context.Context) ([]metadata.Tenant, error) { return nil, nil }
+// ListTenants reports one RF 1 tenant: the cluster may hold data, so
+// membership changes stream.
+func (s *placementStore) ListTenants(context.Context) ([]metadata.Tenant, error) {
+	return []metadata.Tenant{{ID: "t", ReplicationFactor: 1}}, nil
+}
 
 func (s *placementStore) ChangeNodeStatus(_ context.Context, id string, from []string, status string) (metadata.Node, error) {
 	s.mu.Lock()
