@@ -647,3 +647,51 @@ func TestLifecycleProtocolNegotiation(t *testing.T) {
 	l.transfer("n1", "n2", "old")
 	l.wantStatuses(map[string]string{"n1": "active", "n2": "active", "old": "active"})
 }
+
+// TestLifecycleStaleTransferReport: a receiver's report made under a map
+// older than a partition's last change does not mark that partition (the
+// receiver pulled it for rows that no longer hold); the others it does.
+func TestLifecycleStaleTransferReport(t *testing.T) {
+	l := startLifecycle(t)
+	ctx := ctxT(t)
+	// Seven nodes: owner rows are full (ring.MaxReplicas), so a join
+	// changes only some rows.
+	for i := 1; i <= 7; i++ {
+		l.register(fmt.Sprintf("n%d", i), false)
+	}
+	l.tenant(3)
+	l.register("n8", false)
+	old := l.placement()
+	ps := old.Receiving("n8", nil)
+	l.register("n9", false) // retargets: some of n8's partitions change rows
+	m := l.placement()
+	var changed, same []uint32
+	for _, p := range ps {
+		if m.Since(p) > old.Version() {
+			changed = append(changed, p)
+		} else {
+			same = append(same, p)
+		}
+	}
+	if len(changed) == 0 || len(same) == 0 {
+		t.Fatalf("of n8's %d partitions %d changed rows with n9's join; the test needs both kinds", len(ps), len(changed))
+	}
+	rep, err := l.admin.ReportTransfer(ctx, subjects.TransferReport{NodeID: "n8", MapVersion: old.Version(), Done: ps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := ring.Decode(rep.Map)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range changed {
+		if after.Moving(p) && after.Done(p, "n8") {
+			t.Fatalf("partition %d changed rows at version %d, after the report's map %d, but was marked done", p, m.Since(p), old.Version())
+		}
+	}
+	for _, p := range same {
+		if after.Moving(p) && !after.Done(p, "n8") && slices.Contains(after.Receivers(p, nil), "n8") {
+			t.Fatalf("partition %d did not change since the report's map, yet n8's report did not mark it", p)
+		}
+	}
+}
