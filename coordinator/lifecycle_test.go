@@ -695,3 +695,23 @@ func TestLifecycleStaleTransferReport(t *testing.T) {
 		}
 	}
 }
+
+// TestLifecycleProtocol1InTheMap: a map that names a node of protocol 1
+// makes every coordinator speak protocol 1 to the nodes (the others learn
+// it with the map, on the ring event).
+func TestLifecycleProtocol1InTheMap(t *testing.T) {
+	l := startLifecycle(t)
+	l.register("old", false, 0) // no tenants yet: it enters the map
+	l.register("n2", false)
+	if m := l.placement(); !m.HasNode("old") || !m.HasNode("n2") {
+		t.Fatalf("map names %v", m.Nodes())
+	}
+	for i, co := range l.c.Coordinators() {
+		waitFor(t, 5*time.Second, func() error {
+			if p := co.NodeProtocol(); p != 1 {
+				return fmt.Errorf("coordinator %d speaks protocol %d to a map with a protocol-1 node", i, p)
+			}
+			return nil
+		})
+	}
+}

@@ -165,9 +165,19 @@ func (r *routing) load(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	p, err := decodePlacement(rec, q, r.placement())
+	prev := r.placement()
+	p, err := decodePlacement(rec, q, prev)
 	if err != nil {
 		return err
+	}
+	if p != prev {
+		// A new map may name nodes of another protocol: negotiate before
+		// routing by it.
+		nodes, err := r.store.ListNodes(ctx)
+		if err != nil {
+			return err
+		}
+		r.negotiate(p.m, nodes)
 	}
 	r.install(p)
 	return nil
