@@ -71,7 +71,9 @@ func checkBalanced(t *testing.T, m *ring.Map) {
 // nothing; node.list and placement.get report the shares.
 func TestPlacementFollowsMembership(t *testing.T) {
 	c, admin := placementCluster(t, 3)
-	ctx := ctxT(t)
+	// Transfers run between the steps: a deadline for the whole test.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
 
 	m1 := agreed(t, c, "node-1", "node-2", "node-3")
 	if m1.Partitions() != ring.DefaultPartitions || m1.Replicas() != 3 {
@@ -146,8 +148,12 @@ func TestPlacementFollowsMembership(t *testing.T) {
 	if _, err := admin.DrainNode(ctx, "node-4"); err != nil {
 		t.Fatal(err)
 	}
-	if tn := c.Coordinators()[0].Placement().TargetNodes(); fmt.Sprint(tn) != "[node-1 node-2 node-3]" {
-		t.Fatalf("target after the drain: %v", tn)
+	stored, err := admin.Placement(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tn := stored.TargetNodes(); fmt.Sprint(tn) != "[node-1 node-2 node-3]" {
+		t.Fatalf("stored target after the drain: %v", tn)
 	}
 	waitStatus(t, admin, "node-4", "left")
 	m3 := agreed(t, c, "node-1", "node-2", "node-3")
@@ -207,7 +213,9 @@ func waitStatus(t *testing.T, admin *client.Admin, id, status string) {
 // with one map, valid and balanced, without either node.
 func TestPlacementConcurrentDrains(t *testing.T) {
 	c, admin := placementCluster(t, 5)
-	ctx := ctxT(t)
+	// Transfers run between the steps: a deadline for the whole test.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
 	m0 := agreed(t, c, "node-1", "node-2", "node-3", "node-4", "node-5")
 	// Admin requests are spread over the coordinators' queue group, so the
 	// two drains are usually handled by different coordinators; either way
@@ -236,8 +244,11 @@ func TestPlacementConcurrentDrains(t *testing.T) {
 	}
 	checkBalanced(t, m)
 	// The stored map is the one the coordinators route by.
-	stored, err := admin.Placement(ctx)
-	if err != nil || !stored.Equal(m) || stored.Version() != m.Version() {
-		t.Fatalf("stored map version %d differs from the coordinators' version %d (%v)", stored.Version(), m.Version(), err)
+	stored, err := admin.Placement(ctxT(t)) // the transfers took a while: a fresh deadline
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !stored.Equal(m) || stored.Version() != m.Version() {
+		t.Fatalf("stored map version %d differs from the coordinators' version %d", stored.Version(), m.Version())
 	}
 }
