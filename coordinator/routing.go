@@ -56,7 +56,7 @@ func newPlacement(version uint64, q int, m *ring.Map) *placement {
 // routing holds the current placement map (DESIGN.md §3, issue 14). It
 // loads it from the metadata store at start, every interval, and at once
 // when refresh is signalled (a kv.v1.events.ring message), and it computes
-// and stores the next map when the active node set changed (reconcile).
+// and stores the next map when the joining and active node set changed (reconcile).
 type routing struct {
 	store    metadata.Store
 	log      *slog.Logger
@@ -484,7 +484,7 @@ func (c *Coordinator) NodeProtocol() int { return c.routing.nodeProtocol() }
 func (r *routing) nodeProtocol() int { return int(r.proto.Load()) }
 
 // run keeps the map current until ctx ends, reconciling it with the
-// active node set, so a change whose reconcile failed (a store outage) is
+// joining and active node set (and moves statuses along), so a change whose reconcile failed (a store outage) is
 // caught up. It logs a store outage once, and its end once.
 func (r *routing) run(ctx context.Context) {
 	t := time.NewTicker(r.interval)
