@@ -73,6 +73,10 @@ func (n *Node) handleScan(m *nats.Msg) {
 		n.respondError(m, err.Error())
 		return
 	}
+	if err := checkTenantFilter(req.Tenants); err != nil {
+		n.respondError(m, err.Error())
+		return
+	}
 	limit := req.Limit
 	switch {
 	case limit <= 0:
@@ -84,7 +88,7 @@ func (n *Node) handleScan(m *nats.Msg) {
 	if req.MaxBytes > 0 && req.MaxBytes < maxBytes {
 		maxBytes = req.MaxBytes
 	}
-	entries, next, err := scanPartition(n.eng.db, req.Partition, req.Cursor, limit, maxBytes)
+	entries, next, err := scanPartition(n.eng.db, req.Partition, req.Cursor, limit, maxBytes, req.Tenants)
 	if err != nil {
 		n.respondKind(m, subjects.KindInternal, err.Error())
 		return
@@ -122,6 +126,20 @@ func (n *Node) respondKind(m *nats.Msg, kind, desc string) {
 	}
 	e := subjects.Errorf(kind, "%s", desc)
 	_ = m.RespondMsg(&nats.Msg{Subject: m.Reply, Header: e.Headers()})
+}
+
+// checkTenantFilter reports why tenants cannot filter a scan: they must
+// be valid tenant ids, sorted and distinct (the order their ranges come in).
+func checkTenantFilter(tenants []string) error {
+	for i, t := range tenants {
+		if err := subjects.ValidateTenantID(t); err != nil {
+			return fmt.Errorf("scan tenant filter: %w", err)
+		}
+		if i > 0 && tenants[i-1] >= t {
+			return fmt.Errorf("scan tenant filter: %q after %q: tenants must be sorted and distinct", t, tenants[i-1])
+		}
+	}
+	return nil
 }
 
 // checkCursor reports why cursor cannot resume a scan of partition p: it
