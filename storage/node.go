@@ -176,6 +176,7 @@ type Node struct {
 	xferKick    chan struct{}
 	handoffKick chan struct{}
 	xfer        xferState // receive.go
+	tenants     tenantRFs // tenants.go
 
 	// beforeApply, set by tests before start, runs on the write loop
 	// between the fence and the apply of each batch of write messages.
@@ -252,6 +253,12 @@ func (n *Node) start(nc *nats.Conn) error {
 		return fmt.Errorf("storage: subscribe %s: %w", subjects.EventsRing, err)
 	}
 	n.subs = append(n.subs, ringSub)
+	tenantSub, err := nc.Subscribe(subjects.EventsTenant, func(*nats.Msg) { n.tenantsChanged() })
+	if err != nil {
+		cancel()
+		return fmt.Errorf("storage: subscribe %s: %w", subjects.EventsTenant, err)
+	}
+	n.subs = append(n.subs, tenantSub)
 
 	// Writes are handed to the write loop, which group-commits whatever
 	// queued up. Reads are served on their subscription's own goroutine:

@@ -234,6 +234,7 @@ func (n *Node) runPlan(ctx context.Context, pl *plan) bool {
 	if len(pl.parts) == 0 {
 		return true
 	}
+	n.refreshTenants(ctx) // each plan starts from the tenants as they are now
 	n.log.Info("receiving partitions", "map_version", pl.m.Version(), "partitions", len(pl.parts))
 	todo := make(chan uint32)
 	doneCh := make(chan uint32, len(pl.parts))
@@ -307,13 +308,21 @@ func (n *Node) runPlan(ctx context.Context, pl *plan) bool {
 	return ctx.Err() == nil && reported == len(pl.parts)
 }
 
-// receivePartition pulls p from every current owner of m but this node,
-// skipping a source that fails xferTries times in a row. It reports
-// whether at least one source was pulled to the end and every other one
-// was skipped as unreachable (not stopped by ctx).
+// receivePartition pulls p from the current owners of m but this node:
+// for each tenant it needs (pullPlan), from every current owner within the
+// tenant's RF; every tenant when the replication factors are unknown. A
+// source that fails xferTries times in a row is skipped. It reports
+// whether every needed tenant was pulled to the end from at least one
+// source (every other source of it skipped as unreachable, not stopped by
+// ctx); a partition that needs no tenant is done without a scan.
 func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 	m := pl.m
 	if n.xfer.isDone(p, m.Since(p)) {
+		return true
+	}
+	sources, needed := pullPlan(m, p, n.cfg.NodeID, n.tenantRF(ctx))
+	if len(sources) == 0 {
+		n.markReceived(p, m.Since(p))
 		return true
 	}
 	rate := n.cfg.TransferRate
@@ -326,22 +335,16 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 		}
 		return false
 	}
-	var sources []string
-	for _, o := range m.Owners(p, nil) {
-		if o != n.cfg.NodeID {
-			sources = append(sources, o)
-		}
-	}
-	finished := 0
+	covered := map[string]bool{} // needed tenants pulled from some source; "" stands for all
 	for _, src := range sources {
-		if _, down := pl.down.Load(src); down {
+		if _, down := pl.down.Load(src.node); down {
 			continue
 		}
 		var err error
 		for try := range xferTries {
 			var last TransferProgress
-			_, err = n.PullPartition(ctx, src, p, TransferOptions{
-				Rate: rate, MapVersion: m.Version(),
+			_, err = n.PullPartition(ctx, src.node, p, TransferOptions{
+				Rate: rate, MapVersion: m.Version(), Tenants: src.tenants,
 				Progress: func(pr TransferProgress) {
 					n.addProgress(pr.Bytes-last.Bytes, pr.Records-last.Records)
 					last = pr
@@ -350,7 +353,7 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 			if err == nil || ctx.Err() != nil || try == xferTries-1 {
 				break
 			}
-			n.log.Debug("transfer: pull failed", "partition", p, "from", src, "try", try+1, "err", err)
+			n.log.Debug("transfer: pull failed", "partition", p, "from", src.node, "try", try+1, "err", err)
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Duration(200*(try+1)) * time.Millisecond):
@@ -360,26 +363,41 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 			return false
 		}
 		if err == nil {
-			finished++
+			if src.tenants == nil {
+				covered[""] = true
+			}
+			for _, t := range src.tenants {
+				covered[t] = true
+			}
 		} else {
 			down := errors.Is(err, replica.ErrNodeDown)
 			if down {
-				pl.down.Store(src, true)
+				pl.down.Store(src.node, true)
 			}
-			n.log.Warn("transfer: skipping a source after retries", "partition", p, "from", src, "down", down, "err", err)
+			n.log.Warn("transfer: skipping a source after retries", "partition", p, "from", src.node, "down", down, "err", err)
 		}
 	}
-	if finished == 0 && len(sources) > 0 {
+	if needed == nil && !covered[""] {
 		return false // no copy came in: retry the partition next round
 	}
+	for _, t := range needed {
+		if !covered[t] {
+			return false // no source of t came through: retry next round
+		}
+	}
+	n.markReceived(p, m.Since(p))
+	return true
+}
+
+// markReceived records p as pulled to its end under since.
+func (n *Node) markReceived(p uint32, since uint64) {
 	n.xfer.mu.Lock()
 	if n.xfer.done == nil {
 		n.xfer.done = map[uint32]uint64{}
 	}
-	n.xfer.done[p] = m.Since(p)
+	n.xfer.done[p] = since
 	n.xfer.mu.Unlock()
 	n.metrics.TransferPartition()
-	return true
 }
 
 // startStatus sets the figures for a new plan: the counts cover the
