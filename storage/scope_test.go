@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/quorumkv/quorumkv/internal/natstest"
 	"github.com/quorumkv/quorumkv/internal/wire"
+	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/storage/replica"
 	"github.com/quorumkv/quorumkv/subjects"
 )
@@ -322,4 +324,54 @@ func TestPullPlan(t *testing.T) {
 	if srcs, needed := pullPlan(m, 0, "d", map[string]int{}); srcs != nil || needed != nil {
 		t.Errorf("no tenants: %+v %v", srcs, needed)
 	}
+}
+
+// TestTransferBytesScoped measures what a node joining 3 nodes pulls, with
+// every key of an RF-3 tenant on all three: every partition from every
+// owner when the tenants' RFs are unknown (what the transfer loop did
+// before tenant scoping), against only the partitions where the new node
+// is among the tenant's first 3 target owners. It prints both
+// (docs/PERFORMANCE.md) and checks the scoped figure is the share of keys
+// in those partitions.
+func TestTransferBytesScoped(t *testing.T) {
+	const keys, valueBytes = 20000, 100
+	run := func(scoped bool) (bytes, recs int64, share float64) {
+		s := natstest.RunServer(t)
+		m1 := claim(t, nil, "a", "b", "c")
+		f := newFakeCoord(t, s, m1, true)
+		if scoped {
+			f.serveTenants(t, map[string]int{"r3": 3})
+		}
+		var ws []subjects.NodeWrite
+		for i := range keys {
+			ws = append(ws, subjects.NodeWrite{Tenant: "r3", Key: fmt.Sprintf("user%08d", i), LWW: version(uint64(i+1), "c1", strings.Repeat("v", valueBytes))})
+		}
+		for _, id := range []string{"a", "b", "c"} {
+			startXfer(t, s, Config{NodeID: id, DataDir: t.TempDir()}, func(e *engine) { apply(t, e, ws) })
+		}
+		m2 := retarget(t, m1, "a", "b", "c", "d")
+		in := 0
+		for _, w := range ws {
+			if p := ring.Partition(w.Tenant, w.Key, xferQ); slices.Contains(m2.Target(p, nil)[:3], "d") {
+				in++
+			}
+		}
+		f.set(m2)
+		d := startXfer(t, s, Config{NodeID: "d", DataDir: t.TempDir(), TransferRate: Unlimited, MapPoll: 200 * time.Millisecond}, nil)
+		start := time.Now()
+		waitFor(t, 60*time.Second, "every partition to flip", func() bool { return moving(f.current()) == 0 })
+		st := d.TransferStatus()
+		t.Logf("scoped %v: d pulled %d records, %d bytes in %v", scoped, st.Keys, st.Bytes, time.Since(start).Round(time.Millisecond))
+		return st.Bytes, st.Keys, float64(in) / keys
+	}
+	allBytes, allRecs := func() (int64, int64) { b, r, _ := run(false); return b, r }()
+	scopedBytes, scopedRecs, share := run(true)
+	if allRecs != 3*keys {
+		t.Errorf("unscoped: %d records pulled, want every key from each of 3 owners (%d)", allRecs, 3*keys)
+	}
+	if want := int64(float64(3*keys) * share); scopedRecs != want {
+		t.Errorf("scoped: %d records pulled, want the %.3f of the keys d serves from each of 3 owners (%d)", scopedRecs, share, want)
+	}
+	t.Logf("%d keys of %d-byte values, RF 3, 3 -> 4 nodes, Q %d: before %d bytes (%.2f× the data), after %d bytes (%.2f×); d serves %.3f of the keys",
+		keys, valueBytes, xferQ, allBytes, 3.0, scopedBytes, 3*float64(scopedRecs)/float64(allRecs), share)
 }
