@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,22 +28,33 @@ import (
 
 // serveTenants makes the fake coordinators answer kv.v1.admin.tenant.list
 // with these replication factors.
-func (f *fakeCoord) serveTenants(tb testing.TB, rf map[string]int) {
+// With several, the i-th request is answered with rfs[i] (the last one
+// from then on); it returns the count of requests.
+func (f *fakeCoord) serveTenants(tb testing.TB, rfs ...map[string]int) *atomic.Int64 {
 	tb.Helper()
-	var l subjects.TenantList
-	for id, r := range rf {
-		l.Tenants = append(l.Tenants, subjects.Tenant{ID: id, ReplicationFactor: r})
+	var lists [][]byte
+	for _, rf := range rfs {
+		var l subjects.TenantList
+		for id, r := range rf {
+			l.Tenants = append(l.Tenants, subjects.Tenant{ID: id, ReplicationFactor: r})
+		}
+		data, err := msgpack.Marshal(&l)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		lists = append(lists, data)
 	}
-	data, err := msgpack.Marshal(&l)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if _, err := f.nc.Subscribe(subjects.AdminTenantList, func(m *nats.Msg) { _ = m.Respond(data) }); err != nil {
+	var asked atomic.Int64
+	if _, err := f.nc.Subscribe(subjects.AdminTenantList, func(m *nats.Msg) {
+		i := int(asked.Add(1)) - 1
+		_ = m.Respond(lists[min(i, len(lists)-1)])
+	}); err != nil {
 		tb.Fatal(err)
 	}
 	if err := f.nc.Flush(); err != nil {
 		tb.Fatal(err)
 	}
+	return &asked
 }
 
 // scanSpy records the scan requests sent to nodes (it does not answer:
@@ -218,6 +230,42 @@ func TestTransferRF1NeedsCurrentFirst(t *testing.T) {
 	}
 	if st := c.TransferStatus(); st == nil || st.PartitionsDone != st.PartitionsTotal-len(blocked) {
 		t.Errorf("status %+v, want %d partitions left", st, len(blocked))
+	}
+}
+
+// TestTransferTenantCreatedDuringPlan: a tenant the list did not name
+// when the plan started (created meanwhile: a coordinator that still
+// routes by the old map may have written it to a source before the source
+// installed the new one) is pulled too: once a source answered at the
+// plan's version the list is asked for again, and the partitions already
+// pulled from it, and those needing nothing, are checked against it.
+func TestTransferTenantCreatedDuringPlan(t *testing.T) {
+	s := natstest.RunServer(t)
+	m1 := claim(t, nil, "a", "b", "c")
+	f := newFakeCoord(t, s, m1, true)
+	asked := f.serveTenants(t, map[string]int{"r3": 3}, map[string]int{"r3": 3, "late": 3})
+	for _, id := range []string{"a", "b", "c"} {
+		startXfer(t, s, Config{NodeID: id, DataDir: t.TempDir()}, func(e *engine) {
+			ownKeys(t, e, id, "r3", 4)
+			ownKeys(t, e, id, "late", 4)
+		})
+	}
+	m2 := retarget(t, m1, "a", "b", "c", "d")
+	f.set(m2)
+	d := startXfer(t, s, Config{NodeID: "d", DataDir: t.TempDir(), MapPoll: 200 * time.Millisecond}, nil)
+	waitFor(t, 30*time.Second, "every partition to flip", func() bool { return moving(f.current()) == 0 })
+	for p := range uint32(xferQ) {
+		tgt := m2.Target(p, nil)
+		got := partRecords(t, d.eng, p)
+		for _, k := range keysIn("late", p, xferQ, 12) {
+			if _, has := got["late\x00"+k]; has != slices.Contains(tgt[:3], "d") {
+				t.Errorf("partition %d (target %v): d holds late/%s: %v", p, tgt, k, has)
+			}
+		}
+	}
+	// Asked at the plan start and again once per source, not per partition.
+	if n := asked.Load(); n < 2 || n > 8 {
+		t.Errorf("the tenant list was asked for %d times", n)
 	}
 }
 

@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -28,9 +29,27 @@ import (
 
 // tenantRFs is the node's cache of the tenants' replication factors.
 type tenantRFs struct {
-	mu    sync.Mutex
-	rf    map[string]int // nil: unknown (never loaded, or the last load failed)
-	stale bool           // a tenant event arrived since the last load
+	mu        sync.Mutex
+	rf        map[string]int // nil: unknown (never loaded, or the last load failed)
+	events    uint64         // kv.v1.events.tenant messages seen
+	loadedAt  uint64         // events when the cached list was asked for
+	hasLoaded bool
+}
+
+// planTenants is what a plan knows of the sources against the tenant list.
+// A tenant created while a source still routes by an older map may get a
+// write there from a coordinator that does not know the receiver; the
+// source's scans at the plan's map version include it (the map is
+// installed on the write loop), but only if the receiver asks for the
+// tenant. A tenant list asked for after a source answered a scan at the
+// plan's version names every such tenant: later writes to that source
+// come from coordinators that also send them to the receiver. So once a
+// source has answered (confirmed), the list is asked for again (verified)
+// and the partitions pulled from it are checked against the new list.
+type planTenants struct {
+	mu        sync.Mutex
+	confirmed map[string]bool // sources that answered a scan at the plan's map version
+	verified  map[string]bool // sources confirmed before the cached list was asked for
 }
 
 // tenantListTimeout bounds one kv.v1.admin.tenant.list request.
@@ -66,32 +85,60 @@ func (n *Node) loadTenantRFs(ctx context.Context) (map[string]int, error) {
 // that the plan pulls every tenant rather than trust a list that may lack
 // one.
 func (n *Node) refreshTenants(ctx context.Context) {
+	c := &n.tenants
+	c.mu.Lock()
+	at := c.events
+	c.mu.Unlock()
 	rf, err := n.loadTenantRFs(ctx)
 	if err != nil && ctx.Err() == nil {
 		n.log.Info("tenant replication factors unknown: transfers pull every tenant", "err", err)
 	}
-	c := &n.tenants
 	c.mu.Lock()
-	c.rf, c.stale = rf, false
+	c.rf, c.loadedAt, c.hasLoaded = rf, at, true
 	c.mu.Unlock()
 }
 
-// tenantsChanged marks the cache stale (kv.v1.events.tenant); the next
-// partition the transfer loop starts reloads it.
+// tenantsChanged notes a kv.v1.events.tenant: the next partition the
+// transfer loop looks at reloads the list.
 func (n *Node) tenantsChanged() {
 	n.tenants.mu.Lock()
-	n.tenants.stale = true
+	n.tenants.events++
 	n.tenants.mu.Unlock()
 }
 
-// tenantRF returns the cached replication factors (nil: unknown),
-// reloading them first after a tenant event.
-func (n *Node) tenantRF(ctx context.Context) map[string]int {
+// confirm notes that src answered a scan at pl's map version.
+func (pl *plan) confirm(src string) {
+	pl.tenants.mu.Lock()
+	defer pl.tenants.mu.Unlock()
+	if pl.tenants.confirmed == nil {
+		pl.tenants.confirmed = map[string]bool{}
+	}
+	pl.tenants.confirmed[src] = true
+}
+
+// tenantRF returns the replication factors to plan a partition with
+// current owners owners by (nil: unknown): the cached list, asked for
+// again first when a tenant event arrived since, or when one of owners
+// answered a scan at pl's version since the list was asked for.
+func (n *Node) tenantRF(ctx context.Context, pl *plan, owners []string) map[string]int {
+	pt := &pl.tenants
+	pt.mu.Lock() // held through the reload: workers share one
+	defer pt.mu.Unlock()
 	n.tenants.mu.Lock()
-	stale := n.tenants.stale
+	refresh := !n.tenants.hasLoaded || n.tenants.events != n.tenants.loadedAt
 	n.tenants.mu.Unlock()
-	if stale {
+	for _, o := range owners {
+		refresh = refresh || (pt.confirmed[o] && !pt.verified[o])
+	}
+	if refresh {
+		asked := maps.Clone(pt.confirmed)
 		n.refreshTenants(ctx)
+		if pt.verified == nil {
+			pt.verified = map[string]bool{}
+		}
+		for o := range asked {
+			pt.verified[o] = true
+		}
 	}
 	n.tenants.mu.Lock()
 	defer n.tenants.mu.Unlock()
@@ -142,4 +189,21 @@ func pullPlan(m *ring.Map, p uint32, self string, rf map[string]int) (sources []
 		}
 	}
 	return sources, needed
+}
+
+// needyFirst returns pl's partitions with those that need some tenant
+// (under the list the plan started with) first, each group ascending.
+func (n *Node) needyFirst(pl *plan) []uint32 {
+	n.tenants.mu.Lock()
+	rf := n.tenants.rf
+	n.tenants.mu.Unlock()
+	var needy, rest []uint32
+	for _, p := range pl.parts {
+		if srcs, _ := pullPlan(pl.m, p, n.cfg.NodeID, rf); len(srcs) > 0 {
+			needy = append(needy, p)
+		} else {
+			rest = append(rest, p)
+		}
+	}
+	return append(needy, rest...)
 }
