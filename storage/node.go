@@ -25,7 +25,8 @@
 // read items from senders whose map is older than the item's partition's
 // since (not_owner) and scans naming a map it has not loaded (map_behind).
 // Its transfer loop (receive.go) pulls the partitions it receives from
-// every reachable current owner and reports them done; its handoff loop
+// every reachable current owner, only the tenants whose RF makes it an
+// owner (tenants.go), and reports them done; its handoff loop
 // (handoff.go) pushes partitions it no longer owns to their owners after
 // Config.HandoffGrace and drops them.
 package storage

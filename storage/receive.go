@@ -19,7 +19,9 @@ import (
 
 // The transfer loop (issue 14, spec §5): a node that is a receiver of a
 // moving partition (ring.Map.Receiving) pulls it from every reachable
-// current owner, merging, then reports it done on kv.v1.admin.node.transfer;
+// current owner (only the tenants it needs, each from the owners within
+// the tenant's RF: tenants.go), merging, then reports it done on
+// kv.v1.admin.node.transfer;
 // when every receiver of a partition is done the coordinators flip it. The
 // loop is one goroutine owned by the Node: it runs a plan for the map it
 // has, restarts the plan when a new map changes what it must pull (the
