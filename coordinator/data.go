@@ -227,7 +227,7 @@ func (c *Coordinator) resolve(ctx context.Context, subject string, r *dataReques
 // storeError turns a dependency failure into a wire error naming it.
 func storeError(name string, err error) error {
 	if errors.Is(err, context.DeadlineExceeded) {
-		return subjects.Errorf(subjects.KindTimeout, "%s did not answer in time", name)
+		return subjects.Errorf(subjects.KindTimeout, "%s did not answer in time: %v", name, err)
 	}
 	return subjects.Errorf(subjects.KindUnavailable, "%s unavailable: %v", name, err)
 }
