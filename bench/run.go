@@ -67,6 +67,9 @@ type Config struct {
 	// TransferRate is the storage nodes' --transfer-rate in bytes/s (0:
 	// storage.DefaultTransferRate; storage.Unlimited: no cap).
 	TransferRate int64
+	// NoCells skips the matrix cells: only the scale run and the
+	// membership cell run (quorumkv bench --matrix membership).
+	NoCells bool
 
 	Coordinators int                // quorumkv coordinators, one per server from server 0 (1)
 	Coordinator  coordinator.Config // tuning (NodeInflight, MaxBatch, …); stores are filled in
@@ -161,6 +164,9 @@ func (c *Config) validate() error {
 func (c *Config) cells() int {
 	n := 0
 	for di := range c.Durabilities {
+		if c.NoCells {
+			break
+		}
 		for range c.Workloads {
 			for dsi := range c.Distributions {
 				for range c.Concurrency {
@@ -206,6 +212,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	hists := make([]Histogram, max(slices.Max(cfg.Concurrency), cfg.ScaleConcurrency))
 
 	for di, dname := range cfg.Durabilities {
+		if cfg.NoCells {
+			break
+		}
 		dur, _ := durabilityByName(dname)
 		if err := runDurability(ctx, &cfg, rep, p, hists, dur, di == 0); err != nil {
 			return rep, err
@@ -621,6 +630,12 @@ func describeMachine() Machine {
 }
 
 func describeConfig(c *Config) RunConfig {
+	if c.NoCells {
+		// Nothing of the matrix was measured: no tables, no targets for it.
+		cc := *c
+		cc.Workloads, cc.Distributions, cc.Durabilities, cc.Concurrency = nil, nil, nil, nil
+		c = &cc
+	}
 	return RunConfig{
 		Mode: c.Mode, Records: c.Records, ValueSize: c.ValueSize, Systems: c.Systems, Workloads: c.Workloads,
 		Distributions: c.Distributions, Durabilities: c.Durabilities, Concurrency: c.Concurrency,

@@ -105,7 +105,7 @@ func TestMembershipSmoke(t *testing.T) {
 		t.Skip("starts a 3-server cluster")
 	}
 	before := runtime.NumGoroutine()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cfg := Config{
 		Dir:                   t.TempDir(),

@@ -94,7 +94,7 @@ func (b *benchFlags) register(fs *flag.FlagSet) {
 		Coordinators: 1, Coordinator: coordinator.DefaultConfig()}
 	c := &b.cfg
 	fs.BoolVar(&b.quick, "quick", false, "smoke run in under a minute: 10k records, write-only and YCSB C, uniform, 1 and 64 clients, 1s cells, no scale run, no membership cell")
-	fs.StringVar(&b.matrix, "matrix", "full", "full (every workload, distribution and client count) or targets (write-only and YCSB C, uniform, 1 and 64 clients)")
+	fs.StringVar(&b.matrix, "matrix", "full", "full (every workload, distribution and client count), targets (write-only and YCSB C, uniform, 1 and 64 clients) or membership (only the membership cell)")
 	fs.StringVar(&b.jsonOut, "json", "", "write the rows as JSON to `FILE`")
 	fs.StringVar(&b.htmlOut, "html", "", "write a self-contained HTML report with charts to `FILE`")
 	fs.Uint64Var(&c.Records, "records", c.Records, "records preloaded into each system")
@@ -134,8 +134,13 @@ func (b *benchFlags) config(fs *flag.FlagSet) (bench.Config, error) {
 	case "full":
 	case "targets":
 		targets()
+	case "membership":
+		cfg.NoCells = true
+		if !set["scale-records"] {
+			cfg.ScaleRecords = 0
+		}
 	default:
-		return cfg, usagef("--matrix %q: use full or targets", b.matrix)
+		return cfg, usagef("--matrix %q: use full, targets or membership", b.matrix)
 	}
 	if b.quick {
 		cfg.Mode = "quick"
