@@ -634,6 +634,7 @@ func describeConfig(c *Config) RunConfig {
 		// Nothing of the matrix was measured: no tables, no targets for it.
 		cc := *c
 		cc.Workloads, cc.Distributions, cc.Durabilities, cc.Concurrency = nil, nil, nil, nil
+		cc.Records = c.MembershipRecords // what the header's record count describes
 		c = &cc
 	}
 	return RunConfig{
