@@ -3,7 +3,6 @@ package bench
 import (
 	"bytes"
 	"context"
-	"io"
 	"runtime"
 	"testing"
 	"time"
@@ -97,9 +96,10 @@ func TestSettleCellChargesLeftoverWork(t *testing.T) {
 	}
 }
 
-// TestMembershipSmoke runs the membership cell with a few thousand
-// records: a 4th node joins under a YCSB A load, receives its share and
-// becomes active, and the cell reports both windows and the transfer.
+// TestMembershipSmoke runs the membership cell alone (--matrix
+// membership) with a few thousand records: a 4th node joins under a YCSB
+// A load, receives its share and becomes active, and the report has both
+// windows, the transfer and the cell's two targets, nothing else.
 func TestMembershipSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a 3-server cluster")
@@ -115,17 +115,16 @@ func TestMembershipSmoke(t *testing.T) {
 		Duration:              500 * time.Millisecond,
 		MembershipRecords:     3000,
 		MembershipConcurrency: 8,
+		NoCells:               true,
 		Mode:                  "test",
 	}
-	if err := cfg.validate(); err != nil {
+	rep, err := Run(ctx, cfg)
+	if err != nil {
 		t.Fatal(err)
 	}
-	rep := &Report{Config: describeConfig(&cfg)}
-	p := newProgress(io.Discard, cfg.cells(), cfg.Warmup+cfg.Duration)
-	if err := runMembership(ctx, &cfg, rep, p); err != nil {
-		t.Fatal(err)
+	if len(rep.Rows) != 0 || rep.Scale != nil || len(rep.Config.Durabilities) != 0 || len(rep.Targets) != 2 {
+		t.Errorf("a membership-only run has %d rows, scale %v, durabilities %v, %d targets", len(rep.Rows), rep.Scale, rep.Config.Durabilities, len(rep.Targets))
 	}
-	p.close()
 	m := rep.Membership
 	if m == nil {
 		t.Fatal("no membership figures")
@@ -152,7 +151,6 @@ func TestMembershipSmoke(t *testing.T) {
 	if d := m.During.Seconds - x.ActiveSeconds; d < -0.5 || d > 0.5 {
 		t.Errorf("during window %.2fs, node active after %.2fs", m.During.Seconds, x.ActiveSeconds)
 	}
-	rep.Targets = evaluateTargets(rep)
 	var out bytes.Buffer
 	if err := rep.WriteTable(&out); err != nil || !bytes.Contains(out.Bytes(), []byte("membership: transfer rate")) {
 		t.Fatalf("table: %v\n%s", err, out.String())
