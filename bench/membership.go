@@ -63,7 +63,7 @@ type MembershipTransfer struct {
 	ActiveSeconds float64 `json:"active_seconds"`
 }
 
-// Phases of the membership cell, as MembershipRow.Phase in JSON.
+// Phases of the membership cell: Row.Phase ("phase" in JSON).
 const (
 	PhaseBefore = "before"
 	PhaseDuring = "during"
