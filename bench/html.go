@@ -49,6 +49,7 @@ code{background:#eef1f4;padding:1px 4px;border-radius:3px}
 		r.htmlHeat(&b, d)
 	}
 	r.htmlScale(&b)
+	r.htmlMembership(&b)
 	r.htmlMethod(&b)
 	r.htmlData(&b)
 	b.WriteString("</body></html>\n")
@@ -97,10 +98,10 @@ func (r *Report) htmlTargets(b *strings.Builder) {
 	}
 	b.WriteString(`<h2>Targets</h2><table><tr><th class="l">target</th><th>goal</th><th>measured</th><th class="l">result</th><th class="l">detail</th></tr>`)
 	for _, t := range r.Targets {
-		res, cls, val := "met", "ok", fmt.Sprintf("%.2f×", t.Measured)
+		res, cls, val := "met", "ok", t.value()
 		switch {
 		case t.Missing:
-			res, cls, val = "not measured", "na", "-"
+			res, cls = "not measured", "na"
 		case !t.Met:
 			res, cls = "missed", "bad"
 		}
@@ -231,6 +232,32 @@ func (r *Report) htmlScale(b *strings.Builder) {
 	}
 	fmt.Fprintf(b, `</table><p>Storage: %s in the three node data directories (du, WAL included) = <b>%.0f bytes per key per replica</b> for %d-byte values. Peak RSS: <b>%s</b> — getrusage ru_maxrss of the single process that runs all three nats-servers, JetStream, the storage nodes, the coordinator(s) and the clients; there is no per-role figure.</p>`,
 		bytesIEC(s.StorageBytes), s.BytesPerKeyPerReplica, r.Config.ValueSize, bytesIEC(s.PeakRSSBytes))
+}
+
+// htmlMembership shows the membership cell: the foreground before and
+// during the transfer side by side, and the transfer.
+func (r *Report) htmlMembership(b *strings.Builder) {
+	m := r.Membership
+	if m == nil {
+		return
+	}
+	x := &m.Transfer
+	fmt.Fprintf(b, `<h2>Membership: adding a 4th node under load</h2><p>A fresh quorumkv (durability %s) preloaded with %s records of %d bytes on 3 storage nodes, RF 3, runs %s with %d closed-loop clients, uniform keys. After a window without a transfer, %s starts, registers (joining), receives its partitions and becomes active while the load goes on; “during” runs from its registration to its status active. Storage <code>--transfer-rate</code> %s.</p>`,
+		esc(m.Durability), count(m.Records), m.ValueSize, esc(m.Workload), m.Concurrency, esc(x.Node), esc(fmtRateLimit(x.RateLimit)))
+	b.WriteString(`<table><tr><th class="l">phase</th><th>seconds</th><th>ops/s</th><th>p50</th><th>p99</th><th>p99.9</th><th>cpu s/1k</th><th>errors</th><th>vs before</th></tr>`)
+	for _, row := range []struct {
+		name string
+		x    *Row
+	}{{"before (3 nodes)", &m.Before}, {"during the transfer", &m.During}} {
+		rel := "-"
+		if row.x == &m.During && m.Before.OpsPerSec > 0 {
+			rel = fmt.Sprintf("%.2f×", m.During.OpsPerSec/m.Before.OpsPerSec)
+		}
+		fmt.Fprintf(b, `<tr><td class="l">%s</td><td>%.1f</td><td>%.0f</td><td>%s</td><td>%s</td><td>%s</td><td>%.3f</td><td>%d</td><td>%s</td></tr>`,
+			esc(row.name), row.x.Seconds, row.x.OpsPerSec, fmtUS(row.x.P50US), fmtUS(row.x.P99US), fmtUS(row.x.P999US), row.x.CPUSecPer1kOps, row.x.Errors, rel)
+	}
+	fmt.Fprintf(b, `</table><p>Transfer into %s (its TransferStatus): %s, %d keys, %d partitions in %.1f s from its first to its last byte = <b>%.1f MB/s</b>, %.0f keys/s (highest 10-second rate seen %.1f MB/s). Active <b>%.1f s</b> after registering.</p>`,
+		esc(x.Node), bytesIEC(x.Bytes), x.Keys, x.PartitionsTotal, x.Seconds, x.MBPerSec, x.KeysPerSec, x.PeakRateBytes/1e6, x.ActiveSeconds)
 }
 
 func (r *Report) htmlMethod(b *strings.Builder) {

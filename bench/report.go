@@ -18,7 +18,8 @@ type Report struct {
 	Rows         []Row
 	Preloads     []Preload
 	Scale        *Scale
-	PeakRSSBytes int64 // getrusage ru_maxrss of the one process that ran everything
+	Membership   *Membership // adding a 4th node under load (issue 14)
+	PeakRSSBytes int64       // getrusage ru_maxrss of the one process that ran everything
 	Targets      []Target
 }
 
@@ -47,6 +48,13 @@ type Row struct {
 	// SettleSeconds is how long the process took to go idle after the
 	// cell; the CPU it used meanwhile is in CPUSecPer1kOps.
 	SettleSeconds float64 `json:"settle_seconds"`
+	// Cell and Phase name the rows of the membership cell: cell
+	// "membership", phase "before" (3 nodes, no transfer) or "during"
+	// (from the 4th node's registration to its status active), which
+	// carries the joining node's Transfer.
+	Cell     string              `json:"cell,omitempty"`
+	Phase    string              `json:"phase,omitempty"`
+	Transfer *MembershipTransfer `json:"transfer,omitempty"`
 }
 
 // Preload is how long loading the records took.
@@ -98,13 +106,20 @@ type RunConfig struct {
 	ScaleConcurrency int
 	Coordinators     int
 	ConnsPerServer   int
+	// The membership cell: records (0: not run), clients, and the storage
+	// nodes' transfer rate cap in bytes/s (0: the storage default;
+	// storage.Unlimited: none).
+	MembershipRecords     uint64
+	MembershipConcurrency int
+	TransferRate          int64
 }
 
-// Target is one goal of issue 6, checked against the run.
+// Target is one goal (issues 6 and 14), checked against the run.
 type Target struct {
 	Name     string
 	Goal     string // "≥ 1.00×"
 	Measured float64
+	Unit     string // of Measured: "" for a ratio (shown as 0.85×), else e.g. "MB/s"
 	Met      bool
 	Missing  bool // the run did not measure the cells it needs
 	Detail   string
@@ -188,7 +203,48 @@ func evaluateTargets(r *Report) []Target {
 				"≥ 0.80×", true, 0.8, &sr, base, ops, sr.Workload+" uniform")
 		}
 	}
+	if m := r.Membership; m != nil {
+		ts = append(ts, membershipTargets(m)...)
+	}
 	return ts
+}
+
+// membershipTargets are issue 14's goals for adding a 4th node under a
+// YCSB A load: the transfer runs at 50 MB/s or more, and the foreground
+// keeps at least 0.7× of its throughput without a transfer.
+func membershipTargets(m *Membership) []Target {
+	x := &m.Transfer
+	rate := Target{Name: fmt.Sprintf("[%s] membership: transfer rate adding a 4th node, %d clients", m.Durability, m.Concurrency),
+		Goal: fmt.Sprintf("≥ %.0f MB/s", transferTargetMBps), Unit: "MB/s"}
+	if x.Bytes <= 0 || x.Seconds <= 0 {
+		rate.Missing, rate.Detail = true, "the joining node reported no bytes received"
+	} else {
+		rate.Measured = x.MBPerSec
+		rate.Met = rate.Measured >= transferTargetMBps
+		rate.Detail = fmt.Sprintf("%s, %d keys in %.1fs (%.0f keys/s), --transfer-rate %s; active %.1fs after registering",
+			bytesIEC(x.Bytes), x.Keys, x.Seconds, x.KeysPerSec, fmtRateLimit(x.RateLimit), x.ActiveSeconds)
+	}
+	fg := Target{Name: fmt.Sprintf("[%s] membership: %s throughput during the transfer vs before, %d clients", m.Durability, m.Workload, m.Concurrency),
+		Goal: fmt.Sprintf("≥ %.2f×", membershipRatioGoal)}
+	if m.Before.OpsPerSec <= 0 || m.During.Seconds <= 0 {
+		fg.Missing, fg.Detail = true, "not measured in this run"
+	} else {
+		fg.Measured = m.During.OpsPerSec / m.Before.OpsPerSec
+		fg.Met = fg.Measured >= membershipRatioGoal
+		fg.Detail = fmt.Sprintf("during %.0f ops/s, p99 %s vs before %.0f ops/s, p99 %s", m.During.OpsPerSec, fmtUS(m.During.P99US), m.Before.OpsPerSec, fmtUS(m.Before.P99US))
+	}
+	return []Target{rate, fg}
+}
+
+// value shows t's measured figure.
+func (t *Target) value() string {
+	switch {
+	case t.Missing:
+		return "-"
+	case t.Unit != "":
+		return fmt.Sprintf("%.1f %s", t.Measured, t.Unit)
+	}
+	return fmt.Sprintf("%.2f×", t.Measured)
 }
 
 // metric is what a target compares: a row's value and how to show it.
@@ -197,11 +253,18 @@ type metric struct {
 	show func(float64) string
 }
 
-// WriteJSON writes the rows, scale rows included, as a JSON array.
+// WriteJSON writes the rows, scale and membership rows included, as a
+// JSON array. The membership rows carry cell "membership" and a phase;
+// the "during" row carries the joining node's transfer figures.
 func (r *Report) WriteJSON(w io.Writer) error {
 	rows := append([]Row(nil), r.Rows...)
 	if r.Scale != nil {
 		rows = append(rows, r.Scale.Rows...)
+	}
+	if m := r.Membership; m != nil {
+		during := m.During
+		during.Transfer = &m.Transfer
+		rows = append(rows, m.Before, during)
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -218,8 +281,10 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(ew, "quorumkv bench (%s): %d records of %d bytes, %gs per cell after %gs warm-up, one process, embedded 3-server NATS cluster\n",
 		r.Config.Mode, r.Config.Records, r.Config.ValueSize, r.Config.DurationSeconds, r.Config.WarmupSeconds)
 	fmt.Fprintf(ew, "machine: %s/%s, %d CPUs (GOMAXPROCS %d) %s, %s, %s; load at start %s\n", m.OS, m.Arch, m.CPUs, m.GOMAXPROCS, m.CPUModel, m.Memory, m.Go, m.LoadAvg)
-	fmt.Fprintf(ew, "quorumkv: RF 3, consistency quorum, %d coordinator(s); JetStream KV: R3, file storage; nats-reqrep: echo queue group, one responder per server\n", r.Config.Coordinators)
-	fmt.Fprintf(ew, "cpu s/1k = process CPU (user+sys, getrusage) per 1000 operations; ×js = quorumkv/jetstream-kv ops/s; ×nats = system/nats-reqrep ops/s\n")
+	if len(r.Config.Durabilities) > 0 { // matrix cells were measured
+		fmt.Fprintf(ew, "quorumkv: RF 3, consistency quorum, %d coordinator(s); JetStream KV: R3, file storage; nats-reqrep: echo queue group, one responder per server\n", r.Config.Coordinators)
+		fmt.Fprintf(ew, "cpu s/1k = process CPU (user+sys, getrusage) per 1000 operations; ×js = quorumkv/jetstream-kv ops/s; ×nats = system/nats-reqrep ops/s\n")
+	}
 	for _, d := range r.Config.Durabilities {
 		dur, _ := durabilityByName(d)
 		fmt.Fprintf(ew, "\ndurability %s: %s\n", d, dur.Label)
@@ -269,9 +334,12 @@ func (r *Report) WriteTable(w io.Writer) error {
 		fmt.Fprintf(ew, "  storage: %s in the 3 node data dirs (du) = %.0f bytes per key per replica\n", bytesIEC(s.StorageBytes), s.BytesPerKeyPerReplica)
 		fmt.Fprintf(ew, "  peak RSS: %s — of the one process running all three nats-servers, JetStream, the storage nodes, the coordinator(s) and the clients (getrusage ru_maxrss)\n", bytesIEC(s.PeakRSSBytes))
 	}
+	if m := r.Membership; m != nil {
+		r.writeMembership(ew, m)
+	}
 	fmt.Fprintf(ew, "\nprocess peak RSS over the whole run: %s (getrusage ru_maxrss; one process runs everything)\n", bytesIEC(r.PeakRSSBytes))
 	if len(r.Targets) > 0 {
-		fmt.Fprintln(ew, "\ntargets (issue 6):")
+		fmt.Fprintln(ew, "\ntargets (issues 6 and 14):")
 		for _, t := range r.Targets {
 			mark := "MET   "
 			switch {
@@ -280,15 +348,34 @@ func (r *Report) WriteTable(w io.Writer) error {
 			case !t.Met:
 				mark = "MISSED"
 			}
-			val := "-"
-			if !t.Missing {
-				val = fmt.Sprintf("%.2f×", t.Measured)
-			}
-			fmt.Fprintf(ew, "  %s %-62s %6s (goal %s)  %s\n", mark, t.Name, val, t.Goal, t.Detail)
+			fmt.Fprintf(ew, "  %s %-62s %6s (goal %s)  %s\n", mark, t.Name, t.value(), t.Goal, t.Detail)
 		}
 	}
 	fmt.Fprintf(ew, "\nran %s\n", r.Elapsed.Round(time.Second))
 	return ew.err
+}
+
+// writeMembership writes the membership cell: the foreground before and
+// during the transfer side by side, then the transfer.
+func (r *Report) writeMembership(ew io.Writer, m *Membership) {
+	x := &m.Transfer
+	fmt.Fprintf(ew, "\nmembership: quorumkv (%s) with %s records of %d bytes on 3 storage nodes, RF 3; %s added under %s, %d clients, uniform; --transfer-rate %s\n",
+		m.Durability, count(m.Records), m.ValueSize, x.Node, m.Workload, m.Concurrency, fmtRateLimit(x.RateLimit))
+	for _, row := range []struct {
+		name string
+		x    *Row
+	}{{"before", &m.Before}, {"during", &m.During}} {
+		rel := ""
+		if row.x == &m.During && m.Before.OpsPerSec > 0 {
+			rel = fmt.Sprintf("  (%.2f× before)", m.During.OpsPerSec/m.Before.OpsPerSec)
+		}
+		// The CPUs the whole process used: on a shared machine, what it got.
+		cores := row.x.CPUSecPer1kOps * row.x.OpsPerSec / 1000
+		fmt.Fprintf(ew, "  %-7s %5.1fs %8.0f ops/s  p50 %s  p99 %s  p99.9 %s  cpu s/1k %.3f (%.2f CPUs)%s%s\n", row.name, row.x.Seconds, row.x.OpsPerSec,
+			fmtUS(row.x.P50US), fmtUS(row.x.P99US), fmtUS(row.x.P999US), row.x.CPUSecPer1kOps, cores, rel, errNote(*row.x))
+	}
+	fmt.Fprintf(ew, "  transfer into %s: %s (%d keys, %d partitions) in %.1fs = %.1f MB/s, %.0f keys/s (peak over 10s %.1f MB/s); active %.1fs after registering\n",
+		x.Node, bytesIEC(x.Bytes), x.Keys, x.PartitionsTotal, x.Seconds, x.MBPerSec, x.KeysPerSec, x.PeakRateBytes/1e6, x.ActiveSeconds)
 }
 
 func fmtRatio(v float64) string {

@@ -30,6 +30,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/quorumkv/quorumkv/coordinator"
+	"github.com/quorumkv/quorumkv/storage"
 )
 
 // Config describes a benchmark run. Zero values take the defaults shown.
@@ -55,6 +56,20 @@ type Config struct {
 	// same cells at Records.
 	ScaleRecords     uint64
 	ScaleConcurrency int // (64)
+
+	// MembershipRecords > 0 adds the membership cell (issue 14): a fresh
+	// quorumkv (the first durability) preloaded with that many records on
+	// 3 storage nodes, RF 3, adds a 4th node under a YCSB A load of
+	// MembershipConcurrency clients, uniform keys: the foreground before
+	// and during the transfer, and the transfer rate.
+	MembershipRecords     uint64
+	MembershipConcurrency int // (64)
+	// TransferRate is the storage nodes' --transfer-rate in bytes/s (0:
+	// storage.DefaultTransferRate; storage.Unlimited: no cap).
+	TransferRate int64
+	// NoCells skips the matrix cells: only the scale run and the
+	// membership cell run (quorumkv bench --matrix membership).
+	NoCells bool
 
 	Coordinators int                // quorumkv coordinators, one per server from server 0 (1)
 	Coordinator  coordinator.Config // tuning (NodeInflight, MaxBatch, …); stores are filled in
@@ -121,6 +136,15 @@ func (c *Config) validate() error {
 	if c.ScaleConcurrency <= 0 {
 		c.ScaleConcurrency = 64
 	}
+	if c.MembershipConcurrency <= 0 {
+		c.MembershipConcurrency = 64
+	}
+	if c.MembershipConcurrency > 4096 {
+		return fmt.Errorf("bench: membership concurrency %d out of range 1..4096", c.MembershipConcurrency)
+	}
+	if c.TransferRate < 0 && c.TransferRate != storage.Unlimited {
+		return fmt.Errorf("bench: transfer rate %d bytes/s: want positive, 0 for the default or storage.Unlimited", c.TransferRate)
+	}
 	if c.Coordinators <= 0 {
 		c.Coordinators = 1
 	}
@@ -140,6 +164,9 @@ func (c *Config) validate() error {
 func (c *Config) cells() int {
 	n := 0
 	for di := range c.Durabilities {
+		if c.NoCells {
+			break
+		}
 		for range c.Workloads {
 			for dsi := range c.Distributions {
 				for range c.Concurrency {
@@ -155,7 +182,15 @@ func (c *Config) cells() int {
 	if c.ScaleRecords > 0 && slices.Contains(c.Systems, SysQuorumKV) {
 		n += 2
 	}
+	if c.membership() {
+		n += 2 // before and during
+	}
 	return n
+}
+
+// membership reports whether the run includes the membership cell.
+func (c *Config) membership() bool {
+	return c.MembershipRecords > 0 && slices.Contains(c.Systems, SysQuorumKV)
 }
 
 // Run measures every cell of cfg and returns the report.
@@ -177,6 +212,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	hists := make([]Histogram, max(slices.Max(cfg.Concurrency), cfg.ScaleConcurrency))
 
 	for di, dname := range cfg.Durabilities {
+		if cfg.NoCells {
+			break
+		}
 		dur, _ := durabilityByName(dname)
 		if err := runDurability(ctx, &cfg, rep, p, hists, dur, di == 0); err != nil {
 			return rep, err
@@ -184,6 +222,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if cfg.ScaleRecords > 0 && slices.Contains(cfg.Systems, SysQuorumKV) {
 		if err := runScale(ctx, &cfg, rep, p, hists); err != nil {
+			return rep, err
+		}
+	}
+	if cfg.membership() {
+		if err := runMembership(ctx, &cfg, rep, p); err != nil {
 			return rep, err
 		}
 	}
@@ -246,7 +289,7 @@ func setup(ctx context.Context, cfg *Config, rep *Report, p *progress, dir strin
 			p.step("starting quorumkv (3 storage nodes, %d coordinator(s))", cfg.Coordinators)
 			d, err := deploy(ctx, c, deployOptions{
 				Tenant: "bench", NodeDirs: filepath.Join(dir, "quorumkv"), Fsync: dur.Fsync,
-				Coordinators: cfg.Coordinators, Coordinator: cfg.Coordinator,
+				Coordinators: cfg.Coordinators, Coordinator: cfg.Coordinator, TransferRate: cfg.TransferRate,
 			})
 			if err != nil {
 				return nil, err
@@ -587,11 +630,19 @@ func describeMachine() Machine {
 }
 
 func describeConfig(c *Config) RunConfig {
+	if c.NoCells {
+		// Nothing of the matrix was measured: no tables, no targets for it.
+		cc := *c
+		cc.Workloads, cc.Distributions, cc.Durabilities, cc.Concurrency = nil, nil, nil, nil
+		cc.Records = c.MembershipRecords // what the header's record count describes
+		c = &cc
+	}
 	return RunConfig{
 		Mode: c.Mode, Records: c.Records, ValueSize: c.ValueSize, Systems: c.Systems, Workloads: c.Workloads,
 		Distributions: c.Distributions, Durabilities: c.Durabilities, Concurrency: c.Concurrency,
 		WarmupSeconds: c.Warmup.Seconds(), DurationSeconds: c.Duration.Seconds(),
 		ScaleRecords: c.ScaleRecords, ScaleConcurrency: c.ScaleConcurrency, Coordinators: c.Coordinators,
-		ConnsPerServer: c.ConnsPerServer,
+		ConnsPerServer: c.ConnsPerServer, MembershipRecords: c.MembershipRecords, MembershipConcurrency: c.MembershipConcurrency,
+		TransferRate: c.TransferRate,
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/quorumkv/quorumkv/bench"
 	"github.com/quorumkv/quorumkv/coordinator"
+	"github.com/quorumkv/quorumkv/storage"
 )
 
 func runBench(args []string) error {
@@ -83,15 +84,17 @@ type benchFlags struct {
 	systems, workloads, dists, durability string
 	concurrency, dataDir                  string
 	cpuProfile, memProfile                string
+	transferRate                          float64 // MiB/s; 0 = unlimited
 	cfg                                   bench.Config
 }
 
 func (b *benchFlags) register(fs *flag.FlagSet) {
 	b.cfg = bench.Config{Records: 100_000, ValueSize: 256, Duration: 2500 * time.Millisecond, Warmup: 500 * time.Millisecond,
-		ScaleRecords: 1_000_000, Coordinators: 1, Coordinator: coordinator.DefaultConfig()}
+		ScaleRecords: 1_000_000, MembershipRecords: 1_000_000, MembershipConcurrency: 64,
+		Coordinators: 1, Coordinator: coordinator.DefaultConfig()}
 	c := &b.cfg
-	fs.BoolVar(&b.quick, "quick", false, "smoke run in under a minute: 10k records, write-only and YCSB C, uniform, 1 and 64 clients, 1s cells, no scale run")
-	fs.StringVar(&b.matrix, "matrix", "full", "full (every workload, distribution and client count) or targets (write-only and YCSB C, uniform, 1 and 64 clients)")
+	fs.BoolVar(&b.quick, "quick", false, "smoke run in under a minute: 10k records, write-only and YCSB C, uniform, 1 and 64 clients, 1s cells, no scale run, no membership cell")
+	fs.StringVar(&b.matrix, "matrix", "full", "full (every workload, distribution and client count), targets (write-only and YCSB C, uniform, 1 and 64 clients) or membership (only the membership cell)")
 	fs.StringVar(&b.jsonOut, "json", "", "write the rows as JSON to `FILE`")
 	fs.StringVar(&b.htmlOut, "html", "", "write a self-contained HTML report with charts to `FILE`")
 	fs.Uint64Var(&c.Records, "records", c.Records, "records preloaded into each system")
@@ -104,6 +107,9 @@ func (b *benchFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&b.durability, "durability", "async,fsync", "durability pairs: async (quorumkv --fsync=false vs JetStream default), fsync (fsync per batch vs sync_interval always)")
 	fs.StringVar(&b.concurrency, "concurrency", "", "closed-loop clients per cell, comma-separated; default per --matrix")
 	fs.Uint64Var(&c.ScaleRecords, "scale-records", c.ScaleRecords, "records of the scale run (quorumkv, 64 clients); 0 skips it")
+	fs.Uint64Var(&c.MembershipRecords, "membership-records", c.MembershipRecords, "records of the membership cell (quorumkv on 3 nodes, a 4th added under a YCSB A load); 0 skips it")
+	fs.IntVar(&c.MembershipConcurrency, "membership-concurrency", c.MembershipConcurrency, "closed-loop YCSB A clients of the membership cell")
+	fs.Float64Var(&b.transferRate, "transfer-rate", float64(storage.DefaultTransferRate)/(1<<20), "storage nodes: MiB per second a partition transfer into a node pulls at most, as storage --transfer-rate; 0 = unlimited")
 	fs.IntVar(&c.Coordinators, "coordinators", c.Coordinators, "quorumkv coordinators, one per server (1..3)")
 	fs.IntVar(&c.Coordinator.NodeInflight, "node-inflight", c.Coordinator.NodeInflight, "coordinator: batches in flight per storage node and operation")
 	fs.IntVar(&c.Coordinator.MaxBatch, "max-batch", c.Coordinator.MaxBatch, "coordinator: replica messages per batch at most")
@@ -128,22 +134,36 @@ func (b *benchFlags) config(fs *flag.FlagSet) (bench.Config, error) {
 	case "full":
 	case "targets":
 		targets()
+	case "membership":
+		cfg.NoCells = true
+		if !set["scale-records"] {
+			cfg.ScaleRecords = 0
+		}
 	default:
-		return cfg, usagef("--matrix %q: use full or targets", b.matrix)
+		return cfg, usagef("--matrix %q: use full, targets or membership", b.matrix)
 	}
 	if b.quick {
 		cfg.Mode = "quick"
 		targets()
 		for name, apply := range map[string]func(){
-			"records":       func() { cfg.Records = 10_000 },
-			"duration":      func() { cfg.Duration = time.Second },
-			"warmup":        func() { cfg.Warmup = 300 * time.Millisecond },
-			"scale-records": func() { cfg.ScaleRecords = 0 },
+			"records":            func() { cfg.Records = 10_000 },
+			"duration":           func() { cfg.Duration = time.Second },
+			"warmup":             func() { cfg.Warmup = 300 * time.Millisecond },
+			"scale-records":      func() { cfg.ScaleRecords = 0 },
+			"membership-records": func() { cfg.MembershipRecords = 0 },
 		} {
 			if !set[name] {
 				apply()
 			}
 		}
+	}
+	switch {
+	case b.transferRate < 0:
+		return cfg, usagef("--transfer-rate %v is negative (0 = unlimited)", b.transferRate)
+	case b.transferRate == 0:
+		cfg.TransferRate = storage.Unlimited
+	default:
+		cfg.TransferRate = max(int64(b.transferRate*(1<<20)), 1)
 	}
 	if b.workloads != "" {
 		cfg.Workloads = splitList(b.workloads)

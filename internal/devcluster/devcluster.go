@@ -59,6 +59,11 @@ type Config struct {
 	// coordinator index and storage node id; nil records none.
 	Metrics prometheus.Registerer
 	Logger  *slog.Logger
+
+	// TransferRate caps the bytes per second a storage node pulls while
+	// it receives partitions (0: storage.DefaultTransferRate;
+	// storage.Unlimited for no cap), as storage --transfer-rate does.
+	TransferRate int64
 }
 
 // DefaultConfig is the deployment `quorumkv dev` runs: three storage nodes
@@ -319,7 +324,7 @@ func (c *Cluster) StartNode(id string) error {
 	if _, running := c.nodes[id]; running {
 		return fmt.Errorf("storage node %s is already running", id)
 	}
-	scfg := storage.Config{NodeID: id, DataDir: c.NodeDir(id), Fsync: c.cfg.Fsync, Logger: c.log}
+	scfg := storage.Config{NodeID: id, DataDir: c.NodeDir(id), Fsync: c.cfg.Fsync, TransferRate: c.cfg.TransferRate, Logger: c.log}
 	if c.cfg.Metrics != nil {
 		scfg.Metrics = prometheus.WrapRegistererWith(prometheus.Labels{"node": id}, c.cfg.Metrics)
 	}
