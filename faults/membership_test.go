@@ -77,11 +77,9 @@ func startMembership(t *testing.T, n int) (*cluster, *client.Client) {
 			t.Fatalf("tenant %s never took a write at consistency all: %v\n%s", memberTenant, err, c.logs())
 		}
 	}
+	// Registered before the processes added later, so it runs after their
+	// cleanups killed them: crashes are checked in finish, not here.
 	t.Cleanup(func() {
-		c.noteCrashes()
-		for _, cr := range c.crashes {
-			t.Errorf("crash: %s", cr)
-		}
 		if t.Failed() || envSet("QUORUMKV_FAULT_LOGS") {
 			t.Logf("process output:\n%s", c.logs())
 		}
@@ -230,6 +228,10 @@ func finish(t *testing.T, w *scenarioLoad, c *cluster) {
 	w.fullPass("final check, writers stopped", 30*time.Second)
 	t.Logf("per phase:\n%s", w.summary())
 	t.Logf("node list at the end:\n%s", c.cli(10*time.Second, "node", "list").stdout)
+	c.noteCrashes()
+	for _, cr := range c.crashes {
+		t.Errorf("crash: %s", cr)
+	}
 	if n := w.wrong(); n > 0 {
 		t.Errorf("%d reads answered wrong (first ones above, each with key, expected and got)", n)
 	}
