@@ -205,6 +205,7 @@ func (l *ledger) judge(key string, a int, got observed) (verdict, expected strin
 }
 
 func parseOpValue(key, value string) (int, bool) {
+	value, _, _ = strings.Cut(value, "|") // padding (preload)
 	rest, ok := strings.CutPrefix(value, key+"#")
 	if !ok {
 		return 0, false
@@ -419,6 +420,34 @@ func (w *scenarioLoad) readOnce(ctx context.Context, key string) bool {
 		w.t.Errorf("%s", f)
 	}
 	return true
+}
+
+// preload writes n keys "p-<i>" once each at quorum, with values padded
+// to size bytes, from par goroutines: data for a transfer to take a while.
+// Every write is in the ledger like the writers' ones.
+func (w *scenarioLoad) preload(n, size, par int) {
+	w.t.Helper()
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for g := range par {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := g; i < n && w.ctx.Err() == nil; i += par {
+				key := fmt.Sprintf("p-%d", i)
+				idx := w.led.begin(key, false)
+				v := opValue(key, idx) + "|"
+				v += strings.Repeat("x", max(size-len(v), 0))
+				_, err := w.kv.Put(w.ctx, key, []byte(v), client.WithConsistency(subjects.Quorum), client.WithTimeout(2*time.Second))
+				w.led.end(key, idx, err)
+				if err != nil {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	w.t.Logf("%8s  preloaded %d keys of %d bytes (%d writes failed)", time.Since(w.start).Round(time.Millisecond), n, size, failed.Load())
 }
 
 // fullPass reads every key written so far once, at quorum, retrying a

@@ -50,8 +50,16 @@ const (
 // former owners hand off and drop within the test.
 var memberEnv = []string{
 	"QUORUMKV_PARTITIONS=" + memberPartitions,
-	"QUORUMKV_HEARTBEAT=500ms",
+	"QUORUMKV_HEARTBEAT=1s",
 	"QUORUMKV_HANDOFF_GRACE=1s",
+}
+
+// coordMemberEnv is every coordinator's: the same Q, and the storage
+// nodes' heartbeat, which tells a coordinator when a node is down
+// (silent for 3 heartbeats).
+var coordMemberEnv = []string{
+	"QUORUMKV_PARTITIONS=" + memberPartitions,
+	"QUORUMKV_NODE_HEARTBEAT=1s",
 }
 
 // startMembership starts n storage nodes, two coordinators and a repair
@@ -59,7 +67,7 @@ var memberEnv = []string{
 func startMembership(t *testing.T, n int) (*cluster, *client.Client) {
 	t.Helper()
 	c := startCluster(t, clusterConfig{storageNodes: n, coordinators: 2, storageEnv: memberEnv,
-		coordEnv: []string{"QUORUMKV_PARTITIONS=" + memberPartitions}})
+		coordEnv: coordMemberEnv})
 	ctx := context.Background()
 	r, quorum, lww := 3, subjects.Quorum, subjects.PolicyLWW
 	if _, err := c.admin.CreateTenant(ctx, memberTenant, client.TenantSpec{ReplicationFactor: &r, DefaultConsistency: &quorum, ConflictPolicy: &lww}); err != nil {
