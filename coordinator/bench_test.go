@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/vmihailenco/msgpack/v5"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -81,26 +82,13 @@ func BenchmarkPutGet(b *testing.B) {
 	b.Run("get/parallel", func(b *testing.B) { run(b, true, get) })
 }
 
-// recordSwitch is an idempotency store whose Record can be turned off, to
-// measure what recording generated keys costs a write without a key.
-type recordSwitch struct {
-	idempotency.Store
-	off atomic.Bool
-}
-
-func (s *recordSwitch) Record(ctx context.Context, key string, fp, resp []byte, ttl time.Duration) error {
-	if s.off.Load() {
-		return nil
-	}
-	return s.Store.Record(ctx, key, fp, resp, ttl)
-}
-
 // BenchmarkPutGeneratedKey measures quorum puts without an idempotency key
-// with the generated key recorded (record=on, what the coordinator does)
-// and without (record=off, as before it recorded them), in one run on one
-// cluster, against the embedded JetStream KV store and against Redis. Only
-// the store round trip is switched off: the reply's encoding and the
-// request's fingerprint are computed in both cases.
+// as the coordinator serves them (key=token: the generated key is a sealed
+// token, no store round trip) against the same puts followed by the one
+// store write the coordinator made for each before tokens (key=recorded: a
+// Record of the reply under a random key, as idempotency.Store.Record did
+// it), in one run on one cluster, against the embedded JetStream KV store
+// and against Redis.
 func BenchmarkPutGeneratedKey(b *testing.B) {
 	for _, backend := range []string{"nats", "redis"} {
 		b.Run(backend, func(b *testing.B) {
@@ -122,11 +110,10 @@ func BenchmarkPutGeneratedKey(b *testing.B) {
 				rc, prefix := redistest.Client(b)
 				store = idemredis.New(rc, prefix)
 			}
-			sw := &recordSwitch{Store: store}
 			// Only this coordinator serves: the cluster's own stops.
 			c.StopCoordinator(0)
 			co, err := coordinator.New(ctx, connect(b, c), coordinator.Config{
-				Metadata: c.Metadata(), Idempotency: sw, Repair: c.RepairPublisher(), Logger: quietLogger(),
+				Metadata: c.Metadata(), Idempotency: store, Repair: c.RepairPublisher(), Logger: quietLogger(),
 			})
 			if err != nil {
 				b.Fatal(err)
@@ -136,29 +123,35 @@ func BenchmarkPutGeneratedKey(b *testing.B) {
 			value := bytes.Repeat([]byte("v"), 256)
 			quorum := client.WithConsistency(subjects.Quorum)
 			var next atomic.Uint64
-			put := func() error {
-				_, err := kv.Put(ctx, fmt.Sprintf("user%012d", next.Add(7919)%10_000), value, quorum)
-				return err
+			fp := bytes.Repeat([]byte("f"), 16)
+			put := func(recorded bool) error {
+				res, err := kv.Put(ctx, fmt.Sprintf("user%012d", next.Add(7919)%10_000), value, quorum)
+				if err != nil || !recorded {
+					return err
+				}
+				resp, err := msgpack.Marshal(res)
+				if err != nil {
+					return err
+				}
+				return store.Record(ctx, fmt.Sprintf("bench/%d", next.Add(1)), fp, resp, time.Hour)
 			}
-			for _, mode := range []string{"off", "on"} {
-				b.Run("record="+mode+"/serial", func(b *testing.B) {
-					sw.off.Store(mode == "off")
+			for _, mode := range []string{"token", "recorded"} {
+				b.Run("key="+mode+"/serial", func(b *testing.B) {
 					b.ReportAllocs()
 					for b.Loop() {
-						if err := put(); err != nil {
+						if err := put(mode == "recorded"); err != nil {
 							b.Fatal(err)
 						}
 					}
 				})
 			}
-			for _, mode := range []string{"off", "on"} {
-				b.Run("record="+mode+"/parallel", func(b *testing.B) {
-					sw.off.Store(mode == "off")
+			for _, mode := range []string{"token", "recorded"} {
+				b.Run("key="+mode+"/parallel", func(b *testing.B) {
 					b.ReportAllocs()
 					b.SetParallelism(32)
 					b.RunParallel(func(pb *testing.PB) {
 						for pb.Next() {
-							if err := put(); err != nil {
+							if err := put(mode == "recorded"); err != nil {
 								b.Error(err)
 								return
 							}

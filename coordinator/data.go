@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -131,8 +132,8 @@ func decodeDataRequest(req micro.Request, op string) (*dataRequest, error) {
 		return nil, subjects.Errorf(subjects.KindInvalid, "unknown consistency %q; use one, quorum or all", r.Consistency)
 	case r.TimeoutMS < 0 || r.TimeoutMS > subjects.MaxTimeoutMS:
 		return nil, subjects.Errorf(subjects.KindInvalid, "timeout_ms %d out of range 0..%d (0 or absent: the coordinator's default)", r.TimeoutMS, subjects.MaxTimeoutMS)
-	case len(r.IdempotencyKey) > 256:
-		return nil, subjects.Errorf(subjects.KindInvalid, "idempotency_key is %d bytes; the limit is 256", len(r.IdempotencyKey))
+	case len(r.IdempotencyKey) > maxIdempotencyKey:
+		return nil, subjects.Errorf(subjects.KindInvalid, "idempotency_key is %d bytes; the limit is %d", len(r.IdempotencyKey), maxIdempotencyKey)
 	}
 	if op == subjects.OpDelete && len(r.Value) > 0 {
 		return nil, subjects.Errorf(subjects.KindInvalid, "delete takes no value")
@@ -248,25 +249,45 @@ func (c *Coordinator) replicas(r *dataRequest) ([]string, int, error) {
 // writeOnce wraps write with the idempotency protocol: a request that names
 // an idempotency key claims it first, under the request's fingerprint; a
 // retry gets the first response, and a different request with the same key
-// gets 409 idempotency_mismatch. Without a key, a fresh one is generated and
-// the write's response is recorded under it once the write succeeded (one
-// store write, no claim: nothing can have used the key before), so a retry
-// with the returned key is a duplicate too. When that record fails, the
-// reply carries no idempotency key: only keys that will be honoured are
-// returned.
+// gets 409 idempotency_mismatch. Without a key, the reply's key is a sealed
+// token carrying the response (idemtoken.go): a retry with it is answered
+// from the token with no store round trip. When the token would be too
+// long, a fresh random key is recorded in the store instead (one store
+// write); when that record fails, the reply carries no idempotency key:
+// only keys that will be honoured are returned.
 func (c *Coordinator) writeOnce(ctx context.Context, r *dataRequest, del bool) (*subjects.WriteReply, error) {
 	fp := requestFingerprint(r, del)
 	if r.IdempotencyKey == "" {
-		r.IdempotencyKey = newIdempotencyKey()
 		reply, err := c.write(ctx, r, del)
 		if err != nil {
 			return nil, err
 		}
+		if tok, ok := c.mintIdemToken(r.tenant.ID, fp, reply, c.cfg.Now()); ok {
+			reply.IdempotencyKey = tok
+			return reply, nil
+		}
+		r.IdempotencyKey = newIdempotencyKey()
+		reply.IdempotencyKey = r.IdempotencyKey
 		if err := c.recordGenerated(ctx, r, fp, reply); err != nil {
 			c.log.Warn("idempotency record failed; the reply carries no idempotency key", "tenant", r.tenant.ID, "err", err)
 			reply.IdempotencyKey = ""
 		}
 		return reply, nil
+	}
+	if tok, ok := c.openIdemToken(r.tenant.ID, r.IdempotencyKey, c.cfg.Now(), c.cfg.IdempotencyTTL); ok {
+		if !bytes.Equal(tok.fingerprint, fp) {
+			return nil, subjects.Errorf(subjects.KindIdempotencyMismatch,
+				"idempotency key %q was issued for a different request (another key, operation, value or context); retry with the same request or use a new key", r.IdempotencyKey)
+		}
+		return &subjects.WriteReply{
+			Success:        true,
+			Key:            r.Key,
+			Context:        tok.context,
+			IdempotencyKey: r.IdempotencyKey,
+			IsDuplicate:    true,
+			ReplicaCount:   tok.replicas,
+			Consistency:    tok.consistency,
+		}, nil
 	}
 	key := idempotency.Key(r.tenant.ID, r.Key, r.IdempotencyKey)
 	claim, err := c.cfg.Idempotency.Begin(ctx, key, fp, c.cfg.PendingTTL)

@@ -129,7 +129,8 @@ func TestFailedWriteClearsItsClaim(t *testing.T) {
 
 // TestRedisOutage: while Redis is unreachable, writes that carry an
 // idempotency key answer 503 naming it (never a silent duplicate); writes
-// without one go on; when Redis returns, it works again by itself.
+// without one go on, and their generated keys are honoured (they need no
+// store); when Redis returns, it works again by itself.
 func TestRedisOutage(t *testing.T) {
 	_, prefix := redistest.Client(t)
 	proxy := tcpproxy.New(t, strings.TrimPrefix(strings.TrimSuffix(redistest.URL(), "/0"), "redis://"))
@@ -148,11 +149,18 @@ func TestRedisOutage(t *testing.T) {
 	if !errors.As(err, &e) || (e.Code != 503 && e.Code != 504) || !strings.Contains(e.Message, "idempotency store") || !strings.Contains(strings.ToLower(e.Message), "redis") {
 		t.Fatalf("put with a key while Redis is down: %v, want 503 naming the redis idempotency store", err)
 	}
-	// The write goes on, but its reply names no generated key: it could
-	// not be recorded, so it would not be honoured on a retry.
-	if res, err := kv.Put(ctx, "k", []byte("v3")); err != nil || res.IdempotencyKey != "" {
-		t.Fatalf("put without a key while Redis is down: %v %+v, want success without an idempotency key", err, res)
+	// The write goes on, and its generated key is honoured on a retry
+	// with Redis still down: it is a sealed token, not a store entry.
+	res, err := kv.Put(ctx, "k", []byte("v3"))
+	if err != nil || res.IdempotencyKey == "" {
+		t.Fatalf("put without a key while Redis is down: %v %+v, want success with a generated idempotency key", err, res)
 	}
+	dup, err := kv.Put(ctx, "k", []byte("v3"), client.WithIdempotencyKey(res.IdempotencyKey))
+	if err != nil || !dup.IsDuplicate || dup.Context != res.Context {
+		t.Fatalf("retry with the generated key while Redis is down: %v %+v, want a duplicate of %+v", err, dup, res)
+	}
+	_, err = kv.Put(ctx, "k", []byte("other"), client.WithIdempotencyKey(res.IdempotencyKey))
+	assertKind(t, err, 409, subjects.KindIdempotencyMismatch)
 	proxy.Restore()
 	waitFor(t, 10*time.Second, func() error {
 		_, err := kv.Put(ctx, "k", []byte("v4"), client.WithIdempotencyKey("after"))

@@ -59,3 +59,28 @@ func BenchmarkClaim(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkMapWriteSet is the write path's lookup while partitions move:
+// 64 nodes, a 65th joining.
+func BenchmarkMapWriteSet(b *testing.B) {
+	m, err := Claim(nil, claimNodes(seq(1, 64)...), DefaultPartitions)
+	if err != nil {
+		b.Fatal(err)
+	}
+	t, _ := Claim(m, claimNodes(seq(1, 65)...), DefaultPartitions)
+	m, err = m.Retarget(t, 2)
+	if err != nil {
+		b.Fatal(err)
+	}
+	hs := make([]uint64, 1024)
+	for i := range hs {
+		hs[i] = KeyHash("default", "key-"+strconv.Itoa(i))
+	}
+	dst := make([]string, 0, 6)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		dst, _ = m.WriteSetHash(hs[i&1023], 3, dst)
+		i++
+	}
+}

@@ -158,10 +158,12 @@ func newClaimer(prev *Map, ns []Node, q int, rule Rule) *claimer {
 			idx[i] = int32(k)
 		}
 	}
-	w := min(c.r, prev.r)
+	// A prev with moving partitions contributes its current rows, which
+	// may be shorter than R.
 	for p := 0; p < q; p++ {
-		for j := 0; j < w; j++ {
-			c.own[p*c.r+j] = idx[prev.owners[p*prev.r+j]]
+		row := prev.row(prev.owners, uint32(p))
+		for j := 0; j < min(c.r, len(row)); j++ {
+			c.own[p*c.r+j] = idx[row[j]]
 		}
 	}
 	return c
@@ -568,7 +570,7 @@ func (c *claimer) give(j, a, b int) {
 }
 
 func (c *claimer) result(prev *Map) *Map {
-	m := &Map{q: c.q, r: c.r, version: 1}
+	m := &Map{q: c.q, r: c.r, w: c.r, version: 1}
 	if prev != nil {
 		m.version = prev.version + 1
 	}
@@ -579,6 +581,19 @@ func (c *claimer) result(prev *Map) *Map {
 	m.owners = make([]uint16, len(c.own))
 	for i, o := range c.own {
 		m.owners[i] = uint16(o)
+	}
+	// A partition whose owners are prev's current ones, and which did not
+	// move in prev, keeps its since; every other changed in this version.
+	m.since = make([]uint64, c.q)
+	var a, b []string
+	for p := range c.q {
+		m.since[p] = m.version
+		if prev != nil && !prev.Moving(uint32(p)) {
+			a, b = prev.Owners(uint32(p), a), m.Owners(uint32(p), b)
+			if slices.Equal(a, b) {
+				m.since[p] = prev.since[p]
+			}
+		}
 	}
 	return m
 }

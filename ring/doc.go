@@ -21,9 +21,17 @@
 // coordinator that claims from the same previous map and node set must
 // store the same next map. The golden tests in this package pin them.
 //
-// Pending owners, transfers and the barriers that make a change safe are
-// the next step of issue 14; until then a change of the map moves no data
-// (read repair and hints fill new owners).
+// A change of membership does not swap the map at once: [Map.Retarget]
+// gives each partition whose owners change a target row next to its
+// current one. Writes go to both rows and count on the current one
+// ([Map.WriteSet]); the target's new members ([Map.Receiving]) pull the
+// partition and report it done ([Map.MarkDone]), which flips it: current
+// := target. Each partition records the version it last changed in
+// ([Map.Since]), which storage nodes use to fence senders holding an older
+// map. [Map.TargetMap] is where the moves lead, the prev of the next
+// Claim; [Map.Substitute] builds the target of a node replace. The
+// transitions are pure functions of the map; the metadata store keeps the
+// result under optimistic locking.
 //
 // # Concurrency and cost
 //

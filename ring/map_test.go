@@ -2,7 +2,9 @@ package ring
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"math/bits"
 	"slices"
 	"strconv"
 	"sync"
@@ -101,31 +103,90 @@ func TestMapEncodingRoundTrip(t *testing.T) {
 	}
 }
 
+// appendFormat1 writes m (without moving partitions) in format 1, as maps
+// were stored before transitions.
+func appendFormat1(m *Map) []byte {
+	b := append([]byte(mapMagic), mapFormat1)
+	b = binary.AppendUvarint(b, m.version)
+	b = append(b, byte(bits.TrailingZeros(uint(m.q))), byte(m.r))
+	b = binary.AppendUvarint(b, uint64(len(m.nodes)))
+	for _, id := range m.nodes {
+		b = binary.AppendUvarint(b, uint64(len(id)))
+		b = append(b, id...)
+	}
+	for _, o := range m.owners {
+		b = binary.AppendUvarint(b, uint64(o))
+	}
+	return b
+}
+
+// TestDecodeFormat1: a map stored before transitions reads back with the
+// same rows and since = version everywhere (its history is unknown, so
+// every older sender is fenced).
+func TestDecodeFormat1(t *testing.T) {
+	m := mustClaim(t, nil, claimNodes(1, 2, 3, 4), 64)
+	m = mustClaim(t, m, claimNodes(1, 2, 3, 4, 5), 64).WithVersion(9)
+	got, err := Decode(appendFormat1(m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Equal(m) || got.Version() != 9 {
+		t.Fatal("format 1 does not read back as the map")
+	}
+	for p := range uint32(64) {
+		if got.Since(p) != 9 {
+			t.Fatalf("since(%d) = %d, want 9", p, got.Since(p))
+		}
+	}
+}
+
 func TestDecodeRejects(t *testing.T) {
-	good, _ := mustClaim(t, nil, claimNodes(1, 2, 3), 4).MarshalBinary()
-	// good is: "qkpm" 1 | version 1 | log2Q 2 | R 3 | N 3 | 3 ids of 6
+	m := mustClaim(t, nil, claimNodes(1, 2, 3), 4)
+	good1 := appendFormat1(m)
+	// good1 is: "qkpm" 1 | version 1 | log2Q 2 | R 3 | N 3 | 3 ids of 6
 	// bytes ("node-1"...) | 12 owner indexes.
-	ownersAt := len(good) - 12
-	mut := func(f func(b []byte) []byte) []byte { return f(slices.Clone(good)) }
+	good2, _ := m.MarshalBinary()
+	// good2 is: "qkpm" 2 | version 1 | log2Q 2 | W 3 | N 3 | 3 ids of 6
+	// bytes | T 3 | 0 1 2 | moving 0 | 12 owner entries (index+1) | 4
+	// since distances.
+	ownersAt1, ownersAt2, sinceAt := len(good1)-12, len(good2)-16, len(good2)-4
+	mut := func(good []byte, f func(b []byte) []byte) []byte { return f(slices.Clone(good)) }
 	for name, b := range map[string][]byte{
-		"empty":        nil,
-		"magic":        mut(func(b []byte) []byte { b[0] = 'x'; return b }),
-		"format":       mut(func(b []byte) []byte { b[4] = 2; return b }),
-		"log2Q":        mut(func(b []byte) []byte { b[6] = 17; return b }),
-		"R":            mut(func(b []byte) []byte { b[7] = 2; return b }),
-		"no nodes":     mut(func(b []byte) []byte { b[8] = 0; return b }),
-		"id order":     mut(func(b []byte) []byte { b[15] = '9'; return b }), // node-1 → node-9
-		"owner range":  mut(func(b []byte) []byte { b[ownersAt] = 3; return b }),
-		"repeat owner": mut(func(b []byte) []byte { b[ownersAt+1] = b[ownersAt]; return b }),
-		"truncated":    good[:len(good)-1],
-		"trailing":     append(slices.Clone(good), 0),
+		"empty":         nil,
+		"magic":         mut(good2, func(b []byte) []byte { b[0] = 'x'; return b }),
+		"format":        mut(good2, func(b []byte) []byte { b[4] = 3; return b }),
+		"1/log2Q":       mut(good1, func(b []byte) []byte { b[6] = 17; return b }),
+		"1/R":           mut(good1, func(b []byte) []byte { b[7] = 2; return b }),
+		"1/no nodes":    mut(good1, func(b []byte) []byte { b[8] = 0; return b }),
+		"1/id order":    mut(good1, func(b []byte) []byte { b[15] = '9'; return b }), // node-1 → node-9
+		"1/owner range": mut(good1, func(b []byte) []byte { b[ownersAt1] = 3; return b }),
+		"1/repeat":      mut(good1, func(b []byte) []byte { b[ownersAt1+1] = b[ownersAt1]; return b }),
+		"1/truncated":   good1[:len(good1)-1],
+		"1/trailing":    append(slices.Clone(good1), 0),
+		"2/log2Q":       mut(good2, func(b []byte) []byte { b[6] = 17; return b }),
+		"2/W":           mut(good2, func(b []byte) []byte { b[7] = 2; return b }),
+		"2/W 0":         mut(good2, func(b []byte) []byte { b[7] = 0; return b }),
+		"2/no nodes":    mut(good2, func(b []byte) []byte { b[8] = 0; return b }),
+		"2/id order":    mut(good2, func(b []byte) []byte { b[15] = '9'; return b }),
+		"2/no target":   mut(good2, func(b []byte) []byte { b[30] = 0; return b }),
+		"2/target idx":  mut(good2, func(b []byte) []byte { b[32] = 0; return b }),
+		"2/moving":      mut(good2, func(b []byte) []byte { b[34] = 2; return b }),
+		"2/owner range": mut(good2, func(b []byte) []byte { b[ownersAt2] = 4; return b }),
+		"2/repeat":      mut(good2, func(b []byte) []byte { b[ownersAt2+1] = b[ownersAt2]; return b }),
+		"2/short row":   mut(good2, func(b []byte) []byte { b[ownersAt2+2] = 0; return b }),
+		"2/gap":         mut(good2, func(b []byte) []byte { b[ownersAt2+1] = 0; return b }),
+		"2/since":       mut(good2, func(b []byte) []byte { b[sinceAt] = 2; return b }),
+		"2/truncated":   good2[:len(good2)-1],
+		"2/trailing":    append(slices.Clone(good2), 0),
 	} {
 		if _, err := Decode(b); !errors.Is(err, ErrBadMap) {
 			t.Errorf("%s: err = %v, want ErrBadMap", name, err)
 		}
 	}
-	if _, err := Decode(good); err != nil {
-		t.Fatalf("good: %v", err)
+	for _, good := range [][]byte{good1, good2} {
+		if _, err := Decode(good); err != nil {
+			t.Fatalf("good format %d: %v", good[4], err)
+		}
 	}
 }
 
@@ -138,19 +199,32 @@ func FuzzDecode(f *testing.F) {
 		f.Add(b)
 	}
 	f.Add([]byte("qkpm\x01"))
+	f.Add(appendFormat1(mustClaim(f, nil, claimNodes(1, 2), 4)))
+	for _, m := range sampleMovingMaps(f) {
+		b, _ := m.MarshalBinary()
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := Decode(data)
 		if err != nil {
 			return
 		}
-		checkMap(t, m, nodesOf(m))
+		if err := m.Check(); err != nil {
+			t.Fatalf("Decode accepted a map that fails Check: %v", err)
+		}
+		if !m.moving() {
+			checkMap(t, m, nodesOf(m))
+		}
 		b, err := m.MarshalBinary()
 		if err != nil {
 			t.Fatal(err)
 		}
 		m2, err := Decode(b)
-		if err != nil || !m2.Equal(m) || m2.Version() != m.Version() {
+		if err != nil || !m2.Equal(m) || m2.Version() != m.Version() || !slices.Equal(m2.since, m.since) {
 			t.Fatalf("re-encoding does not round-trip: %v", err)
+		}
+		if data[4] == mapFormat && !bytes.Equal(b, data) {
+			t.Fatal("format 2 is not canonical: two encodings of one map")
 		}
 	})
 }

@@ -205,3 +205,41 @@ func (k *ContextKeys) verify(policy byte, tenant string, body, tag []byte) bool 
 	}
 	return k.previous != nil && hmac.Equal(k.tag(k.previous, policy, tenant, body, buf[:0]), tag)
 }
+
+// Token kinds for [ContextKeys.SealToken]: a byte distinct from the
+// context policies ('l', 'd'), so no token verifies as a context and no
+// context as a token.
+const (
+	TokenIdempotency byte = 'i' // a coordinator's generated idempotency key
+)
+
+// ErrTokenKind reports a token kind that is a context policy.
+var ErrTokenKind = errors.New("vclock: token kind collides with a context policy")
+
+// SealToken appends to dst body followed by its [ContextTagLen]-byte tag for
+// tenant under the current secret, the way contexts are sealed but under
+// kind instead of a policy: coordinators use it for stateless tokens they
+// hand to clients and must recognise later. It fails only for a kind that
+// is a context policy.
+func (k *ContextKeys) SealToken(kind byte, tenant string, body, dst []byte) ([]byte, error) {
+	if kind == 'l' || kind == 'd' {
+		return nil, ErrTokenKind
+	}
+	dst = append(dst, body...)
+	return k.tag(k.current, kind, tenant, body, dst), nil
+}
+
+// OpenToken returns the body of sealed (body followed by its tag, as
+// SealToken made it) when its tag verifies for kind and tenant under the
+// current or the previous secret; ok is false otherwise. The body aliases
+// sealed. It never panics.
+func (k *ContextKeys) OpenToken(kind byte, tenant string, sealed []byte) (body []byte, ok bool) {
+	if kind == 'l' || kind == 'd' || len(sealed) < ContextTagLen {
+		return nil, false
+	}
+	body, tag := sealed[:len(sealed)-ContextTagLen], sealed[len(sealed)-ContextTagLen:]
+	if !k.verify(kind, tenant, body, tag) {
+		return nil, false
+	}
+	return body, true
+}
