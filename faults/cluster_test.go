@@ -135,7 +135,9 @@ type cluster struct {
 	// incarnation: scraped before each kill and at the end.
 	counters map[string]float64
 
-	storageEnv, coordEnv []string // environment of every storage node, coordinator (clusterConfig)
+	storageEnv, coordEnv []string        // environment of every storage node, coordinator (clusterConfig)
+	storageArgs          []string        // flags of every storage node (clusterConfig)
+	watch                *placementWatch // membership scenarios: the placement map's invariants
 }
 
 // clusterConfig sizes the deployment.
@@ -146,14 +148,15 @@ type clusterConfig struct {
 	// storageEnv is added to every storage node's environment, for
 	// settings read from QUORUMKV_ variables (an unknown one is ignored,
 	// so a test can name a setting that older binaries lack).
-	storageEnv []string
-	coordEnv   []string // the same for every coordinator
+	storageEnv  []string
+	coordEnv    []string // the same for every coordinator
+	storageArgs []string // flags added to every storage node's command line
 }
 
 func startCluster(t *testing.T, cfg clusterConfig) *cluster {
 	t.Helper()
 	proctest.Binary(t) // build first, outside every timed wait
-	c := &cluster{t: t, dir: t.TempDir(), snapshots: map[string]map[string][]subjects.DumpEntry{}, counters: map[string]float64{}, storageEnv: cfg.storageEnv, coordEnv: cfg.coordEnv}
+	c := &cluster{t: t, dir: t.TempDir(), snapshots: map[string]map[string][]subjects.DumpEntry{}, counters: map[string]float64{}, storageEnv: cfg.storageEnv, coordEnv: cfg.coordEnv, storageArgs: cfg.storageArgs}
 	c.startNATS()
 	c.startRedis()
 
@@ -416,6 +419,7 @@ func (c *cluster) newRepairWorker() *proc {
 
 func (c *cluster) newStorage(id string) *proc {
 	args := append([]string{"storage", "--id", id, "--data", filepath.Join(c.dir, id)}, c.common()...)
+	args = append(args, c.storageArgs...)
 	req, _ := msgpack.Marshal(&subjects.DumpRequest{Tenant: "none", Limit: 1})
 	return &proc{name: id, args: args, env: c.storageEnv, ready: func() error {
 		_, err := c.nc.Request(subjects.StorageNode(id, subjects.NodeOpDump), req, 500*time.Millisecond)

@@ -64,9 +64,9 @@ var coordMemberEnv = []string{
 
 // startMembership starts n storage nodes, two coordinators and a repair
 // worker, and creates the lww tenant of RF 3 the scenarios write to.
-func startMembership(t *testing.T, n int) (*cluster, *client.Client) {
+func startMembership(t *testing.T, n int, storageArgs ...string) (*cluster, *client.Client) {
 	t.Helper()
-	c := startCluster(t, clusterConfig{storageNodes: n, coordinators: 2, storageEnv: memberEnv,
+	c := startCluster(t, clusterConfig{storageNodes: n, coordinators: 2, storageEnv: memberEnv, storageArgs: storageArgs,
 		coordEnv: coordMemberEnv})
 	ctx := context.Background()
 	r, quorum, lww := 3, subjects.Quorum, subjects.PolicyLWW
@@ -87,6 +87,7 @@ func startMembership(t *testing.T, n int) (*cluster, *client.Client) {
 	}
 	// Registered before the processes added later, so it runs after their
 	// cleanups killed them: crashes are checked in finish, not here.
+	c.watch = c.watchPlacement(t, r)
 	t.Cleanup(func() {
 		if t.Failed() || envSet("QUORUMKV_FAULT_LOGS") {
 			t.Logf("process output:\n%s", c.logs())
@@ -236,6 +237,7 @@ func finish(t *testing.T, w *scenarioLoad, c *cluster) {
 	w.fullPass("final check, writers stopped", 30*time.Second)
 	t.Logf("per phase:\n%s", w.summary())
 	t.Logf("node list at the end:\n%s", c.cli(10*time.Second, "node", "list").stdout)
+	c.watch.check(t)
 	c.noteCrashes()
 	for _, cr := range c.crashes {
 		t.Errorf("crash: %s", cr)
@@ -336,7 +338,7 @@ func TestMembershipReplaceKilledNode(t *testing.T) {
 	dead := victim(t, "node-1", "node-2", "node-3")
 	w.phase("SIGKILL " + dead)
 	c.kill(c.storageProc(t, dead))
-	took := c.waitStatuses(t, time.Minute, map[string]string{dead: "down"})
+	took := c.waitStatuses(t, 90*time.Second, map[string]string{dead: "down"})
 	t.Logf("%s shown down %s after its SIGKILL", dead, took.Round(time.Millisecond))
 	w.fullPass("with "+dead+" down", time.Minute)
 
@@ -464,12 +466,122 @@ func TestMembershipBadInput(t *testing.T) {
 
 	w.phase("bad input: replace onto an id in use")
 	c.kill(c.storageProc(t, "node-3"))
-	c.waitStatuses(t, time.Minute, map[string]string{"node-3": "down"})
+	c.waitStatuses(t, 90*time.Second, map[string]string{"node-3": "down"})
 	// NEW must be standby or joining and own nothing; node-2 is active.
 	c.refused(t, 4, "node-2", "node", "replace", "node-3", "node-2")
 	// DEAD must be down; node-1 is live (which check comes first is the
 	// admin API's choice: both are 409).
 	c.refused(t, 4, "", "node", "replace", "node-1", "node-2")
 	c.refused(t, 3, subjects.KindNoSuchNode, "node", "replace", "node-3", "node-nope")
+	finish(t, w, c)
+}
+
+// placementWatch polls the placement map through the admin API for the
+// whole scenario and records every map in which a partition has fewer
+// current owners than the tenant's RF, or the version goes back. A
+// partition's owners holding data is what the reads check.
+type placementWatch struct {
+	mu         sync.Mutex
+	versions   int    // distinct versions seen
+	last       uint64 // newest version seen
+	maxMoving  int    // most partitions moving in one map
+	violations []string
+}
+
+// watchPlacement starts the watch; it stops at the test's end, and
+// finish reports it.
+func (c *cluster) watchPlacement(t *testing.T, rf int) *placementWatch {
+	pw := &placementWatch{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var owners []string
+		for ctx.Err() == nil {
+			rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
+			m, err := c.admin.Placement(rctx)
+			rcancel()
+			if err == nil && m.Version() > 0 {
+				pw.mu.Lock()
+				if v := m.Version(); v != pw.last {
+					if v < pw.last {
+						pw.violations = append(pw.violations, fmt.Sprintf("map version went back from %d to %d", pw.last, v))
+					}
+					pw.versions++
+					pw.last = v
+					moving := 0
+					var short []string
+					for p := range uint32(m.Partitions()) {
+						if m.Moving(p) {
+							moving++
+						}
+						if owners = m.Owners(p, owners[:0]); len(owners) < rf {
+							short = append(short, fmt.Sprintf("%d:%v", p, owners))
+						}
+					}
+					pw.maxMoving = max(pw.maxMoving, moving)
+					if len(short) > 0 {
+						pw.violations = append(pw.violations, fmt.Sprintf("map version %d: %d partitions with fewer than %d current owners: %s", v, len(short), rf, firstN(short, 8)))
+					}
+				}
+				pw.mu.Unlock()
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return pw
+}
+
+// check fails t for every violation seen so far and logs the figures.
+func (pw *placementWatch) check(t *testing.T) {
+	t.Helper()
+	pw.mu.Lock()
+	defer pw.mu.Unlock()
+	t.Logf("placement: %d map versions seen (last %d), at most %d partitions moving at once", pw.versions, pw.last, pw.maxMoving)
+	for _, v := range pw.violations {
+		t.Errorf("placement: %s", v)
+	}
+}
+
+// TestMembershipJoinDuringDrain: a concurrent admin change. Four nodes
+// with preloaded data and slowed transfers; `node drain node-4 --wait`
+// runs while node-5 joins by itself. The map's optimistic locking must
+// serialise them: node-4 ends left, node-5 active, no map ever has a
+// partition with fewer than RF current owners, nothing is lost, also
+// after one more SIGKILL.
+func TestMembershipJoinDuringDrain(t *testing.T) {
+	c, kv := startMembership(t, 4, "--transfer-rate", "0.25")
+	w := startWorkload(t, kv, defaultLoad)
+	w.preload(600, 1024, 4)
+	w.waitAcked(700, time.Minute)
+
+	w.phase("node drain node-4 --wait; node-5 joins 1s later")
+	var wg sync.WaitGroup
+	var drain cliResult
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		drain = c.cli(transitionTimeout, "node", "drain", "node-4", "--wait")
+	}()
+	time.Sleep(time.Second)
+	c.addStorage("node-5")
+	wg.Wait()
+	if drain.code != 0 {
+		t.Fatalf("drain did not finish: %s", drain)
+	}
+	t.Logf("%s", drain)
+	c.waitStatuses(t, transitionTimeout, map[string]string{"node-4": "left", "node-5": "active"})
+	w.phase("node-4 left, node-5 active")
+	w.fullPass("after the drain and the join", time.Minute)
+	w.waitRounds(1, 2*time.Minute)
+
+	id := victim(t, "node-1", "node-2", "node-3", "node-5")
+	w.phase("SIGKILL " + id)
+	c.kill(c.storageProc(t, id))
+	w.fullPass("after SIGKILL of "+id, time.Minute)
 	finish(t, w, c)
 }
