@@ -68,6 +68,13 @@ func startMembership(t *testing.T, n int, storageArgs ...string) (*cluster, *cli
 	t.Helper()
 	c := startCluster(t, clusterConfig{storageNodes: n, coordinators: 2, storageEnv: memberEnv, storageArgs: storageArgs,
 		coordEnv: coordMemberEnv})
+	// A new cluster settles first: nodes after the first join one by one
+	// (streaming nothing), and the scenarios start from all active.
+	settled := map[string]string{}
+	for i := 1; i <= n; i++ {
+		settled[fmt.Sprintf("node-%d", i)] = "active"
+	}
+	c.waitStatuses(t, transitionTimeout, settled)
 	ctx := context.Background()
 	r, quorum, lww := 3, subjects.Quorum, subjects.PolicyLWW
 	if _, err := c.admin.CreateTenant(ctx, memberTenant, client.TenantSpec{ReplicationFactor: &r, DefaultConsistency: &quorum, ConflictPolicy: &lww}); err != nil {
