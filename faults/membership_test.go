@@ -241,6 +241,7 @@ func victim(t *testing.T, ids ...string) string {
 func finish(t *testing.T, w *scenarioLoad, c *cluster) {
 	t.Helper()
 	w.stop()
+	w.phase("final check, writers stopped")
 	w.fullPass("final check, writers stopped", 30*time.Second)
 	t.Logf("per phase:\n%s", w.summary())
 	t.Logf("node list at the end:\n%s", c.cli(10*time.Second, "node", "list").stdout)
