@@ -293,7 +293,7 @@ func TestRolesEndToEnd(t *testing.T) {
 			subjects.AdminTenantCreate, subjects.AdminTenantList, subjects.AdminTenantDelete,
 			subjects.AdminNodeDrain, subjects.AdminNodeRemove, subjects.AdminNodeList,
 			subjects.Put("default"), subjects.Get("acme"),
-			subjects.StorageNode("node-2", subjects.NodeOpWrite),
+			subjects.AdminNodeJoin, subjects.AdminNodeReplace,
 			subjects.Repair("default"), subjects.EventsRing,
 			"$JS.API.INFO", "$KV.quorumkv_nodes.node-1", "$SRV.PING",
 		} {
@@ -308,6 +308,48 @@ func TestRolesEndToEnd(t *testing.T) {
 		if _, err := adm.ListTenants(tctx); err == nil {
 			t.Error("a storage node listed the tenants")
 		}
+	})
+
+	t.Run("a storage node loads the map, reports transfers and hands off", func(t *testing.T) {
+		st, co := dial(t, sys.url, "storage"), dial(t, sys.url, "coordinator")
+		// The map: asked of the real coordinator, announced on events.
+		if m, err := st.Request(subjects.AdminPlacementGet, nil, 5*time.Second); err != nil || m.Header.Get("Nats-Service-Error-Code") != "" {
+			t.Fatalf("placement.get from a storage node: %v %v", m, err)
+		}
+		ring, err := st.SubscribeSync(subjects.EventsRing)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = st.Flush()
+		if err := co.Publish(subjects.EventsRing, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ring.NextMsg(5 * time.Second); err != nil {
+			t.Fatalf("a storage node got no %s: %v", subjects.EventsRing, err)
+		}
+		// A transfer report reaches the coordinators (this responder, or
+		// the real coordinator once it serves the subject: any answer).
+		sub, err := co.Subscribe(subjects.AdminNodeTransfer, func(m *nats.Msg) { _ = m.Respond([]byte("ok")) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = sub.Unsubscribe() }()
+		_ = co.Flush()
+		if _, err := st.Request(subjects.AdminNodeTransfer, nil, 5*time.Second); err != nil {
+			t.Fatalf("node.transfer from a storage node: %v", err)
+		}
+		// Handoff: merges written to another node (node-9: no real node).
+		dst := dial(t, sys.url, "storage")
+		w, err := dst.Subscribe(subjects.StorageNode("node-9", subjects.NodeOpWrite), func(m *nats.Msg) { _ = m.Respond([]byte("ack")) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = w.Unsubscribe() }()
+		_ = dst.Flush()
+		if m, err := st.Request(subjects.StorageNode("node-9", subjects.NodeOpWrite), nil, 5*time.Second); err != nil || string(m.Data) != "ack" {
+			t.Fatalf("handoff write between storage nodes: %v %v", m, err)
+		}
+		st.mustNotSubscribe(t, "kv.v1.events.tenant")
 	})
 
 	t.Run("a storage node pulls pages of a partition from another", func(t *testing.T) {

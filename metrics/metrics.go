@@ -158,6 +158,7 @@ type Storage struct {
 	messages *prometheus.HistogramVec
 	items    *prometheus.CounterVec
 	commit   prometheus.Histogram
+	moves    *storageMoves // partition transfer, handoff, fencing (moves.go)
 
 	reg        prometheus.Registerer
 	collectors []prometheus.Collector
@@ -209,6 +210,8 @@ func NewStorage(reg prometheus.Registerer, stats func() PebbleStats, queue func(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: Namespace, Subsystem: "storage", Name: "queued_reads",
 			Help: "Read messages waiting for the reader."}, func() float64 { return float64(queue("read")) }),
 	}
+	s.moves = newStorageMoves()
+	s.collectors = append(s.collectors, s.moves.collectors()...)
 	reg.MustRegister(s.collectors...)
 	return s
 }

@@ -84,3 +84,45 @@ func BenchmarkMapWriteSet(b *testing.B) {
 		i++
 	}
 }
+
+// BenchmarkTransitions: what a reconcile and a transfer report cost under
+// the metadata store's optimistic lock (64 nodes, a 65th joining), and
+// decoding the map every node and coordinator loads on each change.
+func BenchmarkTransitions(b *testing.B) {
+	m, err := Claim(nil, claimNodes(seq(1, 64)...), DefaultPartitions)
+	if err != nil {
+		b.Fatal(err)
+	}
+	t, _ := Claim(m.TargetMap(), claimNodes(seq(1, 65)...), DefaultPartitions)
+	moving, err := m.Retarget(t, 2)
+	if err != nil {
+		b.Fatal(err)
+	}
+	recv := moving.Receiving("node-65", nil)
+	data, _ := moving.MarshalBinary()
+	b.Run("Retarget", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := m.Retarget(t, 2); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("MarkDone", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, _, err := moving.MarkDone("node-65", recv[:64], 3); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("Decode", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(int64(len(data)))
+		for b.Loop() {
+			if _, err := Decode(data); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

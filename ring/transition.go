@@ -276,6 +276,12 @@ func (m *Map) Retarget(target *Map, v uint64) (*Map, error) {
 // are ignored) and every partition whose receivers are now all done
 // flipped: current := target, since = v. flipped lists them, ascending.
 // It returns ErrVersion unless v > m.Version().
+//
+// A receiver reports what it pulled under some map version r (the map it
+// worked from). A partition whose rows changed after r may have a new
+// target the pull did not serve (or the receiver may have left and come
+// back, and dropped its data in between), so pass only the
+// [Map.StillCurrent] partitions of the report.
 func (m *Map) MarkDone(node string, ps []uint32, v uint64) (next *Map, flipped []uint32, err error) {
 	if v <= m.version {
 		return nil, nil, fmt.Errorf("%w: %d, map is at %d", ErrVersion, v, m.version)
@@ -297,6 +303,19 @@ func (m *Map) MarkDone(node string, ps []uint32, v uint64) (next *Map, flipped [
 	}
 	slices.Sort(flipped)
 	return d.build(), flipped, nil
+}
+
+// StillCurrent appends to dst[:0] the partitions of ps whose rows have not
+// changed since map version asOf (Since(p) <= asOf, p < Q), in ps's
+// order: those a transfer report made under map asOf speaks for.
+func (m *Map) StillCurrent(ps []uint32, asOf uint64, dst []uint32) []uint32 {
+	dst = dst[:0]
+	for _, p := range ps {
+		if int(p) < m.q && m.since[p] <= asOf {
+			dst = append(dst, p)
+		}
+	}
+	return dst
 }
 
 // Substitute returns m's target map with node dead replaced by node repl
@@ -392,33 +411,43 @@ func (d *draft) flipIfDone(p int, v uint64) bool {
 // no target rows when nothing moves.
 func (d *draft) build() *Map {
 	m := &Map{version: d.version, q: d.q, since: d.since}
-	ids := slices.Clone(d.tset)
+	seen := make(map[string]uint16, len(d.tset)+8)
+	add := func(row []string) {
+		for _, id := range row {
+			if _, ok := seen[id]; !ok {
+				seen[id] = 0
+				m.nodes = append(m.nodes, id)
+			}
+		}
+	}
+	add(d.tset)
 	moving := false
 	for p := range d.q {
-		ids = append(ids, d.cur[p]...)
+		add(d.cur[p])
 		if d.tgt[p] != nil {
 			moving = true
-			ids = append(ids, d.tgt[p]...)
+			add(d.tgt[p])
 			m.w = max(m.w, len(d.tgt[p]))
 		}
 		m.w = max(m.w, len(d.cur[p]))
 	}
-	slices.Sort(ids)
-	m.nodes = slices.Compact(ids)
+	slices.Sort(m.nodes)
+	for i, id := range m.nodes {
+		seen[id] = uint16(i)
+	}
 	if len(m.nodes) != len(d.tset) {
 		m.inTarget = make([]bool, len(m.nodes))
 		for _, id := range d.tset {
-			i, _ := slices.BinarySearch(m.nodes, id)
-			m.inTarget[i] = true
+			m.inTarget[seen[id]] = true
 		}
 	}
-	m.owners = d.rows(m, d.cur)
+	m.owners = d.rows(m, d.cur, seen)
 	m.r = m.w
 	for _, row := range d.cur {
 		m.r = min(m.r, len(row))
 	}
 	if moving {
-		m.target = d.rows(m, d.tgt)
+		m.target = d.rows(m, d.tgt, seen)
 		m.done = make([]uint8, d.q)
 		for p := range d.q {
 			if d.tgt[p] == nil {
@@ -435,8 +464,9 @@ func (d *draft) build() *Map {
 	return m
 }
 
-// rows lays out rows (nil: the current row) as indexes into m.nodes.
-func (d *draft) rows(m *Map, rows [][]string) []uint16 {
+// rows lays out rows (nil: the current row) as indexes into m.nodes,
+// which index maps ids to.
+func (d *draft) rows(m *Map, rows [][]string, index map[string]uint16) []uint16 {
 	out := make([]uint16, d.q*m.w)
 	for p := range d.q {
 		row := rows[p]
@@ -447,8 +477,7 @@ func (d *draft) rows(m *Map, rows [][]string) []uint16 {
 		for j := range r {
 			r[j] = none
 			if j < len(row) {
-				i, _ := slices.BinarySearch(m.nodes, row[j])
-				r[j] = uint16(i)
+				r[j] = index[row[j]]
 			}
 		}
 	}

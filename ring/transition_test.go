@@ -293,6 +293,29 @@ func TestMarkDoneIgnores(t *testing.T) {
 	checkFlipped(t, next, one, flipped)
 }
 
+// TestStillCurrent: a report made under an older map speaks only for the
+// partitions that did not change since.
+func TestStillCurrent(t *testing.T) {
+	q := 64
+	m := mustClaim(t, nil, claimNodes(1, 2, 3), q)
+	a := mustRetarget(t, m, mustClaim(t, m, claimNodes(1, 2, 3, 4), q), 2)
+	recv := a.Receiving("node-4", nil)
+	// A fifth node changes some of node-4's partitions' targets.
+	b := mustRetarget(t, a, mustClaim(t, a.TargetMap(), claimNodes(1, 2, 3, 4, 5), q), 3)
+	got := b.StillCurrent(append(slices.Clone(recv), uint32(q)), 2, nil)
+	for _, p := range recv {
+		if slices.Contains(got, p) != (b.Since(p) <= 2) {
+			t.Fatalf("partition %d (since %d): still current %v", p, b.Since(p), slices.Contains(got, p))
+		}
+	}
+	if len(got) == len(recv) || slices.Contains(got, uint32(q)) {
+		t.Fatalf("nothing filtered: %d of %d", len(got), len(recv))
+	}
+	if len(b.StillCurrent(recv, 3, nil)) != len(recv) {
+		t.Fatal("a report at the current version is filtered")
+	}
+}
+
 // TestMarkDoneWaitsForEveryReceiver: a partition with two receivers flips
 // only when both are done.
 func TestMarkDoneWaitsForEveryReceiver(t *testing.T) {

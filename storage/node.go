@@ -18,6 +18,16 @@
 // partition count and one in the layout from before partitions is migrated
 // at Open. dump lists one tenant's keys in (partition, key) order, resuming
 // after the last key of the previous page.
+//
+// Moving partitions (issue 14; docs/ARCHITECTURE.md, "Moving partitions:
+// fencing instead of barriers"): the node knows the placement map
+// (placement.go) and installs it on the write loop; it refuses write and
+// read items from senders whose map is older than the item's partition's
+// since (not_owner) and scans naming a map it has not loaded (map_behind).
+// Its transfer loop (receive.go) pulls the partitions it receives from
+// every reachable current owner and reports them done; its handoff loop
+// (handoff.go) pushes partitions it no longer owns to their owners after
+// Config.HandoffGrace and drops them.
 package storage
 
 import (
@@ -60,6 +70,17 @@ type Config struct {
 	// TransferRate caps the bytes per second a partition transfer pulls
 	// into this node (DefaultTransferRate); Unlimited for no cap.
 	TransferRate int64
+	// Hold registers the node with hold: it stays standby, taking no
+	// partitions, until `quorumkv node join` (storage --join=false).
+	Hold bool
+	// HandoffGrace is how long a partition the node holds data for but
+	// no longer owns is kept before it is handed off to its owners and
+	// dropped (10s): in-flight reads at an older map still find it.
+	HandoffGrace time.Duration
+	// MapWait bounds the wait for the placement map at start (2s); the
+	// node serves unfenced until one loads. MapPoll is how often the map
+	// is reloaded besides kv.v1.events.ring (5s).
+	MapWait, MapPoll time.Duration
 }
 
 // ErrInvalidConfig is wrapped by the error of a constructor whose Config
@@ -78,6 +99,9 @@ func DefaultConfig() Config {
 		MaxBatch:     256,
 		Heartbeat:    15 * time.Second,
 		TransferRate: DefaultTransferRate,
+		HandoffGrace: 10 * time.Second,
+		MapWait:      2 * time.Second,
+		MapPoll:      5 * time.Second,
 	}
 }
 
@@ -101,6 +125,9 @@ func (c *Config) validate() (err error) {
 		settings.Default("storage: max batch", &c.MaxBatch, d.MaxBatch),
 		settings.Default("storage: heartbeat", &c.Heartbeat, d.Heartbeat),
 		settings.Default("storage: partitions", &c.Partitions, d.Partitions),
+		settings.Default("storage: handoff grace", &c.HandoffGrace, d.HandoffGrace),
+		settings.Default("storage: map wait", &c.MapWait, d.MapWait),
+		settings.Default("storage: map poll", &c.MapPoll, d.MapPoll),
 	} {
 		if err != nil {
 			return err
@@ -140,6 +167,19 @@ type Node struct {
 	local    chan *localWrite
 	stopping <-chan struct{}
 	rc       *replica.Client // created by the first PullPartition; under mu
+
+	// Placement (placement.go): the map the node fences by, stored only
+	// by the write loop (or before it starts). The kicks wake the map,
+	// transfer and handoff loops.
+	pmap        atomic.Pointer[ring.Map]
+	mapKick     chan struct{}
+	xferKick    chan struct{}
+	handoffKick chan struct{}
+	xfer        xferState // receive.go
+
+	// beforeApply, set by tests before start, runs on the write loop
+	// between the fence and the apply of each batch of write messages.
+	beforeApply func()
 
 	// readMu is held shared by each read being served and exclusively by
 	// Close, so Pebble is never closed under a read.
@@ -201,8 +241,17 @@ func (n *Node) start(nc *nats.Conn) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
 	n.nc, n.local, n.stopping = nc, make(chan *localWrite), ctx.Done()
+	n.mapKick, n.xferKick, n.handoffKick = make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{}, 1)
 	n.replyLimit = replica.PayloadLimit(nc.MaxPayload()) // the limit clients batch by
 	n.eng.stateCap, n.eng.replyLimit = subjects.MaxStateBytes(nc.MaxPayload()), n.replyLimit
+	// The map first (bounded), so that writes are fenced from the start.
+	n.initialMap(ctx)
+	ringSub, err := nc.Subscribe(subjects.EventsRing, func(*nats.Msg) { n.kickMap() })
+	if err != nil {
+		cancel()
+		return fmt.Errorf("storage: subscribe %s: %w", subjects.EventsRing, err)
+	}
+	n.subs = append(n.subs, ringSub)
 
 	// Writes are handed to the write loop, which group-commits whatever
 	// queued up. Reads are served on their subscription's own goroutine:
@@ -249,9 +298,12 @@ func (n *Node) start(nc *nats.Conn) error {
 		return fmt.Errorf("storage: flush subscriptions: %w", err)
 	}
 
-	n.wg.Add(2)
+	n.wg.Add(5)
 	go func() { defer n.wg.Done(); n.writeLoop(ctx, writes) }()
 	go func() { defer n.wg.Done(); n.registerLoop(ctx, nc) }()
+	go func() { defer n.wg.Done(); n.mapLoop(ctx) }()
+	go func() { defer n.wg.Done(); n.transferLoop(ctx) }()
+	go func() { defer n.wg.Done(); n.handoffLoop(ctx) }()
 	n.log.Info("storage node serving", "data", n.cfg.DataDir, "epoch", n.eng.epoch, "fsync", n.cfg.Fsync)
 	return nil
 }
@@ -388,19 +440,51 @@ func (n *Node) queued(op string) int {
 
 func (n *Node) applyWriteMsgs(msgs []*nats.Msg) {
 	start := time.Now()
-	var items []subjects.NodeWrite
+	var (
+		items   []subjects.NodeWrite
+		refused []subjects.NodeWriteResult // items fenced out, in order; nil: none
+		at      []int                      // refused[k] belongs before items[at[k]] of the accepted ones
+	)
 	counts := make([]int, len(msgs)) // items per message; -1 = undecodable
-	for i, m := range msgs {
+	m := n.pmap.Load()               // only this loop installs maps: stable for the batch
+	for i, msg := range msgs {
 		var b subjects.NodeWriteBatch
-		if err := wire.UnmarshalNodeWriteBatch(m.Data, &b); err != nil || b.Proto != subjects.NodeProtocolVersion {
+		if err := wire.UnmarshalNodeWriteBatch(msg.Data, &b); err != nil || !subjects.NodeProtocolSupported(b.Proto) {
 			counts[i] = -1
-			n.respondError(m, fmt.Sprintf("bad write batch (proto %d): %v", b.Proto, err))
+			n.respondError(msg, fmt.Sprintf("bad write batch (proto %d, accepted %d..%d): %v", b.Proto, subjects.NodeProtocolMin, subjects.NodeProtocolVersion, err))
 			continue
 		}
 		counts[i] = len(b.Items)
-		items = append(items, b.Items...)
+		n.sawVersion(b.MapVersion)
+		if m == nil || b.MapVersion == 0 { // unfenced: nothing to check, no hashing
+			items = append(items, b.Items...)
+			continue
+		}
+		for _, it := range b.Items {
+			if why := fenced(m, ring.Partition(it.Tenant, it.Key, n.eng.q), b.MapVersion); why != "" {
+				refused = append(refused, subjects.NodeWriteResult{ID: it.ID, Err: why, Kind: subjects.KindNotOwner})
+				at = append(at, len(items))
+				continue
+			}
+			items = append(items, it)
+		}
+	}
+	if n.beforeApply != nil {
+		n.beforeApply()
 	}
 	results := n.eng.applyWrites(items)
+	if len(refused) > 0 {
+		// Put the refusals back in their places among the results.
+		all := make([]subjects.NodeWriteResult, 0, len(results)+len(refused))
+		prev := 0
+		for k := range refused {
+			all = append(all, results[prev:at[k]]...)
+			all = append(all, refused[k])
+			prev = at[k]
+		}
+		results = append(all, results[prev:]...)
+		n.metrics.NotOwner(subjects.NodeOpWrite, len(refused))
+	}
 	if n.metrics != nil {
 		failed := 0
 		for i := range results {
@@ -410,14 +494,14 @@ func (n *Node) applyWriteMsgs(msgs []*nats.Msg) {
 		}
 		n.metrics.Applied(subjects.NodeOpWrite, len(msgs), len(results), failed, time.Since(start))
 	}
-	for i, m := range msgs {
+	for i, msg := range msgs {
 		if counts[i] < 0 {
 			continue
 		}
 		mine := results[:counts[i]]
 		results = results[counts[i]:]
 		chunk(mine, writeResultSize, n.replyLimit, func(part []subjects.NodeWriteResult, more bool) {
-			n.respond(m, &subjects.NodeWriteReply{Results: part, More: more})
+			n.respond(msg, &subjects.NodeWriteReply{Results: part, More: more})
 		})
 	}
 }
@@ -444,17 +528,30 @@ func (n *Node) serveRead(m *nats.Msg) {
 
 func (n *Node) handleRead(m *nats.Msg) {
 	var b subjects.NodeReadBatch
-	if err := wire.UnmarshalNodeReadBatch(m.Data, &b); err != nil || b.Proto != subjects.NodeProtocolVersion {
-		n.respondError(m, fmt.Sprintf("bad read batch (proto %d): %v", b.Proto, err))
+	if err := wire.UnmarshalNodeReadBatch(m.Data, &b); err != nil || !subjects.NodeProtocolSupported(b.Proto) {
+		n.respondError(m, fmt.Sprintf("bad read batch (proto %d, accepted %d..%d): %v", b.Proto, subjects.NodeProtocolMin, subjects.NodeProtocolVersion, err))
 		return
 	}
+	n.sawVersion(b.MapVersion)
+	pm := n.pmap.Load()
 	reply := subjects.NodeReadReply{Results: make([]subjects.NodeReadResult, len(b.Items))}
 	r, rerr := n.eng.newReader()
 	if rerr == nil {
 		defer r.close()
 	}
+	refused := 0
+	fence := pm != nil && b.MapVersion != 0
 	for i, it := range b.Items {
 		reply.Results[i].ID = it.ID
+		if fence {
+			if why := fenced(pm, ring.Partition(it.Tenant, it.Key, n.eng.q), b.MapVersion); why != "" {
+				// A stale reader must not count what this node holds (maybe
+				// nothing, once handed off) as an owner's answer.
+				reply.Results[i].Err = why
+				refused++
+				continue
+			}
+		}
 		if rerr != nil {
 			reply.Results[i].Err = rerr.Error()
 			continue
@@ -472,6 +569,9 @@ func (n *Node) handleRead(m *nats.Msg) {
 			reply.Results[i].LWW, reply.Results[i].DVV = nil, nil
 			reply.Results[i].Err = fmt.Sprintf("the key's state is %d bytes, more than one message carries (%d): delete it without a context", size, n.replyLimit)
 		}
+	}
+	if refused > 0 {
+		n.metrics.NotOwner(subjects.NodeOpRead, refused)
 	}
 	if n.metrics != nil {
 		failed := 0
@@ -561,11 +661,16 @@ func (n *Node) respondError(m *nats.Msg, desc string) {
 // registerLoop registers the node through the admin API until a coordinator
 // answers, then re-registers every Heartbeat to refresh last_seen.
 func (n *Node) registerLoop(ctx context.Context, nc *nats.Conn) {
-	req := subjects.NodeRequest{NodeID: n.cfg.NodeID, VirtualNodes: n.cfg.VirtualNodes, Epoch: n.eng.epoch}
-	data, _ := msgpack.Marshal(&req)
 	backoff := 100 * time.Millisecond
 	registered, warned := false, false
 	for {
+		// Each heartbeat carries the node's protocol and its transfer
+		// progress (node list shows it).
+		req := subjects.NodeRequest{
+			NodeID: n.cfg.NodeID, VirtualNodes: n.cfg.VirtualNodes, Epoch: n.eng.epoch,
+			Protocol: subjects.NodeProtocolVersion, Hold: n.cfg.Hold, Transfer: n.TransferStatus(),
+		}
+		data, _ := msgpack.Marshal(&req)
 		err := n.register(ctx, nc, data)
 		wait := n.cfg.Heartbeat
 		switch {

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/storage/replica"
 	"github.com/quorumkv/quorumkv/subjects"
@@ -22,8 +23,8 @@ import (
 // page is one Pebble iterator over the live store. The receiver side
 // (PullPartition) keeps its cursor in its own store after every page, so
 // a transfer stopped by a failure of either node, or by its caller,
-// resumes where it stopped. Who pulls what and when (pending owners, map
-// flips, barriers) is the coordinators' business, not this file's.
+// resumes where it stopped. Which partitions to pull, and when, is the
+// transfer loop's (receive.go); the map flips are the coordinators'.
 
 // DefaultTransferRate is the bytes per second a transfer pulls at most
 // unless Config.TransferRate says otherwise: generous, so that a transfer
@@ -48,8 +49,16 @@ func (n *Node) handleScan(m *nats.Msg) {
 		return // unsubscribed: the receiver sees no answer and retries later
 	}
 	var req subjects.PartitionScan
-	if err := msgpack.Unmarshal(m.Data, &req); err != nil || req.Proto != subjects.NodeProtocolVersion {
-		n.respondError(m, fmt.Sprintf("bad scan request (proto %d): %v", req.Proto, err))
+	if err := wire.UnmarshalPartitionScan(m.Data, &req); err != nil || !subjects.NodeProtocolSupported(req.Proto) {
+		n.respondError(m, fmt.Sprintf("bad scan request (proto %d, accepted %d..%d): %v", req.Proto, subjects.NodeProtocolMin, subjects.NodeProtocolVersion, err))
+		return
+	}
+	if have := n.mapVersion(); req.MapVersion > have {
+		// The receiver started from a map this node has not installed:
+		// writes fenced by the older one may still be on their way to the
+		// write loop, so this page could miss them. Load it first.
+		n.kickMap()
+		n.respondKind(m, subjects.KindMapBehind, fmt.Sprintf("scan names map version %d; node %s has %d: retry shortly", req.MapVersion, n.cfg.NodeID, have))
 		return
 	}
 	if req.Partitions != n.eng.q {
@@ -155,6 +164,10 @@ type TransferOptions struct {
 	// Progress, when set, is called after each page is merged and
 	// persisted, on the caller's goroutine.
 	Progress func(TransferProgress)
+	// MapVersion is sent in each scan: the source answers only once its
+	// own map is at least this version (else map_behind, retried here
+	// until Timeout). 0: unfenced.
+	MapVersion uint64
 }
 
 // TransferProgress reports a PullPartition call.
@@ -180,6 +193,9 @@ type TransferProgress struct {
 // loop, with the transfer cursor to persist once they are applied (nil
 // value: delete it).
 type localWrite struct {
+	install    *ring.Map // set: install this map (placement.go), nothing else
+	drop       *dropJob  // set: drop a partition (handoff.go), nothing else
+	regen      *regenJob // set: forget a partition's cursors (receive.go), nothing else
 	items      []subjects.NodeWrite
 	metaKey    []byte
 	metaValue  []byte
@@ -194,6 +210,17 @@ type localWrite struct {
 // cursor never runs ahead of the records it covers.
 func (n *Node) applyLocal(j *localWrite) {
 	defer close(j.done)
+	switch {
+	case j.install != nil:
+		n.install(j.install)
+		return
+	case j.drop != nil:
+		n.applyDrop(j.drop)
+		return
+	case j.regen != nil:
+		j.regen.err = n.eng.forgetCursors(func(p uint32) bool { return p == j.regen.p })
+		return
+	}
 	j.results = n.eng.applyWrites(j.items)
 	for i := range j.results {
 		if err := j.results[i].Err; err != "" && err != errPolicy {
@@ -237,6 +264,46 @@ func (n *Node) submit(ctx context.Context, j *localWrite) error {
 // is kept: 'm' "xfer" partition(2 bytes) from.
 func transferKey(p uint32, from string) []byte {
 	return append([]byte{nsMeta, 'x', 'f', 'e', 'r', byte(p >> 8), byte(p)}, from...)
+}
+
+// forgetCursors deletes the persisted transfer cursors of the partitions
+// for which drop is true. Few cursors exist at a time (one per partition
+// and source being pulled), so it reads them all.
+func (e *engine) forgetCursors(drop func(p uint32) bool) error {
+	lo := []byte{nsMeta, 'x', 'f', 'e', 'r'}
+	hi := []byte{nsMeta, 'x', 'f', 'e', 's'}
+	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return fmt.Errorf("list transfer cursors: %w", err)
+	}
+	var del [][]byte
+	for ok := it.First(); ok; ok = it.Next() {
+		k := it.Key()
+		if len(k) >= len(lo)+2 && drop(uint32(k[len(lo)])<<8|uint32(k[len(lo)+1])) {
+			del = append(del, bytes.Clone(k))
+		}
+	}
+	if err := errors.Join(it.Error(), it.Close()); err != nil {
+		return fmt.Errorf("list transfer cursors: %w", err)
+	}
+	if len(del) == 0 {
+		return nil
+	}
+	b := e.db.NewBatch()
+	defer b.Close()
+	for _, k := range del {
+		if err := b.Delete(k, nil); err != nil {
+			return fmt.Errorf("forget transfer cursor: %w", err)
+		}
+	}
+	opts := pebble.NoSync
+	if e.sync {
+		opts = pebble.Sync
+	}
+	if err := b.Commit(opts); err != nil {
+		return fmt.Errorf("forget transfer cursors: %w", err)
+	}
+	return nil
 }
 
 // TransferCursor returns the cursor persisted for pulling partition p from
@@ -338,10 +405,22 @@ func (n *Node) PullPartition(ctx context.Context, from string, p uint32, opts Tr
 		go func() {
 			rctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 			defer cancel()
-			rep, size, err := rc.ScanPartition(rctx, from, subjects.PartitionScan{
-				Partitions: n.eng.q, Partition: p, Cursor: cursor, Limit: opts.Records, MaxBytes: opts.Bytes,
-			})
-			ch <- page{rep, size, err}
+			for wait := 20 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+				rep, size, err := rc.ScanPartition(rctx, from, subjects.PartitionScan{
+					Partitions: n.eng.q, Partition: p, Cursor: cursor, Limit: opts.Records, MaxBytes: opts.Bytes,
+					MapVersion: opts.MapVersion,
+				})
+				if !errors.Is(err, &subjects.Error{Kind: subjects.KindMapBehind}) {
+					ch <- page{rep, size, err}
+					return
+				}
+				select { // the source is loading the map: ask again
+				case <-time.After(wait):
+				case <-rctx.Done():
+					ch <- page{nil, 0, err}
+					return
+				}
+			}
 		}()
 		return ch
 	}

@@ -51,7 +51,41 @@ const (
 	// KindIdempotencyMismatch: the idempotency key was used before for a
 	// different request (another op, value or context), 409.
 	KindIdempotencyMismatch = "idempotency_mismatch"
+
+	// Node fencing (node protocol 2). Neither reaches clients as such: a
+	// coordinator reloads its map and retries, and answers 503
+	// unavailable when it runs out of retries.
+	//
+	// KindNotOwner: a write or read item refused, nothing applied: the
+	// sender's map version is below the version in which the item's
+	// partition last changed in the node's map (see NotOwnerError). It
+	// travels per item, as NodeWriteResult.Kind and as the first word of
+	// the item's Err (the only signal in a NodeReadResult).
+	KindNotOwner = "not_owner"
+	// KindMapBehind: a partition scan names a map version the source has
+	// not loaded yet; it reloads, and the receiver retries shortly.
+	KindMapBehind = "map_behind"
 )
+
+// NotOwnerError is the Err text of an item refused with KindNotOwner:
+// partition p changed at map version since in the node's map, and the
+// request carried version have.
+func NotOwnerError(p uint32, since, have uint64) string {
+	return fmt.Sprintf("%s: partition %d changed at map version %d; request has %d", KindNotOwner, p, since, have)
+}
+
+// ItemKind is the kind of a node item's failure: kind when it is set (a
+// NodeWriteResult's Kind), else the first word of errText when that is a
+// kind only items carry (KindNotOwner), else "".
+func ItemKind(kind, errText string) string {
+	if kind != "" {
+		return kind
+	}
+	if k, _, ok := strings.Cut(errText, ": "); ok && k == KindNotOwner {
+		return k
+	}
+	return ""
+}
 
 // Error headers. ErrorHeader and ErrorCodeHeader are nats.go micro's.
 const (
@@ -103,13 +137,13 @@ func KindCode(kind string) Code {
 		return CodeNotFound
 	case KindExists, KindConflict, KindInProgress, KindTooManySiblings,
 		KindTenantNotEmpty, KindNodeActive, KindTooFewNodes, KindNodeLive, KindNodeRemoved,
-		KindIdempotencyMismatch:
+		KindIdempotencyMismatch, KindNotOwner:
 		return CodeConflict
 	case KindTooLarge:
 		return CodeTooLarge
 	case KindOverloaded:
 		return CodeOverloaded
-	case KindUnavailable:
+	case KindUnavailable, KindMapBehind:
 		return CodeUnavailable
 	case KindTimeout:
 		return CodeTimeout

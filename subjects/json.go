@@ -219,14 +219,19 @@ func (u *jsonUint64) UnmarshalJSON(data []byte) error {
 
 // jsonNodeRequest is NodeRequest's JSON form.
 type jsonNodeRequest struct {
-	NodeID       string     `json:"node_id"`
-	VirtualNodes int        `json:"virtual_nodes,omitempty"`
-	Epoch        jsonUint64 `json:"epoch,omitempty"`
+	NodeID       string          `json:"node_id"`
+	VirtualNodes int             `json:"virtual_nodes,omitempty"`
+	Epoch        jsonUint64      `json:"epoch,omitempty"`
+	Protocol     int             `json:"protocol,omitempty"`
+	Hold         bool            `json:"hold,omitempty"`
+	Transfer     *TransferStatus `json:"transfer,omitempty"`
+	Force        bool            `json:"force,omitempty"`
 }
 
 // MarshalJSON writes Epoch as a decimal string.
 func (n NodeRequest) MarshalJSON() ([]byte, error) {
-	return json.Marshal(jsonNodeRequest{NodeID: n.NodeID, VirtualNodes: n.VirtualNodes, Epoch: jsonUint64(n.Epoch)})
+	return json.Marshal(jsonNodeRequest{NodeID: n.NodeID, VirtualNodes: n.VirtualNodes, Epoch: jsonUint64(n.Epoch),
+		Protocol: n.Protocol, Hold: n.Hold, Transfer: n.Transfer, Force: n.Force})
 }
 
 // UnmarshalJSON reads epoch as a decimal string or a number.
@@ -238,7 +243,8 @@ func (n *NodeRequest) UnmarshalJSON(data []byte) error {
 		}
 		return Errorf(KindInvalid, "malformed JSON: %v", err)
 	}
-	*n = NodeRequest{NodeID: j.NodeID, VirtualNodes: j.VirtualNodes, Epoch: uint64(j.Epoch)}
+	*n = NodeRequest{NodeID: j.NodeID, VirtualNodes: j.VirtualNodes, Epoch: uint64(j.Epoch),
+		Protocol: j.Protocol, Hold: j.Hold, Transfer: j.Transfer, Force: j.Force}
 	return nil
 }
 

@@ -86,7 +86,7 @@ type Tenant struct {
 // is often above 2^53); in msgpack an unsigned integer.
 type Node struct {
 	ID           string    `json:"node_id" msgpack:"node_id"`
-	Status       string    `json:"status" msgpack:"status"`               // active, draining or down
+	Status       string    `json:"status" msgpack:"status"`               // standby, joining, active, leaving, left or down (DESIGN.md §3)
 	VirtualNodes int       `json:"virtual_nodes" msgpack:"virtual_nodes"` // unused since the placement map; kept for old readers
 	Epoch        uint64    `json:"epoch" msgpack:"epoch"`                 // changes when the node's data dir is created or wiped
 	RegisteredAt time.Time `json:"registered_at" msgpack:"registered_at"`
@@ -95,6 +95,45 @@ type Node struct {
 	// node.list (absent elsewhere; zero counts for a node not in the map,
 	// such as a draining one).
 	Share *NodeShare `json:"share,omitempty" msgpack:"share,omitempty"`
+	// Protocol is the node protocol version the node registered with
+	// (NodeProtocolVersion of its build; 0 = an old node = 1).
+	Protocol int `json:"protocol,omitempty" msgpack:"protocol,omitempty"`
+	// Transfer is the node's progress receiving partitions, as its last
+	// heartbeat or transfer report gave it; nil when it reported none.
+	Transfer *TransferStatus `json:"transfer,omitempty" msgpack:"transfer,omitempty"`
+}
+
+// TransferStatus is a node's progress receiving partitions, sent with its
+// heartbeat and transfer reports and shown by node list. In JSON,
+// MapVersion is a decimal string.
+type TransferStatus struct {
+	MapVersion      uint64    `json:"map_version,string" msgpack:"map_version"` // the map the figures are for
+	PartitionsDone  int       `json:"partitions_done" msgpack:"partitions_done"`
+	PartitionsTotal int       `json:"partitions_total" msgpack:"partitions_total"`
+	Bytes           int64     `json:"bytes" msgpack:"bytes"` // received in this transition
+	Keys            int64     `json:"keys" msgpack:"keys"`
+	RateBytes       float64   `json:"rate_bytes" msgpack:"rate_bytes"` // bytes/s over the last ~10 s
+	Updated         time.Time `json:"updated" msgpack:"updated"`
+}
+
+// TransferReport is the body of kv.v1.admin.node.transfer: storage node
+// NodeID, working from map version MapVersion, received the partitions
+// Done from every reachable current owner. The answer is a
+// PlacementReply, the map after the report (ring.Map.MarkDone). In JSON,
+// MapVersion is a decimal string.
+type TransferReport struct {
+	NodeID     string          `json:"node_id" msgpack:"node_id"`
+	MapVersion uint64          `json:"map_version,string" msgpack:"map_version"`
+	Done       []uint32        `json:"done" msgpack:"done"`
+	Status     *TransferStatus `json:"status,omitempty" msgpack:"status,omitempty"`
+}
+
+// NodeReplace is the body of kv.v1.admin.node.replace: give the partitions
+// of the dead node Dead to the registered, partitionless node New, which
+// pulls them from the surviving owners. The answer is New's Node.
+type NodeReplace struct {
+	Dead string `json:"dead_node_id" msgpack:"dead_node_id"`
+	New  string `json:"new_node_id" msgpack:"new_node_id"`
 }
 
 // NodeShare is one node's share of a placement map's partitions.
@@ -121,7 +160,8 @@ type PlacementReply struct {
 	Version uint64 `json:"version" msgpack:"version"`
 	// Partitions is the cluster's partition count Q.
 	Partitions int `json:"partitions" msgpack:"partitions"`
-	// Replicas is R, the length of every owner list: min(7, nodes).
+	// Replicas is R, the length of the shortest current owner list:
+	// min(7, nodes) when no partition moves.
 	Replicas int `json:"replicas" msgpack:"replicas"`
 	// Map is the map's binary form (ring.Map.MarshalBinary; read it with
 	// ring.Decode), base64 in JSON; empty while no node is active.
@@ -152,6 +192,19 @@ type NodeRequest struct {
 	NodeID       string `json:"node_id" msgpack:"node_id"`
 	VirtualNodes int    `json:"virtual_nodes,omitempty" msgpack:"virtual_nodes,omitempty"`
 	Epoch        uint64 `json:"epoch,omitempty" msgpack:"epoch,omitempty"`
+	// Protocol (register) is the node's NodeProtocolVersion; 0 = an old
+	// node = 1.
+	Protocol int `json:"protocol,omitempty" msgpack:"protocol,omitempty"`
+	// Hold (register) registers a new node as standby (storage
+	// --join=false): it takes no partitions until node.join.
+	Hold bool `json:"hold,omitempty" msgpack:"hold,omitempty"`
+	// Transfer (register, the heartbeat) is the node's progress receiving
+	// partitions.
+	Transfer *TransferStatus `json:"transfer,omitempty" msgpack:"transfer,omitempty"`
+	// Force (remove) removes a node that is down without waiting for it to
+	// be left: its partitions are pulled from the surviving owners, and
+	// writes acknowledged only by it are lost.
+	Force bool `json:"force,omitempty" msgpack:"force,omitempty"`
 }
 
 // NodeList answers kv.v1.admin.node.list.
@@ -181,10 +234,17 @@ type TenantEvent struct {
 // NodeWriteBatch is the body of kv.node.<id>.write: writes a coordinator
 // batched for one node. The node applies the whole batch as one storage
 // batch (one fsync) and answers NodeWriteReply with one result per item.
+//
+// MapVersion is the sender's placement map version (node protocol 2; 0 =
+// unfenced: repair, hints, handoff). A node refuses an item whose
+// partition changed after it (KindNotOwner). In node protocol 1 the batch
+// is [Proto, Items] and decodes with MapVersion 0 (internal/wire writes
+// and reads both forms).
 type NodeWriteBatch struct {
-	_msgpack struct{}    `msgpack:",as_array"`
-	Proto    int         // NodeProtocolVersion
-	Items    []NodeWrite //
+	_msgpack   struct{}    `msgpack:",as_array"`
+	Proto      int         // the node protocol version it is written in (NodeProtocolMin..NodeProtocolVersion)
+	Items      []NodeWrite //
+	MapVersion uint64      // node protocol 2
 }
 
 // NodeWrite changes one key. Exactly one of LWW, DVV and Coordinate is
@@ -256,12 +316,13 @@ type NodeWriteResult struct {
 	// such a write as acknowledged, since that version will supersede it
 	// on every replica. Nodes have set it this way since node protocol
 	// version 1, so the signal needs no new field (a new element in these
-	// arrays would break every older reader; see NodeProtocolVersion).
+	// arrays would break every older reader; see NodeProtocolVersion:
+	// replies keep their form in every node protocol version).
 	LWW *vclock.Version
 	// DVV is the key's complete state after a Coordinate write.
 	DVV *vclock.DVVSet
 	// Kind classifies Err when a coordinator must answer it specifically
-	// (KindTooManySiblings, KindTooLarge); empty otherwise.
+	// (KindTooManySiblings, KindTooLarge, KindNotOwner); empty otherwise.
 	Kind string
 }
 
@@ -275,11 +336,14 @@ func (r *NodeWriteResult) Lost() (vclock.Dot, bool) {
 	return r.LWW.Dot, true
 }
 
-// NodeReadBatch is the body of kv.node.<id>.read.
+// NodeReadBatch is the body of kv.node.<id>.read. Proto and MapVersion
+// are as in NodeWriteBatch (a refused item's NodeReadResult.Err starts
+// with KindNotOwner).
 type NodeReadBatch struct {
-	_msgpack struct{} `msgpack:",as_array"`
-	Proto    int
-	Items    []NodeRead
+	_msgpack   struct{} `msgpack:",as_array"`
+	Proto      int
+	Items      []NodeRead
+	MapVersion uint64 // node protocol 2
 }
 
 // NodeRead asks for the versions a node holds for one key.
@@ -385,9 +449,14 @@ func VersionSize(v *vclock.Version, s *vclock.DVVSet) int {
 // partition transfer (the receiver asks, the source answers). It asks for
 // the records of partition Partition after Cursor, in (tenant, key) order,
 // up to Limit records and MaxBytes bytes of records. The node answers
-// PartitionScanReply, or a 400 for a malformed request: another
-// NodeProtocolVersion, a Partitions other than its own, a partition not
-// below it, or a cursor that is not a (tenant, key) of that partition.
+// PartitionScanReply, or a 400 for a malformed request: a node protocol
+// version it does not accept, a Partitions other than its own, a partition
+// not below it, or a cursor that is not a (tenant, key) of that partition.
+// In node protocol 2 the request names the receiver's map version
+// (MapVersion): a source whose own map is older answers KindMapBehind (503)
+// and reloads, so that every write it accepted before the scan came from a
+// coordinator that also sent it to the receiver. Protocol 1 requests have
+// six elements and decode with MapVersion 0 (internal/wire).
 //
 // Each request is answered from its own Pebble iterator, a consistent view
 // of the node at that moment; successive requests see the node as it is
@@ -405,6 +474,7 @@ type PartitionScan struct {
 	Cursor     []byte   // nil: from the start of the partition; else a reply's Cursor
 	Limit      int      // records at most; 0 means 1000, more than 10000 means 10000
 	MaxBytes   int      // record bytes at most (0 or past the node's reply limit: that limit); one record always goes
+	MapVersion uint64   // node protocol 2: the receiver's map version; 0 = unfenced
 }
 
 // PartitionScanReply answers PartitionScan.

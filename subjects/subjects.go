@@ -20,12 +20,33 @@ import (
 )
 
 // ProtocolVersion is the version of the client protocol ("v1" in subjects).
-// Storage-node messages carry NodeProtocolVersion so mixed deployments fail
-// loudly instead of misreading each other.
+//
+// Storage-node messages carry the node protocol version they are written
+// in. NodeProtocolVersion is the newest this build speaks and
+// NodeProtocolMin the oldest a node still accepts, so a node and a
+// coordinator one version apart interoperate during a rolling upgrade:
+//
+//   - 1: NodeWriteBatch and NodeReadBatch are [proto, items];
+//     PartitionScan has six elements. No fencing.
+//   - 2: the batches are [proto, items, map version] and PartitionScan has
+//     a seventh element, MapVersion: the sender's placement map version,
+//     which nodes fence by (KindNotOwner, KindMapBehind); 0 = unfenced
+//     (repair, hints, handoff). Nodes register with their protocol
+//     (NodeRequest.Protocol); a coordinator sends 2 only when every node of
+//     its map registered 2 or more.
+//
+// Replies have the same form in both.
 const (
 	ProtocolVersion     = 1
-	NodeProtocolVersion = 1
+	NodeProtocolVersion = 2
+	NodeProtocolMin     = 1
 )
+
+// NodeProtocolSupported reports whether a node accepts messages of node
+// protocol proto: NodeProtocolMin <= proto <= NodeProtocolVersion.
+func NodeProtocolSupported(proto int) bool {
+	return proto >= NodeProtocolMin && proto <= NodeProtocolVersion
+}
 
 // Service identity of the coordinators (nats.go micro).
 const (
@@ -83,6 +104,12 @@ const (
 	AdminNodeDrain    = AdminPrefix + ".node.drain"
 	AdminNodeRemove   = AdminPrefix + ".node.remove"
 	AdminNodeJoin     = AdminPrefix + ".node.join" // re-admits a removed node id
+	// AdminNodeTransfer: a storage node reports partitions it received
+	// (TransferReport → PlacementReply, the map after the report).
+	AdminNodeTransfer = AdminPrefix + ".node.transfer"
+	// AdminNodeReplace gives a dead node's partitions to a new one
+	// (NodeReplace → Node, the new node).
+	AdminNodeReplace = AdminPrefix + ".node.replace"
 	// AdminPlacementGet returns the current placement map (PlacementReply).
 	AdminPlacementGet = AdminPrefix + ".placement.get"
 )

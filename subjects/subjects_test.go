@@ -1,11 +1,13 @@
 package subjects
 
 import (
+	"encoding/json"
 	"errors"
 	"net/http"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestSubjectBuilders(t *testing.T) {
@@ -18,6 +20,8 @@ func TestSubjectBuilders(t *testing.T) {
 		Repair("acme"):                    "kv.repair.acme",
 		AdminTenantCreate:                 "kv.v1.admin.tenant.create",
 		AdminNodeRegister:                 "kv.v1.admin.node.register",
+		AdminNodeTransfer:                 "kv.v1.admin.node.transfer",
+		AdminNodeReplace:                  "kv.v1.admin.node.replace",
 		RepairAll:                         "kv.repair.*",
 		RepairDead("acme"):                "kv.repair.dead.acme",
 		RepairDeadAll:                     "kv.repair.dead.*",
@@ -151,10 +155,73 @@ func TestErrorHeaders(t *testing.T) {
 			t.Errorf("%s: %q, want %q", k, got, v)
 		}
 	}
-	for _, k := range []string{KindInvalid, KindNoSuchTenant, KindExists, KindTooManySiblings, KindTooLarge, KindOverloaded, KindUnavailable, KindTimeout, KindInternal, KindIdempotencyMismatch} {
+	for _, k := range []string{KindInvalid, KindNoSuchTenant, KindExists, KindTooManySiblings, KindTooLarge, KindOverloaded, KindUnavailable, KindTimeout, KindInternal, KindIdempotencyMismatch, KindNotOwner, KindMapBehind} {
 		e := Errorf(k, "message: with %s", "colons")
 		if back := ErrorFromHeaders(e.Headers().Get); back == nil || *back != *e {
 			t.Errorf("%s: round trip %+v, want %+v", k, back, e)
 		}
+	}
+}
+
+// TestNodeProtocol: a node accepts the protocols from NodeProtocolMin to
+// NodeProtocolVersion, one version apart for rolling upgrades.
+func TestNodeProtocol(t *testing.T) {
+	if NodeProtocolVersion != 2 || NodeProtocolMin != 1 {
+		t.Fatalf("node protocol %d..%d", NodeProtocolMin, NodeProtocolVersion)
+	}
+	for p, ok := range map[int]bool{0: false, 1: true, 2: true, 3: false, -1: false} {
+		if NodeProtocolSupported(p) != ok {
+			t.Errorf("NodeProtocolSupported(%d) = %v", p, !ok)
+		}
+	}
+}
+
+// TestFencingKinds: not_owner travels per item, as a write result's Kind
+// or the first word of any item's Err; map_behind as a 503 to retry.
+func TestFencingKinds(t *testing.T) {
+	if KindCode(KindNotOwner) != CodeConflict || KindCode(KindMapBehind) != CodeUnavailable {
+		t.Fatalf("codes %d, %d", KindCode(KindNotOwner), KindCode(KindMapBehind))
+	}
+	text := NotOwnerError(17, 42, 40)
+	if text != "not_owner: partition 17 changed at map version 42; request has 40" {
+		t.Fatalf("NotOwnerError = %q", text)
+	}
+	for _, tc := range []struct{ kind, err, want string }{
+		{"", text, KindNotOwner},
+		{KindNotOwner, text, KindNotOwner},
+		{KindTooLarge, "too big", KindTooLarge},
+		{"", "commit: disk full", ""},
+		{"", "not_owner", ""},
+		{"", "too_large: x", ""}, // only item kinds are read from the text
+		{"", "", ""},
+	} {
+		if got := ItemKind(tc.kind, tc.err); got != tc.want {
+			t.Errorf("ItemKind(%q, %q) = %q, want %q", tc.kind, tc.err, got, tc.want)
+		}
+	}
+}
+
+// TestTransferMessagesJSON: the map versions are decimal strings in JSON
+// (they may pass 2^53), and the new fields' names are the contract's.
+func TestTransferMessagesJSON(t *testing.T) {
+	st := &TransferStatus{MapVersion: 1<<60 + 1, PartitionsDone: 3, PartitionsTotal: 9, Bytes: 1 << 40, Keys: 5, RateBytes: 2.5,
+		Updated: time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)}
+	for _, tc := range []struct {
+		v    any
+		want string
+	}{
+		{TransferReport{NodeID: "n1", MapVersion: 1 << 60, Done: []uint32{1, 2}, Status: st}, `{"node_id":"n1","map_version":"1152921504606846976","done":[1,2],"status":{"map_version":"1152921504606846977","partitions_done":3,"partitions_total":9,"bytes":1099511627776,"keys":5,"rate_bytes":2.5,"updated":"2026-12-01T00:00:00Z"}}`},
+		{NodeReplace{Dead: "a", New: "b"}, `{"dead_node_id":"a","new_node_id":"b"}`},
+		{NodeRequest{NodeID: "n", Protocol: 2, Hold: true, Force: true}, `{"node_id":"n","protocol":2,"hold":true,"force":true}`},
+		{NodeRequest{NodeID: "n"}, `{"node_id":"n"}`},
+	} {
+		b, err := json.Marshal(tc.v)
+		if err != nil || string(b) != tc.want {
+			t.Errorf("%T: %s, %v\nwant %s", tc.v, b, err, tc.want)
+		}
+	}
+	var back TransferReport
+	if err := json.Unmarshal([]byte(`{"node_id":"n1","map_version":"18446744073709551615","done":[7]}`), &back); err != nil || back.MapVersion != 1<<64-1 || back.Done[0] != 7 {
+		t.Fatalf("%+v %v", back, err)
 	}
 }

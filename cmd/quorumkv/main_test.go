@@ -174,3 +174,30 @@ func TestCoordinatorContextSecretFlags(t *testing.T) {
 		t.Fatalf("no secrets: %q, %q, %v (want the metadata store's)", cur, prev, err)
 	}
 }
+
+// TestStorageMoveFlags: --handoff-grace and --join parse from the flags
+// and the environment; a grace that is not positive stops the node before
+// it connects.
+func TestStorageMoveFlags(t *testing.T) {
+	base := []string{"--nats", "nats://127.0.0.1:1", "--id", "node-1", "--data", t.TempDir()}
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"--handoff-grace", "0s"}, nil, "--handoff-grace 0s must be positive"},
+		{nil, map[string]string{"QUORUMKV_HANDOFF_GRACE": "-1s"}, "--handoff-grace -1s must be positive"},
+		{[]string{"--join=maybe"}, nil, "join"},
+		{nil, map[string]string{"QUORUMKV_JOIN": "perhaps"}, "JOIN"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			err := runStorage(append(base, tc.args...))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -285,6 +285,8 @@ func runStorage(args []string) error {
 	fs.IntVar(&cfg.QueueLen, "queue-len", cfg.QueueLen, "messages queued per subject; past it the node answers 429 overloaded at once")
 	fs.IntVar(&cfg.MaxBatch, "max-batch", cfg.MaxBatch, "write messages group-committed together at most")
 	transferRate := fs.Float64("transfer-rate", float64(cfg.TransferRate)/(1<<20), "MiB per second a partition transfer into this node pulls at most; 0 = unlimited")
+	join := fs.Bool("join", true, "join the cluster at registration (a new node takes its share of partitions and streams them); false registers it standby until 'quorumkv node join ID'")
+	fs.DurationVar(&cfg.HandoffGrace, "handoff-grace", cfg.HandoffGrace, "how long a partition this node no longer owns is kept before it is handed off to its owners and dropped (reads at the older map finish meanwhile)")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics (empty: off)")
 	var lf logFlags
 	lf.register(fs)
@@ -294,6 +296,10 @@ func runStorage(args []string) error {
 	if cfg.NodeID == "" || cfg.DataDir == "" {
 		return usagef("--id and --data are required")
 	}
+	if cfg.HandoffGrace <= 0 {
+		return usagef("--handoff-grace %v must be positive", cfg.HandoffGrace)
+	}
+	cfg.Hold = !*join
 	switch {
 	case *transferRate < 0:
 		return usagef("--transfer-rate %v is negative (0 = unlimited)", *transferRate)

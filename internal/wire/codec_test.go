@@ -72,6 +72,7 @@ func TestCustomJSONFields(t *testing.T) {
 		},
 		reflect.TypeFor[subjects.NodeRequest](): {
 			subjects.NodeRequest{NodeID: "n1", VirtualNodes: 128, Epoch: 7},
+			subjects.NodeRequest{NodeID: "n1", Protocol: 2, Hold: true, Force: true, Transfer: &subjects.TransferStatus{MapVersion: 3}},
 		},
 	}
 	if len(samples) != len(customJSONFields) {

@@ -161,8 +161,15 @@ func FuzzUnmarshalNodeMessage(f *testing.F) {
 		mustMsgpack(f, &subjects.NodeReadBatch{Proto: subjects.NodeProtocolVersion, Items: []subjects.NodeRead{{ID: 1, Tenant: "acme", Key: "k"}}}),
 		mustMsgpack(f, &subjects.NodeWriteReply{Results: []subjects.NodeWriteResult{{ID: 1}, {ID: 2, Err: "boom", LWW: v}}, More: true}),
 		mustMsgpack(f, &subjects.NodeReadReply{Results: []subjects.NodeReadResult{{ID: 1, LWW: v}, {ID: 2}}}),
+		// Node protocol 1 batches (2 elements) and 2 (with a map version).
+		wire.MarshalNodeWriteBatch(nil, &subjects.NodeWriteBatch{Proto: 1, Items: []subjects.NodeWrite{{ID: 1, Tenant: "acme", Key: "k", LWW: v}}}),
+		wire.MarshalNodeWriteBatch(nil, &subjects.NodeWriteBatch{Proto: 2, MapVersion: 1 << 33, Items: []subjects.NodeWrite{{ID: 1, Tenant: "acme", Key: "k", LWW: v}}}),
+		wire.MarshalNodeReadBatch(nil, &subjects.NodeReadBatch{Proto: 1, Items: []subjects.NodeRead{{ID: 1, Tenant: "acme", Key: "k"}}}),
+		wire.MarshalNodeReadBatch(nil, &subjects.NodeReadBatch{Proto: 2, MapVersion: 7, Items: []subjects.NodeRead{{ID: 1, Tenant: "acme", Key: "k"}}}),
+		mustScan(f, &subjects.PartitionScan{Proto: 1, Partitions: 1024, Partition: 3, Cursor: []byte("acme\x00k"), Limit: 100}),
+		mustScan(f, &subjects.PartitionScan{Proto: 2, Partitions: 1024, Partition: 3, MapVersion: 12}),
 	}
-	for kind := range uint8(4) {
+	for kind := range uint8(5) {
 		for _, g := range garbage {
 			f.Add(g, kind)
 		}
@@ -171,15 +178,17 @@ func FuzzUnmarshalNodeMessage(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, data []byte, kind uint8) {
-		switch kind % 4 {
+		switch kind % 5 {
 		case 0:
 			checkDecode(t, false, data, &subjects.NodeWriteBatch{}, func() any { return &subjects.NodeWriteBatch{} })
 		case 1:
 			checkDecode(t, false, data, &subjects.NodeReadBatch{}, func() any { return &subjects.NodeReadBatch{} })
 		case 2:
 			checkDecode(t, false, data, &subjects.NodeWriteReply{}, func() any { return &subjects.NodeWriteReply{} })
-		default:
+		case 3:
 			checkDecode(t, false, data, &subjects.NodeReadReply{}, func() any { return &subjects.NodeReadReply{} })
+		default:
+			checkDecode(t, false, data, &subjects.PartitionScan{}, func() any { return &subjects.PartitionScan{} })
 		}
 	})
 }
@@ -195,4 +204,13 @@ func FuzzUnmarshalRepairRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		checkDecode(t, false, data, &subjects.RepairRequest{}, func() any { return &subjects.RepairRequest{} })
 	})
+}
+
+func mustScan(f *testing.F, s *subjects.PartitionScan) []byte {
+	f.Helper()
+	b, err := wire.MarshalPartitionScan(nil, s)
+	if err != nil {
+		f.Fatal(err)
+	}
+	return b
 }

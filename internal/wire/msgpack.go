@@ -2,6 +2,8 @@ package wire
 
 import (
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"math"
 	"unicode/utf8"
 
@@ -506,10 +508,20 @@ func (r *mpReader) dvv() *vclock.DVVSet {
 
 // --- storage-node messages (as_array structs) ---
 //
-// Every node message is a 2-element array: a batch is [proto, items] and a
-// reply is [results, more]; each item or result is an as_array struct.
-// appendItems and decodeNode hold that shape once; the per-type append
-// functions below and mpReader.item write and read the fields of one item.
+// Every node message is an array: a batch is [proto, items, map version]
+// ([proto, items] in node protocol 1, which decodes with map version 0)
+// and a reply is [results, more]; each item or result is an as_array
+// struct. appendItems and decodeNode hold that shape once; the per-type
+// append functions below and mpReader.item write and read the fields of
+// one item.
+//
+// The msgpack library reads only the 3-element batch form (it wants as
+// many elements as the struct has fields); the hand-written decoders here
+// read both, and every reader of node messages goes through them.
+
+// legacyBatch reports whether a batch of node protocol proto is written
+// in the 2-element form of protocol 1, without a map version.
+func legacyBatch(proto int) bool { return proto == 1 }
 
 // appendItems appends items as an array (nil as nil), each by item.
 func appendItems[T any](dst []byte, items []T, item func([]byte, *T) []byte) []byte {
@@ -528,12 +540,16 @@ type nodeItem interface {
 	subjects.NodeWrite | subjects.NodeRead | subjects.NodeWriteResult | subjects.NodeReadResult
 }
 
-// decodeNode reads a node message: a batch [proto, items] when proto is
-// set, a reply [items, more] when more is set. Each item is an as_array
-// struct of fields elements.
-func decodeNode[T nodeItem](data []byte, proto *int, items *[]T, more *bool, fields int) bool {
+// decodeNode reads a node message: a batch [proto, items, mapVersion] or
+// [proto, items] when proto is set, a reply [items, more] when more is
+// set. Each item is an as_array struct of fields elements.
+func decodeNode[T nodeItem](data []byte, proto *int, items *[]T, more *bool, mapVersion *uint64, fields int) bool {
 	r := mpReader{b: data}
-	if r.structLen(2) == 0 {
+	n := r.arrayLen()
+	if n > 0 && n != 2 && (n != 3 || mapVersion == nil) {
+		r.fail()
+	}
+	if n <= 0 || r.bad {
 		return !r.bad
 	}
 	if proto != nil {
@@ -550,6 +566,9 @@ func decodeNode[T nodeItem](data []byte, proto *int, items *[]T, more *bool, fie
 	}
 	if more != nil {
 		*more = r.bool()
+	}
+	if n == 3 {
+		*mapVersion = r.uint()
 	}
 	return !r.bad
 }
@@ -611,16 +630,36 @@ func unmarshalNode[T any](data []byte, v *T, fast func([]byte, *T) bool) error {
 	return DecodeMsgpack(data, v)
 }
 
-// MarshalNodeWriteBatch appends b's msgpack to dst.
+// MarshalNodeWriteBatch appends b's msgpack to dst: [Proto, Items,
+// MapVersion], or [Proto, Items] when Proto is 1 (MapVersion is then not
+// sent).
 func MarshalNodeWriteBatch(dst []byte, b *subjects.NodeWriteBatch) []byte {
-	return appendItems(appendInt(append(dst, 0x92), int64(b.Proto)), b.Items, AppendNodeWrite)
+	dst = appendItems(appendInt(append(dst, batchArray(b.Proto)), int64(b.Proto)), b.Items, AppendNodeWrite)
+	return AppendNodeBatchEnd(dst, b.Proto, b.MapVersion)
+}
+
+func batchArray(proto int) byte {
+	if legacyBatch(proto) {
+		return 0x92
+	}
+	return 0x93
 }
 
 // AppendNodeWriteBatchHeader appends the start of a NodeWriteBatch of n
-// items; AppendNodeWrite appends each item. Together they encode a batch
-// without building a NodeWriteBatch.
+// items in node protocol proto; AppendNodeWrite appends each item, and
+// AppendNodeBatchEnd the end. Together they encode a batch without
+// building a NodeWriteBatch.
 func AppendNodeWriteBatchHeader(dst []byte, proto, n int) []byte {
-	return appendArrayLen(appendInt(append(dst, 0x92), int64(proto)), n)
+	return appendArrayLen(appendInt(append(dst, batchArray(proto)), int64(proto)), n)
+}
+
+// AppendNodeBatchEnd appends what follows the items of a write or read
+// batch of node protocol proto: mapVersion, or nothing in protocol 1.
+func AppendNodeBatchEnd(dst []byte, proto int, mapVersion uint64) []byte {
+	if legacyBatch(proto) {
+		return dst
+	}
+	return appendUint(dst, mapVersion)
 }
 
 // AppendNodeWrite appends one item of a NodeWriteBatch.
@@ -641,7 +680,7 @@ func UnmarshalNodeWriteBatch(data []byte, b *subjects.NodeWriteBatch) error {
 
 func decodeNodeWriteBatch(data []byte, b *subjects.NodeWriteBatch) bool {
 	*b = subjects.NodeWriteBatch{}
-	return decodeNode(data, &b.Proto, &b.Items, nil, 6)
+	return decodeNode(data, &b.Proto, &b.Items, nil, &b.MapVersion, 6)
 }
 
 // MarshalNodeWriteReply appends r's msgpack to dst.
@@ -660,16 +699,18 @@ func UnmarshalNodeWriteReply(data []byte, rep *subjects.NodeWriteReply) error {
 
 func decodeNodeWriteReply(data []byte, rep *subjects.NodeWriteReply) bool {
 	*rep = subjects.NodeWriteReply{}
-	return decodeNode(data, nil, &rep.Results, &rep.More, 5)
+	return decodeNode(data, nil, &rep.Results, &rep.More, nil, 5)
 }
 
-// MarshalNodeReadBatch appends b's msgpack to dst.
+// MarshalNodeReadBatch appends b's msgpack to dst, in the form
+// MarshalNodeWriteBatch writes.
 func MarshalNodeReadBatch(dst []byte, b *subjects.NodeReadBatch) []byte {
-	return appendItems(appendInt(append(dst, 0x92), int64(b.Proto)), b.Items, AppendNodeRead)
+	dst = appendItems(appendInt(append(dst, batchArray(b.Proto)), int64(b.Proto)), b.Items, AppendNodeRead)
+	return AppendNodeBatchEnd(dst, b.Proto, b.MapVersion)
 }
 
 // AppendNodeReadBatchHeader appends the start of a NodeReadBatch of n
-// items; AppendNodeRead appends each item.
+// items; AppendNodeRead appends each item, and AppendNodeBatchEnd the end.
 func AppendNodeReadBatchHeader(dst []byte, proto, n int) []byte {
 	return AppendNodeWriteBatchHeader(dst, proto, n) // the same [proto, items] header
 }
@@ -689,7 +730,7 @@ func UnmarshalNodeReadBatch(data []byte, b *subjects.NodeReadBatch) error {
 
 func decodeNodeReadBatch(data []byte, b *subjects.NodeReadBatch) bool {
 	*b = subjects.NodeReadBatch{}
-	return decodeNode(data, &b.Proto, &b.Items, nil, 3)
+	return decodeNode(data, &b.Proto, &b.Items, nil, &b.MapVersion, 3)
 }
 
 // MarshalNodeReadReply appends rep's msgpack to dst.
@@ -708,7 +749,7 @@ func UnmarshalNodeReadReply(data []byte, rep *subjects.NodeReadReply) error {
 
 func decodeNodeReadReply(data []byte, rep *subjects.NodeReadReply) bool {
 	*rep = subjects.NodeReadReply{}
-	return decodeNode(data, nil, &rep.Results, &rep.More, 4)
+	return decodeNode(data, nil, &rep.Results, &rep.More, nil, 4)
 }
 
 // --- client messages (maps keyed by field name) ---
@@ -959,6 +1000,13 @@ func decodeGetReply(data []byte, g *subjects.GetReply) bool {
 // for every other type.
 func marshalFast(v any) (b []byte, ok bool) {
 	switch m := v.(type) {
+	case *subjects.NodeWriteBatch:
+		return MarshalNodeWriteBatch(nil, m), true
+	case *subjects.NodeReadBatch:
+		return MarshalNodeReadBatch(nil, m), true
+	case *subjects.PartitionScan:
+		b, err := MarshalPartitionScan(nil, m)
+		return b, err == nil
 	case *subjects.Request:
 		return appendRequest(make([]byte, 0, 64+len(m.Key)+len(m.Value)), m), true
 	case *subjects.WriteReply:
@@ -974,6 +1022,12 @@ func marshalFast(v any) (b []byte, ok bool) {
 // path does not take).
 func unmarshalFast(data []byte, v any) bool {
 	switch m := v.(type) {
+	case *subjects.NodeWriteBatch:
+		return decodeNodeWriteBatch(data, m)
+	case *subjects.NodeReadBatch:
+		return decodeNodeReadBatch(data, m)
+	case *subjects.PartitionScan:
+		return UnmarshalPartitionScan(data, m) == nil
 	case *subjects.Request:
 		return decodeRequest(data, m)
 	case *subjects.WriteReply:
@@ -982,4 +1036,54 @@ func unmarshalFast(data []byte, v any) bool {
 		return decodeGetReply(data, m)
 	}
 	return false
+}
+
+// --- partition scans ---
+
+// partitionScanV1 is PartitionScan as node protocol 1 writes it: six
+// elements, no MapVersion.
+type partitionScanV1 struct {
+	_msgpack   struct{} `msgpack:",as_array"`
+	Proto      int
+	Partitions int
+	Partition  uint32
+	Cursor     []byte
+	Limit      int
+	MaxBytes   int
+}
+
+// MarshalPartitionScan appends s's msgpack to dst: seven elements, or the
+// six of node protocol 1 when s.Proto is 1 (MapVersion is then not sent).
+func MarshalPartitionScan(dst []byte, s *subjects.PartitionScan) ([]byte, error) {
+	var v any = s
+	if legacyBatch(s.Proto) {
+		v = &partitionScanV1{Proto: s.Proto, Partitions: s.Partitions, Partition: s.Partition, Cursor: s.Cursor, Limit: s.Limit, MaxBytes: s.MaxBytes}
+	}
+	b, err := msgpack.Marshal(v)
+	if err != nil {
+		return dst, fmt.Errorf("encode partition scan: %w", err)
+	}
+	return append(dst, b...), nil
+}
+
+// UnmarshalPartitionScan decodes data, in either form MarshalPartitionScan
+// writes, into s, which it overwrites; the six-element form decodes with
+// MapVersion 0. Bytes after the message are refused.
+func UnmarshalPartitionScan(data []byte, s *subjects.PartitionScan) error {
+	*s = subjects.PartitionScan{}
+	if len(data) == 0 {
+		return errors.New("empty partition scan")
+	}
+	if err := checkMsgpackMessage(data); err != nil {
+		return err
+	}
+	if data[0] == 0x96 {
+		var v1 partitionScanV1
+		if err := msgpack.Unmarshal(data, &v1); err != nil {
+			return err
+		}
+		*s = subjects.PartitionScan{Proto: v1.Proto, Partitions: v1.Partitions, Partition: v1.Partition, Cursor: v1.Cursor, Limit: v1.Limit, MaxBytes: v1.MaxBytes}
+		return nil
+	}
+	return msgpack.Unmarshal(data, s)
 }

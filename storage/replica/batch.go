@@ -16,11 +16,12 @@ import (
 
 // item is one item waiting to be batched.
 type item struct {
-	id       uint64
-	deadline time.Time
-	write    subjects.NodeWrite
-	read     subjects.NodeRead
-	call     *Call
+	id         uint64
+	deadline   time.Time
+	write      subjects.NodeWrite
+	read       subjects.NodeRead
+	call       *Call
+	mapVersion uint64 // the call's; a batch holds items of one map version
 }
 
 // sentItem is an item of a batch in flight. done turns 1 when its outcome
@@ -137,11 +138,13 @@ func (c *Client) dispatchLocked(q *nodeQueue) {
 }
 
 // takeLocked removes the next batch from q's queue: up to MaxBatch live
-// items within maxBytes. Items whose deadline passed are dropped.
+// items within maxBytes, all of the first item's map version (a batch
+// carries one; the rest wait for the next batch, in order). Items whose
+// deadline passed are dropped.
 func (c *Client) takeLocked(q *nodeQueue) []item {
 	now := time.Now()
 	n, size := 0, 0
-	for n < len(q.queued) && n < c.cfg.MaxBatch {
+	for n < len(q.queued) && n < c.cfg.MaxBatch && q.queued[n].mapVersion == q.queued[0].mapVersion {
 		s := itemSize(&q.queued[n])
 		if n > 0 && size+s > c.maxBytes {
 			break
@@ -188,7 +191,7 @@ func (c *Client) publish(q *nodeQueue, items []item) {
 		}
 	}
 	buf := batchBufs.Get().(*[]byte)
-	data := encode((*buf)[:0], q.op, items)
+	data := encode((*buf)[:0], q.op, c.Protocol(), items)
 	putItems(items)
 	bid := c.nextID.Add(1)
 	c.mu.Lock()
@@ -237,20 +240,25 @@ var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return
 
 const maxPooledBatch = 1 << 20
 
-// encode appends the batch message of items to dst.
-func encode(dst []byte, op string, items []item) []byte {
+// encode appends the batch message of items, all of one map version, to
+// dst in node protocol proto.
+func encode(dst []byte, op string, proto int, items []item) []byte {
+	var v uint64
+	if len(items) > 0 {
+		v = items[0].mapVersion
+	}
 	if op == subjects.NodeOpWrite {
-		dst = wire.AppendNodeWriteBatchHeader(dst, subjects.NodeProtocolVersion, len(items))
+		dst = wire.AppendNodeWriteBatchHeader(dst, proto, len(items))
 		for i := range items {
 			dst = wire.AppendNodeWrite(dst, &items[i].write)
 		}
-		return dst
+		return wire.AppendNodeBatchEnd(dst, proto, v)
 	}
-	dst = wire.AppendNodeReadBatchHeader(dst, subjects.NodeProtocolVersion, len(items))
+	dst = wire.AppendNodeReadBatchHeader(dst, proto, len(items))
 	for i := range items {
 		dst = wire.AppendNodeRead(dst, &items[i].read)
 	}
-	return dst
+	return wire.AppendNodeBatchEnd(dst, proto, v)
 }
 
 // take removes batch bid; nil if it is gone (answered, expired or
@@ -314,7 +322,7 @@ func (c *Client) route(b *batch, data []byte) (more bool, err error) {
 			return false, err
 		}
 		for i := range r.Results {
-			b.deliverResult(r.Results[i].ID, r.Results[i].Err, Outcome{Write: &r.Results[i]})
+			b.deliverResult(r.Results[i].ID, r.Results[i].Kind, r.Results[i].Err, Outcome{Write: &r.Results[i]})
 		}
 		return r.More, nil
 	}
@@ -326,16 +334,20 @@ func (c *Client) route(b *batch, data []byte) (more bool, err error) {
 		return false, err
 	}
 	for i := range r.Results {
-		b.deliverResult(r.Results[i].ID, r.Results[i].Err, Outcome{Read: &r.Results[i]})
+		b.deliverResult(r.Results[i].ID, "", r.Results[i].Err, Outcome{Read: &r.Results[i]})
 	}
 	return r.More, nil
 }
 
 // deliverResult delivers o, a node's result for item id that failed with
-// errText unless it is empty, to the item, if b holds it.
-func (b *batch) deliverResult(id uint64, errText string, o Outcome) {
+// errText (of kind, when set) unless it is empty, to the item, if b holds
+// it. A not_owner refusal matches ErrNotOwner.
+func (b *batch) deliverResult(id uint64, kind, errText string, o Outcome) {
 	if errText != "" {
 		o.Err = errors.New(errText)
+		if subjects.ItemKind(kind, errText) == subjects.KindNotOwner {
+			o.Err = &wrapped{msg: errText, is: ErrNotOwner}
+		}
 	}
 	if k := b.find(id); k >= 0 {
 		b.deliver(k, o)

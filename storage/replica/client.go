@@ -26,6 +26,11 @@ var (
 	ErrQueueFull = &wrapped{msg: "node queue full at this coordinator", is: ErrOverloaded}
 	// ErrStopping: the client was stopped before the item had an outcome.
 	ErrStopping = errors.New("coordinator stopping")
+	// ErrNotOwner matches an item a node refused because the call's map
+	// version is older than the version in which the item's partition
+	// last changed in the node's map (subjects.KindNotOwner): nothing was
+	// applied; reload the map and retry.
+	ErrNotOwner = errors.New(subjects.KindNotOwner)
 )
 
 // wrapped is an error with its own text that also matches is.
@@ -94,11 +99,24 @@ func (o *Outcome) LostTo() (vclock.Dot, bool) {
 // blocks: a caller must not send more items through a Call than it has
 // room for.
 type Call struct {
-	ch chan Outcome
+	ch         chan Outcome
+	mapVersion uint64
 }
 
-// NewCall returns a Call with room for the outcomes of items items.
+// NewCall returns a Call with room for the outcomes of items items, whose
+// items are sent unfenced (map version 0: repair, hints, handoff).
 func NewCall(items int) *Call { return &Call{ch: make(chan Outcome, items)} }
+
+// NewCallAt returns a Call like NewCall whose items are sent with the
+// caller's placement map version mapVersion (node protocol 2): a node
+// refuses an item whose partition changed after it (ErrNotOwner). Only
+// items of the same map version share a batch.
+func NewCallAt(items int, mapVersion uint64) *Call {
+	return &Call{ch: make(chan Outcome, items), mapVersion: mapVersion}
+}
+
+// MapVersion returns the map version the call's items are sent with.
+func (c *Call) MapVersion() uint64 { return c.mapVersion }
 
 // Outcomes delivers the outcomes of the items sent through the call, in
 // the order they arrive.
@@ -148,6 +166,7 @@ type Client struct {
 	maxBytes int    // estimated bytes per batch message
 
 	nextID atomic.Uint64
+	proto  atomic.Int64 // the node protocol batches and scans are written in (SetProtocol)
 
 	// readRTT is a moving average of read batches' round trips, in
 	// nanoseconds: the base of SpeculativeDelay.
@@ -181,6 +200,7 @@ func New(nc *nats.Conn, cfg Config) (*Client, error) {
 		queues:   make(map[string]*nodeQueues),
 		stop:     make(chan struct{}),
 	}
+	c.proto.Store(subjects.NodeProtocolVersion)
 	// NewRespInbox is "<prefix>.<token>"; use it as our private prefix.
 	sub, err := nc.Subscribe(c.inbox+".*", c.onReply)
 	if err != nil {
@@ -192,6 +212,24 @@ func New(nc *nats.Conn, cfg Config) (*Client, error) {
 	go func() { defer c.wg.Done(); c.sweep() }()
 	return c, nil
 }
+
+// SetProtocol sets the node protocol version the client writes requests
+// in, NodeProtocolMin..NodeProtocolVersion (default NodeProtocolVersion).
+// With 1 it sends the 2-element batches and 6-element scans of protocol 1,
+// without map versions (no fencing), for clusters with nodes not yet
+// upgraded. Batches already encoded keep their protocol. An unsupported
+// version is an error and changes nothing.
+func (c *Client) SetProtocol(proto int) error {
+	if !subjects.NodeProtocolSupported(proto) {
+		return fmt.Errorf("replica: node protocol %d not in %d..%d", proto, subjects.NodeProtocolMin, subjects.NodeProtocolVersion)
+	}
+	c.proto.Store(int64(proto))
+	return nil
+}
+
+// Protocol returns the node protocol version the client writes requests
+// in (see SetProtocol).
+func (c *Client) Protocol() int { return int(c.proto.Load()) }
 
 // Stop stops the client: items queued or in flight fail with ErrStopping,
 // and later ones fail at once. It does not close the connection. Safe to
@@ -238,7 +276,7 @@ func (c *Client) Write(call *Call, node string, deadline time.Time, ws ...subjec
 	q.mu.Lock()
 	for i := range ws {
 		ws[i].ID = c.nextID.Add(1)
-		c.enqueueLocked(q, item{id: ws[i].ID, deadline: deadline, write: ws[i], call: call})
+		c.enqueueLocked(q, item{id: ws[i].ID, deadline: deadline, write: ws[i], call: call, mapVersion: call.mapVersion})
 	}
 	c.dispatchLocked(q) // unlocks
 }
@@ -249,7 +287,7 @@ func (c *Client) Read(call *Call, node string, deadline time.Time, r subjects.No
 	r.ID = c.nextID.Add(1)
 	q := c.node(node).read
 	q.mu.Lock()
-	c.enqueueLocked(q, item{id: r.ID, deadline: deadline, read: r, call: call})
+	c.enqueueLocked(q, item{id: r.ID, deadline: deadline, read: r, call: call, mapVersion: call.mapVersion})
 	c.dispatchLocked(q) // unlocks
 	return r.ID
 }

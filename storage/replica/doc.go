@@ -10,7 +10,7 @@
 //
 //	rc, err := replica.New(nc, replica.DefaultConfig())
 //	defer rc.Stop()
-//	call := replica.NewCall(len(nodes))
+//	call := replica.NewCallAt(len(nodes), placement.Version()) // NewCall: unfenced
 //	for _, n := range nodes {
 //		rc.Write(call, n, deadline, subjects.NodeWrite{Tenant: t, Key: k, LWW: v})
 //	}
@@ -33,12 +33,26 @@
 //
 // Messages. A request is one batch for one node and one operation:
 // subjects.NodeWriteBatch on kv.node.<id>.write or subjects.NodeReadBatch on
-// kv.node.<id>.read, msgpack, with Proto = subjects.NodeProtocolVersion. A
+// kv.node.<id>.read, msgpack, with Proto = the client's protocol
+// (SetProtocol; subjects.NodeProtocolVersion unless set). A
 // batch holds 1..Config.MaxBatch items of that operation, for any tenants
 // and keys (the same key may appear twice), and its encoded size stays
 // below PayloadLimit of the connection's max payload, except that a single
 // item larger than that still goes alone. Every item carries an ID unique
 // among the items in flight from this client; the client assigns it.
+//
+// Node protocol 2 and fencing. In protocol 2 a batch carries a map
+// version: the version of the placement map its items were routed by
+// (NewCallAt), or 0 for unfenced work (NewCall: repair, hints, handoff,
+// which target explicit nodes and only merge). Only items of one map
+// version share a batch; queued items of another wait for the next one,
+// in order. A node refuses an item of a partition whose rows changed
+// after that version in the node's map (subjects.KindNotOwner: nothing
+// applied; Outcome.Err matches ErrNotOwner): the caller reloads its map
+// and retries under it. In protocol 1 (SetProtocol(1), while some node is
+// not upgraded) batches are the 2-element arrays of that protocol, without
+// a map version, and nothing is fenced. Nodes accept both
+// (subjects.NodeProtocolMin..NodeProtocolVersion).
 //
 // Ordering. A node applies a write batch's items in order, as one Pebble
 // batch with one fsync, and answers only once they are durable. Batches
@@ -60,8 +74,10 @@
 //   - Err empty: the item was applied (write) or answered (read; a nil
 //     version means the node holds nothing for the key).
 //   - Err set: the item failed on the node, with Kind naming the wire error
-//     (e.g. too_large, too_many_siblings); Outcome.Err is that text. Other
-//     items of the batch are unaffected.
+//     (e.g. too_large, too_many_siblings, not_owner); Outcome.Err is that
+//     text (matching ErrNotOwner for not_owner, which a read result names
+//     only as the first word of Err). Other items of the batch are
+//     unaffected.
 //   - A write of an lww version that lost its merge to a greater dot is not
 //     an error: the result names the winner (Outcome.LostTo), the node
 //     keeps the greater version, and the caller decides whether the write
@@ -102,7 +118,9 @@
 // message each way, not batched:
 //
 //   - Request: subjects.PartitionScan on kv.node.<id>.scan, msgpack array,
-//     Proto = subjects.NodeProtocolVersion, Partitions = the asker's Q,
+//     Proto = the client's protocol, MapVersion = the asker's map version
+//     (protocol 2; a source whose map is older answers
+//     subjects.KindMapBehind, 503), Partitions = the asker's Q,
 //     Partition in 0..Q-1, Cursor nil (from the start) or the Cursor of
 //     the previous reply, Limit records (0: 1000, at most 10000), MaxBytes
 //     of records (0: the node's reply limit, PayloadLimit of its max

@@ -8,12 +8,16 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/subjects"
 )
 
 // ScanPartition asks node for one page of a partition (the pull request
 // of a partition transfer; see PartitionScan in the package doc) and waits
-// for the answer until ctx ends. It sets req.Proto. It returns the reply
+// for the answer until ctx ends. It sets req.Proto to the client's
+// protocol (SetProtocol; with 1, req.MapVersion is not sent), and
+// req.MapVersion is the receiver's map version (0 = unfenced; a source
+// whose map is older answers subjects.KindMapBehind). It returns the reply
 // and its size in bytes on the wire. Errors: ErrNodeDown when nobody
 // serves the node, a *subjects.Error when the node refused the request
 // (400 for a malformed one), ctx's error, or "bad reply from <node>".
@@ -25,10 +29,10 @@ func (c *Client) ScanPartition(ctx context.Context, node string, req subjects.Pa
 	if c.closed.Load() {
 		return nil, 0, ErrStopping
 	}
-	req.Proto = subjects.NodeProtocolVersion
-	data, err := msgpack.Marshal(&req)
+	req.Proto = c.Protocol()
+	data, err := wire.MarshalPartitionScan(nil, &req)
 	if err != nil {
-		return nil, 0, fmt.Errorf("replica: encode scan: %w", err)
+		return nil, 0, fmt.Errorf("replica: %w", err)
 	}
 	msg, err := c.nc.RequestWithContext(ctx, subjects.StorageNode(node, subjects.NodeOpScan), data)
 	switch {

@@ -1,0 +1,186 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/quorumkv/quorumkv/ring"
+	"github.com/quorumkv/quorumkv/storage/replica"
+	"github.com/quorumkv/quorumkv/subjects"
+)
+
+// Handoff and drop (issue 14, spec §5): a partition the node holds records
+// of but that its map gives it in neither row (a former owner's) is, once
+// HandoffGrace has passed since the node first saw that, pushed as merges
+// (unfenced, map version 0: merges never overwrite) to its current owners,
+// then dropped with one DeleteRange, on the write loop and only if the map
+// there still does not name the node. By then the node refuses readers of
+// older maps (not_owner), so none counts the empty range as "not found";
+// the grace lets reads already answered at the older version finish.
+
+// handoffPage bounds the records pushed per round trip.
+const handoffPage = 1000
+
+// dropJob asks the write loop to drop partition p.
+type dropJob struct {
+	p       uint32
+	dropped bool // set by the write loop: false when the map names the node again
+	err     error
+}
+
+// handoffLoop checks the node's partitions against its map on every new
+// map and every quarter of HandoffGrace, until ctx ends.
+func (n *Node) handoffLoop(ctx context.Context) {
+	grace := n.cfg.HandoffGrace
+	tick := time.NewTicker(max(grace/4, 50*time.Millisecond))
+	defer tick.Stop()
+	unowned := map[uint32]time.Time{} // partition with records → when the node first saw it unowned
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-n.handoffKick:
+		}
+		m := n.pmap.Load()
+		if m == nil {
+			continue
+		}
+		now := time.Now()
+		for p := range uint32(n.eng.q) {
+			if m.Owns(p, n.cfg.NodeID) {
+				delete(unowned, p)
+				continue
+			}
+			since, seen := unowned[p]
+			if !seen {
+				if has, err := n.eng.hasRecords(p); err != nil || !has {
+					continue
+				}
+				unowned[p] = now
+				continue
+			}
+			if now.Sub(since) < grace {
+				continue
+			}
+			if err := n.handoff(ctx, m, p); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				n.log.Warn("handoff failed; retrying after the grace", "partition", p, "err", err)
+				unowned[p] = now // an owner down: do not spin on it
+				continue
+			}
+			delete(unowned, p)
+		}
+	}
+}
+
+// handoff pushes every record of p to p's current owners in m, then has
+// the write loop drop p.
+func (n *Node) handoff(ctx context.Context, m *ring.Map, p uint32) error {
+	owners := m.Owners(p, nil)
+	if len(owners) == 0 {
+		return fmt.Errorf("partition %d has no current owner in map version %d", p, m.Version())
+	}
+	rc, err := n.client()
+	if err != nil {
+		return err
+	}
+	var cursor []byte
+	records := 0
+	for {
+		entries, next, err := scanPartition(n.eng.db, p, cursor, handoffPage, n.replyLimit/2)
+		if err != nil {
+			return err
+		}
+		if len(entries) > 0 {
+			if err := n.push(ctx, rc, owners, p, entries); err != nil {
+				return err
+			}
+			records += len(entries)
+			n.metrics.HandedOff(len(entries))
+		}
+		if next == nil {
+			break
+		}
+		cursor = next
+	}
+	j := &localWrite{drop: &dropJob{p: p}}
+	if err := n.submit(ctx, j); err != nil {
+		return err
+	}
+	if j.drop.err != nil {
+		return j.drop.err
+	}
+	if j.drop.dropped {
+		n.log.Info("partition handed off and dropped", "partition", p, "records", records, "owners", owners, "map_version", m.Version())
+	}
+	return nil
+}
+
+// push merges entries into every owner and waits until each acknowledged
+// each record.
+func (n *Node) push(ctx context.Context, rc *replica.Client, owners []string, p uint32, entries []partEntry) error {
+	ws := make([]subjects.NodeWrite, len(entries))
+	for i, en := range entries {
+		rec, err := decodeRecordCopy(en.Record, true)
+		if err != nil || (rec.LWW == nil) == (rec.DVV == nil) {
+			return fmt.Errorf("handoff of partition %d: bad record %s/%q: %v", p, en.Tenant, en.Key, err)
+		}
+		ws[i] = subjects.NodeWrite{Tenant: en.Tenant, Key: en.Key, LWW: rec.LWW, DVV: rec.DVV}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	call := replica.NewCall(len(ws) * len(owners))
+	for _, o := range owners {
+		rc.Write(call, o, deadline, append([]subjects.NodeWrite(nil), ws...)...) // Write sets the IDs
+	}
+	t := time.NewTimer(time.Until(deadline) + time.Second)
+	defer t.Stop()
+	for range len(ws) * len(owners) {
+		select {
+		case o := <-call.Outcomes():
+			if o.Err != nil {
+				return fmt.Errorf("handoff of partition %d to %s: %w", p, o.Node, o.Err)
+			}
+		case <-t.C:
+			return fmt.Errorf("handoff of partition %d: owners did not answer in time", p)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// applyDrop runs on the write loop: it drops j's partition and forgets its
+// transfer cursors, unless the node's map names the node for it again.
+func (n *Node) applyDrop(j *dropJob) {
+	if m := n.pmap.Load(); m == nil || m.Owns(j.p, n.cfg.NodeID) {
+		return
+	}
+	if err := n.eng.dropPartition(j.p); err != nil {
+		j.err = err
+		return
+	}
+	if err := n.eng.forgetCursors(func(p uint32) bool { return p == j.p }); err != nil {
+		j.err = err
+		return
+	}
+	j.dropped = true
+	n.metrics.DroppedPartition()
+}
+
+// hasRecords reports whether partition p holds any record.
+func (e *engine) hasRecords(p uint32) (bool, error) {
+	lo, hi := partitionBounds(p)
+	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return false, fmt.Errorf("partition %d: %w", p, err)
+	}
+	has := it.First()
+	return has, errors.Join(it.Error(), it.Close())
+}

@@ -1,0 +1,526 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/quorumkv/quorumkv/ring"
+	"github.com/quorumkv/quorumkv/storage/replica"
+	"github.com/quorumkv/quorumkv/subjects"
+)
+
+// The transfer loop (issue 14, spec §5): a node that is a receiver of a
+// moving partition (ring.Map.Receiving) pulls it from every reachable
+// current owner, merging, then reports it done on kv.v1.admin.node.transfer;
+// when every receiver of a partition is done the coordinators flip it. The
+// loop is one goroutine owned by the Node: it runs a plan for the map it
+// has, restarts the plan when a new map changes what it must pull (the
+// persisted cursors make a restart cheap), and stops with the node.
+
+const (
+	// xferWorkers is how many partitions are pulled at once; the rate cap
+	// is shared between them.
+	xferWorkers = 2
+	// xferTries is how many times a source is asked before it is skipped
+	// as down for this round.
+	xferTries = 3
+	// Done partitions are reported every reportEvery or reportBatch of
+	// them, whichever comes first.
+	reportEvery = time.Second
+	reportBatch = 64
+	// rateWindow is the span TransferStatus.RateBytes is measured over.
+	rateWindow = 10 * time.Second
+)
+
+// xferState is what the transfer loop shares with the heartbeat and
+// install: progress, and the partitions pulled to their end but not yet
+// acknowledged by a map that no longer lists them as receiving.
+type xferState struct {
+	mu      sync.Mutex
+	status  *subjects.TransferStatus // last figures; nil before any transfer
+	samples []rateSample             // bytes received over the last rateWindow
+	// done holds the partitions this node pulled to their end from every
+	// reachable source, with their since in the map pulled under; install
+	// forgets those the node stops owning. A later plan reports one
+	// without pulling while its since is unchanged (ring.Map.StillCurrent:
+	// a report speaks only for rows that did not change after its map).
+	done map[uint32]uint64
+}
+
+type rateSample struct {
+	at    time.Time
+	bytes int64
+}
+
+// TransferStatus returns a copy of the node's progress receiving
+// partitions, nil when it never received any. The heartbeat carries it.
+func (n *Node) TransferStatus() *subjects.TransferStatus {
+	s := &n.xfer
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.status == nil {
+		return nil
+	}
+	st := *s.status
+	st.RateBytes = s.rateLocked(time.Now())
+	return &st
+}
+
+func (s *xferState) rateLocked(now time.Time) float64 {
+	s.trimLocked(now)
+	if len(s.samples) < 2 {
+		return 0
+	}
+	first, last := s.samples[0], s.samples[len(s.samples)-1]
+	d := now.Sub(first.at).Seconds()
+	if d <= 0 {
+		return 0
+	}
+	return float64(last.bytes-first.bytes) / d
+}
+
+func (s *xferState) trimLocked(now time.Time) {
+	i := 0
+	for i < len(s.samples)-1 && now.Sub(s.samples[i].at) > rateWindow {
+		i++
+	}
+	s.samples = s.samples[i:]
+}
+
+// forgetDone drops the done marks of the partitions the node no longer
+// owns: it misses their writes from now on, so a later transfer of one
+// must pull it again. Called by install, on the write loop.
+func (s *xferState) forgetDone(owned func(p uint32) bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for p := range s.done {
+		if !owned(p) {
+			delete(s.done, p)
+		}
+	}
+}
+
+func (s *xferState) isDone(p uint32, since uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at, ok := s.done[p]
+	return ok && at == since
+}
+
+// plan is one run of the transfer loop over one map.
+type plan struct {
+	m     *ring.Map
+	parts []uint32 // m.Receiving(self)
+	// down holds the sources that nobody served (replica.ErrNodeDown)
+	// through xferTries tries: skipped for the rest of the plan, asked
+	// again by the next one.
+	down sync.Map
+}
+
+// transferLoop runs plans until ctx ends: one for each map that changes
+// what to pull, and again after a plan that did not finish (a second
+// later, doubling while it keeps failing).
+func (n *Node) transferLoop(ctx context.Context) {
+	backoff := time.Second // before retrying a plan that did not finish; doubles to 30s
+	for {
+		var retry <-chan time.Time
+		if m := n.pmap.Load(); m != nil {
+			pl := &plan{m: m, parts: m.Receiving(n.cfg.NodeID, nil)}
+			switch n.runPlanUntilChanged(ctx, pl) {
+			case planStopped:
+				return
+			case planChanged:
+				backoff = time.Second
+				continue
+			case planIncomplete:
+				retry = time.After(backoff)
+				backoff = min(2*backoff, 30*time.Second)
+			case planComplete:
+				backoff = time.Second
+				if cur := n.pmap.Load(); len(cur.Receiving(n.cfg.NodeID, nil)) > 0 {
+					// The coordinators did not mark everything reported
+					// (its rows changed after the map it was pulled under):
+					// look again, in case no newer map arrives to say so.
+					retry = time.After(5 * time.Second)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.xferKick:
+		case <-retry:
+		}
+	}
+}
+
+type planEnd int
+
+const (
+	planComplete   planEnd = iota // every partition pulled and reported
+	planIncomplete                // some partition had no source, or a report failed
+	planChanged                   // a new map changed what to pull
+	planStopped                   // the node is stopping
+)
+
+// runPlanUntilChanged runs pl until it ends, a map arrives that changes
+// it, or ctx ends.
+func (n *Node) runPlanUntilChanged(ctx context.Context, pl *plan) planEnd {
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	finished := make(chan bool, 1)
+	go func() { finished <- n.runPlan(pctx, pl) }()
+	for {
+		select {
+		case ok := <-finished:
+			switch {
+			case ctx.Err() != nil:
+				return planStopped
+			case ok:
+				return planComplete
+			}
+			return planIncomplete
+		case <-ctx.Done():
+			cancel()
+			<-finished
+			return planStopped
+		case <-n.xferKick:
+			if m := n.pmap.Load(); m != nil && n.samePlan(pl, m) {
+				continue // nothing to pull changed: keep going
+			}
+			cancel()
+			<-finished
+			if ctx.Err() != nil {
+				return planStopped
+			}
+			return planChanged
+		}
+	}
+}
+
+// samePlan reports whether the plan for map next would pull nothing that
+// pl does not already pull, from the same sources: every partition next
+// has the node receive is done here or in pl with the same since and
+// current owners.
+func (n *Node) samePlan(pl *plan, next *ring.Map) bool {
+	var a, b []string
+	for _, p := range next.Receiving(n.cfg.NodeID, nil) {
+		if n.xfer.isDone(p, next.Since(p)) {
+			continue
+		}
+		if _, ok := slices.BinarySearch(pl.parts, p); !ok || next.Since(p) != pl.m.Since(p) {
+			return false
+		}
+		a, b = pl.m.Owners(p, a[:0]), next.Owners(p, b[:0])
+		if !slices.Equal(a, b) {
+			return false
+		}
+	}
+	return true
+}
+
+// runPlan pulls pl's partitions, xferWorkers at a time, and reports them
+// done in batches. It returns true once every one is pulled and reported.
+func (n *Node) runPlan(ctx context.Context, pl *plan) bool {
+	n.startStatus(pl)
+	if len(pl.parts) == 0 {
+		return true
+	}
+	n.log.Info("receiving partitions", "map_version", pl.m.Version(), "partitions", len(pl.parts))
+	todo := make(chan uint32)
+	doneCh := make(chan uint32, len(pl.parts))
+	var wg sync.WaitGroup
+	for range xferWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range todo {
+				if n.receivePartition(ctx, pl, p) {
+					doneCh <- p
+				}
+			}
+		}()
+	}
+	go func() {
+		defer close(todo)
+		for _, p := range pl.parts {
+			select {
+			case todo <- p:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	workersDone := make(chan struct{})
+	go func() { wg.Wait(); close(workersDone) }()
+
+	// Report as partitions finish; the reporter is this goroutine.
+	var pending []uint32
+	reported := 0
+	tick := time.NewTicker(reportEvery)
+	defer tick.Stop()
+	flush := func() {
+		if len(pending) == 0 {
+			return
+		}
+		if err := n.reportDone(ctx, pl.m, pending); err != nil {
+			if ctx.Err() == nil {
+				n.log.Warn("transfer report failed; retrying", "partitions", len(pending), "err", err)
+			}
+			return
+		}
+		reported += len(pending)
+		pending = pending[:0]
+	}
+	working := true
+	for working || len(doneCh) > 0 {
+		select {
+		case p := <-doneCh:
+			pending = append(pending, p)
+			if len(pending) >= reportBatch {
+				flush()
+			}
+		case <-tick.C:
+			flush()
+		case <-workersDone:
+			working = false
+			workersDone = nil
+		}
+	}
+	for len(pending) > 0 && ctx.Err() == nil {
+		flush()
+		if len(pending) > 0 {
+			select {
+			case <-ctx.Done():
+			case <-tick.C:
+			}
+		}
+	}
+	return ctx.Err() == nil && reported == len(pl.parts)
+}
+
+// receivePartition pulls p from every current owner of m but this node,
+// skipping a source that fails xferTries times in a row. It reports
+// whether at least one source was pulled to the end and every other one
+// was skipped as unreachable (not stopped by ctx).
+func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
+	m := pl.m
+	if n.xfer.isDone(p, m.Since(p)) {
+		return true
+	}
+	rate := n.cfg.TransferRate
+	if rate > 0 {
+		rate = max(rate/xferWorkers, 1)
+	}
+	if err := n.transferGeneration(ctx, p, m.Since(p)); err != nil {
+		if ctx.Err() == nil {
+			n.log.Warn("transfer: partition generation", "partition", p, "err", err)
+		}
+		return false
+	}
+	var sources []string
+	for _, o := range m.Owners(p, nil) {
+		if o != n.cfg.NodeID {
+			sources = append(sources, o)
+		}
+	}
+	finished := 0
+	for _, src := range sources {
+		if _, down := pl.down.Load(src); down {
+			continue
+		}
+		var err error
+		for try := range xferTries {
+			var last TransferProgress
+			_, err = n.PullPartition(ctx, src, p, TransferOptions{
+				Rate: rate, MapVersion: m.Version(),
+				Progress: func(pr TransferProgress) {
+					n.addProgress(pr.Bytes-last.Bytes, pr.Records-last.Records)
+					last = pr
+				},
+			})
+			if err == nil || ctx.Err() != nil || try == xferTries-1 {
+				break
+			}
+			n.log.Debug("transfer: pull failed", "partition", p, "from", src, "try", try+1, "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Duration(200*(try+1)) * time.Millisecond):
+			}
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		if err == nil {
+			finished++
+		} else {
+			down := errors.Is(err, replica.ErrNodeDown)
+			if down {
+				pl.down.Store(src, true)
+			}
+			n.log.Warn("transfer: skipping a source after retries", "partition", p, "from", src, "down", down, "err", err)
+		}
+	}
+	if finished == 0 && len(sources) > 0 {
+		return false // no copy came in: retry the partition next round
+	}
+	n.xfer.mu.Lock()
+	if n.xfer.done == nil {
+		n.xfer.done = map[uint32]uint64{}
+	}
+	n.xfer.done[p] = m.Since(p)
+	n.xfer.mu.Unlock()
+	n.metrics.TransferPartition()
+	return true
+}
+
+// startStatus sets the figures for a new plan: the counts cover the
+// partitions pl's map has this node receive, done or not; bytes and keys
+// carry over while a transition goes on and start again with one that
+// follows a finished one.
+func (n *Node) startStatus(pl *plan) {
+	total := 0
+	var rs []string
+	for p := range uint32(pl.m.Partitions()) {
+		if !pl.m.Moving(p) {
+			continue
+		}
+		if rs = pl.m.Receivers(p, rs[:0]); slices.Contains(rs, n.cfg.NodeID) {
+			total++
+		}
+	}
+	s := &n.xfer
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if total == 0 {
+		return // nothing to receive: the last transition's figures stay
+	}
+	if s.status == nil || s.status.PartitionsDone >= s.status.PartitionsTotal {
+		// A new transition (the last one, if any, had finished).
+		s.status = &subjects.TransferStatus{}
+		s.samples = nil
+	}
+	s.status.MapVersion = pl.m.Version()
+	s.status.PartitionsTotal = total
+	s.status.PartitionsDone = total - len(pl.parts)
+	s.status.Updated = time.Now()
+}
+
+func (n *Node) addProgress(bytes, keys int64) {
+	s := &n.xfer
+	now := time.Now()
+	s.mu.Lock()
+	if s.status != nil {
+		s.status.Bytes += bytes
+		s.status.Keys += keys
+		s.status.Updated = now
+		s.samples = append(s.samples, rateSample{at: now, bytes: s.status.Bytes})
+		s.trimLocked(now)
+	}
+	s.mu.Unlock()
+	n.metrics.Transferred(bytes, keys)
+}
+
+// reportDone tells the coordinators that this node holds ps (pulled under
+// map m) and installs the map they answer with.
+func (n *Node) reportDone(ctx context.Context, m *ring.Map, ps []uint32) error {
+	n.xfer.mu.Lock()
+	if st := n.xfer.status; st != nil {
+		st.PartitionsDone = min(st.PartitionsDone+len(ps), st.PartitionsTotal)
+		st.Updated = time.Now()
+	}
+	n.xfer.mu.Unlock()
+	rep := subjects.TransferReport{NodeID: n.cfg.NodeID, MapVersion: m.Version(), Done: slices.Clone(ps), Status: n.TransferStatus()}
+	data, err := msgpack.Marshal(&rep)
+	if err != nil {
+		return fmt.Errorf("storage: encode transfer report: %w", err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	msg, err := n.nc.RequestWithContext(rctx, subjects.AdminNodeTransfer, data)
+	if err != nil {
+		n.undoDone(len(ps))
+		return fmt.Errorf("storage: %s: %w", subjects.AdminNodeTransfer, err)
+	}
+	if e := subjects.ErrorFromHeaders(msg.Header.Get); e != nil {
+		n.undoDone(len(ps))
+		return fmt.Errorf("storage: %s: %w", subjects.AdminNodeTransfer, e)
+	}
+	var pr subjects.PlacementReply
+	if err := msgpack.Unmarshal(msg.Data, &pr); err != nil {
+		return fmt.Errorf("storage: decode transfer answer: %w", err)
+	}
+	next, err := decodePlacement(&pr)
+	if err != nil {
+		return nil // reported; the map loop catches up
+	}
+	// Installed on the write loop; this is the loop's own goroutine, not
+	// the write loop, so waiting is fine.
+	if err := n.offerMap(ctx, next); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("storage: install the map after a transfer report: %w", err)
+	}
+	return nil
+}
+
+func (n *Node) undoDone(k int) {
+	n.xfer.mu.Lock()
+	if st := n.xfer.status; st != nil {
+		st.PartitionsDone = max(st.PartitionsDone-k, 0)
+	}
+	n.xfer.mu.Unlock()
+}
+
+// generationKey keeps, per partition, the since of the map the
+// partition's persisted transfer cursors were made under: 'm' "xgen"
+// partition(2 bytes).
+func generationKey(p uint32) []byte {
+	return []byte{nsMeta, 'x', 'g', 'e', 'n', byte(p >> 8), byte(p)}
+}
+
+// transferGeneration makes the persisted cursors of p ones made under
+// since: when they were made under another (the rows changed since, and
+// the node may have missed writes in between, for instance while down or
+// while it skipped a map that did not name it), it forgets them before
+// recording since, so the pulls start over.
+func (n *Node) transferGeneration(ctx context.Context, p uint32, since uint64) error {
+	n.readMu.RLock()
+	if n.readsClosed {
+		n.readMu.RUnlock()
+		return errStopping
+	}
+	cur, err := n.eng.getMeta(generationKey(p))
+	n.readMu.RUnlock()
+	if err != nil {
+		return err
+	}
+	want := binary.BigEndian.AppendUint64(nil, since)
+	if bytes.Equal(cur, want) {
+		return nil
+	}
+	rj := &localWrite{regen: &regenJob{p: p}}
+	if err := n.submit(ctx, rj); err != nil {
+		return err
+	}
+	if rj.regen.err != nil {
+		return rj.regen.err
+	}
+	j := &localWrite{metaKey: generationKey(p), metaValue: want}
+	if err := n.submit(ctx, j); err != nil {
+		return err
+	}
+	return j.persistErr
+}
+
+// regenJob asks the write loop to forget partition p's transfer cursors.
+type regenJob struct {
+	p   uint32
+	err error
+}
