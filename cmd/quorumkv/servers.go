@@ -287,6 +287,7 @@ func runStorage(args []string) error {
 	transferRate := fs.Float64("transfer-rate", float64(cfg.TransferRate)/(1<<20), "MiB per second a partition transfer into this node pulls at most; 0 = unlimited")
 	join := fs.Bool("join", true, "join the cluster at registration (a new node takes its share of partitions and streams them); false registers it standby until 'quorumkv node join ID'")
 	fs.DurationVar(&cfg.HandoffGrace, "handoff-grace", cfg.HandoffGrace, "how long a partition this node no longer owns is kept before it is handed off to its owners and dropped (reads at the older map finish meanwhile)")
+	fs.DurationVar(&cfg.Heartbeat, "heartbeat", cfg.Heartbeat, "how often the node re-registers with the coordinators; a node silent for 3 heartbeats shows as down (give coordinators the same --node-heartbeat)")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics (empty: off)")
 	var lf logFlags
 	lf.register(fs)
@@ -298,6 +299,9 @@ func runStorage(args []string) error {
 	}
 	if cfg.HandoffGrace <= 0 {
 		return usagef("--handoff-grace %v must be positive", cfg.HandoffGrace)
+	}
+	if cfg.Heartbeat <= 0 {
+		return usagef("--heartbeat %v must be positive", cfg.Heartbeat)
 	}
 	cfg.Hold = !*join
 	switch {
