@@ -232,20 +232,6 @@ func storeError(name string, err error) error {
 	return subjects.Errorf(subjects.KindUnavailable, "%s unavailable: %v", name, err)
 }
 
-// replicas returns the preference list of r's key (the first RF owners of
-// its partition in the current placement map) and how many of its replies
-// the level needs, or unavailable when the map cannot supply them.
-func (c *Coordinator) replicas(r *dataRequest) ([]string, int, error) {
-	rf := r.tenant.ReplicationFactor
-	pref := c.routing.placement().m.PreferenceList(r.tenant.ID, r.Key, rf, make([]string, 0, rf))
-	need := Required(r.level, rf)
-	if len(pref) < need {
-		return nil, 0, subjects.Errorf(subjects.KindUnavailable,
-			"%s needs %d replicas of %d, but only %d active storage nodes are in the ring", r.level, need, rf, len(pref))
-	}
-	return pref, need, nil
-}
-
 // writeOnce wraps write with the idempotency protocol: a request that names
 // an idempotency key claims it first, under the request's fingerprint; a
 // retry gets the first response, and a different request with the same key
@@ -394,12 +380,8 @@ func newIdempotencyKey() string {
 // acknowledged write is never superseded by one that finished before it
 // started, whatever the coordinators' clocks say (see sendLWW).
 func (c *Coordinator) write(ctx context.Context, r *dataRequest, del bool) (*subjects.WriteReply, error) {
-	pref, need, err := c.replicas(r)
-	if err != nil {
-		return nil, err
-	}
 	if r.tenant.ConflictPolicy == subjects.PolicySiblings {
-		return c.writeSiblings(ctx, r, pref, need, del)
+		return c.writeSiblings(ctx, r, del)
 	}
 	clock := c.clocks.get(r.tenant.ID)
 	floor := r.ctxDot // the dot the write must beat
@@ -415,7 +397,7 @@ func (c *Coordinator) write(ctx context.Context, r *dataRequest, del bool) (*sub
 				v.Value = []byte{}
 			}
 		}
-		reply, cl, t, acked, err := c.sendLWW(ctx, r, pref, need, v, attempt > 0)
+		reply, sent, err := c.sendLWW(ctx, r, v, attempt > 0)
 		var lost *lostWrite
 		if errors.As(err, &lost) {
 			within := c.observe(clock, lost.by.Counter, "write", r.tenant.ID)
@@ -429,46 +411,74 @@ func (c *Coordinator) write(ctx context.Context, r *dataRequest, del bool) (*sub
 			return nil, err
 		}
 		if c.repair != nil {
-			r.after = func() { c.hintMissing(ctx, cl, r, pref, t.total-t.answered(), acked, *v) }
+			r.after = func() { c.hintMissing(ctx, sent.cl, r, sent.nodes, sent.outstanding, sent.acked, *v) }
 		}
 		return reply, nil
 	}
 }
 
-// sendLWW sends v to every primary and waits for the level: the reply, and
-// what hintMissing needs. On a first attempt, primaries that report the
-// write lost do not count; once the level's number of primaries answered
-// and some reported a loss, the wait ends with a *lostWrite naming the
-// greatest dot they hold. restamped (a later attempt) counts a loss as an
-// acknowledgement: the write was stamped past every version that quorum of
-// answers held, which includes every write acknowledged before this one
-// started (quorums overlap), so a greater dot now is a concurrent write's,
-// and losing to a concurrent write breaks no promise. Without that, writers
-// contending for one key would re-stamp past each other until they failed.
-func (c *Coordinator) sendLWW(ctx context.Context, r *dataRequest, pref []string, need int, v *vclock.Version, restamped bool) (*subjects.WriteReply, *replica.Call, tally, []string, error) {
+// sentWrite is what hintMissing needs of a write that met its level: the
+// call, the write set it went to, how many of its outcomes are still to
+// come, and the nodes that acknowledged.
+type sentWrite struct {
+	cl          *replica.Call
+	nodes       []string
+	outstanding int
+	acked       []string
+}
+
+// sendLWW sends v to the key's write set and waits for the level among
+// its current owners: the reply, and what hintMissing needs. On a first
+// attempt, primaries that report the write lost do not count; once the
+// level's number of primaries answered and some reported a loss, the wait
+// ends with a *lostWrite naming the greatest dot they hold. restamped (a
+// later attempt) counts a loss as an acknowledgement: the write was
+// stamped past every version that quorum of answers held, which includes
+// every write acknowledged before this one started (quorums overlap), so a
+// greater dot now is a concurrent write's, and losing to a concurrent
+// write breaks no promise. Without that, writers contending for one key
+// would re-stamp past each other until they failed.
+//
+// A node that refuses v as not_owner means the map is stale: once the
+// level cannot be met, v (the same version) is sent again under the
+// reloaded map, at most maxNotOwnerRetries times (retryNotOwner).
+func (c *Coordinator) sendLWW(ctx context.Context, r *dataRequest, v *vclock.Version, restamped bool) (*subjects.WriteReply, sentWrite, error) {
 	deadline, _ := ctx.Deadline()
-	cl := replica.NewCall(len(pref))
-	for _, node := range pref {
-		c.rep.Write(cl, node, deadline, subjects.NodeWrite{Tenant: r.tenant.ID, Key: r.Key, LWW: v})
-	}
-	t := tally{required: need, total: len(pref), lossIsAck: restamped}
-	var acked []string
-	err := c.await(ctx, cl, &t, r.level, nil, func(o replica.Outcome) {
-		if _, lost := o.LostTo(); o.Err == nil && !lost {
-			acked = append(acked, o.Node)
+	for try := 0; ; try++ {
+		rt, err := c.route(r, true)
+		if err != nil {
+			return nil, sentWrite{}, err
 		}
-	})
-	if err != nil {
-		return nil, nil, t, nil, err
+		cl := rt.newCall(len(rt.nodes))
+		for _, node := range rt.nodes {
+			c.rep.Write(cl, node, deadline, subjects.NodeWrite{Tenant: r.tenant.ID, Key: r.Key, LWW: v})
+		}
+		t := tally{required: rt.need, total: rt.counted, lossIsAck: restamped, counted: rt.nodes[:rt.counted]}
+		var acked []string
+		heard := 0
+		err = c.await(ctx, cl, &t, r.level, nil, func(o replica.Outcome) {
+			heard++
+			if _, lost := o.LostTo(); o.Err == nil && !lost {
+				acked = append(acked, o.Node)
+			}
+		})
+		if retry, err := c.retryNotOwner(ctx, notOwnerf(&t, rt.pl.version, err), try); retry {
+			continue
+		} else if err != nil {
+			return nil, sentWrite{}, err
+		}
+		return &subjects.WriteReply{
+				Success:        true,
+				Key:            r.Key,
+				Context:        vclock.EncodeContext(v.Dot),
+				IdempotencyKey: r.IdempotencyKey,
+				ReplicaCount:   t.acks,
+				Consistency:    r.level,
+			}, sentWrite{
+				cl: cl, nodes: rt.nodes, acked: acked,
+				outstanding: len(rt.nodes) - heard,
+			}, nil
 	}
-	return &subjects.WriteReply{
-		Success:        true,
-		Key:            r.Key,
-		Context:        vclock.EncodeContext(v.Dot),
-		IdempotencyKey: r.IdempotencyKey,
-		ReplicaCount:   t.acks,
-		Consistency:    r.level,
-	}, cl, t, acked, nil
 }
 
 // lostWrite is await's error when a primary reports that an lww write lost
@@ -509,12 +519,27 @@ func restamp(floor vclock.Dot, lost *lostWrite, within bool, attempt int) (vcloc
 // the first replies that meet the level; the others are asked when one of
 // those fails or is slow (see await).
 func (c *Coordinator) read(ctx context.Context, r *dataRequest) (*subjects.GetReply, error) {
-	pref, need, err := c.replicas(r)
+	for try := 0; ; try++ {
+		reply, err := c.readOnce(ctx, r)
+		if retry, err := c.retryNotOwner(ctx, err, try); retry {
+			continue
+		} else if err != nil {
+			return nil, err
+		}
+		return reply, nil
+	}
+}
+
+// readOnce is one attempt of read under the current map; a not_owner
+// refusal that left the level unmet ends it with a *notOwnerError.
+func (c *Coordinator) readOnce(ctx context.Context, r *dataRequest) (*subjects.GetReply, error) {
+	rt, err := c.route(r, false)
 	if err != nil {
 		return nil, err
 	}
+	pref, need := rt.nodes, rt.need
 	deadline, _ := ctx.Deadline()
-	cl := replica.NewCall(len(pref))
+	cl := rt.newCall(len(pref))
 	send := func(node string) {
 		c.rep.Read(cl, node, deadline, subjects.NodeRead{Tenant: r.tenant.ID, Key: r.Key})
 	}
@@ -542,7 +567,7 @@ func (c *Coordinator) read(ctx context.Context, r *dataRequest) (*subjects.GetRe
 		}
 	})
 	if err != nil {
-		return nil, err
+		return nil, notOwnerf(&t, rt.pl.version, err)
 	}
 	if c.repair != nil {
 		r.after = func() { c.repairRead(ctx, cl, r, t.total-t.answered(), replies) }

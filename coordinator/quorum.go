@@ -63,6 +63,20 @@ type tally struct {
 	lostTo    vclock.Dot
 	lostNode  string
 	lossIsAck bool
+
+	// counted, when set, are the nodes whose outcomes count (a write
+	// set's current owners); the others' (receivers') outcomes are passed
+	// on but change neither acks nor fails, and uncounted counts them.
+	counted   []string
+	uncounted int
+	// notOwner counts the nodes that refused an item as not_owner: the
+	// request's map is stale (see retryNotOwner).
+	notOwner int
+}
+
+// counts reports whether node's outcome counts toward the level.
+func (t *tally) counts(node string) bool {
+	return t.counted == nil || slices.Contains(t.counted, node)
 }
 
 // ack records a success and reports whether the level is now met.
@@ -124,6 +138,17 @@ func (c *Coordinator) await(ctx context.Context, cl *replica.Call, t *tally, lev
 			if sp != nil {
 				sp.heard = append(sp.heard, o.Node)
 			}
+			if isNotOwner(&o) {
+				// The node knows a newer map: have ours reloaded even if
+				// this request meets its level without it.
+				t.notOwner++
+				c.metrics.NotOwner(notOwnerOp(&o))
+				c.routing.refreshNow()
+			}
+			if !t.counts(o.Node) {
+				t.uncounted++
+				continue
+			}
 			if o.Err == nil {
 				if by, lost := o.LostTo(); lost && !t.lossIsAck {
 					// A lost lww write is no acknowledgement. Once as many
@@ -143,7 +168,9 @@ func (c *Coordinator) await(ctx context.Context, cl *replica.Call, t *tally, lev
 			}
 			failures = append(failures, o.Node+": "+o.Err.Error())
 			c.metrics.ReplicaFailure(failureReason(o.Err))
-			c.rep.Suspect(o.Node)
+			if !isNotOwner(&o) { // a refusal says nothing of the node's health
+				c.rep.Suspect(o.Node)
+			}
 			if sp.askNext() {
 				c.metrics.SpareRead("failed")
 				t.total++

@@ -68,7 +68,11 @@ type routing struct {
 	// claimMu keeps this process's reconciles one at a time; other
 	// coordinators are kept apart by the store's optimistic locking.
 	claimMu sync.Mutex
-	failing bool // owned by the loop goroutine: log an outage once
+	// flightMu guards flight, the reload that requests refused with
+	// not_owner share (see reload).
+	flightMu sync.Mutex
+	flight   *reloadFlight
+	failing  bool // owned by the loop goroutine: log an outage once
 }
 
 func newRouting(store metadata.Store, log *slog.Logger, interval time.Duration, partitions int) *routing {
@@ -166,6 +170,53 @@ func (r *routing) load(ctx context.Context) error {
 	}
 	r.install(p)
 	return nil
+}
+
+// reloadFlight is one map load that concurrent requests wait for.
+type reloadFlight struct {
+	done chan struct{} // closed when err is set
+	err  error
+}
+
+// reload makes sure the current map is newer than version seen, the one a
+// request was refused under (not_owner): it returns at once when it
+// already is, and otherwise joins the load in flight or starts one, so a
+// burst of refused requests costs one metadata read, not one each. The
+// load runs on the calling request's goroutine, bounded by its ctx (and
+// load's own 5s); a caller whose ctx ends stops waiting. A waiter whose
+// leader's load failed (the leader's own time may have run out) tries
+// once more itself. The result may still be seen (the store holds no
+// newer map yet); the caller's retry bound covers that.
+func (r *routing) reload(ctx context.Context, seen uint64) error {
+	for attempt := 0; ; attempt++ {
+		if r.placement().version > seen {
+			return nil
+		}
+		r.flightMu.Lock()
+		f := r.flight
+		lead := f == nil
+		if lead {
+			f = &reloadFlight{done: make(chan struct{})}
+			r.flight = f
+		}
+		r.flightMu.Unlock()
+		if lead {
+			f.err = r.load(ctx)
+			r.flightMu.Lock()
+			r.flight = nil
+			r.flightMu.Unlock()
+			close(f.done)
+			return f.err
+		}
+		select {
+		case <-f.done:
+			if f.err == nil || attempt > 0 || ctx.Err() != nil {
+				return f.err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // reconcileAttempts bounds how often reconcile re-reads after losing a race

@@ -27,8 +27,16 @@ import (
 const siblingWarnAt = 25
 
 // writeSiblings runs both legs of a siblings write and answers once the
-// level's count of primaries holds the new state.
-func (c *Coordinator) writeSiblings(ctx context.Context, r *dataRequest, pref []string, need int, del bool) (*subjects.WriteReply, error) {
+// level's count of current owners holds the new state.
+//
+// During a transition the coordinating replica is a current owner, and
+// the state goes to the whole write set (receivers too; they do not
+// count). A not_owner refusal means this coordinator's map is stale: from
+// the coordinating replica (nothing was minted) the whole write starts
+// again under the reloaded map; in the merge leg the same complete state
+// is sent again to the new write set's nodes that have not acknowledged
+// it. A write is never coordinated twice for a stale map.
+func (c *Coordinator) writeSiblings(ctx context.Context, r *dataRequest, del bool) (*subjects.WriteReply, error) {
 	val := vclock.Value{Data: r.Value, Tombstone: del}
 	switch {
 	case del:
@@ -36,41 +44,134 @@ func (c *Coordinator) writeSiblings(ctx context.Context, r *dataRequest, pref []
 	case val.Data == nil:
 		val.Data = []byte{}
 	}
+	var (
+		rt     route
+		state  *vclock.DVVSet
+		coordN int // current owners that failed to coordinate before one did
+		err    error
+	)
+	for try := 0; ; try++ {
+		if rt, err = c.route(r, true); err != nil {
+			return nil, err
+		}
+		state, coordN, err = c.coordinateSiblings(ctx, r, &rt, val)
+		if retry, err := c.retryNotOwner(ctx, err, try); retry {
+			continue
+		} else if err != nil {
+			return nil, err
+		}
+		break
+	}
+	deadline, _ := ctx.Deadline()
+	acked := []string{rt.nodes[coordN]}
+	// Leg 2: the rest of the write set merges the complete state. The
+	// owners that failed to coordinate are not asked again on the first
+	// round; hints reach them.
+	skip := rt.nodes[:coordN+1]
+	var (
+		cl          *replica.Call
+		t           tally
+		outstanding int
+	)
+	for try := 0; ; try++ {
+		others := missingFrom(rt.nodes, skip)
+		cl = rt.newCall(len(others))
+		for _, node := range others {
+			c.rep.Write(cl, node, deadline, subjects.NodeWrite{Tenant: r.tenant.ID, Key: r.Key, DVV: state})
+		}
+		t = tally{required: rt.need, total: rt.counted, counted: rt.nodes[:rt.counted]}
+		for _, node := range rt.nodes[:rt.counted] {
+			switch {
+			case slices.Contains(acked, node):
+				t.acks++
+			case slices.Contains(skip, node):
+				t.fails++ // failed to coordinate; not asked
+			}
+		}
+		err, heard := error(nil), 0
+		if !t.met() {
+			if t.impossible() {
+				err = subjects.Errorf(subjects.KindUnavailable, "%s needs %d of %d replicas; %d acknowledged, %d failed", r.level, rt.need, rt.counted, t.acks, t.fails)
+			} else {
+				err = c.await(ctx, cl, &t, r.level, nil, func(o replica.Outcome) {
+					heard++
+					if o.Err == nil {
+						acked = append(acked, o.Node)
+					}
+				})
+			}
+		}
+		outstanding = len(others) - heard
+		retry, err := c.retryNotOwner(ctx, notOwnerf(&t, rt.pl.version, err), try)
+		if err != nil {
+			return nil, err
+		}
+		if !retry {
+			break
+		}
+		// Same state, new write set: only the nodes that have not
+		// acknowledged it are sent it again.
+		if rt, err = c.route(r, true); err != nil {
+			return nil, err
+		}
+		skip = acked
+	}
+	if c.repair != nil {
+		nodes := rt.nodes
+		r.after = func() { c.hintMissingDVV(ctx, cl, r, nodes, outstanding, acked, *state) }
+	}
+	return &subjects.WriteReply{
+		Success:        true,
+		Key:            r.Key,
+		Context:        vclock.EncodeDVVContext(state.Join()),
+		IdempotencyKey: r.IdempotencyKey,
+		ReplicaCount:   t.acks,
+		Consistency:    r.level,
+	}, nil
+}
+
+// coordinateSiblings is leg 1 of a siblings write under rt: the first
+// current owner that answers coordinates it (mints the dot and stores the
+// new state). It returns that state and the owner's index in rt.nodes
+// (the owners before it failed). A not_owner refusal ends it at once with
+// a *notOwnerError: the map is stale, and nothing was minted.
+func (c *Coordinator) coordinateSiblings(ctx context.Context, r *dataRequest, rt *route, val vclock.Value) (*vclock.DVVSet, int, error) {
 	deadline, _ := ctx.Deadline()
 	// The per-key state cap: a state at it fits one node reply and one
 	// client reply (subjects.MaxStateBytes).
 	maxBytes := int64(subjects.MaxStateBytes(c.nc.MaxPayload()))
-	t := tally{required: need, total: len(pref)}
-	var (
-		failures []string
-		state    *vclock.DVVSet
-		coordIdx = -1
-	)
-	// Leg 1: the first primary that answers coordinates. Each attempt but
-	// the last gets half the remaining time, so a silent primary leaves
-	// time for the next. The replica refuses the write after the attempt's
-	// deadline, and the coordinator moves on only a grace period later, so
-	// a replica that was merely slow (paused, stalled disk) does not apply
-	// the write a second time under its own dot once another has.
-	for i, node := range pref {
+	owners := rt.nodes[:rt.counted]
+	t := tally{required: rt.need, total: len(owners)}
+	var failures []string
+	// The first owner that answers coordinates. Each attempt but the last
+	// gets half the remaining time, so a silent owner leaves time for the
+	// next. The replica refuses the write after the attempt's deadline,
+	// and the coordinator moves on only a grace period later, so a replica
+	// that was merely slow (paused, stalled disk) does not apply the write
+	// a second time under its own dot once another has.
+	for i, node := range owners {
 		attempt, giveUp := deadline, deadline
-		if i < len(pref)-1 {
+		if i < len(owners)-1 {
 			half := time.Until(deadline) / 2
 			attempt = time.Now().Add(half - half/4)
 			giveUp = time.Now().Add(half)
 		}
-		cl := replica.NewCall(1)
+		cl := rt.newCall(1)
 		c.rep.Write(cl, node, attempt, subjects.NodeWrite{Tenant: r.tenant.ID, Key: r.Key, Coordinate: &subjects.Coordinate{Context: r.dvvCtx, Value: val, Deadline: attempt.UnixMilli(), MaxBytes: maxBytes}})
 		o, err := waitOne(ctx, cl, giveUp)
 		if err == nil && o.Err == nil && o.Write != nil && o.Write.DVV != nil {
-			state, coordIdx = o.Write.DVV, i
-			t.ack()
-			break
+			return o.Write.DVV, i, nil
+		}
+		if err == nil && isNotOwner(&o) {
+			c.metrics.NotOwner(subjects.NodeOpWrite)
+			c.routing.refreshNow()
+			return nil, 0, &notOwnerError{version: rt.pl.version, err: subjects.Errorf(subjects.KindUnavailable,
+				"%s refused to coordinate the write: %v", node, o.Err)}
 		}
 		if err == nil && o.Write != nil && (o.Write.Kind == subjects.KindTooManySiblings || o.Write.Kind == subjects.KindTooLarge) {
-			// A limit of the key's state: any other primary would refuse
-			// it too (or, not holding all of it yet, accept it wrongly).
-			return nil, subjects.Errorf(o.Write.Kind, "%s", o.Write.Err)
+			// A limit of the key's state: any other owner would refuse it
+			// too (or, not holding all of it yet, accept it wrongly).
+			return nil, 0, subjects.Errorf(o.Write.Kind, "%s", o.Write.Err)
 		}
 		reason := "did not answer in time"
 		switch {
@@ -84,42 +185,11 @@ func (c *Coordinator) writeSiblings(ctx context.Context, r *dataRequest, pref []
 		}
 		failures = append(failures, node+": "+reason)
 		if t.fail() || ctx.Err() != nil {
-			return nil, subjects.Errorf(subjects.KindUnavailable, "%s needs %d of %d replicas; no primary could coordinate the write (%s)",
-				r.level, need, len(pref), strings.Join(failures, "; "))
+			break
 		}
 	}
-	if state == nil {
-		return nil, subjects.Errorf(subjects.KindUnavailable, "no primary could coordinate the write (%s)", strings.Join(failures, "; "))
-	}
-	// Leg 2: the other primaries merge the complete state. The ones that
-	// failed to coordinate are not asked again; hints reach them.
-	others := pref[coordIdx+1:]
-	cl := replica.NewCall(len(others))
-	for _, node := range others {
-		c.rep.Write(cl, node, deadline, subjects.NodeWrite{Tenant: r.tenant.ID, Key: r.Key, DVV: state})
-	}
-	acked := []string{pref[coordIdx]}
-	if !t.met() {
-		err := c.await(ctx, cl, &t, r.level, nil, func(o replica.Outcome) {
-			if o.Err == nil {
-				acked = append(acked, o.Node)
-			}
-		})
-		if err != nil {
-			return nil, err
-		}
-	}
-	if c.repair != nil {
-		r.after = func() { c.hintMissingDVV(ctx, cl, r, pref, t.total-t.answered(), acked, *state) }
-	}
-	return &subjects.WriteReply{
-		Success:        true,
-		Key:            r.Key,
-		Context:        vclock.EncodeDVVContext(state.Join()),
-		IdempotencyKey: r.IdempotencyKey,
-		ReplicaCount:   t.acks,
-		Consistency:    r.level,
-	}, nil
+	return nil, 0, subjects.Errorf(subjects.KindUnavailable, "%s needs %d of %d replicas; no primary could coordinate the write (%s)",
+		r.level, rt.need, len(owners), strings.Join(failures, "; "))
 }
 
 // waitOne waits for cl's single outcome until deadline or ctx ends.

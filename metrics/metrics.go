@@ -45,6 +45,7 @@ type Coordinator struct {
 	spareReads      *prometheus.CounterVec
 	skewRejected    *prometheus.CounterVec
 	restamps        prometheus.Counter
+	notOwner        *prometheus.CounterVec
 }
 
 // NewCoordinator registers a coordinator's metrics with reg. inflight
@@ -87,7 +88,11 @@ func NewCoordinator(reg prometheus.Registerer, inflight func() float64) *Coordin
 		Namespace: Namespace, Subsystem: "coordinator", Name: "write_restamps_total",
 		Help: "lww writes re-stamped and re-sent because a primary already held a newer version (clock skew between coordinators, or a concurrent write).",
 	})
-	reg.MustRegister(c.requests, c.latency, c.replicaFailures, c.batchItems, c.siblings, c.spareReads, c.skewRejected, c.restamps,
+	c.notOwner = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Subsystem: "coordinator", Name: "not_owner_total",
+		Help: "Storage node answers refusing an item because the coordinator's placement map was older than the partition's last change (not_owner), by operation (write, read); each makes the request reload the map and retry.",
+	}, []string{"op"})
+	reg.MustRegister(c.requests, c.latency, c.replicaFailures, c.batchItems, c.siblings, c.spareReads, c.skewRejected, c.restamps, c.notOwner,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: Namespace, Subsystem: "coordinator", Name: "inflight_requests",
 			Help: "Client requests in progress (bounded by --max-inflight; past it requests get 429).",
@@ -135,6 +140,15 @@ func (c *Coordinator) Restamp() {
 		return
 	}
 	c.restamps.Inc()
+}
+
+// NotOwner records a node's not_owner answer to an item of op (write,
+// read).
+func (c *Coordinator) NotOwner(op string) {
+	if c == nil {
+		return
+	}
+	c.notOwner.WithLabelValues(op).Inc()
 }
 
 // Siblings records how many live values a siblings read returned.

@@ -1,0 +1,454 @@
+package coordinator_test
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/quorumkv/quorumkv/client"
+	"github.com/quorumkv/quorumkv/coordinator"
+	"github.com/quorumkv/quorumkv/internal/devcluster"
+	"github.com/quorumkv/quorumkv/internal/wire"
+	"github.com/quorumkv/quorumkv/metadata"
+	"github.com/quorumkv/quorumkv/ring"
+	"github.com/quorumkv/quorumkv/subjects"
+	"github.com/quorumkv/quorumkv/vclock"
+)
+
+// The coordinator's request path during transitions (spec §6): write
+// sets, and retries after not_owner refusals.
+
+// transitionCluster starts nodes storage nodes and one coordinator that
+// reloads its map only when told (a kv.v1.events.ring message) or when a
+// node refuses it, never on a timer, so a test decides which map it holds.
+func transitionCluster(t *testing.T, nodes int, reg *prometheus.Registry) *devcluster.Cluster {
+	t.Helper()
+	cfg := devcluster.Config{Nodes: nodes, Coordinator: coordinator.Config{RingRefresh: time.Hour}}
+	if reg != nil {
+		cfg.Metrics = reg
+	}
+	return startClusterWith(t, cfg)
+}
+
+// storedMap returns the cluster's stored placement map.
+func storedMap(t *testing.T, c *devcluster.Cluster) *ring.Map {
+	t.Helper()
+	rec, err := c.Metadata().GetPlacement(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := ring.Decode(rec.Map)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// storeMap stores m (whose version follows the stored one) without
+// telling anyone; announce makes the coordinator load it and waits.
+func storeMap(t *testing.T, c *devcluster.Cluster, m *ring.Map, announce bool) {
+	t.Helper()
+	data, err := m.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Metadata().SetPlacement(ctxT(t), metadata.Placement{Version: m.Version(), Map: data}); err != nil {
+		t.Fatal(err)
+	}
+	if !announce {
+		return
+	}
+	nc := connect(t, c)
+	waitFor(t, 10*time.Second, func() error {
+		if err := nc.Publish(subjects.EventsRing, nil); err != nil {
+			return err
+		}
+		if v := c.Coordinators()[0].Placement().Version(); v != m.Version() {
+			return fmt.Errorf("coordinator holds map version %d, want %d", v, m.Version())
+		}
+		return nil
+	})
+}
+
+// coordVersion is the map version the cluster's coordinator holds.
+func coordVersion(c *devcluster.Cluster) uint64 { return c.Coordinators()[0].Placement().Version() }
+
+// A write goes to the write set (current owners, then receivers) and
+// counts acknowledgements from current owners only: with the receiver
+// down a quorum write succeeds and the receiver is hinted; with a current
+// owner down the receiver's acknowledgement does not make up for it.
+func TestWriteSetCountsCurrentOwnersOnly(t *testing.T) {
+	c := transitionCluster(t, 4, nil)
+	ctx := ctxT(t)
+	nc := connect(t, c)
+	admin := client.NewAdmin(nc)
+	rf := 2
+	if _, err := admin.CreateTenant(ctx, "t2", client.TenantSpec{ReplicationFactor: &rf}); err != nil {
+		t.Fatal(err)
+	}
+	m := storedMap(t, c)
+	// Node 4 leaves: its partitions move to the others.
+	var rest []ring.Node
+	for _, id := range m.Nodes() {
+		if id != devcluster.NodeID(4) {
+			rest = append(rest, ring.Node{ID: id})
+		}
+	}
+	target, err := ring.Claim(m.TargetMap(), rest, m.Partitions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := m.Retarget(target, m.Version()+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		key     string
+		set     []string
+		counted int
+	)
+	for i := 0; key == ""; i++ {
+		k := fmt.Sprintf("k%d", i)
+		if set, counted = next.WriteSetHash(ring.KeyHash("t2", k), rf, nil); len(set) > counted {
+			key = k
+		}
+	}
+	if counted != rf {
+		t.Fatalf("write set %v counts %d, want %d", set, counted, rf)
+	}
+	current, receiver := set[:counted], set[counted]
+	// The receiver is a stand-in that takes writes and never pulls or
+	// reports the partition done, so the partition keeps moving for the
+	// whole test.
+	fake := newRefuser(t, c, func(uint64) bool { return false }, receiver)
+	fake.setSilent(true)
+	storeMap(t, c, next, true)
+	kv := kvClient(t, c, "t2")
+
+	// The receiver silent: the current owners make the quorum, and the
+	// receiver gets a hint that reaches it once it answers.
+	rep, err := kv.Put(ctx, key, []byte("v1"), client.WithConsistency(subjects.Quorum))
+	if err != nil {
+		t.Fatalf("quorum put with only the receiver %s down: %v", receiver, err)
+	}
+	if rep.ReplicaCount != counted {
+		t.Fatalf("put counted %d replicas, want %d (the current owners)", rep.ReplicaCount, counted)
+	}
+	fake.setSilent(false)
+	waitFor(t, 20*time.Second, func() error {
+		if v := fake.value(key); v != "v1" {
+			return fmt.Errorf("receiver %s holds %q for %s, want the hinted v1", receiver, v, key)
+		}
+		return nil
+	})
+
+	// A current owner down: the receiver answers and acknowledges, but it
+	// does not count, so quorum (2 of the current owners) is not met.
+	if err := c.StopNode(current[1]); err != nil {
+		t.Fatal(err)
+	}
+	_, err = kv.Put(ctx, key, []byte("v2"), client.WithConsistency(subjects.Quorum), client.WithTimeout(3*time.Second))
+	assertCode(t, err, 503, "")
+	// The receiver was sent the write all the same.
+	waitFor(t, 10*time.Second, func() error {
+		if v := fake.value(key); v != "v2" {
+			return fmt.Errorf("receiver %s holds %q for %s, want v2", receiver, v, key)
+		}
+		return nil
+	})
+}
+
+// refuser stands in for storage nodes whose map is newer than the
+// coordinator's: it refuses every item of a batch with not_owner when
+// refuse says so of the batch's map version, and acknowledges (writes) or
+// answers "not found" (reads) otherwise. It records the DVV states merged
+// into it.
+type refuser struct {
+	refuse func(mapVersion uint64) bool
+	mu     sync.Mutex
+	items  map[string]int // items received, by node
+	states []vclock.DVVSet
+	values map[string]string // the last lww value written, by key
+	// Siblings: states coordinated here, by key, and how many writes were.
+	dvv         map[string]vclock.DVVSet
+	coordinated int
+	silent      bool // answer nothing (a paused node)
+}
+
+func (f *refuser) setSilent(v bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.silent = v
+}
+
+func (f *refuser) value(key string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.values[key]
+}
+
+func newRefuser(t *testing.T, c *devcluster.Cluster, refuse func(uint64) bool, ids ...string) *refuser {
+	t.Helper()
+	f := &refuser{refuse: refuse, items: map[string]int{}, values: map[string]string{}, dvv: map[string]vclock.DVVSet{}}
+	nc := connect(t, c)
+	for _, id := range ids {
+		if err := c.StopNode(id); err != nil {
+			t.Fatal(err)
+		}
+		id := id
+		if _, err := nc.Subscribe(subjects.StorageNode(id, subjects.NodeOpWrite), func(m *nats.Msg) { f.onWrite(id, m) }); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := nc.Subscribe(subjects.StorageNode(id, subjects.NodeOpRead), func(m *nats.Msg) { f.onRead(id, m) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+var notOwnerText = subjects.NotOwnerError(0, 1<<40, 1)
+
+func (f *refuser) onWrite(id string, m *nats.Msg) {
+	var b subjects.NodeWriteBatch
+	if err := wire.UnmarshalNodeWriteBatch(m.Data, &b); err != nil {
+		return
+	}
+	refuse := f.refuse(b.MapVersion)
+	var r subjects.NodeWriteReply
+	f.mu.Lock()
+	if f.silent {
+		f.mu.Unlock()
+		return
+	}
+	for _, it := range b.Items {
+		f.items[id]++
+		res := subjects.NodeWriteResult{ID: it.ID}
+		switch {
+		case refuse:
+			res.Err, res.Kind = notOwnerText, subjects.KindNotOwner
+		case it.DVV != nil:
+			f.states = append(f.states, *it.DVV)
+		case it.LWW != nil:
+			f.values[it.Key] = string(it.LWW.Value)
+		case it.Coordinate != nil:
+			st, _, err := vclock.Update(f.dvv[it.Key], it.Coordinate.Context, "fake-"+id, it.Coordinate.Value)
+			if err != nil {
+				res.Err = err.Error()
+				break
+			}
+			f.dvv[it.Key] = st
+			f.coordinated++
+			res.DVV = &st
+		}
+		r.Results = append(r.Results, res)
+	}
+	f.mu.Unlock()
+	data, _ := msgpack.Marshal(&r)
+	_ = m.Respond(data)
+}
+
+func (f *refuser) onRead(id string, m *nats.Msg) {
+	var b subjects.NodeReadBatch
+	if err := wire.UnmarshalNodeReadBatch(m.Data, &b); err != nil {
+		return
+	}
+	refuse := f.refuse(b.MapVersion)
+	var r subjects.NodeReadReply
+	f.mu.Lock()
+	for _, it := range b.Items {
+		f.items[id]++
+		res := subjects.NodeReadResult{ID: it.ID}
+		if refuse {
+			res.Err = notOwnerText
+		}
+		r.Results = append(r.Results, res)
+	}
+	f.mu.Unlock()
+	data, _ := msgpack.Marshal(&r)
+	_ = m.Respond(data)
+}
+
+func (f *refuser) received(id string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.items[id]
+}
+
+// Nodes refuse a coordinator whose map is older than theirs; it reloads
+// the map (a newer version is stored, and nobody announced it) and the
+// request succeeds under it, for writes and reads alike.
+func TestNotOwnerReloadsMapAndRetries(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := transitionCluster(t, 3, reg)
+	ctx := ctxT(t)
+	m := storedMap(t, c)
+	v1 := m.Version() + 1
+	var ids []string
+	for i := 1; i <= 3; i++ {
+		ids = append(ids, devcluster.NodeID(i))
+	}
+	var newest uint64 = v1
+	var mu sync.Mutex
+	newRefuser(t, c, func(v uint64) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return v < newest
+	}, ids...)
+	storeMap(t, c, m.WithVersion(v1), false)
+	kv := kvClient(t, c, "default")
+	if _, err := kv.Put(ctx, "k", []byte("v")); err != nil {
+		t.Fatalf("put refused under a stale map: %v", err)
+	}
+	if v := coordVersion(c); v != v1 {
+		t.Fatalf("coordinator holds map version %d after the refusal, want %d", v, v1)
+	}
+	mu.Lock()
+	newest = v1 + 1
+	mu.Unlock()
+	storeMap(t, c, m.WithVersion(v1+1), false)
+	if _, err := kv.Get(ctx, "k"); err != nil && !errors.Is(err, client.ErrNotFound) {
+		t.Fatalf("get refused under a stale map: %v", err)
+	}
+	if v := coordVersion(c); v != v1+1 {
+		t.Fatalf("coordinator holds map version %d after the read's refusal, want %d", v, v1+1)
+	}
+	text := scrape(t, reg)
+	for _, op := range []string{"write", "read"} {
+		if n := sumMetric(text, "quorumkv_coordinator_not_owner_total", `op="`+op+`"`); n < 1 {
+			t.Errorf("not_owner_total{op=%q} = %v, want ≥ 1:\n%s", op, n, grepLines(text, "not_owner"))
+		}
+	}
+}
+
+// sumMetric adds the samples of name whose labels contain label.
+func sumMetric(text, name, label string) float64 {
+	var sum float64
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, name+"{") && strings.Contains(line, label) {
+			var v float64
+			if _, err := fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v); err == nil {
+				sum += v
+			}
+		}
+	}
+	return sum
+}
+
+// A node that keeps refusing (no newer map to load) ends the request with
+// 503 after the first attempt and three retries.
+func TestNotOwnerRetriesRunOutWith503(t *testing.T) {
+	c := transitionCluster(t, 3, nil)
+	var ids []string
+	for i := 1; i <= 3; i++ {
+		ids = append(ids, devcluster.NodeID(i))
+	}
+	f := newRefuser(t, c, func(uint64) bool { return true }, ids...)
+	kv := kvClient(t, c, "default")
+	_, err := kv.Put(ctxT(t), "k", []byte("v"), client.WithTimeout(5*time.Second))
+	assertCode(t, err, 503, "not_owner")
+	// The request ends once two refused; the third's item may still be on
+	// its way.
+	waitFor(t, 5*time.Second, func() error {
+		for _, id := range ids {
+			if n := f.received(id); n != 4 {
+				return fmt.Errorf("%s was sent the write %d times, want 4 (one attempt, three retries)", id, n)
+			}
+		}
+		return nil
+	})
+	_, err = kv.Get(ctxT(t), "k", client.WithTimeout(5*time.Second))
+	assertCode(t, err, 503, "not_owner")
+}
+
+// A siblings write whose merge leg is refused as not_owner sends the same
+// complete state again under the reloaded map to the nodes that have not
+// acknowledged it; the write is not coordinated twice, so the key holds
+// one value, not two siblings.
+func TestSiblingsMergeRetryResendsState(t *testing.T) {
+	c := transitionCluster(t, 3, nil)
+	ctx := ctxT(t)
+	nc := connect(t, c)
+	admin := client.NewAdmin(nc)
+	policy := subjects.PolicySiblings
+	if _, err := admin.CreateTenant(ctx, "s", client.TenantSpec{ConflictPolicy: &policy}); err != nil {
+		t.Fatal(err)
+	}
+	m := storedMap(t, c)
+	first := devcluster.NodeID(1)
+	key := ""
+	for i := 0; key == ""; i++ {
+		k := fmt.Sprintf("k%d", i)
+		if m.PreferenceList("s", k, 3, nil)[0] == first {
+			key = k
+		}
+	}
+	v1 := m.Version() + 1
+	f := newRefuser(t, c, func(v uint64) bool { return v < v1 }, devcluster.NodeID(2), devcluster.NodeID(3))
+	storeMap(t, c, m.WithVersion(v1), false)
+	kv := kvClient(t, c, "s")
+	if _, err := kv.Put(ctx, key, []byte("v")); err != nil {
+		t.Fatalf("siblings put refused in its merge leg under a stale map: %v", err)
+	}
+	f.mu.Lock()
+	states := slices.Clone(f.states)
+	f.mu.Unlock()
+	if len(states) == 0 {
+		t.Fatal("no node merged the state after the retry")
+	}
+	for _, st := range states[1:] {
+		if !st.Equal(states[0]) {
+			t.Fatalf("the retry sent another state: %+v, then %+v", states[0], st)
+		}
+	}
+	es, err := admin.DumpAll(ctx, first, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(es, func(e subjects.DumpEntry) bool { return e.Key == key })
+	if i < 0 {
+		t.Fatalf("%s does not hold %s", first, key)
+	}
+	if es[i].Siblings != 1 {
+		t.Fatalf("%s holds %d values for %s, want 1: the write was coordinated again", first, es[i].Siblings, key)
+	}
+}
+
+// A siblings write whose coordinating replica refuses it as not_owner
+// starts again under the reloaded map: the refusal minted nothing, and
+// the retry is coordinated exactly once.
+func TestSiblingsCoordinatorRefusalRetriesWhole(t *testing.T) {
+	c := transitionCluster(t, 3, nil)
+	ctx := ctxT(t)
+	admin := client.NewAdmin(connect(t, c))
+	policy := subjects.PolicySiblings
+	if _, err := admin.CreateTenant(ctx, "s", client.TenantSpec{ConflictPolicy: &policy}); err != nil {
+		t.Fatal(err)
+	}
+	m := storedMap(t, c)
+	v1 := m.Version() + 1
+	f := newRefuser(t, c, func(v uint64) bool { return v < v1 }, devcluster.NodeID(1), devcluster.NodeID(2), devcluster.NodeID(3))
+	storeMap(t, c, m.WithVersion(v1), false)
+	kv := kvClient(t, c, "s")
+	if _, err := kv.Put(ctx, "k", []byte("v")); err != nil {
+		t.Fatalf("siblings put refused by its coordinating replica under a stale map: %v", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.coordinated != 1 {
+		t.Fatalf("the write was coordinated %d times, want 1", f.coordinated)
+	}
+	if len(f.states) < 1 {
+		t.Fatalf("no other replica merged the coordinated state")
+	}
+}
