@@ -93,7 +93,11 @@ func (a *Admin) ListNodes(ctx context.Context) ([]subjects.Node, error) {
 	return l.Nodes, nil
 }
 
-// DrainNode takes node id out of preference lists.
+// DrainNode makes node id leaving: the placement target leaves it out and
+// its partitions stream to their next owners; it is left once the map
+// names it nowhere. Draining a leaving or left node changes nothing. 409
+// too_few_nodes when a tenant's replication factor exceeds the joining
+// and active nodes that would remain.
 func (a *Admin) DrainNode(ctx context.Context, id string) (*subjects.Node, error) {
 	var n subjects.Node
 	if err := a.call(ctx, subjects.AdminNodeDrain, &subjects.NodeRequest{NodeID: id}, &n); err != nil {
@@ -102,18 +106,88 @@ func (a *Admin) DrainNode(ctx context.Context, id string) (*subjects.Node, error
 	return &n, nil
 }
 
-// RemoveNode forgets a drained or down node whose process no longer runs.
-// The id is then refused (409 node_removed) until JoinNode re-admits it.
+// RemoveNode removes a left node (or a standby one) whose process no
+// longer runs. The id is then refused (409 node_removed) until JoinNode
+// re-admits it. 409 node_active for a node in any other status.
 func (a *Admin) RemoveNode(ctx context.Context, id string) error {
-	var s subjects.Success
-	return a.call(ctx, subjects.AdminNodeRemove, &subjects.NodeRequest{NodeID: id}, &s)
+	_, err := a.Remove(ctx, id, false)
+	return err
 }
 
-// JoinNode re-admits a removed node id: the node's next heartbeat registers
-// it as a new, active node. ErrNoSuchNode if id was not removed.
+// removeReply is node.remove's answer.
+type removeReply struct {
+	Success bool   `json:"success" msgpack:"success"`
+	Warning string `json:"warning,omitempty" msgpack:"warning,omitempty"`
+}
+
+// Remove removes node id: a left node, or with force one that is down
+// (silent for three heartbeats) whatever its status, whose partitions are
+// then pulled from the surviving owners. warning is set when force
+// removed a node that was not left: writes acknowledged only by it are
+// lost.
+func (a *Admin) Remove(ctx context.Context, id string, force bool) (warning string, err error) {
+	var r removeReply
+	if err := a.call(ctx, subjects.AdminNodeRemove, &subjects.NodeRequest{NodeID: id, Force: force}, &r); err != nil {
+		return "", err
+	}
+	return r.Warning, nil
+}
+
+// JoinNode is Join without the answer.
 func (a *Admin) JoinNode(ctx context.Context, id string) error {
-	var s subjects.Success
-	return a.call(ctx, subjects.AdminNodeJoin, &subjects.NodeRequest{NodeID: id}, &s)
+	_, err := a.Join(ctx, id)
+	return err
+}
+
+// Join makes node id joining: a standby node (storage --join=false), or a
+// leaving or left one (cancelling its drain), enters the placement target
+// and streams its partitions; it is active once it holds them. A joining
+// or active node is answered as is. A removed id is re-admitted: the node
+// is nil, and the node's next heartbeat registers it as a new, joining
+// node. ErrNoSuchNode if id is neither registered nor removed.
+func (a *Admin) Join(ctx context.Context, id string) (*subjects.Node, error) {
+	var n subjects.Node
+	if err := a.call(ctx, subjects.AdminNodeJoin, &subjects.NodeRequest{NodeID: id}, &n); err != nil {
+		return nil, err
+	}
+	if n.ID == "" {
+		return nil, nil // re-admitted: the answer is a bare success
+	}
+	return &n, nil
+}
+
+// Replace gives the partitions of node dead, which must be down, to node
+// repl, registered standby (storage --join=false) and holding no partition:
+// repl becomes joining and streams them from the surviving owners, dead
+// becomes leaving. It returns repl's record.
+func (a *Admin) Replace(ctx context.Context, dead, repl string) (*subjects.Node, error) {
+	var n subjects.Node
+	if err := a.call(ctx, subjects.AdminNodeReplace, &subjects.NodeReplace{Dead: dead, New: repl}, &n); err != nil {
+		return nil, err
+	}
+	return &n, nil
+}
+
+// Register registers (or refreshes, as a heartbeat) a storage node, as
+// storage nodes do themselves; tools and tests use it. It returns the
+// stored node.
+func (a *Admin) Register(ctx context.Context, req subjects.NodeRequest) (*subjects.Node, error) {
+	var n subjects.Node
+	if err := a.call(ctx, subjects.AdminNodeRegister, &req, &n); err != nil {
+		return nil, err
+	}
+	return &n, nil
+}
+
+// ReportTransfer sends a storage node's transfer report (the partitions it
+// received under map version rep.MapVersion, and its progress) and returns
+// the placement map after it.
+func (a *Admin) ReportTransfer(ctx context.Context, rep subjects.TransferReport) (*subjects.PlacementReply, error) {
+	var r subjects.PlacementReply
+	if err := a.call(ctx, subjects.AdminNodeTransfer, &rep, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
 }
 
 // Placement returns the cluster's current placement map: which nodes own

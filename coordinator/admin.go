@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/vmihailenco/msgpack/v5"
 
@@ -39,6 +38,8 @@ func (c *Coordinator) adminEndpoints() []adminEndpoint {
 		{"node_drain", rel(subjects.AdminNodeDrain), c.adminCall(c.nodeDrain)},
 		{"node_remove", rel(subjects.AdminNodeRemove), c.adminCall(c.nodeRemove)},
 		{"node_join", rel(subjects.AdminNodeJoin), c.adminCall(c.nodeJoin)},
+		{"node_replace", rel(subjects.AdminNodeReplace), c.adminCall(c.nodeReplace)},
+		{"node_transfer", rel(subjects.AdminNodeTransfer), c.adminCall(c.nodeTransfer)},
 		{"placement_get", rel(subjects.AdminPlacementGet), c.adminCall(c.placementGet)},
 	}
 }
@@ -71,8 +72,22 @@ func (c *Coordinator) adminCall(h func(ctx context.Context, body func(v any) err
 // wire node adds its placement share (set by node.list only).
 func wireTenant(t metadata.Tenant) subjects.Tenant { return subjects.Tenant(t) }
 func wireNode(n metadata.Node) subjects.Node {
-	return subjects.Node{ID: n.ID, Status: n.Status, VirtualNodes: n.VirtualNodes, Epoch: n.Epoch,
-		RegisteredAt: n.RegisteredAt, LastSeen: n.LastSeen}
+	w := subjects.Node{ID: n.ID, Status: n.Status, VirtualNodes: n.VirtualNodes, Epoch: n.Epoch,
+		RegisteredAt: n.RegisteredAt, LastSeen: n.LastSeen, Protocol: n.Protocol}
+	if t := n.Transfer; t != nil {
+		w.Transfer = &subjects.TransferStatus{MapVersion: t.MapVersion, PartitionsDone: t.PartitionsDone,
+			PartitionsTotal: t.PartitionsTotal, Bytes: t.Bytes, Keys: t.Keys, RateBytes: t.RateBytes, Updated: t.Updated}
+	}
+	return w
+}
+
+// metaTransfer is a wire transfer status as the metadata store keeps it.
+func metaTransfer(t *subjects.TransferStatus) *metadata.TransferStatus {
+	if t == nil {
+		return nil
+	}
+	return &metadata.TransferStatus{MapVersion: t.MapVersion, PartitionsDone: t.PartitionsDone,
+		PartitionsTotal: t.PartitionsTotal, Bytes: t.Bytes, Keys: t.Keys, RateBytes: t.RateBytes, Updated: t.Updated}
 }
 
 // adminError maps metadata errors to wire errors.
@@ -124,7 +139,8 @@ func applyTenantFields(t *metadata.Tenant, req *subjects.TenantRequest) {
 	}
 }
 
-// validateTenant checks t. The active nodes are counted in the metadata
+// validateTenant checks t. The active and joining nodes (the placement
+// target's) are counted in the metadata
 // store, not in this coordinator's placement map: the map of a coordinator
 // that has not yet received the last ring event lags the store, and a
 // tenant created right after a node registered (through another
@@ -140,14 +156,9 @@ func (c *Coordinator) validateTenant(ctx context.Context, t metadata.Tenant) err
 	if err != nil {
 		return storeError("metadata store", err)
 	}
-	active := 0
-	for _, n := range nodes {
-		if n.Status == metadata.NodeActive {
-			active++
-		}
-	}
+	active := len(desiredNodes(nodes))
 	if t.ReplicationFactor > active {
-		return subjects.Errorf(subjects.KindInvalid, "replication_factor %d exceeds the %d active storage nodes", t.ReplicationFactor, active)
+		return subjects.Errorf(subjects.KindInvalid, "replication_factor %d exceeds the %d active and joining storage nodes", t.ReplicationFactor, active)
 	}
 	if !ValidLevel(t.DefaultConsistency) {
 		return subjects.Errorf(subjects.KindInvalid, "unknown default_consistency %q; use one, quorum or all", t.DefaultConsistency)
@@ -274,7 +285,7 @@ func (c *Coordinator) tenantDelete(ctx context.Context, body func(any) error) (a
 	return subjects.Success{Success: true}, nil
 }
 
-// tenantHoldsData asks every registered node (draining ones too) whether
+// tenantHoldsData asks every registered node (leaving ones too) whether
 // it holds a live (not deleted) key of tenant and returns the first node
 // that does, or "". A node that does not answer makes the check fail:
 // deleting blind could orphan data.
@@ -310,225 +321,4 @@ func (c *Coordinator) tenantHoldsData(ctx context.Context, tenant string) (strin
 		}
 	}
 	return "", nil
-}
-
-func (c *Coordinator) nodeRequest(body func(any) error) (subjects.NodeRequest, error) {
-	var req subjects.NodeRequest
-	if err := body(&req); err != nil {
-		return req, err
-	}
-	if err := subjects.ValidateNodeID(req.NodeID); err != nil {
-		return req, subjects.Errorf(subjects.KindInvalid, "%v", err)
-	}
-	return req, nil
-}
-
-// existingNode decodes a node request and returns the node it names
-// (no_such_node if there is none).
-func (c *Coordinator) existingNode(ctx context.Context, body func(any) error) (metadata.Node, error) {
-	req, err := c.nodeRequest(body)
-	if err != nil {
-		return metadata.Node{}, err
-	}
-	n, err := c.cfg.Metadata.GetNode(ctx, req.NodeID)
-	if errors.Is(err, metadata.ErrNotFound) {
-		return n, subjects.Errorf(subjects.KindNoSuchNode, "no storage node %q", req.NodeID)
-	}
-	return n, err
-}
-
-func (c *Coordinator) nodeRegister(ctx context.Context, body func(any) error) (any, error) {
-	req, err := c.nodeRequest(body)
-	if err != nil {
-		return nil, err
-	}
-	if req.VirtualNodes < 0 || req.VirtualNodes > MaxVirtualNodes {
-		return nil, subjects.Errorf(subjects.KindInvalid, "virtual_nodes %d out of range 1..%d", req.VirtualNodes, MaxVirtualNodes)
-	}
-	if req.VirtualNodes == 0 {
-		req.VirtualNodes = 128
-	}
-	prev, perr := c.cfg.Metadata.GetNode(ctx, req.NodeID)
-	if perr == nil && req.Epoch == 0 {
-		// The epoch names the node's data directory; storing 0 over a live
-		// node's epoch would let its dots be mistaken for another's until
-		// its next heartbeat put the real one back.
-		return nil, subjects.Errorf(subjects.KindInvalid, "node %q is registered with epoch %d: a registration of an existing node must carry its epoch", req.NodeID, prev.Epoch)
-	}
-	n, err := c.cfg.Metadata.RegisterNode(ctx, metadata.Node{ID: req.NodeID, VirtualNodes: req.VirtualNodes, Epoch: req.Epoch})
-	if err != nil {
-		return nil, err
-	}
-	if perr != nil || prev.Status != n.Status || prev.VirtualNodes != n.VirtualNodes || prev.Epoch != n.Epoch {
-		c.log.Info("storage node registered", "node", n.ID, "status", n.Status, "epoch", n.Epoch)
-	}
-	// The cheap path: a heartbeat of a node whose place in the map is
-	// already right (an active node in it, or a draining one out of it)
-	// reads nothing more. A new node, one that came back active, or one
-	// whose earlier change no map reflects yet (a failed reconcile) claims
-	// the next map.
-	if inMap := c.routing.placement().m.HasNode(n.ID); inMap != (n.Status == metadata.NodeActive) {
-		if err := c.placementChanged(ctx); err != nil {
-			return nil, err
-		}
-	}
-	return wireNode(n), nil
-}
-
-// placementChanged is called after the active node set changed: it
-// computes and stores the next placement map (routing.reconcile) and, if
-// one was stored, tells the other coordinators on kv.v1.events.ring.
-// The node record is already changed when this fails: the request answers
-// the error, and the periodic refresh of any coordinator stores the map
-// later.
-func (c *Coordinator) placementChanged(ctx context.Context) error {
-	changed, err := c.routing.reconcile(ctx)
-	if err != nil {
-		return subjects.Errorf(subjects.KindUnavailable, "the node record changed but the placement map could not be stored (it will be at the next refresh): %v", err)
-	}
-	if changed {
-		if err := c.nc.Publish(subjects.EventsRing, nil); err != nil {
-			c.log.Warn("ring event not published; other coordinators catch up at their next refresh", "err", err)
-		}
-	}
-	return nil
-}
-
-func (c *Coordinator) nodeList(ctx context.Context, _ func(any) error) (any, error) {
-	ns, err := c.cfg.Metadata.ListNodes(ctx)
-	if err != nil {
-		return nil, err
-	}
-	pl := c.routing.placement()
-	l := subjects.NodeList{Nodes: make([]subjects.Node, 0, len(ns)), PlacementVersion: pl.version, Partitions: pl.q}
-	for _, n := range ns {
-		w := wireNode(n)
-		share := pl.shares[n.ID] // zero for a node outside the map
-		w.Share = &share
-		l.Nodes = append(l.Nodes, w)
-	}
-	return l, nil
-}
-
-// placementGet answers kv.v1.admin.placement.get with the stored map,
-// which it loads first, so the answer is at least as new as any change
-// acknowledged before the request.
-func (c *Coordinator) placementGet(ctx context.Context, _ func(any) error) (any, error) {
-	if err := c.routing.load(ctx); err != nil {
-		return nil, err
-	}
-	pl := c.routing.placement()
-	rep := subjects.PlacementReply{Version: pl.version, Partitions: pl.q, Replicas: pl.m.Replicas(), Shares: pl.shares}
-	if pl.nodes > 0 {
-		b, err := pl.m.MarshalBinary()
-		if err != nil {
-			return nil, err
-		}
-		rep.Map = b
-	}
-	return rep, nil
-}
-
-func (c *Coordinator) nodeDrain(ctx context.Context, body func(any) error) (any, error) {
-	n, err := c.existingNode(ctx, body)
-	if err != nil {
-		return nil, err
-	}
-	if n.Status == metadata.NodeActive {
-		if err := c.checkCapacity(ctx, c.routing.placement().nodeCount()-1); err != nil {
-			return nil, err
-		}
-	}
-	n, err = c.cfg.Metadata.SetNodeStatus(ctx, n.ID, metadata.NodeDraining)
-	if err != nil {
-		return nil, err
-	}
-	// Out of every owner list at once (no data moves yet: see
-	// docs/ARCHITECTURE.md, "Placement").
-	if err := c.placementChanged(ctx); err != nil {
-		return nil, err
-	}
-	return wireNode(n), nil
-}
-
-// checkCapacity refuses a change that would leave fewer active nodes than a
-// tenant's replication factor.
-func (c *Coordinator) checkCapacity(ctx context.Context, active int) error {
-	ts, err := c.cfg.Metadata.ListTenants(ctx)
-	if err != nil {
-		return err
-	}
-	for _, t := range ts {
-		if t.ReplicationFactor > active {
-			return subjects.Errorf(subjects.KindTooFewNodes, "tenant %q has replication_factor %d; only %d active nodes would remain", t.ID, t.ReplicationFactor, active)
-		}
-	}
-	return nil
-}
-
-func (c *Coordinator) nodeRemove(ctx context.Context, body func(any) error) (any, error) {
-	n, err := c.existingNode(ctx, body)
-	if err != nil {
-		return nil, err
-	}
-	if n.Status == metadata.NodeActive {
-		return nil, subjects.Errorf(subjects.KindNodeActive, "node %q is active; drain it first", n.ID)
-	}
-	if err := c.nodeAnswers(ctx, n.ID); err != nil {
-		return nil, err
-	}
-	if err := c.cfg.Metadata.RemoveNode(ctx, n.ID); err != nil {
-		return nil, err
-	}
-	c.log.Info("storage node removed; its id is refused until node join", "node", n.ID)
-	if err := c.placementChanged(ctx); err != nil {
-		return nil, err
-	}
-	return subjects.Success{Success: true}, nil
-}
-
-// nodeAnswers refuses (node_live) to remove a node whose process still
-// serves its subjects: it would re-register at its next heartbeat and, if
-// it could, come back as an active node holding stale data. Any answer, an
-// error too, means a live process; so does a subscriber that never answers
-// (a paused process). Only "no responders" proves nothing listens.
-func (c *Coordinator) nodeAnswers(ctx context.Context, id string) error {
-	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	req, _ := msgpack.Marshal(&subjects.DumpRequest{Limit: 1})
-	_, err := c.nc.RequestWithContext(pctx, subjects.StorageNode(id, subjects.NodeOpDump), req)
-	switch {
-	case errors.Is(err, nats.ErrNoResponders):
-		return nil
-	case err == nil:
-		return subjects.Errorf(subjects.KindNodeLive, "node %q is still running (it answers on its subjects); stop its process, then remove it", id)
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
-		return subjects.Errorf(subjects.KindNodeLive, "something still subscribes to node %q's subjects but did not answer; stop its process, then remove it", id)
-	default:
-		return subjects.Errorf(subjects.KindUnavailable, "cannot tell whether node %q is still running: %v", id, err)
-	}
-}
-
-// nodeJoin re-admits a removed node id: the node's next heartbeat registers
-// it as a new, active node.
-func (c *Coordinator) nodeJoin(ctx context.Context, body func(any) error) (any, error) {
-	req, err := c.nodeRequest(body)
-	if err != nil {
-		return nil, err
-	}
-	err = c.cfg.Metadata.AdmitNode(ctx, req.NodeID)
-	if errors.Is(err, metadata.ErrNotFound) {
-		return nil, subjects.Errorf(subjects.KindNoSuchNode, "no removed storage node %q to admit (only a removed id needs node join; a new id registers by itself)", req.NodeID)
-	}
-	if err != nil {
-		return nil, err
-	}
-	c.log.Info("removed storage node re-admitted; it registers at its next heartbeat", "node", req.NodeID)
-	// The id is not active until it registers (which claims the map then);
-	// reconciling here costs two reads and catches up any change an
-	// earlier failure left unstored.
-	if err := c.placementChanged(ctx); err != nil {
-		return nil, err
-	}
-	return subjects.Success{Success: true}, nil
 }

@@ -167,22 +167,26 @@ func TestNodeDrainAndRemove(t *testing.T) {
 		t.Fatal(err)
 	}
 	n, err := admin.DrainNode(ctx, "node-3")
-	if err != nil || n.Status != "draining" {
+	if err != nil || n.Status != "leaving" {
 		t.Fatalf("drain: %v %+v", err, n)
 	}
 	// The drain reaches the coordinators by a ring event; 10 s is far
 	// below any fallback reload, so it still proves the event.
 	waitFor(t, 10*time.Second, func() error {
-		if a := c.Coordinators()[0].ActiveNodes(); a != 2 {
-			return fmt.Errorf("%d active nodes in the ring", a)
+		if a := len(c.Coordinators()[0].Placement().TargetNodes()); a != 2 {
+			return fmt.Errorf("%d nodes in the placement target", a)
 		}
 		return nil
 	})
-	// Re-registration (the heartbeat) keeps a draining node draining.
-	nodes, _ := admin.ListNodes(ctx)
-	if len(nodes) != 3 || nodes[2].ID != "node-3" || nodes[2].Status != "draining" {
-		t.Fatalf("nodes %+v", nodes)
-	}
+	// Re-registration (the heartbeat) keeps a leaving node leaving, until
+	// its partitions streamed away: then it is left.
+	waitFor(t, 30*time.Second, func() error {
+		nodes, _ := admin.ListNodes(ctx)
+		if len(nodes) != 3 || nodes[2].ID != "node-3" || nodes[2].Status != "left" {
+			return fmt.Errorf("nodes %+v", nodes)
+		}
+		return nil
+	})
 	kv := kvClient(t, c, "default")
 	res, err := kv.Put(ctx, "k", []byte("v"), client.WithConsistency(subjects.All))
 	if err != nil || res.ReplicaCount != 2 {
@@ -194,7 +198,7 @@ func TestNodeDrainAndRemove(t *testing.T) {
 	if err := admin.RemoveNode(ctx, "node-3"); err != nil {
 		t.Fatal(err)
 	}
-	nodes, _ = admin.ListNodes(ctx)
+	nodes, _ := admin.ListNodes(ctx)
 	if len(nodes) != 2 {
 		t.Fatalf("nodes after remove: %+v", nodes)
 	}
@@ -244,7 +248,7 @@ func TestNodeRegisterWithoutEpoch(t *testing.T) {
 		t.Fatalf("node-1 epoch %d after the refused register, want %d (%v)", after.Epoch, before.Epoch, err)
 	}
 	// A new id may still register without one (its epoch is then 0).
-	if n, e := register(t, nc, subjects.NodeRequest{NodeID: "fresh"}); e != nil || n.Status != "active" {
+	if n, e := register(t, nc, subjects.NodeRequest{NodeID: "fresh"}); e != nil || n.Status != "joining" {
 		t.Fatalf("register a new node without epoch: %+v %v", n, e)
 	}
 	nodes, err := admin.ListNodes(ctx)
@@ -268,9 +272,15 @@ func TestNodeRemoveRefusals(t *testing.T) {
 	if _, err := admin.DrainNode(ctx, "node-3"); err != nil {
 		t.Fatal(err)
 	}
-	// Drained but still running: its heartbeat would undo the removal.
+	waitFor(t, 30*time.Second, func() error {
+		if n, err := c.Metadata().GetNode(ctx, "node-3"); err != nil || n.Status != "left" {
+			return fmt.Errorf("node-3: %+v %v", n, err)
+		}
+		return nil
+	})
+	// Left but still running: its heartbeat would undo the removal.
 	assertKind(t, admin.RemoveNode(ctx, "node-3"), 409, subjects.KindNodeLive)
-	if n, err := c.Metadata().GetNode(ctx, "node-3"); err != nil || n.Status != "draining" {
+	if n, err := c.Metadata().GetNode(ctx, "node-3"); err != nil || n.Status != "left" {
 		t.Fatalf("node-3 after the refused remove: %+v %v", n, err)
 	}
 	epoch := c.Node("node-3").Epoch()
@@ -289,9 +299,13 @@ func TestNodeRemoveRefusals(t *testing.T) {
 	if err != nil || len(nodes) != 2 {
 		t.Fatalf("nodes after a removed node's heartbeat: %+v %v", nodes, err)
 	}
-	// Only a removed id can be joined; joining re-admits it once.
-	if err := admin.JoinNode(ctx, "node-1"); !errors.Is(err, client.ErrNoSuchNode) {
-		t.Fatalf("join a live node: %v, want no such node", err)
+	// A join of an active node changes nothing; of an unknown id is 404;
+	// of a removed id re-admits it once.
+	if n, err := admin.Join(ctx, "node-1"); err != nil || n == nil || n.Status != "active" {
+		t.Fatalf("join an active node: %+v %v, want it answered as is", n, err)
+	}
+	if err := admin.JoinNode(ctx, "ghost"); !errors.Is(err, client.ErrNoSuchNode) {
+		t.Fatalf("join an unknown id: %v, want no such node", err)
 	}
 	if err := admin.JoinNode(ctx, "node-3"); err != nil {
 		t.Fatal(err)
@@ -302,8 +316,10 @@ func TestNodeRemoveRefusals(t *testing.T) {
 	if err := c.WaitForNodes(ctx, 3); err != nil {
 		t.Fatal(err)
 	}
-	n, err := c.Metadata().GetNode(ctx, "node-3")
-	if err != nil || n.Status != "active" {
-		t.Fatalf("node-3 after join: %+v %v", n, err)
-	}
+	waitFor(t, 30*time.Second, func() error {
+		if n, err := c.Metadata().GetNode(ctx, "node-3"); err != nil || n.Status != "active" {
+			return fmt.Errorf("node-3 after join: %+v %v", n, err)
+		}
+		return nil
+	})
 }

@@ -77,7 +77,7 @@ func TestBadInputAnswers4xxAndWritesNothing(t *testing.T) {
 		{"unknown tenant", subjects.Put("nosuch"), mp(t, map[string]any{"key": "k", "value": []byte("v")}), false, "404", "no_such_tenant", `no tenant "nosuch"`},
 		{"tenant not a token", "kv.v1.Bad!Tenant.put", mp(t, map[string]any{"key": "k", "value": []byte("v")}), false, "400", "invalid", "must match [a-z0-9][a-z0-9_-]{0,62}"},
 		{"reserved tenant", subjects.Put("admin"), mp(t, map[string]any{"key": "k", "value": []byte("v")}), false, "400", "invalid", `tenant id "admin" is reserved`},
-		{"RF above active nodes", subjects.AdminTenantCreate, mp(t, map[string]any{"tenant_id": "t5", "replication_factor": 5}), false, "400", "invalid", "replication_factor 5 exceeds the 3 active storage nodes"},
+		{"RF above active nodes", subjects.AdminTenantCreate, mp(t, map[string]any{"tenant_id": "t5", "replication_factor": 5}), false, "400", "invalid", "replication_factor 5 exceeds the 3 active and joining storage nodes"},
 		{"RF zero", subjects.AdminTenantCreate, mp(t, map[string]any{"tenant_id": "t0", "replication_factor": 0}), false, "400", "invalid", "replication_factor 0 out of range 1..7"},
 		{"bad tenant id", subjects.AdminTenantCreate, []byte(`{"tenant_id":"Has Space"}`), true, "400", "invalid", "must match"},
 		{"bad policy", subjects.AdminTenantCreate, []byte(`{"tenant_id":"tp","conflict_policy":"newest"}`), true, "400", "invalid", `unknown conflict_policy "newest"`},
@@ -89,7 +89,7 @@ func TestBadInputAnswers4xxAndWritesNothing(t *testing.T) {
 		{"register bad node", subjects.AdminNodeRegister, []byte(`{"node_id":"a.b"}`), true, "400", "invalid", "node id"},
 		{"register too many vnodes", subjects.AdminNodeRegister, []byte(`{"node_id":"n9","virtual_nodes":100000}`), true, "400", "invalid", "virtual_nodes 100000 out of range"},
 		{"drain missing node", subjects.AdminNodeDrain, []byte(`{"node_id":"ghost"}`), true, "404", "no_such_node", `no storage node "ghost"`},
-		{"remove active node", subjects.AdminNodeRemove, []byte(`{"node_id":"node-1"}`), true, "409", "node_active", "drain it first"},
+		{"remove active node", subjects.AdminNodeRemove, []byte(`{"node_id":"node-1"}`), true, "409", "node_active", "only a left node can be removed"},
 		// Input encoding/json or the msgpack library would take and rewrite,
 		// match loosely, or pick from is refused, never stored.
 		{"JSON key not UTF-8", subjects.Put("default"), []byte("{\"key\":\"a\xffb\",\"value\":\"v\"}"), true, "400", "invalid", "key is not valid Unicode text"},

@@ -57,6 +57,10 @@ type Config struct {
 	NodeQueue    int           // replica messages queued per node and operation (16384)
 	TenantTTL    time.Duration // how long a cached tenant is trusted without an event (30s)
 	RingRefresh  time.Duration // placement map reload interval (5s)
+	// NodeHeartbeat is the storage nodes' heartbeat interval (15s, as
+	// storage.Config's): node list shows a node silent for 3 of them as
+	// down, and node replace and remove --force accept only such a node.
+	NodeHeartbeat time.Duration
 	// Partitions is the partition count Q of a new cluster (a power of two
 	// in 1..65536; ring.DefaultPartitions). The first coordinator stores it
 	// in the metadata store; afterwards the stored count wins and this
@@ -120,6 +124,7 @@ func DefaultConfig() Config {
 		NodeQueue:        16384,
 		TenantTTL:        30 * time.Second,
 		RingRefresh:      5 * time.Second,
+		NodeHeartbeat:    15 * time.Second,
 		Partitions:       ring.DefaultPartitions,
 		IdempotencyTTL:   idempotency.DefaultTTL,
 		PendingTTL:       idempotency.DefaultPendingTTL,
@@ -151,6 +156,7 @@ func (c *Config) validate() (err error) {
 		settings.Default("coordinator: timeout", &c.Timeout, d.Timeout),
 		settings.Default("coordinator: tenant TTL", &c.TenantTTL, d.TenantTTL),
 		settings.Default("coordinator: ring refresh", &c.RingRefresh, d.RingRefresh),
+		settings.Default("coordinator: node heartbeat", &c.NodeHeartbeat, d.NodeHeartbeat),
 		settings.Default("coordinator: idempotency TTL", &c.IdempotencyTTL, d.IdempotencyTTL),
 		settings.Default("coordinator: pending TTL", &c.PendingTTL, d.PendingTTL),
 		settings.Default("coordinator: hint window", &c.HintWindow, d.HintWindow),

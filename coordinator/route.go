@@ -60,20 +60,10 @@ func (c *Coordinator) route(r *dataRequest, write bool) (route, error) {
 	return rt, nil
 }
 
-// protocolNegotiator is routing once it negotiates the node protocol
-// (spec §4: 2 when every node of the map registered protocol 2, else 1).
-type protocolNegotiator interface{ nodeProtocol() int }
-
-// nodeProtocolNow returns the node protocol requests are sent in: the
-// negotiated one where routing negotiates it, else the newest. (The
-// assertion lets this file build with or without the node-lifecycle
-// change to routing; once both are in, it can call routing directly.)
-func (c *Coordinator) nodeProtocolNow() int {
-	if n, ok := any(c.routing).(protocolNegotiator); ok {
-		return n.nodeProtocol()
-	}
-	return subjects.NodeProtocolVersion
-}
+// nodeProtocolNow returns the node protocol requests are sent in: the one
+// routing negotiated (2 when every node of the map registered protocol 2,
+// else 1; see negotiate).
+func (c *Coordinator) nodeProtocolNow() int { return c.routing.nodeProtocol() }
 
 // keyWriteSet returns the write set of r's key under pl: current[:rf]
 // followed by the members of target[:rf] that are not current, and how

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,19 +22,20 @@ type placement struct {
 	version uint64
 	q       int       // the cluster's partition count; 0 until known
 	m       *ring.Map // never nil; the zero Map (no owners) when no node is active
-	nodes   int       // nodes in m
+	nodes   int       // nodes m names (current or target rows)
+	current int       // nodes in m's current rows: those reads and levels count on
 	shares  map[string]subjects.NodeShare
 }
 
-// nodeCount returns how many storage nodes own partitions: the active ones
-// when the map was claimed.
-func (p *placement) nodeCount() int { return p.nodes }
+// nodeCount returns how many storage nodes own partitions in the current
+// rows (a joining node counts once its first partition flipped).
+func (p *placement) nodeCount() int { return p.current }
 
 func newPlacement(version uint64, q int, m *ring.Map) *placement {
 	if m == nil {
 		m = &ring.Map{}
 	}
-	p := &placement{version: version, q: q, m: m, nodes: len(m.Nodes())}
+	p := &placement{version: version, q: q, m: m, nodes: len(m.Nodes()), current: len(m.CurrentNodes())}
 	p.shares = make(map[string]subjects.NodeShare, p.nodes)
 	if p.nodes == 0 {
 		return p
@@ -54,7 +56,7 @@ func newPlacement(version uint64, q int, m *ring.Map) *placement {
 // routing holds the current placement map (DESIGN.md §3, issue 14). It
 // loads it from the metadata store at start, every interval, and at once
 // when refresh is signalled (a kv.v1.events.ring message), and it computes
-// and stores the next map when the active node set changed (reconcile).
+// and stores the next map when the joining and active node set changed (reconcile).
 type routing struct {
 	store    metadata.Store
 	log      *slog.Logger
@@ -67,7 +69,9 @@ type routing struct {
 	kick       chan struct{}
 	// claimMu keeps this process's reconciles one at a time; other
 	// coordinators are kept apart by the store's optimistic locking.
-	claimMu sync.Mutex
+	claimMu  sync.Mutex
+	lastWarn string       // guarded by claimMu: warnOnce
+	proto    atomic.Int32 // the negotiated node protocol (negotiate)
 	// flightMu guards flight, the reload that requests refused with
 	// not_owner share (see reload).
 	flightMu sync.Mutex
@@ -78,6 +82,7 @@ type routing struct {
 func newRouting(store metadata.Store, log *slog.Logger, interval time.Duration, partitions int) *routing {
 	r := &routing{store: store, log: log, interval: interval, candidateQ: partitions, kick: make(chan struct{}, 1)}
 	r.current.Store(newPlacement(0, 0, nil))
+	r.proto.Store(1)
 	return r
 }
 
@@ -164,9 +169,19 @@ func (r *routing) load(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	p, err := decodePlacement(rec, q, r.placement())
+	prev := r.placement()
+	p, err := decodePlacement(rec, q, prev)
 	if err != nil {
 		return err
+	}
+	if p != prev {
+		// A new map may name nodes of another protocol: negotiate before
+		// routing by it.
+		nodes, err := r.store.ListNodes(ctx)
+		if err != nil {
+			return err
+		}
+		r.negotiate(p.m, nodes)
 	}
 	r.install(p)
 	return nil
@@ -219,29 +234,34 @@ func (r *routing) reload(ctx context.Context, seen uint64) error {
 	}
 }
 
-// reconcileAttempts bounds how often reconcile re-reads after losing a race
-// to another coordinator's store of the same version.
+// reconcileAttempts bounds how often a map change re-reads after losing a
+// race to another coordinator's store of the same version.
 const reconcileAttempts = 8
 
-// reconcile makes the stored map's owners exactly the active storage nodes:
-// when they differ it claims the next map from the stored one
-// (ring.Claim: balanced, moving the least) and stores it under optimistic
-// locking, re-reading and recomputing when another coordinator stored a
-// version first. Either way the stored map becomes current here. It
-// reports whether this call stored a new map.
+// mapChange computes the next map from the stored one (cur) and the node
+// records read after it. It returns nil when nothing is to be stored; an
+// error stops the change and is returned as is.
+type mapChange func(cur *placement, nodes []metadata.Node) (*ring.Map, error)
+
+// update is the one way a coordinator changes the stored placement map:
+// it reads the map and then the node records, asks change for the next
+// map, and stores it as the next version under optimistic locking,
+// re-reading and asking again when another coordinator stored that
+// version first. Either way the stored map becomes current here, and the
+// node protocol is negotiated from the records read. It returns the map
+// it left current, the node records, and whether this call stored it.
 //
-// It is idempotent and cheap when nothing changed (two reads), so every
-// membership change, and the periodic refresh, may call it: whichever
-// coordinator stores the next version, the map depends only on the
-// previous map and the node set.
-func (r *routing) reconcile(ctx context.Context) (changed bool, err error) {
+// The node records are read after the map: a change made before this call
+// started is in them, so the map this call leaves behind accounts for it,
+// whoever stores it.
+func (r *routing) update(ctx context.Context, change mapChange) (*placement, []metadata.Node, bool, error) {
 	r.claimMu.Lock()
 	defer r.claimMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	q, err := r.partitions(ctx)
 	if err != nil {
-		return false, err
+		return nil, nil, false, err
 	}
 	for attempt := 0; ; attempt++ {
 		rec, err := r.store.GetPlacement(ctx)
@@ -249,62 +269,273 @@ func (r *routing) reconcile(ctx context.Context) (changed bool, err error) {
 			rec, err = metadata.Placement{}, nil
 		}
 		if err != nil {
-			return false, err
+			return nil, nil, false, err
 		}
-		// The node list is read after the map: a change made before this
-		// reconcile started is in it, so the map this call leaves behind
-		// includes it, whoever stores it.
 		nodes, err := r.store.ListNodes(ctx)
 		if err != nil {
-			return false, err
+			return nil, nil, false, err
 		}
 		cur, err := decodePlacement(rec, q, r.placement())
 		if err != nil {
-			return false, err
+			return nil, nil, false, err
 		}
-		var active []ring.Node
-		for _, n := range nodes {
-			if n.Status == metadata.NodeActive {
-				active = append(active, ring.Node{ID: n.ID})
-			}
-		}
-		ids := make([]string, len(active))
-		for i, n := range active {
-			ids[i] = n.ID
-		}
-		if slices.Equal(cur.m.Nodes(), ids) && (rec.Version > 0 || len(ids) == 0) {
+		r.negotiate(cur.m, nodes)
+		m, err := change(cur, nodes)
+		if err != nil {
 			r.install(cur)
-			return false, nil
+			return cur, nodes, false, err
+		}
+		if m == nil {
+			r.install(cur)
+			return cur, nodes, false, nil
 		}
 		next := metadata.Placement{Version: rec.Version + 1}
-		var m *ring.Map
-		if len(active) > 0 {
-			var prev *ring.Map
-			if cur.nodes > 0 {
-				prev = cur.m
-			}
-			if m, err = ring.Claim(prev, active, q); err != nil {
-				return false, fmt.Errorf("claim placement: %w", err)
-			}
-			m = m.WithVersion(next.Version)
-			if next.Map, err = m.MarshalBinary(); err != nil {
-				return false, err
-			}
+		if m.Version() != next.Version {
+			return nil, nil, false, fmt.Errorf("placement change made version %d; the next is %d", m.Version(), next.Version)
+		}
+		if next.Map, err = m.MarshalBinary(); err != nil {
+			return nil, nil, false, err
 		}
 		if _, err := r.store.SetPlacement(ctx, next); err != nil {
 			if errors.Is(err, metadata.ErrStale) && attempt+1 < reconcileAttempts {
 				continue // another coordinator stored this version: build on it
 			}
-			return false, err
+			return nil, nil, false, err
 		}
-		r.install(newPlacement(next.Version, q, m))
-		r.log.Info("placement map stored", "version", next.Version, "active_nodes", len(active))
-		return true, nil
+		p := newPlacement(next.Version, q, m)
+		r.install(p)
+		r.negotiate(m, nodes)
+		return p, nodes, true, nil
 	}
 }
 
+// inTarget reports whether a node of this status belongs in the
+// placement map's target (DESIGN.md §3: the joining and active nodes).
+func inTarget(status string) bool {
+	return status == metadata.NodeJoining || status == metadata.NodeActive
+}
+
+// desiredNodes returns the ids of the nodes that belong in the target,
+// sorted (ListNodes sorts).
+func desiredNodes(nodes []metadata.Node) []string {
+	var ids []string
+	for _, n := range nodes {
+		if inTarget(n.Status) {
+			ids = append(ids, n.ID)
+		}
+	}
+	return ids
+}
+
+// retargetTo returns the next version of cur heading for a target claimed
+// for ids (ring.Claim from cur's target map: balanced, moving the least).
+// A new cluster (no owners yet) takes it at once, and so does a cluster
+// without tenants (noData): no key can have been written, so there is
+// nothing to stream (a cluster's nodes starting together all become active
+// before its first tenant).
+func retargetTo(cur *placement, ids []string, noData bool) (*ring.Map, error) {
+	ns := make([]ring.Node, len(ids))
+	for i, id := range ids {
+		ns[i] = ring.Node{ID: id}
+	}
+	var prev *ring.Map
+	if cur.nodes > 0 {
+		prev = cur.m.TargetMap()
+	}
+	target, err := ring.Claim(prev, ns, cur.q)
+	if err != nil {
+		return nil, fmt.Errorf("claim placement: %w", err)
+	}
+	from := cur.m
+	if noData {
+		from = &ring.Map{}
+	}
+	next, err := from.Retarget(target, cur.version+1)
+	if err != nil {
+		return nil, fmt.Errorf("retarget placement: %w", err)
+	}
+	return next, nil
+}
+
+// maxRF returns the largest replication factor of any tenant (0 without
+// tenants).
+func maxRF(ctx context.Context, store metadata.Store) (int, error) {
+	ts, err := store.ListTenants(ctx)
+	if err != nil {
+		return 0, err
+	}
+	rf := 0
+	for _, t := range ts {
+		rf = max(rf, t.ReplicationFactor)
+	}
+	return rf, nil
+}
+
+// reconcile makes the stored map's target nodes exactly the joining and
+// active storage nodes: when they differ it retargets the stored map
+// (Claim from its target map, then Retarget: partitions whose owners
+// change start moving) and stores it (update). Then it moves node
+// statuses along (advance): joining → active once a node receives
+// nothing, leaving → left once the map names it nowhere. It reports
+// whether this call stored a new map.
+//
+// It never shrinks the target below the largest tenant replication
+// factor (a drain that raced another drain past the check is refused by
+// its handler and reverted), and it changes no membership of a cluster
+// that has data while some node speaks only node protocol 1: without
+// fencing a transfer could lose writes (see negotiate).
+//
+// It is idempotent and cheap when nothing changed (three reads), so every
+// membership change, and the periodic refresh, may call it: whichever
+// coordinator stores the next version, the map depends only on the
+// previous map and the node set.
+func (r *routing) reconcile(ctx context.Context) (changed bool, err error) {
+	rf := -1
+	pl, nodes, changed, err := r.update(ctx, func(cur *placement, nodes []metadata.Node) (*ring.Map, error) {
+		ids := desiredNodes(nodes)
+		if len(ids) == 0 {
+			return nil, nil // nothing to claim for; the last map stays
+		}
+		if cur.nodes > 0 && slices.Equal(cur.m.TargetNodes(), ids) {
+			return nil, nil
+		}
+		if rf < 0 {
+			if rf, err = maxRF(ctx, r.store); err != nil {
+				return nil, err
+			}
+		}
+		if cur.nodes > 0 && rf > 0 {
+			if why := protocolBlock(cur.m, nodes); why != "" {
+				r.warnOnce("placement change waits for a node protocol upgrade", "reason", why)
+				return nil, nil
+			}
+			if len(ids) < len(cur.m.TargetNodes()) && len(ids) < rf {
+				r.warnOnce("placement change refused: fewer target nodes than a tenant's replication factor",
+					"nodes", len(ids), "replication_factor", rf)
+				return nil, nil
+			}
+		}
+		return retargetTo(cur, ids, rf == 0)
+	})
+	if err != nil {
+		return false, err
+	}
+	if changed {
+		r.log.Info("placement map stored", "version", pl.version, "target_nodes", len(pl.m.TargetNodes()),
+			"current_nodes", len(pl.m.CurrentNodes()))
+	}
+	if err := r.advance(ctx, pl.m, nodes); err != nil {
+		return changed, err
+	}
+	return changed, nil
+}
+
+// warnOnce logs msg the first time in a row it is reported; any other
+// message resets it. Called with claimMu held.
+func (r *routing) warnOnce(msg string, args ...any) {
+	if r.lastWarn == msg {
+		return
+	}
+	r.lastWarn = msg
+	r.log.Warn(msg, args...)
+}
+
+// receiving reports whether node is a receiver of some moving partition of
+// m that has not flipped yet (done or not).
+func receiving(m *ring.Map, node string, buf []string) bool {
+	for p := range uint32(m.Partitions()) {
+		if m.Moving(p) && slices.Contains(m.Receivers(p, buf[:0]), node) {
+			return true
+		}
+	}
+	return false
+}
+
+// advance moves node statuses along map m: a joining node in m's target
+// that is a receiver of no unflipped partition becomes active; a leaving
+// node m names in no row becomes left. Each change is conditional on the
+// status read (ChangeNodeStatus), so a concurrent drain or join wins over
+// it; a lost race is not an error.
+func (r *routing) advance(ctx context.Context, m *ring.Map, nodes []metadata.Node) error {
+	if m.Partitions() == 0 {
+		return nil
+	}
+	target, named := m.TargetNodes(), m.Nodes()
+	buf := make([]string, 0, 2*ring.MaxReplicas)
+	for _, n := range nodes {
+		var to string
+		switch n.Status {
+		case metadata.NodeJoining:
+			if slices.Contains(target, n.ID) && !receiving(m, n.ID, buf) {
+				to = metadata.NodeActive
+			}
+		case metadata.NodeLeaving:
+			if !slices.Contains(named, n.ID) {
+				to = metadata.NodeLeft
+			}
+		}
+		if to == "" {
+			continue
+		}
+		_, err := r.store.ChangeNodeStatus(ctx, n.ID, []string{n.Status}, to)
+		switch {
+		case err == nil:
+			r.log.Info("storage node status changed", "node", n.ID, "from", n.Status, "to", to, "placement_version", m.Version())
+		case errors.Is(err, metadata.ErrStale), errors.Is(err, metadata.ErrNotFound):
+		default:
+			return err
+		}
+	}
+	return nil
+}
+
+// protocolBlock returns why no membership change may start on m: the
+// nodes m names or that want to join it that registered a node protocol
+// below 2 (they neither fence nor stream; upgrade them first), or "".
+func protocolBlock(m *ring.Map, nodes []metadata.Node) string {
+	var old []string
+	for _, n := range nodes {
+		if n.Protocol >= 2 {
+			continue
+		}
+		if inTarget(n.Status) || n.Status == metadata.NodeLeaving || m.HasNode(n.ID) {
+			old = append(old, n.ID)
+		}
+	}
+	if len(old) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("storage nodes %s speak node protocol 1: upgrade every storage node first", strings.Join(old, ", "))
+}
+
+// negotiate sets the node protocol this coordinator speaks: 2 (fenced
+// requests carrying the map version) when every node m names registered
+// protocol 2 or later, else 1. A node the records no longer hold (removed)
+// does not count.
+func (r *routing) negotiate(m *ring.Map, nodes []metadata.Node) {
+	proto := int32(subjects.NodeProtocolVersion)
+	for _, n := range nodes {
+		if n.Protocol < 2 && m.HasNode(n.ID) {
+			proto = 1
+			break
+		}
+	}
+	if old := r.proto.Swap(proto); old != proto {
+		r.log.Info("node protocol negotiated", "protocol", proto)
+	}
+}
+
+// NodeProtocol returns the node protocol version the coordinator speaks
+// to storage nodes (2 once every node of its map registered protocol 2 or
+// later; see docs/PROTOCOL.md, "Negotiation").
+func (c *Coordinator) NodeProtocol() int { return c.routing.nodeProtocol() }
+
+// nodeProtocol returns the node protocol version requests to storage
+// nodes use (negotiate): 1 until the first map load.
+func (r *routing) nodeProtocol() int { return int(r.proto.Load()) }
+
 // run keeps the map current until ctx ends, reconciling it with the
-// active node set, so a change whose reconcile failed (a store outage) is
+// joining and active node set (and moves statuses along), so a change whose reconcile failed (a store outage) is
 // caught up. It logs a store outage once, and its end once.
 func (r *routing) run(ctx context.Context) {
 	t := time.NewTicker(r.interval)

@@ -86,10 +86,36 @@ func (s *placementStore) ListNodes(context.Context) ([]metadata.Node, error) {
 	defer s.mu.Unlock()
 	var out []metadata.Node
 	for id, st := range s.nodes {
-		out = append(out, metadata.Node{ID: id, Status: st})
+		out = append(out, metadata.Node{ID: id, Status: st, Protocol: 2})
 	}
 	slices.SortFunc(out, func(a, b metadata.Node) int { return strings.Compare(a.ID, b.ID) })
 	return out, nil
+}
+
+// ListTenants reports one RF 1 tenant: the cluster may hold data, so
+// membership changes stream.
+func (s *placementStore) ListTenants(context.Context) ([]metadata.Tenant, error) {
+	return []metadata.Tenant{{ID: "t", ReplicationFactor: 1}}, nil
+}
+
+func (s *placementStore) ChangeNodeStatus(_ context.Context, id string, from []string, status string) (metadata.Node, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur, ok := s.nodes[id]
+	if !ok {
+		return metadata.Node{}, metadata.ErrNotFound
+	}
+	if !slices.Contains(from, cur) {
+		return metadata.Node{}, metadata.ErrStale
+	}
+	s.nodes[id] = status
+	return metadata.Node{ID: id, Status: status, Protocol: 2}, nil
+}
+
+func (s *placementStore) status(id string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.nodes[id]
 }
 
 func (s *placementStore) setStatus(id, status string) {
@@ -101,8 +127,8 @@ func (s *placementStore) setStatus(id, status string) {
 // TestReconcileRaceSerialises: two coordinators drain a node each and
 // reconcile at the same moment from the same stored version. One store
 // wins that version; the other is refused, re-reads, and stores the next
-// version from the winner's map, so the final map has neither node, is
-// valid and balanced, and every coordinator routes by it.
+// version from the winner's map, so the final map's target has neither
+// node, is valid and balanced, and every coordinator routes by it.
 func TestReconcileRaceSerialises(t *testing.T) {
 	ctx := context.Background()
 	st := &placementStore{nodes: map[string]string{}}
@@ -127,7 +153,7 @@ func TestReconcileRaceSerialises(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			st.setStatus(fmt.Sprintf("n%d", 4+i), metadata.NodeDraining)
+			st.setStatus(fmt.Sprintf("n%d", 4+i), metadata.NodeLeaving)
 			_, errs[i] = r.reconcile(ctx)
 		}()
 	}
@@ -150,11 +176,11 @@ func TestReconcileRaceSerialises(t *testing.T) {
 	if m.Version() != final.Version || final.Version < v1+1 || final.Version > v1+2 {
 		t.Fatalf("final map version %d (record %d) from version %d", m.Version(), final.Version, v1)
 	}
-	if got := m.Nodes(); !slices.Equal(got, []string{"n1", "n2", "n3"}) {
-		t.Fatalf("final map names %v", got)
+	if got := m.TargetNodes(); !slices.Equal(got, []string{"n1", "n2", "n3"}) {
+		t.Fatalf("final map's target names %v", got)
 	}
 	for _, rf := range []int{1, 2, 3} {
-		for id, n := range m.Load(rf) {
+		for id, n := range m.TargetMap().Load(rf) {
 			if lo := 256 * rf / 3; n < lo || n > lo+1 {
 				t.Fatalf("node %s holds %d of the first %d owner slots", id, n, rf)
 			}
@@ -175,28 +201,49 @@ func TestReconcileRaceSerialises(t *testing.T) {
 	}
 }
 
-// TestReconcileNoActiveNodes: when the last active node leaves, the stored
-// record holds no map (requests get 503 for want of replicas), and the
-// next node to register continues the version sequence.
-func TestReconcileNoActiveNodes(t *testing.T) {
+// TestReconcileLastNodeStays: when the last node of the target leaves,
+// reconcile keeps the map (the node holds the data and there is nowhere to
+// stream it), and the node stays leaving; once a new node joins, the map
+// heads for it, the new node becomes active when it reported its
+// partitions, and the old one left.
+func TestReconcileLastNodeStays(t *testing.T) {
 	ctx := context.Background()
-	st := &placementStore{nodes: map[string]string{"n1": metadata.NodeActive}}
+	st := &placementStore{nodes: map[string]string{"n1": metadata.NodeJoining}}
 	r := newRouting(st, slog.New(slog.DiscardHandler), time.Hour, 64)
 	if _, err := r.reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
-	st.setStatus("n1", metadata.NodeDraining)
+	if s := st.status("n1"); s != metadata.NodeActive {
+		t.Fatalf("the first node of an empty cluster is %s, want active at once", s)
+	}
+	st.setStatus("n1", metadata.NodeLeaving)
+	if changed, err := r.reconcile(ctx); err != nil || changed {
+		t.Fatalf("reconcile after the last drain: changed %v, %v; want the map kept", changed, err)
+	}
+	if p := r.placement(); p.version != 1 || !p.m.HasNode("n1") || st.status("n1") != metadata.NodeLeaving {
+		t.Fatalf("placement version %d names %v; n1 is %s", p.version, p.m.Nodes(), st.status("n1"))
+	}
+	st.setStatus("n2", metadata.NodeJoining)
 	if changed, err := r.reconcile(ctx); err != nil || !changed {
-		t.Fatalf("reconcile after the last drain: changed %v, %v", changed, err)
+		t.Fatalf("reconcile after a join: changed %v, %v", changed, err)
 	}
-	if p := r.placement(); p.version != 2 || p.nodeCount() != 0 || len(p.m.PreferenceList("t", "k", 3, nil)) != 0 {
-		t.Fatalf("placement with no active node: version %d, %d nodes", p.version, p.nodeCount())
+	p := r.placement()
+	ps := p.m.Receiving("n2", nil)
+	if p.version != 2 || len(ps) != 64 || !slices.Equal(p.m.TargetNodes(), []string{"n2"}) {
+		t.Fatalf("placement version %d: target %v, n2 receives %d partitions", p.version, p.m.TargetNodes(), len(ps))
 	}
-	st.setStatus("n2", metadata.NodeActive)
+	next, _, err := p.m.MarkDone("n2", ps, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := next.MarshalBinary()
+	if _, err := st.SetPlacement(ctx, metadata.Placement{Version: 3, Map: b}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := r.reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if p := r.placement(); p.version != 3 || p.m.Version() != 3 || p.nodeCount() != 1 {
-		t.Fatalf("placement after a new node: version %d (map %d), %d nodes", p.version, p.m.Version(), p.nodeCount())
+	if a, b := st.status("n1"), st.status("n2"); a != metadata.NodeLeft || b != metadata.NodeActive {
+		t.Fatalf("after the transfer n1 is %s, n2 %s; want left and active", a, b)
 	}
 }

@@ -45,20 +45,62 @@ type Tenant struct {
 	UpdatedAt          time.Time `json:"updated_at" msgpack:"updated_at"`
 }
 
-// NodeStatus is a storage node's administrative state.
+// NodeStatus is a storage node's administrative state (its lifecycle,
+// DESIGN.md §3): standby → joining → active → leaving → left → removed.
 type NodeStatus = string
 
 // Storage node states.
 const (
-	NodeActive   = "active"   // takes reads and writes
-	NodeDraining = "draining" // being emptied before removal; kept across re-registration
-	NodeDown     = "down"     // considered failed; re-registration makes it active again
+	// NodeStandby is a node registered with Hold (storage --join=false): it
+	// takes no partitions until node join makes it joining.
+	NodeStandby = "standby"
+	// NodeJoining is a node in the placement map's target: it receives
+	// writes for the partitions it is gaining and streams them, and does
+	// not count toward a quorum until its partitions flip.
+	NodeJoining = "joining"
+	// NodeActive is a node that holds everything it owns.
+	NodeActive = "active"
+	// NodeLeaving is a node out of the target whose partitions stream away
+	// to their next owners (node drain, or remove --force of a down node).
+	NodeLeaving = "leaving"
+	// NodeLeft is a node the placement map names in no row: it owns
+	// nothing and may be removed.
+	NodeLeft = "left"
+
+	// NodeDraining is the status an older version stored for a node being
+	// emptied. Stores never return it: they report it as NodeLeaving.
+	NodeDraining = "draining"
+	// NodeDown is a status older versions could store. It is not a
+	// lifecycle state (node list computes "down" from the last heartbeat);
+	// RegisterNode turns a stored one into NodeJoining.
+	NodeDown = "down"
 
 	// NodeRemoved marks the record a store keeps of a removed node id so
 	// that RegisterNode can refuse it. Stores never return such a record:
 	// GetNode, ListNodes and SetNodeStatus treat the id as absent.
 	NodeRemoved = "removed"
 )
+
+// ReadStatus maps a stored status to the one a Store returns: the legacy
+// "draining" reads as NodeLeaving; every other status is itself.
+func ReadStatus(s string) string {
+	if s == NodeDraining {
+		return NodeLeaving
+	}
+	return s
+}
+
+// TransferStatus is a node's progress receiving partitions during a
+// placement transition, as its heartbeat and its transfer reports carry it.
+type TransferStatus struct {
+	MapVersion      uint64    `json:"map_version" msgpack:"map_version"` // the map the figures are for
+	PartitionsDone  int       `json:"partitions_done" msgpack:"partitions_done"`
+	PartitionsTotal int       `json:"partitions_total" msgpack:"partitions_total"`
+	Bytes           int64     `json:"bytes" msgpack:"bytes"` // received in this transition
+	Keys            int64     `json:"keys" msgpack:"keys"`
+	RateBytes       float64   `json:"rate_bytes" msgpack:"rate_bytes"` // bytes/s over the last ~10 s
+	Updated         time.Time `json:"updated" msgpack:"updated"`
+}
 
 // Node is one storage node as the coordinators know it.
 type Node struct {
@@ -68,6 +110,16 @@ type Node struct {
 	Epoch        uint64    `json:"epoch" msgpack:"epoch"` // changes when the node's data dir is created or wiped
 	RegisteredAt time.Time `json:"registered_at" msgpack:"registered_at"`
 	LastSeen     time.Time `json:"last_seen" msgpack:"last_seen"`
+	// Protocol is the node protocol version the node registered with
+	// (subjects.NodeProtocolVersion); 0 for a node older than protocol 2,
+	// which means 1.
+	Protocol int `json:"protocol,omitempty" msgpack:"protocol,omitempty"`
+	// Transfer is the node's last reported transfer progress; nil when it
+	// reported none.
+	Transfer *TransferStatus `json:"transfer,omitempty" msgpack:"transfer,omitempty"`
+	// Hold is an input of RegisterNode only (never stored or returned): a
+	// new node registers as NodeStandby instead of NodeJoining.
+	Hold bool `json:"-" msgpack:"-"`
 }
 
 // Placement is the cluster's stored placement map (DESIGN.md §3): which
@@ -113,11 +165,12 @@ type Store interface {
 	DeleteTenant(ctx context.Context, id string) error
 
 	// RegisterNode inserts or refreshes a node and returns the stored node.
-	// A new node gets Status=active and RegisteredAt=LastSeen=now. An existing
-	// node keeps RegisteredAt and a draining status, comes back active if it
-	// was down, and gets n's VirtualNodes and Epoch and LastSeen=now.
-	// n.Status, n.RegisteredAt and n.LastSeen are ignored. ErrRemoved if the
-	// id was removed (RemoveNode) and not re-admitted since (AdmitNode).
+	// A new node gets Status=joining (standby when n.Hold) and
+	// RegisteredAt=LastSeen=now. An existing node keeps RegisteredAt and its
+	// status (a legacy "down" becomes joining), and gets n's VirtualNodes,
+	// Epoch, Protocol and Transfer and LastSeen=now. n.Status,
+	// n.RegisteredAt and n.LastSeen are ignored. ErrRemoved if the id was
+	// removed (RemoveNode) and not re-admitted since (AdmitNode).
 	RegisterNode(ctx context.Context, n Node) (Node, error)
 	// GetNode returns the node. ErrNotFound if it does not exist.
 	GetNode(ctx context.Context, id string) (Node, error)
@@ -127,6 +180,16 @@ type Store interface {
 	// SetNodeStatus sets the node's status and returns the node; other fields
 	// are unchanged. ErrNotFound if the node does not exist.
 	SetNodeStatus(ctx context.Context, id string, status string) (Node, error)
+	// ChangeNodeStatus sets the node's status to status only if its
+	// current one (as read, see ReadStatus) is one of from, atomically, and
+	// returns the node. ErrStale if the node has another status (the
+	// caller decided on a record that changed since); ErrNotFound if it
+	// does not exist.
+	ChangeNodeStatus(ctx context.Context, id string, from []string, status string) (Node, error)
+	// SetNodeTransfer stores t (nil clears it) as the node's transfer
+	// progress and returns the node; other fields are unchanged.
+	// ErrNotFound if the node does not exist.
+	SetNodeTransfer(ctx context.Context, id string, t *TransferStatus) (Node, error)
 	// RemoveNode removes the node and remembers its id as removed, so that
 	// RegisterNode refuses it (ErrRemoved) until AdmitNode. ErrNotFound if
 	// the node does not exist (or is already removed). The check and the

@@ -17,7 +17,6 @@ import (
 
 	"github.com/quorumkv/quorumkv/client"
 	"github.com/quorumkv/quorumkv/subjects"
-	"github.com/quorumkv/quorumkv/vclock"
 )
 
 // kvFlags are the flags of put, get and delete.
@@ -314,25 +313,6 @@ func runTenant(args []string) error {
 	return usagef("unknown tenant verb %q: use %s", verb, verbs)
 }
 
-func printNodes(asJSON bool, ns ...subjects.Node) error {
-	if asJSON {
-		if len(ns) == 1 {
-			return printJSON(ns[0])
-		}
-		return printJSON(subjects.NodeList{Nodes: ns})
-	}
-	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "NODE\tSTATUS\tPRIMARIES\tREPLICAS (RF 3)\tSHARE\tEPOCH\tLAST SEEN")
-	for _, n := range ns {
-		var sh subjects.NodeShare
-		if n.Share != nil {
-			sh = *n.Share
-		}
-		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%.1f%%\t%016x\t%s ago\n", n.ID, n.Status, sh.Primaries, sh.Replicas, 100*sh.Fraction, n.Epoch, time.Since(n.LastSeen).Round(time.Second))
-	}
-	return w.Flush()
-}
-
 // verbArg returns the verb that starts the arguments of `quorumkv cmd`
 // (one of verbs, which the caller checks), or the usage of cmd, whose
 // operands follow its flags.
@@ -341,94 +321,6 @@ func verbArg(args []string, cmd, verbs, operands string) (string, error) {
 		return "", usagef("usage: quorumkv %s %s [flags] %s", cmd, verbs, operands)
 	}
 	return args[0], nil
-}
-
-func runNode(args []string) error {
-	const verbs = "list|drain|remove|join|dump"
-	verb, err := verbArg(args, "node", verbs, "[NODE]")
-	if err != nil {
-		return err
-	}
-	fs := newFlags("node "+verb, "NODE", "Manage storage nodes. drain takes a node out of preference lists; "+
-		"remove forgets a drained or down node whose process is stopped (refused while it still answers), "+
-		"and its id is then refused at registration until join re-admits it; "+
-		"dump lists what one node stores for a tenant, read from the node itself.")
-	var a adminFlags
-	a.register(fs)
-	tenant := fs.String("tenant", "default", "dump: the tenant to list")
-	limit := fs.Int("limit", 0, "dump: keys to list at most (0 = all)")
-	pos, err := parse(fs, args[1:])
-	if err != nil {
-		return err
-	}
-	ad, nc, err := a.admin()
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	ctx := context.Background()
-	if verb == "list" {
-		ns, err := ad.ListNodes(ctx)
-		if err != nil {
-			return err
-		}
-		if a.json {
-			return printJSON(subjects.NodeList{Nodes: ns})
-		}
-		return printNodes(false, ns...)
-	}
-	if len(pos) != 1 {
-		return usagef("node %s takes exactly one NODE", verb)
-	}
-	switch verb {
-	case "drain":
-		n, err := ad.DrainNode(ctx, pos[0])
-		if err != nil {
-			return err
-		}
-		return printNodes(a.json, *n)
-	case "remove":
-		if err := ad.RemoveNode(ctx, pos[0]); err != nil {
-			return err
-		}
-		fmt.Printf("removed node %s (its id is refused until 'quorumkv node join %s')\n", pos[0], pos[0])
-		return nil
-	case "join":
-		if err := ad.JoinNode(ctx, pos[0]); err != nil {
-			return err
-		}
-		fmt.Printf("re-admitted node %s: it registers at its next heartbeat\n", pos[0])
-		return nil
-	case "dump":
-		var entries []subjects.DumpEntry
-		if *limit > 0 {
-			d, err := ad.Dump(ctx, pos[0], *tenant, "", *limit)
-			if err != nil {
-				return err
-			}
-			entries = d.Entries
-		} else if entries, err = ad.DumpAll(ctx, pos[0], *tenant); err != nil {
-			return err
-		}
-		if a.json {
-			return printJSON(subjects.DumpReply{NodeID: pos[0], Entries: entries})
-		}
-		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "KEY\tVALUE\tWRITTEN\tBY")
-		for _, e := range entries {
-			v := strconv.Quote(string(e.Value))
-			if e.Tombstone {
-				v = "(deleted)"
-			}
-			if len(v) > 60 {
-				v = v[:57] + "..."
-			}
-			written := vclock.Physical(e.Counter).UTC().Format("2006-01-02T15:04:05.000Z")
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", strconv.Quote(e.Key), v, written, e.Actor)
-		}
-		return w.Flush()
-	}
-	return usagef("unknown node verb %q: use %s", verb, verbs)
 }
 
 // replicas is "1 replica" or "N replicas".

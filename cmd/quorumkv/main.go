@@ -40,7 +40,7 @@ func commands() []command {
 		{"get", "KEY", "Print the value of KEY.", runGet},
 		{"delete", "KEY", "Delete KEY (writes a tombstone).", runDelete},
 		{"tenant", "create|get|list|update|delete ...", "Manage tenants.", runTenant},
-		{"node", "list|drain|remove|join|dump ...", "Manage storage nodes (join re-admits a removed id).", runNode},
+		{"node", "list|drain|join|replace|remove|dump ...", "Manage storage nodes: their lifecycle (joining, active, leaving, left) and data.", runNode},
 		{"bench", "", "Benchmark quorumkv against JetStream KV and raw NATS in one run (--quick, --json, --html).", runBench},
 		{"status", "", "Show storage nodes (state, ring share), coordinators and tenants.", runStatus},
 		{"version", "", "Print the version.", func([]string) error { fmt.Println("quorumkv", version); return nil }},
@@ -97,7 +97,8 @@ func exitCode(err error) int {
 		return exitNotFound
 	case errors.Is(err, client.ErrConflict):
 		return exitConflict
-	case errors.Is(err, client.ErrUnavailable), errors.Is(err, client.ErrTimeout), errors.Is(err, client.ErrOverloaded):
+	case errors.Is(err, client.ErrUnavailable), errors.Is(err, client.ErrTimeout), errors.Is(err, client.ErrOverloaded),
+		errors.Is(err, errWait): // a node change --wait cannot see finish
 		return exitUnavailable
 	}
 	return exitInternal

@@ -38,7 +38,7 @@ import (
 type Config struct {
 	Listen        string // NATS client address of the embedded server (127.0.0.1:4222); port 0 picks a free one
 	DataDir       string // everything lives below it (./data)
-	Nodes         int    // storage nodes (3)
+	Nodes         int    // storage nodes (3); negative for none (tests that register nodes themselves)
 	Fsync         bool   // fsync storage writes before acknowledging (DefaultConfig: true)
 	DefaultTenant string // created with RF min(3, Nodes) if missing ("default"); "-" for none
 	Metadata      string // metadata store: "nats" (default) or a postgres:// URL
@@ -179,6 +179,12 @@ func (c *Config) defaults() {
 			*f.v = f.def
 		}
 	}
+	noNodes := c.Nodes < 0
+	defer func() {
+		if noNodes {
+			c.Nodes = 0
+		}
+	}()
 	for _, f := range []struct {
 		v   *int
 		def int

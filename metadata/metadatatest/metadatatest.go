@@ -41,6 +41,10 @@ func Run(t *testing.T, open func(t *testing.T) metadata.Store) {
 		{"NodeEpochRange", testNodeEpochRange},
 		{"GetNodeNotFound", testGetNodeNotFound},
 		{"SetNodeStatus", testSetNodeStatus},
+		{"RegisterNodeHold", testRegisterNodeHold},
+		{"NodeProtocolTransfer", testNodeProtocolTransfer},
+		{"ChangeNodeStatus", testChangeNodeStatus},
+		{"ChangeNodeStatusConcurrent", testChangeNodeStatusConcurrent},
 		{"RemoveNode", testRemoveNode},
 		{"RemoveNodeRacesRegister", testRemoveNodeRacesRegister},
 		{"ListNodes", testListNodes},
@@ -134,7 +138,8 @@ func sameTenant(t *testing.T, what string, got, want metadata.Tenant) {
 func sameNode(t *testing.T, what string, got, want metadata.Node) {
 	t.Helper()
 	if got.ID != want.ID || got.Status != want.Status || got.VirtualNodes != want.VirtualNodes ||
-		got.Epoch != want.Epoch || !got.RegisteredAt.Equal(want.RegisteredAt) || !got.LastSeen.Equal(want.LastSeen) {
+		got.Epoch != want.Epoch || !got.RegisteredAt.Equal(want.RegisteredAt) || !got.LastSeen.Equal(want.LastSeen) ||
+		got.Protocol != want.Protocol || !sameTransfer(got.Transfer, want.Transfer) {
 		t.Errorf("%s:\n got %+v\nwant %+v", what, got, want)
 	}
 }
@@ -416,8 +421,8 @@ func testRegisterNodeNew(t *testing.T, s metadata.Store) {
 	if err != nil {
 		t.Fatalf("RegisterNode: %v", err)
 	}
-	if got.ID != "node-1" || got.Status != metadata.NodeActive || got.VirtualNodes != 128 || got.Epoch != 7 {
-		t.Errorf("RegisterNode = %+v, want node-1 active with 128 vnodes, epoch 7", got)
+	if got.ID != "node-1" || got.Status != metadata.NodeJoining || got.VirtualNodes != 128 || got.Epoch != 7 {
+		t.Errorf("RegisterNode = %+v, want node-1 joining with 128 vnodes, epoch 7", got)
 	}
 	check(t, "RegisteredAt", got.RegisteredAt)
 	if !got.LastSeen.Equal(got.RegisteredAt) {
@@ -434,7 +439,7 @@ func testRegisterNodeUpsert(t *testing.T, s metadata.Store) {
 	ctx := testCtx(t)
 	first := mustRegisterNode(t, s, metadata.Node{ID: "n1", VirtualNodes: 64, Epoch: 1})
 
-	// active stays active; VirtualNodes, Epoch and LastSeen change.
+	// joining stays joining; VirtualNodes, Epoch and LastSeen change.
 	check := window()
 	second := mustRegisterNode(t, s, metadata.Node{ID: "n1", Status: metadata.NodeDraining, VirtualNodes: 32, Epoch: 2})
 	want := first
@@ -442,23 +447,23 @@ func testRegisterNodeUpsert(t *testing.T, s metadata.Store) {
 	sameNode(t, "re-registered active node", second, want)
 	check(t, "LastSeen", second.LastSeen)
 
-	// draining is kept.
+	// leaving is kept; a legacy "draining" reads as leaving.
 	if _, err := s.SetNodeStatus(ctx, "n1", metadata.NodeDraining); err != nil {
 		t.Fatalf("SetNodeStatus(draining): %v", err)
 	}
 	third := mustRegisterNode(t, s, metadata.Node{ID: "n1", VirtualNodes: 16, Epoch: 3})
-	want.Status, want.VirtualNodes, want.Epoch, want.LastSeen = metadata.NodeDraining, 16, 3, third.LastSeen
+	want.Status, want.VirtualNodes, want.Epoch, want.LastSeen = metadata.NodeLeaving, 16, 3, third.LastSeen
 	sameNode(t, "re-registered draining node", third, want)
 	if third.LastSeen.Before(second.LastSeen) {
 		t.Errorf("LastSeen went back: %v before %v", third.LastSeen, second.LastSeen)
 	}
 
-	// down comes back active.
+	// A legacy "down" comes back joining: it has to catch up.
 	if _, err := s.SetNodeStatus(ctx, "n1", metadata.NodeDown); err != nil {
 		t.Fatalf("SetNodeStatus(down): %v", err)
 	}
 	fourth := mustRegisterNode(t, s, metadata.Node{ID: "n1", VirtualNodes: 16, Epoch: 4})
-	want.Status, want.Epoch, want.LastSeen = metadata.NodeActive, 4, fourth.LastSeen
+	want.Status, want.Epoch, want.LastSeen = metadata.NodeJoining, 4, fourth.LastSeen
 	sameNode(t, "re-registered down node", fourth, want)
 
 	read, err := s.GetNode(ctx, "n1")
@@ -496,8 +501,8 @@ func testRegisterNodeConcurrent(t *testing.T, s metadata.Store) {
 	if err != nil {
 		t.Fatalf("GetNode: %v", err)
 	}
-	if read.Status != metadata.NodeActive || read.VirtualNodes != 10+int(read.Epoch) {
-		t.Errorf("GetNode = %+v, want active with one registration's VirtualNodes and Epoch", read)
+	if read.Status != metadata.NodeJoining || read.VirtualNodes != 10+int(read.Epoch) {
+		t.Errorf("GetNode = %+v, want joining with one registration's VirtualNodes and Epoch", read)
 	}
 	for i := range got {
 		if !got[i].RegisteredAt.Equal(read.RegisteredAt) {
@@ -539,13 +544,14 @@ func testGetNodeNotFound(t *testing.T, s metadata.Store) {
 func testSetNodeStatus(t *testing.T, s metadata.Store) {
 	ctx := testCtx(t)
 	reg := mustRegisterNode(t, s, metadata.Node{ID: "st", VirtualNodes: 8, Epoch: 9})
-	for _, status := range []string{metadata.NodeDraining, metadata.NodeDown, metadata.NodeActive, metadata.NodeDown} {
+	for _, status := range []string{metadata.NodeLeaving, metadata.NodeDown, metadata.NodeActive, metadata.NodeStandby,
+		metadata.NodeJoining, metadata.NodeLeft, metadata.NodeDraining} {
 		got, err := s.SetNodeStatus(ctx, "st", status)
 		if err != nil {
 			t.Fatalf("SetNodeStatus(%q): %v", status, err)
 		}
 		want := reg
-		want.Status = status
+		want.Status = metadata.ReadStatus(status)
 		sameNode(t, "SetNodeStatus("+status+")", got, want)
 		read, err := s.GetNode(ctx, "st")
 		if err != nil {
@@ -598,12 +604,12 @@ func testRemoveNode(t *testing.T, s metadata.Store) {
 	}
 	wantErr(t, "second AdmitNode", s.AdmitNode(ctx, "rm"), metadata.ErrNotFound)
 
-	// Registering after admission makes a new node: active, with a new
+	// Registering after admission makes a new node: joining, with a new
 	// RegisteredAt.
 	time.Sleep(2 * time.Millisecond) // let the clock move past old.RegisteredAt
 	again := mustRegisterNode(t, s, metadata.Node{ID: "rm", VirtualNodes: 4, Epoch: 2})
-	if again.Status != metadata.NodeActive || !again.RegisteredAt.After(old.RegisteredAt) || !again.LastSeen.Equal(again.RegisteredAt) {
-		t.Errorf("re-registered removed node = %+v, want a fresh active node registered after %v", again, old.RegisteredAt)
+	if again.Status != metadata.NodeJoining || !again.RegisteredAt.After(old.RegisteredAt) || !again.LastSeen.Equal(again.RegisteredAt) {
+		t.Errorf("re-registered removed node = %+v, want a fresh joining node registered after %v", again, old.RegisteredAt)
 	}
 }
 
@@ -927,5 +933,149 @@ func testPlacementConcurrent(t *testing.T, s metadata.Store) {
 		if err != nil || got.Version != version || !bytes.Equal(got.Map, []byte{byte(version), byte(winner)}) {
 			t.Fatalf("GetPlacement = %+v, %v; want version %d by writer %d", got, err, version, winner)
 		}
+	}
+}
+
+func sameTransfer(a, b *metadata.TransferStatus) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.MapVersion == b.MapVersion && a.PartitionsDone == b.PartitionsDone && a.PartitionsTotal == b.PartitionsTotal &&
+		a.Bytes == b.Bytes && a.Keys == b.Keys && a.RateBytes == b.RateBytes && a.Updated.Equal(b.Updated)
+}
+
+// testRegisterNodeHold: a new node registered with Hold is standby; Hold
+// changes nothing for a node that exists.
+func testRegisterNodeHold(t *testing.T, s metadata.Store) {
+	got := mustRegisterNode(t, s, metadata.Node{ID: "held", VirtualNodes: 8, Epoch: 1, Hold: true})
+	if got.Status != metadata.NodeStandby {
+		t.Fatalf("RegisterNode with Hold: status %q, want standby", got.Status)
+	}
+	again := mustRegisterNode(t, s, metadata.Node{ID: "held", VirtualNodes: 8, Epoch: 1})
+	if again.Status != metadata.NodeStandby {
+		t.Fatalf("re-register without Hold: status %q, want standby kept", again.Status)
+	}
+	mustRegisterNode(t, s, metadata.Node{ID: "plain", VirtualNodes: 8, Epoch: 1})
+	if _, err := s.SetNodeStatus(testCtx(t), "plain", metadata.NodeActive); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustRegisterNode(t, s, metadata.Node{ID: "plain", VirtualNodes: 8, Epoch: 1, Hold: true}); got.Status != metadata.NodeActive {
+		t.Fatalf("re-register of an active node with Hold: status %q, want active kept", got.Status)
+	}
+}
+
+// testNodeProtocolTransfer: registration records the protocol and the
+// transfer progress; SetNodeTransfer changes only the transfer.
+func testNodeProtocolTransfer(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	tr := &metadata.TransferStatus{MapVersion: 1 << 40, PartitionsDone: 3, PartitionsTotal: 9, Bytes: 1 << 33, Keys: 77,
+		RateBytes: 1.5e6, Updated: metadata.Now()}
+	got := mustRegisterNode(t, s, metadata.Node{ID: "pt", VirtualNodes: 8, Epoch: 1, Protocol: 2, Transfer: tr})
+	if got.Protocol != 2 || !sameTransfer(got.Transfer, tr) {
+		t.Fatalf("RegisterNode = %+v (transfer %+v), want protocol 2 and transfer %+v", got, got.Transfer, tr)
+	}
+	read, err := s.GetNode(ctx, "pt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameNode(t, "GetNode after RegisterNode with transfer", read, got)
+
+	tr2 := *tr
+	tr2.PartitionsDone = 9
+	set, err := s.SetNodeTransfer(ctx, "pt", &tr2)
+	if err != nil {
+		t.Fatalf("SetNodeTransfer: %v", err)
+	}
+	want := got
+	want.Transfer = &tr2
+	sameNode(t, "SetNodeTransfer", set, want)
+	list, err := s.ListNodes(ctx)
+	if err != nil || len(list) != 1 {
+		t.Fatalf("ListNodes = %+v, %v", list, err)
+	}
+	sameNode(t, "ListNodes after SetNodeTransfer", list[0], want)
+
+	// A heartbeat without progress clears it; an old node (protocol 0) is recorded as such.
+	cleared := mustRegisterNode(t, s, metadata.Node{ID: "pt", VirtualNodes: 8, Epoch: 1})
+	if cleared.Protocol != 0 || cleared.Transfer != nil {
+		t.Fatalf("re-register without protocol/transfer = %+v, want protocol 0 and no transfer", cleared)
+	}
+	_, err = s.SetNodeTransfer(ctx, "missing", tr)
+	wantErr(t, "SetNodeTransfer(missing)", err, metadata.ErrNotFound)
+}
+
+// testChangeNodeStatus: the change happens only from the named statuses;
+// a legacy "draining" counts as leaving.
+func testChangeNodeStatus(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	reg := mustRegisterNode(t, s, metadata.Node{ID: "cs", VirtualNodes: 8, Epoch: 1})
+	got, err := s.ChangeNodeStatus(ctx, "cs", []string{metadata.NodeJoining}, metadata.NodeActive)
+	if err != nil {
+		t.Fatalf("ChangeNodeStatus(joining->active): %v", err)
+	}
+	want := reg
+	want.Status = metadata.NodeActive
+	sameNode(t, "ChangeNodeStatus", got, want)
+
+	_, err = s.ChangeNodeStatus(ctx, "cs", []string{metadata.NodeJoining, metadata.NodeStandby}, metadata.NodeLeaving)
+	wantErr(t, "ChangeNodeStatus from a status it does not have", err, metadata.ErrStale)
+	if read, _ := s.GetNode(ctx, "cs"); read.Status != metadata.NodeActive {
+		t.Fatalf("a refused ChangeNodeStatus changed the status to %q", read.Status)
+	}
+	if _, err := s.SetNodeStatus(ctx, "cs", metadata.NodeDraining); err != nil {
+		t.Fatal(err)
+	}
+	got, err = s.ChangeNodeStatus(ctx, "cs", []string{metadata.NodeLeaving}, metadata.NodeLeft)
+	if err != nil {
+		t.Fatalf("ChangeNodeStatus(draining as leaving -> left): %v", err)
+	}
+	if got.Status != metadata.NodeLeft {
+		t.Fatalf("status %q, want left", got.Status)
+	}
+	_, err = s.ChangeNodeStatus(ctx, "missing", []string{metadata.NodeActive}, metadata.NodeLeaving)
+	wantErr(t, "ChangeNodeStatus(missing)", err, metadata.ErrNotFound)
+	if err := s.RemoveNode(ctx, "cs"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.ChangeNodeStatus(ctx, "cs", []string{metadata.NodeLeft, metadata.NodeRemoved}, metadata.NodeActive)
+	wantErr(t, "ChangeNodeStatus(removed)", err, metadata.ErrNotFound)
+}
+
+// testChangeNodeStatusConcurrent: of concurrent changes from one status
+// exactly one wins.
+func testChangeNodeStatusConcurrent(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	mustRegisterNode(t, s, metadata.Node{ID: "cc", VirtualNodes: 8, Epoch: 1})
+	const n = 6
+	var (
+		wg   sync.WaitGroup
+		errs = make([]error, n)
+	)
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			to := metadata.NodeActive
+			if i%2 == 1 {
+				to = metadata.NodeLeaving
+			}
+			_, errs[i] = s.ChangeNodeStatus(ctx, "cc", []string{metadata.NodeJoining}, to)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	won := 0
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			won++
+		case !errors.Is(err, metadata.ErrStale):
+			t.Fatalf("ChangeNodeStatus %d: %v", i, err)
+		}
+	}
+	if won != 1 {
+		t.Fatalf("%d concurrent ChangeNodeStatus calls from joining succeeded, want exactly 1", won)
 	}
 }

@@ -349,13 +349,19 @@ func (s *Store) RegisterNode(ctx context.Context, n metadata.Node) (metadata.Nod
 		now := metadata.Now()
 		switch {
 		case errors.Is(err, metadata.ErrNotFound):
+			status := metadata.NodeJoining
+			if n.Hold {
+				status = metadata.NodeStandby
+			}
 			cur = metadata.Node{
 				ID:           n.ID,
-				Status:       metadata.NodeActive,
+				Status:       status,
 				VirtualNodes: n.VirtualNodes,
 				Epoch:        n.Epoch,
 				RegisteredAt: now,
 				LastSeen:     now,
+				Protocol:     n.Protocol,
+				Transfer:     n.Transfer,
 			}
 			data, err := json.Marshal(cur)
 			if err != nil {
@@ -374,16 +380,19 @@ func (s *Store) RegisterNode(ctx context.Context, n metadata.Node) (metadata.Nod
 			return metadata.Node{}, fmt.Errorf("metadata/natskv: %s: %w", op, metadata.ErrRemoved)
 		}
 		if cur.Status == metadata.NodeDown {
-			cur.Status = metadata.NodeActive
+			cur.Status = metadata.NodeJoining
 		}
 		cur.VirtualNodes = n.VirtualNodes
 		cur.Epoch = n.Epoch
+		cur.Protocol = n.Protocol
+		cur.Transfer = n.Transfer
 		cur.LastSeen = now
 		ok, err := s.putNode(ctx, cur, rev)
 		if err != nil {
 			return metadata.Node{}, fmt.Errorf("metadata/natskv: %s: %w", op, err)
 		}
 		if ok {
+			cur.Status = metadata.ReadStatus(cur.Status)
 			return cur, nil
 		}
 	}
@@ -406,6 +415,7 @@ func (s *Store) GetNode(ctx context.Context, id string) (metadata.Node, error) {
 func (s *Store) getNode(ctx context.Context, id string) (metadata.Node, uint64, error) {
 	var n metadata.Node
 	rev, err := get(ctx, s.nodes, id, &n)
+	n.Status = metadata.ReadStatus(n.Status)
 	return n, rev, err
 }
 
@@ -434,6 +444,7 @@ func (s *Store) ListNodes(ctx context.Context) ([]metadata.Node, error) {
 			return err
 		}
 		if n.Status != metadata.NodeRemoved {
+			n.Status = metadata.ReadStatus(n.Status)
 			out = append(out, n)
 		}
 		return nil
@@ -449,7 +460,36 @@ func (s *Store) ListNodes(ctx context.Context) ([]metadata.Node, error) {
 // metadata.ErrNotFound if the node does not exist. It retries internally when
 // another writer changes the node concurrently, until ctx is done.
 func (s *Store) SetNodeStatus(ctx context.Context, id string, status string) (metadata.Node, error) {
-	op := fmt.Sprintf("set node %q status %q", id, status)
+	return s.updateNode(ctx, id, fmt.Sprintf("set node %q status %q", id, status), func(n *metadata.Node) error {
+		n.Status = status
+		return nil
+	})
+}
+
+// ChangeNodeStatus implements metadata.Store: the check of the status and
+// the write are one step under the record's revision.
+func (s *Store) ChangeNodeStatus(ctx context.Context, id string, from []string, status string) (metadata.Node, error) {
+	return s.updateNode(ctx, id, fmt.Sprintf("change node %q status to %q", id, status), func(n *metadata.Node) error {
+		if !slices.Contains(from, n.Status) {
+			return fmt.Errorf("status is %q, not one of %q: %w", n.Status, from, metadata.ErrStale)
+		}
+		n.Status = status
+		return nil
+	})
+}
+
+// SetNodeTransfer implements metadata.Store.
+func (s *Store) SetNodeTransfer(ctx context.Context, id string, t *metadata.TransferStatus) (metadata.Node, error) {
+	return s.updateNode(ctx, id, fmt.Sprintf("set node %q transfer", id), func(n *metadata.Node) error {
+		n.Transfer = t
+		return nil
+	})
+}
+
+// updateNode applies change to id's record and writes it under the
+// revision it read, retrying when another writer got in first, until ctx is
+// done. An error from change is returned (wrapped) and nothing is written.
+func (s *Store) updateNode(ctx context.Context, id, op string, change func(*metadata.Node) error) (metadata.Node, error) {
 	for {
 		if err := ctx.Err(); err != nil {
 			return metadata.Node{}, wrap(op, err)
@@ -458,15 +498,18 @@ func (s *Store) SetNodeStatus(ctx context.Context, id string, status string) (me
 		if err == nil && cur.Status == metadata.NodeRemoved {
 			err = metadata.ErrNotFound
 		}
+		if err == nil {
+			err = change(&cur)
+		}
 		if err != nil {
 			return metadata.Node{}, fmt.Errorf("metadata/natskv: %s: %w", op, err)
 		}
-		cur.Status = status
 		ok, err := s.putNode(ctx, cur, rev)
 		if err != nil {
 			return metadata.Node{}, fmt.Errorf("metadata/natskv: %s: %w", op, err)
 		}
 		if ok {
+			cur.Status = metadata.ReadStatus(cur.Status)
 			return cur, nil
 		}
 	}

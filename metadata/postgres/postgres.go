@@ -7,10 +7,12 @@ package postgres
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"syscall"
 	"time"
 
@@ -267,32 +269,65 @@ func (s *Store) DeleteTenant(ctx context.Context, id string) error {
 	return nil
 }
 
-const nodeColumns = `node_id, status, virtual_nodes, epoch, registered_at, last_seen`
+const nodeColumns = `node_id, status, virtual_nodes, epoch, registered_at, last_seen, protocol, transfer`
 
 func scanNode(row pgx.Row) (metadata.Node, error) {
 	var (
-		n     metadata.Node
-		epoch int64
+		n        metadata.Node
+		epoch    int64
+		transfer []byte
 	)
-	err := row.Scan(&n.ID, &n.Status, &n.VirtualNodes, &epoch, &n.RegisteredAt, &n.LastSeen)
+	err := row.Scan(&n.ID, &n.Status, &n.VirtualNodes, &epoch, &n.RegisteredAt, &n.LastSeen, &n.Protocol, &transfer)
+	if err != nil {
+		return n, err
+	}
 	n.Epoch = uint64(epoch) // bit-cast back; see the package doc
 	n.RegisteredAt, n.LastSeen = n.RegisteredAt.UTC(), n.LastSeen.UTC()
-	return n, err
+	n.Status = metadata.ReadStatus(n.Status)
+	if len(transfer) > 0 {
+		n.Transfer = new(metadata.TransferStatus)
+		if err := json.Unmarshal(transfer, n.Transfer); err != nil {
+			return n, fmt.Errorf("node %q: decode transfer: %w", n.ID, err)
+		}
+	}
+	return n, nil
+}
+
+// transferJSON is t as the transfer column holds it: NULL for nil.
+func transferJSON(t *metadata.TransferStatus) ([]byte, error) {
+	if t == nil {
+		return nil, nil
+	}
+	b, err := json.Marshal(t)
+	if err != nil {
+		return nil, fmt.Errorf("encode transfer: %w", err)
+	}
+	return b, nil
 }
 
 // RegisterNode implements metadata.Store, as a single upsert statement.
 func (s *Store) RegisterNode(ctx context.Context, n metadata.Node) (metadata.Node, error) {
+	transfer, err := transferJSON(n.Transfer)
+	if err != nil {
+		return metadata.Node{}, fmt.Errorf("metadata/postgres: register node %q: %w", n.ID, err)
+	}
+	status := metadata.NodeJoining
+	if n.Hold {
+		status = metadata.NodeStandby
+	}
 	got, err := scanNode(s.pool.QueryRow(ctx, `
 		INSERT INTO storage_nodes AS n (`+nodeColumns+`)
-		VALUES ($1, 'active', $2, $3, $4, $4)
+		VALUES ($1, $6, $2, $3, $4, $4, $5, $7)
 		ON CONFLICT (node_id) DO UPDATE SET
-			status = CASE WHEN n.status = 'down' THEN 'active' ELSE n.status END,
+			status = CASE WHEN n.status = 'down' THEN 'joining' ELSE n.status END,
 			virtual_nodes = EXCLUDED.virtual_nodes,
 			epoch = EXCLUDED.epoch,
-			last_seen = EXCLUDED.last_seen
+			last_seen = EXCLUDED.last_seen,
+			protocol = EXCLUDED.protocol,
+			transfer = EXCLUDED.transfer
 		WHERE n.status <> 'removed'
 		RETURNING `+nodeColumns,
-		n.ID, n.VirtualNodes, int64(n.Epoch), metadata.Now()))
+		n.ID, n.VirtualNodes, int64(n.Epoch), metadata.Now(), n.Protocol, status, transfer))
 	if errors.Is(err, pgx.ErrNoRows) {
 		// The conflicting row is a removed id's marker (the WHERE above).
 		return metadata.Node{}, fmt.Errorf("metadata/postgres: register node %q: %w", n.ID, metadata.ErrRemoved)
@@ -340,6 +375,44 @@ func (s *Store) SetNodeStatus(ctx context.Context, id string, status string) (me
 		`UPDATE storage_nodes SET status = $2 WHERE node_id = $1 AND status <> 'removed' RETURNING `+nodeColumns, id, status))
 	if err != nil {
 		return metadata.Node{}, s.wrap(fmt.Sprintf("set node %q status %q", id, status), err)
+	}
+	return n, nil
+}
+
+// ChangeNodeStatus implements metadata.Store, as one conditional UPDATE.
+func (s *Store) ChangeNodeStatus(ctx context.Context, id string, from []string, status string) (metadata.Node, error) {
+	op := fmt.Sprintf("change node %q status to %q", id, status)
+	stored := slices.Clone(from)
+	if slices.Contains(from, metadata.NodeLeaving) {
+		stored = append(stored, metadata.NodeDraining) // read as leaving
+	}
+	n, err := scanNode(s.pool.QueryRow(ctx,
+		`UPDATE storage_nodes SET status = $2 WHERE node_id = $1 AND status <> 'removed' AND status = ANY($3) RETURNING `+nodeColumns,
+		id, status, stored))
+	if errors.Is(err, pgx.ErrNoRows) {
+		cur, gerr := s.GetNode(ctx, id)
+		if gerr != nil {
+			return metadata.Node{}, fmt.Errorf("metadata/postgres: %s: %w", op, gerr)
+		}
+		return metadata.Node{}, fmt.Errorf("metadata/postgres: %s: status is %q, not one of %q: %w", op, cur.Status, from, metadata.ErrStale)
+	}
+	if err != nil {
+		return metadata.Node{}, s.wrap(op, err)
+	}
+	return n, nil
+}
+
+// SetNodeTransfer implements metadata.Store.
+func (s *Store) SetNodeTransfer(ctx context.Context, id string, t *metadata.TransferStatus) (metadata.Node, error) {
+	op := fmt.Sprintf("set node %q transfer", id)
+	transfer, err := transferJSON(t)
+	if err != nil {
+		return metadata.Node{}, fmt.Errorf("metadata/postgres: %s: %w", op, err)
+	}
+	n, err := scanNode(s.pool.QueryRow(ctx,
+		`UPDATE storage_nodes SET transfer = $2 WHERE node_id = $1 AND status <> 'removed' RETURNING `+nodeColumns, id, transfer))
+	if err != nil {
+		return metadata.Node{}, s.wrap(op, err)
 	}
 	return n, nil
 }
