@@ -191,6 +191,7 @@ func registerCoordinatorFlags(fs *flag.FlagSet, cfg *coordinator.Config) {
 	fs.DurationVar(&cfg.HintWindow, "hint-window", cfg.HintWindow, "after answering, how long to wait for the slower primaries before hinting them")
 	fs.Float64Var(&cfg.ReadRepairChance, "read-repair-chance", cfg.ReadRepairChance, "share of quorum reads that ask every primary, not only as many as the level needs, so read repair reaches them all (0..1)")
 	fs.DurationVar(&cfg.SpeculativeRetry, "speculative-retry", cfg.SpeculativeRetry, "how long a read waits for the primaries it asked before asking the others (0: adaptive, 4x the mean replica round trip, 5ms..200ms)")
+	fs.DurationVar(&cfg.NodeHeartbeat, "node-heartbeat", cfg.NodeHeartbeat, "the storage nodes' --heartbeat: node list shows a node silent for 3 of them as down, and only such a node may be replaced or force-removed")
 	fs.IntVar(&cfg.Partitions, "partitions", cfg.Partitions, "partition count Q of a new cluster (a power of two up to 65536); the first coordinator stores it and it never changes, so later values are ignored")
 }
 
