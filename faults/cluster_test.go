@@ -380,7 +380,11 @@ func (c *cluster) connect(name string) (*nats.Conn, error) {
 }
 
 func (c *cluster) common() []string {
-	return []string{"--nats", c.url, "--log-format", "json", "--log-level", "warn"}
+	level := "warn"
+	if l := os.Getenv("QUORUMKV_FAULT_LOG_LEVEL"); l != "" {
+		level = l // e.g. info, to see what a process did before it failed
+	}
+	return []string{"--nats", c.url, "--log-format", "json", "--log-level", level}
 }
 
 func (c *cluster) newCoordinator(i int) *proc {

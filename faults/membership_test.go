@@ -220,19 +220,30 @@ func (c *cluster) waitStatuses(t *testing.T, d time.Duration, want map[string]st
 	return time.Since(start)
 }
 
-// victim picks one of ids to kill, from QUORUMKV_SCENARIO_SEED when set
-// (the seed is logged, so a failing pick can be repeated).
+// victims draws every victim of one test from one seed:
+// QUORUMKV_SCENARIO_SEED when set, else the clock; the seed is logged, so
+// a failing run's picks can be repeated.
+var victims sync.Map // *testing.T → *rand.Rand
+
+// victim picks one of ids to kill.
 func victim(t *testing.T, ids ...string) string {
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("QUORUMKV_SCENARIO_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("QUORUMKV_SCENARIO_SEED=%q: %v", s, err)
+	r, ok := victims.Load(t)
+	if !ok {
+		seed := uint64(time.Now().UnixNano())
+		if s := os.Getenv("QUORUMKV_SCENARIO_SEED"); s != "" {
+			v, err := strconv.ParseUint(s, 10, 64)
+			if err != nil {
+				t.Fatalf("QUORUMKV_SCENARIO_SEED=%q: %v", s, err)
+			}
+			seed = v
 		}
-		seed = v
+		t.Logf("victims drawn with QUORUMKV_SCENARIO_SEED=%d", seed)
+		r = rand.New(rand.NewPCG(seed, 14))
+		victims.Store(t, r)
+		t.Cleanup(func() { victims.Delete(t) })
 	}
-	id := ids[rand.New(rand.NewPCG(seed, 14)).IntN(len(ids))]
-	t.Logf("victim %s of %v (QUORUMKV_SCENARIO_SEED=%d)", id, ids, seed)
+	id := ids[r.(*rand.Rand).IntN(len(ids))]
+	t.Logf("victim %s of %v", id, ids)
 	return id
 }
 
