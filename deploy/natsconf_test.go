@@ -290,7 +290,7 @@ func TestRolesEndToEnd(t *testing.T) {
 	t.Run("a storage node cannot call the admin API", func(t *testing.T) {
 		st := dial(t, sys.url, "storage")
 		for _, subj := range []string{
-			subjects.AdminTenantCreate, subjects.AdminTenantList, subjects.AdminTenantDelete,
+			subjects.AdminTenantCreate, subjects.AdminTenantGet, subjects.AdminTenantUpdate, subjects.AdminTenantDelete,
 			subjects.AdminNodeDrain, subjects.AdminNodeRemove, subjects.AdminNodeList,
 			subjects.Put("default"), subjects.Get("acme"),
 			subjects.AdminNodeJoin, subjects.AdminNodeReplace,
@@ -305,8 +305,8 @@ func TestRolesEndToEnd(t *testing.T) {
 		adm := client.NewAdmin(st.Conn)
 		tctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 		defer cancel()
-		if _, err := adm.ListTenants(tctx); err == nil {
-			t.Error("a storage node listed the tenants")
+		if _, err := adm.GetTenant(tctx, "default"); err == nil {
+			t.Error("a storage node read a tenant")
 		}
 	})
 
@@ -349,7 +349,23 @@ func TestRolesEndToEnd(t *testing.T) {
 		if m, err := st.Request(subjects.StorageNode("node-9", subjects.NodeOpWrite), nil, 5*time.Second); err != nil || string(m.Data) != "ack" {
 			t.Fatalf("handoff write between storage nodes: %v %v", m, err)
 		}
-		st.mustNotSubscribe(t, "kv.v1.events.tenant")
+		// Tenant-scoped transfers: the replication factors, listed of the
+		// real coordinator and refreshed on tenant events.
+		if ts, err := client.NewAdmin(st.Conn).ListTenants(ctx); err != nil || len(ts) == 0 {
+			t.Fatalf("tenant.list from a storage node: %v %v", ts, err)
+		}
+		tev, err := st.SubscribeSync(subjects.EventsTenant)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = st.Flush()
+		if err := co.Publish(subjects.EventsTenant, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tev.NextMsg(5 * time.Second); err != nil {
+			t.Fatalf("a storage node got no %s: %v", subjects.EventsTenant, err)
+		}
+		st.mustNotSubscribe(t, "kv.v1.events.>")
 	})
 
 	t.Run("a storage node pulls pages of a partition from another", func(t *testing.T) {

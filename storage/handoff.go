@@ -94,7 +94,7 @@ func (n *Node) handoff(ctx context.Context, m *ring.Map, p uint32) error {
 	var cursor []byte
 	records := 0
 	for {
-		entries, next, err := scanPartition(n.eng.db, p, cursor, handoffPage, n.replyLimit/2)
+		entries, next, err := scanPartition(n.eng.db, p, cursor, handoffPage, n.replyLimit/2, nil)
 		if err != nil {
 			return err
 		}

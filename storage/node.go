@@ -25,7 +25,8 @@
 // read items from senders whose map is older than the item's partition's
 // since (not_owner) and scans naming a map it has not loaded (map_behind).
 // Its transfer loop (receive.go) pulls the partitions it receives from
-// every reachable current owner and reports them done; its handoff loop
+// every reachable current owner, only the tenants whose RF makes it an
+// owner (tenants.go), and reports them done; its handoff loop
 // (handoff.go) pushes partitions it no longer owns to their owners after
 // Config.HandoffGrace and drops them.
 package storage
@@ -176,6 +177,7 @@ type Node struct {
 	xferKick    chan struct{}
 	handoffKick chan struct{}
 	xfer        xferState // receive.go
+	tenants     tenantRFs // tenants.go
 
 	// beforeApply, set by tests before start, runs on the write loop
 	// between the fence and the apply of each batch of write messages.
@@ -252,6 +254,12 @@ func (n *Node) start(nc *nats.Conn) error {
 		return fmt.Errorf("storage: subscribe %s: %w", subjects.EventsRing, err)
 	}
 	n.subs = append(n.subs, ringSub)
+	tenantSub, err := nc.Subscribe(subjects.EventsTenant, func(*nats.Msg) { n.tenantsChanged() })
+	if err != nil {
+		cancel()
+		return fmt.Errorf("storage: subscribe %s: %w", subjects.EventsTenant, err)
+	}
+	n.subs = append(n.subs, tenantSub)
 
 	// Writes are handed to the write loop, which group-commits whatever
 	// queued up. Reads are served on their subscription's own goroutine:

@@ -47,22 +47,42 @@ func (e *engine) scanPartition(p uint32, cursor []byte, limit int) ([]partEntry,
 	if err := e.checkPartition(p); err != nil {
 		return nil, nil, err
 	}
-	return scanPartition(e.db, p, cursor, limit, 0)
+	return scanPartition(e.db, p, cursor, limit, 0, nil)
 }
 
 // scanPartition is engine.scanPartition over any Pebble reader, such as a
 // snapshot that a transfer streams a consistent partition from. With
 // maxBytes above 0 it also stops before the records would exceed maxBytes
 // (keys, values and scanRecordOverhead each), though it always returns at
-// least one record.
-func scanPartition(r pebble.Reader, p uint32, cursor []byte, limit, maxBytes int) ([]partEntry, []byte, error) {
+// least one record. With tenants (sorted, distinct) it returns only their
+// records: each tenant is one contiguous range of the partition ('p'
+// partition tenant 0x00 key), so it seeks from one to the next rather than
+// read the others; the cursor is the same tenant 0x00 key.
+func scanPartition(r pebble.Reader, p uint32, cursor []byte, limit, maxBytes int, tenants []string) ([]partEntry, []byte, error) {
 	if limit < 1 {
 		limit = 1000
 	}
-	size := 0
 	lo, hi := partitionBounds(p)
 	if cursor != nil {
 		lo = append(append(lo, cursor...), 0) // strictly after
+	}
+	spans := [][2][]byte{{lo, hi}}
+	if len(tenants) > 0 {
+		spans = spans[:0]
+		for _, t := range tenants {
+			tlo := append(append(appendPartitionPrefix(nil, p), t...), 0)
+			thi := append(append(appendPartitionPrefix(nil, p), t...), 1)
+			if bytes.Compare(thi, lo) <= 0 {
+				continue // wholly before the cursor
+			}
+			if bytes.Compare(tlo, lo) < 0 {
+				tlo = lo
+			}
+			spans = append(spans, [2][]byte{tlo, thi})
+		}
+		if len(spans) == 0 {
+			return nil, nil, nil
+		}
 	}
 	it, err := r.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
@@ -70,26 +90,34 @@ func scanPartition(r pebble.Reader, p uint32, cursor []byte, limit, maxBytes int
 	}
 	defer it.Close()
 	var out []partEntry
-	ok := it.First()
-	for ; ok && len(out) < limit; ok = it.Next() {
-		rest := it.Key()[partitionPrefixLen:]
-		sep := bytes.IndexByte(rest, 0)
-		if sep < 0 {
-			return nil, nil, fmt.Errorf("scan partition %d: malformed key %q", p, it.Key())
+	size, more := 0, false
+scan:
+	for _, sp := range spans {
+		for ok := it.SeekGE(sp[0]); ok && bytes.Compare(it.Key(), sp[1]) < 0; ok = it.Next() {
+			if len(out) >= limit {
+				more = true
+				break scan
+			}
+			rest := it.Key()[partitionPrefixLen:]
+			sep := bytes.IndexByte(rest, 0)
+			if sep < 0 {
+				return nil, nil, fmt.Errorf("scan partition %d: malformed key %q", p, it.Key())
+			}
+			v, err := it.ValueAndErr()
+			if err != nil {
+				return nil, nil, fmt.Errorf("scan partition %d: %w", p, err)
+			}
+			if size += len(rest) + len(v) + scanRecordOverhead; maxBytes > 0 && size > maxBytes && len(out) > 0 {
+				more = true
+				break scan
+			}
+			out = append(out, partEntry{Tenant: string(rest[:sep]), Key: string(rest[sep+1:]), Record: bytes.Clone(v)})
 		}
-		v, err := it.ValueAndErr()
-		if err != nil {
+		if err := it.Error(); err != nil {
 			return nil, nil, fmt.Errorf("scan partition %d: %w", p, err)
 		}
-		if size += len(rest) + len(v) + scanRecordOverhead; maxBytes > 0 && size > maxBytes && len(out) > 0 {
-			break // ok stays true: the cursor says more remain
-		}
-		out = append(out, partEntry{Tenant: string(rest[:sep]), Key: string(rest[sep+1:]), Record: bytes.Clone(v)})
 	}
-	if err := it.Error(); err != nil {
-		return nil, nil, fmt.Errorf("scan partition %d: %w", p, err)
-	}
-	if !ok || len(out) == 0 {
+	if !more || len(out) == 0 {
 		return out, nil, nil
 	}
 	last := out[len(out)-1]

@@ -19,7 +19,9 @@ import (
 
 // The transfer loop (issue 14, spec §5): a node that is a receiver of a
 // moving partition (ring.Map.Receiving) pulls it from every reachable
-// current owner, merging, then reports it done on kv.v1.admin.node.transfer;
+// current owner (only the tenants it needs, each from the owners within
+// the tenant's RF: tenants.go), merging, then reports it done on
+// kv.v1.admin.node.transfer;
 // when every receiver of a partition is done the coordinators flip it. The
 // loop is one goroutine owned by the Node: it runs a plan for the map it
 // has, restarts the plan when a new map changes what it must pull (the
@@ -122,7 +124,8 @@ type plan struct {
 	// down holds the sources that nobody served (replica.ErrNodeDown)
 	// through xferTries tries: skipped for the rest of the plan, asked
 	// again by the next one.
-	down sync.Map
+	down    sync.Map
+	tenants planTenants // tenants.go
 }
 
 // transferLoop runs plans until ctx ends: one for each map that changes
@@ -234,6 +237,11 @@ func (n *Node) runPlan(ctx context.Context, pl *plan) bool {
 	if len(pl.parts) == 0 {
 		return true
 	}
+	n.refreshTenants(ctx) // each plan starts from the tenants as they are now
+	// Partitions that need no tenant go last: by then the sources have
+	// answered other partitions' scans, and the list they are checked
+	// against was asked for after that (planTenants).
+	order := n.needyFirst(pl)
 	n.log.Info("receiving partitions", "map_version", pl.m.Version(), "partitions", len(pl.parts))
 	todo := make(chan uint32)
 	doneCh := make(chan uint32, len(pl.parts))
@@ -251,7 +259,7 @@ func (n *Node) runPlan(ctx context.Context, pl *plan) bool {
 	}
 	go func() {
 		defer close(todo)
-		for _, p := range pl.parts {
+		for _, p := range order {
 			select {
 			case todo <- p:
 			case <-ctx.Done():
@@ -307,79 +315,157 @@ func (n *Node) runPlan(ctx context.Context, pl *plan) bool {
 	return ctx.Err() == nil && reported == len(pl.parts)
 }
 
-// receivePartition pulls p from every current owner of m but this node,
-// skipping a source that fails xferTries times in a row. It reports
-// whether at least one source was pulled to the end and every other one
-// was skipped as unreachable (not stopped by ctx).
+// receivePartition pulls p from the current owners of m but this node:
+// for each tenant it needs (pullPlan), from every current owner within the
+// tenant's RF; every tenant when the replication factors are unknown. A
+// source that fails xferTries times in a row is skipped. When a source
+// answered for the first time, the tenant list is asked for again and the
+// tenants it adds are pulled too (planTenants). It reports whether every
+// needed tenant was pulled to the end from at least one source (every
+// other source of it skipped as unreachable, not stopped by ctx); a
+// partition that needs no tenant is done without a scan.
 func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 	m := pl.m
 	if n.xfer.isDone(p, m.Since(p)) {
 		return true
 	}
+	var owners []string
+	for _, o := range m.Owners(p, nil) {
+		if o != n.cfg.NodeID {
+			owners = append(owners, o)
+		}
+	}
 	rate := n.cfg.TransferRate
 	if rate > 0 {
 		rate = max(rate/xferWorkers, 1)
 	}
-	if err := n.transferGeneration(ctx, p, m.Since(p)); err != nil {
-		if ctx.Err() == nil {
-			n.log.Warn("transfer: partition generation", "partition", p, "err", err)
+	pulled := map[string]map[string]bool{} // source → tenants pulled to the end; "" = all
+	failed := map[string]bool{}            // sources skipped after their tries
+	var needed []string
+	known, genDone := false, false
+	const maxRounds = 4 // a round per newer tenant list; more only under a storm of tenant changes
+	for round := 0; round < maxRounds; round++ {
+		rf := n.tenantRF(ctx, pl, owners)
+		var sources []pullSource
+		sources, needed = pullPlan(m, p, n.cfg.NodeID, rf)
+		known = rf != nil
+		work := false
+		for _, src := range sources {
+			ts, ok := notPulled(src.tenants, pulled[src.node])
+			if _, down := pl.down.Load(src.node); !ok || down || failed[src.node] {
+				continue
+			}
+			if !genDone {
+				if err := n.transferGeneration(ctx, p, m.Since(p)); err != nil {
+					if ctx.Err() == nil {
+						n.log.Warn("transfer: partition generation", "partition", p, "err", err)
+					}
+					return false
+				}
+				genDone = true
+			}
+			work = true
+			err := n.pullTries(ctx, src.node, p, rate, m.Version(), ts)
+			if ctx.Err() != nil {
+				return false
+			}
+			if err != nil {
+				down := errors.Is(err, replica.ErrNodeDown)
+				if down {
+					pl.down.Store(src.node, true)
+				}
+				failed[src.node] = true
+				n.log.Warn("transfer: skipping a source after retries", "partition", p, "from", src.node, "down", down, "err", err)
+				continue
+			}
+			pl.confirm(src.node)
+			if pulled[src.node] == nil {
+				pulled[src.node] = map[string]bool{}
+			}
+			if ts == nil {
+				pulled[src.node][""] = true
+			}
+			for _, t := range ts {
+				pulled[src.node][t] = true
+			}
+		}
+		if !work {
+			break
+		}
+	}
+	covered := func(t string) bool {
+		for _, got := range pulled {
+			if got[""] || got[t] {
+				return true
+			}
 		}
 		return false
 	}
-	var sources []string
-	for _, o := range m.Owners(p, nil) {
-		if o != n.cfg.NodeID {
-			sources = append(sources, o)
+	if !known && len(owners) > 0 && !covered("") {
+		return false // unknown RFs and no copy came in: retry the partition next round
+	}
+	for _, t := range needed {
+		if !covered(t) {
+			return false // no source of t came through: retry next round
 		}
 	}
-	finished := 0
-	for _, src := range sources {
-		if _, down := pl.down.Load(src); down {
-			continue
-		}
-		var err error
-		for try := range xferTries {
-			var last TransferProgress
-			_, err = n.PullPartition(ctx, src, p, TransferOptions{
-				Rate: rate, MapVersion: m.Version(),
-				Progress: func(pr TransferProgress) {
-					n.addProgress(pr.Bytes-last.Bytes, pr.Records-last.Records)
-					last = pr
-				},
-			})
-			if err == nil || ctx.Err() != nil || try == xferTries-1 {
-				break
-			}
-			n.log.Debug("transfer: pull failed", "partition", p, "from", src, "try", try+1, "err", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Duration(200*(try+1)) * time.Millisecond):
-			}
-		}
-		if ctx.Err() != nil {
-			return false
-		}
-		if err == nil {
-			finished++
-		} else {
-			down := errors.Is(err, replica.ErrNodeDown)
-			if down {
-				pl.down.Store(src, true)
-			}
-			n.log.Warn("transfer: skipping a source after retries", "partition", p, "from", src, "down", down, "err", err)
+	n.markReceived(p, m.Since(p))
+	return true
+}
+
+// notPulled returns the tenants of want not in got (nil want: all, unless
+// got has all) and whether anything is left to pull.
+func notPulled(want []string, got map[string]bool) ([]string, bool) {
+	if got[""] {
+		return nil, false
+	}
+	if want == nil {
+		return nil, true
+	}
+	var left []string
+	for _, t := range want {
+		if !got[t] {
+			left = append(left, t)
 		}
 	}
-	if finished == 0 && len(sources) > 0 {
-		return false // no copy came in: retry the partition next round
+	return left, len(left) > 0
+}
+
+// pullTries pulls p from src (tenants: nil for all), trying xferTries
+// times.
+func (n *Node) pullTries(ctx context.Context, src string, p uint32, rate int64, version uint64, tenants []string) error {
+	var err error
+	for try := range xferTries {
+		var last TransferProgress
+		_, err = n.PullPartition(ctx, src, p, TransferOptions{
+			Rate: rate, MapVersion: version, Tenants: tenants,
+			Progress: func(pr TransferProgress) {
+				n.addProgress(pr.Bytes-last.Bytes, pr.Records-last.Records)
+				last = pr
+			},
+		})
+		if err == nil || ctx.Err() != nil || try == xferTries-1 {
+			return err
+		}
+		n.log.Debug("transfer: pull failed", "partition", p, "from", src, "try", try+1, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(200*(try+1)) * time.Millisecond):
+		}
 	}
+	return err
+}
+
+// markReceived records p as pulled to its end under since.
+func (n *Node) markReceived(p uint32, since uint64) {
 	n.xfer.mu.Lock()
 	if n.xfer.done == nil {
 		n.xfer.done = map[uint32]uint64{}
 	}
-	n.xfer.done[p] = m.Since(p)
+	n.xfer.done[p] = since
 	n.xfer.mu.Unlock()
 	n.metrics.TransferPartition()
-	return true
 }
 
 // startStatus sets the figures for a new plan: the counts cover the

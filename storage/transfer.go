@@ -3,10 +3,14 @@ package storage
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/vmihailenco/msgpack/v5"
@@ -73,6 +77,10 @@ func (n *Node) handleScan(m *nats.Msg) {
 		n.respondError(m, err.Error())
 		return
 	}
+	if err := checkTenantFilter(req.Tenants); err != nil {
+		n.respondError(m, err.Error())
+		return
+	}
 	limit := req.Limit
 	switch {
 	case limit <= 0:
@@ -84,7 +92,7 @@ func (n *Node) handleScan(m *nats.Msg) {
 	if req.MaxBytes > 0 && req.MaxBytes < maxBytes {
 		maxBytes = req.MaxBytes
 	}
-	entries, next, err := scanPartition(n.eng.db, req.Partition, req.Cursor, limit, maxBytes)
+	entries, next, err := scanPartition(n.eng.db, req.Partition, req.Cursor, limit, maxBytes, req.Tenants)
 	if err != nil {
 		n.respondKind(m, subjects.KindInternal, err.Error())
 		return
@@ -122,6 +130,20 @@ func (n *Node) respondKind(m *nats.Msg, kind, desc string) {
 	}
 	e := subjects.Errorf(kind, "%s", desc)
 	_ = m.RespondMsg(&nats.Msg{Subject: m.Reply, Header: e.Headers()})
+}
+
+// checkTenantFilter reports why tenants cannot filter a scan: they must
+// be valid tenant ids, sorted and distinct (the order their ranges come in).
+func checkTenantFilter(tenants []string) error {
+	for i, t := range tenants {
+		if err := subjects.ValidateTenantID(t); err != nil {
+			return fmt.Errorf("scan tenant filter: %w", err)
+		}
+		if i > 0 && tenants[i-1] >= t {
+			return fmt.Errorf("scan tenant filter: %q after %q: tenants must be sorted and distinct", t, tenants[i-1])
+		}
+	}
+	return nil
 }
 
 // checkCursor reports why cursor cannot resume a scan of partition p: it
@@ -168,6 +190,11 @@ type TransferOptions struct {
 	// own map is at least this version (else map_behind, retried here
 	// until Timeout). 0: unfenced.
 	MapVersion uint64
+	// Tenants, when not empty, pulls only these tenants' records
+	// (PartitionScan.Tenants; sorted and made distinct here). The cursor
+	// is persisted per filter: a cursor made under one filter would skip,
+	// under a larger one, the added tenants' records before it.
+	Tenants []string
 }
 
 // TransferProgress reports a PullPartition call.
@@ -261,9 +288,15 @@ func (n *Node) submit(ctx context.Context, j *localWrite) error {
 }
 
 // transferKey is where the cursor of pulling partition p from node from
-// is kept: 'm' "xfer" partition(2 bytes) from.
-func transferKey(p uint32, from string) []byte {
-	return append([]byte{nsMeta, 'x', 'f', 'e', 'r', byte(p >> 8), byte(p)}, from...)
+// is kept: 'm' "xfer" partition(2 bytes) from, and with a tenant filter
+// 0x00 and the xxhash64 of the tenants joined by 0x00 (node ids hold no
+// 0x00), so that each filter resumes only its own cursor.
+func transferKey(p uint32, from string, tenants ...[]string) []byte {
+	k := append([]byte{nsMeta, 'x', 'f', 'e', 'r', byte(p >> 8), byte(p)}, from...)
+	if len(tenants) == 0 || len(tenants[0]) == 0 {
+		return k
+	}
+	return binary.BigEndian.AppendUint64(append(k, 0), xxhash.Sum64String(strings.Join(tenants[0], "\x00")))
 }
 
 // forgetCursors deletes the persisted transfer cursors of the partitions
@@ -310,12 +343,17 @@ func (e *engine) forgetCursors(drop func(p uint32) bool) error {
 // node from: where the next PullPartition resumes; nil when none (never
 // started, or finished).
 func (n *Node) TransferCursor(p uint32, from string) ([]byte, error) {
+	return n.transferCursor(p, from, nil)
+}
+
+// transferCursor is TransferCursor for a pull with a tenant filter.
+func (n *Node) transferCursor(p uint32, from string, tenants []string) ([]byte, error) {
 	n.readMu.RLock()
 	defer n.readMu.RUnlock()
 	if n.readsClosed {
 		return nil, errStopping
 	}
-	return n.eng.getMeta(transferKey(p, from))
+	return n.eng.getMeta(transferKey(p, from, tenants))
 }
 
 // client returns the node's replica client, created on first use.
@@ -377,13 +415,19 @@ func (n *Node) PullPartition(ctx context.Context, from string, p uint32, opts Tr
 	if rate == 0 {
 		rate = n.cfg.TransferRate
 	}
-	key := transferKey(p, from)
+	if len(opts.Tenants) > 0 {
+		opts.Tenants = slices.Compact(slices.Sorted(slices.Values(opts.Tenants)))
+		if err := checkTenantFilter(opts.Tenants); err != nil {
+			return prog, fmt.Errorf("storage: pull: %w", err)
+		}
+	}
+	key := transferKey(p, from, opts.Tenants)
 	var cursor []byte
 	if opts.Restart {
 		if err := n.submit(ctx, &localWrite{metaKey: key}); err != nil {
 			return prog, err
 		}
-	} else if cursor, err = n.TransferCursor(p, from); err != nil {
+	} else if cursor, err = n.transferCursor(p, from, opts.Tenants); err != nil {
 		return prog, err
 	}
 	if err := checkCursor(cursor, p, n.eng.q); err != nil {
@@ -408,7 +452,7 @@ func (n *Node) PullPartition(ctx context.Context, from string, p uint32, opts Tr
 			for wait := 20 * time.Millisecond; ; wait = min(2*wait, time.Second) {
 				rep, size, err := rc.ScanPartition(rctx, from, subjects.PartitionScan{
 					Partitions: n.eng.q, Partition: p, Cursor: cursor, Limit: opts.Records, MaxBytes: opts.Bytes,
-					MapVersion: opts.MapVersion,
+					MapVersion: opts.MapVersion, Tenants: opts.Tenants,
 				})
 				if !errors.Is(err, &subjects.Error{Kind: subjects.KindMapBehind}) {
 					ch <- page{rep, size, err}
@@ -447,7 +491,7 @@ func (n *Node) PullPartition(ctx context.Context, from string, p uint32, opts Tr
 			report()
 			return prog, fmt.Errorf("storage: pull partition %d from %s (resume from the persisted cursor): %w", p, from, pg.err)
 		}
-		items, err := n.transferWrites(pg.rep, p, from)
+		items, err := n.transferWrites(pg.rep, p, from, opts.Tenants)
 		if err != nil {
 			report()
 			return prog, err
@@ -500,11 +544,14 @@ func (n *Node) PullPartition(ctx context.Context, from string, p uint32, opts Tr
 
 // transferWrites turns a page into merges, refusing records that are not
 // of partition p or whose state does not decode.
-func (n *Node) transferWrites(rep *subjects.PartitionScanReply, p uint32, from string) ([]subjects.NodeWrite, error) {
+func (n *Node) transferWrites(rep *subjects.PartitionScanReply, p uint32, from string, tenants []string) ([]subjects.NodeWrite, error) {
 	items := make([]subjects.NodeWrite, len(rep.Records))
 	for i, r := range rep.Records {
 		if ring.Partition(r.Tenant, r.Key, n.eng.q) != p || subjects.ValidateTenantID(r.Tenant) != nil || r.Key == "" {
 			return nil, fmt.Errorf("storage: pull partition %d from %s: it sent %q/%q, not a key of the partition", p, from, r.Tenant, r.Key)
+		}
+		if _, asked := slices.BinarySearch(tenants, r.Tenant); len(tenants) > 0 && !asked {
+			return nil, fmt.Errorf("storage: pull partition %d from %s: it sent %q/%q, of a tenant not asked for", p, from, r.Tenant, r.Key)
 		}
 		rec, err := decodeRecordCopy(r.State, false) // values alias the page, kept until merged
 		if err != nil || (rec.LWW == nil) == (rec.DVV == nil) {

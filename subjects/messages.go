@@ -475,6 +475,15 @@ type PartitionScan struct {
 	Limit      int      // records at most; 0 means 1000, more than 10000 means 10000
 	MaxBytes   int      // record bytes at most (0 or past the node's reply limit: that limit); one record always goes
 	MapVersion uint64   // node protocol 2: the receiver's map version; 0 = unfenced
+	// Tenants, when not empty, limits the scan to these tenants' records
+	// (sorted, distinct, valid tenant ids; else a 400): a receiver asks a
+	// source only for the tenants it needs from it (their RF puts the
+	// receiver in the target and the source in the current owners). Each
+	// tenant is a contiguous range of the partition, so the source seeks to
+	// it. Empty: every tenant, and the request is sent in the seven-element
+	// form (a source of an older build ignores an eighth element and would
+	// answer every tenant, which is safe: the receiver merges them).
+	Tenants []string
 }
 
 // PartitionScanReply answers PartitionScan.

@@ -168,6 +168,7 @@ func FuzzUnmarshalNodeMessage(f *testing.F) {
 		wire.MarshalNodeReadBatch(nil, &subjects.NodeReadBatch{Proto: 2, MapVersion: 7, Items: []subjects.NodeRead{{ID: 1, Tenant: "acme", Key: "k"}}}),
 		mustScan(f, &subjects.PartitionScan{Proto: 1, Partitions: 1024, Partition: 3, Cursor: []byte("acme\x00k"), Limit: 100}),
 		mustScan(f, &subjects.PartitionScan{Proto: 2, Partitions: 1024, Partition: 3, MapVersion: 12}),
+		mustScan(f, &subjects.PartitionScan{Proto: 2, Partitions: 1024, Partition: 3, Cursor: []byte("acme\x00k"), MapVersion: 12, Tenants: []string{"acme", "beta"}}),
 	}
 	for kind := range uint8(5) {
 		for _, g := range garbage {

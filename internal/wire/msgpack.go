@@ -1052,12 +1052,29 @@ type partitionScanV1 struct {
 	MaxBytes   int
 }
 
-// MarshalPartitionScan appends s's msgpack to dst: seven elements, or the
-// six of node protocol 1 when s.Proto is 1 (MapVersion is then not sent).
+// partitionScanV2 is PartitionScan without a tenant filter: the seven
+// elements of node protocol 2 as first shipped.
+type partitionScanV2 struct {
+	_msgpack   struct{} `msgpack:",as_array"`
+	Proto      int
+	Partitions int
+	Partition  uint32
+	Cursor     []byte
+	Limit      int
+	MaxBytes   int
+	MapVersion uint64
+}
+
+// MarshalPartitionScan appends s's msgpack to dst: the six elements of
+// node protocol 1 when s.Proto is 1 (MapVersion and Tenants are then not
+// sent), seven without a tenant filter, eight with one.
 func MarshalPartitionScan(dst []byte, s *subjects.PartitionScan) ([]byte, error) {
 	var v any = s
-	if legacyBatch(s.Proto) {
+	switch {
+	case legacyBatch(s.Proto):
 		v = &partitionScanV1{Proto: s.Proto, Partitions: s.Partitions, Partition: s.Partition, Cursor: s.Cursor, Limit: s.Limit, MaxBytes: s.MaxBytes}
+	case len(s.Tenants) == 0:
+		v = &partitionScanV2{Proto: s.Proto, Partitions: s.Partitions, Partition: s.Partition, Cursor: s.Cursor, Limit: s.Limit, MaxBytes: s.MaxBytes, MapVersion: s.MapVersion}
 	}
 	b, err := msgpack.Marshal(v)
 	if err != nil {
@@ -1066,9 +1083,10 @@ func MarshalPartitionScan(dst []byte, s *subjects.PartitionScan) ([]byte, error)
 	return append(dst, b...), nil
 }
 
-// UnmarshalPartitionScan decodes data, in either form MarshalPartitionScan
+// UnmarshalPartitionScan decodes data, in any form MarshalPartitionScan
 // writes, into s, which it overwrites; the six-element form decodes with
-// MapVersion 0. Bytes after the message are refused.
+// MapVersion 0, the six- and seven-element forms with no tenant filter.
+// Bytes after the message are refused.
 func UnmarshalPartitionScan(data []byte, s *subjects.PartitionScan) error {
 	*s = subjects.PartitionScan{}
 	if len(data) == 0 {
@@ -1077,12 +1095,20 @@ func UnmarshalPartitionScan(data []byte, s *subjects.PartitionScan) error {
 	if err := checkMsgpackMessage(data); err != nil {
 		return err
 	}
-	if data[0] == 0x96 {
+	switch data[0] {
+	case 0x96:
 		var v1 partitionScanV1
 		if err := msgpack.Unmarshal(data, &v1); err != nil {
 			return err
 		}
 		*s = subjects.PartitionScan{Proto: v1.Proto, Partitions: v1.Partitions, Partition: v1.Partition, Cursor: v1.Cursor, Limit: v1.Limit, MaxBytes: v1.MaxBytes}
+		return nil
+	case 0x97:
+		var v2 partitionScanV2
+		if err := msgpack.Unmarshal(data, &v2); err != nil {
+			return err
+		}
+		*s = subjects.PartitionScan{Proto: v2.Proto, Partitions: v2.Partitions, Partition: v2.Partition, Cursor: v2.Cursor, Limit: v2.Limit, MaxBytes: v2.MaxBytes, MapVersion: v2.MapVersion}
 		return nil
 	}
 	return msgpack.Unmarshal(data, s)

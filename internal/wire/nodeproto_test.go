@@ -115,11 +115,29 @@ func TestPartitionScanProtocolForms(t *testing.T) {
 	if err := UnmarshalPartitionScan(b[1:], &got); err != nil || !reflect.DeepEqual(got, v2) {
 		t.Fatalf("proto 2 scan decoded as %+v, %v", got, err)
 	}
+	// A tenant filter adds an eighth element; without one the seven-element
+	// form is kept (what the first protocol 2 nodes decode).
+	v3 := v2
+	v3.Tenants = []string{"acme", "zeta"}
+	b, err = MarshalPartitionScan(nil, &v3)
+	if err != nil || b[0] != 0x98 {
+		t.Fatalf("scan with tenants %x, %v", b, err)
+	}
+	if err := UnmarshalPartitionScan(b, &got); err != nil || !reflect.DeepEqual(got, v3) {
+		t.Fatalf("scan with tenants decoded as %+v, %v", got, err)
+	}
+	if err := Unmarshal(false, b, &got); err != nil || !reflect.DeepEqual(got, v3) {
+		t.Fatalf("Unmarshal of a scan with tenants: %+v, %v", got, err)
+	}
+	v3.Tenants = []string{}
+	if b, err = MarshalPartitionScan(nil, &v3); err != nil || b[0] != 0x97 {
+		t.Fatalf("scan with an empty tenant filter %x, %v: want the seven-element form", b, err)
+	}
 	// The generic entry points take the same path.
 	if err := Unmarshal(false, old, &got); err != nil || !reflect.DeepEqual(got, v1) {
 		t.Fatalf("Unmarshal of a proto 1 scan: %+v, %v", got, err)
 	}
-	for _, bad := range [][]byte{nil, {0x95, 1, 2, 3, 4, 5}, {0x96, 0xc1}, {0x98, 1, 1, 1, 1, 1, 1, 1, 1}, append(slices.Clone(old), 0)} {
+	for _, bad := range [][]byte{nil, {0x95, 1, 2, 3, 4, 5}, {0x96, 0xc1}, {0x98, 1, 1, 1, 1, 1, 1, 1, 1}, {0x98, 1, 1, 1, 0xc0, 1, 1, 1, 0x91, 1}, {0x99, 1, 1, 1, 0xc0, 1, 1, 1, 0x90, 1}, append(slices.Clone(old), 0)} {
 		if err := UnmarshalPartitionScan(bad, &got); err == nil {
 			t.Errorf("%x: decoded", bad)
 		}

@@ -125,7 +125,9 @@
 //     the previous reply, Limit records (0: 1000, at most 10000), MaxBytes
 //     of records (0: the node's reply limit, PayloadLimit of its max
 //     payload; never more). At least one record is answered whatever
-//     MaxBytes says.
+//     MaxBytes says. Tenants, when not empty (sorted, distinct), limits
+//     the page to those tenants' records (an eighth element; omitted when
+//     empty).
 //   - Reply: subjects.PartitionScanReply: the partition's next records in
 //     (tenant, key) order, every one of the requested partition, each
 //     with its complete stored state (PartitionRecord.State: msgpack

@@ -1,0 +1,425 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/quorumkv/quorumkv/internal/natstest"
+	"github.com/quorumkv/quorumkv/internal/wire"
+	"github.com/quorumkv/quorumkv/ring"
+	"github.com/quorumkv/quorumkv/storage/replica"
+	"github.com/quorumkv/quorumkv/subjects"
+)
+
+// Tests of tenant-scoped transfers (tenants.go): a receiver pulls only the
+// tenants whose RF puts it in a partition's target, each from the current
+// owners within that RF.
+
+// serveTenants makes the fake coordinators answer kv.v1.admin.tenant.list
+// with these replication factors.
+// With several, the i-th request is answered with rfs[i] (the last one
+// from then on); it returns the count of requests.
+func (f *fakeCoord) serveTenants(tb testing.TB, rfs ...map[string]int) *atomic.Int64 {
+	tb.Helper()
+	var lists [][]byte
+	for _, rf := range rfs {
+		var l subjects.TenantList
+		for id, r := range rf {
+			l.Tenants = append(l.Tenants, subjects.Tenant{ID: id, ReplicationFactor: r})
+		}
+		data, err := msgpack.Marshal(&l)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		lists = append(lists, data)
+	}
+	var asked atomic.Int64
+	if _, err := f.nc.Subscribe(subjects.AdminTenantList, func(m *nats.Msg) {
+		i := int(asked.Add(1)) - 1
+		_ = m.Respond(lists[min(i, len(lists)-1)])
+	}); err != nil {
+		tb.Fatal(err)
+	}
+	if err := f.nc.Flush(); err != nil {
+		tb.Fatal(err)
+	}
+	return &asked
+}
+
+// scanSpy records the scan requests sent to nodes (it does not answer:
+// the node does).
+type scanSpy struct {
+	mu    sync.Mutex
+	scans map[string][]subjects.PartitionScan // by source node
+}
+
+func spyScans(tb testing.TB, s *server.Server) *scanSpy {
+	tb.Helper()
+	sp := &scanSpy{scans: map[string][]subjects.PartitionScan{}}
+	nc := natstest.Connect(tb, s)
+	if _, err := nc.Subscribe("kv.node.*.scan", func(m *nats.Msg) {
+		var req subjects.PartitionScan
+		if err := wire.UnmarshalPartitionScan(m.Data, &req); err != nil {
+			tb.Errorf("spy: %v", err)
+			return
+		}
+		node := strings.Split(m.Subject, ".")[2]
+		sp.mu.Lock()
+		sp.scans[node] = append(sp.scans[node], req)
+		sp.mu.Unlock()
+	}); err != nil {
+		tb.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		tb.Fatal(err)
+	}
+	return sp
+}
+
+// ownKeys writes, into a node's store, n lww keys of tenant in every
+// partition, named after the node so that a receiver's keys tell which
+// source they came from.
+func ownKeys(tb testing.TB, e *engine, node, tenant string, n int) {
+	tb.Helper()
+	var ws []subjects.NodeWrite
+	for p := range uint32(xferQ) {
+		for i, k := range keysIn(tenant, p, xferQ, 3*n) {
+			if i%3 == int(node[0])%3 { // a third of them per node, disjoint
+				ws = append(ws, subjects.NodeWrite{Tenant: tenant, Key: k, LWW: version(5, node, node)})
+			}
+		}
+	}
+	apply(tb, e, ws)
+}
+
+// TestTransferScopedToTenants: 3 -> 4 nodes with RF-3 tenants and an RF-1
+// tenant. The new node d pulls an RF-3 tenant only in the partitions where
+// it is in the first 3 of the target (from all three current owners), the
+// RF-1 tenant only where it is target[0] and only from current[0], and
+// reports a partition where it needs nothing without any scan.
+func TestTransferScopedToTenants(t *testing.T) {
+	s := natstest.RunServer(t)
+	m1 := claim(t, nil, "a", "b", "c")
+	f := newFakeCoord(t, s, m1, true)
+	f.serveTenants(t, map[string]int{"r3": 3, "s3": 3, "r1": 1})
+	spy := spyScans(t, s)
+	fast := Config{Heartbeat: 100 * time.Millisecond, MapPoll: 200 * time.Millisecond}
+	cfg := func(id string) Config { c := fast; c.NodeID, c.DataDir = id, t.TempDir(); return c }
+	for _, id := range []string{"a", "b", "c"} {
+		startXfer(t, s, cfg(id), func(e *engine) {
+			for _, tenant := range []string{"r3", "s3", "r1", "gone"} { // "gone": in no tenant list
+				ownKeys(t, e, id, tenant, 4)
+			}
+		})
+	}
+	m2 := retarget(t, m1, "a", "b", "c", "d")
+	if got := len(m2.Receiving("d", nil)); got != xferQ {
+		t.Fatalf("d receives %d partitions, want all %d (R grows 3 -> 4)", got, xferQ)
+	}
+	in := func(row []string, k int, id string) bool { return slices.Contains(row[:min(k, len(row))], id) }
+	nothing := 0
+	for p := range uint32(xferQ) {
+		if !in(m2.Target(p, nil), 3, "d") {
+			nothing++
+		}
+	}
+	if nothing == 0 || nothing == xferQ {
+		t.Fatalf("d is beyond position 3 in %d of %d partitions; the test needs some of each", nothing, xferQ)
+	}
+	f.set(m2)
+	d := startXfer(t, s, cfg("d"), nil)
+	waitFor(t, 30*time.Second, "every partition to flip", func() bool { return moving(f.current()) == 0 })
+
+	for p := range uint32(xferQ) {
+		cur, tgt := m2.Owners(p, nil), m2.Target(p, nil)
+		got := partRecords(t, d.eng, p)
+		for _, src := range cur {
+			for _, tenant := range []string{"r3", "s3", "r1", "gone"} {
+				want := false
+				switch tenant {
+				case "r3", "s3":
+					want = in(tgt, 3, "d")
+				case "r1":
+					want = tgt[0] == "d" && cur[0] == src
+				}
+				for i, k := range keysIn(tenant, p, xferQ, 12) {
+					if i%3 != int(src[0])%3 {
+						continue
+					}
+					if _, has := got[tenant+"\x00"+k]; has != want {
+						t.Errorf("partition %d (current %v, target %v): d holds %s/%s from %s: %v, want %v", p, cur, tgt, tenant, k, src, has, want)
+					}
+				}
+			}
+		}
+	}
+	// Scans went only where d needs something, and named the tenants.
+	spy.mu.Lock()
+	for src, reqs := range spy.scans {
+		for _, r := range reqs {
+			cur, tgt := m2.Owners(r.Partition, nil), m2.Target(r.Partition, nil)
+			var want []string
+			if in(tgt, 3, "d") {
+				want = []string{"s3", "r3"}
+			}
+			if tgt[0] == "d" && cur[0] == src {
+				want = append(want, "r1")
+			}
+			slices.Sort(want)
+			if len(want) == 0 || !slices.Equal(r.Tenants, want) {
+				t.Errorf("scan of partition %d from %s (current %v, target %v) asked for %v, want %v", r.Partition, src, cur, tgt, r.Tenants, want)
+			}
+		}
+	}
+	spy.mu.Unlock()
+	f.mu.Lock()
+	reported := map[uint32]bool{}
+	for _, r := range f.reports {
+		for _, p := range r.Done {
+			reported[p] = true
+		}
+	}
+	f.mu.Unlock()
+	if len(reported) != xferQ {
+		t.Errorf("d reported %d partitions, want all %d (those needing nothing too)", len(reported), xferQ)
+	}
+}
+
+// TestTransferRF1NeedsCurrentFirst: a tenant with RF 1 is pulled from
+// current[0] alone; while that node is down the partition is not reported
+// done, although the other current owners answer.
+func TestTransferRF1NeedsCurrentFirst(t *testing.T) {
+	s := natstest.RunServer(t)
+	m1 := claim(t, nil, "a", "b")
+	f := newFakeCoord(t, s, m1, true)
+	f.serveTenants(t, map[string]int{"r1": 1, "r2": 2})
+	m2 := retarget(t, m1, "a", "b", "c")
+	// The partitions where c becomes target[0] and a is current[0] need a,
+	// which never starts: they must stay unreported; the others flip.
+	var blocked []uint32
+	for p := range uint32(xferQ) {
+		if m2.Target(p, nil)[0] == "c" && m2.Owners(p, nil)[0] == "a" {
+			blocked = append(blocked, p)
+		}
+	}
+	if len(blocked) == 0 {
+		t.Fatal("no partition where c takes over RF 1 from a")
+	}
+	startXfer(t, s, Config{NodeID: "b", DataDir: t.TempDir()}, func(e *engine) { ownKeys(t, e, "b", "r1", 2); ownKeys(t, e, "b", "r2", 2) })
+	f.set(m2)
+	c := startXfer(t, s, Config{NodeID: "c", DataDir: t.TempDir(), MapPoll: 200 * time.Millisecond}, nil)
+	waitFor(t, 30*time.Second, "every partition but those needing a to flip", func() bool {
+		return moving(f.current()) <= len(blocked)
+	})
+	time.Sleep(1500 * time.Millisecond) // another round and report tick
+	for _, p := range blocked {
+		if !f.current().Moving(p) {
+			t.Errorf("partition %d flipped without its RF-1 tenant's only source", p)
+		}
+	}
+	if st := c.TransferStatus(); st == nil || st.PartitionsDone != st.PartitionsTotal-len(blocked) {
+		t.Errorf("status %+v, want %d partitions left", st, len(blocked))
+	}
+}
+
+// TestTransferTenantCreatedDuringPlan: a tenant the list did not name
+// when the plan started (created meanwhile: a coordinator that still
+// routes by the old map may have written it to a source before the source
+// installed the new one) is pulled too: once a source answered at the
+// plan's version the list is asked for again, and the partitions already
+// pulled from it, and those needing nothing, are checked against it.
+func TestTransferTenantCreatedDuringPlan(t *testing.T) {
+	s := natstest.RunServer(t)
+	m1 := claim(t, nil, "a", "b", "c")
+	f := newFakeCoord(t, s, m1, true)
+	asked := f.serveTenants(t, map[string]int{"r3": 3}, map[string]int{"r3": 3, "late": 3})
+	for _, id := range []string{"a", "b", "c"} {
+		startXfer(t, s, Config{NodeID: id, DataDir: t.TempDir()}, func(e *engine) {
+			ownKeys(t, e, id, "r3", 4)
+			ownKeys(t, e, id, "late", 4)
+		})
+	}
+	m2 := retarget(t, m1, "a", "b", "c", "d")
+	f.set(m2)
+	d := startXfer(t, s, Config{NodeID: "d", DataDir: t.TempDir(), MapPoll: 200 * time.Millisecond}, nil)
+	waitFor(t, 30*time.Second, "every partition to flip", func() bool { return moving(f.current()) == 0 })
+	for p := range uint32(xferQ) {
+		tgt := m2.Target(p, nil)
+		got := partRecords(t, d.eng, p)
+		for _, k := range keysIn("late", p, xferQ, 12) {
+			if _, has := got["late\x00"+k]; has != slices.Contains(tgt[:3], "d") {
+				t.Errorf("partition %d (target %v): d holds late/%s: %v", p, tgt, k, has)
+			}
+		}
+	}
+	// Asked at the plan start and again once per source, not per partition.
+	if n := asked.Load(); n < 2 || n > 8 {
+		t.Errorf("the tenant list was asked for %d times", n)
+	}
+}
+
+// TestScanTenantFilter: a scan with a tenant filter returns exactly those
+// tenants' records, in order, across pages of any size, over NATS; a
+// filter that is not sorted and distinct is refused.
+func TestScanTenantFilter(t *testing.T) {
+	s := natstest.RunServer(t)
+	tenants := []string{"a", "a-b", "b", "c", "d"}
+	var all []string // tenant 0x00 key, in scan order
+	startXfer(t, s, Config{NodeID: "a", DataDir: t.TempDir()}, func(e *engine) {
+		var ws []subjects.NodeWrite
+		for _, tn := range tenants {
+			for _, k := range keysIn(tn, xferPart, xferQ, 7) {
+				ws = append(ws, subjects.NodeWrite{Tenant: tn, Key: k, LWW: version(3, "c1", tn+k)})
+				all = append(all, tn+"\x00"+k)
+			}
+			// and records of other partitions, which no scan returns
+			ws = append(ws, subjects.NodeWrite{Tenant: tn, Key: keysIn(tn, xferPart+1, xferQ, 1)[0], LWW: version(3, "c1", "x")})
+		}
+		apply(t, e, ws)
+	})
+	slices.Sort(all)
+	rc, err := replica.New(natstest.Connect(t, s), replica.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rc.Stop)
+	scan := func(filter []string, limit int, cursor []byte) ([]string, error) {
+		var out []string
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			rep, _, err := rc.ScanPartition(ctx, "a", subjects.PartitionScan{Partitions: xferQ, Partition: xferPart, Cursor: cursor, Limit: limit, Tenants: filter})
+			cancel()
+			if err != nil {
+				return nil, err
+			}
+			for _, r := range rep.Records {
+				out = append(out, r.Tenant+"\x00"+r.Key)
+			}
+			if rep.Cursor == nil {
+				return out, nil
+			}
+			cursor = rep.Cursor
+		}
+	}
+	for _, filter := range [][]string{nil, {"a"}, {"a-b", "c"}, {"a", "d"}, {"b", "zz"}, {"nobody"}} {
+		var want []string
+		for _, k := range all {
+			if len(filter) == 0 || slices.Contains(filter, k[:strings.IndexByte(k, 0)]) {
+				want = append(want, k)
+			}
+		}
+		for _, limit := range []int{1, 3, 7, 1000} {
+			got, err := scan(filter, limit, nil)
+			if err != nil || !slices.Equal(got, want) {
+				t.Errorf("filter %v, pages of %d: %q (%v), want %q", filter, limit, got, err, want)
+			}
+		}
+	}
+	// A cursor from another filter resumes at the next requested range.
+	mid := []byte("c\x00" + keysIn("c", xferPart, xferQ, 7)[3])
+	got, err := scan([]string{"a", "d"}, 2, mid)
+	if err != nil || len(got) != 7 || !strings.HasPrefix(got[0], "d\x00") {
+		t.Errorf("filter [a d] after a cursor in c: %q, %v", got, err)
+	}
+	for _, bad := range [][]string{{"b", "a"}, {"a", "a"}, {"admin"}, {""}} {
+		if _, err := scan(bad, 10, nil); !errors.Is(err, &subjects.Error{Kind: subjects.KindInvalid}) {
+			t.Errorf("filter %q: %v, want invalid", bad, err)
+		}
+	}
+}
+
+// TestPullPlan: the pure choice of tenants and sources.
+func TestPullPlan(t *testing.T) {
+	m := retarget(t, claim(t, nil, "a", "b", "c"), "a", "b", "c", "d")
+	rf := map[string]int{"x": 3, "y": 1, "w": 2}
+	for p := range uint32(xferQ) {
+		cur, tgt := m.Owners(p, nil), m.Target(p, nil)
+		srcs, needed := pullPlan(m, p, "d", rf)
+		var wantNeeded []string
+		for _, tn := range []string{"w", "x", "y"} {
+			r := rf[tn]
+			if slices.Contains(tgt[:r], "d") && !slices.Contains(cur[:r], "d") {
+				wantNeeded = append(wantNeeded, tn)
+			}
+		}
+		if !slices.Equal(needed, wantNeeded) {
+			t.Errorf("partition %d: needed %v, want %v", p, needed, wantNeeded)
+		}
+		for _, sc := range srcs {
+			i := slices.Index(cur, sc.node)
+			for _, tn := range sc.tenants {
+				if i < 0 || i >= rf[tn] || !slices.Contains(wantNeeded, tn) {
+					t.Errorf("partition %d: %s pulled from %s (position %d)", p, tn, sc.node, i)
+				}
+			}
+		}
+		all, none := pullPlan(m, p, "d", nil)
+		if len(all) != 3 || none != nil || all[0].tenants != nil {
+			t.Errorf("partition %d with unknown RFs: %+v %v", p, all, none)
+		}
+	}
+	if srcs, needed := pullPlan(m, 0, "d", map[string]int{}); srcs != nil || needed != nil {
+		t.Errorf("no tenants: %+v %v", srcs, needed)
+	}
+}
+
+// TestTransferBytesScoped measures what a node joining 3 nodes pulls, with
+// every key of an RF-3 tenant on all three: every partition from every
+// owner when the tenants' RFs are unknown (what the transfer loop did
+// before tenant scoping), against only the partitions where the new node
+// is among the tenant's first 3 target owners. It prints both
+// (docs/PERFORMANCE.md) and checks the scoped figure is the share of keys
+// in those partitions.
+func TestTransferBytesScoped(t *testing.T) {
+	const keys, valueBytes = 20000, 100
+	run := func(scoped bool) (bytes, recs int64, share float64) {
+		s := natstest.RunServer(t)
+		m1 := claim(t, nil, "a", "b", "c")
+		f := newFakeCoord(t, s, m1, true)
+		if scoped {
+			f.serveTenants(t, map[string]int{"r3": 3})
+		}
+		var ws []subjects.NodeWrite
+		for i := range keys {
+			ws = append(ws, subjects.NodeWrite{Tenant: "r3", Key: fmt.Sprintf("user%08d", i), LWW: version(uint64(i+1), "c1", strings.Repeat("v", valueBytes))})
+		}
+		for _, id := range []string{"a", "b", "c"} {
+			startXfer(t, s, Config{NodeID: id, DataDir: t.TempDir()}, func(e *engine) { apply(t, e, ws) })
+		}
+		m2 := retarget(t, m1, "a", "b", "c", "d")
+		in := 0
+		for _, w := range ws {
+			if p := ring.Partition(w.Tenant, w.Key, xferQ); slices.Contains(m2.Target(p, nil)[:3], "d") {
+				in++
+			}
+		}
+		f.set(m2)
+		d := startXfer(t, s, Config{NodeID: "d", DataDir: t.TempDir(), TransferRate: Unlimited, MapPoll: 200 * time.Millisecond}, nil)
+		start := time.Now()
+		waitFor(t, 60*time.Second, "every partition to flip", func() bool { return moving(f.current()) == 0 })
+		st := d.TransferStatus()
+		t.Logf("scoped %v: d pulled %d records, %d bytes in %v", scoped, st.Keys, st.Bytes, time.Since(start).Round(time.Millisecond))
+		return st.Bytes, st.Keys, float64(in) / keys
+	}
+	allBytes, allRecs := func() (int64, int64) { b, r, _ := run(false); return b, r }()
+	scopedBytes, scopedRecs, share := run(true)
+	if allRecs != 3*keys {
+		t.Errorf("unscoped: %d records pulled, want every key from each of 3 owners (%d)", allRecs, 3*keys)
+	}
+	if want := int64(float64(3*keys) * share); scopedRecs != want {
+		t.Errorf("scoped: %d records pulled, want the %.3f of the keys d serves from each of 3 owners (%d)", scopedRecs, share, want)
+	}
+	t.Logf("%d keys of %d-byte values, RF 3, 3 -> 4 nodes, Q %d: before %d bytes (%.2f× the data), after %d bytes (%.2f×); d serves %.3f of the keys",
+		keys, valueBytes, xferQ, allBytes, 3.0, scopedBytes, 3*float64(scopedRecs)/float64(allRecs), share)
+}
