@@ -453,7 +453,8 @@ func (c *Coordinator) sendLWW(ctx context.Context, r *dataRequest, v *vclock.Ver
 		for _, node := range rt.nodes {
 			c.rep.Write(cl, node, deadline, subjects.NodeWrite{Tenant: r.tenant.ID, Key: r.Key, LWW: v})
 		}
-		t := tally{required: rt.need, total: rt.counted, lossIsAck: restamped, counted: rt.nodes[:rt.counted]}
+		t := rt.writeTally()
+		t.lossIsAck = restamped
 		var acked []string
 		heard := 0
 		err = c.await(ctx, cl, &t, r.level, nil, func(o replica.Outcome) {

@@ -65,10 +65,20 @@ type tally struct {
 	lossIsAck bool
 
 	// counted, when set, are the nodes whose outcomes count (a write
-	// set's current owners); the others' (receivers') outcomes are passed
+	// set's current owners, current[:rf]); the others' outcomes are passed
 	// on but change neither acks nor fails, and uncounted counts them.
 	counted   []string
 	uncounted int
+	// target, when set, is the target row target[:rf] of a partition that
+	// moves: a write is then acknowledged only with required acks among
+	// counted (the current row) AND required among target (joint quorum,
+	// as Raft's joint consensus); a node in both rows counts in both.
+	// tacks, tfails and tlosses are acks, fails and losses among target.
+	// Nil when the partition does not move: nothing else changes then.
+	target  []string
+	tacks   int
+	tfails  int
+	tlosses int
 	// notOwner counts the nodes that refused an item as not_owner: the
 	// request's map is stale (see retryNotOwner).
 	notOwner int
@@ -76,7 +86,16 @@ type tally struct {
 
 // counts reports whether node's outcome counts toward the level.
 func (t *tally) counts(node string) bool {
-	return t.counted == nil || slices.Contains(t.counted, node)
+	return t.counted == nil || slices.Contains(t.counted, node) ||
+		(t.target != nil && slices.Contains(t.target, node))
+}
+
+// rows reports in which rows node's outcome counts: the current one
+// (every node when counted is nil) and the target one.
+func (t *tally) rows(node string) (cur, tgt bool) {
+	cur = t.counted == nil || slices.Contains(t.counted, node)
+	tgt = t.target != nil && slices.Contains(t.target, node)
+	return cur, tgt
 }
 
 // ack records a success and reports whether the level is now met.
@@ -85,9 +104,76 @@ func (t *tally) ack() bool { t.acks++; return t.met() }
 // fail records a failure and reports whether the level can no longer be met.
 func (t *tally) fail() bool { t.fails++; return t.impossible() }
 
-func (t *tally) met() bool        { return t.acks >= t.required }
-func (t *tally) impossible() bool { return t.total-t.fails < t.required }
-func (t *tally) answered() int    { return t.acks + t.fails }
+// ackFrom records node's success in each row it counts in and reports
+// whether the level is now met.
+func (t *tally) ackFrom(node string) bool {
+	cur, tgt := t.rows(node)
+	if cur {
+		t.acks++
+	}
+	if tgt {
+		t.tacks++
+	}
+	return t.met()
+}
+
+// failFrom records node's failure in each row it counts in and reports
+// whether the level can no longer be met.
+func (t *tally) failFrom(node string) bool {
+	cur, tgt := t.rows(node)
+	if cur {
+		t.fails++
+	}
+	if tgt {
+		t.tfails++
+	}
+	return t.impossible()
+}
+
+// lossFrom records that node reported an lww write lost (not an ack) in
+// each row it counts in, and reports whether the caller should re-stamp
+// now: every row has as many answers (acks and losses) as the level
+// needs, so the greatest dot reported is past every write acknowledged
+// before this one started (those are on a quorum of each row).
+func (t *tally) lossFrom(node string) bool {
+	cur, tgt := t.rows(node)
+	if cur {
+		t.losses++
+	}
+	if tgt {
+		t.tlosses++
+	}
+	return t.lost()
+}
+
+// lost reports whether a counted replica reported the lww write lost and
+// every row has since answered (acks and losses) as many as the level
+// needs: the write must be re-stamped rather than waited on. Checked after
+// every outcome, so an ack or a failure after the loss decides it too.
+func (t *tally) lost() bool {
+	return (t.losses > 0 || t.tlosses > 0) && !t.met() &&
+		t.acks+t.losses >= t.required && (t.target == nil || t.tacks+t.tlosses >= t.required)
+}
+
+func (t *tally) met() bool {
+	return t.acks >= t.required && (t.target == nil || t.tacks >= t.required)
+}
+
+func (t *tally) impossible() bool {
+	return t.total-t.fails < t.required || (t.target != nil && len(t.target)-t.tfails < t.required)
+}
+
+func (t *tally) answered() int { return t.acks + t.fails }
+
+// joint reports whether t counts a moving partition's two rows.
+func (t *tally) joint() bool { return t.target != nil }
+
+// rowsStatus describes, for a joint tally, what each row acknowledged:
+// the 503 message names both rows when the joint level is not met.
+func (t *tally) rowsStatus(level string) string {
+	return fmt.Sprintf("%s needs %d of each row of a moving partition: current %v %d acknowledged, %d failed; target %v %d acknowledged, %d failed",
+		level, t.required, t.counted, t.acks, t.fails, t.target, t.tacks, t.tfails)
+}
 
 // spares are the primaries a read has not asked yet.
 type spares struct {
@@ -154,16 +240,17 @@ func (c *Coordinator) await(ctx context.Context, cl *replica.Call, t *tally, lev
 					// A lost lww write is no acknowledgement. Once as many
 					// replicas answered as the level needs, the caller
 					// re-stamps it past the greatest dot they reported.
-					t.losses++
 					if by.Compare(t.lostTo) > 0 {
 						t.lostTo, t.lostNode = by, o.Node
 					}
-					if t.acks+t.losses >= t.required {
+					if t.lossFrom(o.Node) {
 						return &lostWrite{node: t.lostNode, by: t.lostTo}
 					}
 					continue
 				}
-				t.ack()
+				if !t.ackFrom(o.Node) && t.lost() {
+					return &lostWrite{node: t.lostNode, by: t.lostTo}
+				}
 				continue
 			}
 			failures = append(failures, o.Node+": "+o.Err.Error())
@@ -175,7 +262,14 @@ func (c *Coordinator) await(ctx context.Context, cl *replica.Call, t *tally, lev
 				c.metrics.SpareRead("failed")
 				t.total++
 			}
-			if t.fail() {
+			impossible := t.failFrom(o.Node)
+			if t.lost() {
+				return &lostWrite{node: t.lostNode, by: t.lostTo}
+			}
+			if impossible {
+				if t.joint() {
+					return subjects.Errorf(subjects.KindUnavailable, "%s (%s)", t.rowsStatus(level), strings.Join(failures, "; "))
+				}
 				return subjects.Errorf(subjects.KindUnavailable, "%s needs %d of %d replicas; %d acknowledged, %d failed (%s)",
 					level, t.required, of(), t.acks, t.fails, strings.Join(failures, "; "))
 			}
@@ -196,6 +290,9 @@ func (c *Coordinator) await(ctx context.Context, cl *replica.Call, t *tally, lev
 				c.metrics.ReplicaFailure("timeout")
 			}
 			msg := fmt.Sprintf("%s needs %d of %d replicas; %d acknowledged, %d did not answer in time", level, t.required, of(), t.acks, pendingN)
+			if t.joint() {
+				msg = fmt.Sprintf("%s; the others did not answer in time", t.rowsStatus(level))
+			}
 			if len(failures) > 0 {
 				msg += ", failed: " + strings.Join(failures, "; ")
 			}

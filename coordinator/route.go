@@ -23,13 +23,21 @@ import (
 // and the key's nodes in it. For a write, nodes is the partition's write
 // set: its current owners nodes[:counted], which alone count toward the
 // level, then the receivers of a move (target owners that are not current
-// ones), which get every write but do not count. For a read, nodes are
-// the current owners, all counted.
+// ones), which get every write. For a read, nodes are the current
+// owners, all counted.
+//
+// While the key's partition moves, target is its target row target[:rf]
+// and a write needs need acks among nodes[:counted] AND need among target
+// (joint quorum): every write acknowledged during a move is then on a
+// quorum of the target row, so a quorum read after the flip meets it even
+// when a receiver missed it after its scan had passed the key. target is
+// nil when the partition does not move (and for reads).
 type route struct {
 	pl      *placement
 	nodes   []string
 	counted int
-	need    int // acknowledgements the level needs, among nodes[:counted]
+	need    int // acknowledgements the level needs, among nodes[:counted] (and among target)
+	target  []string
 }
 
 // route computes r's route under the current placement, or unavailable
@@ -47,7 +55,7 @@ func (c *Coordinator) route(r *dataRequest, write bool) (route, error) {
 	var rt route
 	rt.pl = pl
 	if write {
-		rt.nodes, rt.counted = keyWriteSet(pl, r, rf)
+		rt.nodes, rt.counted, rt.target = keyWriteSet(pl, r, rf)
 	} else {
 		rt.nodes = pl.m.PreferenceList(r.tenant.ID, r.Key, rf, make([]string, 0, rf))
 		rt.counted = len(rt.nodes)
@@ -56,6 +64,11 @@ func (c *Coordinator) route(r *dataRequest, write bool) (route, error) {
 	if rt.counted < rt.need {
 		return route{}, subjects.Errorf(subjects.KindUnavailable,
 			"%s needs %d replicas of %d, but only %d active storage nodes are in the ring", r.level, rt.need, rf, rt.counted)
+	}
+	if rt.target != nil && len(rt.target) < rt.need {
+		return route{}, subjects.Errorf(subjects.KindUnavailable,
+			"%s needs %d replicas of %d in the current row %v and in the target row %v of a moving partition; the target row has %d",
+			r.level, rt.need, rf, rt.nodes[:rt.counted], rt.target, len(rt.target))
 	}
 	return rt, nil
 }
@@ -67,16 +80,32 @@ func (c *Coordinator) nodeProtocolNow() int { return c.routing.nodeProtocol() }
 
 // keyWriteSet returns the write set of r's key under pl: current[:rf]
 // followed by the members of target[:rf] that are not current, and how
-// many of it are current (see ring.Map.WriteSet). The slice is sized for
-// a map without moving partitions (the usual case: one allocation, as the
-// preference list took before write sets); WriteSet grows it while a map
-// moves partitions.
-func keyWriteSet(pl *placement, r *dataRequest, rf int) ([]string, int) {
-	return pl.m.WriteSetHash(ring.KeyHash(r.tenant.ID, r.Key), rf, make([]string, 0, rf))
+// many of it are current (see ring.Map.WriteSet), and, only while the
+// key's partition moves, its target row target[:rf] (nil otherwise). The
+// slice is sized for a map without moving partitions (the usual case: one
+// allocation, as the preference list took before write sets); WriteSet
+// grows it while a map moves partitions.
+func keyWriteSet(pl *placement, r *dataRequest, rf int) (set []string, counted int, target []string) {
+	p := ring.PartitionOf(ring.KeyHash(r.tenant.ID, r.Key), pl.m.Partitions())
+	set, counted = pl.m.WriteSet(p, rf, make([]string, 0, rf))
+	if pl.m.Moving(p) {
+		tgt := pl.m.Target(p, make([]string, 0, rf))
+		target = tgt[:min(rf, len(tgt))]
+	}
+	return set, counted, target
 }
 
-// counts reports whether node's outcome counts toward rt's level.
-func (rt *route) counts(node string) bool { return slices.Contains(rt.nodes[:rt.counted], node) }
+// counts reports whether node's outcome counts toward rt's level (in
+// the current row or, while the partition moves, the target row).
+func (rt *route) counts(node string) bool {
+	return slices.Contains(rt.nodes[:rt.counted], node) || slices.Contains(rt.target, node)
+}
+
+// writeTally returns the tally of a write routed by rt: need acks among
+// the current row and, while the partition moves, among the target row.
+func (rt *route) writeTally() tally {
+	return tally{required: rt.need, total: rt.counted, counted: rt.nodes[:rt.counted], target: rt.target}
+}
 
 // newCall returns a Call for n items of rt's attempt: they carry the
 // map version rt was routed with, so a node whose map changed the key's

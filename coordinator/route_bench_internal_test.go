@@ -48,7 +48,7 @@ func BenchmarkKeyRoute(b *testing.B) {
 			i := 0
 			for b.Loop() {
 				r.Key = keys[i%len(keys)]
-				routeSink, _ = keyWriteSet(pl, r, 3)
+				routeSink, _, _ = keyWriteSet(pl, r, 3)
 				i++
 			}
 		})

@@ -79,19 +79,26 @@ func (c *Coordinator) writeSiblings(ctx context.Context, r *dataRequest, del boo
 		for _, node := range others {
 			c.rep.Write(cl, node, deadline, subjects.NodeWrite{Tenant: r.tenant.ID, Key: r.Key, DVV: state})
 		}
-		t = tally{required: rt.need, total: rt.counted, counted: rt.nodes[:rt.counted]}
-		for _, node := range rt.nodes[:rt.counted] {
+		// The merge leg's acks count per row: while the partition moves,
+		// need among the current row and need among the target row (a
+		// node in both counts in both).
+		t = rt.writeTally()
+		for _, node := range rt.nodes {
 			switch {
 			case slices.Contains(acked, node):
-				t.acks++
+				t.ackFrom(node)
 			case slices.Contains(skip, node):
-				t.fails++ // failed to coordinate; not asked
+				t.failFrom(node) // failed to coordinate; not asked
 			}
 		}
 		err, heard := error(nil), 0
 		if !t.met() {
 			if t.impossible() {
-				err = subjects.Errorf(subjects.KindUnavailable, "%s needs %d of %d replicas; %d acknowledged, %d failed", r.level, rt.need, rt.counted, t.acks, t.fails)
+				if t.joint() {
+					err = subjects.Errorf(subjects.KindUnavailable, "%s", t.rowsStatus(r.level))
+				} else {
+					err = subjects.Errorf(subjects.KindUnavailable, "%s needs %d of %d replicas; %d acknowledged, %d failed", r.level, rt.need, rt.counted, t.acks, t.fails)
+				}
 			} else {
 				err = c.await(ctx, cl, &t, r.level, nil, func(o replica.Outcome) {
 					heard++
