@@ -81,24 +81,29 @@ func storeMap(t *testing.T, c *devcluster.Cluster, m *ring.Map, announce bool) {
 // coordVersion is the map version the cluster's coordinator holds.
 func coordVersion(c *devcluster.Cluster) uint64 { return c.Coordinators()[0].Placement().Version() }
 
-// A write goes to the write set (current owners, then receivers) and
-// counts acknowledgements from current owners only: with the receiver
-// down a quorum write succeeds and the receiver is hinted; with a current
-// owner down the receiver's acknowledgement does not make up for it.
-func TestWriteSetCountsCurrentOwnersOnly(t *testing.T) {
+// A write goes to the write set (current owners, then receivers) and,
+// while its partition moves, is acknowledged only with the level's acks
+// among current[:rf] AND among target[:rf] (joint quorum; a node in both
+// rows counts in both). RF 3, node 4 leaves: a moving partition's rows
+// are [4 S1 S2]-ish -> [S1 S2 R] (S shared, R the receiver). With R
+// silent and S1 down, the current row has quorum (4, S2) but the target
+// row does not (S2): counting the current row only acknowledged the write
+// with R missing it, and after the flip a quorum read of {S1, R} could
+// miss it (review finding F1). Now it is 503, naming both rows.
+func TestWriteJointQuorumWhileMoving(t *testing.T) {
 	c := transitionCluster(t, 4, nil)
 	ctx := ctxT(t)
 	nc := connect(t, c)
 	admin := client.NewAdmin(nc)
-	rf := 2
-	if _, err := admin.CreateTenant(ctx, "t2", client.TenantSpec{ReplicationFactor: &rf}); err != nil {
+	rf := 3
+	if _, err := admin.CreateTenant(ctx, "t3", client.TenantSpec{ReplicationFactor: &rf}); err != nil {
 		t.Fatal(err)
 	}
 	m := storedMap(t, c)
-	// Node 4 leaves: its partitions move to the others.
+	leaving := devcluster.NodeID(4)
 	var rest []ring.Node
 	for _, id := range m.Nodes() {
-		if id != devcluster.NodeID(4) {
+		if id != leaving {
 			rest = append(rest, ring.Node{ID: id})
 		}
 	}
@@ -117,30 +122,32 @@ func TestWriteSetCountsCurrentOwnersOnly(t *testing.T) {
 	)
 	for i := 0; key == ""; i++ {
 		k := fmt.Sprintf("k%d", i)
-		if set, counted = next.WriteSetHash(ring.KeyHash("t2", k), rf, nil); len(set) > counted {
+		if set, counted = next.WriteSetHash(ring.KeyHash("t3", k), rf, nil); len(set) > counted {
 			key = k
 		}
 	}
-	if counted != rf {
-		t.Fatalf("write set %v counts %d, want %d", set, counted, rf)
+	if counted != rf || len(set) != rf+1 || !slices.Contains(set[:counted], leaving) {
+		t.Fatalf("write set %v (counted %d): want %d current owners with %s, and one receiver", set, counted, rf, leaving)
 	}
-	current, receiver := set[:counted], set[counted]
+	receiver := set[counted]
+	var shared []string // in both rows
+	for _, n := range set[:counted] {
+		if n != leaving {
+			shared = append(shared, n)
+		}
+	}
 	// The receiver is a stand-in that takes writes and never pulls or
 	// reports the partition done, so the partition keeps moving for the
 	// whole test.
 	fake := newRefuser(t, c, func(uint64) bool { return false }, receiver)
 	fake.setSilent(true)
 	storeMap(t, c, next, true)
-	kv := kvClient(t, c, "t2")
+	kv := kvClient(t, c, "t3")
 
-	// The receiver silent: the current owners make the quorum, and the
-	// receiver gets a hint that reaches it once it answers.
-	rep, err := kv.Put(ctx, key, []byte("v1"), client.WithConsistency(subjects.Quorum))
-	if err != nil {
+	// The receiver silent, every current owner up: both rows have quorum
+	// (the shared owners are in both), and the receiver gets a hint.
+	if _, err := kv.Put(ctx, key, []byte("v1"), client.WithConsistency(subjects.Quorum)); err != nil {
 		t.Fatalf("quorum put with only the receiver %s down: %v", receiver, err)
-	}
-	if rep.ReplicaCount != counted {
-		t.Fatalf("put counted %d replicas, want %d (the current owners)", rep.ReplicaCount, counted)
 	}
 	fake.setSilent(false)
 	waitFor(t, 20*time.Second, func() error {
@@ -150,17 +157,37 @@ func TestWriteSetCountsCurrentOwnersOnly(t *testing.T) {
 		return nil
 	})
 
-	// A current owner down: the receiver answers and acknowledges, but it
-	// does not count, so quorum (2 of the current owners) is not met.
-	if err := c.StopNode(current[1]); err != nil {
+	// F1: the receiver silent and a shared owner down. The current row
+	// has two acks (the leaving node and the other shared owner), the
+	// target row one: 503, naming both rows.
+	fake.setSilent(true)
+	if err := c.StopNode(shared[0]); err != nil {
 		t.Fatal(err)
 	}
 	_, err = kv.Put(ctx, key, []byte("v2"), client.WithConsistency(subjects.Quorum), client.WithTimeout(3*time.Second))
-	assertCode(t, err, 503, "")
+	assertCode(t, err, 503, "target")
+
+	// The receiver answers: the target row has quorum (the other shared
+	// owner and the receiver), and so has the current row.
+	fake.setSilent(false)
+	if _, err := kv.Put(ctx, key, []byte("v3"), client.WithConsistency(subjects.Quorum), client.WithTimeout(5*time.Second)); err != nil {
+		t.Fatalf("quorum put with the receiver answering and %s down: %v", shared[0], err)
+	}
+	if v := fake.value(key); v != "v3" {
+		t.Fatalf("receiver %s holds %q, want v3", receiver, v)
+	}
+
+	// The leaving node down too: the target row still has quorum, but the
+	// current row has one ack; the receiver does not make up for it.
+	if err := c.StopNode(leaving); err != nil {
+		t.Fatal(err)
+	}
+	_, err = kv.Put(ctx, key, []byte("v4"), client.WithConsistency(subjects.Quorum), client.WithTimeout(3*time.Second))
+	assertCode(t, err, 503, "current")
 	// The receiver was sent the write all the same.
 	waitFor(t, 10*time.Second, func() error {
-		if v := fake.value(key); v != "v2" {
-			return fmt.Errorf("receiver %s holds %q for %s, want v2", receiver, v, key)
+		if v := fake.value(key); v != "v4" {
+			return fmt.Errorf("receiver %s holds %q for %s, want v4", receiver, v, key)
 		}
 		return nil
 	})
