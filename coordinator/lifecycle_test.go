@@ -648,6 +648,61 @@ func TestLifecycleProtocolNegotiation(t *testing.T) {
 	l.wantStatuses(map[string]string{"n1": "active", "n2": "active", "old": "active"})
 }
 
+// TestLifecycleTransferWaitsForProtocol2: while a node of the map speaks
+// protocol 1 (it takes unfenced writes a receiver's scan may miss), a
+// transfer report marks nothing and flips nothing; once the node speaks
+// protocol 2 again, the same report flips the partitions.
+func TestLifecycleTransferWaitsForProtocol2(t *testing.T) {
+	l := startLifecycle(t)
+	ctx := ctxT(t)
+	for _, id := range []string{"n1", "n2", "n3"} {
+		l.register(id, false)
+	}
+	l.transfer("n1", "n2", "n3")
+	l.tenant(2)
+	l.register("n4", false)
+	m := l.placement()
+	ps := m.Receiving("n4", nil)
+	if len(ps) == 0 {
+		t.Fatalf("n4 receives nothing after its join")
+	}
+	// n1 is downgraded: it re-registers with protocol 1.
+	l.register("n1", false, 0)
+	rep, err := l.admin.ReportTransfer(ctx, subjects.TransferReport{NodeID: "n4", MapVersion: m.Version(), Done: ps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := ring.Decode(rep.Map)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Version() != m.Version() {
+		t.Fatalf("a report with a protocol-1 node in the map changed the map: version %d, was %d", after.Version(), m.Version())
+	}
+	for _, p := range ps {
+		if !after.Moving(p) || after.Done(p, "n4") {
+			t.Fatalf("partition %d marked done or flipped while n1 speaks protocol 1", p)
+		}
+	}
+	if s := l.status("n4"); s != "joining" {
+		t.Fatalf("n4 is %s while its partitions wait, want joining", s)
+	}
+	// Upgraded again: the same report flips every partition.
+	l.register("n1", false)
+	rep, err = l.admin.ReportTransfer(ctx, subjects.TransferReport{NodeID: "n4", MapVersion: m.Version(), Done: ps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after, err = ring.Decode(rep.Map); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range ps {
+		if after.Moving(p) {
+			t.Fatalf("partition %d still moves after the report with every node on protocol 2", p)
+		}
+	}
+}
+
 // TestLifecycleStaleTransferReport: a receiver's report made under a map
 // older than a partition's last change does not mark that partition (the
 // receiver pulled it for rows that no longer hold); the others it does.
