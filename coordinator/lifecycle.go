@@ -206,6 +206,8 @@ func placementReply(pl *placement) (subjects.PlacementReply, error) {
 // partition whose rows changed after the map the node worked from is not
 // marked, the node pulls it again under the new map), its progress for node
 // list, and the statuses that follow. It answers the map after the report.
+// While a node of the map speaks protocol 1 (protocolBlock) it marks and
+// flips nothing: that node's writes are unfenced.
 func (c *Coordinator) nodeTransfer(ctx context.Context, body func(any) error) (any, error) {
 	var rep subjects.TransferReport
 	if err := body(&rep); err != nil {
