@@ -54,6 +54,10 @@ func (t *Tree) AppendBinary(dst []byte) ([]byte, error) {
 	return appendHash(dst, root), nil
 }
 
+// uvarintLen returns the length of the canonical uvarint of x; Decode
+// refuses others, so an encoding has one form.
+func uvarintLen(x uint64) int { return (bits.Len64(x|1) + 6) / 7 }
+
 func bitmapLen(leaves int) int { return (leaves + 7) / 8 }
 
 // Decode returns the tree encoded in b. It returns an error wrapping
@@ -77,7 +81,7 @@ func Decode(b []byte) (*Tree, error) {
 	}
 	b = b[7:]
 	n, k := binary.Uvarint(b)
-	if k <= 0 {
+	if k <= 0 || k != uvarintLen(n) {
 		return nil, fmt.Errorf("%w: key count", ErrCorrupt)
 	}
 	b = b[k:]
@@ -101,7 +105,7 @@ func Decode(b []byte) (*Tree, error) {
 			continue
 		}
 		c, k := binary.Uvarint(b)
-		if k <= 0 || c == 0 || c > 1<<32-1 {
+		if k <= 0 || k != uvarintLen(c) || c == 0 || c > 1<<32-1 {
 			return nil, fmt.Errorf("%w: count of leaf %d", ErrCorrupt, i)
 		}
 		b = b[k:]
