@@ -87,37 +87,48 @@ func divergentScan(n int, diverge bool) func(func(Entry) bool) {
 // hashes compared, bytes per side, differing buckets, and the keys those
 // buckets hold (what the next step would have to exchange).
 func BenchmarkDiff1M(b *testing.B) {
-	const n = 1 << 20
 	for _, cfg := range []Config{DefaultConfig(), {FanOut: 16, Depth: 4}, {FanOut: 16, Depth: 5}, {FanOut: 256, Depth: 2}} {
-		b.Run(fmt.Sprintf("fanout=%d/depth=%d", cfg.FanOut, cfg.Depth), func(b *testing.B) {
-			x, err := Build(cfg, divergentScan(n, false))
-			if err != nil {
-				b.Fatal(err)
-			}
-			y, err := Build(cfg, divergentScan(n, true))
-			if err != nil {
-				b.Fatal(err)
-			}
-			var got []uint32
-			var st DiffStats
-			b.ReportAllocs()
-			for b.Loop() {
-				got, st, err = Diff(Local{x}, Local{y})
-				if err != nil {
-					b.Fatal(err)
-				}
-			}
-			keys := 0
-			for _, bk := range got {
-				keys += x.BucketCount(int(bk))
-			}
-			b.ReportMetric(float64(st.Compared), "hashes")
-			b.ReportMetric(float64(st.RequestBytes+st.ReplyBytes), "bytes/side")
-			b.ReportMetric(float64(st.Rounds), "rounds")
-			b.ReportMetric(float64(len(got)), "buckets")
-			b.ReportMetric(float64(keys), "keys-in-buckets")
-		})
+		benchDiff(b, cfg, 1<<20)
 	}
+}
+
+// BenchmarkDiffPartition is the same at the ~1,000 keys a partition holds
+// when 1M keys spread over the default 1024 partitions.
+func BenchmarkDiffPartition(b *testing.B) {
+	for _, cfg := range []Config{DefaultConfig(), {FanOut: 16, Depth: 2}} {
+		benchDiff(b, cfg, 1000)
+	}
+}
+
+func benchDiff(b *testing.B, cfg Config, n int) {
+	b.Run(fmt.Sprintf("keys=%d/fanout=%d/depth=%d", n, cfg.FanOut, cfg.Depth), func(b *testing.B) {
+		x, err := Build(cfg, divergentScan(n, false))
+		if err != nil {
+			b.Fatal(err)
+		}
+		y, err := Build(cfg, divergentScan(n, true))
+		if err != nil {
+			b.Fatal(err)
+		}
+		var got []uint32
+		var st DiffStats
+		b.ReportAllocs()
+		for b.Loop() {
+			got, st, err = Diff(Local{x}, Local{y})
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		keys := 0
+		for _, bk := range got {
+			keys += x.BucketCount(int(bk))
+		}
+		b.ReportMetric(float64(st.Compared), "hashes")
+		b.ReportMetric(float64(st.RequestBytes+st.ReplyBytes), "bytes/side")
+		b.ReportMetric(float64(st.Rounds), "rounds")
+		b.ReportMetric(float64(len(got)), "buckets")
+		b.ReportMetric(float64(keys), "keys-in-buckets")
+	})
 }
 
 // BenchmarkBuild1M is a rebuild from a scan of 1M keys (the hashing only;
