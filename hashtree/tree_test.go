@@ -365,3 +365,44 @@ func TestCloneIsIndependent(t *testing.T) {
 		t.Fatal("reset")
 	}
 }
+
+// FuzzOps drives a tree with an operation sequence read from the input
+// (keys from a small space so updates and deletes hit) and checks it
+// against a rebuild of the resulting set, then against Diff.
+func FuzzOps(f *testing.F) {
+	f.Add([]byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9})
+	f.Add([]byte{0x10, 0x10, 0x90, 0x10, 0x50, 0xd0})
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		cfg := configs[len(ops)%len(configs)]
+		tr := mustNew(t, cfg)
+		m := model{}
+		for i, op := range ops {
+			k := kv{"t", fmt.Sprintf("k%d", op&0x3f)}
+			v := Hash{uint64(i), uint64(op)}
+			old, ok := m[k]
+			switch {
+			case !ok:
+				tr.Insert(k.tenant, k.key, v)
+				m[k] = v
+			case op&0x80 != 0:
+				if err := tr.Delete(k.tenant, k.key, old); err != nil {
+					t.Fatal(err)
+				}
+				delete(m, k)
+			default:
+				if err := tr.Update(k.tenant, k.key, old, v); err != nil {
+					t.Fatal(err)
+				}
+				m[k] = v
+			}
+			if op&0x40 != 0 {
+				tr.Root()
+			}
+		}
+		built := mustBuild(t, cfg, m)
+		equalTrees(t, tr, built)
+		if got, _, err := Diff(Local{tr}, Local{built}); err != nil || got != nil {
+			t.Fatalf("diff of equal trees: %v %v", got, err)
+		}
+	})
+}
