@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+
+	"github.com/quorumkv/quorumkv/ring"
 )
 
 // configs covers the extremes of the limits and the default.
@@ -405,4 +407,26 @@ func FuzzOps(f *testing.F) {
 			t.Fatalf("diff of equal trees: %v %v", got, err)
 		}
 	})
+}
+
+// The keys of one partition share the high bits of their KeyHash; the
+// buckets must still spread them over every leaf, not over the few the
+// partition's bits leave.
+func TestBucketsSpreadWithinPartition(t *testing.T) {
+	const q, part = 64, 37
+	tr := mustNew(t, DefaultConfig())
+	seen := map[int]bool{}
+	n := 0
+	for i := 0; n < 4096; i++ {
+		k := fmt.Sprintf("user:%d", i)
+		if ring.Partition("acme", k, q) != part {
+			continue
+		}
+		n++
+		seen[tr.Bucket("acme", k)] = true
+	}
+	// 4096 keys over 4096 leaves at random fill 1-1/e of them (~2589).
+	if len(seen) < 2400 {
+		t.Fatalf("4096 keys of one partition fill %d of 4096 leaves", len(seen))
+	}
 }
