@@ -276,12 +276,18 @@ func (t *Tree) Level(dst []Hash, l int) ([]Hash, error) {
 // Children appends to dst the FanOut hashes of the children of each node
 // in parents, which are indices within level l (l < Depth), in order:
 // the children of parents[i] are dst[len(dst)+i*FanOut:][:FanOut]. It is
-// the one call a breadth-first exchange makes per level ([Diff]).
+// the one call a breadth-first exchange makes per level ([Diff]). It
+// refuses an index outside the level and more parents than the level
+// holds, so a peer's request cannot make it allocate more than a level.
 func (t *Tree) Children(dst []Hash, l int, parents []uint32) ([]Hash, error) {
 	if l < 0 || l >= t.cfg.Depth {
 		return dst, fmt.Errorf("hashtree: parent level %d out of 0..%d", l, t.cfg.Depth-1)
 	}
 	w := uint32(t.cfg.Width(l))
+	if len(parents) > int(w) {
+		// A peer's request: an exchange never asks a node twice.
+		return dst, fmt.Errorf("hashtree: %d parents asked of level %d (width %d)", len(parents), l, w)
+	}
 	t.flush()
 	child := t.off[l+1]
 	for _, p := range parents {

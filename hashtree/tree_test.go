@@ -349,6 +349,9 @@ func TestLevelAndChildren(t *testing.T) {
 	if _, err := tr.Children(nil, 3, []uint32{0}); err == nil {
 		t.Error("children of a leaf accepted")
 	}
+	if _, err := tr.Children(nil, 0, []uint32{0, 0}); err == nil {
+		t.Error("more parents than the level holds accepted")
+	}
 	if _, err := tr.Children(nil, 1, []uint32{4}); err == nil {
 		t.Error("node beyond its level accepted")
 	}
