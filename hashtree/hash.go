@@ -53,39 +53,44 @@ func sum128(b []byte) Hash {
 // flag), so two replicas holding the same state hash it the same way.
 func VersionHash(state []byte) Hash { return sum128(state) }
 
-// entryStackBuf bounds tenant+1+key+16 lengths that EntryHash hashes from
-// a stack buffer; longer inputs are streamed.
-const entryStackBuf = 256
+// keyStackBuf bounds tenant+1+key lengths that keyDigest hashes from a
+// stack buffer; longer inputs are streamed.
+const keyStackBuf = 256
+
+// KeyDigest returns the 128-bit hash of tenant 0x00 key. Its second lane
+// is [ring.KeyHash](tenant, key), which gives the key's partition and
+// ([BucketOf]) its leaf. It does not allocate.
+func KeyDigest(tenant, key string) Hash {
+	if n := len(tenant) + 1 + len(key); n <= keyStackBuf {
+		var buf [keyStackBuf]byte
+		copy(buf[:], tenant)
+		buf[len(tenant)] = 0
+		copy(buf[len(tenant)+1:], key)
+		return sum128(buf[:n])
+	}
+	var d xxhash.Digest
+	d.ResetWithSeed(seedHi)
+	_, _ = d.WriteString(tenant)
+	_, _ = d.Write([]byte{0})
+	_, _ = d.WriteString(key)
+	return Hash{d.Sum64(), ring.KeyHash(tenant, key)}
+}
 
 // EntryHash returns the contribution of (tenant, key) at version to its
-// leaf: the 128-bit hash of tenant 0x00 key 0x00 version (16 bytes, big
-// endian). Binding the key to its version means that two keys of one
-// bucket swapping versions still change the leaf. It does not allocate.
+// leaf: the 128-bit hash of the 32 bytes [KeyDigest](tenant, key) then
+// version, each 16 bytes big endian. Binding the key to its version means
+// that two keys of one bucket swapping versions still change the leaf.
+// It does not allocate.
 func EntryHash(tenant, key string, version Hash) Hash {
-	n := len(tenant) + 1 + len(key) + 1 + 16
-	if n <= entryStackBuf {
-		var buf [entryStackBuf]byte
-		b := buf[:0]
-		b = append(b, tenant...)
-		b = append(b, 0)
-		b = append(b, key...)
-		b = append(b, 0)
-		b = appendHash(b, version)
-		return sum128(b)
-	}
-	var vb [16]byte
-	appendHash(vb[:0], version)
-	var hi, lo xxhash.Digest
-	hi.ResetWithSeed(seedHi)
-	lo.ResetWithSeed(seedLo)
-	for _, d := range [...]*xxhash.Digest{&hi, &lo} {
-		_, _ = d.WriteString(tenant)
-		_, _ = d.Write([]byte{0})
-		_, _ = d.WriteString(key)
-		_, _ = d.Write([]byte{0})
-		_, _ = d.Write(vb[:])
-	}
-	return Hash{hi.Sum64(), lo.Sum64()}
+	return entryOf(KeyDigest(tenant, key), version)
+}
+
+// entryOf is EntryHash for a key digest already computed, so a write
+// hashes its key once for the old and the new version.
+func entryOf(kd, version Hash) Hash {
+	var buf [32]byte
+	appendHash(appendHash(buf[:0], kd), version)
+	return sum128(buf[:])
 }
 
 // BucketOf returns the leaf bucket, in [0, leaves), of a key whose
@@ -95,8 +100,3 @@ func EntryHash(tenant, key string, version Hash) Hash {
 // never on what else a replica holds. leaves must be a power of two.
 func BucketOf(kh uint64, leaves int) int { return int(kh & uint64(leaves-1)) }
 
-// bucket returns the leaf bucket of (tenant, key) in a tree of the given
-// number of leaves.
-func bucket(tenant, key string, leaves int) int {
-	return BucketOf(ring.KeyHash(tenant, key), leaves)
-}

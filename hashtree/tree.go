@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"iter"
 	"math/bits"
+
+	"github.com/quorumkv/quorumkv/ring"
 )
 
 // Limits of a [Config].
@@ -145,29 +147,34 @@ func (t *Tree) Len() int { return t.n }
 func (t *Tree) BucketCount(b int) int { return int(t.counts[b]) }
 
 // Bucket returns the leaf bucket of (tenant, key) in t.
-func (t *Tree) Bucket(tenant, key string) int { return bucket(tenant, key, t.cfg.Leaves()) }
+func (t *Tree) Bucket(tenant, key string) int {
+	return BucketOf(ring.KeyHash(tenant, key), t.cfg.Leaves())
+}
 
 // Insert adds (tenant, key) at version; the tree must not hold the key.
-// It costs two hashes and O(1) amortised dirty marks, and does not allocate.
+// It costs a hash of the key, one of 32 bytes and O(1) amortised dirty
+// marks, and does not allocate.
 func (t *Tree) Insert(tenant, key string, version Hash) {
-	b := t.Bucket(tenant, key)
+	kd := KeyDigest(tenant, key)
+	b := BucketOf(kd[1], len(t.counts))
 	t.counts[b]++
 	t.n++
-	t.apply(b, EntryHash(tenant, key, version))
+	t.apply(b, entryOf(kd, version))
 }
 
 // Update replaces version old of (tenant, key) with version new. It
 // returns ErrNotPresent, and changes nothing, when the key's bucket is
 // empty. It does not allocate.
 func (t *Tree) Update(tenant, key string, old, new Hash) error {
-	b := t.Bucket(tenant, key)
+	kd := KeyDigest(tenant, key)
+	b := BucketOf(kd[1], len(t.counts))
 	if t.counts[b] == 0 {
 		return fmt.Errorf("update %q/%q: %w", tenant, key, ErrNotPresent)
 	}
 	if old == new {
 		return nil
 	}
-	t.apply(b, EntryHash(tenant, key, old).xor(EntryHash(tenant, key, new)))
+	t.apply(b, entryOf(kd, old).xor(entryOf(kd, new)))
 	return nil
 }
 
@@ -177,13 +184,14 @@ func (t *Tree) Update(tenant, key string, old, new Hash) error {
 // it removes from disk (a reaped tombstone, an expired key, a partition
 // handed off).
 func (t *Tree) Delete(tenant, key string, old Hash) error {
-	b := t.Bucket(tenant, key)
+	kd := KeyDigest(tenant, key)
+	b := BucketOf(kd[1], len(t.counts))
 	if t.counts[b] == 0 {
 		return fmt.Errorf("delete %q/%q: %w", tenant, key, ErrNotPresent)
 	}
 	t.counts[b]--
 	t.n--
-	t.apply(b, EntryHash(tenant, key, old))
+	t.apply(b, entryOf(kd, old))
 	return nil
 }
 
@@ -343,8 +351,9 @@ func Build(cfg Config, scan iter.Seq[Entry]) (*Tree, error) {
 	}
 	leaves := t.nodes[t.off[cfg.Depth]:]
 	for e := range scan {
-		b := bucket(e.Tenant, e.Key, len(leaves))
-		leaves[b] = leaves[b].xor(EntryHash(e.Tenant, e.Key, e.Version))
+		kd := KeyDigest(e.Tenant, e.Key)
+		b := BucketOf(kd[1], len(leaves))
+		leaves[b] = leaves[b].xor(entryOf(kd, e.Version))
 		t.counts[b]++
 		t.n++
 	}
