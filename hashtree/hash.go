@@ -99,4 +99,3 @@ func entryOf(kd, version Hash) Hash {
 // keys evenly over the leaves, and the bucket depends on the key alone,
 // never on what else a replica holds. leaves must be a power of two.
 func BucketOf(kh uint64, leaves int) int { return int(kh & uint64(leaves-1)) }
-
