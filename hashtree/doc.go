@@ -12,8 +12,8 @@
 //     where the version hash is [VersionHash] of the stored msgpack state.
 //     XOR makes the leaf independent of write order and makes a write a
 //     delta: [Tree.Update] removes the old contribution and adds the new.
-//     A write costs three small hashes and O(1) amortised dirty marks, and
-//     does not allocate.
+//     A write hashes the key once ([KeyDigest]) and each version with it
+//     as 32 bytes, marks O(1) amortised dirty nodes, and does not allocate.
 //   - An inner node is the 128-bit hash of its FanOut children (zero for an
 //     empty subtree). Inner nodes are rehashed lazily, only the dirty ones,
 //     when [Tree.Root], [Tree.Level] or [Tree.Children] is asked.
@@ -36,7 +36,7 @@
 //
 // # Protocol
 //
-// [BucketOf], [EntryHash], [VersionHash] and [HashChildren] (xxhash64 of
+// [KeyDigest], [BucketOf], [EntryHash], [VersionHash] and [HashChildren] (xxhash64 of
 // the same bytes under two fixed seeds for the two 64-bit lanes) are part
 // of the anti-entropy protocol: every node must compute them identically.
 // TestGolden pins them. They are not collision resistant against a
