@@ -1,9 +1,16 @@
 package hashtree
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 )
+
+// ErrInconsistent reports a side whose children do not hash to the parent
+// it answered before: a tree that changed during the exchange, or a peer
+// answering from something else. The exchange should be retried; a side
+// serves an exchange from a snapshot ([Tree.Clone]) to avoid it.
+var ErrInconsistent = errors.New("hashtree: children do not hash to their parent")
 
 // Source is one side of an exchange: a tree, local or behind a
 // request-reply subject. Children has the contract of [Tree.Children];
@@ -60,6 +67,10 @@ type DiffStats struct {
 // The keys of those buckets are the candidates to exchange; keys of equal
 // buckets are equal on both sides (up to a 128-bit collision).
 //
+// Every level a side returns is checked against the parents it returned
+// before ([HashChildren]); a mismatch is ErrInconsistent, so a side that
+// changed during the exchange is an error, not a partial answer.
+//
 // The configs must be equal. A side's error is returned wrapped, with the
 // stats so far.
 func Diff(a, b Source) ([]uint32, DiffStats, error) {
@@ -85,7 +96,11 @@ func Diff(a, b Source) ([]uint32, DiffStats, error) {
 		return nil, st, nil
 	}
 	parents := []uint32{0}
+	// pha and phb hold the two sides' hashes of parents, to check their
+	// children against.
+	pha, phb := []Hash{ra}, []Hash{rb}
 	var ha, hb []Hash
+	buf := make([]byte, 0, hashBytes*cfg.FanOut)
 	for l := 0; l < cfg.Depth; l++ {
 		ha, err = a.Children(ha[:0], l, parents)
 		if err != nil {
@@ -104,17 +119,26 @@ func Diff(a, b Source) ([]uint32, DiffStats, error) {
 		st.RequestBytes += reqHeaderBytes + reqIndexBytes*len(parents)
 		st.ReplyBytes += hashBytes * want
 		next := make([]uint32, 0, len(parents))
+		nha, nhb := make([]Hash, 0, len(parents)), make([]Hash, 0, len(parents))
 		for i, p := range parents {
+			ca, cb := ha[i*cfg.FanOut:(i+1)*cfg.FanOut], hb[i*cfg.FanOut:(i+1)*cfg.FanOut]
+			if HashChildren(buf[:0], ca) != pha[i] {
+				return nil, st, fmt.Errorf("level %d node %d of a: %w", l, p, ErrInconsistent)
+			}
+			if HashChildren(buf[:0], cb) != phb[i] {
+				return nil, st, fmt.Errorf("level %d node %d of b: %w", l, p, ErrInconsistent)
+			}
 			for c := range cfg.FanOut {
-				if ha[i*cfg.FanOut+c] != hb[i*cfg.FanOut+c] {
+				if ca[c] != cb[c] {
 					next = append(next, p*uint32(cfg.FanOut)+uint32(c))
+					nha, nhb = append(nha, ca[c]), append(nhb, cb[c])
 				}
 			}
 		}
-		parents = next
+		parents, pha, phb = next, nha, nhb
 		if len(parents) == 0 {
-			// Equal children under unequal parents: a hash collision or a
-			// side that changed between rounds. Nothing to descend into.
+			// Equal children under unequal parents, both checked: only a
+			// 128-bit collision gets here. Nothing to descend into.
 			return nil, st, nil
 		}
 	}

@@ -144,3 +144,38 @@ func TestDiffPeerErrors(t *testing.T) {
 		t.Fatal("short reply accepted")
 	}
 }
+
+// changing is a Source whose tree takes a write after its root was
+// answered, as a peer serving an exchange from its live tree would.
+type changing struct {
+	Local
+	done bool
+}
+
+func (c *changing) Children(dst []Hash, l int, parents []uint32) ([]Hash, error) {
+	if !c.done {
+		c.done = true
+		c.T.Insert("t", "late write", Hash{9})
+	}
+	return c.Local.Children(dst, l, parents)
+}
+
+func TestDiffSideChangedDuringExchange(t *testing.T) {
+	m := randomSet(rand.New(rand.NewPCG(2, 2)), 200)
+	a := mustBuild(t, DefaultConfig(), m)
+	b := mustBuild(t, DefaultConfig(), m)
+	b.Insert("t", "only on b", Hash{1})
+	_, _, err := Diff(Local{a}, &changing{Local: Local{b}})
+	if !errors.Is(err, ErrInconsistent) {
+		t.Fatalf("got %v, want ErrInconsistent", err)
+	}
+	// Served from a snapshot taken before the exchange, it is consistent.
+	b = mustBuild(t, DefaultConfig(), m)
+	b.Insert("t", "only on b", Hash{1})
+	snap := b.Clone()
+	b.Insert("t", "later", Hash{2})
+	got, _, err := Diff(Local{a}, Local{snap})
+	if err != nil || !slices.Equal(got, []uint32{uint32(a.Bucket("t", "only on b"))}) {
+		t.Fatalf("snapshot diff: %v %v", got, err)
+	}
+}
