@@ -22,6 +22,9 @@
 //   - [Diff] compares two [Source]s breadth-first, one request-reply per
 //     side per level, descending only into differing subtrees, and returns
 //     the differing leaf buckets with what the exchange cost ([DiffStats]).
+//     It checks every level against the parents a side sent before, so a
+//     side that changes mid-exchange is [ErrInconsistent]; serve from a
+//     snapshot ([Tree.Clone]).
 //     A network Source can implement the same three methods over NATS
 //     request-reply.
 //   - [Tree.MarshalBinary] and [Decode] persist a tree: the non-empty
