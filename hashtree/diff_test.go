@@ -179,3 +179,65 @@ func TestDiffSideChangedDuringExchange(t *testing.T) {
 		t.Fatalf("snapshot diff: %v %v", got, err)
 	}
 }
+
+// bytesPeer answers an exchange from arbitrary bytes, as a broken or
+// hostile peer might: any number of hashes, any values.
+type bytesPeer struct {
+	cfg Config
+	b   []byte
+}
+
+func (p *bytesPeer) Config() Config { return p.cfg }
+
+func (p *bytesPeer) next() (Hash, bool) {
+	if len(p.b) < 16 {
+		return Hash{}, false
+	}
+	h := readHash(p.b)
+	p.b = p.b[16:]
+	return h, true
+}
+
+func (p *bytesPeer) Root() (Hash, error) {
+	h, _ := p.next()
+	return h, nil
+}
+
+func (p *bytesPeer) Children(dst []Hash, l int, parents []uint32) ([]Hash, error) {
+	if len(p.b) == 0 {
+		return dst, nil
+	}
+	n := int(p.b[0]) % (len(parents)*p.cfg.FanOut + 2) // sometimes the right count
+	p.b = p.b[1:]
+	for range n {
+		h, ok := p.next()
+		if !ok {
+			break
+		}
+		dst = append(dst, h)
+	}
+	return dst, nil
+}
+
+// FuzzDiffPeer: whatever a peer answers, Diff does not panic, and what it
+// returns are distinct leaf buckets in increasing order.
+func FuzzDiffPeer(f *testing.F) {
+	f.Add([]byte{}, uint8(0))
+	f.Add(make([]byte, 200), uint8(1))
+	f.Fuzz(func(t *testing.T, b []byte, shape uint8) {
+		cfg := []Config{{FanOut: 2, Depth: 1}, {FanOut: 2, Depth: 3}, {FanOut: 4, Depth: 2}}[int(shape)%3]
+		a := mustNew(t, cfg)
+		for i := range 20 {
+			a.Insert("t", fmt.Sprint(i), Hash{uint64(i)})
+		}
+		got, _, err := Diff(Local{a}, &bytesPeer{cfg, b})
+		if err != nil {
+			return
+		}
+		for i, bk := range got {
+			if int(bk) >= cfg.Leaves() || (i > 0 && got[i-1] >= bk) {
+				t.Fatalf("buckets %v", got)
+			}
+		}
+	})
+}
