@@ -715,3 +715,47 @@ func TestLifecycleProtocol1InTheMap(t *testing.T) {
 		})
 	}
 }
+
+// TestLifecycleReconcileBetweenReplaceSteps: replace changes two node
+// statuses before it stores Substitute(dead, new); a reconcile that runs
+// in between (here the new node's heartbeat, made at exactly that point)
+// must build the same target, not Claim one that moves live nodes' rows.
+func TestLifecycleReconcileBetweenReplaceSteps(t *testing.T) {
+	l := startLifecycle(t)
+	ctx := ctxT(t)
+	for _, id := range []string{"n1", "n2", "n3", "n4", "n5"} {
+		l.register(id, false)
+	}
+	l.transfer("n1", "n2", "n3", "n4", "n5")
+	l.tenant(3)
+	l.register("new", true)
+	before := l.placement()
+	l.kill("n2")
+	// The replace's status changes, as nodeReplace makes them.
+	md := l.c.Metadata()
+	if _, err := md.ChangeNodeStatus(ctx, "new", []string{"standby"}, "joining"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := md.ChangeNodeStatus(ctx, "n2", []string{"active"}, "leaving"); err != nil {
+		t.Fatal(err)
+	}
+	// The heartbeat of a joining node the map does not name reconciles.
+	l.register("new", true)
+	m := l.placement()
+	if m.Version() == before.Version() {
+		t.Fatal("the heartbeat stored no map")
+	}
+	var a, b []string
+	for p := range uint32(m.Partitions()) {
+		a, b = before.Owners(p, a), m.Target(p, b)
+		want := slices.Clone(a)
+		if j := slices.Index(want, "n2"); j >= 0 {
+			want[j] = "new"
+		}
+		if !slices.Equal(b, want) {
+			t.Fatalf("partition %d: target %v from %v; a reconcile mid-replace must swap n2 for new only", p, b, a)
+		}
+	}
+	l.transfer("new")
+	l.wantStatuses(map[string]string{"n1": "active", "n2": "left", "n3": "active", "n4": "active", "n5": "active", "new": "active"})
+}
