@@ -49,7 +49,11 @@ func getJSON(t *testing.T, nc *nats.Conn, tenant, key string) map[string]any {
 	t.Helper()
 	m := nats.NewMsg(subjects.Data(tenant, subjects.OpGet))
 	m.Header.Set(subjects.ContentType, subjects.JSONContentType)
-	m.Data = []byte(fmt.Sprintf(`{"key":%q,"consistency":"all"}`, key))
+	// A state at the cap is ~4 MB from each of three replicas, then base64
+	// in JSON: the coordinator's default 2 s ran out on a loaded CI machine
+	// (0 of 3 answered in time), so the read asks for 15 s, as the msgpack
+	// reads of the test do for 10 s; the wait covers it.
+	m.Data = []byte(fmt.Sprintf(`{"key":%q,"consistency":"all","timeout_ms":15000}`, key))
 	resp, err := nc.RequestMsg(m, 20*time.Second)
 	if err != nil {
 		t.Fatalf("JSON get: %v", err)
