@@ -95,6 +95,7 @@ type proc struct {
 	args    []string
 	ready   func() error // nil once the process serves; polled after a start
 	metrics string       // its /metrics URL, when it serves one
+	env     []string     // added to its environment ("QUORUMKV_X=v")
 	p       *proctest.Process
 	down    bool     // killed on purpose and not restarted yet
 	paused  bool     // SIGSTOPped and not yet continued
@@ -133,6 +134,10 @@ type cluster struct {
 	// Coordinator counters (hints, replica failures), summed over every
 	// incarnation: scraped before each kill and at the end.
 	counters map[string]float64
+
+	storageEnv, coordEnv []string        // environment of every storage node, coordinator (clusterConfig)
+	storageArgs          []string        // flags of every storage node (clusterConfig)
+	watch                *placementWatch // membership scenarios: the placement map's invariants
 }
 
 // clusterConfig sizes the deployment.
@@ -140,12 +145,18 @@ type clusterConfig struct {
 	storageNodes int
 	coordinators int
 	noRepair     bool // coordinators publish no repairs (sabotage)
+	// storageEnv is added to every storage node's environment, for
+	// settings read from QUORUMKV_ variables (an unknown one is ignored,
+	// so a test can name a setting that older binaries lack).
+	storageEnv  []string
+	coordEnv    []string // the same for every coordinator
+	storageArgs []string // flags added to every storage node's command line
 }
 
 func startCluster(t *testing.T, cfg clusterConfig) *cluster {
 	t.Helper()
 	proctest.Binary(t) // build first, outside every timed wait
-	c := &cluster{t: t, dir: t.TempDir(), snapshots: map[string]map[string][]subjects.DumpEntry{}, counters: map[string]float64{}}
+	c := &cluster{t: t, dir: t.TempDir(), snapshots: map[string]map[string][]subjects.DumpEntry{}, counters: map[string]float64{}, storageEnv: cfg.storageEnv, coordEnv: cfg.coordEnv, storageArgs: cfg.storageArgs}
 	c.startNATS()
 	c.startRedis()
 
@@ -369,14 +380,18 @@ func (c *cluster) connect(name string) (*nats.Conn, error) {
 }
 
 func (c *cluster) common() []string {
-	return []string{"--nats", c.url, "--log-format", "json", "--log-level", "warn"}
+	level := "warn"
+	if l := os.Getenv("QUORUMKV_FAULT_LOG_LEVEL"); l != "" {
+		level = l // e.g. info, to see what a process did before it failed
+	}
+	return []string{"--nats", c.url, "--log-format", "json", "--log-level", level}
 }
 
 func (c *cluster) newCoordinator(i int) *proc {
 	metrics := fmt.Sprintf("127.0.0.1:%d", freePort(c.t))
 	args := append([]string{"coordinator", "--metadata", "nats", "--idempotency", c.redisURL, "--redis-prefix", c.redisPrefix,
 		"--kv-replicas", "3", "--repair-replicas", "3", "--id", fmt.Sprintf("coord-%d", i), "--metrics", metrics}, c.common()...)
-	return &proc{name: fmt.Sprintf("coordinator-%d", i), args: args, metrics: "http://" + metrics + "/metrics", ready: func() error {
+	return &proc{name: fmt.Sprintf("coordinator-%d", i), args: args, env: c.coordEnv, metrics: "http://" + metrics + "/metrics", ready: func() error {
 		c.mu.Lock()
 		want := 0
 		for _, p := range c.coords {
@@ -408,8 +423,9 @@ func (c *cluster) newRepairWorker() *proc {
 
 func (c *cluster) newStorage(id string) *proc {
 	args := append([]string{"storage", "--id", id, "--data", filepath.Join(c.dir, id)}, c.common()...)
+	args = append(args, c.storageArgs...)
 	req, _ := msgpack.Marshal(&subjects.DumpRequest{Tenant: "none", Limit: 1})
-	return &proc{name: id, args: args, ready: func() error {
+	return &proc{name: id, args: args, env: c.storageEnv, ready: func() error {
 		_, err := c.nc.Request(subjects.StorageNode(id, subjects.NodeOpDump), req, 500*time.Millisecond)
 		return err
 	}}
@@ -423,7 +439,7 @@ func (c *cluster) start(p *proc) {
 	if p.p != nil {
 		p.past = append(p.past, p.p.Output())
 	}
-	p.p = proctest.Start(c.t, p.args...)
+	p.p = proctest.StartEnv(c.t, p.env, p.args...)
 	p.down, p.paused, p.crashed = false, false, false
 	c.mu.Unlock()
 	if p.ready != nil {

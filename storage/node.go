@@ -156,9 +156,12 @@ type Node struct {
 	eng *engine
 
 	replyLimit int // bytes of results per reply message, below the server's max payload
-	metrics    *metrics.Storage
-	writes     chan *nats.Msg     // queued write messages; set by Start
-	readSub    *nats.Subscription // its pending messages are the read queue; set by Start
+	// xferLimit paces every partition pull of this node together
+	// (Config.TransferRate; nil rate: none).
+	xferLimit *limiter
+	metrics   *metrics.Storage
+	writes    chan *nats.Msg     // queued write messages; set by Start
+	readSub   *nats.Subscription // its pending messages are the read queue; set by Start
 
 	overloadLog atomic.Int64 // unix nanos of the last "queue full" log
 
@@ -222,7 +225,7 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Node{cfg: cfg, log: log, eng: eng}, nil
+	return &Node{cfg: cfg, log: log, eng: eng, xferLimit: newLimiter(cfg.TransferRate, time.Now())}, nil
 }
 
 // ID is the node's id.

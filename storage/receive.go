@@ -28,9 +28,10 @@ import (
 // persisted cursors make a restart cheap), and stops with the node.
 
 const (
-	// xferWorkers is how many partitions are pulled at once; the rate cap
-	// is shared between them.
-	xferWorkers = 2
+	// xferWorkers is how many partitions are pulled at once. A pull of a
+	// small partition is a few round trips, so more than two keep the
+	// link busy; the rate cap (the node's one limiter) is shared by all.
+	xferWorkers = 4
 	// xferTries is how many times a source is asked before it is skipped
 	// as down for this round.
 	xferTries = 3
@@ -335,10 +336,6 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 			owners = append(owners, o)
 		}
 	}
-	rate := n.cfg.TransferRate
-	if rate > 0 {
-		rate = max(rate/xferWorkers, 1)
-	}
 	pulled := map[string]map[string]bool{} // source → tenants pulled to the end; "" = all
 	failed := map[string]bool{}            // sources skipped after their tries
 	var needed []string
@@ -365,7 +362,7 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 				genDone = true
 			}
 			work = true
-			err := n.pullTries(ctx, src.node, p, rate, m.Version(), ts)
+			err := n.pullTries(ctx, src.node, p, m.Version(), ts)
 			if ctx.Err() != nil {
 				return false
 			}
@@ -433,12 +430,12 @@ func notPulled(want []string, got map[string]bool) ([]string, bool) {
 
 // pullTries pulls p from src (tenants: nil for all), trying xferTries
 // times.
-func (n *Node) pullTries(ctx context.Context, src string, p uint32, rate int64, version uint64, tenants []string) error {
+func (n *Node) pullTries(ctx context.Context, src string, p uint32, version uint64, tenants []string) error {
 	var err error
 	for try := range xferTries {
 		var last TransferProgress
 		_, err = n.PullPartition(ctx, src, p, TransferOptions{
-			Rate: rate, MapVersion: version, Tenants: tenants,
+			MapVersion: version, Tenants: tenants, // Rate 0: the node's shared cap
 			Progress: func(pr TransferProgress) {
 				n.addProgress(pr.Bytes-last.Bytes, pr.Records-last.Records)
 				last = pr

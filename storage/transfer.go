@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
@@ -411,10 +412,13 @@ func (n *Node) PullPartition(ctx context.Context, from string, p uint32, opts Tr
 	if opts.Timeout <= 0 {
 		opts.Timeout = 10 * time.Second
 	}
-	rate := opts.Rate
-	if rate == 0 {
-		rate = n.cfg.TransferRate
+	// An explicit Rate paces this call alone; otherwise the node's shared
+	// limiter paces it together with every other pull.
+	lim := n.xferLimit
+	if opts.Rate != 0 {
+		lim = newLimiter(opts.Rate, time.Now())
 	}
+	var throttled time.Duration
 	if len(opts.Tenants) > 0 {
 		opts.Tenants = slices.Compact(slices.Sorted(slices.Values(opts.Tenants)))
 		if err := checkTenantFilter(opts.Tenants); err != nil {
@@ -436,7 +440,6 @@ func (n *Node) PullPartition(ctx context.Context, from string, p uint32, opts Tr
 	prog.Resumed, prog.Cursor = cursor != nil, cursor
 
 	start := time.Now()
-	lim := newLimiter(rate, start)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends a page still in flight
 	type page struct {
@@ -470,7 +473,7 @@ func (n *Node) PullPartition(ctx context.Context, from string, p uint32, opts Tr
 	}
 	report := func() {
 		prog.Elapsed = time.Since(start)
-		prog.Throttled = lim.throttled
+		prog.Throttled = throttled
 		if s := prog.Elapsed.Seconds(); s > 0 {
 			prog.Rate = float64(prog.Bytes) / s
 		}
@@ -496,13 +499,16 @@ func (n *Node) PullPartition(ctx context.Context, from string, p uint32, opts Tr
 			report()
 			return prog, err
 		}
+		// Ask for the next page while this one is merged, once the rate
+		// cap allows the bytes just received. The last page is accounted
+		// too: with the shared limiter the node's next pull waits for it.
+		d, err := lim.wait(ctx, pg.size)
+		throttled += d
+		if err != nil {
+			report()
+			return prog, err
+		}
 		if pg.rep.Cursor != nil {
-			// Ask for the next page while this one is merged, once the
-			// rate cap allows the bytes just received.
-			if err := lim.wait(ctx, pg.size); err != nil {
-				report()
-				return prog, err
-			}
 			next = ask(pg.rep.Cursor)
 		}
 		j := &localWrite{items: items, metaKey: key, metaValue: pg.rep.Cursor}
@@ -567,39 +573,47 @@ func (n *Node) transferWrites(rep *subjects.PartitionScanReply, p uint32, from s
 	return items, nil
 }
 
-// limiter paces a transfer to rate bytes per second: after b more bytes
+// limiter paces transfers to rate bytes per second: after b more bytes
 // the next request waits until every byte so far fits the rate since the
-// start, so a transfer of B bytes takes at least (B - its last page)/rate.
-// Time spent slower than the rate earns no credit, so no burst exceeds one
-// page.
+// start, so B bytes take at least (B - the last page)/rate. Time spent
+// slower than the rate earns no credit, so no burst exceeds one page. It
+// is safe for concurrent use: a node shares one among all its pulls
+// (Config.TransferRate caps them together), so the cap holds also for
+// many small pulls, each of one page, that would never wait on a limiter
+// of their own.
 type limiter struct {
-	rate      float64 // bytes per second; <= 0: none
-	next      time.Time
-	throttled time.Duration
+	rate float64 // bytes per second; <= 0: none
+	mu   sync.Mutex
+	next time.Time // guarded by mu
 }
 
 func newLimiter(rate int64, now time.Time) *limiter {
 	return &limiter{rate: float64(rate), next: now}
 }
 
-func (l *limiter) wait(ctx context.Context, b int) error {
-	if l.rate <= 0 {
-		return nil
+// wait accounts b bytes just received and blocks until they fit the rate;
+// it returns how long it held the caller back.
+func (l *limiter) wait(ctx context.Context, b int) (time.Duration, error) {
+	if l == nil || l.rate <= 0 {
+		return 0, nil
 	}
 	now := time.Now()
+	l.mu.Lock()
+	if l.next.Before(now) {
+		l.next = now
+	}
 	l.next = l.next.Add(time.Duration(float64(b) / l.rate * float64(time.Second)))
 	d := l.next.Sub(now)
+	l.mu.Unlock()
 	if d <= 0 {
-		l.next = now
-		return nil
+		return 0, nil
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
-		l.throttled += d
-		return nil
+		return d, nil
 	case <-ctx.Done():
-		return ctx.Err()
+		return 0, ctx.Err()
 	}
 }

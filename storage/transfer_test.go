@@ -585,3 +585,57 @@ func benchTransfer(b *testing.B, records, valueBytes int) {
 	b.SetBytes(bytes)
 	b.ReportMetric(float64(records)*float64(b.N)/b.Elapsed().Seconds(), "records/s")
 }
+
+// TestTransferRateSharedAcrossPulls: Config.TransferRate caps the node's
+// pulls together, also when each pull is one page (a small partition),
+// which a limiter per pull never held back: many concurrent one-page pulls
+// of B bytes in all take at least (B - one page per puller)/rate.
+func TestTransferRateSharedAcrossPulls(t *testing.T) {
+	s := natstest.RunServer(t)
+	const rate, pullers, parts = 256 << 10, 4, 64
+	startXfer(t, s, Config{NodeID: "a", DataDir: t.TempDir(), Partitions: parts}, func(e *engine) { fillMixed(t, e, 3000, 0, 100) })
+	b := startXfer(t, s, Config{NodeID: "b", DataDir: t.TempDir(), TransferRate: rate, Partitions: parts}, nil)
+	var (
+		mu      sync.Mutex
+		total   int64
+		maxPage int64
+		pages   int
+	)
+	next := make(chan uint32, parts)
+	for p := range uint32(parts) {
+		next <- p
+	}
+	close(next)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range pullers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range next {
+				pr, err := b.PullPartition(context.Background(), "a", p, TransferOptions{})
+				if err != nil || !pr.Done {
+					t.Errorf("pull %d: %+v %v", p, pr, err)
+					return
+				}
+				mu.Lock()
+				total += pr.Bytes
+				pages += pr.Pages
+				if pr.Pages > 0 {
+					maxPage = max(maxPage, pr.Bytes/int64(pr.Pages)+1)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if pages > parts*2 {
+		t.Fatalf("%d pages for %d partitions: the partitions are not small enough for this test", pages, parts)
+	}
+	floor := time.Duration(float64(total-pullers*2*maxPage) / rate * float64(time.Second))
+	if total < 4*rate/10 || elapsed < floor {
+		t.Fatalf("%d pulls of %d bytes in all at %d B/s took %v; the shared cap allows no less than %v", parts, total, rate, elapsed, floor)
+	}
+	t.Logf("%d bytes in %d pages at %d B/s: %v (floor %v)", total, pages, rate, elapsed, floor)
+}

@@ -189,6 +189,8 @@ func TestStorageMoveFlags(t *testing.T) {
 		{nil, map[string]string{"QUORUMKV_HANDOFF_GRACE": "-1s"}, "--handoff-grace -1s must be positive"},
 		{[]string{"--join=maybe"}, nil, "join"},
 		{nil, map[string]string{"QUORUMKV_JOIN": "perhaps"}, "JOIN"},
+		{[]string{"--heartbeat", "0s"}, nil, "--heartbeat 0s must be positive"},
+		{nil, map[string]string{"QUORUMKV_HEARTBEAT": "-2s"}, "--heartbeat -2s must be positive"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			for k, v := range tc.env {

@@ -191,6 +191,7 @@ func registerCoordinatorFlags(fs *flag.FlagSet, cfg *coordinator.Config) {
 	fs.DurationVar(&cfg.HintWindow, "hint-window", cfg.HintWindow, "after answering, how long to wait for the slower primaries before hinting them")
 	fs.Float64Var(&cfg.ReadRepairChance, "read-repair-chance", cfg.ReadRepairChance, "share of quorum reads that ask every primary, not only as many as the level needs, so read repair reaches them all (0..1)")
 	fs.DurationVar(&cfg.SpeculativeRetry, "speculative-retry", cfg.SpeculativeRetry, "how long a read waits for the primaries it asked before asking the others (0: adaptive, 4x the mean replica round trip, 5ms..200ms)")
+	fs.DurationVar(&cfg.NodeHeartbeat, "node-heartbeat", cfg.NodeHeartbeat, "the storage nodes' --heartbeat: node list shows a node silent for 3 of them as down, and only such a node may be replaced or force-removed")
 	fs.IntVar(&cfg.Partitions, "partitions", cfg.Partitions, "partition count Q of a new cluster (a power of two up to 65536); the first coordinator stores it and it never changes, so later values are ignored")
 }
 
@@ -287,6 +288,7 @@ func runStorage(args []string) error {
 	transferRate := fs.Float64("transfer-rate", float64(cfg.TransferRate)/(1<<20), "MiB per second a partition transfer into this node pulls at most; 0 = unlimited")
 	join := fs.Bool("join", true, "join the cluster at registration (a new node takes its share of partitions and streams them); false registers it standby until 'quorumkv node join ID'")
 	fs.DurationVar(&cfg.HandoffGrace, "handoff-grace", cfg.HandoffGrace, "how long a partition this node no longer owns is kept before it is handed off to its owners and dropped (reads at the older map finish meanwhile)")
+	fs.DurationVar(&cfg.Heartbeat, "heartbeat", cfg.Heartbeat, "how often the node re-registers with the coordinators; a node silent for 3 heartbeats shows as down (give coordinators the same --node-heartbeat)")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics (empty: off)")
 	var lf logFlags
 	lf.register(fs)
@@ -298,6 +300,9 @@ func runStorage(args []string) error {
 	}
 	if cfg.HandoffGrace <= 0 {
 		return usagef("--handoff-grace %v must be positive", cfg.HandoffGrace)
+	}
+	if cfg.Heartbeat <= 0 {
+		return usagef("--heartbeat %v must be positive", cfg.Heartbeat)
 	}
 	cfg.Hold = !*join
 	switch {

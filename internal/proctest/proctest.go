@@ -74,8 +74,18 @@ type Process struct {
 // Start runs `quorumkv args...`; tb.Cleanup kills it if it still runs.
 func Start(tb testing.TB, args ...string) *Process {
 	tb.Helper()
+	return StartEnv(tb, nil, args...)
+}
+
+// StartEnv is Start with env ("NAME=value") added to the test process's
+// environment, for settings a child reads from QUORUMKV_ variables.
+func StartEnv(tb testing.TB, env []string, args ...string) *Process {
+	tb.Helper()
 	p := &Process{tb: tb, args: args, out: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(Binary(tb), args...)
+	if len(env) > 0 {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		tb.Fatalf("proctest: start quorumkv %v: %v", args, err)
