@@ -196,6 +196,18 @@ func TestTallyJointLoss(t *testing.T) {
 			t.Errorf("%s: re-stamp decided at step %d, want %d", tc.name, got, tc.lostAt)
 		}
 	}
+	// Not moving: a loss, a failure, then an ack decide the re-stamp (the
+	// rows answered); await used to check only on a loss and waited out
+	// the deadline here.
+	st := tally{required: 2, total: 3, counted: cur}
+	st.lossFrom("A")
+	st.failFrom("B")
+	if st.lost() {
+		t.Fatal("stable: re-stamp decided with one answer of two")
+	}
+	if st.ackFrom("C") || !st.lost() {
+		t.Fatal("stable: loss, failure, ack: re-stamp not decided")
+	}
 	// A re-stamped write counts a loss as an ack: await passes it to
 	// ackFrom (lossIsAck), so it counts per row like any ack.
 	tl := tally{required: 2, total: 3, counted: cur, target: tgt, lossIsAck: true}
