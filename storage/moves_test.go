@@ -793,3 +793,48 @@ func TestTransferResumesAfterRestart(t *testing.T) {
 		t.Fatalf("status after the restart: %+v", st)
 	}
 }
+
+// TestNoMapRefusesFencedItems: a node that has no placement map yet (no
+// coordinator answered within MapWait) refuses fenced writes and reads
+// (not_owner: it may be a former owner that already dropped the partition,
+// and a stale coordinator must not count its "not found") and accepts
+// unfenced ones (version 0: repair, hints, handoff); once a map loads it
+// fences by it.
+func TestNoMapRefusesFencedItems(t *testing.T) {
+	s := natstest.RunServer(t)
+	a := startXfer(t, s, Config{NodeID: "a", DataDir: t.TempDir(), MapWait: 50 * time.Millisecond, MapPoll: 100 * time.Millisecond}, nil)
+	if a.Map() != nil {
+		t.Fatal("a has a map with no coordinator")
+	}
+	nc := natstest.Connect(t, s)
+	k := keysIn("lww", xferPart, xferQ, 3)
+	w := func(key string) subjects.NodeWrite {
+		return subjects.NodeWrite{Tenant: "lww", Key: key, LWW: version(7, "c1", "v-"+key)}
+	}
+	const noMap = subjects.KindNotOwner + ": node has no placement map yet"
+	if res := rawWrite(t, nc, "a", 2, 3, w(k[0])); res.Kind != subjects.KindNotOwner || res.Err != noMap {
+		t.Fatalf("fenced write without a map: %+v, want %q", res, noMap)
+	}
+	if rec, err := a.eng.read("lww", k[0]); err != nil || rec.LWW != nil {
+		t.Fatalf("a refused write was applied: %+v %v", rec, err)
+	}
+	if rd := rawRead(t, nc, "a", 2, 3, "lww", k[0]); rd.Err != noMap {
+		t.Fatalf("fenced read without a map: %+v, want %q", rd, noMap)
+	}
+	for _, proto := range []int{1, 2} {
+		key := k[proto]
+		if res := rawWrite(t, nc, "a", proto, 0, w(key)); res.Err != "" {
+			t.Fatalf("unfenced write (proto %d) without a map: %+v", proto, res)
+		}
+		if rd := rawRead(t, nc, "a", proto, 0, "lww", key); rd.Err != "" || rd.LWW == nil {
+			t.Fatalf("unfenced read (proto %d) without a map: %+v", proto, rd)
+		}
+	}
+	// A map loads: fenced items at its version are served.
+	m := claim(t, nil, "a")
+	newFakeCoord(t, s, m, false).set(m)
+	waitFor(t, 5*time.Second, "a to load the map", func() bool { return a.Map() != nil })
+	if res := rawWrite(t, nc, "a", 2, m.Version(), w(k[0])); res.Err != "" {
+		t.Fatalf("fenced write at the map's version: %+v", res)
+	}
+}

@@ -79,7 +79,7 @@ type Config struct {
 	// dropped (10s): in-flight reads at an older map still find it.
 	HandoffGrace time.Duration
 	// MapWait bounds the wait for the placement map at start (2s); the
-	// node serves unfenced until one loads. MapPoll is how often the map
+	// node refuses fenced items (not_owner) until one loads. MapPoll is how often the map
 	// is reloaded besides kv.v1.events.ring (5s).
 	MapWait, MapPoll time.Duration
 }
@@ -467,7 +467,7 @@ func (n *Node) applyWriteMsgs(msgs []*nats.Msg) {
 		}
 		counts[i] = len(b.Items)
 		n.sawVersion(b.MapVersion)
-		if m == nil || b.MapVersion == 0 { // unfenced: nothing to check, no hashing
+		if b.MapVersion == 0 { // unfenced: nothing to check, no hashing
 			items = append(items, b.Items...)
 			continue
 		}
@@ -551,7 +551,7 @@ func (n *Node) handleRead(m *nats.Msg) {
 		defer r.close()
 	}
 	refused := 0
-	fence := pm != nil && b.MapVersion != 0
+	fence := b.MapVersion != 0 // without a map (pm nil) every fenced item is refused
 	for i, it := range b.Items {
 		reply.Results[i].ID = it.ID
 		if fence {
