@@ -243,6 +243,11 @@ func (n *Node) start(nc *nats.Conn) error {
 	if n.closed {
 		return errors.New("storage: node closed")
 	}
+	// Before the transfer loop runs: cursors of an earlier run are not
+	// resumed (receive.go, forgetGenerations).
+	if err := n.eng.forgetGenerations(); err != nil {
+		return fmt.Errorf("storage: %w", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
 	n.nc, n.local, n.stopping = nc, make(chan *localWrite), ctx.Done()

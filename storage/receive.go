@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/quorumkv/quorumkv/ring"
@@ -569,10 +570,11 @@ func generationKey(p uint32) []byte {
 }
 
 // transferGeneration makes the persisted cursors of p ones made under
-// since: when they were made under another (the rows changed since, and
-// the node may have missed writes in between, for instance while down or
-// while it skipped a map that did not name it), it forgets them before
-// recording since, so the pulls start over.
+// since in this run of the node: when they were made under another (the
+// rows changed since, and the node may have missed writes in between,
+// for instance while it skipped a map that did not name it) or before the
+// node last started (forgetGenerations: it missed writes while down), it
+// forgets them before recording since, so the pulls start over.
 func (n *Node) transferGeneration(ctx context.Context, p uint32, since uint64) error {
 	n.readMu.RLock()
 	if n.readsClosed {
@@ -600,6 +602,28 @@ func (n *Node) transferGeneration(ctx context.Context, p uint32, since uint64) e
 		return err
 	}
 	return j.persistErr
+}
+
+// forgetGenerations deletes every partition's generation, so that the
+// transfer loop forgets a partition's persisted cursors before its first
+// pull in this run (transferGeneration). Called by start, before the
+// loop runs: while the node was down the writes sent to it as a pending
+// owner failed, also those to keys behind its cursors, so a restarted
+// receiver pulls each partition again from its start (merges are
+// idempotent). Within one run the cursors still resume a pull that a
+// source failure, or a new plan, interrupted. PullPartition called
+// directly keeps its cursors across restarts.
+func (e *engine) forgetGenerations() error {
+	lo := []byte{nsMeta, 'x', 'g', 'e', 'n'}
+	hi := []byte{nsMeta, 'x', 'g', 'e', 'o'}
+	opts := pebble.NoSync
+	if e.sync {
+		opts = pebble.Sync
+	}
+	if err := e.db.DeleteRange(lo, hi, opts); err != nil {
+		return fmt.Errorf("forget transfer generations: %w", err)
+	}
+	return nil
 }
 
 // regenJob asks the write loop to forget partition p's transfer cursors.
