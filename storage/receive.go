@@ -323,9 +323,10 @@ func (n *Node) runPlan(ctx context.Context, pl *plan) bool {
 // source that fails xferTries times in a row is skipped. When a source
 // answered for the first time, the tenant list is asked for again and the
 // tenants it adds are pulled too (planTenants). It reports whether every
-// needed tenant was pulled to the end from at least one source (every
-// other source of it skipped as unreachable, not stopped by ctx); a
-// partition that needs no tenant is done without a scan.
+// needed tenant was pulled to the end from coverage(RF) of its current
+// owners (the node counts when it is one: it holds its own writes);
+// otherwise the partition is retried next round. A partition that needs
+// no tenant is done without a scan.
 func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 	m := pl.m
 	if n.xfer.isDone(p, m.Since(p)) {
@@ -339,14 +340,16 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 	}
 	pulled := map[string]map[string]bool{} // source → tenants pulled to the end; "" = all
 	failed := map[string]bool{}            // sources skipped after their tries
-	var needed []string
-	known, genDone := false, false
+	var (
+		needed []string
+		rf     map[string]int // the tenant list of the last round; nil: unknown
+	)
+	genDone := false
 	const maxRounds = 4 // a round per newer tenant list; more only under a storm of tenant changes
 	for round := 0; round < maxRounds; round++ {
-		rf := n.tenantRF(ctx, pl, owners)
+		rf = n.tenantRF(ctx, pl, owners)
 		var sources []pullSource
 		sources, needed = pullPlan(m, p, n.cfg.NodeID, rf)
-		known = rf != nil
 		work := false
 		for _, src := range sources {
 			ts, ok := notPulled(src.tenants, pulled[src.node])
@@ -391,24 +394,46 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 			break
 		}
 	}
-	covered := func(t string) bool {
-		for _, got := range pulled {
-			if got[""] || got[t] {
-				return true
+	// Covered: pulled to the end from enough of the tenant's current
+	// owners that every write quorum among them meets them (coverage).
+	cur := m.Owners(p, nil)
+	have := func(t string, members []string) int {
+		k := 0
+		for _, o := range members {
+			if got := pulled[o]; o == n.cfg.NodeID || got[""] || got[t] {
+				k++ // this node holds its own writes
 			}
 		}
-		return false
+		return k
 	}
-	if !known && len(owners) > 0 && !covered("") {
-		return false // unknown RFs and no copy came in: retry the partition next round
+	if rf == nil {
+		if need := coverage(len(cur), len(cur)); have("", cur) < need {
+			n.log.Info("transfer: partition lacks sources; retrying next round", "partition", p, "pulled", have("", cur), "need", need, "of", cur)
+			return false
+		}
 	}
 	for _, t := range needed {
-		if !covered(t) {
-			return false // no source of t came through: retry next round
+		members := cur[:min(rf[t], len(cur))]
+		if need := coverage(rf[t], len(members)); have(t, members) < need {
+			n.log.Info("transfer: tenant lacks sources; retrying next round", "partition", p, "tenant", t, "pulled", have(t, members), "need", need, "of", members)
+			return false
 		}
 	}
 	n.markReceived(p, m.Since(p))
 	return true
+}
+
+// coverage is how many of a tenant's current owners (members of them, at
+// most) a receiver must pull it from, to the end, before the partition
+// counts as received: rf - quorum(rf) + 1, so that every quorum of rf
+// owners that acknowledged a write includes one of them. It assumes
+// writes at consistency quorum (or all): a write acknowledged at one by a
+// single owner is guaranteed only when every owner answered. With rf 3
+// a receiver needs 2 owners: replace, or remove --force, with one current
+// owner dead still finishes; with 2 of 3 dead the partition waits.
+// Without a tenant list rf is the row width: ceil(R/2) of R.
+func coverage(rf, members int) int {
+	return min(rf-(rf/2+1)+1, members)
 }
 
 // notPulled returns the tenants of want not in got (nil want: all, unless
