@@ -128,6 +128,9 @@ type plan struct {
 	// again by the next one.
 	down    sync.Map
 	tenants planTenants // tenants.go
+	// barrierMu holds a *sync.Mutex per source: one barrier scan per
+	// source and plan (barrier).
+	barrierMu sync.Map
 }
 
 // transferLoop runs plans until ctx ends: one for each map that changes
@@ -343,13 +346,31 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 	var (
 		needed []string
 		rf     map[string]int // the tenant list of the last round; nil: unknown
+		// settled: every owner was down or confirmed before rf was asked for
+		settled bool
 	)
 	genDone := false
 	const maxRounds = 4 // a round per newer tenant list; more only under a storm of tenant changes
 	for round := 0; round < maxRounds; round++ {
-		rf = n.tenantRF(ctx, pl, owners)
+		rf, settled = n.tenantRF(ctx, pl, owners)
 		var sources []pullSource
 		sources, needed = pullPlan(m, p, n.cfg.NodeID, rf)
+		if rf != nil && len(needed) == 0 {
+			if settled {
+				break // and rf names no tenant it needs
+			}
+			// Nothing to pull under this list; but a tenant created
+			// meanwhile may be on a source that has not installed m. A
+			// barrier scan confirms each source, and the next round's
+			// list (asked after it) re-plans the partition.
+			if err := n.barriers(ctx, pl, owners, p); err != nil {
+				if ctx.Err() == nil {
+					n.log.Warn("transfer: barrier scan failed; retrying next round", "partition", p, "err", err)
+				}
+				return false
+			}
+			continue
+		}
 		work := false
 		for _, src := range sources {
 			ts, ok := notPulled(src.tenants, pulled[src.node])
@@ -394,6 +415,9 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 			break
 		}
 	}
+	if rf != nil && len(needed) == 0 && !settled {
+		return false // the rounds ran out before the list after the barriers: next round
+	}
 	// Covered: pulled to the end from enough of the tenant's current
 	// owners that every write quorum among them meets them (coverage).
 	cur := m.Owners(p, nil)
@@ -434,6 +458,80 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 // Without a tenant list rf is the row width: ceil(R/2) of R.
 func coverage(rf, members int) int {
 	return min(rf-(rf/2+1)+1, members)
+}
+
+// barriers confirms each of owners (other than this node) that pl has
+// not confirmed and that is not known down with one barrier scan at pl's
+// map version, once per source per plan. It fails when a source answered
+// none of its tries for a reason other than being down.
+func (n *Node) barriers(ctx context.Context, pl *plan, owners []string, p uint32) error {
+	for _, o := range owners {
+		if err := n.barrier(ctx, pl, o, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// barrier confirms src with a scan of partition p at pl's map version,
+// asking for one record: the source answers only once it installed the
+// map (map_behind is retried), and from then on every write it accepts
+// comes from a coordinator that also sends it to this node.
+func (n *Node) barrier(ctx context.Context, pl *plan, src string, p uint32) error {
+	if src == n.cfg.NodeID {
+		return nil
+	}
+	mu, _ := pl.barrierMu.LoadOrStore(src, &sync.Mutex{})
+	mu.(*sync.Mutex).Lock() // one barrier per source: workers wait for it
+	defer mu.(*sync.Mutex).Unlock()
+	if _, down := pl.down.Load(src); down || pl.isConfirmed(src) {
+		return nil
+	}
+	rc, err := n.client()
+	if err != nil {
+		return err
+	}
+	for try := range xferTries {
+		err = n.barrierScan(ctx, rc, src, p, pl.m.Version())
+		if err == nil {
+			pl.confirm(src)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if try < xferTries-1 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Duration(200*(try+1)) * time.Millisecond):
+			}
+		}
+	}
+	if errors.Is(err, replica.ErrNodeDown) {
+		pl.down.Store(src, true)
+		n.log.Warn("transfer: skipping a source that is down", "from", src, "err", err)
+		return nil
+	}
+	return fmt.Errorf("storage: barrier scan of %s at map version %d: %w", src, pl.m.Version(), err)
+}
+
+// barrierScan asks src for one record of p at map version v, retrying
+// map_behind for up to 10s.
+func (n *Node) barrierScan(ctx context.Context, rc *replica.Client, src string, p uint32, v uint64) error {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for wait := 20 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		_, _, err := rc.ScanPartition(rctx, src, subjects.PartitionScan{Partitions: n.eng.q, Partition: p, Limit: 1, MapVersion: v})
+		if !errors.Is(err, &subjects.Error{Kind: subjects.KindMapBehind}) {
+			return err
+		}
+		select {
+		case <-time.After(wait):
+		case <-rctx.Done():
+			return err
+		}
+	}
 }
 
 // notPulled returns the tenants of want not in got (nil want: all, unless

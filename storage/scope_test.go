@@ -478,3 +478,48 @@ func TestTransferNeedsQuorumIntersection(t *testing.T) {
 		}
 	}
 }
+
+// TestTransferBarrierWithoutTenants: in a cluster with no tenant yet every
+// partition needs nothing, yet the receiver first confirms each source
+// with one barrier scan at the plan's map version (a record at most), and
+// then asks for the tenant list again: a tenant created meanwhile, written
+// to the sources by a coordinator still at the old map, is pulled.
+func TestTransferBarrierWithoutTenants(t *testing.T) {
+	s := natstest.RunServer(t)
+	m1 := claim(t, nil, "a", "b", "c")
+	f := newFakeCoord(t, s, m1, true)
+	asked := f.serveTenants(t, map[string]int{}, map[string]int{"late": 3})
+	spy := spyScans(t, s)
+	for _, id := range []string{"a", "b", "c"} {
+		startXfer(t, s, Config{NodeID: id, DataDir: t.TempDir()}, func(e *engine) { ownKeys(t, e, id, "late", 4) })
+	}
+	m2 := retarget(t, m1, "a", "b", "c", "d")
+	f.set(m2)
+	d := startXfer(t, s, Config{NodeID: "d", DataDir: t.TempDir(), MapPoll: 200 * time.Millisecond}, nil)
+	waitFor(t, 30*time.Second, "every partition to flip", func() bool { return moving(f.current()) == 0 })
+	for p := range uint32(xferQ) {
+		tgt := m2.Target(p, nil)
+		got := partRecords(t, d.eng, p)
+		for _, k := range keysIn("late", p, xferQ, 12) {
+			if _, has := got["late\x00"+k]; has != slices.Contains(tgt[:3], "d") {
+				t.Errorf("partition %d (target %v): d holds late/%s: %v", p, tgt, k, has)
+			}
+		}
+	}
+	if n := asked.Load(); n < 2 {
+		t.Errorf("the tenant list was asked for %d times, want again after the barriers", n)
+	}
+	spy.mu.Lock()
+	defer spy.mu.Unlock()
+	for _, src := range []string{"a", "b", "c"} {
+		barriers := 0
+		for _, sc := range spy.scans[src] {
+			if sc.Limit == 1 && sc.MapVersion == m2.Version() {
+				barriers++
+			}
+		}
+		if barriers == 0 || barriers > 2 {
+			t.Errorf("%s answered %d barrier scans, want one (a retry at most)", src, barriers)
+		}
+	}
+}
