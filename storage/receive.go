@@ -329,7 +329,9 @@ func (n *Node) runPlan(ctx context.Context, pl *plan) bool {
 // needed tenant was pulled to the end from coverage(RF) of its current
 // owners (the node counts when it is one: it holds its own writes);
 // otherwise the partition is retried next round. A partition that needs
-// no tenant is done without a scan.
+// no tenant is done once each of its current owners (but those known
+// down) answered a barrier scan at m's version and the tenant list asked
+// for after that still names no tenant it needs.
 func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 	m := pl.m
 	if n.xfer.isDone(p, m.Since(p)) {
