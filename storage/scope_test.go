@@ -523,3 +523,17 @@ func TestTransferBarrierWithoutTenants(t *testing.T) {
 		}
 	}
 }
+
+// TestCoverage: a tenant of RF r is received from r - (r/2+1) + 1 of its
+// current owners (every write quorum meets them), at most the owners
+// there are.
+func TestCoverage(t *testing.T) {
+	for _, tc := range []struct{ rf, members, want int }{
+		{1, 1, 1}, {2, 2, 1}, {3, 3, 2}, {4, 4, 2}, {5, 5, 3}, {7, 7, 4},
+		{3, 2, 2}, {5, 3, 3}, {0, 0, 0},
+	} {
+		if got := coverage(tc.rf, tc.members); got != tc.want {
+			t.Errorf("coverage(%d, %d) = %d, want %d", tc.rf, tc.members, got, tc.want)
+		}
+	}
+}
