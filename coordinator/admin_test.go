@@ -154,7 +154,7 @@ func TestTenantUpdateReachesEveryCoordinator(t *testing.T) {
 
 func TestNodeDrainAndRemove(t *testing.T) {
 	c := startCluster(t, 3)
-	ctx := ctxT(t)
+	ctx := ctxFor(t, drainWait+30*time.Second)
 	admin := client.NewAdmin(connect(t, c))
 	// Draining would leave 2 active nodes for an RF 3 tenant: refused.
 	_, err := admin.DrainNode(ctx, "node-3")
@@ -180,7 +180,7 @@ func TestNodeDrainAndRemove(t *testing.T) {
 	})
 	// Re-registration (the heartbeat) keeps a leaving node leaving, until
 	// its partitions streamed away: then it is left.
-	waitFor(t, 30*time.Second, func() error {
+	waitFor(t, drainWait, func() error {
 		nodes, _ := admin.ListNodes(ctx)
 		if len(nodes) != 3 || nodes[2].ID != "node-3" || nodes[2].Status != "left" {
 			return fmt.Errorf("nodes %+v", nodes)
@@ -262,7 +262,7 @@ func TestNodeRegisterWithoutEpoch(t *testing.T) {
 // operator re-admits it with node join.
 func TestNodeRemoveRefusals(t *testing.T) {
 	c := startCluster(t, 3)
-	ctx := ctxT(t)
+	ctx := ctxFor(t, 2*drainWait+30*time.Second) // a drain, and a join that streams back
 	nc := connect(t, c)
 	admin := client.NewAdmin(nc)
 	cur, _ := admin.GetTenant(ctx, "default")
@@ -272,7 +272,7 @@ func TestNodeRemoveRefusals(t *testing.T) {
 	if _, err := admin.DrainNode(ctx, "node-3"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, func() error {
+	waitFor(t, drainWait, func() error {
 		if n, err := c.Metadata().GetNode(ctx, "node-3"); err != nil || n.Status != "left" {
 			return fmt.Errorf("node-3: %+v %v", n, err)
 		}
@@ -316,7 +316,7 @@ func TestNodeRemoveRefusals(t *testing.T) {
 	if err := c.WaitForNodes(ctx, 3); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, func() error {
+	waitFor(t, drainWait, func() error {
 		if n, err := c.Metadata().GetNode(ctx, "node-3"); err != nil || n.Status != "active" {
 			return fmt.Errorf("node-3 after join: %+v %v", n, err)
 		}

@@ -63,7 +63,11 @@ func TestBatchOfLargeValuesSplitsUnderMaxPayload(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	c := startClusterWith(t, devcluster.Config{Nodes: 3, Metrics: reg})
 	kv := kvClient(t, c, "default")
-	ctx := ctxT(t)
+	// Each round sends 24 MiB to the replicas and reads as much back; a CI
+	// run under -race at load ~14 had a replica miss the 10 s a request had
+	// (an idle run takes 1 s a round). The test is about batch sizes, not
+	// latency: 30 s a request, and the context covers a few rounds.
+	ctx := ctxFor(t, 120*time.Second)
 	big := bytes.Repeat([]byte{7}, subjects.MaxValueBytes)
 	// Eight 1 MiB writes at once exceed the 4 MiB max payload as one batch,
 	// so the items queued for a node must leave in several batches, some
@@ -78,11 +82,11 @@ func TestBatchOfLargeValuesSplitsUnderMaxPayload(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				key := fmt.Sprintf("big-%d-%d", round, i)
-				if _, err := kv.Put(ctx, key, big, client.WithConsistency(subjects.All), client.WithTimeout(10*time.Second)); err != nil {
+				if _, err := kv.Put(ctx, key, big, client.WithConsistency(subjects.All), client.WithTimeout(30*time.Second)); err != nil {
 					errs <- fmt.Errorf("put %s: %w", key, err)
 					return
 				}
-				got, err := kv.Get(ctx, key, client.WithConsistency(subjects.All), client.WithTimeout(10*time.Second))
+				got, err := kv.Get(ctx, key, client.WithConsistency(subjects.All), client.WithTimeout(30*time.Second))
 				if err != nil || len(got.Value) != len(big) {
 					errs <- fmt.Errorf("get %s: %v", key, err)
 				}

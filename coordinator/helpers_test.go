@@ -68,6 +68,21 @@ func ctxT(tb testing.TB) context.Context {
 	return ctx
 }
 
+// ctxFor is ctxT with a budget of d, for a test that waits on partitions
+// streaming between real storage nodes (a drain): one such wait alone may
+// take most of 30 s on a loaded CI machine, and the test's later requests
+// must not inherit an expired context.
+func ctxFor(tb testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	tb.Cleanup(cancel)
+	return ctx
+}
+
+// drainWait bounds a drain's streaming until the node is left. On an idle
+// machine it takes a few seconds; a CI run of the whole suite under -race
+// at load ~14 took 25 s (TestNodeDrainAndRemove), so the bound is 60 s.
+const drainWait = 60 * time.Second
+
 // coordinatorConfigFastTTL makes cached tenants expire quickly, so tests
 // see the store being asked again.
 func coordinatorConfigFastTTL() coordinator.Config {

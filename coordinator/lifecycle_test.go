@@ -36,6 +36,10 @@ type lifecycle struct {
 
 	mu    sync.Mutex
 	alive map[string]bool // nodes the heartbeat loop keeps registering
+	// xfer is each node's last reported transfer progress, which its
+	// heartbeat carries, as a storage node's does (a registration stores
+	// the progress it carries: one without it clears the reported one).
+	xfer map[string]*subjects.TransferStatus
 }
 
 func startLifecycle(t *testing.T) *lifecycle { return startLifecycleOn(t, "") }
@@ -47,7 +51,7 @@ func startLifecycleOn(t *testing.T, md string) *lifecycle {
 	cfg := coordinator.Config{RingRefresh: time.Hour, NodeHeartbeat: lifecycleHeartbeat}
 	c := startClusterWith(t, devcluster.Config{Nodes: -1, Coordinators: 2, DefaultTenant: "-", Coordinator: cfg, Metadata: md})
 	nc := connect(t, c)
-	l := &lifecycle{t: t, c: c, nc: nc, admin: client.NewAdmin(nc), alive: map[string]bool{}}
+	l := &lifecycle{t: t, c: c, nc: nc, admin: client.NewAdmin(nc), alive: map[string]bool{}, xfer: map[string]*subjects.TransferStatus{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go l.heartbeats(ctx, done)
@@ -73,13 +77,31 @@ func (l *lifecycle) heartbeats(ctx context.Context, done chan struct{}) {
 		}
 		l.mu.Unlock()
 		for _, id := range ids {
-			req := subjects.NodeRequest{NodeID: id, Epoch: 1, Protocol: subjects.NodeProtocolVersion}
-			if _, err := client.NewAdmin(l.nc).Register(ctx, req); err != nil && ctx.Err() == nil &&
-				!errors.Is(err, client.ErrConflict) {
+			if err := l.heartbeat(ctx, id); err != nil && ctx.Err() == nil && !errors.Is(err, client.ErrConflict) {
 				l.t.Logf("heartbeat of %s: %v", id, err)
 			}
 		}
 	}
+}
+
+// heartbeat sends one heartbeat of id, with its last reported progress.
+func (l *lifecycle) heartbeat(ctx context.Context, id string) error {
+	l.mu.Lock()
+	req := subjects.NodeRequest{NodeID: id, Epoch: 1, Protocol: subjects.NodeProtocolVersion, Transfer: l.xfer[id]}
+	l.mu.Unlock()
+	_, err := client.NewAdmin(l.nc).Register(ctx, req)
+	return err
+}
+
+// report sends a transfer report, and keeps its progress for id's
+// heartbeats.
+func (l *lifecycle) report(ctx context.Context, rep subjects.TransferReport) (*subjects.PlacementReply, error) {
+	if rep.Status != nil {
+		l.mu.Lock()
+		l.xfer[rep.NodeID] = rep.Status
+		l.mu.Unlock()
+	}
+	return l.admin.ReportTransfer(ctx, rep)
 }
 
 // register registers node id (protocol 2 unless proto says otherwise) and
@@ -174,7 +196,7 @@ func (l *lifecycle) transfer(ids ...string) *ring.Map {
 				continue
 			}
 			st := &subjects.TransferStatus{MapVersion: m.Version(), PartitionsDone: len(ps), PartitionsTotal: len(ps), Bytes: 1000, Updated: time.Now()}
-			if _, err := l.admin.ReportTransfer(ctxT(l.t), subjects.TransferReport{NodeID: id, MapVersion: m.Version(), Done: ps, Status: st}); err != nil {
+			if _, err := l.report(ctxT(l.t), subjects.TransferReport{NodeID: id, MapVersion: m.Version(), Done: ps, Status: st}); err != nil {
 				l.t.Fatalf("transfer report of %s: %v", id, err)
 			}
 		}
@@ -246,12 +268,17 @@ func TestLifecycleGrowAndShrink(t *testing.T) {
 		t.Fatal("n4 receives nothing")
 	}
 	st := &subjects.TransferStatus{MapVersion: m.Version(), PartitionsDone: 1, PartitionsTotal: len(ps), Bytes: 4096, Keys: 7, RateBytes: 2048, Updated: time.Now()}
-	after, err := l.admin.ReportTransfer(ctx, subjects.TransferReport{NodeID: "n4", MapVersion: m.Version(), Done: ps[:1], Status: st})
+	after, err := l.report(ctx, subjects.TransferReport{NodeID: "n4", MapVersion: m.Version(), Done: ps[:1], Status: st})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if after.Version != m.Version()+1 {
 		t.Fatalf("a transfer report answered map version %d, want %d", after.Version, m.Version()+1)
+	}
+	// A heartbeat comes between the report and the node list (on a loaded
+	// machine one often did); the progress it carries is what list shows.
+	if err := l.heartbeat(ctx, "n4"); err != nil {
+		t.Fatal(err)
 	}
 	list, err := l.admin.ListNodes(ctx)
 	if err != nil {
@@ -714,4 +741,48 @@ func TestLifecycleProtocol1InTheMap(t *testing.T) {
 			return nil
 		})
 	}
+}
+
+// TestLifecycleReconcileBetweenReplaceSteps: replace changes two node
+// statuses before it stores Substitute(dead, new); a reconcile that runs
+// in between (here the new node's heartbeat, made at exactly that point)
+// must build the same target, not Claim one that moves live nodes' rows.
+func TestLifecycleReconcileBetweenReplaceSteps(t *testing.T) {
+	l := startLifecycle(t)
+	ctx := ctxT(t)
+	for _, id := range []string{"n1", "n2", "n3", "n4", "n5"} {
+		l.register(id, false)
+	}
+	l.transfer("n1", "n2", "n3", "n4", "n5")
+	l.tenant(3)
+	l.register("new", true)
+	before := l.placement()
+	l.kill("n2")
+	// The replace's status changes, as nodeReplace makes them.
+	md := l.c.Metadata()
+	if _, err := md.ChangeNodeStatus(ctx, "new", []string{"standby"}, "joining"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := md.ChangeNodeStatus(ctx, "n2", []string{"active"}, "leaving"); err != nil {
+		t.Fatal(err)
+	}
+	// The heartbeat of a joining node the map does not name reconciles.
+	l.register("new", true)
+	m := l.placement()
+	if m.Version() == before.Version() {
+		t.Fatal("the heartbeat stored no map")
+	}
+	var a, b []string
+	for p := range uint32(m.Partitions()) {
+		a, b = before.Owners(p, a), m.Target(p, b)
+		want := slices.Clone(a)
+		if j := slices.Index(want, "n2"); j >= 0 {
+			want[j] = "new"
+		}
+		if !slices.Equal(b, want) {
+			t.Fatalf("partition %d: target %v from %v; a reconcile mid-replace must swap n2 for new only", p, b, a)
+		}
+	}
+	l.transfer("new")
+	l.wantStatuses(map[string]string{"n1": "active", "n2": "left", "n3": "active", "n4": "active", "n5": "active", "new": "active"})
 }

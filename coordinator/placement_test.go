@@ -105,7 +105,7 @@ func TestPlacementFollowsMembership(t *testing.T) {
 	// A heartbeat of an active node reads the map, never claims one.
 	nc := connect(t, c)
 	for _, n := range list {
-		if _, e := register(t, nc, subjects.NodeRequest{NodeID: n.ID, Epoch: n.Epoch}); e != nil {
+		if _, e := register(t, nc, subjects.NodeRequest{NodeID: n.ID, Epoch: n.Epoch, Protocol: subjects.NodeProtocolVersion}); e != nil {
 			t.Fatal(e)
 		}
 	}
@@ -181,7 +181,7 @@ func TestPlacementFollowsMembership(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, e := register(t, nc, subjects.NodeRequest{NodeID: "node-4", Epoch: n4.Epoch}); e != nil {
+	if _, e := register(t, nc, subjects.NodeRequest{NodeID: "node-4", Epoch: n4.Epoch, Protocol: subjects.NodeProtocolVersion}); e != nil {
 		t.Fatal(e)
 	}
 	if info, _ := admin.PlacementInfo(ctx); info.Version != m3.Version() {

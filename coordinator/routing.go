@@ -415,6 +415,18 @@ func (r *routing) reconcile(ctx context.Context) (changed bool, err error) {
 				return nil, nil
 			}
 		}
+		if dead, repl, ok := swapShape(cur, ids, nodes); ok && rf > 0 {
+			// A replace (nodeReplace) changes two statuses and then
+			// stores Substitute(dead, repl); a reconcile that runs between
+			// (the new node's heartbeat, another coordinator's refresh)
+			// sees the same node set and must build the same target, or
+			// it would Claim one that moves rows of live nodes too.
+			target, err := cur.m.Substitute(dead, repl)
+			if err != nil {
+				return nil, fmt.Errorf("substitute %s for %s: %w", repl, dead, err)
+			}
+			return cur.m.Retarget(target, cur.version+1)
+		}
 		return retargetTo(cur, ids, rf == 0)
 	})
 	if err != nil {
@@ -428,6 +440,45 @@ func (r *routing) reconcile(ctx context.Context) (changed bool, err error) {
 		return changed, err
 	}
 	return changed, nil
+}
+
+// swapShape reports whether the node set ids differs from cur's target
+// by exactly one swap: one target node now leaving (dead) for one node
+// the map names nowhere (repl), the shape a replace leaves behind. The
+// next target is then Substitute(dead, repl), whoever stores it: exactly
+// dead's rows move, and only to repl.
+func swapShape(cur *placement, ids []string, nodes []metadata.Node) (dead, repl string, ok bool) {
+	if cur.nodes == 0 {
+		return "", "", false
+	}
+	tn := cur.m.TargetNodes()
+	if len(tn) != len(ids) {
+		return "", "", false
+	}
+	for _, id := range tn {
+		if !slices.Contains(ids, id) {
+			if dead != "" {
+				return "", "", false
+			}
+			dead = id
+		}
+	}
+	for _, id := range ids {
+		if !slices.Contains(tn, id) {
+			if repl != "" {
+				return "", "", false
+			}
+			repl = id
+		}
+	}
+	if dead == "" || repl == "" || cur.m.HasNode(repl) {
+		return "", "", false
+	}
+	i := slices.IndexFunc(nodes, func(n metadata.Node) bool { return n.ID == dead })
+	if i < 0 || nodes[i].Status != metadata.NodeLeaving {
+		return "", "", false
+	}
+	return dead, repl, true
 }
 
 // warnOnce logs msg the first time in a row it is reported; any other

@@ -49,7 +49,11 @@ func getJSON(t *testing.T, nc *nats.Conn, tenant, key string) map[string]any {
 	t.Helper()
 	m := nats.NewMsg(subjects.Data(tenant, subjects.OpGet))
 	m.Header.Set(subjects.ContentType, subjects.JSONContentType)
-	m.Data = []byte(fmt.Sprintf(`{"key":%q,"consistency":"all"}`, key))
+	// A state at the cap is ~4 MB from each of three replicas, then base64
+	// in JSON: the coordinator's default 2 s ran out on a loaded CI machine
+	// (0 of 3 answered in time), so the read asks for 15 s, as the msgpack
+	// reads of the test do for 10 s; the wait covers it.
+	m.Data = []byte(fmt.Sprintf(`{"key":%q,"consistency":"all","timeout_ms":15000}`, key))
 	resp, err := nc.RequestMsg(m, 20*time.Second)
 	if err != nil {
 		t.Fatalf("JSON get: %v", err)
@@ -83,7 +87,10 @@ func TestSiblingsStateCap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := ctxT(t)
+	// Some twenty requests of megabytes each: 9 s idle, over 30 s under
+	// -race with the machine's two cores busy, so the test's context (which
+	// every request waits on) has 120 s.
+	ctx := ctxFor(t, 120*time.Second)
 	capBytes := subjects.MaxStateBytes(nc.MaxPayload())
 	if capBytes < subjects.MaxValueBytes {
 		t.Fatalf("cap %d under max payload %d does not hold one value", capBytes, nc.MaxPayload())
@@ -163,8 +170,11 @@ func TestSiblingsStateCap(t *testing.T) {
 		t.Fatalf("resolve at the cap: %v", err)
 	}
 	got, err = kv.Get(ctx, "k", all)
-	if err != nil || len(got.Siblings) != 0 || !slices.Equal(got.Value, first) {
-		t.Fatalf("resolved: %v, %d siblings", err, len(got.Siblings))
+	if err != nil {
+		t.Fatalf("resolved: %v", err)
+	}
+	if len(got.Siblings) != 0 || !slices.Equal(got.Value, first) {
+		t.Fatalf("resolved: %d siblings", len(got.Siblings))
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -155,6 +156,9 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		}
 	}
 	if err := c.WaitForNodes(ctx, cfg.Nodes); err != nil {
+		return nil, err
+	}
+	if err := c.waitSettled(ctx, cfg.Nodes); err != nil {
 		return nil, err
 	}
 	if _, err := c.StartRepairWorker(ctx); err != nil {
@@ -433,6 +437,53 @@ func (c *Cluster) WaitForNodes(ctx context.Context, n int) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// waitSettled waits until the records of the n nodes Start started say
+// active and no coordinator's map moves a partition: a test starts on a
+// cluster in no transition, whose requests are neither fenced nor retried
+// (on a fresh cluster that holds at once, as nodes registering before the
+// first tenant enter the map together; on a restarted one it may take the
+// last transfers).
+func (c *Cluster) waitSettled(ctx context.Context, n int) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		why := c.unsettled(ctx, n)
+		if why == "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the cluster to settle: %s: %w", why, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// unsettled says why the cluster is not settled yet, or "".
+func (c *Cluster) unsettled(ctx context.Context, n int) string {
+	for i := 1; i <= n; i++ {
+		nd, err := c.stores.Metadata.GetNode(ctx, NodeID(i))
+		if err != nil {
+			return fmt.Sprintf("node %s: %v", NodeID(i), err)
+		}
+		if nd.Status != metadata.NodeActive {
+			return fmt.Sprintf("node %s is %s", nd.ID, nd.Status)
+		}
+	}
+	c.mu.Lock()
+	coords := slices.Clone(c.coords)
+	c.mu.Unlock()
+	for i, co := range coords {
+		m := co.Placement()
+		for p := range uint32(m.Partitions()) {
+			if m.Moving(p) {
+				return fmt.Sprintf("coordinator %d's map version %d moves partition %d", i, m.Version(), p)
+			}
+		}
+	}
+	return ""
 }
 
 func (c *Cluster) ensureTenant(ctx context.Context, id string, rf int) error {
