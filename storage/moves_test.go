@@ -746,7 +746,8 @@ func TestHandoffThenDrop(t *testing.T) {
 }
 
 // TestTransferResumesAfterRestart: a receiver stopped during its transfer
-// keeps its cursors and, started again, finishes from them.
+// has persisted cursors and, started again, finishes the transfer (pulling
+// its partitions again from their start: TestTransferRestartPullsAgain).
 func TestTransferResumesAfterRestart(t *testing.T) {
 	s := natstest.RunServer(t)
 	m1 := claim(t, nil, "a")
@@ -791,5 +792,146 @@ func TestTransferResumesAfterRestart(t *testing.T) {
 	}
 	if st := c.TransferStatus(); st == nil || st.PartitionsDone != st.PartitionsTotal {
 		t.Fatalf("status after the restart: %+v", st)
+	}
+}
+
+// TestNoMapRefusesFencedItems: a node that has no placement map yet (no
+// coordinator answered within MapWait) refuses fenced writes and reads
+// (not_owner: it may be a former owner that already dropped the partition,
+// and a stale coordinator must not count its "not found") and accepts
+// unfenced ones (version 0: repair, hints, handoff); once a map loads it
+// fences by it.
+func TestNoMapRefusesFencedItems(t *testing.T) {
+	s := natstest.RunServer(t)
+	a := startXfer(t, s, Config{NodeID: "a", DataDir: t.TempDir(), MapWait: 50 * time.Millisecond, MapPoll: 100 * time.Millisecond}, nil)
+	if a.Map() != nil {
+		t.Fatal("a has a map with no coordinator")
+	}
+	nc := natstest.Connect(t, s)
+	k := keysIn("lww", xferPart, xferQ, 3)
+	w := func(key string) subjects.NodeWrite {
+		return subjects.NodeWrite{Tenant: "lww", Key: key, LWW: version(7, "c1", "v-"+key)}
+	}
+	const noMap = subjects.KindNotOwner + ": node has no placement map yet"
+	if res := rawWrite(t, nc, "a", 2, 3, w(k[0])); res.Kind != subjects.KindNotOwner || res.Err != noMap {
+		t.Fatalf("fenced write without a map: %+v, want %q", res, noMap)
+	}
+	if rec, err := a.eng.read("lww", k[0]); err != nil || rec.LWW != nil {
+		t.Fatalf("a refused write was applied: %+v %v", rec, err)
+	}
+	if rd := rawRead(t, nc, "a", 2, 3, "lww", k[0]); rd.Err != noMap {
+		t.Fatalf("fenced read without a map: %+v, want %q", rd, noMap)
+	}
+	for _, proto := range []int{1, 2} {
+		key := k[proto]
+		if res := rawWrite(t, nc, "a", proto, 0, w(key)); res.Err != "" {
+			t.Fatalf("unfenced write (proto %d) without a map: %+v", proto, res)
+		}
+		if rd := rawRead(t, nc, "a", proto, 0, "lww", key); rd.Err != "" || rd.LWW == nil {
+			t.Fatalf("unfenced read (proto %d) without a map: %+v", proto, rd)
+		}
+	}
+	// A map loads: fenced items at its version are served.
+	m := claim(t, nil, "a")
+	newFakeCoord(t, s, m, false).set(m)
+	waitFor(t, 5*time.Second, "a to load the map", func() bool { return a.Map() != nil })
+	if res := rawWrite(t, nc, "a", 2, m.Version(), w(k[0])); res.Err != "" {
+		t.Fatalf("fenced write at the map's version: %+v", res)
+	}
+}
+
+// TestTransferRestartPullsAgain: a receiver restarted mid-transfer missed
+// the writes sent to it while it was down, also to keys behind its
+// persisted cursors, so it forgets its cursors at start and pulls its
+// partitions again from their start: after the restart it holds the
+// newest version of every key, overwritten on the source while it was
+// stopped.
+func TestTransferRestartPullsAgain(t *testing.T) {
+	s := natstest.RunServer(t)
+	m1 := claim(t, nil, "a")
+	f := newFakeCoord(t, s, m1, true)
+	const keys = 24000
+	a := startXfer(t, s, Config{NodeID: "a", DataDir: t.TempDir()}, func(e *engine) { fillMixed(t, e, keys, 0, 20) }) // ~1500 a partition: pages of 1000
+	m2 := retarget(t, m1, "a", "c")
+	f.set(m2)
+	slow := Config{NodeID: "c", DataDir: t.TempDir(), TransferRate: 64 << 10, MapPoll: 200 * time.Millisecond}
+	c := startXfer(t, s, slow, nil)
+	waitFor(t, 20*time.Second, "part of the transfer", func() bool {
+		st := c.TransferStatus()
+		return st != nil && st.Keys >= 1000 // a first page merged: its cursor persisted
+	})
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if moving(f.current()) == 0 {
+		t.Fatal("the transfer finished before the restart; slow it down")
+	}
+	// While c is down every key is overwritten on a (the copies sent to
+	// c, a pending owner, fail).
+	nc := natstest.Connect(t, s)
+	var batch []subjects.NodeWrite
+	send := func() {
+		data, err := msgpack.Marshal(&subjects.NodeWriteBatch{Proto: subjects.NodeProtocolVersion, Items: batch, MapVersion: m2.Version()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, err := nc.Request(subjects.StorageNode("a", subjects.NodeOpWrite), data, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rep subjects.NodeWriteReply
+		if err := wire.UnmarshalNodeWriteReply(msg.Data, &rep); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rep.Results {
+			if r.Err != "" {
+				t.Fatalf("overwrite on a: %+v", r)
+			}
+		}
+		batch = batch[:0]
+	}
+	// Partitions that flipped before the stop have c as a current owner:
+	// writes it missed there are repair's, not the transfer's; leave them.
+	stopped := f.current()
+	for i := range keys {
+		k := fmt.Sprintf("key-%d", i)
+		if !stopped.Moving(ring.Partition("lww", k, xferQ)) {
+			continue
+		}
+		batch = append(batch, subjects.NodeWrite{Tenant: "lww", Key: k, LWW: version(uint64(100_000+i), "c2", "new")})
+		if len(batch) == 500 {
+			send()
+		}
+	}
+	if len(batch) > 0 {
+		send()
+	}
+	cursors := 0
+	fastCfg := slow
+	fastCfg.TransferRate = Unlimited
+	c = startXfer(t, s, fastCfg, func(e *engine) {
+		for p := range uint32(xferQ) {
+			if cur, err := e.getMeta(transferKey(p, "a")); err == nil && cur != nil {
+				cursors++
+			}
+		}
+	})
+	if cursors == 0 {
+		t.Fatal("no transfer cursor persisted at the stop")
+	}
+	waitFor(t, 30*time.Second, "every partition to flip", func() bool { return moving(f.current()) == 0 })
+	for p := range uint32(xferQ) {
+		if !stopped.Moving(p) {
+			continue
+		}
+		src, got := partRecords(t, a.eng, p), partRecords(t, c.eng, p)
+		for k, want := range src {
+			if string(want.LWW.Value) != "new" {
+				t.Fatalf("%q on a is %+v, not overwritten", k, want)
+			}
+			if !sameRecord(got[k], want) {
+				t.Fatalf("%q of partition %d on c is %+v, want %+v (a key behind a resumed cursor was not pulled again)", k, p, got[k], want)
+			}
+		}
 	}
 }

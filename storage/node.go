@@ -79,7 +79,7 @@ type Config struct {
 	// dropped (10s): in-flight reads at an older map still find it.
 	HandoffGrace time.Duration
 	// MapWait bounds the wait for the placement map at start (2s); the
-	// node serves unfenced until one loads. MapPoll is how often the map
+	// node refuses fenced items (not_owner) until one loads. MapPoll is how often the map
 	// is reloaded besides kv.v1.events.ring (5s).
 	MapWait, MapPoll time.Duration
 }
@@ -242,6 +242,11 @@ func (n *Node) start(nc *nats.Conn) error {
 	defer n.mu.Unlock()
 	if n.closed {
 		return errors.New("storage: node closed")
+	}
+	// Before the transfer loop runs: cursors of an earlier run are not
+	// resumed (receive.go, forgetGenerations).
+	if err := n.eng.forgetGenerations(); err != nil {
+		return fmt.Errorf("storage: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
@@ -467,7 +472,7 @@ func (n *Node) applyWriteMsgs(msgs []*nats.Msg) {
 		}
 		counts[i] = len(b.Items)
 		n.sawVersion(b.MapVersion)
-		if m == nil || b.MapVersion == 0 { // unfenced: nothing to check, no hashing
+		if b.MapVersion == 0 { // unfenced: nothing to check, no hashing
 			items = append(items, b.Items...)
 			continue
 		}
@@ -551,7 +556,7 @@ func (n *Node) handleRead(m *nats.Msg) {
 		defer r.close()
 	}
 	refused := 0
-	fence := pm != nil && b.MapVersion != 0
+	fence := b.MapVersion != 0 // without a map (pm nil) every fenced item is refused
 	for i, it := range b.Items {
 		reply.Results[i].ID = it.ID
 		if fence {

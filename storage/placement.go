@@ -25,8 +25,12 @@ import (
 // a write or read for partition p whose sender's map version is below
 // Since(p): that sender routes by owners that changed since. A scan naming
 // a version the node has not installed yet is answered map_behind. Version
-// 0 is unfenced (repair, hints, handoff), and so is every request while
-// the node has no map yet.
+// 0 is unfenced (repair, hints, handoff). A node with no map yet refuses
+// every fenced item (not_owner, "node has no placement map yet"): it may
+// be a former owner that already dropped the partition and restarted, and
+// a stale coordinator must not count its empty answer as "not found"; the
+// coordinator reloads its map and retries (elsewhere, or here once this
+// node loaded the map).
 
 // Map returns the placement map the node fences by, nil until it loaded
 // one.
@@ -57,16 +61,23 @@ func (n *Node) sawVersion(v uint64) {
 }
 
 // fenced reports why an item of partition p from a sender at map version
-// v must be refused ("" when it is accepted).
+// v must be refused ("" when it is accepted). m nil: the node has no map
+// yet, and refuses every fenced item.
 func fenced(m *ring.Map, p uint32, v uint64) string {
-	if v == 0 || m == nil {
+	if v == 0 {
 		return ""
+	}
+	if m == nil {
+		return errNoMapYet
 	}
 	if since := m.Since(p); v < since {
 		return subjects.NotOwnerError(p, since, v)
 	}
 	return ""
 }
+
+// errNoMapYet is the Err of an item refused because the node has no map.
+const errNoMapYet = subjects.KindNotOwner + ": node has no placement map yet"
 
 // errNoMap is loadMap's answer when the coordinators have no map yet.
 var errNoMap = errors.New("storage: the coordinators have no placement map yet")
@@ -140,16 +151,16 @@ func (n *Node) install(m *ring.Map) {
 }
 
 // initialMap loads the map before the node serves writes, waiting at most
-// MapWait; without an answer the node starts unfenced and the map loop
-// keeps asking.
+// MapWait; without an answer the node starts without one (refusing fenced
+// items, accepting unfenced ones) and the map loop keeps asking.
 func (n *Node) initialMap(ctx context.Context) {
 	m, err := n.loadMap(ctx, n.cfg.MapWait)
 	switch {
 	case errors.Is(err, errNoMap):
 	case errors.Is(err, nats.ErrNoResponders):
-		n.log.Info("no coordinator answers yet: serving unfenced until the placement map loads")
+		n.log.Info("no coordinator answers yet: refusing fenced requests until the placement map loads")
 	case err != nil:
-		n.log.Warn("no placement map at start: serving unfenced until one loads", "err", err)
+		n.log.Warn("no placement map at start: refusing fenced requests until one loads", "err", err)
 	default:
 		n.install(m)
 	}

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/quorumkv/quorumkv/ring"
@@ -127,6 +128,9 @@ type plan struct {
 	// again by the next one.
 	down    sync.Map
 	tenants planTenants // tenants.go
+	// barrierMu holds a *sync.Mutex per source: one barrier scan per
+	// source and plan (barrier).
+	barrierMu sync.Map
 }
 
 // transferLoop runs plans until ctx ends: one for each map that changes
@@ -322,9 +326,12 @@ func (n *Node) runPlan(ctx context.Context, pl *plan) bool {
 // source that fails xferTries times in a row is skipped. When a source
 // answered for the first time, the tenant list is asked for again and the
 // tenants it adds are pulled too (planTenants). It reports whether every
-// needed tenant was pulled to the end from at least one source (every
-// other source of it skipped as unreachable, not stopped by ctx); a
-// partition that needs no tenant is done without a scan.
+// needed tenant was pulled to the end from coverage(RF) of its current
+// owners (the node counts when it is one: it holds its own writes);
+// otherwise the partition is retried next round. A partition that needs
+// no tenant is done once each of its current owners (but those known
+// down) answered a barrier scan at m's version and the tenant list asked
+// for after that still names no tenant it needs.
 func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 	m := pl.m
 	if n.xfer.isDone(p, m.Since(p)) {
@@ -338,14 +345,34 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 	}
 	pulled := map[string]map[string]bool{} // source → tenants pulled to the end; "" = all
 	failed := map[string]bool{}            // sources skipped after their tries
-	var needed []string
-	known, genDone := false, false
+	var (
+		needed []string
+		rf     map[string]int // the tenant list of the last round; nil: unknown
+		// settled: every owner was down or confirmed before rf was asked for
+		settled bool
+	)
+	genDone := false
 	const maxRounds = 4 // a round per newer tenant list; more only under a storm of tenant changes
 	for round := 0; round < maxRounds; round++ {
-		rf := n.tenantRF(ctx, pl, owners)
+		rf, settled = n.tenantRF(ctx, pl, owners)
 		var sources []pullSource
 		sources, needed = pullPlan(m, p, n.cfg.NodeID, rf)
-		known = rf != nil
+		if rf != nil && len(needed) == 0 {
+			if settled {
+				break // and rf names no tenant it needs
+			}
+			// Nothing to pull under this list; but a tenant created
+			// meanwhile may be on a source that has not installed m. A
+			// barrier scan confirms each source, and the next round's
+			// list (asked after it) re-plans the partition.
+			if err := n.barriers(ctx, pl, owners, p); err != nil {
+				if ctx.Err() == nil {
+					n.log.Warn("transfer: barrier scan failed; retrying next round", "partition", p, "err", err)
+				}
+				return false
+			}
+			continue
+		}
 		work := false
 		for _, src := range sources {
 			ts, ok := notPulled(src.tenants, pulled[src.node])
@@ -390,24 +417,123 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 			break
 		}
 	}
-	covered := func(t string) bool {
-		for _, got := range pulled {
-			if got[""] || got[t] {
-				return true
+	if rf != nil && len(needed) == 0 && !settled {
+		return false // the rounds ran out before the list after the barriers: next round
+	}
+	// Covered: pulled to the end from enough of the tenant's current
+	// owners that every write quorum among them meets them (coverage).
+	cur := m.Owners(p, nil)
+	have := func(t string, members []string) int {
+		k := 0
+		for _, o := range members {
+			if got := pulled[o]; o == n.cfg.NodeID || got[""] || got[t] {
+				k++ // this node holds its own writes
 			}
 		}
-		return false
+		return k
 	}
-	if !known && len(owners) > 0 && !covered("") {
-		return false // unknown RFs and no copy came in: retry the partition next round
+	if rf == nil {
+		if need := coverage(len(cur), len(cur)); have("", cur) < need {
+			n.log.Info("transfer: partition lacks sources; retrying next round", "partition", p, "pulled", have("", cur), "need", need, "of", cur)
+			return false
+		}
 	}
 	for _, t := range needed {
-		if !covered(t) {
-			return false // no source of t came through: retry next round
+		members := cur[:min(rf[t], len(cur))]
+		if need := coverage(rf[t], len(members)); have(t, members) < need {
+			n.log.Info("transfer: tenant lacks sources; retrying next round", "partition", p, "tenant", t, "pulled", have(t, members), "need", need, "of", members)
+			return false
 		}
 	}
 	n.markReceived(p, m.Since(p))
 	return true
+}
+
+// coverage is how many of a tenant's current owners (members of them, at
+// most) a receiver must pull it from, to the end, before the partition
+// counts as received: rf - quorum(rf) + 1, so that every quorum of rf
+// owners that acknowledged a write includes one of them. It assumes
+// writes at consistency quorum (or all): a write acknowledged at one by a
+// single owner is guaranteed only when every owner answered. With rf 3
+// a receiver needs 2 owners: replace, or remove --force, with one current
+// owner dead still finishes; with 2 of 3 dead the partition waits.
+// Without a tenant list rf is the row width: ceil(R/2) of R.
+func coverage(rf, members int) int {
+	return min(rf-(rf/2+1)+1, members)
+}
+
+// barriers confirms each of owners (other than this node) that pl has
+// not confirmed and that is not known down with one barrier scan at pl's
+// map version, once per source per plan. It fails when a source answered
+// none of its tries for a reason other than being down.
+func (n *Node) barriers(ctx context.Context, pl *plan, owners []string, p uint32) error {
+	for _, o := range owners {
+		if err := n.barrier(ctx, pl, o, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// barrier confirms src with a scan of partition p at pl's map version,
+// asking for one record: the source answers only once it installed the
+// map (map_behind is retried), and from then on every write it accepts
+// comes from a coordinator that also sends it to this node.
+func (n *Node) barrier(ctx context.Context, pl *plan, src string, p uint32) error {
+	if src == n.cfg.NodeID {
+		return nil
+	}
+	mu, _ := pl.barrierMu.LoadOrStore(src, &sync.Mutex{})
+	mu.(*sync.Mutex).Lock() // one barrier per source: workers wait for it
+	defer mu.(*sync.Mutex).Unlock()
+	if _, down := pl.down.Load(src); down || pl.isConfirmed(src) {
+		return nil
+	}
+	rc, err := n.client()
+	if err != nil {
+		return err
+	}
+	for try := range xferTries {
+		err = n.barrierScan(ctx, rc, src, p, pl.m.Version())
+		if err == nil {
+			pl.confirm(src)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if try < xferTries-1 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Duration(200*(try+1)) * time.Millisecond):
+			}
+		}
+	}
+	if errors.Is(err, replica.ErrNodeDown) {
+		pl.down.Store(src, true)
+		n.log.Warn("transfer: skipping a source that is down", "from", src, "err", err)
+		return nil
+	}
+	return fmt.Errorf("storage: barrier scan of %s at map version %d: %w", src, pl.m.Version(), err)
+}
+
+// barrierScan asks src for one record of p at map version v, retrying
+// map_behind for up to 10s.
+func (n *Node) barrierScan(ctx context.Context, rc *replica.Client, src string, p uint32, v uint64) error {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for wait := 20 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		_, _, err := rc.ScanPartition(rctx, src, subjects.PartitionScan{Partitions: n.eng.q, Partition: p, Limit: 1, MapVersion: v})
+		if !errors.Is(err, &subjects.Error{Kind: subjects.KindMapBehind}) {
+			return err
+		}
+		select {
+		case <-time.After(wait):
+		case <-rctx.Done():
+			return err
+		}
+	}
 }
 
 // notPulled returns the tenants of want not in got (nil want: all, unless
@@ -569,10 +695,11 @@ func generationKey(p uint32) []byte {
 }
 
 // transferGeneration makes the persisted cursors of p ones made under
-// since: when they were made under another (the rows changed since, and
-// the node may have missed writes in between, for instance while down or
-// while it skipped a map that did not name it), it forgets them before
-// recording since, so the pulls start over.
+// since in this run of the node: when they were made under another (the
+// rows changed since, and the node may have missed writes in between,
+// for instance while it skipped a map that did not name it) or before the
+// node last started (forgetGenerations: it missed writes while down), it
+// forgets them before recording since, so the pulls start over.
 func (n *Node) transferGeneration(ctx context.Context, p uint32, since uint64) error {
 	n.readMu.RLock()
 	if n.readsClosed {
@@ -600,6 +727,28 @@ func (n *Node) transferGeneration(ctx context.Context, p uint32, since uint64) e
 		return err
 	}
 	return j.persistErr
+}
+
+// forgetGenerations deletes every partition's generation, so that the
+// transfer loop forgets a partition's persisted cursors before its first
+// pull in this run (transferGeneration). Called by start, before the
+// loop runs: while the node was down the writes sent to it as a pending
+// owner failed, also those to keys behind its cursors, so a restarted
+// receiver pulls each partition again from its start (merges are
+// idempotent). Within one run the cursors still resume a pull that a
+// source failure, or a new plan, interrupted. PullPartition called
+// directly keeps its cursors across restarts.
+func (e *engine) forgetGenerations() error {
+	lo := []byte{nsMeta, 'x', 'g', 'e', 'n'}
+	hi := []byte{nsMeta, 'x', 'g', 'e', 'o'}
+	opts := pebble.NoSync
+	if e.sync {
+		opts = pebble.Sync
+	}
+	if err := e.db.DeleteRange(lo, hi, opts); err != nil {
+		return fmt.Errorf("forget transfer generations: %w", err)
+	}
+	return nil
 }
 
 // regenJob asks the write loop to forget partition p's transfer cursors.

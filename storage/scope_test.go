@@ -423,3 +423,117 @@ func TestTransferBytesScoped(t *testing.T) {
 	t.Logf("%d keys of %d-byte values, RF 3, 3 -> 4 nodes, Q %d: before %d bytes (%.2f× the data), after %d bytes (%.2f×); d serves %.3f of the keys",
 		keys, valueBytes, xferQ, allBytes, 3.0, scopedBytes, 3*float64(scopedRecs)/float64(allRecs), share)
 }
+
+// TestTransferNeedsQuorumIntersection: a tenant of RF 3 is covered only
+// once pulled from 2 of its 3 current owners (any write quorum of 2
+// meets them). A write acknowledged by b and c (a missed it) is not lost
+// when b and c fail through their tries: the partitions that need the
+// tenant are not reported done from a alone, and once b comes back the
+// receiver holds the write.
+func TestTransferNeedsQuorumIntersection(t *testing.T) {
+	s := natstest.RunServer(t)
+	m1 := claim(t, nil, "a", "b", "c")
+	f := newFakeCoord(t, s, m1, true)
+	rfs := map[string]int{"r3": 3}
+	f.serveTenants(t, rfs)
+	m2 := retarget(t, m1, "a", "b", "c", "d")
+	var needy []uint32
+	w := map[uint32]string{} // partition → the key only b (and c) hold
+	for p := range uint32(xferQ) {
+		if _, needed := pullPlan(m2, p, "d", rfs); len(needed) > 0 {
+			needy = append(needy, p)
+			w[p] = keysIn("r3", p, xferQ, 1)[0]
+		}
+	}
+	if len(needy) == 0 || len(needy) == xferQ {
+		t.Fatalf("d needs r3 in %d of %d partitions", len(needy), xferQ)
+	}
+	fast := Config{Heartbeat: 100 * time.Millisecond, MapPoll: 200 * time.Millisecond}
+	cfg := func(id string) Config { c := fast; c.NodeID, c.DataDir = id, t.TempDir(); return c }
+	startXfer(t, s, cfg("a"), func(e *engine) { ownKeys(t, e, "a", "r3", 2) })
+	f.set(m2)
+	d := startXfer(t, s, cfg("d"), nil)
+	// b and c are down: every partition that needs nothing flips, and
+	// those that need r3 stay, a alone being one source of the two.
+	waitFor(t, 30*time.Second, "the partitions that need no tenant to flip", func() bool {
+		return moving(f.current()) <= len(needy)
+	})
+	time.Sleep(2500 * time.Millisecond) // the sources' tries, a report tick
+	for _, p := range needy {
+		if !f.current().Moving(p) {
+			t.Fatalf("partition %d flipped with r3 pulled from a alone", p)
+		}
+	}
+	startXfer(t, s, cfg("b"), func(e *engine) {
+		var ws []subjects.NodeWrite
+		for _, p := range needy {
+			ws = append(ws, subjects.NodeWrite{Tenant: "r3", Key: w[p], LWW: version(9, "c1", "acked by b and c")})
+		}
+		apply(t, e, ws)
+	})
+	waitFor(t, 60*time.Second, "every partition to flip once b is back", func() bool { return moving(f.current()) == 0 })
+	for _, p := range needy {
+		if rec, err := d.eng.read("r3", w[p]); err != nil || rec.LWW == nil || string(rec.LWW.Value) != "acked by b and c" {
+			t.Fatalf("d lacks the write b and c acknowledged in partition %d: %+v %v", p, rec, err)
+		}
+	}
+}
+
+// TestTransferBarrierWithoutTenants: in a cluster with no tenant yet every
+// partition needs nothing, yet the receiver first confirms each source
+// with one barrier scan at the plan's map version (a record at most), and
+// then asks for the tenant list again: a tenant created meanwhile, written
+// to the sources by a coordinator still at the old map, is pulled.
+func TestTransferBarrierWithoutTenants(t *testing.T) {
+	s := natstest.RunServer(t)
+	m1 := claim(t, nil, "a", "b", "c")
+	f := newFakeCoord(t, s, m1, true)
+	asked := f.serveTenants(t, map[string]int{}, map[string]int{"late": 3})
+	spy := spyScans(t, s)
+	for _, id := range []string{"a", "b", "c"} {
+		startXfer(t, s, Config{NodeID: id, DataDir: t.TempDir()}, func(e *engine) { ownKeys(t, e, id, "late", 4) })
+	}
+	m2 := retarget(t, m1, "a", "b", "c", "d")
+	f.set(m2)
+	d := startXfer(t, s, Config{NodeID: "d", DataDir: t.TempDir(), MapPoll: 200 * time.Millisecond}, nil)
+	waitFor(t, 30*time.Second, "every partition to flip", func() bool { return moving(f.current()) == 0 })
+	for p := range uint32(xferQ) {
+		tgt := m2.Target(p, nil)
+		got := partRecords(t, d.eng, p)
+		for _, k := range keysIn("late", p, xferQ, 12) {
+			if _, has := got["late\x00"+k]; has != slices.Contains(tgt[:3], "d") {
+				t.Errorf("partition %d (target %v): d holds late/%s: %v", p, tgt, k, has)
+			}
+		}
+	}
+	if n := asked.Load(); n < 2 {
+		t.Errorf("the tenant list was asked for %d times, want again after the barriers", n)
+	}
+	spy.mu.Lock()
+	defer spy.mu.Unlock()
+	for _, src := range []string{"a", "b", "c"} {
+		barriers := 0
+		for _, sc := range spy.scans[src] {
+			if sc.Limit == 1 && sc.MapVersion == m2.Version() {
+				barriers++
+			}
+		}
+		if barriers == 0 || barriers > 2 {
+			t.Errorf("%s answered %d barrier scans, want one (a retry at most)", src, barriers)
+		}
+	}
+}
+
+// TestCoverage: a tenant of RF r is received from r - (r/2+1) + 1 of its
+// current owners (every write quorum meets them), at most the owners
+// there are.
+func TestCoverage(t *testing.T) {
+	for _, tc := range []struct{ rf, members, want int }{
+		{1, 1, 1}, {2, 2, 1}, {3, 3, 2}, {4, 4, 2}, {5, 5, 3}, {7, 7, 4},
+		{3, 2, 2}, {5, 3, 3}, {0, 0, 0},
+	} {
+		if got := coverage(tc.rf, tc.members); got != tc.want {
+			t.Errorf("coverage(%d, %d) = %d, want %d", tc.rf, tc.members, got, tc.want)
+		}
+	}
+}

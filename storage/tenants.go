@@ -23,7 +23,10 @@ import (
 // the tenants whose first RF target owners name the node while their first
 // RF current owners do not, each from the current owners among their first
 // RF (the union of the tenant's live replicas holds every acknowledged
-// write). A partition needing no tenant is reported done without a scan.
+// write). A partition needing no tenant is reported done once each of its
+// current owners answered a barrier scan (one record at the plan's map
+// version, once per source and plan) and the tenant list asked after that
+// still names no tenant it needs.
 // Without a tenant list (no coordinator answers, or an old one) the node
 // pulls whole partitions from every current owner, as before.
 
@@ -116,11 +119,20 @@ func (pl *plan) confirm(src string) {
 	pl.tenants.confirmed[src] = true
 }
 
+func (pl *plan) isConfirmed(src string) bool {
+	pl.tenants.mu.Lock()
+	defer pl.tenants.mu.Unlock()
+	return pl.tenants.confirmed[src]
+}
+
 // tenantRF returns the replication factors to plan a partition with
 // current owners owners by (nil: unknown): the cached list, asked for
 // again first when a tenant event arrived since, or when one of owners
-// answered a scan at pl's version since the list was asked for.
-func (n *Node) tenantRF(ctx context.Context, pl *plan, owners []string) map[string]int {
+// answered a scan at pl's version since the list was asked for. settled
+// reports whether each of owners (but this node) is known down or
+// answered a scan at pl's version before that list was asked for: a
+// partition of these owners that needs no tenant of the list needs none.
+func (n *Node) tenantRF(ctx context.Context, pl *plan, owners []string) (rf map[string]int, settled bool) {
 	pt := &pl.tenants
 	pt.mu.Lock() // held through the reload: workers share one
 	defer pt.mu.Unlock()
@@ -140,9 +152,15 @@ func (n *Node) tenantRF(ctx context.Context, pl *plan, owners []string) map[stri
 			pt.verified[o] = true
 		}
 	}
+	settled = true
+	for _, o := range owners {
+		if _, down := pl.down.Load(o); o != n.cfg.NodeID && !down && !pt.verified[o] {
+			settled = false
+		}
+	}
 	n.tenants.mu.Lock()
 	defer n.tenants.mu.Unlock()
-	return n.tenants.rf
+	return n.tenants.rf, settled
 }
 
 // pullSource is one source of a partition and the tenants to pull from it

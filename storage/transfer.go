@@ -383,8 +383,10 @@ func (n *Node) client() (*replica.Client, error) {
 // that is newer stays; siblings are synced), and persists the cursor after
 // each page in the node's metadata, so a call that fails (either node
 // stopped, a timeout, ctx ended) resumes from the last page merged, also
-// after a restart. It returns once the partition was pulled to its end
-// (Done, and the persisted cursor is cleared) or with the error that
+// after a restart of the node (but the transfer loop does not resume
+// cursors of an earlier run: receive.go, forgetGenerations). It returns
+// once the partition was pulled to its end (Done, and the persisted
+// cursor is cleared) or with the error that
 // stopped it and the progress so far. Records written to the source after
 // their part of the range was sent are not pulled: a transfer is complete
 // only if such writes reach this node too (pending owners).
