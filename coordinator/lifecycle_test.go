@@ -267,6 +267,15 @@ func TestLifecycleGrowAndShrink(t *testing.T) {
 	if len(ps) == 0 {
 		t.Fatal("n4 receives nothing")
 	}
+	// The background heartbeat of n4 is paused while the progress is
+	// checked: one built before the report (no progress yet) but landing
+	// after it would clear it (a real node's next heartbeat carries it
+	// again; here the list would catch the gap). Waiting one of its ticks
+	// lets a heartbeat already in flight land first.
+	l.mu.Lock()
+	delete(l.alive, "n4")
+	l.mu.Unlock()
+	time.Sleep(lifecycleHeartbeat / 2)
 	st := &subjects.TransferStatus{MapVersion: m.Version(), PartitionsDone: 1, PartitionsTotal: len(ps), Bytes: 4096, Keys: 7, RateBytes: 2048, Updated: time.Now()}
 	after, err := l.report(ctx, subjects.TransferReport{NodeID: "n4", MapVersion: m.Version(), Done: ps[:1], Status: st})
 	if err != nil {
@@ -289,6 +298,9 @@ func TestLifecycleGrowAndShrink(t *testing.T) {
 			t.Fatalf("node list entry of n4: %+v transfer %+v", n, n.Transfer)
 		}
 	}
+	l.mu.Lock()
+	l.alive["n4"] = true
+	l.mu.Unlock()
 	// Removing or re-draining mid-transfer: remove of a joining node is
 	// refused and changes nothing.
 	before := l.placement().Version()
