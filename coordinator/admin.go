@@ -174,7 +174,7 @@ func (c *Coordinator) validateTenant(ctx context.Context, t metadata.Tenant) err
 // tenantChanged updates this coordinator's cache and tells the others.
 func (c *Coordinator) tenantChanged(t metadata.Tenant, deleted bool) {
 	if deleted {
-		c.tenants.invalidate(t.ID)
+		c.tenants.invalidate(t.ID, true)
 	} else {
 		c.tenants.put(t)
 	}

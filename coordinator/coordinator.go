@@ -316,7 +316,7 @@ func (c *Coordinator) subscribeEvents() error {
 	tenant, err := c.nc.Subscribe(subjects.EventsTenant, func(m *nats.Msg) {
 		var ev subjects.TenantEvent
 		if err := msgpack.Unmarshal(m.Data, &ev); err == nil {
-			c.tenants.invalidate(ev.TenantID)
+			c.tenants.invalidate(ev.TenantID, ev.Deleted)
 		}
 	})
 	if err != nil {

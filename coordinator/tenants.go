@@ -122,11 +122,18 @@ func (e *tenantEntry) result() (metadata.Tenant, error) {
 	return e.tenant, nil
 }
 
-// invalidate drops id so the next get reloads it.
-func (c *tenantCache) invalidate(id string) {
+// invalidate makes the next get of id reload it. A deleted tenant is
+// forgotten; a changed one is kept, stale, as the fallback get serves
+// while the store cannot be reached (a tenant event must not take away
+// what an outage right after it would serve).
+func (c *tenantCache) invalidate(id string, deleted bool) {
 	c.mu.Lock()
 	if e := c.entries[id]; e != nil && e.loading == nil {
-		delete(c.entries, id)
+		if deleted || e.missing {
+			delete(c.entries, id)
+		} else {
+			c.entries[id] = &tenantEntry{tenant: e.tenant} // fetched zero: never fresh
+		}
 	}
 	c.mu.Unlock()
 }
