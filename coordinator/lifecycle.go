@@ -299,20 +299,9 @@ func (c *Coordinator) nodeDrain(ctx context.Context, body func(any) error) (any,
 		}
 		return wireNode(n), nil
 	}
-	nodes, err := c.lifecycleNodes(ctx)
+	rf, err := c.checkCanLose(ctx, n.ID)
 	if err != nil {
 		return nil, err
-	}
-	if err := c.checkProtocol(nodes); err != nil {
-		return nil, err
-	}
-	rf, err := maxRF(ctx, c.cfg.Metadata)
-	if err != nil {
-		return nil, err
-	}
-	left := slices.DeleteFunc(desiredNodes(nodes), func(id string) bool { return id == n.ID })
-	if rf > len(left) {
-		return nil, tooFewNodes(rf, len(left))
 	}
 	from := n.Status
 	if n, err = c.cfg.Metadata.ChangeNodeStatus(ctx, n.ID, []string{from}, metadata.NodeLeaving); err != nil {
@@ -336,6 +325,28 @@ func (c *Coordinator) nodeDrain(ctx context.Context, body func(any) error) (any,
 			"node %q cannot leave: a concurrent change left too few nodes for a tenant's replication factor %d; its status is %s again", n.ID, rf, from)
 	}
 	return wireNode(n), nil
+}
+
+// checkCanLose reports whether node id may leave the target: every storage
+// node speaks the protocol membership changes need (checkProtocol), and
+// the joining and active nodes left keep every tenant's replication
+// factor (409 too_few_nodes otherwise). It returns the largest RF.
+func (c *Coordinator) checkCanLose(ctx context.Context, id string) (rf int, err error) {
+	nodes, err := c.lifecycleNodes(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if err := c.checkProtocol(nodes); err != nil {
+		return 0, err
+	}
+	if rf, err = maxRF(ctx, c.cfg.Metadata); err != nil {
+		return 0, err
+	}
+	left := slices.DeleteFunc(desiredNodes(nodes), func(n string) bool { return n == id })
+	if rf > len(left) {
+		return 0, tooFewNodes(rf, len(left))
+	}
+	return rf, nil
 }
 
 func tooFewNodes(rf, left int) error {
@@ -425,20 +436,8 @@ func (c *Coordinator) nodeRemove(ctx context.Context, body func(any) error) (any
 				"node %q was heard from %s ago: --force removes only a node that is down (silent for %d heartbeats); drain it instead",
 				n.ID, c.cfg.Now().Sub(n.LastSeen).Round(time.Second), downHeartbeats)
 		}
-		nodes, err := c.lifecycleNodes(ctx)
-		if err != nil {
+		if _, err := c.checkCanLose(ctx, n.ID); err != nil {
 			return nil, err
-		}
-		if err := c.checkProtocol(nodes); err != nil {
-			return nil, err
-		}
-		rf, err := maxRF(ctx, c.cfg.Metadata)
-		if err != nil {
-			return nil, err
-		}
-		left := slices.DeleteFunc(desiredNodes(nodes), func(id string) bool { return id == n.ID })
-		if rf > len(left) {
-			return nil, tooFewNodes(rf, len(left))
 		}
 	}
 	if err := c.nodeAnswers(ctx, n.ID); err != nil {
