@@ -359,6 +359,9 @@ func (n *Node) serveAE(data []byte) (*subjects.AEReply, string, error) {
 		return nil, subjects.KindMapBehind, fmt.Errorf("anti-entropy request names map version %d; node %s has %d: retry shortly", req.MapVersion, n.cfg.NodeID, have)
 	}
 	pm := n.pmap.Load()
+	if pm == nil { // unreachable: MapVersion > 0 = the version of no map
+		return nil, subjects.KindNotOwner, fmt.Errorf("%s: node %s has no placement map yet", subjects.KindNotOwner, n.cfg.NodeID)
+	}
 	owner := func(p uint32) (string, error) {
 		if err := n.eng.checkPartition(p); err != nil {
 			return subjects.KindInvalid, fmt.Errorf("anti-entropy request: %w", err)
