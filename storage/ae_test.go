@@ -4,11 +4,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/quorumkv/quorumkv/internal/natstest"
@@ -448,4 +450,65 @@ func TestGenerationBumps(t *testing.T) {
 	if err := n.eng.dropPartition(3); err != nil || n.eng.gen(3) == g {
 		t.Fatalf("drop: %v, gen %d → %d", err, g, n.eng.gen(3))
 	}
+}
+
+// TestAEMetricsAndHeartbeat: a node's anti-entropy figures are on its
+// metrics registry and in its heartbeat; a node with anti-entropy off
+// reports none.
+func TestAEMetricsAndHeartbeat(t *testing.T) {
+	s := natstest.RunServer(t)
+	root := t.TempDir()
+	f := newFakeCoord(t, s, claim(t, nil, "a", "b"), false)
+	f.serveTenants(t, map[string]int{"acme": 2})
+	reg := prometheus.NewRegistry()
+	cfg := func(id string) Config {
+		return Config{NodeID: id, DataDir: filepath.Join(root, id), Heartbeat: 100 * time.Millisecond,
+			AntiEntropyInterval: aeInterval, AntiEntropyRate: 1 << 20}
+	}
+	ca := cfg("a")
+	ca.Metrics = reg
+	nodes := map[string]*Node{"a": startXfer(t, s, ca, nil), "b": startXfer(t, s, cfg("b"), nil)}
+	off := cfg("off")
+	off.AntiEntropyInterval = 0
+	startXfer(t, s, off, nil)
+	nc := natstest.Connect(t, s)
+	var ws []subjects.NodeWrite
+	for i := range 20 {
+		ws = append(ws, subjects.NodeWrite{ID: uint64(i), Tenant: "acme", Key: fmt.Sprint("k", i), LWW: version(7, "c1", "v")})
+	}
+	sendBatch(t, nc, "b", ws)
+	waitFor(t, 20*time.Second, "convergence", func() bool { return converged(t, nodes, "acme", 20) })
+	// Whichever node initiated a partition's exchange counted it: a's
+	// share of the 20 repairs is on its registry.
+	waitFor(t, 5*time.Second, "the last pass metric", func() bool {
+		return nodes["a"].AntiEntropy().KeysRepaired+nodes["b"].AntiEntropy().KeysRepaired == 20 &&
+			!strings.Contains(gather(t, reg), "quorumkv_ae_last_pass_timestamp_seconds 0\n")
+	})
+	text := gather(t, reg)
+	for _, want := range []string{
+		fmt.Sprintf("quorumkv_ae_keys_repaired_total %d\n", nodes["a"].AntiEntropy().KeysRepaired),
+		"quorumkv_ae_exchanges_total ",
+		"quorumkv_ae_bytes_total ",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("metrics lack %q:\n%s", want, text)
+		}
+	}
+	waitFor(t, 5*time.Second, "heartbeats with the figures", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		var sawA, sawOff bool
+		for _, r := range f.regs {
+			switch {
+			case r.NodeID == "a" && r.AntiEntropy != nil && r.AntiEntropy.Exchanges > 0 && !r.AntiEntropy.LastPass.IsZero():
+				sawA = true
+			case r.NodeID == "off":
+				if r.AntiEntropy != nil {
+					t.Errorf("a node with anti-entropy off reported %+v", r.AntiEntropy)
+				}
+				sawOff = true
+			}
+		}
+		return sawA && sawOff
+	})
 }
