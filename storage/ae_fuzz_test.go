@@ -27,8 +27,16 @@ func FuzzServeAE(f *testing.F) {
 	for _, r := range []subjects.AERequest{
 		func() subjects.AERequest { r := base; r.Op, r.Parts = subjects.AEOpRoots, []uint32{0, 1}; return r }(),
 		func() subjects.AERequest { r := base; r.Op, r.Indices = subjects.AEOpChildren, []uint32{0}; return r }(),
-		func() subjects.AERequest { r := base; r.Op, r.Indices = subjects.AEOpKeys, []uint32{0, 1, 255}; return r }(),
-		func() subjects.AERequest { r := base; r.Op, r.Keys = subjects.AEOpRecords, []subjects.AEKey{{Tenant: "acme", Key: k}}; return r }(),
+		func() subjects.AERequest {
+			r := base
+			r.Op, r.Indices = subjects.AEOpKeys, []uint32{0, 1, 255}
+			return r
+		}(),
+		func() subjects.AERequest {
+			r := base
+			r.Op, r.Keys = subjects.AEOpRecords, []subjects.AEKey{{Tenant: "acme", Key: k}}
+			return r
+		}(),
 		func() subjects.AERequest {
 			r := base
 			r.Op, r.Records = subjects.AEOpPush, []subjects.PartitionRecord{{Tenant: "acme", Key: k, State: state}}
