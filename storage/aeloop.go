@@ -9,9 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/vmihailenco/msgpack/v5"
-
 	"github.com/quorumkv/quorumkv/hashtree"
 	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/subjects"
@@ -422,31 +419,21 @@ func (n *Node) aePush(ctx context.Context, t *aeTask, req subjects.AERequest, ke
 	return changed, nil
 }
 
-// aeCall sends req to peer's AE subject and decodes the answer.
+// aeCall sends req to peer's AE subject (storage/replica) and decodes
+// the answer.
 func (n *Node) aeCall(ctx context.Context, peer string, req *subjects.AERequest) (*subjects.AEReply, error) {
-	req.Proto = subjects.NodeProtocolVersion
-	data, err := msgpack.Marshal(req)
+	rc, err := n.client()
 	if err != nil {
-		return nil, fmt.Errorf("encode anti-entropy %s: %w", req.Op, err)
+		return nil, err
 	}
 	rctx, cancel := context.WithTimeout(ctx, aeTimeout)
 	defer cancel()
-	msg, err := n.nc.RequestWithContext(rctx, subjects.StorageNode(peer, subjects.NodeOpAE), data)
-	switch {
-	case errors.Is(err, nats.ErrNoResponders):
-		return nil, fmt.Errorf("anti-entropy %s on %s: no responders (down, or a build without anti-entropy)", req.Op, peer)
-	case err != nil:
+	rep, _, err := rc.AntiEntropy(rctx, peer, req)
+	if e := (*subjects.Error)(nil); errors.As(err, &e) && (e.Kind == subjects.KindMapBehind || e.Kind == subjects.KindNotOwner) {
+		n.kickMap() // one of the two maps is behind: the next pass may agree
+	}
+	if err != nil {
 		return nil, fmt.Errorf("anti-entropy %s on %s: %w", req.Op, peer, err)
 	}
-	if e := subjects.ErrorFromHeaders(msg.Header.Get); e != nil {
-		if e.Kind == subjects.KindMapBehind || e.Kind == subjects.KindNotOwner {
-			n.kickMap() // one of the two maps is behind: the next pass may agree
-		}
-		return nil, fmt.Errorf("anti-entropy %s on %s: %w", req.Op, peer, e)
-	}
-	var rep subjects.AEReply
-	if err := msgpack.Unmarshal(msg.Data, &rep); err != nil {
-		return nil, fmt.Errorf("anti-entropy %s on %s: bad reply: %w", req.Op, peer, err)
-	}
-	return &rep, nil
+	return rep, nil
 }
