@@ -49,9 +49,10 @@ const (
 	aeDeepKeys = 16384
 )
 
-// aeTimeout bounds one AE request-reply; a responder building a tree
-// paces its scan by its own rate limit.
-const aeTimeout = 30 * time.Second
+// aeTimeout bounds one AE request-reply. A responder builds the trees a
+// roots request names (at most aeChunk) before it answers, paced by its
+// own rate: 2 minutes are ~2 GiB at the default rate.
+const aeTimeout = 2 * time.Minute
 
 // aeMaxTrees bounds the cached (partition, tenant set, config) keys; past
 // it, arbitrary ones are dropped (a dropped tree costs one scan when it

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -511,4 +512,60 @@ func TestAEMetricsAndHeartbeat(t *testing.T) {
 		}
 		return sawA && sawOff
 	})
+}
+
+// TestAEAfterExchangeHook: after a pass the reaper's hook is called for
+// every partition the node owns, once the partition's exchanges are over:
+// on the initiating node the repair is already merged.
+func TestAEAfterExchangeHook(t *testing.T) {
+	s := natstest.RunServer(t)
+	root := t.TempDir()
+	m := claim(t, nil, "a", "b")
+	f := newFakeCoord(t, s, m, false)
+	f.serveTenants(t, map[string]int{"acme": 2})
+	const p = 3
+	k := keysIn("acme", p, xferQ, 1)[0]
+	first := m.Owners(p, nil)[0]
+	type call struct {
+		p    uint32
+		have bool
+	}
+	calls := map[string]chan call{"a": make(chan call, 1000), "b": make(chan call, 1000)}
+	nodes := map[string]*Node{}
+	for _, id := range []string{"a", "b"} {
+		n, err := Open(Config{NodeID: id, DataDir: filepath.Join(root, id), Partitions: xferQ, Heartbeat: time.Hour, Logger: quiet(),
+			AntiEntropyInterval: aeInterval, AntiEntropyRate: Unlimited})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.afterExchange = func(ctx context.Context, q uint32) {
+			rec, err := n.eng.read("acme", k)
+			calls[id] <- call{q, err == nil && rec.LWW != nil}
+		}
+		if err := n.start(natstest.Connect(t, s)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = n.Stop() })
+		nodes[id] = n
+	}
+	second := "a"
+	if first == "a" {
+		second = "b"
+	}
+	sendBatch(t, natstest.Connect(t, s), second, []subjects.NodeWrite{{Tenant: "acme", Key: k, LWW: version(4, "c1", "v")}})
+	seen := map[uint32]bool{}
+	deadline := time.After(10 * time.Second)
+	for len(seen) < xferQ {
+		select {
+		case c := <-calls[first]:
+			if c.p == p && !seen[p] && !c.have {
+				// The write may have landed after this pass's exchange
+				// of p began; the next pass must then have it.
+				continue
+			}
+			seen[c.p] = true
+		case <-deadline:
+			t.Fatalf("hook called for %d of %d partitions on %s", len(seen), xferQ, first)
+		}
+	}
 }

@@ -90,8 +90,17 @@ func aePairs(m *ring.Map, p uint32, self string, rf map[string]int) []aeTask {
 	return out
 }
 
+// aeChunk is how many partitions a pass takes at a time: their trees are
+// built, their roots asked of each peer in one request, their exchanges
+// run, then the reaper's hook is called for them. It bounds how stale a
+// tree gets before it is compared and how long a roots request takes a
+// responder that must build the trees first (paced by its rate).
+const aeChunk = 64
+
 // aePass compares every partition the node initiates exchanges for with
-// its peers, then calls afterExchange for each partition it owns.
+// its peers, aeChunk partitions at a time, calling afterExchange for each
+// partition it owns (and that is not moving) once the partition's
+// exchanges are over.
 func (n *Node) aePass(ctx context.Context) {
 	m := n.pmap.Load()
 	if m == nil {
@@ -102,13 +111,43 @@ func (n *Node) aePass(ctx context.Context) {
 		return // unknown tenants: skip the pass (D2)
 	}
 	q := uint32(m.Partitions())
-	failed := make(map[uint32]bool)
+	if len(n.ae.partPass) != int(q) {
+		return // a map of another Q is never installed
+	}
+	for lo := uint32(0); lo < q; lo += aeChunk {
+		hi := min(lo+aeChunk, q)
+		failed := n.aeChunk(ctx, m, rf, lo, hi)
+		if ctx.Err() != nil {
+			return
+		}
+		now := time.Now().UnixMilli()
+		for p := lo; p < hi; p++ {
+			if !slices.Contains(m.Owners(p, nil), n.cfg.NodeID) || m.Moving(p) {
+				continue
+			}
+			if !failed[p] {
+				n.ae.partPass[p].Store(now)
+			}
+			if n.afterExchange != nil {
+				n.afterExchange(ctx, p)
+			}
+		}
+	}
+	now := time.Now()
+	n.ae.lastPass.Store(now.UnixMilli())
+	n.metrics.AELastPass(now)
+}
+
+// aeChunk runs the exchanges of partitions lo..hi-1 and returns those of
+// which one failed.
+func (n *Node) aeChunk(ctx context.Context, m *ring.Map, rf map[string]int, lo, hi uint32) map[uint32]bool {
+	failed := map[uint32]bool{}
 	groups := map[string][]*aeTask{} // by peer, tenants and config
 	var order []string
-	for p := range q {
+	for p := lo; p < hi; p++ {
 		for _, t := range aePairs(m, p, n.cfg.NodeID, rf) {
 			if ctx.Err() != nil {
-				return
+				return failed
 			}
 			// The shape follows this side's key count (D1); a
 			// depth-2 tree tells whether a depth-3 one is needed.
@@ -132,35 +171,14 @@ func (n *Node) aePass(ctx context.Context) {
 		}
 	}
 	for _, g := range order {
-		tasks := groups[g]
-		for len(tasks) > 0 && ctx.Err() == nil {
-			k := min(len(tasks), subjects.AEMaxParts)
-			for _, p := range n.aeExchangeGroup(ctx, m, tasks[:k]) {
-				failed[p] = true
-			}
-			tasks = tasks[k:]
+		if ctx.Err() != nil {
+			break
+		}
+		for _, p := range n.aeExchangeGroup(ctx, m, groups[g]) {
+			failed[p] = true
 		}
 	}
-	if ctx.Err() != nil {
-		return
-	}
-	now := time.Now().UnixMilli()
-	if len(n.ae.partPass) != int(q) {
-		return
-	}
-	for p := range q {
-		if !slices.Contains(m.Owners(p, nil), n.cfg.NodeID) || m.Moving(p) {
-			continue
-		}
-		if !failed[p] {
-			n.ae.partPass[p].Store(now)
-		}
-		if n.afterExchange != nil {
-			n.afterExchange(ctx, p)
-		}
-	}
-	n.ae.lastPass.Store(now)
-	n.metrics.AELastPass(time.UnixMilli(now))
+	return failed
 }
 
 // aeFailed counts and logs a failed exchange.
