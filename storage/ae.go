@@ -262,17 +262,18 @@ func (n *Node) scanTenants(ctx context.Context, p uint32, tenants []string, f fu
 	return flush()
 }
 
-// buildTree builds the tree of partition p over tenants from a scan.
+// buildTree builds the tree of partition p over tenants from a scan,
+// streamed into hashtree.Build.
 func (n *Node) buildTree(ctx context.Context, p uint32, tenants []string, cfg hashtree.Config) (*hashtree.Tree, error) {
-	var entries []hashtree.Entry
-	err := n.scanTenants(ctx, p, tenants, func(t string, key, value []byte) bool {
-		entries = append(entries, hashtree.Entry{Tenant: t, Key: string(key), Version: hashtree.VersionHash(value)})
-		return true
+	var scanErr error
+	t, err := hashtree.Build(cfg, func(yield func(hashtree.Entry) bool) {
+		scanErr = n.scanTenants(ctx, p, tenants, func(t string, key, value []byte) bool {
+			return yield(hashtree.Entry{Tenant: t, Key: string(key), Version: hashtree.VersionHash(value)})
+		})
 	})
-	if err != nil {
-		return nil, err
+	if err == nil {
+		err = scanErr
 	}
-	t, err := hashtree.Build(cfg, slices.Values(entries))
 	if err != nil {
 		return nil, fmt.Errorf("build tree of partition %d: %w", p, err)
 	}

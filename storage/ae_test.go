@@ -47,7 +47,7 @@ func startAE(t *testing.T, s *server.Server, root, id string) *Node {
 
 // sendBatch sends writes to node's write subject unfenced (as a repair
 // would) and fails on any item error: the write reaches that replica only.
-func sendBatch(t *testing.T, nc *nats.Conn, node string, ws []subjects.NodeWrite) {
+func sendBatch(t testing.TB, nc *nats.Conn, node string, ws []subjects.NodeWrite) {
 	t.Helper()
 	data, err := msgpack.Marshal(&subjects.NodeWriteBatch{Proto: subjects.NodeProtocolVersion, Items: ws})
 	if err != nil {
@@ -567,5 +567,36 @@ func TestAEAfterExchangeHook(t *testing.T) {
 		case <-deadline:
 			t.Fatalf("hook called for %d of %d partitions on %s", len(seen), xferQ, first)
 		}
+	}
+}
+
+// TestAERateLimitsScans: building a tree is paced by the anti-entropy
+// rate, and its bytes are counted.
+func TestAERateLimitsScans(t *testing.T) {
+	s := natstest.RunServer(t)
+	n := startXfer(t, s, Config{NodeID: "a", DataDir: filepath.Join(t.TempDir(), "a"), Heartbeat: time.Hour,
+		AntiEntropyRate: 256 << 10}, nil)
+	const p = 2
+	val := strings.Repeat("x", 1000)
+	var ws []subjects.NodeWrite
+	for _, k := range keysIn("acme", p, xferQ, 600) {
+		ws = append(ws, subjects.NodeWrite{Tenant: "acme", Key: k, LWW: version(1, "c1", val)})
+	}
+	apply(t, n.eng, ws) // ~600 KB
+	start := time.Now()
+	at, err := n.tree(context.Background(), p, []string{"acme"}, aeConfig(0))
+	if err != nil || at.t.Len() != 600 {
+		t.Fatalf("tree: %v, %v keys", err, at)
+	}
+	b := n.ae.bytes.Load()
+	if b < 600_000 {
+		t.Fatalf("counted %d bytes scanned, want ≥ 600000", b)
+	}
+	if d, min := time.Since(start), time.Duration(float64(b)/(256<<10)*0.8*float64(time.Second)); d < min {
+		t.Fatalf("scan of %d bytes took %v at 256 KiB/s, want ≥ %v", b, d, min)
+	}
+	// Cached: the same tree again costs no scan and no wait.
+	if again, err := n.tree(context.Background(), p, []string{"acme"}, aeConfig(0)); err != nil || again != at || n.TreeBuilds() != 1 {
+		t.Fatalf("second tree: %v, same %v, builds %d", err, again == at, n.TreeBuilds())
 	}
 }
