@@ -80,6 +80,7 @@ type aeState struct {
 	builds                               atomic.Int64 // trees built from a scan
 	exchanges, repaired, bytes, failures atomic.Int64
 	lastPass                             atomic.Int64   // unix ms
+	lastLog                              atomic.Int64   // unix nanos of the last failure logged at Info
 	partPass                             []atomic.Int64 // per partition: unix ms of its last clean pass
 }
 

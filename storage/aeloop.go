@@ -181,14 +181,23 @@ func (n *Node) aeChunk(ctx context.Context, m *ring.Map, rf map[string]int, lo, 
 	return failed
 }
 
-// aeFailed counts and logs a failed exchange.
+// aeFailed counts and logs a failed exchange: at Info at most once every
+// aeLogEvery (a peer down fails every exchange with it each pass), else
+// at Debug.
 func (n *Node) aeFailed(ctx context.Context, what string, p uint32, peer string, err error) {
 	if ctx.Err() != nil {
 		return
 	}
 	n.ae.failures.Add(1)
-	n.log.Info("anti-entropy exchange failed; retried next pass", "step", what, "partition", p, "peer", peer, "err", err)
+	now := time.Now().UnixNano()
+	if last := n.ae.lastLog.Load(); now-last >= int64(aeLogEvery) && n.ae.lastLog.CompareAndSwap(last, now) {
+		n.log.Info("anti-entropy exchange failed; retried next pass (errors counted in the node's status)", "step", what, "partition", p, "peer", peer, "err", err)
+		return
+	}
+	n.log.Debug("anti-entropy exchange failed", "step", what, "partition", p, "peer", peer, "err", err)
 }
+
+const aeLogEvery = 10 * time.Second
 
 // aeExchangeGroup compares tasks (one peer, tenant set and config) by
 // one roots request, then exchanges each partition whose roots differ.
