@@ -172,14 +172,14 @@ func TestDVVSetDeadSince(t *testing.T) {
 	}{
 		{"empty", DVVSet{}, 0, true},
 		{"live", dstate(DVVEntry{Actor: "a", Counter: 1, Values: []Value{val("x", false, 0)}}), 0, false},
-		{"not yet expired", dstate(DVVEntry{Actor: "a", Counter: 1, Values: []Value{val("x", false, now + 1)}}), 0, false},
+		{"not yet expired", dstate(DVVEntry{Actor: "a", Counter: 1, Values: []Value{val("x", false, now+1)}}), 0, false},
 		{"expired", dstate(DVVEntry{Actor: "a", Counter: 1, Values: []Value{val("x", false, now)}}), now, true},
 		{"old tombstone", dstate(DVVEntry{Actor: "a", Counter: 1, Values: []Value{val("", true, 0)}}), 0, true},
 		{"tombstone and expired", dstate(
-			DVVEntry{Actor: "a", Counter: 2, Values: []Value{val("", true, now - 10), val("x", false, now - 20)}},
+			DVVEntry{Actor: "a", Counter: 2, Values: []Value{val("", true, now-10), val("x", false, now-20)}},
 			DVVEntry{Actor: "b", Counter: 1, Values: []Value{val("", true, 0)}}), now - 10, true},
 		{"tombstone beside live", dstate(
-			DVVEntry{Actor: "a", Counter: 1, Values: []Value{val("", true, now - 10)}},
+			DVVEntry{Actor: "a", Counter: 1, Values: []Value{val("", true, now-10)}},
 			DVVEntry{Actor: "b", Counter: 1, Values: []Value{val("y", false, 0)}}), 0, false},
 	} {
 		ms, dead := tc.s.DeadSince(now)
