@@ -11,6 +11,9 @@ const (
 	MaxKeyBytes   = 1024    // a key is 1..MaxKeyBytes bytes, any bytes
 	MaxValueBytes = 1 << 20 // a value is 0..MaxValueBytes bytes
 	MaxTimeoutMS  = 60_000  // timeout_ms is 0..MaxTimeoutMS; 0 = the coordinator's default
+	// MaxTTLMs bounds ttl_ms of a put and a tenant's default_ttl_ms: 10
+	// years (of 365 days) in milliseconds.
+	MaxTTLMs = 315_360_000_000
 )
 
 // Consistency levels. ONLY APPEND TO THIS LIST.
@@ -38,6 +41,12 @@ type Request struct {
 	Context        string `msgpack:"context,omitempty"`         // opaque, from an earlier read or write
 	IdempotencyKey string `msgpack:"idempotency_key,omitempty"` // "" = the coordinator makes one
 	TimeoutMS      int64  `msgpack:"timeout_ms,omitempty"`      // 0 = the coordinator's default
+	// TTLMs (put) is the value's time to live in milliseconds, 0..MaxTTLMs;
+	// 0 or absent = the tenant's default_ttl_ms (0 there = never expires).
+	// The value expires at the coordinator's wall time of the put plus
+	// TTLMs, the same instant on every replica; from then on reads answer
+	// not found, as for a deleted key.
+	TTLMs int64 `msgpack:"ttl_ms,omitempty"`
 }
 
 // WriteReply answers put and delete.
