@@ -672,8 +672,8 @@ func TestLifecycleProtocolNegotiation(t *testing.T) {
 	}
 	for _, co := range l.c.Coordinators() {
 		waitFor(t, 5*time.Second, func() error {
-			if p := co.NodeProtocol(); p != 2 {
-				return fmt.Errorf("protocol %d; the map names only protocol-2 nodes", p)
+			if p := co.NodeProtocol(); p != subjects.NodeProtocolVersion {
+				return fmt.Errorf("protocol %d; the map names only protocol-%d nodes", p, subjects.NodeProtocolVersion)
 			}
 			return nil
 		})

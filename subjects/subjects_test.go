@@ -166,10 +166,10 @@ func TestErrorHeaders(t *testing.T) {
 // TestNodeProtocol: a node accepts the protocols from NodeProtocolMin to
 // NodeProtocolVersion, one version apart for rolling upgrades.
 func TestNodeProtocol(t *testing.T) {
-	if NodeProtocolVersion != 2 || NodeProtocolMin != 1 {
-		t.Fatalf("node protocol %d..%d", NodeProtocolMin, NodeProtocolVersion)
+	if NodeProtocolVersion != 3 || NodeProtocolMin != 1 || NodeProtocolBatch != 2 || NodeProtocolTTL != 3 {
+		t.Fatalf("node protocol %d..%d, batch form %d, TTL %d", NodeProtocolMin, NodeProtocolVersion, NodeProtocolBatch, NodeProtocolTTL)
 	}
-	for p, ok := range map[int]bool{0: false, 1: true, 2: true, 3: false, -1: false} {
+	for p, ok := range map[int]bool{0: false, 1: true, 2: true, 3: true, 4: false, -1: false} {
 		if NodeProtocolSupported(p) != ok {
 			t.Errorf("NodeProtocolSupported(%d) = %v", p, !ok)
 		}
