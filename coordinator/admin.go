@@ -137,6 +137,9 @@ func applyTenantFields(t *metadata.Tenant, req *subjects.TenantRequest) {
 	if req.ConflictPolicy != nil {
 		t.ConflictPolicy = *req.ConflictPolicy
 	}
+	if req.DefaultTTLMs != nil {
+		t.DefaultTTLMs = *req.DefaultTTLMs
+	}
 }
 
 // validateTenant checks t. The active and joining nodes (the placement
@@ -151,6 +154,9 @@ func (c *Coordinator) validateTenant(ctx context.Context, t metadata.Tenant) err
 	}
 	if t.ReplicationFactor < 1 || t.ReplicationFactor > MaxReplicationFactor {
 		return subjects.Errorf(subjects.KindInvalid, "replication_factor %d out of range 1..%d", t.ReplicationFactor, MaxReplicationFactor)
+	}
+	if t.DefaultTTLMs < 0 || t.DefaultTTLMs > subjects.MaxTTLMs {
+		return subjects.Errorf(subjects.KindInvalid, "default_ttl_ms %d out of range 0..%d (10 years; 0 = values never expire)", t.DefaultTTLMs, subjects.MaxTTLMs)
 	}
 	nodes, err := c.cfg.Metadata.ListNodes(ctx)
 	if err != nil {

@@ -84,6 +84,9 @@ type Tenant struct {
 	ReplicationFactor  int       `json:"replication_factor" msgpack:"replication_factor"`
 	DefaultConsistency string    `json:"default_consistency" msgpack:"default_consistency"` // One, Quorum or All
 	ConflictPolicy     string    `json:"conflict_policy" msgpack:"conflict_policy"`         // PolicyLWW or PolicySiblings
+	// DefaultTTLMs is the time to live (ms) of a value put without
+	// ttl_ms; 0 = never expires (0..MaxTTLMs).
+	DefaultTTLMs int64 `json:"default_ttl_ms" msgpack:"default_ttl_ms"`
 	Version            int64     `json:"version" msgpack:"version"`                         // optimistic lock: send it back on tenant.update
 	CreatedAt          time.Time `json:"created_at" msgpack:"created_at"`
 	UpdatedAt          time.Time `json:"updated_at" msgpack:"updated_at"`
@@ -187,6 +190,10 @@ type TenantRequest struct {
 	ReplicationFactor  *int    `json:"replication_factor,omitempty" msgpack:"replication_factor,omitempty"`
 	DefaultConsistency *string `json:"default_consistency,omitempty" msgpack:"default_consistency,omitempty"`
 	ConflictPolicy     *string `json:"conflict_policy,omitempty" msgpack:"conflict_policy,omitempty"`
+	// DefaultTTLMs (create, update) sets the tenant's default_ttl_ms:
+	// 0..MaxTTLMs, 0 = values never expire (nil = 0 on create, unchanged
+	// on update).
+	DefaultTTLMs *int64 `json:"default_ttl_ms,omitempty" msgpack:"default_ttl_ms,omitempty"`
 	Version            int64   `json:"version,omitempty" msgpack:"version,omitempty"`
 	Force              bool    `json:"force,omitempty" msgpack:"force,omitempty"`
 }
