@@ -36,16 +36,16 @@ var (
 
 // Tenant is one tenant's replication and conflict settings.
 type Tenant struct {
-	ID                 string    `json:"tenant_id" msgpack:"tenant_id"`
-	ReplicationFactor  int       `json:"replication_factor" msgpack:"replication_factor"`
-	DefaultConsistency string    `json:"default_consistency" msgpack:"default_consistency"` // one|quorum|all
-	ConflictPolicy     string    `json:"conflict_policy" msgpack:"conflict_policy"`         // lww|siblings
+	ID                 string `json:"tenant_id" msgpack:"tenant_id"`
+	ReplicationFactor  int    `json:"replication_factor" msgpack:"replication_factor"`
+	DefaultConsistency string `json:"default_consistency" msgpack:"default_consistency"` // one|quorum|all
+	ConflictPolicy     string `json:"conflict_policy" msgpack:"conflict_policy"`         // lww|siblings
 	// DefaultTTLMs is the time to live, in milliseconds, of a value put
 	// without ttl_ms; 0 = never expires (0..subjects.MaxTTLMs).
-	DefaultTTLMs int64 `json:"default_ttl_ms,omitempty" msgpack:"default_ttl_ms,omitempty"`
-	Version            int64     `json:"version" msgpack:"version"`
-	CreatedAt          time.Time `json:"created_at" msgpack:"created_at"`
-	UpdatedAt          time.Time `json:"updated_at" msgpack:"updated_at"`
+	DefaultTTLMs int64     `json:"default_ttl_ms,omitempty" msgpack:"default_ttl_ms,omitempty"`
+	Version      int64     `json:"version" msgpack:"version"`
+	CreatedAt    time.Time `json:"created_at" msgpack:"created_at"`
+	UpdatedAt    time.Time `json:"updated_at" msgpack:"updated_at"`
 }
 
 // NodeStatus is a storage node's administrative state (its lifecycle,

@@ -80,16 +80,16 @@ type GetReply struct {
 // to it field for field (the two are kept identical; the compiler checks
 // the conversion).
 type Tenant struct {
-	ID                 string    `json:"tenant_id" msgpack:"tenant_id"`
-	ReplicationFactor  int       `json:"replication_factor" msgpack:"replication_factor"`
-	DefaultConsistency string    `json:"default_consistency" msgpack:"default_consistency"` // One, Quorum or All
-	ConflictPolicy     string    `json:"conflict_policy" msgpack:"conflict_policy"`         // PolicyLWW or PolicySiblings
+	ID                 string `json:"tenant_id" msgpack:"tenant_id"`
+	ReplicationFactor  int    `json:"replication_factor" msgpack:"replication_factor"`
+	DefaultConsistency string `json:"default_consistency" msgpack:"default_consistency"` // One, Quorum or All
+	ConflictPolicy     string `json:"conflict_policy" msgpack:"conflict_policy"`         // PolicyLWW or PolicySiblings
 	// DefaultTTLMs is the time to live (ms) of a value put without
 	// ttl_ms; 0 = never expires (0..MaxTTLMs).
-	DefaultTTLMs int64 `json:"default_ttl_ms" msgpack:"default_ttl_ms"`
-	Version            int64     `json:"version" msgpack:"version"`                         // optimistic lock: send it back on tenant.update
-	CreatedAt          time.Time `json:"created_at" msgpack:"created_at"`
-	UpdatedAt          time.Time `json:"updated_at" msgpack:"updated_at"`
+	DefaultTTLMs int64     `json:"default_ttl_ms" msgpack:"default_ttl_ms"`
+	Version      int64     `json:"version" msgpack:"version"` // optimistic lock: send it back on tenant.update
+	CreatedAt    time.Time `json:"created_at" msgpack:"created_at"`
+	UpdatedAt    time.Time `json:"updated_at" msgpack:"updated_at"`
 }
 
 // Node is the admin API's record of a storage node: the answer to
@@ -194,8 +194,8 @@ type TenantRequest struct {
 	// 0..MaxTTLMs, 0 = values never expire (nil = 0 on create, unchanged
 	// on update).
 	DefaultTTLMs *int64 `json:"default_ttl_ms,omitempty" msgpack:"default_ttl_ms,omitempty"`
-	Version            int64   `json:"version,omitempty" msgpack:"version,omitempty"`
-	Force              bool    `json:"force,omitempty" msgpack:"force,omitempty"`
+	Version      int64  `json:"version,omitempty" msgpack:"version,omitempty"`
+	Force        bool   `json:"force,omitempty" msgpack:"force,omitempty"`
 }
 
 // TenantList answers kv.v1.admin.tenant.list.
