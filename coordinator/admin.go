@@ -315,8 +315,14 @@ func (c *Coordinator) tenantHoldsData(ctx context.Context, tenant string) (strin
 			if err := msgpack.Unmarshal(msg.Data, &rep); err != nil {
 				return "", fmt.Errorf("decode dump from %s: %w", m.ID, err)
 			}
+			now := c.cfg.Now().UnixMilli()
 			for _, e := range rep.Entries {
-				if !e.Tombstone {
+				// A value whose TTL has passed is as gone as a tombstone.
+				dead := e.Tombstone || (e.Expires != 0 && now >= e.Expires)
+				if e.DVV != nil {
+					dead = e.DVV.DeletedAt(now)
+				}
+				if !dead {
 					return m.ID, nil
 				}
 			}

@@ -72,6 +72,10 @@ type routing struct {
 	claimMu  sync.Mutex
 	lastWarn string       // guarded by claimMu: warnOnce
 	proto    atomic.Int32 // the negotiated node protocol (negotiate)
+	// belowTTL lists the nodes of the map that registered a node protocol
+	// below NodeProtocolTTL (negotiate), for the refusal of a put with a
+	// TTL; nil when there are none.
+	belowTTL atomic.Pointer[[]string]
 	// flightMu guards flight, the reload that requests refused with
 	// not_owner share (see reload).
 	flightMu sync.Mutex
@@ -567,10 +571,20 @@ func protocolBlock(m *ring.Map, nodes []metadata.Node) string {
 // hold (removed) does not count.
 func (r *routing) negotiate(m *ring.Map, nodes []metadata.Node) {
 	proto := int32(subjects.NodeProtocolVersion)
+	var below []string
 	for _, n := range nodes {
 		if m.HasNode(n.ID) {
-			proto = min(proto, int32(max(n.Protocol, 1)))
+			p := max(n.Protocol, 1)
+			proto = min(proto, int32(p))
+			if p < subjects.NodeProtocolTTL {
+				below = append(below, fmt.Sprintf("%s (protocol %d)", n.ID, p))
+			}
 		}
+	}
+	if below == nil {
+		r.belowTTL.Store(nil)
+	} else {
+		r.belowTTL.Store(&below)
 	}
 	if old := r.proto.Swap(proto); old != proto {
 		r.log.Info("node protocol negotiated", "protocol", proto)

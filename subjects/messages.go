@@ -405,6 +405,10 @@ type DumpEntry struct {
 	Context   string `json:"context" msgpack:"context"`
 	Counter   uint64 `json:"counter" msgpack:"counter"`
 	Actor     string `json:"actor" msgpack:"actor"`
+	// Expires is the Expires of the version (lww) or of the greatest dot
+	// (siblings): for a value, when its TTL ends; for a tombstone, when it
+	// was deleted (Unix ms; 0 = none). The siblings' own are in DVV.
+	Expires int64 `json:"expires,omitempty" msgpack:"expires,omitempty"`
 	// Siblings policy: the number of values (tombstones included) and the
 	// complete state; Value, Counter and Actor describe the greatest dot.
 	Siblings int            `json:"siblings,omitempty" msgpack:"siblings,omitempty"`
