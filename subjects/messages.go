@@ -451,14 +451,21 @@ type RepairRequest struct {
 // sizing batches and replies below the server's max payload.
 func VersionSize(v *vclock.Version, s *vclock.DVVSet) int {
 	n := 0
+	// An Expires adds at most 9 bytes (msgpack int64) to its version or value.
 	if v != nil {
 		n += 16 + len(v.Value) + len(v.Dot.Actor)
+		if v.Expires != 0 {
+			n += 9
+		}
 	}
 	if s != nil {
 		for _, e := range s.Entries {
 			n += 16 + len(e.Actor)
 			for _, val := range e.Values {
 				n += 4 + len(val.Data)
+				if val.Expires != 0 {
+					n += 9
+				}
 			}
 		}
 	}
