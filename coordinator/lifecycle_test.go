@@ -104,7 +104,7 @@ func (l *lifecycle) report(ctx context.Context, rep subjects.TransferReport) (*s
 	return l.admin.ReportTransfer(ctx, rep)
 }
 
-// register registers node id (protocol 2 unless proto says otherwise) and
+// register registers node id (NodeProtocolVersion unless proto says otherwise) and
 // keeps it heartbeating.
 func (l *lifecycle) register(id string, hold bool, proto ...int) *subjects.Node {
 	l.t.Helper()
@@ -294,7 +294,7 @@ func TestLifecycleGrowAndShrink(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range list {
-		if n.ID == "n4" && (n.Status != "joining" || n.Transfer == nil || n.Transfer.PartitionsDone != 1 || n.Transfer.Bytes != 4096 || n.Protocol != 2) {
+		if n.ID == "n4" && (n.Status != "joining" || n.Transfer == nil || n.Transfer.PartitionsDone != 1 || n.Transfer.Bytes != 4096 || n.Protocol != subjects.NodeProtocolVersion) {
 			t.Fatalf("node list entry of n4: %+v transfer %+v", n, n.Transfer)
 		}
 	}
