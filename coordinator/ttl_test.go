@@ -245,6 +245,8 @@ func TestTTLBadInput(t *testing.T) {
 		{"fraction JSON", []byte(`{"key":"bad","value":"v","ttl_ms":1.5}`), true, "malformed JSON"},
 		{"string JSON", []byte(`{"key":"bad","value":"v","ttl_ms":"10m"}`), true, "malformed JSON"},
 		{"string msgpack", mp(t, map[string]any{"key": "bad", "value": []byte("v"), "ttl_ms": "10m"}), false, "malformed msgpack"},
+		{"float msgpack", mp(t, map[string]any{"key": "bad", "value": []byte("v"), "ttl_ms": 1.5}), false, "malformed msgpack"},
+		{"whole float msgpack", mp(t, map[string]any{"key": "bad", "value": []byte("v"), "ttl_ms": 60000.0}), false, "malformed msgpack"},
 	} {
 		code, kind, desc, _ := rawRequest(t, nc, put, tc.body, tc.json)
 		if code != "400" || kind != subjects.KindInvalid || !strings.Contains(desc, tc.msg) {
@@ -361,5 +363,28 @@ func TestTTLNeedsProtocol3(t *testing.T) {
 	})
 	if _, err := kv.Put(ctx, "ttl", []byte("v"), client.WithTTL(time.Minute), client.WithConsistency(subjects.All)); err != nil {
 		t.Fatalf("TTL put after the upgrade: %v", err)
+	}
+}
+
+// TestTTLExpiredDataDoesNotHoldATenant: tenant.delete without force is
+// refused while a value lives and allowed once every value has expired
+// (an expired value is as gone as a deleted one), under both policies.
+func TestTTLExpiredDataDoesNotHoldATenant(t *testing.T) {
+	clk := &offsetClock{}
+	c := ttlCluster(t, devcluster.Config{}, clk)
+	ctx := ctxT(t)
+	admin := client.NewAdmin(connect(t, c))
+	for _, policy := range []string{subjects.PolicyLWW, subjects.PolicySiblings} {
+		tenant := "gone-" + policy
+		kv := createTTLTenant(t, c, tenant, policy, nil)
+		if _, err := kv.Put(ctx, "k", []byte("v"), client.WithTTL(10*time.Second), client.WithConsistency(subjects.All)); err != nil {
+			t.Fatal(err)
+		}
+		err := admin.DeleteTenant(ctx, tenant, false)
+		assertKind(t, err, 409, subjects.KindTenantNotEmpty)
+		clk.advance(11 * time.Second)
+		if err := admin.DeleteTenant(ctx, tenant, false); err != nil {
+			t.Fatalf("%s: delete of a tenant whose only value expired: %v", policy, err)
+		}
 	}
 }
