@@ -267,6 +267,21 @@ func TestTTLBadInput(t *testing.T) {
 	if es := dumpKey(t, c, "default", "bad", 3); len(es) != 0 {
 		t.Fatalf("refused requests wrote %+v", es)
 	}
+	// Both encodings carry a valid ttl_ms to the replicas.
+	for enc, tc := range map[string]struct {
+		body []byte
+		json bool
+	}{
+		"json":    {[]byte(`{"key":"j","value":"v","ttl_ms":60000,"consistency":"all"}`), true},
+		"msgpack": {mp(t, map[string]any{"key": "m", "value": []byte("v"), "ttl_ms": 60000, "consistency": "all"}), false},
+	} {
+		before := time.Now().UnixMilli()
+		if code, _, desc, _ := rawRequest(t, nc, put, tc.body, tc.json); code != "" {
+			t.Fatalf("%s put with ttl_ms: %s %s", enc, code, desc)
+		}
+		key := map[string]string{"json": "j", "msgpack": "m"}[enc]
+		sameExpiresEverywhere(t, c, "default", key, before+60_000, time.Now().UnixMilli()+60_000)
+	}
 	admin := client.NewAdmin(nc)
 	for _, d := range []time.Duration{-time.Millisecond, (subjects.MaxTTLMs + 1) * time.Millisecond} {
 		_, err := admin.CreateTenant(ctx, "badttl", client.TenantSpec{DefaultTTL: &d})
