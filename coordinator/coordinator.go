@@ -103,7 +103,7 @@ type Config struct {
 	ContextSecretPrevious []byte
 
 	Logger *slog.Logger
-	Now    func() time.Time // clock for caches and the hybrid logical clocks; default time.Now
+	Now    func() time.Time // clock for caches, the hybrid logical clocks and TTLs (a put's expiry, a delete's time, whether a value read has expired); default time.Now
 }
 
 // ErrInvalidConfig is wrapped by the error of a constructor whose Config

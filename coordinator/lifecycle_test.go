@@ -104,7 +104,7 @@ func (l *lifecycle) report(ctx context.Context, rep subjects.TransferReport) (*s
 	return l.admin.ReportTransfer(ctx, rep)
 }
 
-// register registers node id (protocol 2 unless proto says otherwise) and
+// register registers node id (NodeProtocolVersion unless proto says otherwise) and
 // keeps it heartbeating.
 func (l *lifecycle) register(id string, hold bool, proto ...int) *subjects.Node {
 	l.t.Helper()
@@ -294,7 +294,7 @@ func TestLifecycleGrowAndShrink(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range list {
-		if n.ID == "n4" && (n.Status != "joining" || n.Transfer == nil || n.Transfer.PartitionsDone != 1 || n.Transfer.Bytes != 4096 || n.Protocol != 2) {
+		if n.ID == "n4" && (n.Status != "joining" || n.Transfer == nil || n.Transfer.PartitionsDone != 1 || n.Transfer.Bytes != 4096 || n.Protocol != subjects.NodeProtocolVersion) {
 			t.Fatalf("node list entry of n4: %+v transfer %+v", n, n.Transfer)
 		}
 	}
@@ -672,8 +672,8 @@ func TestLifecycleProtocolNegotiation(t *testing.T) {
 	}
 	for _, co := range l.c.Coordinators() {
 		waitFor(t, 5*time.Second, func() error {
-			if p := co.NodeProtocol(); p != 2 {
-				return fmt.Errorf("protocol %d; the map names only protocol-2 nodes", p)
+			if p := co.NodeProtocol(); p != subjects.NodeProtocolVersion {
+				return fmt.Errorf("protocol %d; the map names only protocol-%d nodes", p, subjects.NodeProtocolVersion)
 			}
 			return nil
 		})

@@ -690,7 +690,7 @@ func dumpEntry(key, data []byte) (subjects.DumpEntry, error) {
 	}
 	ent := subjects.DumpEntry{Key: string(key)}
 	if v := rec.LWW; v != nil {
-		ent.Value, ent.Tombstone = v.Value, v.Tombstone
+		ent.Value, ent.Tombstone, ent.Expires = v.Value, v.Tombstone, v.Expires
 		ent.Context = vclock.EncodeContext(v.Dot)
 		ent.Counter, ent.Actor = v.Dot.Counter, v.Dot.Actor
 	}
@@ -699,7 +699,7 @@ func dumpEntry(key, data []byte) (subjects.DumpEntry, error) {
 		ent.Tombstone = d.Deleted()
 		ent.Context = vclock.EncodeDVVContext(d.Join())
 		if last, ok := d.Last(); ok {
-			ent.Value = last.Value.Data
+			ent.Value, ent.Expires = last.Value.Data, last.Value.Expires
 			ent.Counter, ent.Actor = last.Dot.Counter, last.Dot.Actor
 		}
 	}

@@ -11,6 +11,9 @@ const (
 	MaxKeyBytes   = 1024    // a key is 1..MaxKeyBytes bytes, any bytes
 	MaxValueBytes = 1 << 20 // a value is 0..MaxValueBytes bytes
 	MaxTimeoutMS  = 60_000  // timeout_ms is 0..MaxTimeoutMS; 0 = the coordinator's default
+	// MaxTTLMs bounds ttl_ms of a put and a tenant's default_ttl_ms: 10
+	// years (of 365 days) in milliseconds.
+	MaxTTLMs = 315_360_000_000
 )
 
 // Consistency levels. ONLY APPEND TO THIS LIST.
@@ -38,6 +41,12 @@ type Request struct {
 	Context        string `msgpack:"context,omitempty"`         // opaque, from an earlier read or write
 	IdempotencyKey string `msgpack:"idempotency_key,omitempty"` // "" = the coordinator makes one
 	TimeoutMS      int64  `msgpack:"timeout_ms,omitempty"`      // 0 = the coordinator's default
+	// TTLMs (put) is the value's time to live in milliseconds, 0..MaxTTLMs;
+	// 0 or absent = the tenant's default_ttl_ms (0 there = never expires).
+	// The value expires at the coordinator's wall time of the put plus
+	// TTLMs, the same instant on every replica; from then on reads answer
+	// not found, as for a deleted key.
+	TTLMs int64 `msgpack:"ttl_ms,omitempty"`
 }
 
 // WriteReply answers put and delete.
@@ -71,13 +80,16 @@ type GetReply struct {
 // to it field for field (the two are kept identical; the compiler checks
 // the conversion).
 type Tenant struct {
-	ID                 string    `json:"tenant_id" msgpack:"tenant_id"`
-	ReplicationFactor  int       `json:"replication_factor" msgpack:"replication_factor"`
-	DefaultConsistency string    `json:"default_consistency" msgpack:"default_consistency"` // One, Quorum or All
-	ConflictPolicy     string    `json:"conflict_policy" msgpack:"conflict_policy"`         // PolicyLWW or PolicySiblings
-	Version            int64     `json:"version" msgpack:"version"`                         // optimistic lock: send it back on tenant.update
-	CreatedAt          time.Time `json:"created_at" msgpack:"created_at"`
-	UpdatedAt          time.Time `json:"updated_at" msgpack:"updated_at"`
+	ID                 string `json:"tenant_id" msgpack:"tenant_id"`
+	ReplicationFactor  int    `json:"replication_factor" msgpack:"replication_factor"`
+	DefaultConsistency string `json:"default_consistency" msgpack:"default_consistency"` // One, Quorum or All
+	ConflictPolicy     string `json:"conflict_policy" msgpack:"conflict_policy"`         // PolicyLWW or PolicySiblings
+	// DefaultTTLMs is the time to live (ms) of a value put without
+	// ttl_ms; 0 = never expires (0..MaxTTLMs).
+	DefaultTTLMs int64     `json:"default_ttl_ms" msgpack:"default_ttl_ms"`
+	Version      int64     `json:"version" msgpack:"version"` // optimistic lock: send it back on tenant.update
+	CreatedAt    time.Time `json:"created_at" msgpack:"created_at"`
+	UpdatedAt    time.Time `json:"updated_at" msgpack:"updated_at"`
 }
 
 // Node is the admin API's record of a storage node: the answer to
@@ -182,8 +194,12 @@ type TenantRequest struct {
 	ReplicationFactor  *int    `json:"replication_factor,omitempty" msgpack:"replication_factor,omitempty"`
 	DefaultConsistency *string `json:"default_consistency,omitempty" msgpack:"default_consistency,omitempty"`
 	ConflictPolicy     *string `json:"conflict_policy,omitempty" msgpack:"conflict_policy,omitempty"`
-	Version            int64   `json:"version,omitempty" msgpack:"version,omitempty"`
-	Force              bool    `json:"force,omitempty" msgpack:"force,omitempty"`
+	// DefaultTTLMs (create, update) sets the tenant's default_ttl_ms:
+	// 0..MaxTTLMs, 0 = values never expire (nil = 0 on create, unchanged
+	// on update).
+	DefaultTTLMs *int64 `json:"default_ttl_ms,omitempty" msgpack:"default_ttl_ms,omitempty"`
+	Version      int64  `json:"version,omitempty" msgpack:"version,omitempty"`
+	Force        bool   `json:"force,omitempty" msgpack:"force,omitempty"`
 }
 
 // TenantList answers kv.v1.admin.tenant.list.
@@ -396,6 +412,10 @@ type DumpEntry struct {
 	Context   string `json:"context" msgpack:"context"`
 	Counter   uint64 `json:"counter" msgpack:"counter"`
 	Actor     string `json:"actor" msgpack:"actor"`
+	// Expires is the Expires of the version (lww) or of the greatest dot
+	// (siblings): for a value, when its TTL ends; for a tombstone, when it
+	// was deleted (Unix ms; 0 = none). The siblings' own are in DVV.
+	Expires int64 `json:"expires,omitempty" msgpack:"expires,omitempty"`
 	// Siblings policy: the number of values (tombstones included) and the
 	// complete state; Value, Counter and Actor describe the greatest dot.
 	Siblings int            `json:"siblings,omitempty" msgpack:"siblings,omitempty"`
@@ -438,14 +458,21 @@ type RepairRequest struct {
 // sizing batches and replies below the server's max payload.
 func VersionSize(v *vclock.Version, s *vclock.DVVSet) int {
 	n := 0
+	// An Expires adds at most 9 bytes (msgpack int64) to its version or value.
 	if v != nil {
 		n += 16 + len(v.Value) + len(v.Dot.Actor)
+		if v.Expires != 0 {
+			n += 9
+		}
 	}
 	if s != nil {
 		for _, e := range s.Entries {
 			n += 16 + len(e.Actor)
 			for _, val := range e.Values {
 				n += 4 + len(val.Data)
+				if val.Expires != 0 {
+					n += 9
+				}
 			}
 		}
 	}
