@@ -557,12 +557,13 @@ type AEStatus struct {
 	// Bytes counts record bytes anti-entropy scanned, fetched and sent.
 	Bytes int64 `json:"bytes" msgpack:"bytes"`
 	// LastPass is when the last full pass over every partition of the
-	// node ended; zero before the first.
-	LastPass time.Time `json:"last_pass" msgpack:"last_pass"`
+	// node ended; zero (absent in JSON) before the first.
+	LastPass time.Time `json:"last_pass,omitzero" msgpack:"last_pass"`
 	// OldestPartitionPass is the oldest, over the partitions the node
 	// owns, of the time each last completed every exchange of a pass
-	// without an error; zero while some owned partition never did.
-	OldestPartitionPass time.Time `json:"oldest_partition_pass" msgpack:"oldest_partition_pass"`
+	// without an error; zero (absent in JSON) while some owned partition
+	// never did.
+	OldestPartitionPass time.Time `json:"oldest_partition_pass,omitzero" msgpack:"oldest_partition_pass"`
 	// Errors counts exchanges that failed (peer down or refusing, a
 	// tree that changed mid-exchange); each is retried the next pass.
 	Errors int64 `json:"errors" msgpack:"errors"`
