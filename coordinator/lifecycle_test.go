@@ -853,3 +853,39 @@ func TestLifecycleReconcileBetweenReplaceSteps(t *testing.T) {
 	l.transfer("new")
 	l.wantStatuses(map[string]string{"n1": "active", "n2": "left", "n3": "active", "n4": "active", "n5": "active", "new": "active"})
 }
+
+// TestNodeListShowsAntiEntropy: a heartbeat's anti-entropy figures show
+// in node list (JSON anti_entropy); a heartbeat without them clears them;
+// negative counts are refused.
+func TestNodeListShowsAntiEntropy(t *testing.T) {
+	c := startClusterWith(t, devcluster.Config{Nodes: -1, Coordinators: 1, DefaultTenant: "-"})
+	ad := client.NewAdmin(connect(t, c))
+	ctx := ctxT(t)
+	pass := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	ae := &subjects.AEStatus{Exchanges: 7, KeysRepaired: 3, Bytes: 4096, LastPass: pass, OldestPartitionPass: pass.Add(-time.Minute), Errors: 1}
+	list := func() *subjects.AEStatus {
+		t.Helper()
+		ns, err := ad.ListNodes(ctx)
+		if err != nil || len(ns) != 1 {
+			t.Fatalf("node list: %+v, %v", ns, err)
+		}
+		return ns[0].AntiEntropy
+	}
+	if _, err := ad.Register(ctx, subjects.NodeRequest{NodeID: "n1", Epoch: 1, Protocol: subjects.NodeProtocolVersion, AntiEntropy: ae}); err != nil {
+		t.Fatal(err)
+	}
+	if got := list(); got == nil || got.Exchanges != 7 || got.KeysRepaired != 3 || got.Bytes != 4096 || got.Errors != 1 ||
+		!got.LastPass.Equal(ae.LastPass) || !got.OldestPartitionPass.Equal(ae.OldestPartitionPass) {
+		t.Fatalf("node list anti_entropy %+v, want %+v", got, ae)
+	}
+	bad := *ae
+	bad.KeysRepaired = -1
+	_, err := ad.Register(ctx, subjects.NodeRequest{NodeID: "n1", Epoch: 1, Protocol: subjects.NodeProtocolVersion, AntiEntropy: &bad})
+	assertKind(t, err, 400, subjects.KindInvalid)
+	if _, err := ad.Register(ctx, subjects.NodeRequest{NodeID: "n1", Epoch: 1, Protocol: subjects.NodeProtocolVersion}); err != nil {
+		t.Fatal(err)
+	}
+	if got := list(); got != nil {
+		t.Fatalf("anti_entropy %+v after a heartbeat without it", got)
+	}
+}

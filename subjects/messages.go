@@ -113,6 +113,10 @@ type Node struct {
 	// Transfer is the node's progress receiving partitions, as its last
 	// heartbeat or transfer report gave it; nil when it reported none.
 	Transfer *TransferStatus `json:"transfer,omitempty" msgpack:"transfer,omitempty"`
+	// AntiEntropy is the node's anti-entropy figures, as its last
+	// heartbeat gave them; nil when it reported none (anti-entropy off, an
+	// older node, or no heartbeat since this coordinator started).
+	AntiEntropy *AEStatus `json:"anti_entropy,omitempty" msgpack:"anti_entropy,omitempty"`
 }
 
 // TransferStatus is a node's progress receiving partitions, sent with its
@@ -217,6 +221,9 @@ type NodeRequest struct {
 	// Transfer (register, the heartbeat) is the node's progress receiving
 	// partitions.
 	Transfer *TransferStatus `json:"transfer,omitempty" msgpack:"transfer,omitempty"`
+	// AntiEntropy (register, the heartbeat) is the node's anti-entropy
+	// figures; nil when anti-entropy is off.
+	AntiEntropy *AEStatus `json:"anti_entropy,omitempty" msgpack:"anti_entropy,omitempty"`
 	// Force (remove) removes a node that is down without waiting for it to
 	// be left: its partitions are pulled from the surviving owners, and
 	// writes acknowledged only by it are lost.
@@ -535,4 +542,118 @@ type PartitionRecord struct {
 	Tenant   string
 	Key      string
 	State    []byte
+}
+
+// AEStatus is a storage node's anti-entropy figures since it started,
+// sent with its heartbeat (NodeRequest.AntiEntropy) and shown by node
+// list (Node.AntiEntropy) and status.
+type AEStatus struct {
+	// Exchanges counts (partition, peer) comparisons this node initiated
+	// and completed, equal roots included.
+	Exchanges int64 `json:"exchanges" msgpack:"exchanges"`
+	// KeysRepaired counts (key, replica) pairs whose stored record a merge
+	// of an exchange this node initiated changed: here or on the peer.
+	KeysRepaired int64 `json:"keys_repaired" msgpack:"keys_repaired"`
+	// Bytes counts record bytes anti-entropy scanned, fetched and sent.
+	Bytes int64 `json:"bytes" msgpack:"bytes"`
+	// LastPass is when the last full pass over every partition of the
+	// node ended; zero (absent in JSON) before the first.
+	LastPass time.Time `json:"last_pass,omitzero" msgpack:"last_pass"`
+	// OldestPartitionPass is the oldest, over the partitions the node
+	// owns, of the time each last completed every exchange of a pass
+	// without an error; zero (absent in JSON) while some owned partition
+	// never did.
+	OldestPartitionPass time.Time `json:"oldest_partition_pass,omitzero" msgpack:"oldest_partition_pass"`
+	// Errors counts exchanges that failed (peer down or refusing, a
+	// tree that changed mid-exchange); each is retried the next pass.
+	Errors int64 `json:"errors" msgpack:"errors"`
+}
+
+// Anti-entropy ops (AERequest.Op). ONLY APPEND TO THIS LIST.
+const (
+	AEOpRoots    = "roots"    // Parts → Hashes: one root per partition, in order
+	AEOpChildren = "children" // Partition, Level, Indices (parents) → Hashes: FanOut per parent, in order
+	AEOpKeys     = "keys"     // Partition, Indices (leaf buckets) → Entries of the buckets Done
+	AEOpRecords  = "records"  // Partition, Keys → Records (missing keys left out) of the keys Done
+	AEOpPush     = "push"     // Partition, Records → Changed: merge them, count the keys changed
+)
+
+// AERequest is the body of kv.node.<id>.ae: one step of an anti-entropy
+// exchange (docs/PROTOCOL.md, "Anti-entropy"). The node that initiates
+// an exchange of partition p with a peer asks it for the roots of its
+// Merkle trees (package hashtree) of p over the tenants Tenants, built
+// with Config, descends the differing subtrees (children), lists the
+// keys of differing leaf buckets with their version hashes (keys),
+// fetches the records it lacks or holds differently (records) and pushes
+// its own (push). The responder refuses, with the node error reply:
+// KindMapBehind when MapVersion is newer than its map, KindNotOwner when
+// it is not a current owner of a partition named, KindInvalid for a
+// malformed request (protocol, Partitions other than its own, a partition
+// out of range, Tenants not sorted, distinct and valid, a Config outside
+// hashtree's limits, an index outside its level, an unknown Op).
+// Fields are only appended.
+type AERequest struct {
+	_msgpack   struct{} `msgpack:",as_array"`
+	Proto      int      // NodeProtocolVersion of the sender
+	Op         string   // AEOpRoots, AEOpChildren, AEOpKeys, AEOpRecords or AEOpPush
+	Partitions int      // the sender's partition count Q; must equal the responder's
+	MapVersion uint64   // the sender's map version (not 0)
+	Tenants    []string // the tenants the trees cover: sorted, distinct, not empty
+	Config     AEConfig // the trees' shape (hashtree.Config)
+	Parts      []uint32 // roots: the partitions, at most AEMaxParts
+	Partition  uint32   // every other op: the partition
+	Level      int      // children: the parents' level (0 = the root)
+	Indices    []uint32 // children: parent indices within Level; keys: leaf buckets
+	Keys       []AEKey  // records: the keys to send
+	// Records (push) are merged like a repair (NodeWrite.LWW or .DVV);
+	// every one must be of Partition and of a tenant of Tenants.
+	Records []PartitionRecord
+	// Root (children) is the root the sender got for Partition from the
+	// roots op: the responder answers from the tree of that root, which
+	// it keeps while an exchange descends it even if the partition
+	// changes meanwhile (it keeps the last two trees per partition,
+	// tenant set and config); if it no longer has it, it answers
+	// KindConflict and the sender retries the next pass.
+	Root [2]uint64
+}
+
+// AEMaxParts bounds AERequest.Parts of one roots request.
+const AEMaxParts = 4096
+
+// AEConfig is the shape of the trees compared (hashtree.Config).
+type AEConfig struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	FanOut   int
+	Depth    int
+}
+
+// AEKey names a key of an AERequest records op.
+type AEKey struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Tenant   string
+	Key      string
+}
+
+// AEEntry is a key of a leaf bucket and the hash of the record the node
+// stores for it (hashtree.VersionHash of the stored bytes).
+type AEEntry struct {
+	_msgpack struct{}  `msgpack:",as_array"`
+	Tenant   string    //
+	Key      string    //
+	Version  [2]uint64 // hashtree.Hash
+}
+
+// AEReply answers AERequest.
+type AEReply struct {
+	_msgpack struct{}    `msgpack:",as_array"`
+	Hashes   [][2]uint64 // roots, children: hashtree.Hash values
+	Entries  []AEEntry   // keys
+	Records  []PartitionRecord
+	// Done (keys, records) is how many of the request's Indices or Keys
+	// the reply covers completely, from the first: a reply is cut to fit
+	// one message, and the sender asks again for the rest.
+	Done int
+	// Changed (push) is how many of the records changed what the node
+	// stored: each a (key, replica) repaired.
+	Changed int
 }

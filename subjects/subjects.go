@@ -150,6 +150,7 @@ const (
 	NodeOpRead  = "read"  // NodeReadBatch → NodeReadReply
 	NodeOpDump  = "dump"  // DumpRequest → DumpReply (operators, repair checks)
 	NodeOpScan  = "scan"  // PartitionScan → PartitionScanReply (partition transfer)
+	NodeOpAE    = "ae"    // AERequest → AEReply (anti-entropy exchange between storage nodes)
 )
 
 // StorageNode returns the subject of op on storage node nodeID.

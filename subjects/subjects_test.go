@@ -249,3 +249,17 @@ func TestVersionSizeCountsExpires(t *testing.T) {
 		t.Fatalf("Expires adds %d to the state estimate, %d to the encoding", got, len(bse)-len(bs))
 	}
 }
+
+// TestAEStatusJSON: node list --json shows anti_entropy with RFC 3339
+// times, and leaves out the times of a pass that never happened.
+func TestAEStatusJSON(t *testing.T) {
+	at := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	b, err := json.Marshal(Node{ID: "n1", AntiEntropy: &AEStatus{Exchanges: 2, KeysRepaired: 1, LastPass: at}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `"anti_entropy":{"exchanges":2,"keys_repaired":1,"bytes":0,"last_pass":"2026-12-01T10:00:00Z","errors":0}`
+	if !strings.Contains(string(b), want) {
+		t.Fatalf("JSON %s lacks %s", b, want)
+	}
+}
