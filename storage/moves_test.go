@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -932,6 +933,43 @@ func TestTransferRestartPullsAgain(t *testing.T) {
 			if !sameRecord(got[k], want) {
 				t.Fatalf("%q of partition %d on c is %+v, want %+v (a key behind a resumed cursor was not pulled again)", k, p, got[k], want)
 			}
+		}
+	}
+}
+
+// TestHandoffPushesAgainWhenOwnersChanged (F8): a handoff that pushed a
+// partition to its owners in an older map does not drop it while the
+// node's map names an owner the push missed (here c, a receiver of the
+// partition in the newer map, whose scan may already have passed the
+// records): it pushes again under the newer map, then drops.
+func TestHandoffPushesAgainWhenOwnersChanged(t *testing.T) {
+	s := natstest.RunServer(t)
+	m1 := claim(t, nil, "a", "b")
+	m2 := retarget(t, m1, "a", "b", "c")
+	newFakeCoord(t, s, m2, false)
+	cfg := func(id string) Config {
+		return Config{NodeID: id, DataDir: t.TempDir(), MapPoll: 200 * time.Millisecond, HandoffGrace: time.Hour}
+	}
+	const p = xferPart
+	if !slices.Contains(m2.Target(p, nil), "c") || m1.Owns(p, "c") {
+		t.Fatalf("partition %d: c must be an owner in m2 only (m1 %v, m2 target %v)", p, m1.Owners(p, nil), m2.Target(p, nil))
+	}
+	a, b, c := startXfer(t, s, cfg("a"), nil), startXfer(t, s, cfg("b"), nil), startXfer(t, s, cfg("c"), nil)
+	key := keysIn("lww", p, xferQ, 1)[0]
+	x := startXfer(t, s, cfg("x"), func(e *engine) {
+		apply(t, e, []subjects.NodeWrite{{Tenant: "lww", Key: key, LWW: version(7, "c1", "on x")}})
+	})
+	waitFor(t, 5*time.Second, "x to install m2", func() bool { return x.Map().Version() >= m2.Version() })
+	// The handoff started under m1 (owners a and b); the drop runs under m2.
+	if err := x.handoff(context.Background(), m1, p); err != nil {
+		t.Fatal(err)
+	}
+	if has, err := x.eng.hasRecords(p); err != nil || has {
+		t.Fatalf("x still holds partition %d after the handoff: %v %v", p, has, err)
+	}
+	for _, n := range []*Node{a, b, c} {
+		if rec, err := n.eng.read("lww", key); err != nil || rec.LWW == nil || string(rec.LWW.Value) != "on x" {
+			t.Fatalf("%s lacks the record x handed off and dropped: %+v %v", n.ID(), rec, err)
 		}
 	}
 }
