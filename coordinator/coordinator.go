@@ -243,6 +243,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Coordinator, error) {
 		routing: newRouting(cfg.Metadata, log, cfg.RingRefresh, cfg.Partitions),
 		sem:     make(chan struct{}, cfg.MaxInflight),
 	}
+	c.routing.down = func(n metadata.Node) bool { return c.isDown(n, c.cfg.Now()) }
 	if cfg.Repair != nil {
 		c.repair = newConflictService(cfg.Repair, cfg.Actor, log)
 	}

@@ -106,6 +106,15 @@ func (c *Coordinator) nodeRegister(ctx context.Context, body func(any) error) (a
 		if again, err := c.cfg.Metadata.GetNode(ctx, n.ID); err == nil {
 			n = again
 		}
+	} else if n.Status == metadata.NodeLeaving && pl.nodes > 0 && !pl.m.HasNode(n.ID) && handoffFinished(n, pl.m) {
+		// The heartbeat that says a drained node's handoff finished
+		// makes it left (advance), without waiting for a refresh.
+		if err := c.routing.advance(ctx, pl.m, []metadata.Node{n}); err != nil {
+			return nil, err
+		}
+		if again, err := c.cfg.Metadata.GetNode(ctx, n.ID); err == nil {
+			n = again
+		}
 	}
 	return wireNode(n), nil
 }
@@ -398,11 +407,16 @@ func (c *Coordinator) nodeJoin(ctx context.Context, body func(any) error) (any, 
 	if err := c.checkProtocol(append(nodes, metadata.Node{ID: n.ID, Status: metadata.NodeJoining, Protocol: n.Protocol})); err != nil {
 		return nil, err
 	}
-	from := n.Status
-	if n, err = c.cfg.Metadata.ChangeNodeStatus(ctx, n.ID, []string{from}, metadata.NodeJoining); err != nil {
+	was, from := n.Status, []string{n.Status}
+	if n.Status == metadata.NodeLeaving || n.Status == metadata.NodeLeft {
+		// A leaving node becomes left at a heartbeat (its handoff
+		// finished): the join cancels the drain either way.
+		from = []string{metadata.NodeLeaving, metadata.NodeLeft}
+	}
+	if n, err = c.cfg.Metadata.ChangeNodeStatus(ctx, n.ID, from, metadata.NodeJoining); err != nil {
 		return nil, changedConcurrently(req.NodeID, err)
 	}
-	c.log.Info("storage node joining", "node", n.ID, "was", from)
+	c.log.Info("storage node joining", "node", n.ID, "was", was)
 	if err := c.placementChanged(ctx); err != nil {
 		return nil, err
 	}

@@ -77,6 +77,9 @@ type routing struct {
 	flightMu sync.Mutex
 	flight   *reloadFlight
 	failing  bool // owned by the loop goroutine: log an outage once
+	// down reports whether a node is down (silent for a few heartbeats);
+	// nil: none is. Set once before the loop starts.
+	down func(metadata.Node) bool
 }
 
 func newRouting(store metadata.Store, log *slog.Logger, interval time.Duration, partitions int) *routing {
@@ -504,9 +507,11 @@ func receiving(m *ring.Map, node string, buf []string) bool {
 
 // advance moves node statuses along map m: a joining node in m's target
 // that is a receiver of no unflipped partition becomes active; a leaving
-// node m names in no row becomes left. Each change is conditional on the
-// status read (ChangeNodeStatus), so a concurrent drain or join wins over
-// it; a lost race is not an error.
+// node m names in no row becomes left once its handoff finished
+// (handoffFinished) or it is down (a dead node hands off nothing; replace
+// and remove --force rely on the surviving owners). Each change is
+// conditional on the status read (ChangeNodeStatus), so a concurrent drain
+// or join wins over it; a lost race is not an error.
 func (r *routing) advance(ctx context.Context, m *ring.Map, nodes []metadata.Node) error {
 	if m.Partitions() == 0 {
 		return nil
@@ -521,7 +526,7 @@ func (r *routing) advance(ctx context.Context, m *ring.Map, nodes []metadata.Nod
 				to = metadata.NodeActive
 			}
 		case metadata.NodeLeaving:
-			if !slices.Contains(named, n.ID) {
+			if !slices.Contains(named, n.ID) && (handoffFinished(n, m) || (r.down != nil && r.down(n))) {
 				to = metadata.NodeLeft
 			}
 		}
@@ -538,6 +543,15 @@ func (r *routing) advance(ctx context.Context, m *ring.Map, nodes []metadata.Nod
 		}
 	}
 	return nil
+}
+
+// handoffFinished reports whether node n reported (in its heartbeat's
+// transfer status) that its handoff finished under map m or a newer one:
+// named in no row, every record pushed to the owners and every range
+// dropped. A report under an older map does not count: the node may have
+// been named again since (a join, then a drain).
+func handoffFinished(n metadata.Node, m *ring.Map) bool {
+	return n.Transfer != nil && n.Transfer.HandoffDone > 0 && n.Transfer.HandoffDone >= m.Version()
 }
 
 // protocolBlock returns why no membership change may start on m: the

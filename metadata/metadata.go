@@ -100,6 +100,10 @@ type TransferStatus struct {
 	Keys            int64     `json:"keys" msgpack:"keys"`
 	RateBytes       float64   `json:"rate_bytes" msgpack:"rate_bytes"` // bytes/s over the last ~10 s
 	Updated         time.Time `json:"updated" msgpack:"updated"`
+	// HandoffDone is the placement map version under which the node found
+	// itself named in no row and holding no records (its handoff
+	// finished); 0 otherwise (subjects.TransferStatus.HandoffDone).
+	HandoffDone uint64 `json:"handoff_done,omitempty" msgpack:"handoff_done,omitempty"`
 }
 
 // Node is one storage node as the coordinators know it.

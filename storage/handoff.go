@@ -67,6 +67,7 @@ func (n *Node) handoffLoop(ctx context.Context) {
 			continue
 		}
 		now := time.Now()
+		clean := true // no records seen outside unowned
 		for p := range uint32(n.eng.q) {
 			if m.Owns(p, n.cfg.NodeID) {
 				delete(unowned, p)
@@ -74,7 +75,11 @@ func (n *Node) handoffLoop(ctx context.Context) {
 			}
 			since, seen := unowned[p]
 			if !seen {
-				if has, err := n.eng.hasRecords(p); err != nil || !has {
+				has, err := n.eng.hasRecords(p)
+				if err != nil {
+					clean = false
+				}
+				if err != nil || !has {
 					continue
 				}
 				unowned[p] = now
@@ -92,6 +97,14 @@ func (n *Node) handoffLoop(ctx context.Context) {
 				continue
 			}
 			delete(unowned, p)
+		}
+		// A node the map names nowhere that holds nothing has finished its
+		// handoff: its heartbeat says so, and a leaving node becomes left
+		// (coordinator advance) only then.
+		if clean && len(unowned) == 0 && !m.HasNode(n.cfg.NodeID) {
+			n.handoffDone.Store(m.Version())
+		} else {
+			n.handoffDone.Store(0)
 		}
 	}
 }

@@ -711,6 +711,9 @@ func TestHandoffThenDrop(t *testing.T) {
 	if has, _ := c.eng.hasRecords(uint32(handoffOnly)); !has {
 		t.Fatal("c dropped a partition before the grace")
 	}
+	if st := c.TransferStatus(); st != nil && st.HandoffDone != 0 {
+		t.Fatalf("c reports its handoff done (map %d) while it holds records", st.HandoffDone)
+	}
 	waitFor(t, 30*time.Second, "c to hand off and drop everything", func() bool {
 		for p := range uint32(xferQ) {
 			if has, _ := c.eng.hasRecords(p); has {
@@ -718,6 +721,10 @@ func TestHandoffThenDrop(t *testing.T) {
 			}
 		}
 		return true
+	})
+	waitFor(t, 5*time.Second, "c to report its handoff done", func() bool {
+		st := c.TransferStatus()
+		return st != nil && st.HandoffDone >= m2.Version()
 	})
 	for p, k := range only {
 		for _, n := range []*Node{a, b} {

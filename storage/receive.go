@@ -65,16 +65,23 @@ type rateSample struct {
 }
 
 // TransferStatus returns a copy of the node's progress receiving
-// partitions, nil when it never received any. The heartbeat carries it.
+// partitions, with HandoffDone once its handoff finished (handoffLoop);
+// nil when it never received any and its handoff is not done. The
+// heartbeat carries it.
 func (n *Node) TransferStatus() *subjects.TransferStatus {
+	hd := n.handoffDone.Load()
 	s := &n.xfer
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.status == nil {
-		return nil
+		if hd == 0 {
+			return nil
+		}
+		return &subjects.TransferStatus{HandoffDone: hd}
 	}
 	st := *s.status
 	st.RateBytes = s.rateLocked(time.Now())
+	st.HandoffDone = hd
 	return &st
 }
 
