@@ -125,7 +125,18 @@ func (c *Coordinator) tenantCreate(ctx context.Context, body func(any) error) (a
 	if err != nil {
 		return nil, err
 	}
+	// No client knows the tenant before this answer, so its first write
+	// comes after a map version stored after it exists: a reconcile that
+	// saw no tenant (and took the noData shortcut) cannot land after that.
+	changed, err := c.routing.fenceTenant(ctx)
+	if changed {
+		c.announceRing()
+	}
 	c.tenantChanged(created, false)
+	if err != nil {
+		return nil, subjects.Errorf(subjects.KindUnavailable,
+			"tenant %q was created, but the placement map could not be stored after it (a node joining right now may not receive its first writes): %v", t.ID, err)
+	}
 	return wireTenant(created), nil
 }
 

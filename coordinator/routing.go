@@ -360,6 +360,22 @@ func retargetTo(cur *placement, ids []string, noData bool) (*ring.Map, error) {
 	return next, nil
 }
 
+// fenceTenant is called after a tenant was created: it stores the next
+// version of the map with the same rows (and since), so that a reconcile
+// that read the tenant list before the tenant existed (and found none: the
+// noData shortcut of retargetTo, which moves no data) cannot store its map
+// after it: its compare-and-set loses to this one, and its retry reads the
+// list again. It reports whether it stored a map.
+func (r *routing) fenceTenant(ctx context.Context) (bool, error) {
+	_, _, changed, err := r.update(ctx, func(cur *placement, _ []metadata.Node) (*ring.Map, error) {
+		if cur.nodes == 0 {
+			return nil, nil // no map: nothing a shortcut could skip
+		}
+		return cur.m.Retarget(cur.m.TargetMap(), cur.version+1)
+	})
+	return changed, err
+}
+
 // maxRF returns the largest replication factor of any tenant (0 without
 // tenants).
 func maxRF(ctx context.Context, store metadata.Store) (int, error) {
@@ -402,10 +418,11 @@ func (r *routing) reconcile(ctx context.Context) (changed bool, err error) {
 		if cur.nodes > 0 && slices.Equal(cur.m.TargetNodes(), ids) {
 			return nil, nil
 		}
-		if rf < 0 {
-			if rf, err = maxRF(ctx, r.store); err != nil {
-				return nil, err
-			}
+		// Read on every attempt: a tenant created since the last one
+		// stored a map version (fenceTenant), which is why this attempt
+		// runs, and must end the noData shortcut.
+		if rf, err = maxRF(ctx, r.store); err != nil {
+			return nil, err
 		}
 		if cur.nodes > 0 && rf > 0 {
 			if why := protocolBlock(cur.m, nodes); why != "" {
