@@ -548,15 +548,17 @@ func (c *Coordinator) nodeReplace(ctx context.Context, body func(any) error) (an
 	if err := c.checkProtocol(append(nodes, metadata.Node{ID: repl.ID, Status: metadata.NodeJoining, Protocol: repl.Protocol})); err != nil {
 		return nil, err
 	}
-	if _, err := c.cfg.Metadata.ChangeNodeStatus(ctx, repl.ID, []string{repl.Status}, metadata.NodeJoining); err != nil {
-		return nil, changedConcurrently(repl.ID, err)
-	}
-	if _, err := c.cfg.Metadata.ChangeNodeStatus(ctx, dead.ID, []string{dead.Status}, metadata.NodeLeaving); err != nil {
-		// Take the new node's change back; a later replace can retry.
-		if _, rerr := c.cfg.Metadata.ChangeNodeStatus(ctx, repl.ID, []string{metadata.NodeJoining}, repl.Status); rerr != nil {
-			c.log.Warn("replace: could not take back the new node's status", "node", repl.ID, "err", rerr)
+	// Both status changes in one step: a reconcile in between would see
+	// a join (new joining, dead still in the target) or a drain, and
+	// claim a target that moves rows of live nodes too.
+	if _, err := c.cfg.Metadata.ChangeNodeStatuses(ctx, []metadata.StatusChange{
+		{ID: repl.ID, From: []string{repl.Status}, To: metadata.NodeJoining},
+		{ID: dead.ID, From: []string{dead.Status}, To: metadata.NodeLeaving},
+	}); err != nil {
+		if errors.Is(err, metadata.ErrStale) || errors.Is(err, metadata.ErrNotFound) {
+			return nil, subjects.Errorf(subjects.KindConflict, "node %q or %q changed concurrently (%v); read them again and retry", dead.ID, repl.ID, err)
 		}
-		return nil, changedConcurrently(dead.ID, err)
+		return nil, err
 	}
 	c.log.Info("storage node replacing a dead one", "dead", dead.ID, "new", repl.ID)
 	_, _, changed, err := c.routing.update(ctx, func(cur *placement, _ []metadata.Node) (*ring.Map, error) {

@@ -911,3 +911,79 @@ func TestLifecycleLeftWaitsForHandoff(t *testing.T) {
 	l.mu.Unlock()
 	l.wantStatuses(map[string]string{"n1": "active", "n2": "active", "n3": "active", "n4": "left"})
 }
+
+// TestLifecycleReplaceIsOneStep: node replace changes both statuses in
+// one metadata step (ChangeNodeStatuses), so no reconcile sees the new
+// node joining while the dead one is still active (a join: Claim over both,
+// moving rows of live nodes) nor the reverse. The new node's heartbeats,
+// each of which reconciles while it is joining and outside the map,
+// hammer the coordinators through the replace; no stored map's target
+// names both nodes.
+func TestLifecycleReplaceIsOneStep(t *testing.T) {
+	l := startLifecycle(t)
+	ctx := ctxT(t)
+	for _, id := range []string{"n1", "n2", "n3", "n4", "n5"} {
+		l.register(id, false)
+	}
+	l.transfer("n1", "n2", "n3", "n4", "n5")
+	l.tenant(3)
+	l.register("new", true)
+	l.kill("n2")
+	time.Sleep(downHeartbeatsFor(lifecycleHeartbeat))
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var bad sync.Map
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_, _ = l.admin.Register(context.Background(), subjects.NodeRequest{NodeID: "new", Epoch: 1, Protocol: subjects.NodeProtocolVersion, Hold: true})
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if m, err := l.admin.Placement(context.Background()); err == nil {
+				if tn := m.TargetNodes(); slices.Contains(tn, "n2") && slices.Contains(tn, "new") {
+					bad.Store(m.Version(), fmt.Sprint(tn))
+				}
+			}
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	_, err := l.admin.Replace(ctx, "n2", "new")
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if err != nil {
+		t.Fatalf("replace: %v", err)
+	}
+	bad.Range(func(v, tn any) bool {
+		t.Errorf("map version %v targets %v: a reconcile saw half of the replace", v, tn)
+		return true
+	})
+	m := l.placement()
+	for p := range uint32(m.Partitions()) {
+		if rs := m.Receivers(p, nil); len(rs) > 0 && !slices.Equal(rs, []string{"new"}) {
+			t.Fatalf("partition %d has receivers %v, want only new: a reconcile saw half of the replace", p, rs)
+		}
+	}
+	l.transfer("new")
+	l.wantStatuses(map[string]string{"n1": "active", "n2": "left", "n3": "active", "n4": "active", "n5": "active", "new": "active"})
+}
+
+// downHeartbeatsFor is how long a node must stay silent to be down.
+func downHeartbeatsFor(hb time.Duration) time.Duration { return 3*hb + hb/2 }

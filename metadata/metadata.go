@@ -126,6 +126,14 @@ type Node struct {
 	Hold bool `json:"-" msgpack:"-"`
 }
 
+// StatusChange is one node's part of Store.ChangeNodeStatuses: node ID's
+// status becomes To if it is one of From.
+type StatusChange struct {
+	ID   string
+	From []string
+	To   string
+}
+
 // Placement is the cluster's stored placement map (DESIGN.md §3): which
 // storage nodes own each of the cluster's fixed partitions.
 type Placement struct {
@@ -190,6 +198,15 @@ type Store interface {
 	// caller decided on a record that changed since); ErrNotFound if it
 	// does not exist.
 	ChangeNodeStatus(ctx context.Context, id string, from []string, status string) (Node, error)
+	// ChangeNodeStatuses applies every change of changes (distinct node
+	// ids) or none, in one atomic step: each node's status becomes its To
+	// only if its current one (as read, see ReadStatus) is one of its
+	// From, and GetNode and ListNodes see all the changes or none of them
+	// (node replace changes two statuses that no reconcile may see half
+	// of). It returns the changed nodes in the order of changes. ErrStale
+	// if some node has another status, ErrNotFound if some node does not
+	// exist; nothing is changed then.
+	ChangeNodeStatuses(ctx context.Context, changes []StatusChange) ([]Node, error)
 	// SetNodeTransfer stores t (nil clears it) as the node's transfer
 	// progress and returns the node; other fields are unchanged.
 	// ErrNotFound if the node does not exist.
