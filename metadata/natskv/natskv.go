@@ -528,9 +528,10 @@ func (s *Store) rollForward(ctx context.Context, in statusIntent, rev uint64) (b
 // read (so of concurrent calls one wins, the others check again), and
 // then rolls it forward. From the intent's store on, every read shows
 // all its changes. A writer that read a node before the intent and
-// changes its status while the intent is pending voids it (holds), so
-// readers then see neither change, but a change already stored stays:
-// the caller gets ErrStale.
+// changes its status while the intent is pending voids it (holds):
+// readers then see that writer's status, and the intent's other change
+// only if already stored. The caller gets ErrStale when the intent was
+// void before its first record was stored.
 func (s *Store) ChangeNodeStatuses(ctx context.Context, changes []metadata.StatusChange) ([]metadata.Node, error) {
 	const op = "change node statuses"
 	for {
