@@ -603,19 +603,46 @@ func TestTransferLoopPullsFromAllOwners(t *testing.T) {
 }
 
 // TestTransferSkipsDownSource: with one current owner down, a receiver
-// pulls from the other and finishes; with every source down it reports
-// nothing.
+// pulls from the other and finishes the partitions where the live one is
+// first (with no tenant list, the down one may be the only holder of an
+// RF-1 tenant where it is first: those wait); with every source down it
+// reports nothing.
 func TestTransferSkipsDownSource(t *testing.T) {
 	s := natstest.RunServer(t)
 	m1 := claim(t, nil, "a", "b") // b never serves: down
 	f := newFakeCoord(t, s, m1, true)
+	m2 := retarget(t, m1, "a", "b", "c")
+	part, bFirst := -1, 0
+	for p := range uint32(xferQ) {
+		if !slices.Contains(m2.Receiving("c", nil), p) {
+			continue
+		}
+		if m1.Owners(p, nil)[0] == "a" && part < 0 {
+			part = int(p)
+		} else if m1.Owners(p, nil)[0] == "b" {
+			bFirst++
+		}
+	}
+	if part < 0 || bFirst == 0 {
+		t.Fatalf("want partitions c receives with a first and with b first (a first: %d, b first: %d)", part, bFirst)
+	}
 	var src map[string]record
 	a := startXfer(t, s, Config{NodeID: "a", DataDir: t.TempDir()}, func(e *engine) { fillMixed(t, e, 2000, 200, 10) })
-	src = partRecords(t, a.eng, xferPart)
-	f.set(retarget(t, m1, "a", "b", "c"))
+	src = partRecords(t, a.eng, uint32(part))
+	f.set(m2)
 	c := startXfer(t, s, Config{NodeID: "c", DataDir: t.TempDir(), MapPoll: 200 * time.Millisecond}, nil)
-	waitFor(t, 30*time.Second, "every partition c receives to be done", func() bool { return len(f.current().Receiving("c", nil)) == 0 })
-	got := partRecords(t, c.eng, xferPart)
+	waitFor(t, 30*time.Second, "every partition c receives with a first to be done", func() bool {
+		for _, p := range f.current().Receiving("c", nil) {
+			if m1.Owners(p, nil)[0] == "a" {
+				return false
+			}
+		}
+		return true
+	})
+	if n := len(f.current().Receiving("c", nil)); n != bFirst {
+		t.Fatalf("c still receives %d partitions; want the %d with the down b first", n, bFirst)
+	}
+	got := partRecords(t, c.eng, uint32(part))
 	for k, want := range src {
 		if !sameRecord(got[k], want) {
 			t.Fatalf("%q on c is %+v, want %+v", k, got[k], want)
