@@ -16,6 +16,7 @@ import (
 	"github.com/quorumkv/quorumkv/coordinator"
 	"github.com/quorumkv/quorumkv/internal/devcluster"
 	"github.com/quorumkv/quorumkv/internal/pgtest"
+	"github.com/quorumkv/quorumkv/metadata"
 	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/subjects"
 )
@@ -912,16 +913,45 @@ func TestLifecycleLeftWaitsForHandoff(t *testing.T) {
 	l.wantStatuses(map[string]string{"n1": "active", "n2": "active", "n3": "active", "n4": "left"})
 }
 
-// TestLifecycleReplaceIsOneStep: node replace changes both statuses in
-// one metadata step (ChangeNodeStatuses), so no reconcile sees the new
-// node joining while the dead one is still active (a join: Claim over both,
-// moving rows of live nodes) nor the reverse. The new node's heartbeats,
-// each of which reconciles while it is joining and outside the map,
-// hammer the coordinators through the replace; no stored map's target
-// names both nodes.
-func TestLifecycleReplaceIsOneStep(t *testing.T) {
+// downHeartbeatsFor is how long a node must stay silent to be down.
+func downHeartbeatsFor(hb time.Duration) time.Duration { return 3*hb + hb/2 }
+
+// splitReplaceStore is the cluster's metadata store, but right after a
+// single status change makes node "new" joining from standby (the first
+// half of a replace made in two steps) it runs between: a heartbeat of
+// "new", which reconciles.
+type splitReplaceStore struct {
+	metadata.Store
+	between func()
+}
+
+func (s *splitReplaceStore) ChangeNodeStatus(ctx context.Context, id string, from []string, status string) (metadata.Node, error) {
+	n, err := s.Store.ChangeNodeStatus(ctx, id, from, status)
+	if err == nil && id == "new" && status == metadata.NodeJoining && slices.Contains(from, metadata.NodeStandby) && s.between != nil {
+		s.between()
+	}
+	return n, err
+}
+
+// TestLifecycleReplaceReconcileCannotSplit: a reconcile that runs right
+// after node replace changed the new node's status cannot see the dead
+// node still active (a join: Claim over both nodes, moving rows of live
+// nodes): the replace stores both changes in one step. Only one
+// coordinator serves, on a store that runs a heartbeat of the new node
+// right after a single status change makes it joining.
+func TestLifecycleReplaceReconcileCannotSplit(t *testing.T) {
 	l := startLifecycle(t)
 	ctx := ctxT(t)
+	st := &splitReplaceStore{Store: l.c.Metadata()}
+	co, err := coordinator.New(ctx, connect(t, l.c), coordinator.Config{RingRefresh: time.Hour, NodeHeartbeat: lifecycleHeartbeat,
+		Metadata: st, Idempotency: l.c.Idempotency()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(co.Stop)
+	for i := range l.c.Coordinators() {
+		l.c.StopCoordinator(i)
+	}
 	for _, id := range []string{"n1", "n2", "n3", "n4", "n5"} {
 		l.register(id, false)
 	}
@@ -930,60 +960,27 @@ func TestLifecycleReplaceIsOneStep(t *testing.T) {
 	l.register("new", true)
 	l.kill("n2")
 	time.Sleep(downHeartbeatsFor(lifecycleHeartbeat))
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var bad sync.Map
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				_, _ = l.admin.Register(context.Background(), subjects.NodeRequest{NodeID: "new", Epoch: 1, Protocol: subjects.NodeProtocolVersion, Hold: true})
-			}
-		}()
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if m, err := l.admin.Placement(context.Background()); err == nil {
-				if tn := m.TargetNodes(); slices.Contains(tn, "n2") && slices.Contains(tn, "new") {
-					bad.Store(m.Version(), fmt.Sprint(tn))
-				}
-			}
+	ran := false
+	st.between = func() {
+		ran = true
+		if _, err := client.NewAdmin(connect(t, l.c)).Register(ctx, subjects.NodeRequest{NodeID: "new", Epoch: 1, Protocol: subjects.NodeProtocolVersion, Hold: true}); err != nil {
+			t.Errorf("heartbeat between the replace's steps: %v", err)
 		}
-	}()
-	time.Sleep(200 * time.Millisecond)
-	_, err := l.admin.Replace(ctx, "n2", "new")
-	time.Sleep(500 * time.Millisecond)
-	close(stop)
-	wg.Wait()
-	if err != nil {
+	}
+	before := l.placement()
+	if _, err := l.admin.Replace(ctx, "n2", "new"); err != nil {
 		t.Fatalf("replace: %v", err)
 	}
-	bad.Range(func(v, tn any) bool {
-		t.Errorf("map version %v targets %v: a reconcile saw half of the replace", v, tn)
-		return true
-	})
 	m := l.placement()
+	var a, b []string
 	for p := range uint32(m.Partitions()) {
-		if rs := m.Receivers(p, nil); len(rs) > 0 && !slices.Equal(rs, []string{"new"}) {
-			t.Fatalf("partition %d has receivers %v, want only new: a reconcile saw half of the replace", p, rs)
+		a, b = before.Owners(p, a), m.Target(p, b)
+		want := slices.Clone(a)
+		if j := slices.Index(want, "n2"); j >= 0 {
+			want[j] = "new"
+		}
+		if !slices.Equal(b, want) {
+			t.Fatalf("partition %d: target %v from %v (a reconcile ran between the replace's status changes: %v); replace must swap n2 for new only", p, b, a, ran)
 		}
 	}
-	l.transfer("new")
-	l.wantStatuses(map[string]string{"n1": "active", "n2": "left", "n3": "active", "n4": "active", "n5": "active", "new": "active"})
 }
-
-// downHeartbeatsFor is how long a node must stay silent to be down.
-func downHeartbeatsFor(hb time.Duration) time.Duration { return 3*hb + hb/2 }
