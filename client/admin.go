@@ -35,13 +35,26 @@ type TenantSpec struct {
 	ReplicationFactor  *int
 	DefaultConsistency *string
 	ConflictPolicy     *string
+	// DefaultTTL is the time to live of values put without WithTTL
+	// (default_ttl_ms, rounded up to a millisecond); 0 = they never expire.
+	DefaultTTL *time.Duration
+}
+
+// request is the TenantRequest that sets spec's fields.
+func (spec TenantSpec) request(id string) subjects.TenantRequest {
+	req := subjects.TenantRequest{TenantID: id, ReplicationFactor: spec.ReplicationFactor, DefaultConsistency: spec.DefaultConsistency, ConflictPolicy: spec.ConflictPolicy}
+	if spec.DefaultTTL != nil {
+		ms := ttlMillis(*spec.DefaultTTL)
+		req.DefaultTTLMs = &ms
+	}
+	return req
 }
 
 // CreateTenant creates tenant id. Defaults: replication factor 3, quorum,
 // lww.
 func (a *Admin) CreateTenant(ctx context.Context, id string, spec TenantSpec) (*subjects.Tenant, error) {
 	var t subjects.Tenant
-	req := subjects.TenantRequest{TenantID: id, ReplicationFactor: spec.ReplicationFactor, DefaultConsistency: spec.DefaultConsistency, ConflictPolicy: spec.ConflictPolicy}
+	req := spec.request(id)
 	if err := a.call(ctx, subjects.AdminTenantCreate, &req, &t); err != nil {
 		return nil, err
 	}
@@ -70,7 +83,8 @@ func (a *Admin) ListTenants(ctx context.Context) ([]subjects.Tenant, error) {
 // ErrConflict: read it again and retry).
 func (a *Admin) UpdateTenant(ctx context.Context, id string, version int64, spec TenantSpec) (*subjects.Tenant, error) {
 	var t subjects.Tenant
-	req := subjects.TenantRequest{TenantID: id, Version: version, ReplicationFactor: spec.ReplicationFactor, DefaultConsistency: spec.DefaultConsistency, ConflictPolicy: spec.ConflictPolicy}
+	req := spec.request(id)
+	req.Version = version
 	if err := a.call(ctx, subjects.AdminTenantUpdate, &req, &t); err != nil {
 		return nil, err
 	}

@@ -150,6 +150,9 @@ func applyTenantFields(t *metadata.Tenant, req *subjects.TenantRequest) {
 	if req.ConflictPolicy != nil {
 		t.ConflictPolicy = *req.ConflictPolicy
 	}
+	if req.DefaultTTLMs != nil {
+		t.DefaultTTLMs = *req.DefaultTTLMs
+	}
 }
 
 // validateTenant checks t. The active and joining nodes (the placement
@@ -164,6 +167,9 @@ func (c *Coordinator) validateTenant(ctx context.Context, t metadata.Tenant) err
 	}
 	if t.ReplicationFactor < 1 || t.ReplicationFactor > MaxReplicationFactor {
 		return subjects.Errorf(subjects.KindInvalid, "replication_factor %d out of range 1..%d", t.ReplicationFactor, MaxReplicationFactor)
+	}
+	if t.DefaultTTLMs < 0 || t.DefaultTTLMs > subjects.MaxTTLMs {
+		return subjects.Errorf(subjects.KindInvalid, "default_ttl_ms %d out of range 0..%d (10 years; 0 = values never expire)", t.DefaultTTLMs, subjects.MaxTTLMs)
 	}
 	nodes, err := c.cfg.Metadata.ListNodes(ctx)
 	if err != nil {
@@ -322,8 +328,14 @@ func (c *Coordinator) tenantHoldsData(ctx context.Context, tenant string) (strin
 			if err := msgpack.Unmarshal(msg.Data, &rep); err != nil {
 				return "", fmt.Errorf("decode dump from %s: %w", m.ID, err)
 			}
+			now := c.cfg.Now().UnixMilli()
 			for _, e := range rep.Entries {
-				if !e.Tombstone {
+				// A value whose TTL has passed is as gone as a tombstone.
+				dead := e.Tombstone || (e.Expires != 0 && now >= e.Expires)
+				if e.DVV != nil {
+					dead = e.DVV.DeletedAt(now)
+				}
+				if !dead {
 					return m.ID, nil
 				}
 			}

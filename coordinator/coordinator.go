@@ -103,7 +103,7 @@ type Config struct {
 	ContextSecretPrevious []byte
 
 	Logger *slog.Logger
-	Now    func() time.Time // clock for caches and the hybrid logical clocks; default time.Now
+	Now    func() time.Time // clock for caches, the hybrid logical clocks and TTLs (a put's expiry, a delete's time, whether a value read has expired); default time.Now
 }
 
 // ErrInvalidConfig is wrapped by the error of a constructor whose Config
@@ -212,9 +212,13 @@ type Coordinator struct {
 	repair  *ConflictService     // nil: repair disabled
 	metrics *metrics.Coordinator // nil: no metrics
 	svc     *service
-	subs    []*nats.Subscription
-	sem     chan struct{}
-	cancel  context.CancelFunc
+	// aeStatus holds, by node id, the anti-entropy figures
+	// (*subjects.AEStatus) of the last heartbeat this coordinator
+	// answered: kept in memory only, node list shows them as of then.
+	aeStatus sync.Map
+	subs     []*nats.Subscription
+	sem      chan struct{}
+	cancel   context.CancelFunc
 
 	mu       sync.RWMutex // guards stopping against wg.Add
 	stopping bool

@@ -76,6 +76,11 @@ func (c *Coordinator) nodeRegister(ctx context.Context, body func(any) error) (a
 	if req.Protocol < 0 {
 		return nil, subjects.Errorf(subjects.KindInvalid, "protocol %d is negative", req.Protocol)
 	}
+	if a := req.AntiEntropy; a != nil {
+		if a.Exchanges < 0 || a.KeysRepaired < 0 || a.Bytes < 0 || a.Errors < 0 {
+			return nil, subjects.Errorf(subjects.KindInvalid, "anti_entropy counts are negative: %+v", *a)
+		}
+	}
 	prev, perr := c.cfg.Metadata.GetNode(ctx, req.NodeID)
 	if perr == nil && req.Epoch == 0 {
 		// The epoch names the node's data directory; storing 0 over a live
@@ -87,6 +92,11 @@ func (c *Coordinator) nodeRegister(ctx context.Context, body func(any) error) (a
 		Protocol: req.Protocol, Hold: req.Hold, Transfer: metaTransfer(req.Transfer)})
 	if err != nil {
 		return nil, err
+	}
+	if req.AntiEntropy != nil {
+		c.aeStatus.Store(n.ID, req.AntiEntropy)
+	} else {
+		c.aeStatus.Delete(n.ID)
 	}
 	if perr != nil || prev.Status != n.Status || prev.Epoch != n.Epoch || prev.Protocol != n.Protocol {
 		c.log.Info("storage node registered", "node", n.ID, "status", n.Status, "epoch", n.Epoch, "protocol", n.Protocol)
@@ -183,6 +193,9 @@ func (c *Coordinator) nodeList(ctx context.Context, _ func(any) error) (any, err
 		}
 		share := pl.shares[n.ID] // zero for a node outside the map
 		w.Share = &share
+		if a, ok := c.aeStatus.Load(n.ID); ok {
+			w.AntiEntropy = a.(*subjects.AEStatus)
+		}
 		l.Nodes = append(l.Nodes, w)
 	}
 	return l, nil

@@ -126,7 +126,7 @@ func (l *lifecycle) report(ctx context.Context, rep subjects.TransferReport) (*s
 	return l.admin.ReportTransfer(ctx, rep)
 }
 
-// register registers node id (protocol 2 unless proto says otherwise) and
+// register registers node id (NodeProtocolVersion unless proto says otherwise) and
 // keeps it heartbeating.
 func (l *lifecycle) register(id string, hold bool, proto ...int) *subjects.Node {
 	l.t.Helper()
@@ -316,7 +316,7 @@ func TestLifecycleGrowAndShrink(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range list {
-		if n.ID == "n4" && (n.Status != "joining" || n.Transfer == nil || n.Transfer.PartitionsDone != 1 || n.Transfer.Bytes != 4096 || n.Protocol != 2) {
+		if n.ID == "n4" && (n.Status != "joining" || n.Transfer == nil || n.Transfer.PartitionsDone != 1 || n.Transfer.Bytes != 4096 || n.Protocol != subjects.NodeProtocolVersion) {
 			t.Fatalf("node list entry of n4: %+v transfer %+v", n, n.Transfer)
 		}
 	}
@@ -694,8 +694,8 @@ func TestLifecycleProtocolNegotiation(t *testing.T) {
 	}
 	for _, co := range l.c.Coordinators() {
 		waitFor(t, 5*time.Second, func() error {
-			if p := co.NodeProtocol(); p != 2 {
-				return fmt.Errorf("protocol %d; the map names only protocol-2 nodes", p)
+			if p := co.NodeProtocol(); p != subjects.NodeProtocolVersion {
+				return fmt.Errorf("protocol %d; the map names only protocol-%d nodes", p, subjects.NodeProtocolVersion)
 			}
 			return nil
 		})
@@ -982,5 +982,41 @@ func TestLifecycleReplaceReconcileCannotSplit(t *testing.T) {
 		if !slices.Equal(b, want) {
 			t.Fatalf("partition %d: target %v from %v (a reconcile ran between the replace's status changes: %v); replace must swap n2 for new only", p, b, a, ran)
 		}
+	}
+}
+
+// TestNodeListShowsAntiEntropy: a heartbeat's anti-entropy figures show
+// in node list (JSON anti_entropy); a heartbeat without them clears them;
+// negative counts are refused.
+func TestNodeListShowsAntiEntropy(t *testing.T) {
+	c := startClusterWith(t, devcluster.Config{Nodes: -1, Coordinators: 1, DefaultTenant: "-"})
+	ad := client.NewAdmin(connect(t, c))
+	ctx := ctxT(t)
+	pass := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	ae := &subjects.AEStatus{Exchanges: 7, KeysRepaired: 3, Bytes: 4096, LastPass: pass, OldestPartitionPass: pass.Add(-time.Minute), Errors: 1}
+	list := func() *subjects.AEStatus {
+		t.Helper()
+		ns, err := ad.ListNodes(ctx)
+		if err != nil || len(ns) != 1 {
+			t.Fatalf("node list: %+v, %v", ns, err)
+		}
+		return ns[0].AntiEntropy
+	}
+	if _, err := ad.Register(ctx, subjects.NodeRequest{NodeID: "n1", Epoch: 1, Protocol: subjects.NodeProtocolVersion, AntiEntropy: ae}); err != nil {
+		t.Fatal(err)
+	}
+	if got := list(); got == nil || got.Exchanges != 7 || got.KeysRepaired != 3 || got.Bytes != 4096 || got.Errors != 1 ||
+		!got.LastPass.Equal(ae.LastPass) || !got.OldestPartitionPass.Equal(ae.OldestPartitionPass) {
+		t.Fatalf("node list anti_entropy %+v, want %+v", got, ae)
+	}
+	bad := *ae
+	bad.KeysRepaired = -1
+	_, err := ad.Register(ctx, subjects.NodeRequest{NodeID: "n1", Epoch: 1, Protocol: subjects.NodeProtocolVersion, AntiEntropy: &bad})
+	assertKind(t, err, 400, subjects.KindInvalid)
+	if _, err := ad.Register(ctx, subjects.NodeRequest{NodeID: "n1", Epoch: 1, Protocol: subjects.NodeProtocolVersion}); err != nil {
+		t.Fatal(err)
+	}
+	if got := list(); got != nil {
+		t.Fatalf("anti_entropy %+v after a heartbeat without it", got)
 	}
 }

@@ -72,6 +72,10 @@ type routing struct {
 	claimMu  sync.Mutex
 	lastWarn string       // guarded by claimMu: warnOnce
 	proto    atomic.Int32 // the negotiated node protocol (negotiate)
+	// belowTTL lists the nodes of the map that registered a node protocol
+	// below NodeProtocolTTL (negotiate), for the refusal of a put with a
+	// TTL; nil when there are none.
+	belowTTL atomic.Pointer[[]string]
 	// flightMu guards flight, the reload that requests refused with
 	// not_owner share (see reload).
 	flightMu sync.Mutex
@@ -590,17 +594,28 @@ func protocolBlock(m *ring.Map, nodes []metadata.Node) string {
 	return fmt.Sprintf("storage nodes %s speak node protocol 1: upgrade every storage node first", strings.Join(old, ", "))
 }
 
-// negotiate sets the node protocol this coordinator speaks: 2 (fenced
-// requests carrying the map version) when every node m names registered
-// protocol 2 or later, else 1. A node the records no longer hold (removed)
-// does not count.
+// negotiate sets the node protocol this coordinator speaks: the lowest
+// any node m names registered (0 counts as 1), at most
+// NodeProtocolVersion. So 2 (fenced requests carrying the map version)
+// once every node of m registered 2 or later, and 3 (versions may carry
+// Expires: TTL) once every one registered 3. A node the records no longer
+// hold (removed) does not count.
 func (r *routing) negotiate(m *ring.Map, nodes []metadata.Node) {
 	proto := int32(subjects.NodeProtocolVersion)
+	var below []string
 	for _, n := range nodes {
-		if n.Protocol < 2 && m.HasNode(n.ID) {
-			proto = 1
-			break
+		if m.HasNode(n.ID) {
+			p := max(n.Protocol, 1)
+			proto = min(proto, int32(p))
+			if p < subjects.NodeProtocolTTL {
+				below = append(below, fmt.Sprintf("%s (protocol %d)", n.ID, p))
+			}
 		}
+	}
+	if below == nil {
+		r.belowTTL.Store(nil)
+	} else {
+		r.belowTTL.Store(&below)
 	}
 	if old := r.proto.Swap(proto); old != proto {
 		r.log.Info("node protocol negotiated", "protocol", proto)

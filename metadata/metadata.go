@@ -36,13 +36,16 @@ var (
 
 // Tenant is one tenant's replication and conflict settings.
 type Tenant struct {
-	ID                 string    `json:"tenant_id" msgpack:"tenant_id"`
-	ReplicationFactor  int       `json:"replication_factor" msgpack:"replication_factor"`
-	DefaultConsistency string    `json:"default_consistency" msgpack:"default_consistency"` // one|quorum|all
-	ConflictPolicy     string    `json:"conflict_policy" msgpack:"conflict_policy"`         // lww|siblings
-	Version            int64     `json:"version" msgpack:"version"`
-	CreatedAt          time.Time `json:"created_at" msgpack:"created_at"`
-	UpdatedAt          time.Time `json:"updated_at" msgpack:"updated_at"`
+	ID                 string `json:"tenant_id" msgpack:"tenant_id"`
+	ReplicationFactor  int    `json:"replication_factor" msgpack:"replication_factor"`
+	DefaultConsistency string `json:"default_consistency" msgpack:"default_consistency"` // one|quorum|all
+	ConflictPolicy     string `json:"conflict_policy" msgpack:"conflict_policy"`         // lww|siblings
+	// DefaultTTLMs is the time to live, in milliseconds, of a value put
+	// without ttl_ms; 0 = never expires (0..subjects.MaxTTLMs).
+	DefaultTTLMs int64     `json:"default_ttl_ms,omitempty" msgpack:"default_ttl_ms,omitempty"`
+	Version      int64     `json:"version" msgpack:"version"`
+	CreatedAt    time.Time `json:"created_at" msgpack:"created_at"`
+	UpdatedAt    time.Time `json:"updated_at" msgpack:"updated_at"`
 }
 
 // NodeStatus is a storage node's administrative state (its lifecycle,
@@ -168,8 +171,8 @@ type Store interface {
 	// ListTenants returns all tenants sorted by ID (byte order); an empty,
 	// non-nil slice when there are none.
 	ListTenants(ctx context.Context) ([]Tenant, error)
-	// UpdateTenant stores t's ReplicationFactor, DefaultConsistency and
-	// ConflictPolicy if t.Version equals the stored Version, and returns the
+	// UpdateTenant stores t's ReplicationFactor, DefaultConsistency,
+	// ConflictPolicy and DefaultTTLMs if t.Version equals the stored Version, and returns the
 	// tenant with Version+1, a new UpdatedAt and CreatedAt unchanged.
 	// ErrStale if the versions differ; ErrNotFound if the tenant does not exist.
 	UpdateTenant(ctx context.Context, t Tenant) (Tenant, error)

@@ -173,6 +173,7 @@ type Storage struct {
 	items    *prometheus.CounterVec
 	commit   prometheus.Histogram
 	moves    *storageMoves // partition transfer, handoff, fencing (moves.go)
+	ae       *storageAE    // anti-entropy, reaping (moves.go)
 
 	reg        prometheus.Registerer
 	collectors []prometheus.Collector
@@ -226,6 +227,8 @@ func NewStorage(reg prometheus.Registerer, stats func() PebbleStats, queue func(
 	}
 	s.moves = newStorageMoves()
 	s.collectors = append(s.collectors, s.moves.collectors()...)
+	s.ae = newStorageAE()
+	s.collectors = append(s.collectors, s.ae.collectors()...)
 	reg.MustRegister(s.collectors...)
 	return s
 }

@@ -82,6 +82,14 @@ type Config struct {
 	// node refuses fenced items (not_owner) until one loads. MapPoll is how often the map
 	// is reloaded besides kv.v1.events.ring (5s).
 	MapWait, MapPoll time.Duration
+	// AntiEntropyInterval is how often the node compares the partitions
+	// it owns with their other owners and repairs what differs (ae.go);
+	// 0 turns anti-entropy off. Unlike the other durations, zero is not
+	// filled from DefaultConfig (DefaultAntiEntropyInterval, 5m).
+	AntiEntropyInterval time.Duration
+	// AntiEntropyRate caps the bytes per second anti-entropy scans,
+	// fetches and sends (DefaultAntiEntropyRate); Unlimited for no cap.
+	AntiEntropyRate int64
 }
 
 // ErrInvalidConfig is wrapped by the error of a constructor whose Config
@@ -103,6 +111,9 @@ func DefaultConfig() Config {
 		HandoffGrace: 10 * time.Second,
 		MapWait:      2 * time.Second,
 		MapPoll:      5 * time.Second,
+
+		AntiEntropyInterval: DefaultAntiEntropyInterval,
+		AntiEntropyRate:     DefaultAntiEntropyRate,
 	}
 }
 
@@ -139,6 +150,14 @@ func (c *Config) validate() (err error) {
 	}
 	if c.TransferRate != Unlimited {
 		if err := settings.Default("storage: transfer rate (bytes/s, or Unlimited)", &c.TransferRate, d.TransferRate); err != nil {
+			return err
+		}
+	}
+	if c.AntiEntropyInterval < 0 {
+		return fmt.Errorf("storage: anti-entropy interval %v is negative (0 = off)", c.AntiEntropyInterval)
+	}
+	if c.AntiEntropyRate != Unlimited {
+		if err := settings.Default("storage: anti-entropy rate (bytes/s, or Unlimited)", &c.AntiEntropyRate, d.AntiEntropyRate); err != nil {
 			return err
 		}
 	}
@@ -185,6 +204,15 @@ type Node struct {
 	handoffDone atomic.Uint64
 	xfer        xferState // receive.go
 	tenants     tenantRFs // tenants.go
+	ae          aeState   // ae.go
+	// runCtx ends when Stop begins; set by start.
+	runCtx context.Context
+
+	// afterExchange, when set before start, is called by the
+	// anti-entropy loop after each pass for every partition the node
+	// owns and that is not moving, once the pass's exchanges of that
+	// partition are over (the reaper, reap.go).
+	afterExchange func(ctx context.Context, p uint32)
 
 	// beforeApply, set by tests before start, runs on the write loop
 	// between the fence and the apply of each batch of write messages.
@@ -229,7 +257,10 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Node{cfg: cfg, log: log, eng: eng, xferLimit: newLimiter(cfg.TransferRate, time.Now())}, nil
+	n := &Node{cfg: cfg, log: log, eng: eng, xferLimit: newLimiter(cfg.TransferRate, time.Now())}
+	n.ae.limit = newLimiter(cfg.AntiEntropyRate, time.Now())
+	n.ae.partPass = make([]atomic.Int64, cfg.Partitions)
+	return n, nil
 }
 
 // ID is the node's id.
@@ -253,7 +284,7 @@ func (n *Node) start(nc *nats.Conn) error {
 		return fmt.Errorf("storage: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	n.cancel = cancel
+	n.cancel, n.runCtx = cancel, ctx
 	n.nc, n.local, n.stopping = nc, make(chan *localWrite), ctx.Done()
 	n.mapKick, n.xferKick, n.handoffKick = make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{}, 1)
 	n.replyLimit = replica.PayloadLimit(nc.MaxPayload()) // the limit clients batch by
@@ -312,6 +343,13 @@ func (n *Node) start(nc *nats.Conn) error {
 		return fmt.Errorf("storage: subscribe scan: %w", err)
 	}
 	n.subs = append(n.subs, scan)
+	ae, err := nc.Subscribe(subjects.StorageNode(n.cfg.NodeID, subjects.NodeOpAE), n.handleAE)
+	if err != nil {
+		n.unsubscribeLocked()
+		cancel()
+		return fmt.Errorf("storage: subscribe ae: %w", err)
+	}
+	n.subs = append(n.subs, ae)
 	if err := nc.Flush(); err != nil {
 		n.unsubscribeLocked()
 		cancel()
@@ -324,6 +362,10 @@ func (n *Node) start(nc *nats.Conn) error {
 	go func() { defer n.wg.Done(); n.mapLoop(ctx) }()
 	go func() { defer n.wg.Done(); n.transferLoop(ctx) }()
 	go func() { defer n.wg.Done(); n.handoffLoop(ctx) }()
+	if n.cfg.AntiEntropyInterval > 0 {
+		n.wg.Add(1)
+		go func() { defer n.wg.Done(); n.aeLoop(ctx) }()
+	}
 	n.log.Info("storage node serving", "data", n.cfg.DataDir, "epoch", n.eng.epoch, "fsync", n.cfg.Fsync)
 	return nil
 }
@@ -689,6 +731,7 @@ func (n *Node) registerLoop(ctx context.Context, nc *nats.Conn) {
 		req := subjects.NodeRequest{
 			NodeID: n.cfg.NodeID, VirtualNodes: n.cfg.VirtualNodes, Epoch: n.eng.epoch,
 			Protocol: subjects.NodeProtocolVersion, Hold: n.cfg.Hold, Transfer: n.TransferStatus(),
+			AntiEntropy: n.AntiEntropy(),
 		}
 		data, _ := msgpack.Marshal(&req)
 		err := n.register(ctx, nc, data)

@@ -225,6 +225,7 @@ type localWrite struct {
 	drop       *dropJob  // set: drop a partition (handoff.go), nothing else
 	regen      *regenJob // set: forget a partition's cursors (receive.go), nothing else
 	items      []subjects.NodeWrite
+	changed    []bool // set: applyWritesChanged fills it
 	metaKey    []byte
 	metaValue  []byte
 	results    []subjects.NodeWriteResult
@@ -249,7 +250,7 @@ func (n *Node) applyLocal(j *localWrite) {
 		j.regen.err = n.eng.forgetCursors(func(p uint32) bool { return p == j.regen.p })
 		return
 	}
-	j.results = n.eng.applyWrites(j.items)
+	j.results = n.eng.applyWritesChanged(j.items, j.changed)
 	for i := range j.results {
 		if err := j.results[i].Err; err != "" && err != errPolicy {
 			return

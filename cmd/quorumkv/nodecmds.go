@@ -157,8 +157,11 @@ func dumpNode(ctx context.Context, ad *client.Admin, asJSON bool, node, tenant s
 	fmt.Fprintln(w, "KEY\tVALUE\tWRITTEN\tBY")
 	for _, e := range entries {
 		v := strconv.Quote(string(e.Value))
-		if e.Tombstone {
+		switch {
+		case e.Tombstone:
 			v = "(deleted)"
+		case e.DVV != nil && e.DVV.DeletedAt(time.Now().UnixMilli()), e.DVV == nil && e.Expires != 0 && time.Now().UnixMilli() >= e.Expires:
+			v = "(expired)"
 		}
 		if len(v) > 60 {
 			v = v[:57] + "..."

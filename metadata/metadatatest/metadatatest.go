@@ -31,6 +31,7 @@ func Run(t *testing.T, open func(t *testing.T) metadata.Store) {
 		{"ListTenantsEmpty", testListTenantsEmpty},
 		{"ListTenantsSorted", testListTenantsSorted},
 		{"UpdateTenant", testUpdateTenant},
+		{"TenantDefaultTTL", testTenantDefaultTTL},
 		{"UpdateTenantStale", testUpdateTenantStale},
 		{"UpdateTenantNotFound", testUpdateTenantNotFound},
 		{"UpdateTenantConcurrent", testUpdateTenantConcurrent},
@@ -132,7 +133,7 @@ func sameTenant(t *testing.T, what string, got, want metadata.Tenant) {
 	t.Helper()
 	if got.ID != want.ID || got.ReplicationFactor != want.ReplicationFactor ||
 		got.DefaultConsistency != want.DefaultConsistency || got.ConflictPolicy != want.ConflictPolicy ||
-		got.Version != want.Version || !got.CreatedAt.Equal(want.CreatedAt) || !got.UpdatedAt.Equal(want.UpdatedAt) {
+		got.DefaultTTLMs != want.DefaultTTLMs || got.Version != want.Version || !got.CreatedAt.Equal(want.CreatedAt) || !got.UpdatedAt.Equal(want.UpdatedAt) {
 		t.Errorf("%s:\n got %+v\nwant %+v", what, got, want)
 	}
 }
@@ -246,6 +247,52 @@ func tenantIDs(ts []metadata.Tenant) []string {
 		out[i] = t.ID
 	}
 	return out
+}
+
+// testTenantDefaultTTL: default_ttl_ms is stored on create (0 when
+// unset), kept by an update that does not change it, changed by one that
+// does, and read back by get and list.
+func testTenantDefaultTTL(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	plain := mustCreateTenant(t, s, newTenant("ttl-none"))
+	if plain.DefaultTTLMs != 0 {
+		t.Fatalf("a tenant created without a TTL has DefaultTTLMs %d", plain.DefaultTTLMs)
+	}
+	in := newTenant("ttl")
+	in.DefaultTTLMs = 600_000
+	created := mustCreateTenant(t, s, in)
+	if created.DefaultTTLMs != 600_000 {
+		t.Fatalf("CreateTenant returned DefaultTTLMs %d, want 600000", created.DefaultTTLMs)
+	}
+	read, err := s.GetTenant(ctx, "ttl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameTenant(t, "GetTenant after create", read, created)
+	read.ReplicationFactor = 2
+	kept, err := s.UpdateTenant(ctx, read)
+	if err != nil || kept.DefaultTTLMs != 600_000 {
+		t.Fatalf("UpdateTenant of another field: %+v, %v; want DefaultTTLMs kept", kept, err)
+	}
+	kept.DefaultTTLMs = 315_360_000_000
+	upd, err := s.UpdateTenant(ctx, kept)
+	if err != nil || upd.DefaultTTLMs != 315_360_000_000 {
+		t.Fatalf("UpdateTenant of DefaultTTLMs: %+v, %v", upd, err)
+	}
+	list, err := s.ListTenants(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tn := range list {
+		if tn.ID == "ttl" {
+			sameTenant(t, "ListTenants", tn, upd)
+		}
+	}
+	upd.DefaultTTLMs = 0
+	cleared, err := s.UpdateTenant(ctx, upd)
+	if err != nil || cleared.DefaultTTLMs != 0 {
+		t.Fatalf("UpdateTenant clearing DefaultTTLMs: %+v, %v", cleared, err)
+	}
 }
 
 func testUpdateTenant(t *testing.T, s metadata.Store) {

@@ -309,6 +309,7 @@ func (s *Store) UpdateTenant(ctx context.Context, t metadata.Tenant) (metadata.T
 	cur.ReplicationFactor = t.ReplicationFactor
 	cur.DefaultConsistency = t.DefaultConsistency
 	cur.ConflictPolicy = t.ConflictPolicy
+	cur.DefaultTTLMs = t.DefaultTTLMs
 	cur.Version++
 	cur.UpdatedAt = metadata.Now()
 	data, err := json.Marshal(cur)
