@@ -76,7 +76,8 @@ func wireNode(n metadata.Node) subjects.Node {
 		RegisteredAt: n.RegisteredAt, LastSeen: n.LastSeen, Protocol: n.Protocol}
 	if t := n.Transfer; t != nil {
 		w.Transfer = &subjects.TransferStatus{MapVersion: t.MapVersion, PartitionsDone: t.PartitionsDone,
-			PartitionsTotal: t.PartitionsTotal, Bytes: t.Bytes, Keys: t.Keys, RateBytes: t.RateBytes, Updated: t.Updated}
+			PartitionsTotal: t.PartitionsTotal, Bytes: t.Bytes, Keys: t.Keys, RateBytes: t.RateBytes, Updated: t.Updated,
+			HandoffDone: t.HandoffDone}
 	}
 	return w
 }
@@ -87,7 +88,8 @@ func metaTransfer(t *subjects.TransferStatus) *metadata.TransferStatus {
 		return nil
 	}
 	return &metadata.TransferStatus{MapVersion: t.MapVersion, PartitionsDone: t.PartitionsDone,
-		PartitionsTotal: t.PartitionsTotal, Bytes: t.Bytes, Keys: t.Keys, RateBytes: t.RateBytes, Updated: t.Updated}
+		PartitionsTotal: t.PartitionsTotal, Bytes: t.Bytes, Keys: t.Keys, RateBytes: t.RateBytes, Updated: t.Updated,
+		HandoffDone: t.HandoffDone}
 }
 
 // adminError maps metadata errors to wire errors.
@@ -123,7 +125,18 @@ func (c *Coordinator) tenantCreate(ctx context.Context, body func(any) error) (a
 	if err != nil {
 		return nil, err
 	}
+	// No client knows the tenant before this answer, so its first write
+	// comes after a map version stored after it exists: a reconcile that
+	// saw no tenant (and took the noData shortcut) cannot land after that.
+	changed, err := c.routing.fenceTenant(ctx)
+	if changed {
+		c.announceRing()
+	}
 	c.tenantChanged(created, false)
+	if err != nil {
+		return nil, subjects.Errorf(subjects.KindUnavailable,
+			"tenant %q was created, but the placement map could not be stored after it (a node joining right now may not receive its first writes): %v", t.ID, err)
+	}
 	return wireTenant(created), nil
 }
 

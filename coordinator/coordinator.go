@@ -247,6 +247,12 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Coordinator, error) {
 		routing: newRouting(cfg.Metadata, log, cfg.RingRefresh, cfg.Partitions),
 		sem:     make(chan struct{}, cfg.MaxInflight),
 	}
+	c.routing.down = func(n metadata.Node) bool { return c.isDown(n, c.cfg.Now()) }
+	c.tenants.firstSeen = func(ctx context.Context) {
+		if err := c.routing.load(ctx); err != nil {
+			c.log.Warn("placement map reload for a tenant seen first failed; routing by the last map", "err", err)
+		}
+	}
 	if cfg.Repair != nil {
 		c.repair = newConflictService(cfg.Repair, cfg.Actor, log)
 	}

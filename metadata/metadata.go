@@ -103,6 +103,10 @@ type TransferStatus struct {
 	Keys            int64     `json:"keys" msgpack:"keys"`
 	RateBytes       float64   `json:"rate_bytes" msgpack:"rate_bytes"` // bytes/s over the last ~10 s
 	Updated         time.Time `json:"updated" msgpack:"updated"`
+	// HandoffDone is the placement map version under which the node found
+	// itself named in no row and holding no records (its handoff
+	// finished); 0 otherwise (subjects.TransferStatus.HandoffDone).
+	HandoffDone uint64 `json:"handoff_done,omitempty" msgpack:"handoff_done,omitempty"`
 }
 
 // Node is one storage node as the coordinators know it.
@@ -123,6 +127,14 @@ type Node struct {
 	// Hold is an input of RegisterNode only (never stored or returned): a
 	// new node registers as NodeStandby instead of NodeJoining.
 	Hold bool `json:"-" msgpack:"-"`
+}
+
+// StatusChange is one node's part of Store.ChangeNodeStatuses: node ID's
+// status becomes To if it is one of From.
+type StatusChange struct {
+	ID   string
+	From []string
+	To   string
 }
 
 // Placement is the cluster's stored placement map (DESIGN.md §3): which
@@ -189,6 +201,15 @@ type Store interface {
 	// caller decided on a record that changed since); ErrNotFound if it
 	// does not exist.
 	ChangeNodeStatus(ctx context.Context, id string, from []string, status string) (Node, error)
+	// ChangeNodeStatuses applies every change of changes (distinct node
+	// ids) or none, in one atomic step: each node's status becomes its To
+	// only if its current one (as read, see ReadStatus) is one of its
+	// From, and GetNode and ListNodes see all the changes or none of them
+	// (node replace changes two statuses that no reconcile may see half
+	// of). It returns the changed nodes in the order of changes. ErrStale
+	// if some node has another status, ErrNotFound if some node does not
+	// exist; nothing is changed then.
+	ChangeNodeStatuses(ctx context.Context, changes []StatusChange) ([]Node, error)
 	// SetNodeTransfer stores t (nil clears it) as the node's transfer
 	// progress and returns the node; other fields are unchanged.
 	// ErrNotFound if the node does not exist.

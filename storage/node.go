@@ -198,6 +198,10 @@ type Node struct {
 	mapKick     chan struct{}
 	xferKick    chan struct{}
 	handoffKick chan struct{}
+	// handoffDone is the map version under which the handoff loop last
+	// found the node named in no row and holding no records; 0 otherwise
+	// (subjects.TransferStatus.HandoffDone).
+	handoffDone atomic.Uint64
 	xfer        xferState // receive.go
 	tenants     tenantRFs // tenants.go
 	ae          aeState   // ae.go

@@ -130,6 +130,14 @@ type TransferStatus struct {
 	Keys            int64     `json:"keys" msgpack:"keys"`
 	RateBytes       float64   `json:"rate_bytes" msgpack:"rate_bytes"` // bytes/s over the last ~10 s
 	Updated         time.Time `json:"updated" msgpack:"updated"`
+	// HandoffDone is the version of the placement map under which the
+	// node last found that the map names it in no row and that it holds
+	// no partition's records (its handoff finished: every record pushed
+	// to the owners, every range dropped); 0 while it is named or holds
+	// records, and from nodes older than this field. A leaving node
+	// becomes left only once it reported a HandoffDone at least the
+	// coordinator's map version (or it is down). A decimal string in JSON.
+	HandoffDone uint64 `json:"handoff_done,string,omitempty" msgpack:"handoff_done,omitempty"`
 }
 
 // TransferReport is the body of kv.v1.admin.node.transfer: storage node

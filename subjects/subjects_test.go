@@ -215,6 +215,7 @@ func TestTransferMessagesJSON(t *testing.T) {
 		want string
 	}{
 		{TransferReport{NodeID: "n1", MapVersion: 1 << 60, Done: []uint32{1, 2}, Status: st}, `{"node_id":"n1","map_version":"1152921504606846976","done":[1,2],"status":{"map_version":"1152921504606846977","partitions_done":3,"partitions_total":9,"bytes":1099511627776,"keys":5,"rate_bytes":2.5,"updated":"2026-12-01T00:00:00Z"}}`},
+		{TransferStatus{HandoffDone: 1<<60 + 3}, `{"map_version":"0","partitions_done":0,"partitions_total":0,"bytes":0,"keys":0,"rate_bytes":0,"updated":"0001-01-01T00:00:00Z","handoff_done":"1152921504606846979"}`},
 		{NodeReplace{Dead: "a", New: "b"}, `{"dead_node_id":"a","new_node_id":"b"}`},
 		{NodeRequest{NodeID: "n", Protocol: 2, Hold: true, Force: true}, `{"node_id":"n","protocol":2,"hold":true,"force":true}`},
 		{NodeRequest{NodeID: "n"}, `{"node_id":"n"}`},

@@ -342,6 +342,9 @@ func (w *waiter) wait(ctx context.Context, id, goal string) error {
 			last, lastChange = pr.pending, w.clock()
 		} else if w.clock().Sub(lastChange) > w.stall {
 			why := "no receiver reported progress"
+			if goal == statusLeft && pr.pending == 0 && pr.status == statusLeaving {
+				why = "node " + id + " has not reported its handoff done (it pushes what it still holds to the owners after its --handoff-grace)"
+			}
 			if len(pr.down) > 0 {
 				why = "receiver(s) " + strings.Join(pr.down, ", ") + " down"
 			} else if pr.status == statusDown {

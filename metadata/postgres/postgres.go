@@ -402,6 +402,40 @@ func (s *Store) ChangeNodeStatus(ctx context.Context, id string, from []string, 
 	return n, nil
 }
 
+// ChangeNodeStatuses implements metadata.Store: one transaction that
+// locks each row, checks its status and updates it.
+func (s *Store) ChangeNodeStatuses(ctx context.Context, changes []metadata.StatusChange) ([]metadata.Node, error) {
+	const op = "change node statuses"
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return nil, s.wrap(op, err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }() // a no-op after Commit
+	out := make([]metadata.Node, 0, len(changes))
+	for _, ch := range changes {
+		var status string
+		err := tx.QueryRow(ctx, `SELECT status FROM storage_nodes WHERE node_id = $1 AND status <> 'removed' FOR UPDATE`, ch.ID).Scan(&status)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil, fmt.Errorf("metadata/postgres: %s: node %q: %w", op, ch.ID, metadata.ErrNotFound)
+		}
+		if err != nil {
+			return nil, s.wrap(op, err)
+		}
+		if cur := metadata.ReadStatus(status); !slices.Contains(ch.From, cur) {
+			return nil, fmt.Errorf("metadata/postgres: %s: node %q status is %q, not one of %q: %w", op, ch.ID, cur, ch.From, metadata.ErrStale)
+		}
+		n, err := scanNode(tx.QueryRow(ctx, `UPDATE storage_nodes SET status = $2 WHERE node_id = $1 RETURNING `+nodeColumns, ch.ID, ch.To))
+		if err != nil {
+			return nil, s.wrap(op, err)
+		}
+		out = append(out, n)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, s.wrap(op, err)
+	}
+	return out, nil
+}
+
 // SetNodeTransfer implements metadata.Store.
 func (s *Store) SetNodeTransfer(ctx context.Context, id string, t *metadata.TransferStatus) (metadata.Node, error) {
 	op := fmt.Sprintf("set node %q transfer", id)
