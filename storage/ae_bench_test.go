@@ -24,6 +24,7 @@ func BenchmarkWriteAE(b *testing.B) {
 		rate     int64
 	}{
 		{"off", 0, 0},
+		{"10s", 10 * time.Second, DefaultAntiEntropyRate},
 		{"1s", time.Second, DefaultAntiEntropyRate},
 		{"100ms", 100 * time.Millisecond, DefaultAntiEntropyRate},
 		{"100ms-unlimited", 100 * time.Millisecond, Unlimited},
