@@ -172,7 +172,8 @@ type Storage struct {
 	messages *prometheus.HistogramVec
 	items    *prometheus.CounterVec
 	commit   prometheus.Histogram
-	moves    *storageMoves // partition transfer, handoff, fencing (moves.go)
+	moves    *storageMoves          // partition transfer, handoff, fencing (moves.go)
+	reaped   *prometheus.CounterVec // reap.go
 
 	reg        prometheus.Registerer
 	collectors []prometheus.Collector
@@ -226,6 +227,8 @@ func NewStorage(reg prometheus.Registerer, stats func() PebbleStats, queue func(
 	}
 	s.moves = newStorageMoves()
 	s.collectors = append(s.collectors, s.moves.collectors()...)
+	s.reaped = newReaped()
+	s.collectors = append(s.collectors, s.reaped)
 	reg.MustRegister(s.collectors...)
 	return s
 }

@@ -129,6 +129,7 @@ const (
 	NodeOpRead  = "read"  // NodeReadBatch → NodeReadReply
 	NodeOpDump  = "dump"  // DumpRequest → DumpReply (operators, repair checks)
 	NodeOpScan  = "scan"  // PartitionScan → PartitionScanReply (partition transfer)
+	NodeOpReap  = "reap"  // ReapRequest → ReapReply (tombstone reaping: confirm, then delete if unchanged)
 )
 
 // StorageNode returns the subject of op on storage node nodeID.
