@@ -82,6 +82,9 @@ type Config struct {
 	// node refuses fenced items (not_owner) until one loads. MapPoll is how often the map
 	// is reloaded besides kv.v1.events.ring (5s).
 	MapWait, MapPoll time.Duration
+	// ReapInterval is how often the node runs a tombstone reaping pass
+	// over the partitions it owns (reap.go; 5m).
+	ReapInterval time.Duration
 }
 
 // ErrInvalidConfig is wrapped by the error of a constructor whose Config
@@ -103,6 +106,7 @@ func DefaultConfig() Config {
 		HandoffGrace: 10 * time.Second,
 		MapWait:      2 * time.Second,
 		MapPoll:      5 * time.Second,
+		ReapInterval: 5 * time.Minute,
 	}
 }
 
@@ -129,6 +133,7 @@ func (c *Config) validate() (err error) {
 		settings.Default("storage: handoff grace", &c.HandoffGrace, d.HandoffGrace),
 		settings.Default("storage: map wait", &c.MapWait, d.MapWait),
 		settings.Default("storage: map poll", &c.MapPoll, d.MapPoll),
+		settings.Default("storage: reap interval", &c.ReapInterval, d.ReapInterval),
 	} {
 		if err != nil {
 			return err
@@ -179,8 +184,9 @@ type Node struct {
 	mapKick     chan struct{}
 	xferKick    chan struct{}
 	handoffKick chan struct{}
-	xfer        xferState // receive.go
-	tenants     tenantRFs // tenants.go
+	xfer        xferState  // receive.go
+	tenants     tenantRFs  // tenants.go
+	reapCounts  reapCounts // reap.go
 
 	// beforeApply, set by tests before start, runs on the write loop
 	// between the fence and the apply of each batch of write messages.
@@ -308,18 +314,26 @@ func (n *Node) start(nc *nats.Conn) error {
 		return fmt.Errorf("storage: subscribe scan: %w", err)
 	}
 	n.subs = append(n.subs, scan)
+	reap, err := nc.Subscribe(subjects.StorageNode(n.cfg.NodeID, subjects.NodeOpReap), n.handleReap)
+	if err != nil {
+		n.unsubscribeLocked()
+		cancel()
+		return fmt.Errorf("storage: subscribe reap: %w", err)
+	}
+	n.subs = append(n.subs, reap)
 	if err := nc.Flush(); err != nil {
 		n.unsubscribeLocked()
 		cancel()
 		return fmt.Errorf("storage: flush subscriptions: %w", err)
 	}
 
-	n.wg.Add(5)
+	n.wg.Add(6)
 	go func() { defer n.wg.Done(); n.writeLoop(ctx, writes) }()
 	go func() { defer n.wg.Done(); n.registerLoop(ctx, nc) }()
 	go func() { defer n.wg.Done(); n.mapLoop(ctx) }()
 	go func() { defer n.wg.Done(); n.transferLoop(ctx) }()
 	go func() { defer n.wg.Done(); n.handoffLoop(ctx) }()
+	go func() { defer n.wg.Done(); n.reapLoop(ctx) }()
 	n.log.Info("storage node serving", "data", n.cfg.DataDir, "epoch", n.eng.epoch, "fsync", n.cfg.Fsync)
 	return nil
 }
