@@ -35,13 +35,26 @@ type TenantSpec struct {
 	ReplicationFactor  *int
 	DefaultConsistency *string
 	ConflictPolicy     *string
+	// TombstoneGrace is how long deleted keys' tombstones are kept before
+	// storage nodes reap them (1 s .. 10 years; create default 7 days),
+	// sent in whole milliseconds.
+	TombstoneGrace *time.Duration
+}
+
+// graceMS is spec's TombstoneGrace in milliseconds, nil when unset.
+func (spec TenantSpec) graceMS() *int64 {
+	if spec.TombstoneGrace == nil {
+		return nil
+	}
+	ms := spec.TombstoneGrace.Milliseconds()
+	return &ms
 }
 
 // CreateTenant creates tenant id. Defaults: replication factor 3, quorum,
 // lww.
 func (a *Admin) CreateTenant(ctx context.Context, id string, spec TenantSpec) (*subjects.Tenant, error) {
 	var t subjects.Tenant
-	req := subjects.TenantRequest{TenantID: id, ReplicationFactor: spec.ReplicationFactor, DefaultConsistency: spec.DefaultConsistency, ConflictPolicy: spec.ConflictPolicy}
+	req := subjects.TenantRequest{TenantID: id, ReplicationFactor: spec.ReplicationFactor, DefaultConsistency: spec.DefaultConsistency, ConflictPolicy: spec.ConflictPolicy, TombstoneGraceMS: spec.graceMS()}
 	if err := a.call(ctx, subjects.AdminTenantCreate, &req, &t); err != nil {
 		return nil, err
 	}
@@ -70,7 +83,7 @@ func (a *Admin) ListTenants(ctx context.Context) ([]subjects.Tenant, error) {
 // ErrConflict: read it again and retry).
 func (a *Admin) UpdateTenant(ctx context.Context, id string, version int64, spec TenantSpec) (*subjects.Tenant, error) {
 	var t subjects.Tenant
-	req := subjects.TenantRequest{TenantID: id, Version: version, ReplicationFactor: spec.ReplicationFactor, DefaultConsistency: spec.DefaultConsistency, ConflictPolicy: spec.ConflictPolicy}
+	req := subjects.TenantRequest{TenantID: id, Version: version, ReplicationFactor: spec.ReplicationFactor, DefaultConsistency: spec.DefaultConsistency, ConflictPolicy: spec.ConflictPolicy, TombstoneGraceMS: spec.graceMS()}
 	if err := a.call(ctx, subjects.AdminTenantUpdate, &req, &t); err != nil {
 		return nil, err
 	}

@@ -111,7 +111,8 @@ func (c *Coordinator) tenantCreate(ctx context.Context, body func(any) error) (a
 	if err := body(&req); err != nil {
 		return nil, err
 	}
-	t := metadata.Tenant{ID: req.TenantID, ReplicationFactor: 3, DefaultConsistency: subjects.Quorum, ConflictPolicy: subjects.PolicyLWW}
+	t := metadata.Tenant{ID: req.TenantID, ReplicationFactor: 3, DefaultConsistency: subjects.Quorum, ConflictPolicy: subjects.PolicyLWW,
+		TombstoneGraceMS: subjects.DefaultTombstoneGraceMS}
 	applyTenantFields(&t, &req)
 	if err := c.validateTenant(ctx, t); err != nil {
 		return nil, err
@@ -136,6 +137,9 @@ func applyTenantFields(t *metadata.Tenant, req *subjects.TenantRequest) {
 	}
 	if req.ConflictPolicy != nil {
 		t.ConflictPolicy = *req.ConflictPolicy
+	}
+	if req.TombstoneGraceMS != nil {
+		t.TombstoneGraceMS = *req.TombstoneGraceMS
 	}
 }
 
@@ -167,6 +171,10 @@ func (c *Coordinator) validateTenant(ctx context.Context, t metadata.Tenant) err
 	case subjects.PolicyLWW, subjects.PolicySiblings:
 	default:
 		return subjects.Errorf(subjects.KindInvalid, "unknown conflict_policy %q; use lww or siblings", t.ConflictPolicy)
+	}
+	if t.TombstoneGraceMS < subjects.MinTombstoneGraceMS || t.TombstoneGraceMS > subjects.MaxTombstoneGraceMS {
+		return subjects.Errorf(subjects.KindInvalid, "tombstone_grace_ms %d out of range %d..%d (1 s to 10 years)",
+			t.TombstoneGraceMS, subjects.MinTombstoneGraceMS, subjects.MaxTombstoneGraceMS)
 	}
 	return nil
 }
