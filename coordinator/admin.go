@@ -76,7 +76,8 @@ func wireNode(n metadata.Node) subjects.Node {
 		RegisteredAt: n.RegisteredAt, LastSeen: n.LastSeen, Protocol: n.Protocol}
 	if t := n.Transfer; t != nil {
 		w.Transfer = &subjects.TransferStatus{MapVersion: t.MapVersion, PartitionsDone: t.PartitionsDone,
-			PartitionsTotal: t.PartitionsTotal, Bytes: t.Bytes, Keys: t.Keys, RateBytes: t.RateBytes, Updated: t.Updated}
+			PartitionsTotal: t.PartitionsTotal, Bytes: t.Bytes, Keys: t.Keys, RateBytes: t.RateBytes, Updated: t.Updated,
+			RebuildTotal: t.RebuildTotal, RebuildDone: t.RebuildDone}
 	}
 	return w
 }
@@ -87,7 +88,8 @@ func metaTransfer(t *subjects.TransferStatus) *metadata.TransferStatus {
 		return nil
 	}
 	return &metadata.TransferStatus{MapVersion: t.MapVersion, PartitionsDone: t.PartitionsDone,
-		PartitionsTotal: t.PartitionsTotal, Bytes: t.Bytes, Keys: t.Keys, RateBytes: t.RateBytes, Updated: t.Updated}
+		PartitionsTotal: t.PartitionsTotal, Bytes: t.Bytes, Keys: t.Keys, RateBytes: t.RateBytes, Updated: t.Updated,
+		RebuildTotal: t.RebuildTotal, RebuildDone: t.RebuildDone}
 }
 
 // adminError maps metadata errors to wire errors.

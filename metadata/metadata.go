@@ -109,6 +109,10 @@ type TransferStatus struct {
 	Keys            int64     `json:"keys" msgpack:"keys"`
 	RateBytes       float64   `json:"rate_bytes" msgpack:"rate_bytes"` // bytes/s over the last ~10 s
 	Updated         time.Time `json:"updated" msgpack:"updated"`
+	// RebuildTotal and RebuildDone count the partitions a node with a new,
+	// wiped or stale directory rebuilds (subjects.TransferStatus).
+	RebuildTotal int `json:"rebuild_total,omitempty" msgpack:"rebuild_total,omitempty"`
+	RebuildDone  int `json:"rebuild_done,omitempty" msgpack:"rebuild_done,omitempty"`
 }
 
 // Node is one storage node as the coordinators know it.

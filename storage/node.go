@@ -184,9 +184,10 @@ type Node struct {
 	mapKick     chan struct{}
 	xferKick    chan struct{}
 	handoffKick chan struct{}
-	xfer        xferState  // receive.go
-	tenants     tenantRFs  // tenants.go
-	reapCounts  reapCounts // reap.go
+	xfer        xferState    // receive.go
+	tenants     tenantRFs    // tenants.go
+	reapCounts  reapCounts   // reap.go
+	rebuild     rebuildState // rebuild.go
 
 	// beforeApply, set by tests before start, runs on the write loop
 	// between the fence and the apply of each batch of write messages.
@@ -231,7 +232,20 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Node{cfg: cfg, log: log, eng: eng, xferLimit: newLimiter(cfg.TransferRate, time.Now())}, nil
+	// A directory down for longer than the smallest tombstone grace is
+	// wiped; a new or wiped one is rebuilt (rebuild.go).
+	if err := eng.checkStale(cfg.NodeID, time.Now(), log); err != nil {
+		_ = eng.close()
+		return nil, fmt.Errorf("storage: %s: %w", cfg.DataDir, err)
+	}
+	mark, err := eng.getMeta(metaRebuild)
+	if err != nil {
+		_ = eng.close()
+		return nil, fmt.Errorf("storage: %s: %w", cfg.DataDir, err)
+	}
+	n := &Node{cfg: cfg, log: log, eng: eng, xferLimit: newLimiter(cfg.TransferRate, time.Now())}
+	n.rebuild.marked, n.rebuild.kick = mark != nil, make(chan struct{}, 1)
+	return n, nil
 }
 
 // ID is the node's id.
@@ -327,13 +341,15 @@ func (n *Node) start(nc *nats.Conn) error {
 		return fmt.Errorf("storage: flush subscriptions: %w", err)
 	}
 
-	n.wg.Add(6)
+	n.wg.Add(8)
 	go func() { defer n.wg.Done(); n.writeLoop(ctx, writes) }()
 	go func() { defer n.wg.Done(); n.registerLoop(ctx, nc) }()
 	go func() { defer n.wg.Done(); n.mapLoop(ctx) }()
 	go func() { defer n.wg.Done(); n.transferLoop(ctx) }()
 	go func() { defer n.wg.Done(); n.handoffLoop(ctx) }()
 	go func() { defer n.wg.Done(); n.reapLoop(ctx) }()
+	go func() { defer n.wg.Done(); n.aliveLoop(ctx) }()
+	go func() { defer n.wg.Done(); n.rebuildLoop(ctx) }()
 	n.log.Info("storage node serving", "data", n.cfg.DataDir, "epoch", n.eng.epoch, "fsync", n.cfg.Fsync)
 	return nil
 }
@@ -581,6 +597,12 @@ func (n *Node) handleRead(m *nats.Msg) {
 				refused++
 				continue
 			}
+		}
+		if n.rebuildingPartition(ring.Partition(it.Tenant, it.Key, n.eng.q)) {
+			// Its data may still be on its way from the other owners: an
+			// answer could miss a value (or a tombstone) they hold.
+			reply.Results[i].Err = errRebuilding
+			continue
 		}
 		if rerr != nil {
 			reply.Results[i].Err = rerr.Error()

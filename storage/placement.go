@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -141,6 +142,7 @@ func (n *Node) install(m *ring.Map) {
 		n.log.Warn("forget transfer cursors", "err", err)
 	}
 	n.xfer.forgetDone(owned)
+	n.decideRebuild(func(p uint32) bool { return slices.Contains(m.Owners(p, nil), n.cfg.NodeID) })
 	n.log.Info("placement map installed", "map_version", m.Version())
 	for _, ch := range []chan struct{}{n.xferKick, n.handoffKick} {
 		select {

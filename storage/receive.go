@@ -67,14 +67,19 @@ type rateSample struct {
 // TransferStatus returns a copy of the node's progress receiving
 // partitions, nil when it never received any. The heartbeat carries it.
 func (n *Node) TransferStatus() *subjects.TransferStatus {
+	total, done := n.rebuildStatus()
 	s := &n.xfer
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.status == nil {
-		return nil
+		if total == 0 {
+			return nil
+		}
+		return &subjects.TransferStatus{RebuildTotal: total, RebuildDone: done, Updated: time.Now()}
 	}
 	st := *s.status
 	st.RateBytes = s.rateLocked(time.Now())
+	st.RebuildTotal, st.RebuildDone = total, done
 	return &st
 }
 

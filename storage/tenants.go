@@ -109,6 +109,9 @@ func (n *Node) refreshTenants(ctx context.Context) {
 	c.mu.Lock()
 	c.rf, c.grace, c.loadedAt, c.hasLoaded = rf, grace, at, true
 	c.mu.Unlock()
+	if err == nil {
+		n.noteGraces(grace)
+	}
 }
 
 // tenantsChanged notes a kv.v1.events.tenant: the next partition the

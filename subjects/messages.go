@@ -131,6 +131,12 @@ type TransferStatus struct {
 	Keys            int64     `json:"keys" msgpack:"keys"`
 	RateBytes       float64   `json:"rate_bytes" msgpack:"rate_bytes"` // bytes/s over the last ~10 s
 	Updated         time.Time `json:"updated" msgpack:"updated"`
+	// RebuildTotal and RebuildDone: a node whose data directory was new,
+	// wiped or stale (D7) rebuilds the partitions it owns from their other
+	// owners, answering reads of them `rebuilding` until each is pulled;
+	// these count them (0 and 0: no rebuild since the node started).
+	RebuildTotal int `json:"rebuild_total,omitempty" msgpack:"rebuild_total,omitempty"`
+	RebuildDone  int `json:"rebuild_done,omitempty" msgpack:"rebuild_done,omitempty"`
 }
 
 // TransferReport is the body of kv.v1.admin.node.transfer: storage node
