@@ -210,6 +210,31 @@ func (c *reapCounts) take(p uint32, min int) bool {
 	return true
 }
 
+// takeAll returns the lowest and highest partition with keys reaped since
+// their last compaction when there are at least min of them in all, and
+// starts counting again; ok false otherwise.
+func (c *reapCounts) takeAll(min int) (lo, hi uint32, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	total := 0
+	first := true
+	for p, k := range c.n {
+		total += k
+		if first || p < lo {
+			lo = p
+		}
+		if first || p > hi {
+			hi = p
+		}
+		first = false
+	}
+	if total < min {
+		return 0, 0, false
+	}
+	c.n = nil
+	return lo, hi, true
+}
+
 // scanForReap reads one page of p under the read lock (Pebble must not
 // close under it).
 func (n *Node) scanForReap(p uint32, cursor []byte) ([]partEntry, []byte, error) {
@@ -224,15 +249,22 @@ func (n *Node) scanForReap(p uint32, cursor []byte) ([]partEntry, []byte, error)
 // compactPartition compacts p's key range so that the space of the keys
 // just deleted is given back.
 func (n *Node) compactPartition(ctx context.Context, p uint32) error {
+	return n.compactPartitions(ctx, p, p)
+}
+
+// compactPartitions compacts the key range of partitions first..last.
+func (n *Node) compactPartitions(ctx context.Context, first, last uint32) error {
 	n.readMu.RLock()
 	defer n.readMu.RUnlock()
 	if n.readsClosed {
 		return errStopping
 	}
-	lo, hi := partitionBounds(p)
+	lo, _ := partitionBounds(first)
+	_, hi := partitionBounds(last)
 	if err := n.eng.db.Compact(ctx, lo, hi, true); err != nil {
-		return fmt.Errorf("storage: compact partition %d after reaping: %w", p, err)
+		return fmt.Errorf("storage: compact partitions %d..%d after reaping: %w", first, last, err)
 	}
+	n.log.Info("compacted after reaping", "partitions", fmt.Sprintf("%d..%d", first, last))
 	return nil
 }
 
@@ -539,14 +571,20 @@ func (n *Node) handleReap(m *nats.Msg) {
 }
 
 // reapLoop runs a reaping pass over every partition this node currently
-// owns every Config.ReapInterval, until ctx ends.
+// owns every Config.ReapInterval, until ctx ends. It also keeps the
+// directory's grace floor current (rebuild.go): it loads the tenant list
+// at start and again after each kv.v1.events.tenant.
 func (n *Node) reapLoop(ctx context.Context) {
 	t := time.NewTicker(n.cfg.ReapInterval)
 	defer t.Stop()
+	n.tenantGraces(ctx)
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-n.reapKick:
+			n.tenantGraces(ctx)
+			continue
 		case <-t.C:
 		}
 		n.reapPass(ctx)
@@ -572,6 +610,13 @@ func (n *Node) reapPass(ctx context.Context) int {
 		total += k
 		if err != nil && ctx.Err() == nil {
 			n.log.Warn("reap: partition pass failed", "partition", p, "err", err)
+		}
+	}
+	// Keys reaped a few per partition add up: compact the span of the
+	// partitions they were in, once per pass.
+	if lo, hi, ok := n.reapCounts.takeAll(reapCompactAt); ok {
+		if err := n.compactPartitions(ctx, lo, hi); err != nil && ctx.Err() == nil {
+			n.log.Warn("reap: compaction failed", "err", err)
 		}
 	}
 	return total
