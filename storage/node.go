@@ -246,6 +246,7 @@ func Open(cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: log, eng: eng, xferLimit: newLimiter(cfg.TransferRate, time.Now())}
 	n.rebuild.marked, n.rebuild.kick = mark != nil, make(chan struct{}, 1)
+	n.rebuild.on.Store(n.rebuild.marked)
 	return n, nil
 }
 

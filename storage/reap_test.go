@@ -36,16 +36,18 @@ func (f *fakeCoord) serveGraces(tb testing.TB, ts ...subjects.Tenant) {
 
 // reapCluster starts nodes a, b, c owning every partition, a tenant "t"
 // of RF 3 with a 1 s grace, and returns a config maker for restarts.
-func reapCluster(t *testing.T, interval time.Duration) (*fakeCoord, func(id, dir string) Config, func(c Config) *Node) {
+// fresh (startFresh) keeps a new or wiped directory's rebuild mark.
+func reapCluster(t *testing.T, interval time.Duration) (f *fakeCoord, cfg func(id, dir string) Config, start, fresh func(c Config) *Node) {
 	t.Helper()
 	s := natstest.RunServer(t)
-	f := newFakeCoord(t, s, claim(t, nil, "a", "b", "c"), false)
+	f = newFakeCoord(t, s, claim(t, nil, "a", "b", "c"), false)
 	f.serveGraces(t, subjects.Tenant{ID: "t", ReplicationFactor: 3, TombstoneGraceMS: 1000})
-	cfg := func(id, dir string) Config {
+	cfg = func(id, dir string) Config {
 		return Config{NodeID: id, DataDir: dir, Heartbeat: time.Second, MapPoll: 200 * time.Millisecond, ReapInterval: interval}
 	}
-	start := func(c Config) *Node { return startXfer(t, s, c, nil) }
-	return f, cfg, start
+	start = func(c Config) *Node { return startXfer(t, s, c, nil) }
+	fresh = func(c Config) *Node { return startFresh(t, s, c) }
+	return f, cfg, start, fresh
 }
 
 // tombstone is an lww tombstone written now (its counter carries the
@@ -66,7 +68,7 @@ func writeAll(t *testing.T, ws []subjects.NodeWrite, nodes ...*Node) {
 // owners are reaped from every one once the grace passed, live keys and
 // fresh tombstones stay, and the partition's disk usage falls.
 func TestReapTombstonesEverywhere(t *testing.T) {
-	_, cfg, start := reapCluster(t, 200*time.Millisecond)
+	_, cfg, start, _ := reapCluster(t, 200*time.Millisecond)
 	a, b, c := start(cfg("a", t.TempDir())), start(cfg("b", t.TempDir())), start(cfg("c", t.TempDir()))
 	nodes := []*Node{a, b, c}
 	keys := keysIn("t", xferPart, xferQ, 1000)
@@ -122,13 +124,14 @@ func TestReapTombstonesEverywhere(t *testing.T) {
 	}
 }
 
-// TestReapWaitsForDownReplica: while owner c is down, a and b reap
-// nothing, however long past the grace; c missed the delete and returns
-// with the live value: still nothing is reaped (its version differs) and
-// no read of a or b finds the key again; once c got the tombstone (a
-// repair), every owner reaps.
+// TestReapWaitsForDownReplica: owner c missed the deletes and holds the
+// old live values: a, b and c reap nothing (c's version differs). With c
+// down, past the grace, a and b still reap nothing (no confirmation). c
+// comes back stale (down longer than the 1 s grace), is wiped and rebuilt
+// from a and b: it holds the tombstones, never the old values, and then
+// every owner reaps.
 func TestReapWaitsForDownReplica(t *testing.T) {
-	_, cfg, start := reapCluster(t, time.Hour) // passes driven by the test
+	_, cfg, start, fresh := reapCluster(t, time.Hour) // passes driven by the test
 	cc := cfg("c", t.TempDir())
 	a, b, c := start(cfg("a", t.TempDir())), start(cfg("b", t.TempDir())), start(cc)
 	keys := keysIn("t", xferPart, xferQ, 50)
@@ -138,32 +141,42 @@ func TestReapWaitsForDownReplica(t *testing.T) {
 		dels = append(dels, subjects.NodeWrite{Tenant: "t", Key: k, LWW: tombstone("c1")})
 	}
 	writeAll(t, puts, a, b, c)
-	if err := c.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	writeAll(t, dels, a, b) // c is down: it misses the delete
-	time.Sleep(1500 * time.Millisecond)
+	writeAll(t, dels, a, b) // c misses the delete
+	waitFor(t, 5*time.Second, "c to learn the 1 s grace", func() bool {
+		v, ok, err := c.eng.readMetaInt(metaGraceFloor)
+		return err == nil && ok && v == 1000
+	})
+	time.Sleep(1100 * time.Millisecond) // past the grace
 	ctx := context.Background()
-	for _, n := range []*Node{a, b} {
-		if k := n.reapPass(ctx); k != 0 {
-			t.Fatalf("%s reaped %d keys while owner c was down", n.ID(), k)
-		}
-	}
-	c = start(cc) // back, with the old live values
-	waitFor(t, 5*time.Second, "c to load the map", func() bool { return c.Map() != nil })
 	for _, n := range []*Node{a, b, c} {
 		if k := n.reapPass(ctx); k != 0 {
 			t.Fatalf("%s reaped %d keys while c holds another version", n.ID(), k)
 		}
 	}
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond)
 	for _, n := range []*Node{a, b} {
+		if k := n.reapPass(ctx); k != 0 {
+			t.Fatalf("%s reaped %d keys while owner c was down", n.ID(), k)
+		}
 		for _, k := range keys {
 			if rec, err := n.eng.read("t", k); err != nil || rec.LWW == nil || !rec.LWW.Tombstone {
 				t.Fatalf("%s no longer holds the tombstone of %q: %+v %v", n.ID(), k, rec, err)
 			}
 		}
 	}
-	writeAll(t, dels, c) // the repair: c merges the tombstones
+	c = fresh(cc) // back, stale: wiped and rebuilt
+	waitFor(t, 20*time.Second, "c to rebuild", func() bool {
+		st := c.TransferStatus()
+		return st != nil && st.RebuildTotal > 0 && st.RebuildDone == st.RebuildTotal
+	})
+	for _, k := range keys {
+		if rec, err := c.eng.read("t", k); err != nil || rec.LWW == nil || !rec.LWW.Tombstone {
+			t.Fatalf("c after its rebuild holds %+v for deleted %q (%v), want the tombstone", rec, k, err)
+		}
+	}
 	if k := a.reapPass(ctx); k != len(keys) {
 		t.Fatalf("a reaped %d keys once every owner held the tombstones, want %d", k, len(keys))
 	}
@@ -180,7 +193,7 @@ func TestReapWaitsForDownReplica(t *testing.T) {
 // the confirmed version; a confirmation answers the hash held, zero for
 // nothing; a request naming a newer map is answered map_behind.
 func TestReapConditional(t *testing.T) {
-	f, cfg, start := reapCluster(t, time.Hour)
+	f, cfg, start, _ := reapCluster(t, time.Hour)
 	a := start(cfg("a", t.TempDir()))
 	waitFor(t, 5*time.Second, "the map", func() bool { return a.Map() != nil })
 	k := keysIn("t", xferPart, xferQ, 2)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -135,6 +136,9 @@ func (e *engine) wipeData() error {
 
 // rebuildState is what the node knows of its rebuild.
 type rebuildState struct {
+	// on mirrors marked for the read path, which checks it per item
+	// without the lock.
+	on      atomic.Bool
 	mu      sync.Mutex
 	marked  bool            // the directory carries metaRebuild
 	pending map[uint32]bool // partitions still to rebuild; nil until the first map decides
@@ -151,6 +155,9 @@ type rebuildState struct {
 // installed before it answers one.
 func (n *Node) rebuildingPartition(p uint32) bool {
 	rb := &n.rebuild
+	if !rb.on.Load() {
+		return false
+	}
 	rb.mu.Lock()
 	defer rb.mu.Unlock()
 	return rb.marked && rb.decided && rb.pending[p]
@@ -300,6 +307,7 @@ func (n *Node) rebuildLoop(ctx context.Context) {
 		}
 		rb.mu.Lock()
 		rb.marked = false
+		rb.on.Store(false)
 		rb.mu.Unlock()
 		n.log.Info("rebuild finished: every partition this node owns was pulled from its other owners")
 		return

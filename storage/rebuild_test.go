@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/quorumkv/quorumkv/internal/natstest"
+	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
 )
@@ -74,6 +76,28 @@ func rebuildKeys(t *testing.T, n int, nodes ...*Node) []string {
 	return keys
 }
 
+// tryRead is rawRead for a goroutine other than the test's: it returns
+// the failure instead of failing the test.
+func tryRead(nc *nats.Conn, node string, mv uint64, tenant, key string) (subjects.NodeReadResult, error) {
+	data, err := msgpack.Marshal(&subjects.NodeReadBatch{Proto: subjects.NodeProtocolVersion, MapVersion: mv,
+		Items: []subjects.NodeRead{{ID: 1, Tenant: tenant, Key: key}}})
+	if err != nil {
+		return subjects.NodeReadResult{}, err
+	}
+	msg, err := nc.Request(subjects.StorageNode(node, subjects.NodeOpRead), data, 5*time.Second)
+	if err != nil {
+		return subjects.NodeReadResult{}, err
+	}
+	if e := subjects.ErrorFromHeaders(msg.Header.Get); e != nil {
+		return subjects.NodeReadResult{}, e
+	}
+	var rep subjects.NodeReadReply
+	if err := wire.UnmarshalNodeReadReply(msg.Data, &rep); err != nil || len(rep.Results) != 1 {
+		return subjects.NodeReadResult{}, fmt.Errorf("read reply %+v: %v", rep, err)
+	}
+	return rep.Results[0], nil
+}
+
 // readWatch reads keys from node at map version mv in a loop until stop
 // closes, and records every answer that is neither `rebuilding` nor the
 // key's value: a rebuilding replica must never answer what it lacks.
@@ -94,8 +118,13 @@ func readWatch(t *testing.T, nc *nats.Conn, node string, mv uint64, keys []strin
 			default:
 			}
 			k := keys[i%len(keys)]
-			r := rawRead(t, nc, node, subjects.NodeProtocolVersion, mv, "t", k)
+			r, err := tryRead(nc, node, mv, "t", k)
 			mu.Lock()
+			if err != nil {
+				bad = append(bad, k+": "+err.Error())
+				mu.Unlock()
+				continue
+			}
 			switch {
 			case strings.HasPrefix(r.Err, subjects.KindRebuilding+": "):
 				refusal++

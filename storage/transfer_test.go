@@ -51,6 +51,7 @@ func startXfer(tb testing.TB, s *server.Server, cfg Config, load func(e *engine)
 			tb.Fatal(err)
 		}
 		n.rebuild.marked = false
+		n.rebuild.on.Store(false)
 	}
 	if err := n.start(natstest.Connect(tb, s)); err != nil {
 		_ = n.Stop()
