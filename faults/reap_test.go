@@ -129,7 +129,6 @@ func TestReapDeletedKeysEverywhere(t *testing.T) {
 		return err
 	})
 	start := time.Now()
-	t.Logf("puts done")
 	before := map[string]int64{}
 	for _, id := range nodes {
 		before[id] = sstBytes(t, c.NodeDir(id))
