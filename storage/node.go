@@ -184,11 +184,10 @@ type Node struct {
 	mapKick     chan struct{}
 	xferKick    chan struct{}
 	handoffKick chan struct{}
-	reapKick    chan struct{} // a tenant event: the reaper reloads the list (reap.go)
-	xfer        xferState     // receive.go
-	tenants     tenantRFs     // tenants.go
-	reapCounts  reapCounts    // reap.go
-	rebuild     rebuildState  // rebuild.go
+	xfer        xferState    // receive.go
+	tenants     tenantRFs    // tenants.go
+	reapCounts  reapCounts   // reap.go
+	rebuild     rebuildState // rebuild.go
 
 	// beforeApply, set by tests before start, runs on the write loop
 	// between the fence and the apply of each batch of write messages.
@@ -274,7 +273,6 @@ func (n *Node) start(nc *nats.Conn) error {
 	n.cancel = cancel
 	n.nc, n.local, n.stopping = nc, make(chan *localWrite), ctx.Done()
 	n.mapKick, n.xferKick, n.handoffKick = make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{}, 1)
-	n.reapKick = make(chan struct{}, 1)
 	n.replyLimit = replica.PayloadLimit(nc.MaxPayload()) // the limit clients batch by
 	n.eng.stateCap, n.eng.replyLimit = subjects.MaxStateBytes(nc.MaxPayload()), n.replyLimit
 	// The map first (bounded), so that writes are fenced from the start.
@@ -412,6 +410,7 @@ func (n *Node) Stop() error {
 	if rc != nil {
 		rc.Stop() // fails a transfer's request in flight at once
 	}
+	n.markAlive() // a clean stop: down time counts from now (rebuild.go)
 	n.readMu.Lock()
 	n.readsClosed = true
 	n.readMu.Unlock()

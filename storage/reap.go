@@ -571,20 +571,17 @@ func (n *Node) handleReap(m *nats.Msg) {
 }
 
 // reapLoop runs a reaping pass over every partition this node currently
-// owns every Config.ReapInterval, until ctx ends. It also keeps the
-// directory's grace floor current (rebuild.go): it loads the tenant list
-// at start and again after each kv.v1.events.tenant.
+// owns every Config.ReapInterval, until ctx ends. Each pass asks for the
+// tenant list again when a tenant changed since (tenantGraces), which also
+// keeps the directory's grace floor current (rebuild.go): a grace lowered
+// is recorded by the pass that first reaps by it.
 func (n *Node) reapLoop(ctx context.Context) {
 	t := time.NewTicker(n.cfg.ReapInterval)
 	defer t.Stop()
-	n.tenantGraces(ctx)
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-n.reapKick:
-			n.tenantGraces(ctx)
-			continue
 		case <-t.C:
 		}
 		n.reapPass(ctx)

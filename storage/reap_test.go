@@ -141,7 +141,8 @@ func TestReapWaitsForDownReplica(t *testing.T) {
 		dels = append(dels, subjects.NodeWrite{Tenant: "t", Key: k, LWW: tombstone("c1")})
 	}
 	writeAll(t, puts, a, b, c)
-	writeAll(t, dels, a, b) // c misses the delete
+	writeAll(t, dels, a, b)          // c misses the delete
+	c.reapPass(context.Background()) // learns the tenant list, and so the 1 s grace
 	waitFor(t, 5*time.Second, "c to learn the 1 s grace", func() bool {
 		v, ok, err := c.eng.readMetaInt(metaGraceFloor)
 		return err == nil && ok && v == 1000

@@ -205,15 +205,14 @@ func (n *Node) rebuildStatus() (total, done int) {
 	return rb.total, rb.done
 }
 
-// aliveLoop records lastAlive every aliveEvery until ctx ends, and once
-// more as it ends (a clean stop is not down time).
+// aliveLoop records lastAlive every aliveEvery until ctx ends (Stop
+// records it once more).
 func (n *Node) aliveLoop(ctx context.Context) {
 	t := time.NewTicker(aliveEvery)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			n.markAlive()
 			return
 		case <-t.C:
 			n.markAlive()

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/vmihailenco/msgpack/v5"
@@ -267,5 +268,30 @@ func TestStaleDirectoryIsWiped(t *testing.T) {
 	}
 	if rec, err := c.eng.read("t", ghost); err != nil || rec.LWW != nil {
 		t.Fatalf("a key only the stale directory held came back: %+v %v", rec, err)
+	}
+}
+
+// TestCleanStopRecordsAlive: a clean stop records lastAlive, so that a
+// node restarted within the grace after running longer than aliveEvery
+// is not stale.
+func TestCleanStopRecordsAlive(t *testing.T) {
+	dir := t.TempDir()
+	n := open(t, "a", dir)
+	if err := n.eng.setMetaInt(metaLastAlive, time.Now().Add(-time.Hour).UnixMilli(), nil); err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now()
+	if err := n.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	// Read it as stored (Open would record a new one).
+	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{quiet()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	e := &engine{db: db}
+	if v, ok, err := e.readMetaInt(metaLastAlive); err != nil || !ok || v < before.UnixMilli() {
+		t.Fatalf("lastAlive after a clean stop: %v %v %v, want at least %v", time.UnixMilli(v), ok, err, before)
 	}
 }

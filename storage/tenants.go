@@ -120,10 +120,6 @@ func (n *Node) tenantsChanged() {
 	n.tenants.mu.Lock()
 	n.tenants.events++
 	n.tenants.mu.Unlock()
-	select { // the reaper reloads the list: a grace may have changed
-	case n.reapKick <- struct{}{}:
-	default:
-	}
 }
 
 // confirm notes that src answered a scan at pl's map version.
