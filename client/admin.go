@@ -35,26 +35,34 @@ type TenantSpec struct {
 	ReplicationFactor  *int
 	DefaultConsistency *string
 	ConflictPolicy     *string
+	// DefaultTTL is the time to live of values put without WithTTL
+	// (default_ttl_ms, rounded up to a millisecond); 0 = they never expire.
+	DefaultTTL *time.Duration
 	// TombstoneGrace is how long deleted keys' tombstones are kept before
 	// storage nodes reap them (1 s .. 10 years; create default 7 days),
 	// sent in whole milliseconds.
 	TombstoneGrace *time.Duration
 }
 
-// graceMS is spec's TombstoneGrace in milliseconds, nil when unset.
-func (spec TenantSpec) graceMS() *int64 {
-	if spec.TombstoneGrace == nil {
-		return nil
+// request is the TenantRequest that sets spec's fields.
+func (spec TenantSpec) request(id string) subjects.TenantRequest {
+	req := subjects.TenantRequest{TenantID: id, ReplicationFactor: spec.ReplicationFactor, DefaultConsistency: spec.DefaultConsistency, ConflictPolicy: spec.ConflictPolicy}
+	if spec.DefaultTTL != nil {
+		ms := ttlMillis(*spec.DefaultTTL)
+		req.DefaultTTLMs = &ms
 	}
-	ms := spec.TombstoneGrace.Milliseconds()
-	return &ms
+	if spec.TombstoneGrace != nil {
+		ms := spec.TombstoneGrace.Milliseconds()
+		req.TombstoneGraceMS = &ms
+	}
+	return req
 }
 
 // CreateTenant creates tenant id. Defaults: replication factor 3, quorum,
 // lww.
 func (a *Admin) CreateTenant(ctx context.Context, id string, spec TenantSpec) (*subjects.Tenant, error) {
 	var t subjects.Tenant
-	req := subjects.TenantRequest{TenantID: id, ReplicationFactor: spec.ReplicationFactor, DefaultConsistency: spec.DefaultConsistency, ConflictPolicy: spec.ConflictPolicy, TombstoneGraceMS: spec.graceMS()}
+	req := spec.request(id)
 	if err := a.call(ctx, subjects.AdminTenantCreate, &req, &t); err != nil {
 		return nil, err
 	}
@@ -83,7 +91,8 @@ func (a *Admin) ListTenants(ctx context.Context) ([]subjects.Tenant, error) {
 // ErrConflict: read it again and retry).
 func (a *Admin) UpdateTenant(ctx context.Context, id string, version int64, spec TenantSpec) (*subjects.Tenant, error) {
 	var t subjects.Tenant
-	req := subjects.TenantRequest{TenantID: id, Version: version, ReplicationFactor: spec.ReplicationFactor, DefaultConsistency: spec.DefaultConsistency, ConflictPolicy: spec.ConflictPolicy, TombstoneGraceMS: spec.graceMS()}
+	req := spec.request(id)
+	req.Version = version
 	if err := a.call(ctx, subjects.AdminTenantUpdate, &req, &t); err != nil {
 		return nil, err
 	}

@@ -149,6 +149,26 @@ func WithTimeout(d time.Duration) RequestOption {
 	return func(r *subjects.Request) { r.TimeoutMS = d.Milliseconds() }
 }
 
+// WithTTL (put) makes the value expire d after the coordinator accepts the
+// put: from then on reads answer ErrNotFound, as for a deleted key. It is
+// sent as ttl_ms, rounded up to a whole millisecond; 0 means the tenant's
+// default_ttl_ms. The coordinator refuses d < 0 or above 10 years (400),
+// and answers 503 while a storage node runs a version without TTL
+// support (node protocol < 3).
+func WithTTL(d time.Duration) RequestOption {
+	return func(r *subjects.Request) { r.TTLMs = ttlMillis(d) }
+}
+
+// ttlMillis is d in milliseconds, a positive remainder rounded up (a TTL
+// below 1ms must not become 0, which means "the default").
+func ttlMillis(d time.Duration) int64 {
+	ms := d.Milliseconds()
+	if d > 0 && d%time.Millisecond != 0 {
+		ms++
+	}
+	return ms
+}
+
 // Put stores value under key.
 func (c *Client) Put(ctx context.Context, key string, value []byte, opts ...RequestOption) (*WriteResult, error) {
 	req := subjects.Request{Key: key, Value: value}

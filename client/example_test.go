@@ -7,6 +7,7 @@ import (
 	"log"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -110,4 +111,25 @@ func ExampleAdmin_CreateTenant() {
 	// Output:
 	// acme 2 all lww 1
 	// true true
+}
+
+func ExampleWithTTL() {
+	dev, stop := startDev()
+	defer stop()
+	nc, _ := nats.Connect(dev.URL)
+	defer nc.Close()
+	kv, _ := client.New(nc, "default")
+	ctx := context.Background()
+
+	// The value expires 300ms after the coordinator accepts the put, on
+	// every replica at once; then it reads as a deleted key does.
+	_, _ = kv.Put(ctx, "session", []byte("token"), client.WithTTL(300*time.Millisecond))
+	got, err := kv.Get(ctx, "session")
+	fmt.Println(string(got.Value), err)
+	time.Sleep(400 * time.Millisecond)
+	_, err = kv.Get(ctx, "session")
+	fmt.Println(errors.Is(err, client.ErrNotFound))
+	// Output:
+	// token <nil>
+	// true
 }

@@ -77,7 +77,7 @@ func wireNode(n metadata.Node) subjects.Node {
 	if t := n.Transfer; t != nil {
 		w.Transfer = &subjects.TransferStatus{MapVersion: t.MapVersion, PartitionsDone: t.PartitionsDone,
 			PartitionsTotal: t.PartitionsTotal, Bytes: t.Bytes, Keys: t.Keys, RateBytes: t.RateBytes, Updated: t.Updated,
-			RebuildTotal: t.RebuildTotal, RebuildDone: t.RebuildDone}
+			HandoffDone: t.HandoffDone, RebuildTotal: t.RebuildTotal, RebuildDone: t.RebuildDone}
 	}
 	return w
 }
@@ -89,7 +89,7 @@ func metaTransfer(t *subjects.TransferStatus) *metadata.TransferStatus {
 	}
 	return &metadata.TransferStatus{MapVersion: t.MapVersion, PartitionsDone: t.PartitionsDone,
 		PartitionsTotal: t.PartitionsTotal, Bytes: t.Bytes, Keys: t.Keys, RateBytes: t.RateBytes, Updated: t.Updated,
-		RebuildTotal: t.RebuildTotal, RebuildDone: t.RebuildDone}
+		HandoffDone: t.HandoffDone, RebuildTotal: t.RebuildTotal, RebuildDone: t.RebuildDone}
 }
 
 // adminError maps metadata errors to wire errors.
@@ -126,7 +126,18 @@ func (c *Coordinator) tenantCreate(ctx context.Context, body func(any) error) (a
 	if err != nil {
 		return nil, err
 	}
+	// No client knows the tenant before this answer, so its first write
+	// comes after a map version stored after it exists: a reconcile that
+	// saw no tenant (and took the noData shortcut) cannot land after that.
+	changed, err := c.routing.fenceTenant(ctx)
+	if changed {
+		c.announceRing()
+	}
 	c.tenantChanged(created, false)
+	if err != nil {
+		return nil, subjects.Errorf(subjects.KindUnavailable,
+			"tenant %q was created, but the placement map could not be stored after it (a node joining right now may not receive its first writes): %v", t.ID, err)
+	}
 	return wireTenant(created), nil
 }
 
@@ -139,6 +150,9 @@ func applyTenantFields(t *metadata.Tenant, req *subjects.TenantRequest) {
 	}
 	if req.ConflictPolicy != nil {
 		t.ConflictPolicy = *req.ConflictPolicy
+	}
+	if req.DefaultTTLMs != nil {
+		t.DefaultTTLMs = *req.DefaultTTLMs
 	}
 	if req.TombstoneGraceMS != nil {
 		t.TombstoneGraceMS = *req.TombstoneGraceMS
@@ -157,6 +171,9 @@ func (c *Coordinator) validateTenant(ctx context.Context, t metadata.Tenant) err
 	}
 	if t.ReplicationFactor < 1 || t.ReplicationFactor > MaxReplicationFactor {
 		return subjects.Errorf(subjects.KindInvalid, "replication_factor %d out of range 1..%d", t.ReplicationFactor, MaxReplicationFactor)
+	}
+	if t.DefaultTTLMs < 0 || t.DefaultTTLMs > subjects.MaxTTLMs {
+		return subjects.Errorf(subjects.KindInvalid, "default_ttl_ms %d out of range 0..%d (10 years; 0 = values never expire)", t.DefaultTTLMs, subjects.MaxTTLMs)
 	}
 	nodes, err := c.cfg.Metadata.ListNodes(ctx)
 	if err != nil {
@@ -319,8 +336,14 @@ func (c *Coordinator) tenantHoldsData(ctx context.Context, tenant string) (strin
 			if err := msgpack.Unmarshal(msg.Data, &rep); err != nil {
 				return "", fmt.Errorf("decode dump from %s: %w", m.ID, err)
 			}
+			now := c.cfg.Now().UnixMilli()
 			for _, e := range rep.Entries {
-				if !e.Tombstone {
+				// A value whose TTL has passed is as gone as a tombstone.
+				dead := e.Tombstone || (e.Expires != 0 && now >= e.Expires)
+				if e.DVV != nil {
+					dead = e.DVV.DeletedAt(now)
+				}
+				if !dead {
 					return m.ID, nil
 				}
 			}

@@ -103,7 +103,7 @@ type Config struct {
 	ContextSecretPrevious []byte
 
 	Logger *slog.Logger
-	Now    func() time.Time // clock for caches and the hybrid logical clocks; default time.Now
+	Now    func() time.Time // clock for caches, the hybrid logical clocks and TTLs (a put's expiry, a delete's time, whether a value read has expired); default time.Now
 }
 
 // ErrInvalidConfig is wrapped by the error of a constructor whose Config
@@ -212,9 +212,13 @@ type Coordinator struct {
 	repair  *ConflictService     // nil: repair disabled
 	metrics *metrics.Coordinator // nil: no metrics
 	svc     *service
-	subs    []*nats.Subscription
-	sem     chan struct{}
-	cancel  context.CancelFunc
+	// aeStatus holds, by node id, the anti-entropy figures
+	// (*subjects.AEStatus) of the last heartbeat this coordinator
+	// answered: kept in memory only, node list shows them as of then.
+	aeStatus sync.Map
+	subs     []*nats.Subscription
+	sem      chan struct{}
+	cancel   context.CancelFunc
 
 	mu       sync.RWMutex // guards stopping against wg.Add
 	stopping bool
@@ -242,6 +246,12 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Coordinator, error) {
 		tenants: newTenantCache(cfg.Metadata, log, cfg.TenantTTL, cfg.Now),
 		routing: newRouting(cfg.Metadata, log, cfg.RingRefresh, cfg.Partitions),
 		sem:     make(chan struct{}, cfg.MaxInflight),
+	}
+	c.routing.down = func(n metadata.Node) bool { return c.isDown(n, c.cfg.Now()) }
+	c.tenants.firstSeen = func(ctx context.Context) {
+		if err := c.routing.load(ctx); err != nil {
+			c.log.Warn("placement map reload for a tenant seen first failed; routing by the last map", "err", err)
+		}
 	}
 	if cfg.Repair != nil {
 		c.repair = newConflictService(cfg.Repair, cfg.Actor, log)

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/micro"
@@ -137,6 +138,12 @@ func decodeDataRequest(req micro.Request, op string) (*dataRequest, error) {
 	}
 	if op == subjects.OpDelete && len(r.Value) > 0 {
 		return nil, subjects.Errorf(subjects.KindInvalid, "delete takes no value")
+	}
+	switch {
+	case r.TTLMs < 0 || r.TTLMs > subjects.MaxTTLMs:
+		return nil, subjects.Errorf(subjects.KindInvalid, "ttl_ms %d out of range 0..%d (10 years; 0 or absent: the tenant's default_ttl_ms)", r.TTLMs, subjects.MaxTTLMs)
+	case r.TTLMs != 0 && op != subjects.OpPut:
+		return nil, subjects.Errorf(subjects.KindInvalid, "ttl_ms is a field of put only")
 	}
 	if len(r.Context) > maxContextBytes {
 		return nil, subjects.Errorf(subjects.KindInvalid, "context is %d bytes; the limit is %d", len(r.Context), maxContextBytes)
@@ -355,6 +362,11 @@ func requestFingerprint(r *dataRequest, del bool) []byte {
 	part([]byte(r.Key))
 	part(r.Value)
 	part([]byte(r.Context))
+	if r.TTLMs != 0 {
+		// Only when set, so fingerprints of requests without a TTL stay
+		// what they were (stored claims and tokens keep matching).
+		part(binary.BigEndian.AppendUint64(nil, uint64(r.TTLMs)))
+	}
 	return h.Sum(nil)[:fingerprintBytes]
 }
 
@@ -380,8 +392,12 @@ func newIdempotencyKey() string {
 // acknowledged write is never superseded by one that finished before it
 // started, whatever the coordinators' clocks say (see sendLWW).
 func (c *Coordinator) write(ctx context.Context, r *dataRequest, del bool) (*subjects.WriteReply, error) {
+	expires, err := c.expires(r, del)
+	if err != nil {
+		return nil, err
+	}
 	if r.tenant.ConflictPolicy == subjects.PolicySiblings {
-		return c.writeSiblings(ctx, r, del)
+		return c.writeSiblings(ctx, r, del, expires)
 	}
 	clock := c.clocks.get(r.tenant.ID)
 	floor := r.ctxDot // the dot the write must beat
@@ -390,7 +406,7 @@ func (c *Coordinator) write(ctx context.Context, r *dataRequest, del bool) (*sub
 		if err != nil {
 			return nil, fmt.Errorf("stamp write: %w", err)
 		}
-		v := &vclock.Version{Dot: dot, Tombstone: del}
+		v := &vclock.Version{Dot: dot, Tombstone: del, Expires: expires}
 		if !del {
 			v.Value = r.Value
 			if v.Value == nil {
@@ -415,6 +431,42 @@ func (c *Coordinator) write(ctx context.Context, r *dataRequest, del bool) (*sub
 		}
 		return reply, nil
 	}
+}
+
+// expires returns the Expires of the version r writes (Unix ms; 0 =
+// none): for a put, the coordinator's wall time plus ttl_ms, or the
+// tenant's default_ttl_ms when the put sets none; for a delete, the wall
+// time of the delete (a tombstone is a value that expired when it was
+// deleted, so reaping ages every dead version alike). Versions carry
+// Expires only in node protocol 3: while a node of the map speaks an
+// older one, a delete writes a tombstone without it, and a put with a TTL
+// is refused (503) rather than written without its TTL.
+func (c *Coordinator) expires(r *dataRequest, del bool) (int64, error) {
+	ttl := r.TTLMs
+	if ttl == 0 && !del {
+		ttl = r.tenant.DefaultTTLMs
+	}
+	ttlCapable := c.nodeProtocolNow() >= subjects.NodeProtocolTTL
+	now := c.cfg.Now().UnixMilli()
+	switch {
+	case del && ttlCapable:
+		return now, nil
+	case del || ttl == 0:
+		return 0, nil
+	case !ttlCapable:
+		what := "ttl_ms"
+		if r.TTLMs == 0 {
+			what = fmt.Sprintf("tenant %q's default_ttl_ms", r.tenant.ID)
+		}
+		nodes := "some storage nodes"
+		if below := c.routing.belowTTL.Load(); below != nil {
+			nodes = "storage nodes " + strings.Join(*below, ", ")
+		}
+		return 0, subjects.Errorf(subjects.KindUnavailable,
+			"%s needs node protocol %d on every storage node, and %s speak an older one: upgrade them first; nothing was written",
+			what, subjects.NodeProtocolTTL, nodes)
+	}
+	return now + ttl, nil
 }
 
 // sentWrite is what hintMissing needs of a write that met its level: the
@@ -581,7 +633,9 @@ func (c *Coordinator) readOnce(ctx context.Context, r *dataRequest) (*subjects.G
 	if merged, ok := vclock.MergeAll(got); ok {
 		c.observe(c.clocks.get(r.tenant.ID), merged.Dot.Counter, "read", r.tenant.ID)
 		reply.Context = vclock.EncodeContext(merged.Dot)
-		if merged.Live() {
+		// An expired value reads as a tombstone does: not found, with the
+		// context, so a write with it replaces the value.
+		if merged.LiveAt(c.cfg.Now().UnixMilli()) {
 			reply.Found = true
 			reply.Value = merged.Value
 		}

@@ -76,6 +76,11 @@ func (c *Coordinator) nodeRegister(ctx context.Context, body func(any) error) (a
 	if req.Protocol < 0 {
 		return nil, subjects.Errorf(subjects.KindInvalid, "protocol %d is negative", req.Protocol)
 	}
+	if a := req.AntiEntropy; a != nil {
+		if a.Exchanges < 0 || a.KeysRepaired < 0 || a.Bytes < 0 || a.Errors < 0 {
+			return nil, subjects.Errorf(subjects.KindInvalid, "anti_entropy counts are negative: %+v", *a)
+		}
+	}
 	prev, perr := c.cfg.Metadata.GetNode(ctx, req.NodeID)
 	if perr == nil && req.Epoch == 0 {
 		// The epoch names the node's data directory; storing 0 over a live
@@ -87,6 +92,11 @@ func (c *Coordinator) nodeRegister(ctx context.Context, body func(any) error) (a
 		Protocol: req.Protocol, Hold: req.Hold, Transfer: metaTransfer(req.Transfer)})
 	if err != nil {
 		return nil, err
+	}
+	if req.AntiEntropy != nil {
+		c.aeStatus.Store(n.ID, req.AntiEntropy)
+	} else {
+		c.aeStatus.Delete(n.ID)
 	}
 	if perr != nil || prev.Status != n.Status || prev.Epoch != n.Epoch || prev.Protocol != n.Protocol {
 		c.log.Info("storage node registered", "node", n.ID, "status", n.Status, "epoch", n.Epoch, "protocol", n.Protocol)
@@ -101,6 +111,15 @@ func (c *Coordinator) nodeRegister(ctx context.Context, body func(any) error) (a
 	inMap := pl.nodes > 0 && slices.Contains(pl.m.TargetNodes(), n.ID)
 	if inMap != inTarget(n.Status) || (perr == nil && prev.Protocol != n.Protocol) {
 		if err := c.placementChanged(ctx); err != nil {
+			return nil, err
+		}
+		if again, err := c.cfg.Metadata.GetNode(ctx, n.ID); err == nil {
+			n = again
+		}
+	} else if n.Status == metadata.NodeLeaving && pl.nodes > 0 && !pl.m.HasNode(n.ID) && handoffFinished(n, pl.m) {
+		// The heartbeat that says a drained node's handoff finished
+		// makes it left (advance), without waiting for a refresh.
+		if err := c.routing.advance(ctx, pl.m, []metadata.Node{n}); err != nil {
 			return nil, err
 		}
 		if again, err := c.cfg.Metadata.GetNode(ctx, n.ID); err == nil {
@@ -174,6 +193,9 @@ func (c *Coordinator) nodeList(ctx context.Context, _ func(any) error) (any, err
 		}
 		share := pl.shares[n.ID] // zero for a node outside the map
 		w.Share = &share
+		if a, ok := c.aeStatus.Load(n.ID); ok {
+			w.AntiEntropy = a.(*subjects.AEStatus)
+		}
 		l.Nodes = append(l.Nodes, w)
 	}
 	return l, nil
@@ -398,11 +420,16 @@ func (c *Coordinator) nodeJoin(ctx context.Context, body func(any) error) (any, 
 	if err := c.checkProtocol(append(nodes, metadata.Node{ID: n.ID, Status: metadata.NodeJoining, Protocol: n.Protocol})); err != nil {
 		return nil, err
 	}
-	from := n.Status
-	if n, err = c.cfg.Metadata.ChangeNodeStatus(ctx, n.ID, []string{from}, metadata.NodeJoining); err != nil {
+	was, from := n.Status, []string{n.Status}
+	if n.Status == metadata.NodeLeaving || n.Status == metadata.NodeLeft {
+		// A leaving node becomes left at a heartbeat (its handoff
+		// finished): the join cancels the drain either way.
+		from = []string{metadata.NodeLeaving, metadata.NodeLeft}
+	}
+	if n, err = c.cfg.Metadata.ChangeNodeStatus(ctx, n.ID, from, metadata.NodeJoining); err != nil {
 		return nil, changedConcurrently(req.NodeID, err)
 	}
-	c.log.Info("storage node joining", "node", n.ID, "was", from)
+	c.log.Info("storage node joining", "node", n.ID, "was", was)
 	if err := c.placementChanged(ctx); err != nil {
 		return nil, err
 	}
@@ -534,15 +561,17 @@ func (c *Coordinator) nodeReplace(ctx context.Context, body func(any) error) (an
 	if err := c.checkProtocol(append(nodes, metadata.Node{ID: repl.ID, Status: metadata.NodeJoining, Protocol: repl.Protocol})); err != nil {
 		return nil, err
 	}
-	if _, err := c.cfg.Metadata.ChangeNodeStatus(ctx, repl.ID, []string{repl.Status}, metadata.NodeJoining); err != nil {
-		return nil, changedConcurrently(repl.ID, err)
-	}
-	if _, err := c.cfg.Metadata.ChangeNodeStatus(ctx, dead.ID, []string{dead.Status}, metadata.NodeLeaving); err != nil {
-		// Take the new node's change back; a later replace can retry.
-		if _, rerr := c.cfg.Metadata.ChangeNodeStatus(ctx, repl.ID, []string{metadata.NodeJoining}, repl.Status); rerr != nil {
-			c.log.Warn("replace: could not take back the new node's status", "node", repl.ID, "err", rerr)
+	// Both status changes in one step: a reconcile in between would see
+	// a join (new joining, dead still in the target) or a drain, and
+	// claim a target that moves rows of live nodes too.
+	if _, err := c.cfg.Metadata.ChangeNodeStatuses(ctx, []metadata.StatusChange{
+		{ID: repl.ID, From: []string{repl.Status}, To: metadata.NodeJoining},
+		{ID: dead.ID, From: []string{dead.Status}, To: metadata.NodeLeaving},
+	}); err != nil {
+		if errors.Is(err, metadata.ErrStale) || errors.Is(err, metadata.ErrNotFound) {
+			return nil, subjects.Errorf(subjects.KindConflict, "node %q or %q changed concurrently (%v); read them again and retry", dead.ID, repl.ID, err)
 		}
-		return nil, changedConcurrently(dead.ID, err)
+		return nil, err
 	}
 	c.log.Info("storage node replacing a dead one", "dead", dead.ID, "new", repl.ID)
 	_, _, changed, err := c.routing.update(ctx, func(cur *placement, _ []metadata.Node) (*ring.Map, error) {

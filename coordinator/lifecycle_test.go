@@ -16,6 +16,7 @@ import (
 	"github.com/quorumkv/quorumkv/coordinator"
 	"github.com/quorumkv/quorumkv/internal/devcluster"
 	"github.com/quorumkv/quorumkv/internal/pgtest"
+	"github.com/quorumkv/quorumkv/metadata"
 	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/subjects"
 )
@@ -40,6 +41,10 @@ type lifecycle struct {
 	// heartbeat carries, as a storage node's does (a registration stores
 	// the progress it carries: one without it clears the reported one).
 	xfer map[string]*subjects.TransferStatus
+	// holding marks the nodes whose handoff has not finished: their
+	// heartbeats do not report it. The others report it, as a storage
+	// node holding nothing does, while the map names them nowhere.
+	holding map[string]bool
 }
 
 func startLifecycle(t *testing.T) *lifecycle { return startLifecycleOn(t, "") }
@@ -51,7 +56,8 @@ func startLifecycleOn(t *testing.T, md string) *lifecycle {
 	cfg := coordinator.Config{RingRefresh: time.Hour, NodeHeartbeat: lifecycleHeartbeat}
 	c := startClusterWith(t, devcluster.Config{Nodes: -1, Coordinators: 2, DefaultTenant: "-", Coordinator: cfg, Metadata: md})
 	nc := connect(t, c)
-	l := &lifecycle{t: t, c: c, nc: nc, admin: client.NewAdmin(nc), alive: map[string]bool{}, xfer: map[string]*subjects.TransferStatus{}}
+	l := &lifecycle{t: t, c: c, nc: nc, admin: client.NewAdmin(nc), alive: map[string]bool{}, xfer: map[string]*subjects.TransferStatus{},
+		holding: map[string]bool{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go l.heartbeats(ctx, done)
@@ -84,11 +90,27 @@ func (l *lifecycle) heartbeats(ctx context.Context, done chan struct{}) {
 	}
 }
 
-// heartbeat sends one heartbeat of id, with its last reported progress.
+// heartbeat sends one heartbeat of id, with its last reported progress
+// and, unless id is holding, its handoff done while the map names it
+// nowhere.
 func (l *lifecycle) heartbeat(ctx context.Context, id string) error {
 	l.mu.Lock()
-	req := subjects.NodeRequest{NodeID: id, Epoch: 1, Protocol: subjects.NodeProtocolVersion, Transfer: l.xfer[id]}
+	var st *subjects.TransferStatus
+	if x := l.xfer[id]; x != nil {
+		c := *x
+		st = &c
+	}
+	holding := l.holding[id]
 	l.mu.Unlock()
+	if !holding {
+		if m, err := l.admin.Placement(ctx); err == nil && m.Partitions() > 0 && !m.HasNode(id) {
+			if st == nil {
+				st = &subjects.TransferStatus{}
+			}
+			st.HandoffDone = m.Version()
+		}
+	}
+	req := subjects.NodeRequest{NodeID: id, Epoch: 1, Protocol: subjects.NodeProtocolVersion, Transfer: st}
 	_, err := client.NewAdmin(l.nc).Register(ctx, req)
 	return err
 }
@@ -104,7 +126,7 @@ func (l *lifecycle) report(ctx context.Context, rep subjects.TransferReport) (*s
 	return l.admin.ReportTransfer(ctx, rep)
 }
 
-// register registers node id (protocol 2 unless proto says otherwise) and
+// register registers node id (NodeProtocolVersion unless proto says otherwise) and
 // keeps it heartbeating.
 func (l *lifecycle) register(id string, hold bool, proto ...int) *subjects.Node {
 	l.t.Helper()
@@ -294,7 +316,7 @@ func TestLifecycleGrowAndShrink(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range list {
-		if n.ID == "n4" && (n.Status != "joining" || n.Transfer == nil || n.Transfer.PartitionsDone != 1 || n.Transfer.Bytes != 4096 || n.Protocol != 2) {
+		if n.ID == "n4" && (n.Status != "joining" || n.Transfer == nil || n.Transfer.PartitionsDone != 1 || n.Transfer.Bytes != 4096 || n.Protocol != subjects.NodeProtocolVersion) {
 			t.Fatalf("node list entry of n4: %+v transfer %+v", n, n.Transfer)
 		}
 	}
@@ -672,8 +694,8 @@ func TestLifecycleProtocolNegotiation(t *testing.T) {
 	}
 	for _, co := range l.c.Coordinators() {
 		waitFor(t, 5*time.Second, func() error {
-			if p := co.NodeProtocol(); p != 2 {
-				return fmt.Errorf("protocol %d; the map names only protocol-2 nodes", p)
+			if p := co.NodeProtocol(); p != subjects.NodeProtocolVersion {
+				return fmt.Errorf("protocol %d; the map names only protocol-%d nodes", p, subjects.NodeProtocolVersion)
 			}
 			return nil
 		})
@@ -852,4 +874,149 @@ func TestLifecycleReconcileBetweenReplaceSteps(t *testing.T) {
 	}
 	l.transfer("new")
 	l.wantStatuses(map[string]string{"n1": "active", "n2": "left", "n3": "active", "n4": "active", "n5": "active", "new": "active"})
+}
+
+// TestLifecycleLeftWaitsForHandoff (F5): a drained node the map names
+// nowhere stays leaving while its heartbeats do not report its handoff
+// done (drain --wait keeps waiting), and becomes left at the heartbeat
+// that reports it under the current map; a report under an older map
+// does not count.
+func TestLifecycleLeftWaitsForHandoff(t *testing.T) {
+	l := startLifecycle(t)
+	ctx := ctxT(t)
+	for _, id := range []string{"n1", "n2", "n3", "n4"} {
+		l.register(id, false)
+	}
+	l.transfer("n1", "n2", "n3", "n4")
+	l.tenant(3)
+	l.mu.Lock()
+	l.holding["n4"] = true
+	l.mu.Unlock()
+	if n, err := l.admin.DrainNode(ctx, "n4"); err != nil || n.Status != "leaving" {
+		t.Fatalf("drain n4: %+v %v", n, err)
+	}
+	m := l.transfer("n1", "n2", "n3")
+	if m.HasNode("n4") {
+		t.Fatalf("the map still names n4 after the transfers: %v", m.Nodes())
+	}
+	// A report under an older map: n4 may have been named since.
+	l.mu.Lock()
+	l.xfer["n4"] = &subjects.TransferStatus{HandoffDone: m.Version() - 1}
+	l.mu.Unlock()
+	time.Sleep(3 * lifecycleHeartbeat)
+	if got := l.statuses()["n4"]; got != "leaving" {
+		t.Fatalf("n4 is %s before reporting its handoff done under map %d, want leaving", got, m.Version())
+	}
+	l.mu.Lock()
+	l.holding["n4"] = false
+	l.mu.Unlock()
+	l.wantStatuses(map[string]string{"n1": "active", "n2": "active", "n3": "active", "n4": "left"})
+}
+
+// downHeartbeatsFor is how long a node must stay silent to be down.
+func downHeartbeatsFor(hb time.Duration) time.Duration { return 3*hb + hb/2 }
+
+// splitReplaceStore is the cluster's metadata store, but right after a
+// single status change makes node "new" joining from standby (the first
+// half of a replace made in two steps) it runs between: a heartbeat of
+// "new", which reconciles.
+type splitReplaceStore struct {
+	metadata.Store
+	between func()
+}
+
+func (s *splitReplaceStore) ChangeNodeStatus(ctx context.Context, id string, from []string, status string) (metadata.Node, error) {
+	n, err := s.Store.ChangeNodeStatus(ctx, id, from, status)
+	if err == nil && id == "new" && status == metadata.NodeJoining && slices.Contains(from, metadata.NodeStandby) && s.between != nil {
+		s.between()
+	}
+	return n, err
+}
+
+// TestLifecycleReplaceReconcileCannotSplit: a reconcile that runs right
+// after node replace changed the new node's status cannot see the dead
+// node still active (a join: Claim over both nodes, moving rows of live
+// nodes): the replace stores both changes in one step. Only one
+// coordinator serves, on a store that runs a heartbeat of the new node
+// right after a single status change makes it joining.
+func TestLifecycleReplaceReconcileCannotSplit(t *testing.T) {
+	l := startLifecycle(t)
+	ctx := ctxT(t)
+	st := &splitReplaceStore{Store: l.c.Metadata()}
+	co, err := coordinator.New(ctx, connect(t, l.c), coordinator.Config{RingRefresh: time.Hour, NodeHeartbeat: lifecycleHeartbeat,
+		Metadata: st, Idempotency: l.c.Idempotency()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(co.Stop)
+	for i := range l.c.Coordinators() {
+		l.c.StopCoordinator(i)
+	}
+	for _, id := range []string{"n1", "n2", "n3", "n4", "n5"} {
+		l.register(id, false)
+	}
+	l.transfer("n1", "n2", "n3", "n4", "n5")
+	l.tenant(3)
+	l.register("new", true)
+	l.kill("n2")
+	time.Sleep(downHeartbeatsFor(lifecycleHeartbeat))
+	ran := false
+	st.between = func() {
+		ran = true
+		if _, err := client.NewAdmin(connect(t, l.c)).Register(ctx, subjects.NodeRequest{NodeID: "new", Epoch: 1, Protocol: subjects.NodeProtocolVersion, Hold: true}); err != nil {
+			t.Errorf("heartbeat between the replace's steps: %v", err)
+		}
+	}
+	before := l.placement()
+	if _, err := l.admin.Replace(ctx, "n2", "new"); err != nil {
+		t.Fatalf("replace: %v", err)
+	}
+	m := l.placement()
+	var a, b []string
+	for p := range uint32(m.Partitions()) {
+		a, b = before.Owners(p, a), m.Target(p, b)
+		want := slices.Clone(a)
+		if j := slices.Index(want, "n2"); j >= 0 {
+			want[j] = "new"
+		}
+		if !slices.Equal(b, want) {
+			t.Fatalf("partition %d: target %v from %v (a reconcile ran between the replace's status changes: %v); replace must swap n2 for new only", p, b, a, ran)
+		}
+	}
+}
+
+// TestNodeListShowsAntiEntropy: a heartbeat's anti-entropy figures show
+// in node list (JSON anti_entropy); a heartbeat without them clears them;
+// negative counts are refused.
+func TestNodeListShowsAntiEntropy(t *testing.T) {
+	c := startClusterWith(t, devcluster.Config{Nodes: -1, Coordinators: 1, DefaultTenant: "-"})
+	ad := client.NewAdmin(connect(t, c))
+	ctx := ctxT(t)
+	pass := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	ae := &subjects.AEStatus{Exchanges: 7, KeysRepaired: 3, Bytes: 4096, LastPass: pass, OldestPartitionPass: pass.Add(-time.Minute), Errors: 1}
+	list := func() *subjects.AEStatus {
+		t.Helper()
+		ns, err := ad.ListNodes(ctx)
+		if err != nil || len(ns) != 1 {
+			t.Fatalf("node list: %+v, %v", ns, err)
+		}
+		return ns[0].AntiEntropy
+	}
+	if _, err := ad.Register(ctx, subjects.NodeRequest{NodeID: "n1", Epoch: 1, Protocol: subjects.NodeProtocolVersion, AntiEntropy: ae}); err != nil {
+		t.Fatal(err)
+	}
+	if got := list(); got == nil || got.Exchanges != 7 || got.KeysRepaired != 3 || got.Bytes != 4096 || got.Errors != 1 ||
+		!got.LastPass.Equal(ae.LastPass) || !got.OldestPartitionPass.Equal(ae.OldestPartitionPass) {
+		t.Fatalf("node list anti_entropy %+v, want %+v", got, ae)
+	}
+	bad := *ae
+	bad.KeysRepaired = -1
+	_, err := ad.Register(ctx, subjects.NodeRequest{NodeID: "n1", Epoch: 1, Protocol: subjects.NodeProtocolVersion, AntiEntropy: &bad})
+	assertKind(t, err, 400, subjects.KindInvalid)
+	if _, err := ad.Register(ctx, subjects.NodeRequest{NodeID: "n1", Epoch: 1, Protocol: subjects.NodeProtocolVersion}); err != nil {
+		t.Fatal(err)
+	}
+	if got := list(); got != nil {
+		t.Fatalf("anti_entropy %+v after a heartbeat without it", got)
+	}
 }

@@ -72,11 +72,18 @@ type routing struct {
 	claimMu  sync.Mutex
 	lastWarn string       // guarded by claimMu: warnOnce
 	proto    atomic.Int32 // the negotiated node protocol (negotiate)
+	// belowTTL lists the nodes of the map that registered a node protocol
+	// below NodeProtocolTTL (negotiate), for the refusal of a put with a
+	// TTL; nil when there are none.
+	belowTTL atomic.Pointer[[]string]
 	// flightMu guards flight, the reload that requests refused with
 	// not_owner share (see reload).
 	flightMu sync.Mutex
 	flight   *reloadFlight
 	failing  bool // owned by the loop goroutine: log an outage once
+	// down reports whether a node is down (silent for a few heartbeats);
+	// nil: none is. Set once before the loop starts.
+	down func(metadata.Node) bool
 }
 
 func newRouting(store metadata.Store, log *slog.Logger, interval time.Duration, partitions int) *routing {
@@ -357,6 +364,22 @@ func retargetTo(cur *placement, ids []string, noData bool) (*ring.Map, error) {
 	return next, nil
 }
 
+// fenceTenant is called after a tenant was created: it stores the next
+// version of the map with the same rows (and since), so that a reconcile
+// that read the tenant list before the tenant existed (and found none: the
+// noData shortcut of retargetTo, which moves no data) cannot store its map
+// after it: its compare-and-set loses to this one, and its retry reads the
+// list again. It reports whether it stored a map.
+func (r *routing) fenceTenant(ctx context.Context) (bool, error) {
+	_, _, changed, err := r.update(ctx, func(cur *placement, _ []metadata.Node) (*ring.Map, error) {
+		if cur.nodes == 0 {
+			return nil, nil // no map: nothing a shortcut could skip
+		}
+		return cur.m.Retarget(cur.m.TargetMap(), cur.version+1)
+	})
+	return changed, err
+}
+
 // maxRF returns the largest replication factor of any tenant (0 without
 // tenants).
 func maxRF(ctx context.Context, store metadata.Store) (int, error) {
@@ -399,10 +422,11 @@ func (r *routing) reconcile(ctx context.Context) (changed bool, err error) {
 		if cur.nodes > 0 && slices.Equal(cur.m.TargetNodes(), ids) {
 			return nil, nil
 		}
-		if rf < 0 {
-			if rf, err = maxRF(ctx, r.store); err != nil {
-				return nil, err
-			}
+		// Read on every attempt: a tenant created since the last one
+		// stored a map version (fenceTenant), which is why this attempt
+		// runs, and must end the noData shortcut.
+		if rf, err = maxRF(ctx, r.store); err != nil {
+			return nil, err
 		}
 		if cur.nodes > 0 && rf > 0 {
 			if why := protocolBlock(cur.m, nodes); why != "" {
@@ -504,9 +528,11 @@ func receiving(m *ring.Map, node string, buf []string) bool {
 
 // advance moves node statuses along map m: a joining node in m's target
 // that is a receiver of no unflipped partition becomes active; a leaving
-// node m names in no row becomes left. Each change is conditional on the
-// status read (ChangeNodeStatus), so a concurrent drain or join wins over
-// it; a lost race is not an error.
+// node m names in no row becomes left once its handoff finished
+// (handoffFinished) or it is down (a dead node hands off nothing; replace
+// and remove --force rely on the surviving owners). Each change is
+// conditional on the status read (ChangeNodeStatus), so a concurrent drain
+// or join wins over it; a lost race is not an error.
 func (r *routing) advance(ctx context.Context, m *ring.Map, nodes []metadata.Node) error {
 	if m.Partitions() == 0 {
 		return nil
@@ -521,7 +547,7 @@ func (r *routing) advance(ctx context.Context, m *ring.Map, nodes []metadata.Nod
 				to = metadata.NodeActive
 			}
 		case metadata.NodeLeaving:
-			if !slices.Contains(named, n.ID) {
+			if !slices.Contains(named, n.ID) && (handoffFinished(n, m) || (r.down != nil && r.down(n))) {
 				to = metadata.NodeLeft
 			}
 		}
@@ -538,6 +564,15 @@ func (r *routing) advance(ctx context.Context, m *ring.Map, nodes []metadata.Nod
 		}
 	}
 	return nil
+}
+
+// handoffFinished reports whether node n reported (in its heartbeat's
+// transfer status) that its handoff finished under map m or a newer one:
+// named in no row, every record pushed to the owners and every range
+// dropped. A report under an older map does not count: the node may have
+// been named again since (a join, then a drain).
+func handoffFinished(n metadata.Node, m *ring.Map) bool {
+	return n.Transfer != nil && n.Transfer.HandoffDone > 0 && n.Transfer.HandoffDone >= m.Version()
 }
 
 // protocolBlock returns why no membership change may start on m: the
@@ -559,17 +594,28 @@ func protocolBlock(m *ring.Map, nodes []metadata.Node) string {
 	return fmt.Sprintf("storage nodes %s speak node protocol 1: upgrade every storage node first", strings.Join(old, ", "))
 }
 
-// negotiate sets the node protocol this coordinator speaks: 2 (fenced
-// requests carrying the map version) when every node m names registered
-// protocol 2 or later, else 1. A node the records no longer hold (removed)
-// does not count.
+// negotiate sets the node protocol this coordinator speaks: the lowest
+// any node m names registered (0 counts as 1), at most
+// NodeProtocolVersion. So 2 (fenced requests carrying the map version)
+// once every node of m registered 2 or later, and 3 (versions may carry
+// Expires: TTL) once every one registered 3. A node the records no longer
+// hold (removed) does not count.
 func (r *routing) negotiate(m *ring.Map, nodes []metadata.Node) {
 	proto := int32(subjects.NodeProtocolVersion)
+	var below []string
 	for _, n := range nodes {
-		if n.Protocol < 2 && m.HasNode(n.ID) {
-			proto = 1
-			break
+		if m.HasNode(n.ID) {
+			p := max(n.Protocol, 1)
+			proto = min(proto, int32(p))
+			if p < subjects.NodeProtocolTTL {
+				below = append(below, fmt.Sprintf("%s (protocol %d)", n.ID, p))
+			}
 		}
+	}
+	if below == nil {
+		r.belowTTL.Store(nil)
+	} else {
+		r.belowTTL.Store(&below)
 	}
 	if old := r.proto.Swap(proto); old != proto {
 		r.log.Info("node protocol negotiated", "protocol", proto)

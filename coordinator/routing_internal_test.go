@@ -28,6 +28,11 @@ type placementStore struct {
 	stale          int               // SetPlacement calls refused with ErrStale
 	waiters        int
 	released       chan struct{}
+	// tenants, when set, is the tenant list ListTenants reports (else one
+	// RF 1 tenant); listed, when set, runs once after a ListTenants read
+	// it, before that call returns.
+	tenants *[]metadata.Tenant
+	listed  func()
 }
 
 // race makes the next n GetPlacement calls wait for each other.
@@ -92,10 +97,21 @@ func (s *placementStore) ListNodes(context.Context) ([]metadata.Node, error) {
 	return out, nil
 }
 
-// ListTenants reports one RF 1 tenant: the cluster may hold data, so
-// membership changes stream.
+// ListTenants reports one RF 1 tenant (the cluster may hold data, so
+// membership changes stream), or s.tenants when set.
 func (s *placementStore) ListTenants(context.Context) ([]metadata.Tenant, error) {
-	return []metadata.Tenant{{ID: "t", ReplicationFactor: 1}}, nil
+	s.mu.Lock()
+	if s.tenants == nil {
+		s.mu.Unlock()
+		return []metadata.Tenant{{ID: "t", ReplicationFactor: 1}}, nil
+	}
+	ts, hook := slices.Clone(*s.tenants), s.listed
+	s.listed = nil
+	s.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
+	return ts, nil
 }
 
 func (s *placementStore) ChangeNodeStatus(_ context.Context, id string, from []string, status string) (metadata.Node, error) {
@@ -210,6 +226,9 @@ func TestReconcileLastNodeStays(t *testing.T) {
 	ctx := context.Background()
 	st := &placementStore{nodes: map[string]string{"n1": metadata.NodeJoining}}
 	r := newRouting(st, slog.New(slog.DiscardHandler), time.Hour, 64)
+	// n1's process is stopped once drained (down): left needs no handoff
+	// report from it.
+	r.down = func(n metadata.Node) bool { return n.ID == "n1" }
 	if _, err := r.reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -245,5 +264,43 @@ func TestReconcileLastNodeStays(t *testing.T) {
 	}
 	if a, b := st.status("n1"), st.status("n2"); a != metadata.NodeLeft || b != metadata.NodeActive {
 		t.Fatalf("after the transfer n1 is %s, n2 %s; want left and active", a, b)
+	}
+}
+
+// TestReconcileNoDataShortcutLosesToTenantCreation: a reconcile that read
+// an empty tenant list (and so would give a joining node its partitions at
+// once, streaming nothing) while a tenant was being created stores no such
+// map: the creation's map version (fenceTenant) makes its compare-and-set
+// fail, and its retry reads the list again, so the new node receives.
+func TestReconcileNoDataShortcutLosesToTenantCreation(t *testing.T) {
+	ctx := context.Background()
+	none := []metadata.Tenant{}
+	st := &placementStore{tenants: &none, nodes: map[string]string{
+		"n1": metadata.NodeActive, "n2": metadata.NodeActive, "n3": metadata.NodeActive}}
+	log := slog.New(slog.DiscardHandler)
+	a, b := newRouting(st, log, time.Hour, 64), newRouting(st, log, time.Hour, 64)
+	if _, err := a.reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st.setStatus("n4", metadata.NodeJoining)
+	st.mu.Lock()
+	st.listed = func() {
+		// The tenant is created (through another coordinator) right after
+		// the reconcile read the empty list.
+		st.mu.Lock()
+		*st.tenants = append(*st.tenants, metadata.Tenant{ID: "t", ReplicationFactor: 3})
+		st.mu.Unlock()
+		if _, err := b.fenceTenant(ctx); err != nil {
+			t.Error(err)
+		}
+	}
+	st.mu.Unlock()
+	if _, err := a.reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p := a.placement()
+	if slices.Contains(p.m.CurrentNodes(), "n4") || len(p.m.Receiving("n4", nil)) == 0 {
+		t.Fatalf("map version %d gives n4 partitions without streaming (current nodes %v, n4 receives %d) although a tenant exists",
+			p.version, p.m.CurrentNodes(), len(p.m.Receiving("n4", nil)))
 	}
 }

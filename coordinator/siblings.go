@@ -36,8 +36,8 @@ const siblingWarnAt = 25
 // again under the reloaded map; in the merge leg the same complete state
 // is sent again to the new write set's nodes that have not acknowledged
 // it. A write is never coordinated twice for a stale map.
-func (c *Coordinator) writeSiblings(ctx context.Context, r *dataRequest, del bool) (*subjects.WriteReply, error) {
-	val := vclock.Value{Data: r.Value, Tombstone: del}
+func (c *Coordinator) writeSiblings(ctx context.Context, r *dataRequest, del bool, expires int64) (*subjects.WriteReply, error) {
+	val := vclock.Value{Data: r.Value, Tombstone: del, Expires: expires}
 	switch {
 	case del:
 		val.Data = nil
@@ -230,10 +230,13 @@ func (c *Coordinator) siblingsReply(r *dataRequest, reply *subjects.GetReply, re
 	}
 	// Identical values are listed once: a write applied twice (by a
 	// coordinating replica slower than its deadline's grace) holds two dots
-	// for one value; the context covers both.
+	// for one value; the context covers both. Values whose TTL has passed
+	// count as tombstones: the context covers them, so a write with it
+	// drops them.
+	now := c.cfg.Now().UnixMilli()
 	var live [][]byte
 	for _, v := range merged.Values() {
-		if !v.Tombstone && !slices.ContainsFunc(live, func(b []byte) bool { return bytes.Equal(b, v.Data) }) {
+		if !v.DeadAt(now) && !slices.ContainsFunc(live, func(b []byte) bool { return bytes.Equal(b, v.Data) }) {
 			live = append(live, v.Data)
 		}
 	}
@@ -241,7 +244,7 @@ func (c *Coordinator) siblingsReply(r *dataRequest, reply *subjects.GetReply, re
 	if len(live) > siblingWarnAt {
 		c.warnSiblings(r, len(live))
 	}
-	if last, ok := merged.LastLive(); ok {
+	if last, ok := merged.LastLiveAt(now); ok {
 		reply.Found = true
 		reply.Value = last.Value.Data
 		if reply.Value == nil {

@@ -23,6 +23,14 @@ type tenantCache struct {
 	negTTL time.Duration
 	now    func() time.Time
 
+	// firstSeen, if set, runs when a load finds a tenant this cache did
+	// not hold (new, or known missing), before the tenant is served: the
+	// coordinator reloads its placement map there, so it routes a new
+	// tenant's writes by a map at least as new as the one its creation
+	// stored (routing.fenceTenant), never by one older than a noData
+	// shortcut. Set once before use.
+	firstSeen func(context.Context)
+
 	mu      sync.Mutex
 	entries map[string]*tenantEntry
 	failing bool // the last load failed with a store error; guarded by mu
@@ -78,6 +86,9 @@ func (c *tenantCache) get(ctx context.Context, id string) (metadata.Tenant, erro
 		c.mu.Unlock()
 
 		t, err := c.store.GetTenant(ctx, id)
+		if err == nil && (e == nil || e.missing) && c.firstSeen != nil {
+			c.firstSeen(ctx)
+		}
 
 		c.mu.Lock()
 		c.noteLoad(err)

@@ -51,3 +51,35 @@ func TestTenantEventKeepsOutageFallback(t *testing.T) {
 		t.Fatal("a deleted tenant was served from the cache")
 	}
 }
+
+// TestTenantFirstSeenReloadsPlacement: a tenant the cache did not hold
+// (never loaded, or cached missing) runs firstSeen (the coordinator's map
+// reload) before it is served, once; a reload of a tenant it holds (TTL,
+// an event) does not.
+func TestTenantFirstSeenReloadsPlacement(t *testing.T) {
+	store := &flakyTenants{}
+	now := time.Now()
+	c := newTenantCache(store, slog.New(slog.DiscardHandler), time.Minute, func() time.Time { return now })
+	seen := 0
+	c.firstSeen = func(context.Context) { seen++ }
+	ctx := context.Background()
+	for range 3 {
+		if _, err := c.get(ctx, "acme"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if seen != 1 {
+		t.Fatalf("firstSeen ran %d times for one new tenant, want 1", seen)
+	}
+	c.invalidate("acme", false)
+	now = now.Add(time.Hour)
+	if _, err := c.get(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if seen != 1 {
+		t.Fatalf("firstSeen ran on a reload of a held tenant (%d)", seen)
+	}
+	if _, err := c.get(ctx, "other"); err != nil || seen != 2 {
+		t.Fatalf("another new tenant: firstSeen ran %d times in all, %v", seen, err)
+	}
+}

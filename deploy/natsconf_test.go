@@ -383,6 +383,19 @@ func TestRolesEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("a storage node exchanges anti-entropy requests with another", func(t *testing.T) {
+		src, dst := dial(t, sys.url, "storage"), dial(t, sys.url, "storage")
+		sub, err := src.Subscribe(subjects.StorageNode("node-9", subjects.NodeOpAE), func(m *nats.Msg) { _ = m.Respond([]byte("roots")) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = sub.Unsubscribe() }()
+		_ = src.Flush()
+		if m, err := dst.Request(subjects.StorageNode("node-9", subjects.NodeOpAE), nil, 5*time.Second); err != nil || string(m.Data) != "roots" {
+			t.Fatalf("ae request between storage nodes: %v %v", m, err)
+		}
+	})
+
 	t.Run("a storage node asks another to confirm and reap tombstones", func(t *testing.T) {
 		src, dst := dial(t, sys.url, "storage"), dial(t, sys.url, "storage")
 		sub, err := src.Subscribe(subjects.StorageNode("node-9", subjects.NodeOpReap), func(m *nats.Msg) { _ = m.Respond([]byte("held")) })

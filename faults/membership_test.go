@@ -66,7 +66,14 @@ var coordMemberEnv = []string{
 // worker, and creates the lww tenant of RF 3 the scenarios write to.
 func startMembership(t *testing.T, n int, storageArgs ...string) (*cluster, *client.Client) {
 	t.Helper()
-	c := startCluster(t, clusterConfig{storageNodes: n, coordinators: 2, storageEnv: memberEnv, storageArgs: storageArgs,
+	return startMembershipEnv(t, n, memberEnv, storageArgs...)
+}
+
+// startMembershipEnv is startMembership with the storage nodes'
+// environment given.
+func startMembershipEnv(t *testing.T, n int, storageEnv []string, storageArgs ...string) (*cluster, *client.Client) {
+	t.Helper()
+	c := startCluster(t, clusterConfig{storageNodes: n, coordinators: 2, storageEnv: storageEnv, storageArgs: storageArgs,
 		coordEnv: coordMemberEnv})
 	// A new cluster settles first: nodes after the first join one by one
 	// (streaming nothing), and the scenarios start from all active.

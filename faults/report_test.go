@@ -75,9 +75,12 @@ type opStats struct {
 }
 
 type repairReport struct {
-	DrainMS           int64  `json:"drain_ms"` // from heal until the backlog stayed 0
-	FinalDrainMS      int64  `json:"final_drain_ms"`
-	ConvergeMS        int64  `json:"converge_ms"` // from the final reads until the dumps agreed
+	DrainMS      int64 `json:"drain_ms"` // from heal until the backlog stayed 0
+	FinalDrainMS int64 `json:"final_drain_ms"`
+	ConvergeMS   int64 `json:"converge_ms"` // from the final reads until the dumps agreed
+	// ConvergeNoReadsMS: from the drained backlog until the dumps agreed
+	// with no read at all (anti-entropy alone).
+	ConvergeNoReadsMS int64  `json:"converge_no_reads_ms"`
 	DeadLetters       uint64 `json:"dead_letters"`
 	Redelivered       uint64 `json:"redelivered"`
 	WorkerApplied     uint64 `json:"worker_applied"` // counters of the running worker since its last start

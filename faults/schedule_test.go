@@ -25,6 +25,14 @@ const (
 	rf        = 3
 )
 
+// faultAEInterval is the storage nodes' anti-entropy interval in the
+// schedule, and aeConvergeTimeout how long anti-entropy alone may take to
+// make every key's primaries agree once the repair backlog drained.
+const (
+	faultAEInterval   = 2 * time.Second
+	aeConvergeTimeout = 2 * time.Minute
+)
+
 // SabotageEnv breaks quorumkv's contract on purpose, to prove that the
 // checkers catch it; the test must then fail. Values (comma-separated):
 //
@@ -113,7 +121,15 @@ func TestFaultSchedule(t *testing.T) {
 			t.Logf("SABOTAGE %q: this run must fail", s)
 		}
 	}
-	c := startCluster(t, clusterConfig{storageNodes: cfg.storageNodes, coordinators: 2, noRepair: sabotage["repair"]})
+	// Anti-entropy runs on every storage node, so replicas converge with
+	// no read at all (the check below, before the final reads). The repair
+	// sabotage turns it off too: no repair of any kind.
+	ae := faultAEInterval
+	if sabotage["repair"] {
+		ae = 0
+	}
+	c := startCluster(t, clusterConfig{storageNodes: cfg.storageNodes, coordinators: 2, noRepair: sabotage["repair"],
+		storageEnv: []string{"QUORUMKV_ANTI_ENTROPY_INTERVAL=" + ae.String()}})
 	t.Cleanup(func() {
 		if t.Failed() || envSet("QUORUMKV_FAULT_LOGS") {
 			t.Logf("process output:\n%s", c.logs())
@@ -180,6 +196,36 @@ func TestFaultSchedule(t *testing.T) {
 		dumps := c.dumps(t, tn.tenant)
 		before[tn.tenant] = checkConvergence(tn.policy, tn.tenant, rf, rg, dumps)
 		causes[tn.tenant], examples[tn.tenant] = divergenceCausesWithKeys(tn.policy, tn.tenant, rf, rg, dumps, w.lww, w.set)
+	}
+	// Convergence with no read: anti-entropy alone must bring every key's
+	// primaries to identical version sets (issue 15), within a few passes.
+	noReads := time.Now()
+	unread := map[string]convergence{}
+	unreadErr := waitUntil(aeConvergeTimeout, func() error {
+		n := 0
+		for _, tn := range []struct{ tenant, policy string }{{setTenant, subjects.PolicySiblings}, {lwwTenant, subjects.PolicyLWW}} {
+			cv := checkConvergence(tn.policy, tn.tenant, rf, rg, c.dumps(t, tn.tenant))
+			unread[tn.tenant] = cv
+			n += cv.Divergent
+		}
+		if n > 0 {
+			time.Sleep(500 * time.Millisecond)
+			return fmt.Errorf("%d keys divergent", n)
+		}
+		return nil
+	})
+	rep.Repair.ConvergeNoReadsMS = time.Since(noReads).Milliseconds()
+	tl.add("anti-entropy convergence with no reads checked (%s)", time.Since(noReads).Round(time.Millisecond))
+	for _, tn := range []string{setTenant, lwwTenant} {
+		t.Run("convergence-without-reads/"+tn, func(t *testing.T) {
+			cv := unread[tn]
+			if cv.Keys == 0 {
+				t.Fatal("no keys to compare")
+			}
+			if unreadErr != nil {
+				t.Errorf("anti-entropy left %d of %d keys differing between their primaries after %s with no reads: %v", cv.Divergent, cv.Keys, aeConvergeTimeout, cv.Details)
+			}
+		})
 	}
 
 	// Final reads at consistency all: every key any replica holds (their

@@ -36,13 +36,16 @@ var (
 
 // Tenant is one tenant's replication and conflict settings.
 type Tenant struct {
-	ID                 string    `json:"tenant_id" msgpack:"tenant_id"`
-	ReplicationFactor  int       `json:"replication_factor" msgpack:"replication_factor"`
-	DefaultConsistency string    `json:"default_consistency" msgpack:"default_consistency"` // one|quorum|all
-	ConflictPolicy     string    `json:"conflict_policy" msgpack:"conflict_policy"`         // lww|siblings
-	Version            int64     `json:"version" msgpack:"version"`
-	CreatedAt          time.Time `json:"created_at" msgpack:"created_at"`
-	UpdatedAt          time.Time `json:"updated_at" msgpack:"updated_at"`
+	ID                 string `json:"tenant_id" msgpack:"tenant_id"`
+	ReplicationFactor  int    `json:"replication_factor" msgpack:"replication_factor"`
+	DefaultConsistency string `json:"default_consistency" msgpack:"default_consistency"` // one|quorum|all
+	ConflictPolicy     string `json:"conflict_policy" msgpack:"conflict_policy"`         // lww|siblings
+	// DefaultTTLMs is the time to live, in milliseconds, of a value put
+	// without ttl_ms; 0 = never expires (0..subjects.MaxTTLMs).
+	DefaultTTLMs int64     `json:"default_ttl_ms,omitempty" msgpack:"default_ttl_ms,omitempty"`
+	Version      int64     `json:"version" msgpack:"version"`
+	CreatedAt    time.Time `json:"created_at" msgpack:"created_at"`
+	UpdatedAt    time.Time `json:"updated_at" msgpack:"updated_at"`
 	// TombstoneGraceMS is how long tombstones are kept before reaping
 	// (subjects.Tenant.TombstoneGraceMS); 0 in a record written before it
 	// existed, read as the default.
@@ -109,6 +112,10 @@ type TransferStatus struct {
 	Keys            int64     `json:"keys" msgpack:"keys"`
 	RateBytes       float64   `json:"rate_bytes" msgpack:"rate_bytes"` // bytes/s over the last ~10 s
 	Updated         time.Time `json:"updated" msgpack:"updated"`
+	// HandoffDone is the placement map version under which the node found
+	// itself named in no row and holding no records (its handoff
+	// finished); 0 otherwise (subjects.TransferStatus.HandoffDone).
+	HandoffDone uint64 `json:"handoff_done,omitempty" msgpack:"handoff_done,omitempty"`
 	// RebuildTotal and RebuildDone count the partitions a node with a new,
 	// wiped or stale directory rebuilds (subjects.TransferStatus).
 	RebuildTotal int `json:"rebuild_total,omitempty" msgpack:"rebuild_total,omitempty"`
@@ -133,6 +140,14 @@ type Node struct {
 	// Hold is an input of RegisterNode only (never stored or returned): a
 	// new node registers as NodeStandby instead of NodeJoining.
 	Hold bool `json:"-" msgpack:"-"`
+}
+
+// StatusChange is one node's part of Store.ChangeNodeStatuses: node ID's
+// status becomes To if it is one of From.
+type StatusChange struct {
+	ID   string
+	From []string
+	To   string
 }
 
 // Placement is the cluster's stored placement map (DESIGN.md §3): which
@@ -171,7 +186,7 @@ type Store interface {
 	// non-nil slice when there are none.
 	ListTenants(ctx context.Context) ([]Tenant, error)
 	// UpdateTenant stores t's ReplicationFactor, DefaultConsistency,
-	// ConflictPolicy and TombstoneGraceMS (0: the default) if t.Version equals the stored Version, and returns the
+	// ConflictPolicy, DefaultTTLMs and TombstoneGraceMS (0: the default) if t.Version equals the stored Version, and returns the
 	// tenant with Version+1, a new UpdatedAt and CreatedAt unchanged.
 	// ErrStale if the versions differ; ErrNotFound if the tenant does not exist.
 	UpdateTenant(ctx context.Context, t Tenant) (Tenant, error)
@@ -200,6 +215,15 @@ type Store interface {
 	// caller decided on a record that changed since); ErrNotFound if it
 	// does not exist.
 	ChangeNodeStatus(ctx context.Context, id string, from []string, status string) (Node, error)
+	// ChangeNodeStatuses applies every change of changes (distinct node
+	// ids) or none, in one atomic step: each node's status becomes its To
+	// only if its current one (as read, see ReadStatus) is one of its
+	// From, and GetNode and ListNodes see all the changes or none of them
+	// (node replace changes two statuses that no reconcile may see half
+	// of). It returns the changed nodes in the order of changes. ErrStale
+	// if some node has another status, ErrNotFound if some node does not
+	// exist; nothing is changed then.
+	ChangeNodeStatuses(ctx context.Context, changes []StatusChange) ([]Node, error)
 	// SetNodeTransfer stores t (nil clears it) as the node's transfer
 	// progress and returns the node; other fields are unchanged.
 	// ErrNotFound if the node does not exist.

@@ -172,8 +172,8 @@ type Storage struct {
 	messages *prometheus.HistogramVec
 	items    *prometheus.CounterVec
 	commit   prometheus.Histogram
-	moves    *storageMoves          // partition transfer, handoff, fencing (moves.go)
-	reaped   *prometheus.CounterVec // reap.go
+	moves    *storageMoves // partition transfer, handoff, fencing (moves.go)
+	ae       *storageAE    // anti-entropy, reaping (moves.go)
 
 	reg        prometheus.Registerer
 	collectors []prometheus.Collector
@@ -227,8 +227,8 @@ func NewStorage(reg prometheus.Registerer, stats func() PebbleStats, queue func(
 	}
 	s.moves = newStorageMoves()
 	s.collectors = append(s.collectors, s.moves.collectors()...)
-	s.reaped = newReaped()
-	s.collectors = append(s.collectors, s.reaped)
+	s.ae = newStorageAE()
+	s.collectors = append(s.collectors, s.ae.collectors()...)
 	reg.MustRegister(s.collectors...)
 	return s
 }

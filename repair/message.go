@@ -89,6 +89,11 @@ func MsgID(r *subjects.RepairRequest) string {
 			h.Write([]byte{0})
 		}
 		field(string(v.Value))
+		if v.Expires != 0 { // only when set: ids of versions without it are unchanged
+			var x [8]byte
+			binary.BigEndian.PutUint64(x[:], uint64(v.Expires))
+			h.Write(x[:])
+		}
 	}
 	if st := r.DVV; st != nil {
 		for _, e := range st.Entries {
@@ -103,6 +108,12 @@ func MsgID(r *subjects.RepairRequest) string {
 					h.Write([]byte{0})
 				}
 				field(string(v.Data))
+				if v.Expires != 0 {
+					var x [8]byte
+					binary.BigEndian.PutUint64(x[:], uint64(v.Expires))
+					h.Write([]byte{2})
+					h.Write(x[:])
+				}
 			}
 		}
 	}

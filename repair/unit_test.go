@@ -78,6 +78,29 @@ func TestMsgIDNamesTheWork(t *testing.T) {
 			t.Errorf("different %s, same id", name)
 		}
 	}
+	// Expires is part of the version: a repair of the same dot with
+	// another expiry is other work; a version without one keeps the id it
+	// had before Expires existed (pinned below).
+	exp := request("k", 7, "node-1", "node-2")
+	v := *exp.LWW
+	v.Expires = 1_700_000_000_000
+	exp.LWW = &v
+	if repair.MsgID(&a) == repair.MsgID(&exp) {
+		t.Error("different Expires, same id")
+	}
+	if got, want := repair.MsgID(&a), "r1-2af4f0fad9fae244adae5a354c515a70"; got != want {
+		t.Errorf("id of a version without Expires is %s, was %s before Expires existed", got, want)
+	}
+	sib := func(expires int64) subjects.RepairRequest {
+		r := request("k", 7)
+		r.LWW = nil
+		r.DVV = &vclock.DVVSet{Entries: []vclock.DVVEntry{{Actor: "a", Counter: 1, Values: []vclock.Value{{Data: []byte("v"), Expires: expires}}}}}
+		return r
+	}
+	s0, s1 := sib(0), sib(5)
+	if repair.MsgID(&s0) == repair.MsgID(&s1) {
+		t.Error("siblings: different Expires, same id")
+	}
 	hint := a
 	hint.Reason = subjects.RepairReasonHint
 	if repair.MsgID(&a) == repair.MsgID(&hint) {

@@ -11,6 +11,7 @@ import (
 	"math"
 	"os"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -101,6 +102,23 @@ type engine struct {
 	// replyLimit the most a coordinating write's reply may carry; both
 	// set by Start before the write loop runs, 0 = none.
 	stateCap, replyLimit int
+
+	// gens[p] is partition p's generation: bumped after every commit
+	// that changed a record of p (applyWrites, dropPartition, reaping),
+	// so a hash tree built from a scan that began at generation g is
+	// current while gens[p] is still g (ae.go). Bumped only after the
+	// commit, so a tree never claims a generation whose writes it lacks.
+	gens []atomic.Uint64
+}
+
+// gen returns partition p's generation.
+func (e *engine) gen(p uint32) uint64 { return e.gens[p].Load() }
+
+// bumpGen marks partition p changed; call it after the change commits.
+func (e *engine) bumpGen(p uint32) {
+	if int64(p) < int64(len(e.gens)) {
+		e.gens[p].Add(1)
+	}
 }
 
 // maxBound caps the keys the write path remembers (about 30 bytes each).
@@ -122,7 +140,7 @@ func openEngine(dir, nodeID string, q int, fsync bool, log *slog.Logger) (*engin
 	if err != nil {
 		return nil, fmt.Errorf("storage: open %s (is another storage node using it?): %w", dir, err)
 	}
-	e := &engine{db: db, sync: fsync, q: q, bound: make(map[[2]uint64]uint64)}
+	e := &engine{db: db, sync: fsync, q: q, bound: make(map[[2]uint64]uint64), gens: make([]atomic.Uint64, q)}
 	if err := e.initMeta(nodeID); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("storage: %s: %w", dir, err)
@@ -254,7 +272,17 @@ const partitionPrefixLen = 3
 // per read), or from the DB, unless e.bound shows that an lww write wins
 // whatever the key holds.
 func (e *engine) applyWrites(writes []subjects.NodeWrite) []subjects.NodeWriteResult {
+	return e.applyWritesChanged(writes, nil)
+}
+
+// applyWritesChanged is applyWrites that also sets changed[i] (when
+// didChange is not nil; len(writes) long) for each write i that changed
+// what its key stores, once the batch committed: a repair counts those.
+// Every partition such a write belongs to has its generation bumped.
+func (e *engine) applyWritesChanged(writes []subjects.NodeWrite, didChange []bool) []subjects.NodeWriteResult {
 	results := make([]subjects.NodeWriteResult, len(writes))
+	clear(didChange)
+	var touched []uint32 // partitions changed, maybe repeated
 	b := e.db.NewBatch()
 	defer b.Close()
 	r, err := e.newReader()
@@ -334,6 +362,13 @@ func (e *engine) applyWrites(writes []subjects.NodeWrite) []subjects.NodeWriteRe
 		}
 		if err := b.Set(kbuf, enc, nil); err != nil {
 			results[i].Err = fmt.Sprintf("batch: %v", err)
+			continue
+		}
+		if p := keyPartition(kbuf); len(touched) == 0 || touched[len(touched)-1] != p {
+			touched = append(touched, p)
+		}
+		if didChange != nil {
+			didChange[i] = true
 		}
 	}
 	opts := pebble.NoSync
@@ -346,6 +381,12 @@ func (e *engine) applyWrites(writes []subjects.NodeWrite) []subjects.NodeWriteRe
 				results[i].Err = fmt.Sprintf("commit: %v", err)
 			}
 		}
+		clear(didChange)
+	}
+	// After the commit (see gens); also after a failed one, which may
+	// have applied: a needless rebuild costs only a scan.
+	for _, p := range touched {
+		e.bumpGen(p)
 	}
 	return results
 }
@@ -659,7 +700,7 @@ func dumpEntry(key, data []byte) (subjects.DumpEntry, error) {
 	}
 	ent := subjects.DumpEntry{Key: string(key)}
 	if v := rec.LWW; v != nil {
-		ent.Value, ent.Tombstone = v.Value, v.Tombstone
+		ent.Value, ent.Tombstone, ent.Expires = v.Value, v.Tombstone, v.Expires
 		ent.Context = vclock.EncodeContext(v.Dot)
 		ent.Counter, ent.Actor = v.Dot.Counter, v.Dot.Actor
 	}
@@ -668,7 +709,7 @@ func dumpEntry(key, data []byte) (subjects.DumpEntry, error) {
 		ent.Tombstone = d.Deleted()
 		ent.Context = vclock.EncodeDVVContext(d.Join())
 		if last, ok := d.Last(); ok {
-			ent.Value = last.Value.Data
+			ent.Value, ent.Expires = last.Value.Data, last.Value.Expires
 			ent.Counter, ent.Actor = last.Dot.Counter, last.Dot.Actor
 		}
 	}

@@ -21,8 +21,13 @@ func TestRecordEncoding(t *testing.T) {
 	tomb.Tombstone = true
 	st, _, _ := vclock.Update(vclock.DVVSet{}, nil, "n.1", vclock.Value{Data: []byte("a")})
 	st, _, _ = vclock.Update(st, nil, "n.2", vclock.Value{Tombstone: true})
-	recs := []record{{DVV: &st}, {}}
-	for _, v := range []*vclock.Version{version(1<<50, "a", "value"), tomb, {}, version(3, "c", string(bytes.Repeat([]byte{0}, 300)))} {
+	ttlState, _, _ := vclock.Update(st, nil, "n.1", vclock.Value{Data: []byte("b"), Expires: 1_700_000_600_000})
+	ttl := version(1<<50, "a", "expiring")
+	ttl.Expires = 1_700_000_600_000
+	deleted := version(1<<50, "a", "")
+	deleted.Tombstone, deleted.Expires = true, 1_700_000_000_000
+	recs := []record{{DVV: &st}, {}, {DVV: &ttlState}}
+	for _, v := range []*vclock.Version{version(1<<50, "a", "value"), tomb, {}, version(3, "c", string(bytes.Repeat([]byte{0}, 300))), ttl, deleted} {
 		recs = append(recs, record{LWW: v})
 	}
 	for _, rec := range recs {
@@ -43,6 +48,47 @@ func TestRecordEncoding(t *testing.T) {
 				t.Errorf("%s form: decoded %+v, want %+v", name, got, rec)
 			}
 		}
+	}
+}
+
+// TestRecordEncodingWithoutExpiresUnchanged: records without Expires are
+// stored byte for byte as before Expires existed (so stored data and the
+// version hashes anti-entropy compares are unchanged), and Expires adds
+// one element to the version (lww) or to the value (siblings).
+func TestRecordEncodingWithoutExpiresUnchanged(t *testing.T) {
+	v := version(5, "a", "x")
+	enc, err := encodeRecord(nil, &record{LWW: v})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// [ [ [5, "a"], bin "x", false ] ]
+	if want := []byte{0x91, 0x93, 0x92, 5, 0xa1, 'a', 0xc4, 1, 'x', 0xc2}; !bytes.Equal(enc, want) {
+		t.Fatalf("lww record encodes as % x, want % x", enc, want)
+	}
+	v.Expires = 300
+	enc, err = encodeRecord(nil, &record{LWW: v})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []byte{0x91, 0x94, 0x92, 5, 0xa1, 'a', 0xc4, 1, 'x', 0xc2, 0xcd, 0x01, 0x2c}; !bytes.Equal(enc, want) {
+		t.Fatalf("lww record with Expires encodes as % x, want % x", enc, want)
+	}
+	st := vclock.DVVSet{Entries: []vclock.DVVEntry{{Actor: "a", Counter: 1, Values: []vclock.Value{{Data: []byte("x")}}}}}
+	enc, err = encodeRecord(nil, &record{DVV: &st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// [ nil, [ [ ["a", 1, [ [bin "x", false] ]] ] ] ]
+	if want := []byte{0x92, 0xc0, 0x91, 0x91, 0x93, 0xa1, 'a', 1, 0x91, 0x92, 0xc4, 1, 'x', 0xc2}; !bytes.Equal(enc, want) {
+		t.Fatalf("siblings record encodes as % x, want % x", enc, want)
+	}
+	st.Entries[0].Values[0].Expires = 300
+	enc, err = encodeRecord(nil, &record{DVV: &st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []byte{0x92, 0xc0, 0x91, 0x91, 0x93, 0xa1, 'a', 1, 0x91, 0x93, 0xc4, 1, 'x', 0xc2, 0xcd, 0x01, 0x2c}; !bytes.Equal(enc, want) {
+		t.Fatalf("siblings record with Expires encodes as % x, want % x", enc, want)
 	}
 }
 

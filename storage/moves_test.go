@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -602,19 +603,46 @@ func TestTransferLoopPullsFromAllOwners(t *testing.T) {
 }
 
 // TestTransferSkipsDownSource: with one current owner down, a receiver
-// pulls from the other and finishes; with every source down it reports
-// nothing.
+// pulls from the other and finishes the partitions where the live one is
+// first (with no tenant list, the down one may be the only holder of an
+// RF-1 tenant where it is first: those wait); with every source down it
+// reports nothing.
 func TestTransferSkipsDownSource(t *testing.T) {
 	s := natstest.RunServer(t)
 	m1 := claim(t, nil, "a", "b") // b never serves: down
 	f := newFakeCoord(t, s, m1, true)
+	m2 := retarget(t, m1, "a", "b", "c")
+	part, bFirst := -1, 0
+	for p := range uint32(xferQ) {
+		if !slices.Contains(m2.Receiving("c", nil), p) {
+			continue
+		}
+		if m1.Owners(p, nil)[0] == "a" && part < 0 {
+			part = int(p)
+		} else if m1.Owners(p, nil)[0] == "b" {
+			bFirst++
+		}
+	}
+	if part < 0 || bFirst == 0 {
+		t.Fatalf("want partitions c receives with a first and with b first (a first: %d, b first: %d)", part, bFirst)
+	}
 	var src map[string]record
 	a := startXfer(t, s, Config{NodeID: "a", DataDir: t.TempDir()}, func(e *engine) { fillMixed(t, e, 2000, 200, 10) })
-	src = partRecords(t, a.eng, xferPart)
-	f.set(retarget(t, m1, "a", "b", "c"))
+	src = partRecords(t, a.eng, uint32(part))
+	f.set(m2)
 	c := startXfer(t, s, Config{NodeID: "c", DataDir: t.TempDir(), MapPoll: 200 * time.Millisecond}, nil)
-	waitFor(t, 30*time.Second, "every partition c receives to be done", func() bool { return len(f.current().Receiving("c", nil)) == 0 })
-	got := partRecords(t, c.eng, xferPart)
+	waitFor(t, 30*time.Second, "every partition c receives with a first to be done", func() bool {
+		for _, p := range f.current().Receiving("c", nil) {
+			if m1.Owners(p, nil)[0] == "a" {
+				return false
+			}
+		}
+		return true
+	})
+	if n := len(f.current().Receiving("c", nil)); n != bFirst {
+		t.Fatalf("c still receives %d partitions; want the %d with the down b first", n, bFirst)
+	}
+	got := partRecords(t, c.eng, uint32(part))
 	for k, want := range src {
 		if !sameRecord(got[k], want) {
 			t.Fatalf("%q on c is %+v, want %+v", k, got[k], want)
@@ -710,6 +738,9 @@ func TestHandoffThenDrop(t *testing.T) {
 	if has, _ := c.eng.hasRecords(uint32(handoffOnly)); !has {
 		t.Fatal("c dropped a partition before the grace")
 	}
+	if st := c.TransferStatus(); st != nil && st.HandoffDone != 0 {
+		t.Fatalf("c reports its handoff done (map %d) while it holds records", st.HandoffDone)
+	}
 	waitFor(t, 30*time.Second, "c to hand off and drop everything", func() bool {
 		for p := range uint32(xferQ) {
 			if has, _ := c.eng.hasRecords(p); has {
@@ -717,6 +748,10 @@ func TestHandoffThenDrop(t *testing.T) {
 			}
 		}
 		return true
+	})
+	waitFor(t, 5*time.Second, "c to report its handoff done", func() bool {
+		st := c.TransferStatus()
+		return st != nil && st.HandoffDone >= m2.Version()
 	})
 	for p, k := range only {
 		for _, n := range []*Node{a, b} {
@@ -932,6 +967,43 @@ func TestTransferRestartPullsAgain(t *testing.T) {
 			if !sameRecord(got[k], want) {
 				t.Fatalf("%q of partition %d on c is %+v, want %+v (a key behind a resumed cursor was not pulled again)", k, p, got[k], want)
 			}
+		}
+	}
+}
+
+// TestHandoffPushesAgainWhenOwnersChanged (F8): a handoff that pushed a
+// partition to its owners in an older map does not drop it while the
+// node's map names an owner the push missed (here c, a receiver of the
+// partition in the newer map, whose scan may already have passed the
+// records): it pushes again under the newer map, then drops.
+func TestHandoffPushesAgainWhenOwnersChanged(t *testing.T) {
+	s := natstest.RunServer(t)
+	m1 := claim(t, nil, "a", "b")
+	m2 := retarget(t, m1, "a", "b", "c")
+	newFakeCoord(t, s, m2, false)
+	cfg := func(id string) Config {
+		return Config{NodeID: id, DataDir: t.TempDir(), MapPoll: 200 * time.Millisecond, HandoffGrace: time.Hour}
+	}
+	const p = xferPart
+	if !slices.Contains(m2.Target(p, nil), "c") || m1.Owns(p, "c") {
+		t.Fatalf("partition %d: c must be an owner in m2 only (m1 %v, m2 target %v)", p, m1.Owners(p, nil), m2.Target(p, nil))
+	}
+	a, b, c := startXfer(t, s, cfg("a"), nil), startXfer(t, s, cfg("b"), nil), startXfer(t, s, cfg("c"), nil)
+	key := keysIn("lww", p, xferQ, 1)[0]
+	x := startXfer(t, s, cfg("x"), func(e *engine) {
+		apply(t, e, []subjects.NodeWrite{{Tenant: "lww", Key: key, LWW: version(7, "c1", "on x")}})
+	})
+	waitFor(t, 5*time.Second, "x to install m2", func() bool { return x.Map().Version() >= m2.Version() })
+	// The handoff started under m1 (owners a and b); the drop runs under m2.
+	if err := x.handoff(context.Background(), m1, p); err != nil {
+		t.Fatal(err)
+	}
+	if has, err := x.eng.hasRecords(p); err != nil || has {
+		t.Fatalf("x still holds partition %d after the handoff: %v %v", p, has, err)
+	}
+	for _, n := range []*Node{a, b, c} {
+		if rec, err := n.eng.read("lww", key); err != nil || rec.LWW == nil || string(rec.LWW.Value) != "on x" {
+			t.Fatalf("%s lacks the record x handed off and dropped: %+v %v", n.ID(), rec, err)
 		}
 	}
 }

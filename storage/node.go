@@ -82,6 +82,14 @@ type Config struct {
 	// node refuses fenced items (not_owner) until one loads. MapPoll is how often the map
 	// is reloaded besides kv.v1.events.ring (5s).
 	MapWait, MapPoll time.Duration
+	// AntiEntropyInterval is how often the node compares the partitions
+	// it owns with their other owners and repairs what differs (ae.go);
+	// 0 turns anti-entropy off. Unlike the other durations, zero is not
+	// filled from DefaultConfig (DefaultAntiEntropyInterval, 5m).
+	AntiEntropyInterval time.Duration
+	// AntiEntropyRate caps the bytes per second anti-entropy scans,
+	// fetches and sends (DefaultAntiEntropyRate); Unlimited for no cap.
+	AntiEntropyRate int64
 	// ReapInterval is how often the node runs a tombstone reaping pass
 	// over the partitions it owns (reap.go; 5m).
 	ReapInterval time.Duration
@@ -106,7 +114,10 @@ func DefaultConfig() Config {
 		HandoffGrace: 10 * time.Second,
 		MapWait:      2 * time.Second,
 		MapPoll:      5 * time.Second,
-		ReapInterval: 5 * time.Minute,
+
+		AntiEntropyInterval: DefaultAntiEntropyInterval,
+		AntiEntropyRate:     DefaultAntiEntropyRate,
+		ReapInterval:        5 * time.Minute,
 	}
 }
 
@@ -147,6 +158,14 @@ func (c *Config) validate() (err error) {
 			return err
 		}
 	}
+	if c.AntiEntropyInterval < 0 {
+		return fmt.Errorf("storage: anti-entropy interval %v is negative (0 = off)", c.AntiEntropyInterval)
+	}
+	if c.AntiEntropyRate != Unlimited {
+		if err := settings.Default("storage: anti-entropy rate (bytes/s, or Unlimited)", &c.AntiEntropyRate, d.AntiEntropyRate); err != nil {
+			return err
+		}
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -184,10 +203,23 @@ type Node struct {
 	mapKick     chan struct{}
 	xferKick    chan struct{}
 	handoffKick chan struct{}
+	// handoffDone is the map version under which the handoff loop last
+	// found the node named in no row and holding no records; 0 otherwise
+	// (subjects.TransferStatus.HandoffDone).
+	handoffDone atomic.Uint64
 	xfer        xferState    // receive.go
 	tenants     tenantRFs    // tenants.go
 	reapCounts  reapCounts   // reap.go
 	rebuild     rebuildState // rebuild.go
+	ae          aeState      // ae.go
+	// runCtx ends when Stop begins; set by start.
+	runCtx context.Context
+
+	// afterExchange, when set before start, is called by the
+	// anti-entropy loop after each pass for every partition the node
+	// owns and that is not moving, once the pass's exchanges of that
+	// partition are over (the reaper, reap.go).
+	afterExchange func(ctx context.Context, p uint32)
 
 	// beforeApply, set by tests before start, runs on the write loop
 	// between the fence and the apply of each batch of write messages.
@@ -246,6 +278,8 @@ func Open(cfg Config) (*Node, error) {
 	n := &Node{cfg: cfg, log: log, eng: eng, xferLimit: newLimiter(cfg.TransferRate, time.Now())}
 	n.rebuild.marked, n.rebuild.kick = mark != nil, make(chan struct{}, 1)
 	n.rebuild.on.Store(n.rebuild.marked)
+	n.ae.limit = newLimiter(cfg.AntiEntropyRate, time.Now())
+	n.ae.partPass = make([]atomic.Int64, cfg.Partitions)
 	return n, nil
 }
 
@@ -270,7 +304,7 @@ func (n *Node) start(nc *nats.Conn) error {
 		return fmt.Errorf("storage: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	n.cancel = cancel
+	n.cancel, n.runCtx = cancel, ctx
 	n.nc, n.local, n.stopping = nc, make(chan *localWrite), ctx.Done()
 	n.mapKick, n.xferKick, n.handoffKick = make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{}, 1)
 	n.replyLimit = replica.PayloadLimit(nc.MaxPayload()) // the limit clients batch by
@@ -329,6 +363,13 @@ func (n *Node) start(nc *nats.Conn) error {
 		return fmt.Errorf("storage: subscribe scan: %w", err)
 	}
 	n.subs = append(n.subs, scan)
+	ae, err := nc.Subscribe(subjects.StorageNode(n.cfg.NodeID, subjects.NodeOpAE), n.handleAE)
+	if err != nil {
+		n.unsubscribeLocked()
+		cancel()
+		return fmt.Errorf("storage: subscribe ae: %w", err)
+	}
+	n.subs = append(n.subs, ae)
 	reap, err := nc.Subscribe(subjects.StorageNode(n.cfg.NodeID, subjects.NodeOpReap), n.handleReap)
 	if err != nil {
 		n.unsubscribeLocked()
@@ -351,6 +392,10 @@ func (n *Node) start(nc *nats.Conn) error {
 	go func() { defer n.wg.Done(); n.reapLoop(ctx) }()
 	go func() { defer n.wg.Done(); n.aliveLoop(ctx) }()
 	go func() { defer n.wg.Done(); n.rebuildLoop(ctx) }()
+	if n.cfg.AntiEntropyInterval > 0 {
+		n.wg.Add(1)
+		go func() { defer n.wg.Done(); n.aeLoop(ctx) }()
+	}
 	n.log.Info("storage node serving", "data", n.cfg.DataDir, "epoch", n.eng.epoch, "fsync", n.cfg.Fsync)
 	return nil
 }
@@ -723,6 +768,7 @@ func (n *Node) registerLoop(ctx context.Context, nc *nats.Conn) {
 		req := subjects.NodeRequest{
 			NodeID: n.cfg.NodeID, VirtualNodes: n.cfg.VirtualNodes, Epoch: n.eng.epoch,
 			Protocol: subjects.NodeProtocolVersion, Hold: n.cfg.Hold, Transfer: n.TransferStatus(),
+			AntiEntropy: n.AntiEntropy(),
 		}
 		data, _ := msgpack.Marshal(&req)
 		err := n.register(ctx, nc, data)

@@ -136,7 +136,9 @@ func (e *engine) dropPartition(p uint32) error {
 		return err
 	}
 	lo, hi := partitionBounds(p)
-	if err := e.db.DeleteRange(lo, hi, pebble.Sync); err != nil {
+	err := e.db.DeleteRange(lo, hi, pebble.Sync)
+	e.bumpGen(p)
+	if err != nil {
 		return fmt.Errorf("drop partition %d: %w", p, err)
 	}
 	return nil

@@ -439,6 +439,11 @@ func (e *engine) reapIf(items []subjects.ReapItem) ([]subjects.ReapResult, error
 	if err := b.Commit(opts); err != nil {
 		return nil, fmt.Errorf("reap: commit: %w", err)
 	}
+	for i, r := range res { // the partitions' hash trees are stale (ae.go)
+		if r.Reaped {
+			e.bumpGen(ring.Partition(items[i].Tenant, items[i].Key, e.q))
+		}
+	}
 	return res, nil
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/quorumkv/quorumkv/internal/natstest"
 	"github.com/quorumkv/quorumkv/internal/wire"
+	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
 )
@@ -132,7 +133,7 @@ func readWatch(t *testing.T, nc *nats.Conn, node string, mv uint64, keys []strin
 			case r.Err == "" && r.LWW != nil && string(r.LWW.Value) == "v-"+k:
 				answer++
 			default:
-				bad = append(bad, k+": "+r.Err)
+				bad = append(bad, fmt.Sprintf("%s (partition %d, value %+v): %s", k, ring.Partition("t", k, xferQ), r.LWW, r.Err))
 			}
 			mu.Unlock()
 		}

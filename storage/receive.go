@@ -65,20 +65,24 @@ type rateSample struct {
 }
 
 // TransferStatus returns a copy of the node's progress receiving
-// partitions, nil when it never received any. The heartbeat carries it.
+// partitions, with HandoffDone once its handoff finished (handoffLoop);
+// nil when it never received any and its handoff is not done. The
+// heartbeat carries it.
 func (n *Node) TransferStatus() *subjects.TransferStatus {
 	total, done := n.rebuildStatus()
+	hd := n.handoffDone.Load()
 	s := &n.xfer
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.status == nil {
-		if total == 0 {
+		if hd == 0 && total == 0 {
 			return nil
 		}
-		return &subjects.TransferStatus{RebuildTotal: total, RebuildDone: done, Updated: time.Now()}
+		return &subjects.TransferStatus{HandoffDone: hd, RebuildTotal: total, RebuildDone: done, Updated: time.Now()}
 	}
 	st := *s.status
 	st.RateBytes = s.rateLocked(time.Now())
+	st.HandoffDone = hd
 	st.RebuildTotal, st.RebuildDone = total, done
 	return &st
 }
@@ -332,7 +336,9 @@ func (n *Node) runPlan(ctx context.Context, pl *plan) bool {
 // answered for the first time, the tenant list is asked for again and the
 // tenants it adds are pulled too (planTenants). It reports whether every
 // needed tenant was pulled to the end from coverage(RF) of its current
-// owners (the node counts when it is one: it holds its own writes);
+// owners (the node counts when it is one: it holds its own writes; with
+// no tenant list, coverage(r) of the first r owners for every r up to
+// the row's length);
 // otherwise the partition is retried next round. A partition that needs
 // no tenant is done once each of its current owners (but those known
 // down) answered a barrier scan at m's version and the tenant list asked
@@ -438,9 +444,14 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 		return k
 	}
 	if rf == nil {
-		if need := coverage(len(cur), len(cur)); have("", cur) < need {
-			n.log.Info("transfer: partition lacks sources; retrying next round", "partition", p, "pulled", have("", cur), "need", need, "of", cur)
-			return false
+		// Any tenant may have any RF up to the row's length: cover the
+		// first r owners for every r, so a tenant of RF 1 (on cur[0]
+		// alone) or 2 is covered too, not only one of RF R.
+		for r := 1; r <= len(cur); r++ {
+			if need := coverage(r, r); have("", cur[:r]) < need {
+				n.log.Info("transfer: partition lacks sources; retrying next round", "partition", p, "pulled", have("", cur[:r]), "need", need, "of", cur[:r])
+				return false
+			}
 		}
 	}
 	for _, t := range needed {
@@ -462,7 +473,9 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 // single owner is guaranteed only when every owner answered. With rf 3
 // a receiver needs 2 owners: replace, or remove --force, with one current
 // owner dead still finishes; with 2 of 3 dead the partition waits.
-// Without a tenant list rf is the row width: ceil(R/2) of R.
+// Without a tenant list every RF up to the row's length R is possible:
+// receivePartition then asks coverage(r, r) of the first r owners for
+// every r in 1..R (current[0] itself for r = 1), not only ceil(R/2) of R.
 func coverage(rf, members int) int {
 	return min(rf-(rf/2+1)+1, members)
 }

@@ -537,3 +537,55 @@ func TestCoverage(t *testing.T) {
 		}
 	}
 }
+
+// TestTransferUnknownTenantsCoversEveryRF: with no tenant list (no
+// coordinator answers it) a tenant of any RF up to the row's length may
+// exist. A partition whose first current owner (c) is down is not
+// reported done from the other two, although they are ceil(3/2) of its 3
+// owners: an RF-1 tenant's writes are on c alone. Once c is back the
+// partitions flip and the receiver holds c's writes.
+func TestTransferUnknownTenantsCoversEveryRF(t *testing.T) {
+	s := natstest.RunServer(t)
+	m1 := claim(t, nil, "a", "b", "c")
+	f := newFakeCoord(t, s, m1, true) // and no tenant list: RFs unknown
+	m2 := retarget(t, m1, "a", "b", "c", "d")
+	var cFirst []uint32
+	w := map[uint32]string{} // partition → the RF-1 key only c holds
+	for p := range uint32(xferQ) {
+		if m2.Owners(p, nil)[0] == "c" && slices.Contains(m2.Receivers(p, nil), "d") {
+			cFirst = append(cFirst, p)
+			w[p] = keysIn("r1", p, xferQ, 1)[0]
+		}
+	}
+	if len(cFirst) == 0 {
+		t.Fatal("c is first in no partition d receives")
+	}
+	fast := Config{Heartbeat: 100 * time.Millisecond, MapPoll: 200 * time.Millisecond}
+	cfg := func(id string) Config { c := fast; c.NodeID, c.DataDir = id, t.TempDir(); return c }
+	startXfer(t, s, cfg("a"), nil)
+	startXfer(t, s, cfg("b"), nil)
+	f.set(m2)
+	d := startXfer(t, s, cfg("d"), nil)
+	waitFor(t, 30*time.Second, "the partitions c is not first in to flip", func() bool {
+		return moving(f.current()) <= len(cFirst)
+	})
+	time.Sleep(2500 * time.Millisecond) // c's tries, a report tick
+	for _, p := range cFirst {
+		if !f.current().Moving(p) {
+			t.Fatalf("partition %d (current %v) flipped with its first owner c down and no tenant list", p, m2.Owners(p, nil))
+		}
+	}
+	startXfer(t, s, cfg("c"), func(e *engine) {
+		var ws []subjects.NodeWrite
+		for _, p := range cFirst {
+			ws = append(ws, subjects.NodeWrite{Tenant: "r1", Key: w[p], LWW: version(9, "c1", "on c alone")})
+		}
+		apply(t, e, ws)
+	})
+	waitFor(t, 60*time.Second, "every partition to flip once c is back", func() bool { return moving(f.current()) == 0 })
+	for _, p := range cFirst {
+		if rec, err := d.eng.read("r1", w[p]); err != nil || rec.LWW == nil || string(rec.LWW.Value) != "on c alone" {
+			t.Fatalf("d lacks the RF-1 write c held in partition %d: %+v %v", p, rec, err)
+		}
+	}
+}

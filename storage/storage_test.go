@@ -49,6 +49,8 @@ func TestConfigValidation(t *testing.T) {
 		{NodeID: "n", DataDir: "x", VirtualNodes: 100000},
 		{NodeID: "n", DataDir: "x", Partitions: 1000},
 		{NodeID: "n", DataDir: "x", Partitions: 1 << 17},
+		{NodeID: "n", DataDir: "x", AntiEntropyInterval: -time.Second},
+		{NodeID: "n", DataDir: "x", AntiEntropyRate: -5},
 	} {
 		c.Logger = quiet()
 		if _, err := Open(c); err == nil {

@@ -226,6 +226,7 @@ type localWrite struct {
 	regen      *regenJob // set: forget a partition's cursors (receive.go), nothing else
 	reap       *reapJob  // set: conditional deletes (reap.go), nothing else
 	items      []subjects.NodeWrite
+	changed    []bool // set: applyWritesChanged fills it
 	metaKey    []byte
 	metaValue  []byte
 	results    []subjects.NodeWriteResult
@@ -258,7 +259,7 @@ func (n *Node) applyLocal(j *localWrite) {
 		}
 		return
 	}
-	j.results = n.eng.applyWrites(j.items)
+	j.results = n.eng.applyWritesChanged(j.items, j.changed)
 	for i := range j.results {
 		if err := j.results[i].Err; err != "" && err != errPolicy {
 			return

@@ -25,6 +25,7 @@ type jsonRequest struct {
 	Context        string  `json:"context"`
 	IdempotencyKey string  `json:"idempotency_key"`
 	TimeoutMS      int64   `json:"timeout_ms"`
+	TTLMs          int64   `json:"ttl_ms,omitempty"`
 }
 
 // UnmarshalJSON reads "key" or "key_base64" and "value" or "value_base64".
@@ -48,6 +49,7 @@ func (r *Request) UnmarshalJSON(data []byte) error {
 		Context:        j.Context,
 		IdempotencyKey: j.IdempotencyKey,
 		TimeoutMS:      j.TimeoutMS,
+		TTLMs:          j.TTLMs,
 	}
 	return nil
 }
@@ -55,7 +57,7 @@ func (r *Request) UnmarshalJSON(data []byte) error {
 // MarshalJSON writes Key as "key" (or "key_base64" when not UTF-8) and Value
 // likewise.
 func (r Request) MarshalJSON() ([]byte, error) {
-	j := jsonRequest{Consistency: r.Consistency, Context: r.Context, IdempotencyKey: r.IdempotencyKey, TimeoutMS: r.TimeoutMS}
+	j := jsonRequest{Consistency: r.Consistency, Context: r.Context, IdempotencyKey: r.IdempotencyKey, TimeoutMS: r.TimeoutMS, TTLMs: r.TTLMs}
 	j.Key, j.KeyBase64 = splitString([]byte(r.Key))
 	if r.Value != nil {
 		j.Value, j.ValueBase64 = splitString(r.Value)

@@ -11,6 +11,9 @@ const (
 	MaxKeyBytes   = 1024    // a key is 1..MaxKeyBytes bytes, any bytes
 	MaxValueBytes = 1 << 20 // a value is 0..MaxValueBytes bytes
 	MaxTimeoutMS  = 60_000  // timeout_ms is 0..MaxTimeoutMS; 0 = the coordinator's default
+	// MaxTTLMs bounds ttl_ms of a put and a tenant's default_ttl_ms: 10
+	// years (of 365 days) in milliseconds.
+	MaxTTLMs = 315_360_000_000
 )
 
 // Consistency levels. ONLY APPEND TO THIS LIST.
@@ -38,6 +41,12 @@ type Request struct {
 	Context        string `msgpack:"context,omitempty"`         // opaque, from an earlier read or write
 	IdempotencyKey string `msgpack:"idempotency_key,omitempty"` // "" = the coordinator makes one
 	TimeoutMS      int64  `msgpack:"timeout_ms,omitempty"`      // 0 = the coordinator's default
+	// TTLMs (put) is the value's time to live in milliseconds, 0..MaxTTLMs;
+	// 0 or absent = the tenant's default_ttl_ms (0 there = never expires).
+	// The value expires at the coordinator's wall time of the put plus
+	// TTLMs, the same instant on every replica; from then on reads answer
+	// not found, as for a deleted key.
+	TTLMs int64 `msgpack:"ttl_ms,omitempty"`
 }
 
 // WriteReply answers put and delete.
@@ -71,13 +80,16 @@ type GetReply struct {
 // to it field for field (the two are kept identical; the compiler checks
 // the conversion).
 type Tenant struct {
-	ID                 string    `json:"tenant_id" msgpack:"tenant_id"`
-	ReplicationFactor  int       `json:"replication_factor" msgpack:"replication_factor"`
-	DefaultConsistency string    `json:"default_consistency" msgpack:"default_consistency"` // One, Quorum or All
-	ConflictPolicy     string    `json:"conflict_policy" msgpack:"conflict_policy"`         // PolicyLWW or PolicySiblings
-	Version            int64     `json:"version" msgpack:"version"`                         // optimistic lock: send it back on tenant.update
-	CreatedAt          time.Time `json:"created_at" msgpack:"created_at"`
-	UpdatedAt          time.Time `json:"updated_at" msgpack:"updated_at"`
+	ID                 string `json:"tenant_id" msgpack:"tenant_id"`
+	ReplicationFactor  int    `json:"replication_factor" msgpack:"replication_factor"`
+	DefaultConsistency string `json:"default_consistency" msgpack:"default_consistency"` // One, Quorum or All
+	ConflictPolicy     string `json:"conflict_policy" msgpack:"conflict_policy"`         // PolicyLWW or PolicySiblings
+	// DefaultTTLMs is the time to live (ms) of a value put without
+	// ttl_ms; 0 = never expires (0..MaxTTLMs).
+	DefaultTTLMs int64     `json:"default_ttl_ms" msgpack:"default_ttl_ms"`
+	Version      int64     `json:"version" msgpack:"version"` // optimistic lock: send it back on tenant.update
+	CreatedAt    time.Time `json:"created_at" msgpack:"created_at"`
+	UpdatedAt    time.Time `json:"updated_at" msgpack:"updated_at"`
 	// TombstoneGraceMS is how long (milliseconds) a deleted key's
 	// tombstone is kept before storage nodes may reap it
 	// (MinTombstoneGraceMS..MaxTombstoneGraceMS; DefaultTombstoneGraceMS
@@ -118,6 +130,10 @@ type Node struct {
 	// Transfer is the node's progress receiving partitions, as its last
 	// heartbeat or transfer report gave it; nil when it reported none.
 	Transfer *TransferStatus `json:"transfer,omitempty" msgpack:"transfer,omitempty"`
+	// AntiEntropy is the node's anti-entropy figures, as its last
+	// heartbeat gave them; nil when it reported none (anti-entropy off, an
+	// older node, or no heartbeat since this coordinator started).
+	AntiEntropy *AEStatus `json:"anti_entropy,omitempty" msgpack:"anti_entropy,omitempty"`
 }
 
 // TransferStatus is a node's progress receiving partitions, sent with its
@@ -131,6 +147,14 @@ type TransferStatus struct {
 	Keys            int64     `json:"keys" msgpack:"keys"`
 	RateBytes       float64   `json:"rate_bytes" msgpack:"rate_bytes"` // bytes/s over the last ~10 s
 	Updated         time.Time `json:"updated" msgpack:"updated"`
+	// HandoffDone is the version of the placement map under which the
+	// node last found that the map names it in no row and that it holds
+	// no partition's records (its handoff finished: every record pushed
+	// to the owners, every range dropped); 0 while it is named or holds
+	// records, and from nodes older than this field. A leaving node
+	// becomes left only once it reported a HandoffDone at least the
+	// coordinator's map version (or it is down). A decimal string in JSON.
+	HandoffDone uint64 `json:"handoff_done,string,omitempty" msgpack:"handoff_done,omitempty"`
 	// RebuildTotal and RebuildDone: a node whose data directory was new,
 	// wiped or stale (D7) rebuilds the partitions it owns from their other
 	// owners, answering reads of them `rebuilding` until each is pulled;
@@ -201,6 +225,10 @@ type TenantRequest struct {
 	ReplicationFactor  *int    `json:"replication_factor,omitempty" msgpack:"replication_factor,omitempty"`
 	DefaultConsistency *string `json:"default_consistency,omitempty" msgpack:"default_consistency,omitempty"`
 	ConflictPolicy     *string `json:"conflict_policy,omitempty" msgpack:"conflict_policy,omitempty"`
+	// DefaultTTLMs (create, update) sets the tenant's default_ttl_ms:
+	// 0..MaxTTLMs, 0 = values never expire (nil = 0 on create, unchanged
+	// on update).
+	DefaultTTLMs *int64 `json:"default_ttl_ms,omitempty" msgpack:"default_ttl_ms,omitempty"`
 	// TombstoneGraceMS: MinTombstoneGraceMS..MaxTombstoneGraceMS
 	// (Tenant.TombstoneGraceMS); nil = the default (create) or unchanged
 	// (update).
@@ -228,6 +256,9 @@ type NodeRequest struct {
 	// Transfer (register, the heartbeat) is the node's progress receiving
 	// partitions.
 	Transfer *TransferStatus `json:"transfer,omitempty" msgpack:"transfer,omitempty"`
+	// AntiEntropy (register, the heartbeat) is the node's anti-entropy
+	// figures; nil when anti-entropy is off.
+	AntiEntropy *AEStatus `json:"anti_entropy,omitempty" msgpack:"anti_entropy,omitempty"`
 	// Force (remove) removes a node that is down without waiting for it to
 	// be left: its partitions are pulled from the surviving owners, and
 	// writes acknowledged only by it are lost.
@@ -416,6 +447,10 @@ type DumpEntry struct {
 	Context   string `json:"context" msgpack:"context"`
 	Counter   uint64 `json:"counter" msgpack:"counter"`
 	Actor     string `json:"actor" msgpack:"actor"`
+	// Expires is the Expires of the version (lww) or of the greatest dot
+	// (siblings): for a value, when its TTL ends; for a tombstone, when it
+	// was deleted (Unix ms; 0 = none). The siblings' own are in DVV.
+	Expires int64 `json:"expires,omitempty" msgpack:"expires,omitempty"`
 	// Siblings policy: the number of values (tombstones included) and the
 	// complete state; Value, Counter and Actor describe the greatest dot.
 	Siblings int            `json:"siblings,omitempty" msgpack:"siblings,omitempty"`
@@ -458,14 +493,21 @@ type RepairRequest struct {
 // sizing batches and replies below the server's max payload.
 func VersionSize(v *vclock.Version, s *vclock.DVVSet) int {
 	n := 0
+	// An Expires adds at most 9 bytes (msgpack int64) to its version or value.
 	if v != nil {
 		n += 16 + len(v.Value) + len(v.Dot.Actor)
+		if v.Expires != 0 {
+			n += 9
+		}
 	}
 	if s != nil {
 		for _, e := range s.Entries {
 			n += 16 + len(e.Actor)
 			for _, val := range e.Values {
 				n += 4 + len(val.Data)
+				if val.Expires != 0 {
+					n += 9
+				}
 			}
 		}
 	}
@@ -535,6 +577,120 @@ type PartitionRecord struct {
 	Tenant   string
 	Key      string
 	State    []byte
+}
+
+// AEStatus is a storage node's anti-entropy figures since it started,
+// sent with its heartbeat (NodeRequest.AntiEntropy) and shown by node
+// list (Node.AntiEntropy) and status.
+type AEStatus struct {
+	// Exchanges counts (partition, peer) comparisons this node initiated
+	// and completed, equal roots included.
+	Exchanges int64 `json:"exchanges" msgpack:"exchanges"`
+	// KeysRepaired counts (key, replica) pairs whose stored record a merge
+	// of an exchange this node initiated changed: here or on the peer.
+	KeysRepaired int64 `json:"keys_repaired" msgpack:"keys_repaired"`
+	// Bytes counts record bytes anti-entropy scanned, fetched and sent.
+	Bytes int64 `json:"bytes" msgpack:"bytes"`
+	// LastPass is when the last full pass over every partition of the
+	// node ended; zero (absent in JSON) before the first.
+	LastPass time.Time `json:"last_pass,omitzero" msgpack:"last_pass"`
+	// OldestPartitionPass is the oldest, over the partitions the node
+	// owns, of the time each last completed every exchange of a pass
+	// without an error; zero (absent in JSON) while some owned partition
+	// never did.
+	OldestPartitionPass time.Time `json:"oldest_partition_pass,omitzero" msgpack:"oldest_partition_pass"`
+	// Errors counts exchanges that failed (peer down or refusing, a
+	// tree that changed mid-exchange); each is retried the next pass.
+	Errors int64 `json:"errors" msgpack:"errors"`
+}
+
+// Anti-entropy ops (AERequest.Op). ONLY APPEND TO THIS LIST.
+const (
+	AEOpRoots    = "roots"    // Parts → Hashes: one root per partition, in order
+	AEOpChildren = "children" // Partition, Level, Indices (parents) → Hashes: FanOut per parent, in order
+	AEOpKeys     = "keys"     // Partition, Indices (leaf buckets) → Entries of the buckets Done
+	AEOpRecords  = "records"  // Partition, Keys → Records (missing keys left out) of the keys Done
+	AEOpPush     = "push"     // Partition, Records → Changed: merge them, count the keys changed
+)
+
+// AERequest is the body of kv.node.<id>.ae: one step of an anti-entropy
+// exchange (docs/PROTOCOL.md, "Anti-entropy"). The node that initiates
+// an exchange of partition p with a peer asks it for the roots of its
+// Merkle trees (package hashtree) of p over the tenants Tenants, built
+// with Config, descends the differing subtrees (children), lists the
+// keys of differing leaf buckets with their version hashes (keys),
+// fetches the records it lacks or holds differently (records) and pushes
+// its own (push). The responder refuses, with the node error reply:
+// KindMapBehind when MapVersion is newer than its map, KindNotOwner when
+// it is not a current owner of a partition named, KindInvalid for a
+// malformed request (protocol, Partitions other than its own, a partition
+// out of range, Tenants not sorted, distinct and valid, a Config outside
+// hashtree's limits, an index outside its level, an unknown Op).
+// Fields are only appended.
+type AERequest struct {
+	_msgpack   struct{} `msgpack:",as_array"`
+	Proto      int      // NodeProtocolVersion of the sender
+	Op         string   // AEOpRoots, AEOpChildren, AEOpKeys, AEOpRecords or AEOpPush
+	Partitions int      // the sender's partition count Q; must equal the responder's
+	MapVersion uint64   // the sender's map version (not 0)
+	Tenants    []string // the tenants the trees cover: sorted, distinct, not empty
+	Config     AEConfig // the trees' shape (hashtree.Config)
+	Parts      []uint32 // roots: the partitions, at most AEMaxParts
+	Partition  uint32   // every other op: the partition
+	Level      int      // children: the parents' level (0 = the root)
+	Indices    []uint32 // children: parent indices within Level; keys: leaf buckets
+	Keys       []AEKey  // records: the keys to send
+	// Records (push) are merged like a repair (NodeWrite.LWW or .DVV);
+	// every one must be of Partition and of a tenant of Tenants.
+	Records []PartitionRecord
+	// Root (children) is the root the sender got for Partition from the
+	// roots op: the responder answers from the tree of that root, which
+	// it keeps while an exchange descends it even if the partition
+	// changes meanwhile (it keeps the last two trees per partition,
+	// tenant set and config); if it no longer has it, it answers
+	// KindConflict and the sender retries the next pass.
+	Root [2]uint64
+}
+
+// AEMaxParts bounds AERequest.Parts of one roots request.
+const AEMaxParts = 4096
+
+// AEConfig is the shape of the trees compared (hashtree.Config).
+type AEConfig struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	FanOut   int
+	Depth    int
+}
+
+// AEKey names a key of an AERequest records op.
+type AEKey struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Tenant   string
+	Key      string
+}
+
+// AEEntry is a key of a leaf bucket and the hash of the record the node
+// stores for it (hashtree.VersionHash of the stored bytes).
+type AEEntry struct {
+	_msgpack struct{}  `msgpack:",as_array"`
+	Tenant   string    //
+	Key      string    //
+	Version  [2]uint64 // hashtree.Hash
+}
+
+// AEReply answers AERequest.
+type AEReply struct {
+	_msgpack struct{}    `msgpack:",as_array"`
+	Hashes   [][2]uint64 // roots, children: hashtree.Hash values
+	Entries  []AEEntry   // keys
+	Records  []PartitionRecord
+	// Done (keys, records) is how many of the request's Indices or Keys
+	// the reply covers completely, from the first: a reply is cut to fit
+	// one message, and the sender asks again for the rest.
+	Done int
+	// Changed (push) is how many of the records changed what the node
+	// stored: each a (key, replica) repaired.
+	Changed int
 }
 
 // ReapRequest is the body of kv.node.<id>.reap (NodeOpReap): the

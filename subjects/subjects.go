@@ -34,12 +34,33 @@ import (
 //     (repair, hints, handoff). Nodes register with their protocol
 //     (NodeRequest.Protocol); a coordinator sends 2 only when every node of
 //     its map registered 2 or more.
+//   - 3: versions may carry an expiry (per-key TTL, issue 15):
+//     vclock.Version is [Dot, Value, Tombstone, Expires] and a siblings
+//     vclock.Value [Data, Tombstone, Expires] when Expires is not 0 (the
+//     3- and 2-element forms otherwise, unchanged), in batches, replies,
+//     scans and stored records alike. Deletes write tombstones whose
+//     Expires is the coordinator's wall time of the delete. Batches and
+//     scans keep protocol 2's form. A node of protocol 2 cannot decode a
+//     version with Expires, so a coordinator sends versions with Expires
+//     (and batches as 3) only when every node of its map registered 3 or
+//     more; until then a put with ttl_ms answers 503 unavailable naming
+//     the nodes to upgrade, and deletes write tombstones without Expires.
+//     Storage nodes' and repair workers' own clients write batches as
+//     NodeProtocolBatch (2), which nodes of protocol 2 and 3 both read.
 //
-// Replies have the same form in both.
+// Replies have the same form in all.
 const (
 	ProtocolVersion     = 1
-	NodeProtocolVersion = 2
+	NodeProtocolVersion = 3
 	NodeProtocolMin     = 1
+	// NodeProtocolBatch is the newest form of node batches and scans
+	// (protocol 3 changed none): what a client that does not negotiate
+	// (storage nodes, repair workers) writes, so nodes one version
+	// behind still read it during a rolling upgrade.
+	NodeProtocolBatch = 2
+	// NodeProtocolTTL is the node protocol that carries expiries
+	// (vclock.Version.Expires, vclock.Value.Expires).
+	NodeProtocolTTL = 3
 )
 
 // NodeProtocolSupported reports whether a node accepts messages of node
@@ -129,6 +150,7 @@ const (
 	NodeOpRead  = "read"  // NodeReadBatch → NodeReadReply
 	NodeOpDump  = "dump"  // DumpRequest → DumpReply (operators, repair checks)
 	NodeOpScan  = "scan"  // PartitionScan → PartitionScanReply (partition transfer)
+	NodeOpAE    = "ae"    // AERequest → AEReply (anti-entropy exchange between storage nodes)
 	NodeOpReap  = "reap"  // ReapRequest → ReapReply (tombstone reaping: confirm, then delete if unchanged)
 )
 

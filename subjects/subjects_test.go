@@ -8,6 +8,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/quorumkv/quorumkv/vclock"
 )
 
 func TestSubjectBuilders(t *testing.T) {
@@ -166,10 +170,10 @@ func TestErrorHeaders(t *testing.T) {
 // TestNodeProtocol: a node accepts the protocols from NodeProtocolMin to
 // NodeProtocolVersion, one version apart for rolling upgrades.
 func TestNodeProtocol(t *testing.T) {
-	if NodeProtocolVersion != 2 || NodeProtocolMin != 1 {
-		t.Fatalf("node protocol %d..%d", NodeProtocolMin, NodeProtocolVersion)
+	if NodeProtocolVersion != 3 || NodeProtocolMin != 1 || NodeProtocolBatch != 2 || NodeProtocolTTL != 3 {
+		t.Fatalf("node protocol %d..%d, batch form %d, TTL %d", NodeProtocolMin, NodeProtocolVersion, NodeProtocolBatch, NodeProtocolTTL)
 	}
-	for p, ok := range map[int]bool{0: false, 1: true, 2: true, 3: false, -1: false} {
+	for p, ok := range map[int]bool{0: false, 1: true, 2: true, 3: true, 4: false, -1: false} {
 		if NodeProtocolSupported(p) != ok {
 			t.Errorf("NodeProtocolSupported(%d) = %v", p, !ok)
 		}
@@ -211,6 +215,7 @@ func TestTransferMessagesJSON(t *testing.T) {
 		want string
 	}{
 		{TransferReport{NodeID: "n1", MapVersion: 1 << 60, Done: []uint32{1, 2}, Status: st}, `{"node_id":"n1","map_version":"1152921504606846976","done":[1,2],"status":{"map_version":"1152921504606846977","partitions_done":3,"partitions_total":9,"bytes":1099511627776,"keys":5,"rate_bytes":2.5,"updated":"2026-12-01T00:00:00Z"}}`},
+		{TransferStatus{HandoffDone: 1<<60 + 3}, `{"map_version":"0","partitions_done":0,"partitions_total":0,"bytes":0,"keys":0,"rate_bytes":0,"updated":"0001-01-01T00:00:00Z","handoff_done":"1152921504606846979"}`},
 		{NodeReplace{Dead: "a", New: "b"}, `{"dead_node_id":"a","new_node_id":"b"}`},
 		{NodeRequest{NodeID: "n", Protocol: 2, Hold: true, Force: true}, `{"node_id":"n","protocol":2,"hold":true,"force":true}`},
 		{NodeRequest{NodeID: "n"}, `{"node_id":"n"}`},
@@ -223,5 +228,39 @@ func TestTransferMessagesJSON(t *testing.T) {
 	var back TransferReport
 	if err := json.Unmarshal([]byte(`{"node_id":"n1","map_version":"18446744073709551615","done":[7]}`), &back); err != nil || back.MapVersion != 1<<64-1 || back.Done[0] != 7 {
 		t.Fatalf("%+v %v", back, err)
+	}
+}
+
+// TestVersionSizeCountsExpires: an Expires (up to 9 msgpack bytes) counts
+// in the estimate, so batches of TTL versions stay below the max payload.
+func TestVersionSizeCountsExpires(t *testing.T) {
+	v := vclock.Version{Dot: vclock.Dot{Counter: 1 << 60, Actor: "a"}, Value: []byte("x")}
+	exp := v
+	exp.Expires = 1 << 62
+	bv, _ := msgpack.Marshal(&v)
+	be, _ := msgpack.Marshal(&exp)
+	if got := VersionSize(&exp, nil) - VersionSize(&v, nil); got < len(be)-len(bv) {
+		t.Fatalf("Expires adds %d to the estimate, %d to the encoding", got, len(be)-len(bv))
+	}
+	s := vclock.DVVSet{Entries: []vclock.DVVEntry{{Actor: "a", Counter: 1, Values: []vclock.Value{{Data: []byte("x")}}}}}
+	se := vclock.DVVSet{Entries: []vclock.DVVEntry{{Actor: "a", Counter: 1, Values: []vclock.Value{{Data: []byte("x"), Expires: 1 << 62}}}}}
+	bs, _ := msgpack.Marshal(s)
+	bse, _ := msgpack.Marshal(se)
+	if got := StateSize(&se) - StateSize(&s); got < len(bse)-len(bs) {
+		t.Fatalf("Expires adds %d to the state estimate, %d to the encoding", got, len(bse)-len(bs))
+	}
+}
+
+// TestAEStatusJSON: node list --json shows anti_entropy with RFC 3339
+// times, and leaves out the times of a pass that never happened.
+func TestAEStatusJSON(t *testing.T) {
+	at := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	b, err := json.Marshal(Node{ID: "n1", AntiEntropy: &AEStatus{Exchanges: 2, KeysRepaired: 1, LastPass: at}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `"anti_entropy":{"exchanges":2,"keys_repaired":1,"bytes":0,"last_pass":"2026-12-01T10:00:00Z","errors":0}`
+	if !strings.Contains(string(b), want) {
+		t.Fatalf("JSON %s lacks %s", b, want)
 	}
 }

@@ -23,6 +23,16 @@
 // types and context format are distinct from lww's; the two never mix on one
 // key.
 //
+// # Expiry
+//
+// Both policies carry an expiry inside the version: [Version].Expires and
+// [Value].Expires, Unix milliseconds, 0 = never. A value whose Expires has
+// passed reads as a tombstone ([Version.LiveAt], [DVVSet.LastLiveAt],
+// [DVVSet.DeletedAt]); a tombstone carries the time of its delete, so
+// [Version.DeadSince] and [DVVSet.DeadSince] age every dead version by one
+// rule. Expires takes part in [Compare] and [Sync] like any field, and is
+// encoded only when it is not 0, so versions without it keep their bytes.
+//
 // # Contexts
 //
 // A read returns, besides the value, an opaque context string

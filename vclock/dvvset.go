@@ -46,19 +46,109 @@ var (
 // A nil and an empty Data are the same value. Treat Data as immutable once it
 // is in a [DVVSet]: states share it without copying.
 //
-// Value encodes with msgpack as the array [Data, Tombstone].
+// Expires (node protocol 3) is when the value expires, in Unix
+// milliseconds, 0 = never; a tombstone carries the wall time of its delete
+// (0 in tombstones written before protocol 3). It is part of the sibling:
+// every replica holds the same Expires for the same dot. A value whose
+// Expires has passed reads as a tombstone does (see [Value.ExpiredAt]), so
+// a write with the context of such a read drops it like a tombstone.
+//
+// Value encodes with msgpack as the array [Data, Tombstone] when Expires is
+// 0 (the form from before Expires existed, so old states and their hashes
+// are unchanged) and [Data, Tombstone, Expires] otherwise.
 type Value struct {
 	_msgpack  struct{} `msgpack:",as_array"`
 	Data      []byte
 	Tombstone bool
+	Expires   int64 `json:",omitempty"`
+}
+
+// ExpiredAt reports whether v is a value (not a tombstone) whose Expires
+// has passed at nowMs (Unix milliseconds).
+func (v Value) ExpiredAt(nowMs int64) bool {
+	return !v.Tombstone && v.Expires != 0 && nowMs >= v.Expires
+}
+
+// DeadAt reports whether a read at nowMs must not return v: it is a
+// tombstone or [Value.ExpiredAt] nowMs.
+func (v Value) DeadAt(nowMs int64) bool { return v.Tombstone || v.ExpiredAt(nowMs) }
+
+// EncodeMsgpack implements msgpack.CustomEncoder: [Data, Tombstone], with
+// Expires appended only when it is not 0.
+func (v Value) EncodeMsgpack(enc *msgpack.Encoder) error { return encodeValue(enc, v) }
+
+// DecodeMsgpack implements msgpack.CustomDecoder: it reads the 2- and the
+// 3-element form (nil or an empty array as the zero Value).
+func (v *Value) DecodeMsgpack(dec *msgpack.Decoder) error {
+	*v = Value{}
+	out, err := decodeValue(dec)
+	if err != nil {
+		return err
+	}
+	*v = out
+	return nil
+}
+
+func encodeValue(enc *msgpack.Encoder, v Value) error {
+	n := 2
+	if v.Expires != 0 {
+		n = 3
+	}
+	if err := enc.EncodeArrayLen(n); err != nil {
+		return err
+	}
+	if err := enc.EncodeBytes(v.Data); err != nil {
+		return err
+	}
+	if err := enc.EncodeBool(v.Tombstone); err != nil {
+		return err
+	}
+	if n == 3 {
+		return enc.EncodeInt(v.Expires)
+	}
+	return nil
+}
+
+// decodeValue reads what encodeValue writes, with a bounded allocation for
+// Data (decodeBytesBounded).
+func decodeValue(dec *msgpack.Decoder) (Value, error) {
+	var v Value
+	k, err := dec.DecodeArrayLen()
+	switch {
+	case err != nil:
+		return v, err
+	case k <= 0:
+		return v, nil
+	case k != 2 && k != 3:
+		return v, fmt.Errorf("value is an array of %d elements, want 2 or 3", k)
+	}
+	if v.Data, err = decodeBytesBounded(dec); err != nil {
+		return v, err
+	}
+	if v.Tombstone, err = dec.DecodeBool(); err != nil {
+		return v, err
+	}
+	if k == 3 {
+		if v.Expires, err = dec.DecodeInt64(); err != nil {
+			return v, err
+		}
+	}
+	return v, nil
 }
 
 // compareValue orders Values totally: a tombstone after a value, then by
-// bytes.Compare of Data. [Sync] uses it only to stay deterministic on
-// malformed input, where one dot carries two different Values.
+// Expires, then by bytes.Compare of Data. [Sync] uses it only to stay
+// deterministic on malformed input, where one dot carries two different
+// Values.
 func compareValue(a, b Value) int {
 	if a.Tombstone != b.Tombstone {
 		if a.Tombstone {
+			return 1
+		}
+		return -1
+	}
+	if a.Expires != b.Expires {
+		if a.Expires > b.Expires {
 			return 1
 		}
 		return -1
@@ -182,6 +272,39 @@ func (s DVVSet) Deleted() bool {
 	return true
 }
 
+// DeletedAt is [DVVSet.Deleted] at nowMs (Unix milliseconds): s holds no
+// sibling that is neither a tombstone nor [Value.ExpiredAt] nowMs. A read
+// at nowMs reports such a key not found (with its context).
+func (s DVVSet) DeletedAt(nowMs int64) bool {
+	for _, e := range s.Entries {
+		for _, v := range e.Values {
+			if !v.DeadAt(nowMs) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// DeadSince reports whether s is dead at nowMs (Unix milliseconds), that
+// is [DVVSet.DeletedAt] nowMs, and since when: the latest time one of its
+// siblings died, where a sibling with an Expires died at it (for a
+// tombstone, the wall time of its delete) and a tombstone written before
+// Expires existed (Expires 0) has no known time and counts 0. So ms is 0
+// when every sibling is such a tombstone, or when s holds no sibling at
+// all. A state with a live sibling is not dead (0, false).
+func (s DVVSet) DeadSince(nowMs int64) (ms int64, dead bool) {
+	for _, e := range s.Entries {
+		for _, v := range e.Values {
+			if !v.DeadAt(nowMs) {
+				return 0, false
+			}
+			ms = max(ms, v.Expires)
+		}
+	}
+	return ms, true
+}
+
 // Siblings returns every live sibling of s with its dot, greatest dot first
 // by [Dot.Compare] (counter, then actor). Equal states list their siblings
 // in the same order. The Values share Data with s. It returns nil when s has
@@ -232,12 +355,26 @@ func (s DVVSet) LastLive() (Sibling, bool) {
 	return s.last(true)
 }
 
+// LastLiveAt is [DVVSet.LastLive] at nowMs (Unix milliseconds): the
+// greatest dot among the siblings that are neither tombstones nor
+// [Value.ExpiredAt] nowMs, and false when there is none (exactly when
+// [DVVSet.DeletedAt] nowMs).
+func (s DVVSet) LastLiveAt(nowMs int64) (Sibling, bool) {
+	return s.lastAt(true, nowMs)
+}
+
 func (s DVVSet) last(liveOnly bool) (Sibling, bool) {
+	return s.lastAt(liveOnly, math.MinInt64)
+}
+
+// lastAt is last with values expired at nowMs counted as tombstones
+// (math.MinInt64: none is).
+func (s DVVSet) lastAt(liveOnly bool, nowMs int64) (Sibling, bool) {
 	var best Sibling
 	found := false
 	for _, e := range s.Entries {
 		for i, v := range e.Values {
-			if liveOnly && v.Tombstone {
+			if liveOnly && v.DeadAt(nowMs) {
 				continue
 			}
 			d := Dot{Counter: e.Counter - uint64(i), Actor: e.Actor}
@@ -263,7 +400,7 @@ func (s DVVSet) Equal(o DVVSet) bool {
 		}
 		for j, v := range x.Values {
 			w := y.Values[j]
-			if v.Tombstone != w.Tombstone || !bytes.Equal(v.Data, w.Data) {
+			if v.Tombstone != w.Tombstone || v.Expires != w.Expires || !bytes.Equal(v.Data, w.Data) {
 				return false
 			}
 		}
@@ -626,7 +763,8 @@ const decodeChunk = 64
 
 // EncodeMsgpack implements msgpack.CustomEncoder. It writes the layout of
 // the as_array struct tags, [[[Actor, Counter, [[Data, Tombstone] …]] …]]
-// (nil slices as nil), with Counter in the fewest bytes.
+// (nil slices as nil), with Counter in the fewest bytes, and a Value's
+// Expires appended as a third element only when it is not 0.
 func (s DVVSet) EncodeMsgpack(enc *msgpack.Encoder) error {
 	if err := enc.EncodeArrayLen(1); err != nil {
 		return err
@@ -657,13 +795,7 @@ func (s DVVSet) EncodeMsgpack(enc *msgpack.Encoder) error {
 			return err
 		}
 		for _, v := range e.Values {
-			if err := enc.EncodeArrayLen(2); err != nil {
-				return err
-			}
-			if err := enc.EncodeBytes(v.Data); err != nil {
-				return err
-			}
-			if err := enc.EncodeBool(v.Tombstone); err != nil {
+			if err := encodeValue(enc, v); err != nil {
 				return err
 			}
 		}
@@ -728,18 +860,9 @@ func decodeDVVEntry(dec *msgpack.Decoder) (DVVEntry, error) {
 	}
 	e.Values = make([]Value, 0, min(m, decodeChunk))
 	for range m {
-		var v Value
-		k, err := decodeArrayHeader(dec, 2)
+		v, err := decodeValue(dec)
 		if err != nil {
 			return e, err
-		}
-		if k > 0 {
-			if v.Data, err = decodeBytesBounded(dec); err != nil {
-				return e, err
-			}
-			if v.Tombstone, err = dec.DecodeBool(); err != nil {
-				return e, err
-			}
 		}
 		e.Values = append(e.Values, v)
 	}

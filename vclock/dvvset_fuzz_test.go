@@ -154,6 +154,9 @@ func (sim *dvvSim) write(p *dvvProg) {
 	if p.intn(4) == 0 {
 		val = Value{Tombstone: true}
 	}
+	if p.intn(3) == 0 {
+		val.Expires = int64(1 + p.intn(3)) // a TTL, or a tombstone's delete time
+	}
 	actor := sim.actors[c]
 	s, d, err := Update(sim.states[c], ctx, actor, val)
 	if err != nil {
@@ -196,7 +199,7 @@ func sibMap(t testing.TB, s DVVSet) map[Dot]Value {
 }
 
 func sameValue(a, b Value) bool {
-	return a.Tombstone == b.Tombstone && bytes.Equal(a.Data, b.Data)
+	return a.Tombstone == b.Tombstone && a.Expires == b.Expires && bytes.Equal(a.Data, b.Data)
 }
 
 func sameSiblings(a, b map[Dot]Value) bool {
@@ -266,7 +269,7 @@ func checkSyncSpec(t testing.TB, a, b DVVSet) DVVSet {
 func sibStringsOf(m map[Dot]Value) []string {
 	var out []string
 	for d, v := range m {
-		out = append(out, fmt.Sprintf("%s:%d=%s/%v", d.Actor, d.Counter, v.Data, v.Tombstone))
+		out = append(out, fmt.Sprintf("%s:%d=%s/%v/%d", d.Actor, d.Counter, v.Data, v.Tombstone, v.Expires))
 	}
 	slices.Sort(out)
 	return out
@@ -579,7 +582,7 @@ func arbitraryState(data []byte) DVVSet {
 			e.Counter = uint64(c % 6)
 		}
 		for range p.intn(5) {
-			e.Values = append(e.Values, Value{Data: []byte([]string{"", "x", "y"}[p.intn(3)]), Tombstone: p.intn(2) == 0})
+			e.Values = append(e.Values, Value{Data: []byte([]string{"", "x", "y"}[p.intn(3)]), Tombstone: p.intn(2) == 0, Expires: int64(p.intn(3))})
 		}
 		s.Entries = append(s.Entries, e)
 	}

@@ -91,7 +91,9 @@ func smallVersions() []Version {
 		for _, a := range []string{"", "a", "b"} {
 			for _, val := range [][]byte{nil, {}, []byte("x"), []byte("y")} {
 				for _, tomb := range []bool{false, true} {
-					vs = append(vs, Version{Dot: Dot{Counter: c, Actor: a}, Value: val, Tombstone: tomb})
+					for _, exp := range []int64{0, 5} {
+						vs = append(vs, Version{Dot: Dot{Counter: c, Actor: a}, Value: val, Tombstone: tomb, Expires: exp})
+					}
 				}
 			}
 		}
@@ -100,7 +102,7 @@ func smallVersions() []Version {
 }
 
 func sameVersion(a, b Version) bool {
-	return a.Dot == b.Dot && a.Tombstone == b.Tombstone && bytes.Equal(a.Value, b.Value)
+	return a.Dot == b.Dot && a.Tombstone == b.Tombstone && a.Expires == b.Expires && bytes.Equal(a.Value, b.Value)
 }
 
 func TestCompareIsTotalOrder(t *testing.T) {

@@ -72,6 +72,55 @@ func (k *kvFlags) opts() []client.RequestOption {
 	return o
 }
 
+// ttlValue is a duration flag that also takes whole days ("7d"), as TTLs
+// are often given; set records that the flag was given at all (so 0 can
+// clear a tenant's default).
+type ttlValue struct {
+	d   time.Duration
+	set bool
+}
+
+func (v *ttlValue) String() string {
+	if v == nil || v.d == 0 {
+		return "0"
+	}
+	return v.d.String()
+}
+
+func (v *ttlValue) Set(s string) error {
+	d, err := parseTTL(s)
+	if err != nil {
+		return err
+	}
+	v.d, v.set = d, true
+	return nil
+}
+
+// parseTTL parses a Go duration ("10m", "1h30m") or a whole number of days
+// ("7d"). The range (0..10 years) is the coordinator's to check.
+func parseTTL(s string) (time.Duration, error) {
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.ParseInt(days, 10, 64)
+		if err != nil || n < -106_751 || n > 106_751 { // time.Duration holds ±292 years
+			return 0, fmt.Errorf("%q: want a duration such as 10m, 1h or 7d", s)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("%q: want a duration such as 10m, 1h or 7d", s)
+	}
+	return d, nil
+}
+
+// fmtTTL prints a TTL in milliseconds for the tenant table ("-" = none).
+func fmtTTL(ms int64) string {
+	if ms == 0 {
+		return "-"
+	}
+	return (time.Duration(ms) * time.Millisecond).String()
+}
+
 func printJSON(v any) error {
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
@@ -82,6 +131,8 @@ func runPut(args []string) error {
 	fs := newFlags("put", "KEY [VALUE|-]", "Store VALUE under KEY. With - or no VALUE, the value is read from standard input.")
 	var k kvFlags
 	k.register(fs, true)
+	var ttl ttlValue
+	fs.Var(&ttl, "ttl", "time to live (10m, 2h, 7d): the value expires that long after the put; 0 = the tenant's default_ttl_ms")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -102,7 +153,11 @@ func runPut(args []string) error {
 		return err
 	}
 	defer nc.Close()
-	res, err := kv.Put(context.Background(), pos[0], value, k.opts()...)
+	opts := k.opts()
+	if ttl.d != 0 {
+		opts = append(opts, client.WithTTL(ttl.d))
+	}
+	res, err := kv.Put(context.Background(), pos[0], value, opts...)
 	if err != nil {
 		return err
 	}
@@ -110,6 +165,9 @@ func runPut(args []string) error {
 		return printJSON(res)
 	}
 	fmt.Printf("ok: %s acknowledged (%s)\ncontext: %s\n", replicas(res.ReplicaCount), res.Consistency, res.Context)
+	if ttl.d > 0 {
+		fmt.Printf("expires: in %s (about %s)\n", ttl.d, time.Now().Add(ttl.d).UTC().Format(time.RFC3339))
+	}
 	return nil
 }
 
@@ -220,9 +278,9 @@ func printTenants(asJSON bool, ts ...subjects.Tenant) error {
 		return printJSON(subjects.TenantList{Tenants: ts})
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "TENANT\tRF\tCONSISTENCY\tPOLICY\tVERSION\tUPDATED\tTOMBSTONE GRACE")
+	fmt.Fprintln(w, "TENANT\tRF\tCONSISTENCY\tPOLICY\tVERSION\tUPDATED\tDEFAULT TTL\tTOMBSTONE GRACE")
 	for _, t := range ts {
-		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%d\t%s\t%s\n", t.ID, t.ReplicationFactor, t.DefaultConsistency, t.ConflictPolicy, t.Version, t.UpdatedAt.Format(time.RFC3339),
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%d\t%s\t%s\t%s\n", t.ID, t.ReplicationFactor, t.DefaultConsistency, t.ConflictPolicy, t.Version, t.UpdatedAt.Format(time.RFC3339), fmtTTL(t.DefaultTTLMs),
 			formatGrace(t.TombstoneGraceMS))
 	}
 	return w.Flush()
@@ -242,6 +300,8 @@ func runTenant(args []string) error {
 	policy := fs.String("policy", "", "conflict policy: lww (create default lww)")
 	ver := fs.Int64("version", 0, "update: the version you read (default: read it now)")
 	force := fs.Bool("force", false, "delete even if the tenant still holds data")
+	var defTTL ttlValue
+	fs.Var(&defTTL, "default-ttl", "time to live of values put without --ttl (10m, 2h, 7d; at most 10 years); 0 = they never expire (create default 0)")
 	grace := fs.String("tombstone-grace", "", "how long deleted keys' tombstones are kept before they are reaped, 1s..10 years, as 7d, 36h or 90m (create default 7d)")
 	pos, err := parse(fs, args[1:])
 	if err != nil {
@@ -263,6 +323,9 @@ func runTenant(args []string) error {
 	}
 	if *policy != "" {
 		spec.ConflictPolicy = policy
+	}
+	if defTTL.set {
+		spec.DefaultTTL = &defTTL.d
 	}
 	needID := func() (string, error) {
 		if len(pos) != 1 {

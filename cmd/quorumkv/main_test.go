@@ -187,9 +187,9 @@ func TestCoordinatorContextSecretFlags(t *testing.T) {
 	}
 }
 
-// TestStorageMoveFlags: --handoff-grace and --join parse from the flags
-// and the environment; a grace that is not positive stops the node before
-// it connects.
+// TestStorageMoveFlags: --handoff-grace, --join, --heartbeat and the
+// anti-entropy flags parse from the flags and the environment; a value
+// out of range stops the node before it connects.
 func TestStorageMoveFlags(t *testing.T) {
 	base := []string{"--nats", "nats://127.0.0.1:1", "--id", "node-1", "--data", t.TempDir()}
 	for _, tc := range []struct {
@@ -203,6 +203,11 @@ func TestStorageMoveFlags(t *testing.T) {
 		{nil, map[string]string{"QUORUMKV_JOIN": "perhaps"}, "JOIN"},
 		{[]string{"--heartbeat", "0s"}, nil, "--heartbeat 0s must be positive"},
 		{nil, map[string]string{"QUORUMKV_HEARTBEAT": "-2s"}, "--heartbeat -2s must be positive"},
+		{[]string{"--anti-entropy-interval", "-1s"}, nil, "--anti-entropy-interval -1s is negative (0 = off)"},
+		{nil, map[string]string{"QUORUMKV_ANTI_ENTROPY_INTERVAL": "-5m"}, "--anti-entropy-interval -5m0s is negative"},
+		{nil, map[string]string{"QUORUMKV_ANTI_ENTROPY_INTERVAL": "often"}, "ANTI_ENTROPY_INTERVAL"},
+		{[]string{"--anti-entropy-rate", "-2"}, nil, "--anti-entropy-rate -2 is negative (0 = unlimited)"},
+		{nil, map[string]string{"QUORUMKV_ANTI_ENTROPY_RATE": "-1"}, "--anti-entropy-rate -1 is negative"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			for k, v := range tc.env {

@@ -157,8 +157,11 @@ func dumpNode(ctx context.Context, ad *client.Admin, asJSON bool, node, tenant s
 	fmt.Fprintln(w, "KEY\tVALUE\tWRITTEN\tBY")
 	for _, e := range entries {
 		v := strconv.Quote(string(e.Value))
-		if e.Tombstone {
+		switch {
+		case e.Tombstone:
 			v = "(deleted)"
+		case e.DVV != nil && e.DVV.DeletedAt(time.Now().UnixMilli()), e.DVV == nil && e.Expires != 0 && time.Now().UnixMilli() >= e.Expires:
+			v = "(expired)"
 		}
 		if len(v) > 60 {
 			v = v[:57] + "..."
@@ -342,6 +345,9 @@ func (w *waiter) wait(ctx context.Context, id, goal string) error {
 			last, lastChange = pr.pending, w.clock()
 		} else if w.clock().Sub(lastChange) > w.stall {
 			why := "no receiver reported progress"
+			if goal == statusLeft && pr.pending == 0 && pr.status == statusLeaving {
+				why = "node " + id + " has not reported its handoff done (it pushes what it still holds to the owners after its --handoff-grace)"
+			}
 			if len(pr.down) > 0 {
 				why = "receiver(s) " + strings.Join(pr.down, ", ") + " down"
 			} else if pr.status == statusDown {

@@ -70,8 +70,16 @@ func startNodeCLI(t *testing.T) *nodeCLI {
 				ids = append(ids, id)
 			}
 			l.mu.Unlock()
+			// A node the map names nowhere reports its handoff done, as a
+			// storage node holding nothing does (a leaving node becomes
+			// left only then).
+			m, err := l.admin.Placement(hbCtx)
 			for _, id := range ids {
-				_, _ = l.admin.Register(hbCtx, subjects.NodeRequest{NodeID: id, Epoch: 1, Protocol: 2})
+				var st *subjects.TransferStatus
+				if err == nil && m.Partitions() > 0 && !m.HasNode(id) {
+					st = &subjects.TransferStatus{HandoffDone: m.Version()}
+				}
+				_, _ = l.admin.Register(hbCtx, subjects.NodeRequest{NodeID: id, Epoch: 1, Protocol: 2, Transfer: st})
 			}
 		}
 	}()
@@ -278,6 +286,26 @@ func TestNodeVerbs(t *testing.T) {
 	}
 	if !strings.Contains(l.output(), "warning:") || !strings.Contains(l.output(), "lost") {
 		t.Fatalf("remove --force printed no warning:\n%s", l.output())
+	}
+}
+
+// TestAELine: status prints one anti-entropy line per node, saying when
+// nothing was reported and when no pass completed yet.
+func TestAELine(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		n    subjects.Node
+		want string
+	}{
+		{subjects.Node{ID: "n1"}, "anti-entropy n1: not reported"},
+		{subjects.Node{ID: "n2", AntiEntropy: &subjects.AEStatus{Exchanges: 3}}, "anti-entropy n2: last pass never, oldest partition pass never; 3 exchanges, 0 keys repaired, 0.0 MiB, 0 errors"},
+		{subjects.Node{ID: "n3", AntiEntropy: &subjects.AEStatus{Exchanges: 9, KeysRepaired: 4, Bytes: 3 << 20, Errors: 1,
+			LastPass: now.Add(-90 * time.Second), OldestPartitionPass: now.Add(-5 * time.Minute)}},
+			"anti-entropy n3: last pass 1m30s ago, oldest partition pass 5m0s ago; 9 exchanges, 4 keys repaired, 3.0 MiB, 1 errors"},
+	} {
+		if got := aeLine(tc.n, now); !strings.HasPrefix(got, tc.want) {
+			t.Errorf("aeLine(%s) = %q, want %q", tc.n.ID, got, tc.want)
+		}
 	}
 }
 

@@ -288,6 +288,8 @@ func runStorage(args []string) error {
 	transferRate := fs.Float64("transfer-rate", float64(cfg.TransferRate)/(1<<20), "MiB per second a partition transfer into this node pulls at most; 0 = unlimited")
 	join := fs.Bool("join", true, "join the cluster at registration (a new node takes its share of partitions and streams them); false registers it standby until 'quorumkv node join ID'")
 	fs.DurationVar(&cfg.HandoffGrace, "handoff-grace", cfg.HandoffGrace, "how long a partition this node no longer owns is kept before it is handed off to its owners and dropped (reads at the older map finish meanwhile)")
+	fs.DurationVar(&cfg.AntiEntropyInterval, "anti-entropy-interval", cfg.AntiEntropyInterval, "how often the node compares the partitions it owns with their other owners (Merkle trees) and repairs what differs; 0 = off (then nothing repairs replicas that no read touches, and tombstones are never reaped)")
+	aeRate := fs.Float64("anti-entropy-rate", float64(cfg.AntiEntropyRate)/(1<<20), "MiB per second of records anti-entropy scans, fetches and sends at most, as --transfer-rate; 0 = unlimited")
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", cfg.Heartbeat, "how often the node re-registers with the coordinators; a node silent for 3 heartbeats shows as down (give coordinators the same --node-heartbeat)")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics (empty: off)")
 	var lf logFlags
@@ -303,6 +305,17 @@ func runStorage(args []string) error {
 	}
 	if cfg.Heartbeat <= 0 {
 		return usagef("--heartbeat %v must be positive", cfg.Heartbeat)
+	}
+	if cfg.AntiEntropyInterval < 0 {
+		return usagef("--anti-entropy-interval %v is negative (0 = off)", cfg.AntiEntropyInterval)
+	}
+	switch {
+	case *aeRate < 0:
+		return usagef("--anti-entropy-rate %v is negative (0 = unlimited)", *aeRate)
+	case *aeRate == 0:
+		cfg.AntiEntropyRate = storage.Unlimited
+	default:
+		cfg.AntiEntropyRate = max(int64(*aeRate*(1<<20)), 1)
 	}
 	cfg.Hold = !*join
 	switch {

@@ -75,6 +75,10 @@ func runStatus(args []string) error {
 		fmt.Fprintf(w, "%s\t%s\t%.1f%%\t%d\t%s ago\n", n.ID, n.Status, 100*n.RingShare, replicas, time.Since(n.LastSeen).Round(time.Second))
 	}
 	fmt.Fprintln(w)
+	for _, n := range rep.Nodes {
+		fmt.Fprintln(w, aeLine(n.Node, time.Now()))
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "COORDINATOR\tACTOR\tVERSION\tREQUESTS\tERRORS")
 	for _, c := range rep.Coordinators {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\n", c.ID, c.Actor, c.Version, c.Requests, c.Errors)
@@ -152,4 +156,23 @@ func collectStatus(ctx context.Context, nc *nats.Conn, ad *client.Admin, wait ti
 		rep.Repair = st
 	}
 	return rep, nil
+}
+
+// aeLine is the line status prints for a node's anti-entropy: when its
+// last full pass ended, the oldest partition pass, and the figures since
+// the node started, as of its last heartbeat the answering coordinator
+// saw.
+func aeLine(n subjects.Node, now time.Time) string {
+	a := n.AntiEntropy
+	if a == nil {
+		return fmt.Sprintf("anti-entropy %s: not reported (off, an older node, or no heartbeat since the coordinator started)", n.ID)
+	}
+	ago := func(t time.Time) string {
+		if t.IsZero() {
+			return "never"
+		}
+		return now.Sub(t).Round(time.Second).String() + " ago"
+	}
+	return fmt.Sprintf("anti-entropy %s: last pass %s, oldest partition pass %s; %d exchanges, %d keys repaired, %.1f MiB, %d errors",
+		n.ID, ago(a.LastPass), ago(a.OldestPartitionPass), a.Exchanges, a.KeysRepaired, float64(a.Bytes)/(1<<20), a.Errors)
 }

@@ -27,6 +27,7 @@ import (
 
 	"github.com/quorumkv/quorumkv/client"
 	"github.com/quorumkv/quorumkv/coordinator"
+	"github.com/quorumkv/quorumkv/idempotency"
 	"github.com/quorumkv/quorumkv/internal/wiring"
 	"github.com/quorumkv/quorumkv/metadata"
 	"github.com/quorumkv/quorumkv/repair"
@@ -419,6 +420,9 @@ func (c *Cluster) RepairPublisher() *repair.Publisher { return c.pub }
 
 // Metadata is the cluster's metadata store.
 func (c *Cluster) Metadata() metadata.Store { return c.stores.Metadata }
+
+// Idempotency is the cluster's idempotency store.
+func (c *Cluster) Idempotency() idempotency.Store { return c.stores.Idempotency }
 
 // WaitForNodes waits until n storage nodes are registered active and every
 // coordinator's ring has them.

@@ -59,7 +59,7 @@ func TestCustomJSONFields(t *testing.T) {
 	bin := "\xff\x00"
 	samples := map[reflect.Type][]any{
 		reflect.TypeFor[subjects.Request](): {
-			subjects.Request{Key: "k", Value: []byte("v"), Consistency: "all", Context: "c", IdempotencyKey: "i", TimeoutMS: 5},
+			subjects.Request{Key: "k", Value: []byte("v"), Consistency: "all", Context: "c", IdempotencyKey: "i", TimeoutMS: 5, TTLMs: 60_000},
 			subjects.Request{Key: bin, Value: []byte(bin)},
 		},
 		reflect.TypeFor[subjects.GetReply](): {

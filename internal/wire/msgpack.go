@@ -146,16 +146,24 @@ func appendBool(b []byte, v bool) []byte {
 }
 
 // AppendVersion appends v as msgpack (the array [[Counter, Actor], Value,
-// Tombstone], or nil) to b.
+// Tombstone], with Expires appended when it is not 0, or nil) to b.
 func AppendVersion(b []byte, v *vclock.Version) []byte {
 	if v == nil {
 		return append(b, mpNil)
 	}
-	b = append(b, 0x93, 0x92)
+	if v.Expires != 0 {
+		b = append(b, 0x94, 0x92)
+	} else {
+		b = append(b, 0x93, 0x92)
+	}
 	b = appendUint(b, v.Dot.Counter)
 	b = appendStr(b, v.Dot.Actor)
 	b = appendBin(b, v.Value)
-	return appendBool(b, v.Tombstone)
+	b = appendBool(b, v.Tombstone)
+	if v.Expires != 0 {
+		b = appendInt(b, v.Expires)
+	}
+	return b
 }
 
 // --- reading ---
@@ -437,7 +445,12 @@ func (r *mpReader) version() *vclock.Version {
 		return nil
 	}
 	v := &vclock.Version{}
-	if r.structLen(3) == 0 {
+	n := r.arrayLen() // 3, or 4 with Expires
+	if n <= 0 {
+		return v
+	}
+	if n != 3 && n != 4 {
+		r.fail()
 		return v
 	}
 	if r.isNil() {
@@ -448,6 +461,9 @@ func (r *mpReader) version() *vclock.Version {
 	}
 	v.Value = r.bytes()
 	v.Tombstone = r.bool()
+	if n == 4 {
+		v.Expires = r.int()
+	}
 	return v
 }
 
@@ -758,7 +774,7 @@ func decodeNodeReadReply(data []byte, rep *subjects.NodeReadReply) bool {
 // when empty.
 func appendRequest(dst []byte, r *subjects.Request) []byte {
 	n := 1
-	for _, present := range [...]bool{len(r.Value) > 0, r.Consistency != "", r.Context != "", r.IdempotencyKey != "", r.TimeoutMS != 0} {
+	for _, present := range [...]bool{len(r.Value) > 0, r.Consistency != "", r.Context != "", r.IdempotencyKey != "", r.TimeoutMS != 0, r.TTLMs != 0} {
 		if present {
 			n++
 		}
@@ -779,6 +795,9 @@ func appendRequest(dst []byte, r *subjects.Request) []byte {
 	}
 	if r.TimeoutMS != 0 {
 		dst = appendInt(appendStr(dst, "timeout_ms"), r.TimeoutMS)
+	}
+	if r.TTLMs != 0 {
+		dst = appendInt(appendStr(dst, "ttl_ms"), r.TTLMs)
 	}
 	return dst
 }
@@ -817,6 +836,8 @@ func fieldBit(k []byte) uint32 {
 		return 1 << 9
 	case "siblings":
 		return 1 << 10
+	case "ttl_ms":
+		return 1 << 11
 	}
 	return 0
 }
@@ -892,6 +913,8 @@ func decodeRequest(data []byte, req *subjects.Request) bool {
 			req.IdempotencyKey = r.str()
 		case "timeout_ms":
 			req.TimeoutMS = r.intOrZero()
+		case "ttl_ms":
+			req.TTLMs = r.intOrZero()
 		default:
 			r.skip()
 		}

@@ -52,6 +52,16 @@ func codecCases() []any {
 		&subjects.Request{Key: "k"},
 		&subjects.Request{Key: long, Value: big, Consistency: subjects.Quorum, Context: "l1.AAAA", IdempotencyKey: "idem", TimeoutMS: 2000},
 		&subjects.Request{Key: "k", Value: []byte{}, TimeoutMS: -5},
+		&subjects.Request{Key: "k", Value: []byte("v"), TTLMs: 600_000},
+		&subjects.Request{Key: "k", TTLMs: -1},
+		&subjects.NodeWriteBatch{Proto: 3, MapVersion: 7, Items: []subjects.NodeWrite{
+			{ID: 1, Tenant: "t", Key: "ttl", LWW: &vclock.Version{Dot: vclock.Dot{Counter: 1 << 50, Actor: "c1"}, Value: []byte("v"), Expires: 1_700_000_600_000}},
+			{ID: 2, Tenant: "t", Key: "del", LWW: &vclock.Version{Dot: vclock.Dot{Counter: 1 << 50, Actor: "c1"}, Tombstone: true, Expires: 1_700_000_000_000}},
+			{ID: 3, Tenant: "t", Key: "neg", LWW: &vclock.Version{Dot: vclock.Dot{Counter: 1, Actor: "c1"}, Expires: -1}},
+			{ID: 4, Tenant: "t", Key: "dvv", DVV: &vclock.DVVSet{Entries: []vclock.DVVEntry{{Actor: "n1.1", Counter: 1, Values: []vclock.Value{{Data: []byte("v"), Expires: 1_700_000_600_000}}}}}},
+			{ID: 5, Tenant: "t", Key: "coord", Coordinate: &subjects.Coordinate{Value: vclock.Value{Data: []byte("v"), Expires: 99}, Deadline: 5}},
+		}},
+		&subjects.NodeReadReply{Results: []subjects.NodeReadResult{{ID: 5, LWW: &vclock.Version{Dot: vclock.Dot{Counter: 9, Actor: "a"}, Value: []byte("v"), Expires: 1 << 42}}}},
 		&subjects.WriteReply{Success: true, Key: "k", Context: "l1.x", IdempotencyKey: "abc", ReplicaCount: 3, Consistency: subjects.Quorum},
 		&subjects.WriteReply{IsDuplicate: true, ReplicaCount: 1 << 20},
 		&subjects.GetReply{Success: true, Key: "k", Found: true, Value: []byte("hello"), Context: "l1.x", ReplicaCount: 2, Consistency: subjects.One},
@@ -236,7 +246,9 @@ func TestFallbackKeepsLibraryBehaviour(t *testing.T) {
 }
 
 func TestDecodeVersion(t *testing.T) {
-	for _, v := range []*vclock.Version{nil, ver(5, "a", "x", false), ver(1<<50, "actor", "-", true), {}} {
+	for _, v := range []*vclock.Version{nil, ver(5, "a", "x", false), ver(1<<50, "actor", "-", true), {},
+		{Dot: vclock.Dot{Counter: 5, Actor: "a"}, Value: []byte("x"), Expires: 1_700_000_000_000},
+		{Dot: vclock.Dot{Counter: 5, Actor: "a"}, Tombstone: true, Expires: 3}} {
 		b := AppendVersion(nil, v)
 		b = append(b, 0x2a) // what follows is returned
 		got, rest, ok := DecodeVersion(b)

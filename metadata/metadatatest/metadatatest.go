@@ -31,6 +31,7 @@ func Run(t *testing.T, open func(t *testing.T) metadata.Store) {
 		{"ListTenantsEmpty", testListTenantsEmpty},
 		{"ListTenantsSorted", testListTenantsSorted},
 		{"UpdateTenant", testUpdateTenant},
+		{"TenantDefaultTTL", testTenantDefaultTTL},
 		{"UpdateTenantStale", testUpdateTenantStale},
 		{"UpdateTenantNotFound", testUpdateTenantNotFound},
 		{"UpdateTenantConcurrent", testUpdateTenantConcurrent},
@@ -45,6 +46,8 @@ func Run(t *testing.T, open func(t *testing.T) metadata.Store) {
 		{"NodeProtocolTransfer", testNodeProtocolTransfer},
 		{"ChangeNodeStatus", testChangeNodeStatus},
 		{"ChangeNodeStatusConcurrent", testChangeNodeStatusConcurrent},
+		{"ChangeNodeStatuses", testChangeNodeStatuses},
+		{"ChangeNodeStatusesAtomic", testChangeNodeStatusesAtomic},
 		{"RemoveNode", testRemoveNode},
 		{"RemoveNodeRacesRegister", testRemoveNodeRacesRegister},
 		{"ListNodes", testListNodes},
@@ -130,7 +133,7 @@ func sameTenant(t *testing.T, what string, got, want metadata.Tenant) {
 	t.Helper()
 	if got.ID != want.ID || got.ReplicationFactor != want.ReplicationFactor ||
 		got.DefaultConsistency != want.DefaultConsistency || got.ConflictPolicy != want.ConflictPolicy ||
-		got.Version != want.Version || !got.CreatedAt.Equal(want.CreatedAt) || !got.UpdatedAt.Equal(want.UpdatedAt) ||
+		got.DefaultTTLMs != want.DefaultTTLMs || got.Version != want.Version || !got.CreatedAt.Equal(want.CreatedAt) || !got.UpdatedAt.Equal(want.UpdatedAt) ||
 		got.TombstoneGraceMS != want.TombstoneGraceMS {
 		t.Errorf("%s:\n got %+v\nwant %+v", what, got, want)
 	}
@@ -251,6 +254,52 @@ func tenantIDs(ts []metadata.Tenant) []string {
 		out[i] = t.ID
 	}
 	return out
+}
+
+// testTenantDefaultTTL: default_ttl_ms is stored on create (0 when
+// unset), kept by an update that does not change it, changed by one that
+// does, and read back by get and list.
+func testTenantDefaultTTL(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	plain := mustCreateTenant(t, s, newTenant("ttl-none"))
+	if plain.DefaultTTLMs != 0 {
+		t.Fatalf("a tenant created without a TTL has DefaultTTLMs %d", plain.DefaultTTLMs)
+	}
+	in := newTenant("ttl")
+	in.DefaultTTLMs = 600_000
+	created := mustCreateTenant(t, s, in)
+	if created.DefaultTTLMs != 600_000 {
+		t.Fatalf("CreateTenant returned DefaultTTLMs %d, want 600000", created.DefaultTTLMs)
+	}
+	read, err := s.GetTenant(ctx, "ttl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameTenant(t, "GetTenant after create", read, created)
+	read.ReplicationFactor = 2
+	kept, err := s.UpdateTenant(ctx, read)
+	if err != nil || kept.DefaultTTLMs != 600_000 {
+		t.Fatalf("UpdateTenant of another field: %+v, %v; want DefaultTTLMs kept", kept, err)
+	}
+	kept.DefaultTTLMs = 315_360_000_000
+	upd, err := s.UpdateTenant(ctx, kept)
+	if err != nil || upd.DefaultTTLMs != 315_360_000_000 {
+		t.Fatalf("UpdateTenant of DefaultTTLMs: %+v, %v", upd, err)
+	}
+	list, err := s.ListTenants(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tn := range list {
+		if tn.ID == "ttl" {
+			sameTenant(t, "ListTenants", tn, upd)
+		}
+	}
+	upd.DefaultTTLMs = 0
+	cleared, err := s.UpdateTenant(ctx, upd)
+	if err != nil || cleared.DefaultTTLMs != 0 {
+		t.Fatalf("UpdateTenant clearing DefaultTTLMs: %+v, %v", cleared, err)
+	}
 }
 
 func testUpdateTenant(t *testing.T, s metadata.Store) {
@@ -1085,5 +1134,143 @@ func testChangeNodeStatusConcurrent(t *testing.T, s metadata.Store) {
 	}
 	if won != 1 {
 		t.Fatalf("%d concurrent ChangeNodeStatus calls from joining succeeded, want exactly 1", won)
+	}
+}
+
+// testChangeNodeStatuses: both changes or neither: a node with another
+// status (ErrStale) or a missing node (ErrNotFound) changes nothing.
+func testChangeNodeStatuses(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	mustRegisterNode(t, s, metadata.Node{ID: "dead", VirtualNodes: 8, Epoch: 1})
+	mustRegisterNode(t, s, metadata.Node{ID: "new", VirtualNodes: 8, Epoch: 2, Hold: true})
+	if _, err := s.ChangeNodeStatus(ctx, "dead", []string{metadata.NodeJoining}, metadata.NodeActive); err != nil {
+		t.Fatal(err)
+	}
+	status := func(id string) string {
+		t.Helper()
+		n, err := s.GetNode(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n.Status
+	}
+	_, err := s.ChangeNodeStatuses(ctx, []metadata.StatusChange{
+		{ID: "new", From: []string{metadata.NodeStandby}, To: metadata.NodeJoining},
+		{ID: "dead", From: []string{metadata.NodeJoining}, To: metadata.NodeLeaving},
+	})
+	wantErr(t, "ChangeNodeStatuses with one status wrong", err, metadata.ErrStale)
+	if a, b := status("new"), status("dead"); a != metadata.NodeStandby || b != metadata.NodeActive {
+		t.Fatalf("a refused ChangeNodeStatuses left new %s, dead %s", a, b)
+	}
+	_, err = s.ChangeNodeStatuses(ctx, []metadata.StatusChange{
+		{ID: "new", From: []string{metadata.NodeStandby}, To: metadata.NodeJoining},
+		{ID: "ghost", From: []string{metadata.NodeActive}, To: metadata.NodeLeaving},
+	})
+	wantErr(t, "ChangeNodeStatuses of a missing node", err, metadata.ErrNotFound)
+	if a := status("new"); a != metadata.NodeStandby {
+		t.Fatalf("a refused ChangeNodeStatuses left new %s", a)
+	}
+	got, err := s.ChangeNodeStatuses(ctx, []metadata.StatusChange{
+		{ID: "new", From: []string{metadata.NodeStandby}, To: metadata.NodeJoining},
+		{ID: "dead", From: []string{metadata.NodeActive}, To: metadata.NodeLeaving},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].ID != "new" || got[0].Status != metadata.NodeJoining || got[1].ID != "dead" || got[1].Status != metadata.NodeLeaving {
+		t.Fatalf("ChangeNodeStatuses returned %+v", got)
+	}
+	if a, b := status("new"), status("dead"); a != metadata.NodeJoining || b != metadata.NodeLeaving {
+		t.Fatalf("after ChangeNodeStatuses new is %s, dead %s", a, b)
+	}
+	ns, err := s.ListNodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range ns {
+		if want := map[string]string{"new": metadata.NodeJoining, "dead": metadata.NodeLeaving}[n.ID]; n.Status != want {
+			t.Fatalf("ListNodes shows %s %s, want %s", n.ID, n.Status, want)
+		}
+	}
+	// Later single changes and registrations see and keep the changes.
+	mustRegisterNode(t, s, metadata.Node{ID: "new", VirtualNodes: 8, Epoch: 2})
+	if _, err := s.ChangeNodeStatus(ctx, "dead", []string{metadata.NodeLeaving}, metadata.NodeLeft); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := status("new"), status("dead"); a != metadata.NodeJoining || b != metadata.NodeLeft {
+		t.Fatalf("new is %s, dead %s; want joining and left", a, b)
+	}
+}
+
+// testChangeNodeStatusesAtomic: readers never see half of a
+// ChangeNodeStatuses: two nodes swap between active and leaving together
+// while ListNodes runs, and heartbeats (RegisterNode) of both go on.
+func testChangeNodeStatusesAtomic(t *testing.T, s metadata.Store) {
+	ctx := testCtx(t)
+	for _, id := range []string{"x", "y"} {
+		mustRegisterNode(t, s, metadata.Node{ID: id, VirtualNodes: 8, Epoch: 1})
+		if _, err := s.ChangeNodeStatus(ctx, id, []string{metadata.NodeJoining}, metadata.NodeActive); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	wg.Add(2)
+	go func() { // the readers
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ns, err := s.ListNodes(ctx)
+			if err != nil {
+				errs <- err
+				return
+			}
+			st := map[string]string{}
+			for _, n := range ns {
+				st[n.ID] = n.Status
+			}
+			if st["x"] != st["y"] {
+				errs <- fmt.Errorf("ListNodes saw x %s and y %s: half of a ChangeNodeStatuses", st["x"], st["y"])
+				return
+			}
+		}
+	}()
+	go func() { // heartbeats
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for _, id := range []string{"x", "y"} {
+				if _, err := s.RegisterNode(ctx, metadata.Node{ID: id, VirtualNodes: 8, Epoch: 1}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}
+	}()
+	from, to := metadata.NodeActive, metadata.NodeLeaving
+	for range 40 {
+		if _, err := s.ChangeNodeStatuses(ctx, []metadata.StatusChange{
+			{ID: "x", From: []string{from}, To: to}, {ID: "y", From: []string{from}, To: to},
+		}); err != nil {
+			close(stop)
+			wg.Wait()
+			t.Fatal(err)
+		}
+		from, to = to, from
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
 }

@@ -321,6 +321,7 @@ func (s *Store) UpdateTenant(ctx context.Context, t metadata.Tenant) (metadata.T
 	cur.ReplicationFactor = t.ReplicationFactor
 	cur.DefaultConsistency = t.DefaultConsistency
 	cur.ConflictPolicy = t.ConflictPolicy
+	cur.DefaultTTLMs = t.DefaultTTLMs
 	cur.TombstoneGraceMS = graceOrDefault(t.TombstoneGraceMS)
 	cur.Version++
 	cur.UpdatedAt = metadata.Now()
@@ -411,6 +412,199 @@ func (s *Store) RegisterNode(ctx context.Context, n metadata.Node) (metadata.Nod
 	}
 }
 
+// statusIntentKey holds the last ChangeNodeStatuses (a statusIntent), in
+// the nodes bucket; list skips it (the ".").
+const statusIntentKey = "cluster.status_intent"
+
+// statusIntent is a ChangeNodeStatuses in progress (Pending) or done.
+// KV has no write of two keys in one step, so the step is this one key:
+// once it is stored pending, every read (getNode, ListNodes) shows its
+// changes as made, all of them (overlay), while the writer stores them
+// node by node and then marks it done. A reader that finds it pending
+// shows it; a writer (ChangeNodeStatuses) that finds it pending finishes
+// it first (rollForward), so one whose writer died does not stay pending.
+type statusIntent struct {
+	Pending bool                    `json:"pending"`
+	Changes []metadata.StatusChange `json:"changes"`
+}
+
+// readIntent returns the stored intent and its revision (0: none).
+func (s *Store) readIntent(ctx context.Context) (statusIntent, uint64, error) {
+	var in statusIntent
+	e, err := s.nodes.Get(ctx, statusIntentKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return in, 0, nil
+	}
+	if err != nil {
+		return in, 0, classify(err)
+	}
+	if err := json.Unmarshal(e.Value(), &in); err != nil {
+		return in, 0, fmt.Errorf("decode %s revision %d: %w", statusIntentKey, e.Revision(), err)
+	}
+	return in, e.Revision(), nil
+}
+
+// holds reports whether a pending intent is in force over the stored
+// statuses: each of its nodes exists and has one of its From statuses or
+// already its To. Otherwise a node changed another way after the intent's
+// check (or the intent was refused): it is void, and shows nothing.
+func (in statusIntent) holds(status func(id string) (string, bool)) bool {
+	if !in.Pending {
+		return false
+	}
+	for _, ch := range in.Changes {
+		st, ok := status(ch.ID)
+		if !ok || st == metadata.NodeRemoved || (st != ch.To && !slices.Contains(ch.From, st)) {
+			return false
+		}
+	}
+	return true
+}
+
+// show sets n's status to what a holding intent makes it.
+func (in statusIntent) show(n *metadata.Node) {
+	for _, ch := range in.Changes {
+		if ch.ID == n.ID {
+			n.Status = ch.To
+		}
+	}
+}
+
+// rawStatus reads id's stored status (as read, see ReadStatus).
+func (s *Store) rawStatus(ctx context.Context, id string) (string, bool, error) {
+	n, _, err := s.getRawNode(ctx, id)
+	if errors.Is(err, metadata.ErrNotFound) {
+		return "", false, nil
+	}
+	return n.Status, err == nil, err
+}
+
+// intentHolds reports whether the pending intent in holds, reading the
+// statuses of its nodes.
+func (s *Store) intentHolds(ctx context.Context, in statusIntent) (bool, error) {
+	if !in.Pending {
+		return false, nil
+	}
+	sts := map[string]string{}
+	for _, ch := range in.Changes {
+		st, ok, err := s.rawStatus(ctx, ch.ID)
+		if err != nil {
+			return false, err
+		}
+		if ok {
+			sts[ch.ID] = st
+		}
+	}
+	return in.holds(func(id string) (string, bool) { st, ok := sts[id]; return st, ok }), nil
+}
+
+// rollForward stores the changes of the pending intent in (at revision
+// rev) node by node, if it holds, and marks it done. It reports whether
+// the intent held (its changes are made).
+func (s *Store) rollForward(ctx context.Context, in statusIntent, rev uint64) (bool, error) {
+	held, err := s.intentHolds(ctx, in)
+	if err != nil {
+		return false, err
+	}
+	if held {
+		for _, ch := range in.Changes {
+			for {
+				n, nrev, err := s.getRawNode(ctx, ch.ID)
+				if err != nil {
+					return false, err
+				}
+				if n.Status == ch.To || n.Status == metadata.NodeRemoved || !slices.Contains(ch.From, n.Status) {
+					break // made, or changed since by a writer that saw the intent
+				}
+				n.Status = ch.To
+				ok, err := s.putNode(ctx, n, nrev)
+				if err != nil {
+					return false, err
+				}
+				if ok {
+					break
+				}
+			}
+		}
+	}
+	data, err := json.Marshal(statusIntent{Changes: in.Changes})
+	if err != nil {
+		return false, fmt.Errorf("encode: %w", err)
+	}
+	if _, err := s.nodes.Update(ctx, statusIntentKey, data, rev); err != nil && !isRevisionMismatch(err) {
+		return false, classify(err)
+	}
+	return held, nil
+}
+
+// ChangeNodeStatuses implements metadata.Store through a statusIntent:
+// it checks every node, stores the intent pending under the revision it
+// read (so of concurrent calls one wins, the others check again), and
+// then rolls it forward. From the intent's store on, every read shows
+// all its changes. A writer that read a node before the intent and
+// changes its status while the intent is pending voids it (holds):
+// readers then see that writer's status, and the intent's other change
+// only if already stored. The caller gets ErrStale when the intent was
+// void before its first record was stored.
+func (s *Store) ChangeNodeStatuses(ctx context.Context, changes []metadata.StatusChange) ([]metadata.Node, error) {
+	const op = "change node statuses"
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, wrap(op, err)
+		}
+		in, irev, err := s.readIntent(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("metadata/natskv: %s: %w", op, err)
+		}
+		if in.Pending {
+			if _, err := s.rollForward(ctx, in, irev); err != nil {
+				return nil, fmt.Errorf("metadata/natskv: %s: finish the previous change: %w", op, err)
+			}
+			continue
+		}
+		out := make([]metadata.Node, 0, len(changes))
+		for _, ch := range changes {
+			n, _, err := s.getRawNode(ctx, ch.ID)
+			if err == nil && n.Status == metadata.NodeRemoved {
+				err = metadata.ErrNotFound
+			}
+			if err != nil {
+				return nil, fmt.Errorf("metadata/natskv: %s: node %q: %w", op, ch.ID, err)
+			}
+			if !slices.Contains(ch.From, n.Status) {
+				return nil, fmt.Errorf("metadata/natskv: %s: node %q status is %q, not one of %q: %w", op, ch.ID, n.Status, ch.From, metadata.ErrStale)
+			}
+			n.Status = ch.To
+			out = append(out, n)
+		}
+		next := statusIntent{Pending: true, Changes: changes}
+		data, err := json.Marshal(next)
+		if err != nil {
+			return nil, fmt.Errorf("metadata/natskv: %s: encode: %w", op, err)
+		}
+		var rev uint64
+		if irev == 0 {
+			rev, err = s.nodes.Create(ctx, statusIntentKey, data)
+		} else {
+			rev, err = s.nodes.Update(ctx, statusIntentKey, data, irev)
+		}
+		if err != nil {
+			if isRevisionMismatch(err) {
+				continue // another change got in first: check again
+			}
+			return nil, wrap(op, err)
+		}
+		held, err := s.rollForward(ctx, next, rev)
+		if err != nil {
+			return nil, fmt.Errorf("metadata/natskv: %s: %w", op, err)
+		}
+		if !held {
+			return nil, fmt.Errorf("metadata/natskv: %s: a node changed concurrently: %w", op, metadata.ErrStale)
+		}
+		return out, nil
+	}
+}
+
 // GetNode implements metadata.Store. It returns an error wrapping
 // metadata.ErrNotFound if the node does not exist.
 func (s *Store) GetNode(ctx context.Context, id string) (metadata.Node, error) {
@@ -424,8 +618,29 @@ func (s *Store) GetNode(ctx context.Context, id string) (metadata.Node, error) {
 	return n, nil
 }
 
-// getNode returns id's record as stored, a removed id's marker included.
+// getNode returns id's record, a removed id's marker included, with the
+// status a pending statusIntent that holds gives it, and the record's
+// revision. Every writer of a node record reads it here, so what it
+// writes back includes the intent's change.
 func (s *Store) getNode(ctx context.Context, id string) (metadata.Node, uint64, error) {
+	in, _, err := s.readIntent(ctx)
+	if err != nil {
+		return metadata.Node{}, 0, err
+	}
+	n, rev, err := s.getRawNode(ctx, id)
+	if err != nil || !in.Pending || n.Status == metadata.NodeRemoved {
+		return n, rev, err
+	}
+	if held, err := s.intentHolds(ctx, in); err != nil {
+		return metadata.Node{}, 0, err
+	} else if held {
+		in.show(&n)
+	}
+	return n, rev, nil
+}
+
+// getRawNode returns id's record as stored, a removed id's marker included.
+func (s *Store) getRawNode(ctx context.Context, id string) (metadata.Node, uint64, error) {
 	var n metadata.Node
 	rev, err := get(ctx, s.nodes, id, &n)
 	n.Status = metadata.ReadStatus(n.Status)
@@ -448,25 +663,53 @@ func (s *Store) putNode(ctx context.Context, n metadata.Node, rev uint64) (bool,
 	return true, nil
 }
 
-// ListNodes implements metadata.Store.
+// listAttempts bounds how often ListNodes lists again because a
+// ChangeNodeStatuses intent changed while it read.
+const listAttempts = 20
+
+// ListNodes implements metadata.Store. The records are read one by one,
+// so it reads the statusIntent before and after them and lists again when
+// it changed in between: the list shows a ChangeNodeStatuses whole or not
+// at all (a pending intent that holds is shown as made).
 func (s *Store) ListNodes(ctx context.Context) ([]metadata.Node, error) {
-	out := make([]metadata.Node, 0)
-	err := s.list(ctx, s.nodes, func(data []byte) error {
-		var n metadata.Node
-		if err := json.Unmarshal(data, &n); err != nil {
-			return err
+	for range listAttempts {
+		in, rev, err := s.readIntent(ctx)
+		if err != nil {
+			return nil, wrap("list nodes", err)
 		}
-		if n.Status != metadata.NodeRemoved {
+		out := make([]metadata.Node, 0)
+		stored := map[string]string{} // every record's status, removed markers too
+		err = s.list(ctx, s.nodes, func(data []byte) error {
+			var n metadata.Node
+			if err := json.Unmarshal(data, &n); err != nil {
+				return err
+			}
 			n.Status = metadata.ReadStatus(n.Status)
-			out = append(out, n)
+			stored[n.ID] = n.Status
+			if n.Status != metadata.NodeRemoved {
+				out = append(out, n)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, wrap("list nodes", err)
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, wrap("list nodes", err)
+		_, again, err := s.readIntent(ctx)
+		if err != nil {
+			return nil, wrap("list nodes", err)
+		}
+		if again != rev {
+			continue
+		}
+		if in.holds(func(id string) (string, bool) { st, ok := stored[id]; return st, ok }) {
+			for i := range out {
+				in.show(&out[i])
+			}
+		}
+		slices.SortFunc(out, func(a, b metadata.Node) int { return strings.Compare(a.ID, b.ID) })
+		return out, nil
 	}
-	slices.SortFunc(out, func(a, b metadata.Node) int { return strings.Compare(a.ID, b.ID) })
-	return out, nil
+	return nil, fmt.Errorf("metadata/natskv: list nodes: node statuses changed during %d reads in a row: %w", listAttempts, metadata.ErrUnavailable)
 }
 
 // SetNodeStatus implements metadata.Store. It returns an error wrapping

@@ -167,12 +167,12 @@ func (s *Store) Close() error {
 	return nil
 }
 
-const tenantColumns = `tenant_id, replication_factor, default_consistency, conflict_policy, version, created_at, updated_at, tombstone_grace_ms`
+const tenantColumns = `tenant_id, replication_factor, default_consistency, conflict_policy, version, created_at, updated_at, default_ttl_ms, tombstone_grace_ms`
 
 func scanTenant(row pgx.Row) (metadata.Tenant, error) {
 	var t metadata.Tenant
 	err := row.Scan(&t.ID, &t.ReplicationFactor, &t.DefaultConsistency, &t.ConflictPolicy,
-		&t.Version, &t.CreatedAt, &t.UpdatedAt, &t.TombstoneGraceMS)
+		&t.Version, &t.CreatedAt, &t.UpdatedAt, &t.DefaultTTLMs, &t.TombstoneGraceMS)
 	t.CreatedAt, t.UpdatedAt = t.CreatedAt.UTC(), t.UpdatedAt.UTC()
 	return t, err
 }
@@ -185,10 +185,10 @@ func (s *Store) CreateTenant(ctx context.Context, t metadata.Tenant) (metadata.T
 	now := metadata.Now()
 	got, err := scanTenant(s.pool.QueryRow(ctx, `
 		INSERT INTO tenants (`+tenantColumns+`)
-		VALUES ($1, $2, $3, $4, 1, $5, $5, $6)
+		VALUES ($1, $2, $3, $4, 1, $5, $5, $6, $7)
 		ON CONFLICT (tenant_id) DO NOTHING
 		RETURNING `+tenantColumns,
-		t.ID, t.ReplicationFactor, t.DefaultConsistency, t.ConflictPolicy, now, graceOrDefault(t.TombstoneGraceMS)))
+		t.ID, t.ReplicationFactor, t.DefaultConsistency, t.ConflictPolicy, now, t.DefaultTTLMs, graceOrDefault(t.TombstoneGraceMS)))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return metadata.Tenant{}, fmt.Errorf("metadata/postgres: %s: %w", op, metadata.ErrExists)
 	}
@@ -235,10 +235,10 @@ func (s *Store) UpdateTenant(ctx context.Context, t metadata.Tenant) (metadata.T
 	got, err := scanTenant(s.pool.QueryRow(ctx, `
 		UPDATE tenants
 		SET replication_factor = $3, default_consistency = $4, conflict_policy = $5,
-		    version = version + 1, updated_at = $6, tombstone_grace_ms = $7
+		    default_ttl_ms = $7, version = version + 1, updated_at = $6, tombstone_grace_ms = $8
 		WHERE tenant_id = $1 AND version = $2
 		RETURNING `+tenantColumns,
-		t.ID, t.Version, t.ReplicationFactor, t.DefaultConsistency, t.ConflictPolicy, metadata.Now(), graceOrDefault(t.TombstoneGraceMS)))
+		t.ID, t.Version, t.ReplicationFactor, t.DefaultConsistency, t.ConflictPolicy, metadata.Now(), t.DefaultTTLMs, graceOrDefault(t.TombstoneGraceMS)))
 	if err == nil {
 		return got, nil
 	}
@@ -409,6 +409,40 @@ func (s *Store) ChangeNodeStatus(ctx context.Context, id string, from []string, 
 		return metadata.Node{}, s.wrap(op, err)
 	}
 	return n, nil
+}
+
+// ChangeNodeStatuses implements metadata.Store: one transaction that
+// locks each row, checks its status and updates it.
+func (s *Store) ChangeNodeStatuses(ctx context.Context, changes []metadata.StatusChange) ([]metadata.Node, error) {
+	const op = "change node statuses"
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return nil, s.wrap(op, err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }() // a no-op after Commit
+	out := make([]metadata.Node, 0, len(changes))
+	for _, ch := range changes {
+		var status string
+		err := tx.QueryRow(ctx, `SELECT status FROM storage_nodes WHERE node_id = $1 AND status <> 'removed' FOR UPDATE`, ch.ID).Scan(&status)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil, fmt.Errorf("metadata/postgres: %s: node %q: %w", op, ch.ID, metadata.ErrNotFound)
+		}
+		if err != nil {
+			return nil, s.wrap(op, err)
+		}
+		if cur := metadata.ReadStatus(status); !slices.Contains(ch.From, cur) {
+			return nil, fmt.Errorf("metadata/postgres: %s: node %q status is %q, not one of %q: %w", op, ch.ID, cur, ch.From, metadata.ErrStale)
+		}
+		n, err := scanNode(tx.QueryRow(ctx, `UPDATE storage_nodes SET status = $2 WHERE node_id = $1 RETURNING `+nodeColumns, ch.ID, ch.To))
+		if err != nil {
+			return nil, s.wrap(op, err)
+		}
+		out = append(out, n)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, s.wrap(op, err)
+	}
+	return out, nil
 }
 
 // SetNodeTransfer implements metadata.Store.

@@ -200,7 +200,7 @@ func New(nc *nats.Conn, cfg Config) (*Client, error) {
 		queues:   make(map[string]*nodeQueues),
 		stop:     make(chan struct{}),
 	}
-	c.proto.Store(subjects.NodeProtocolVersion)
+	c.proto.Store(subjects.NodeProtocolBatch)
 	// NewRespInbox is "<prefix>.<token>"; use it as our private prefix.
 	sub, err := nc.Subscribe(c.inbox+".*", c.onReply)
 	if err != nil {
@@ -214,7 +214,8 @@ func New(nc *nats.Conn, cfg Config) (*Client, error) {
 }
 
 // SetProtocol sets the node protocol version the client writes requests
-// in, NodeProtocolMin..NodeProtocolVersion (default NodeProtocolVersion).
+// in, NodeProtocolMin..NodeProtocolVersion (default NodeProtocolBatch,
+// the form nodes of the last two protocols read).
 // With 1 it sends the 2-element batches and 6-element scans of protocol 1,
 // without map versions (no fencing), for clusters with nodes not yet
 // upgraded. Batches already encoded keep their protocol. An unsupported

@@ -68,8 +68,8 @@ func TestClientSendsMapVersionAndProtocol(t *testing.T) {
 	nc := natstest.Connect(t, s)
 	seen := recordingNode(t, nc, "n1", 0)
 	c := newClient(t, nc, replica.Config{})
-	if c.Protocol() != subjects.NodeProtocolVersion {
-		t.Fatalf("default protocol %d", c.Protocol())
+	if c.Protocol() != subjects.NodeProtocolBatch {
+		t.Fatalf("default protocol %d, want %d: the batch form nodes one protocol behind still read", c.Protocol(), subjects.NodeProtocolBatch)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	send := func(call *replica.Call) {

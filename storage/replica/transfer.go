@@ -50,3 +50,36 @@ func (c *Client) ScanPartition(ctx context.Context, node string, req subjects.Pa
 	}
 	return &rep, len(msg.Data), nil
 }
+
+// AntiEntropy sends one step of an anti-entropy exchange to node (see
+// subjects.AERequest) and waits for the answer until ctx ends. It sets
+// req.Proto to the client's protocol. It returns the reply and its size
+// in bytes on the wire. Errors are those of ScanPartition: ErrNodeDown, a
+// *subjects.Error when the node refused the request (KindMapBehind,
+// KindNotOwner, KindConflict, 400 for a malformed one), ctx's error, or
+// "bad reply from <node>". A plain request-reply, like ScanPartition.
+func (c *Client) AntiEntropy(ctx context.Context, node string, req *subjects.AERequest) (*subjects.AEReply, int, error) {
+	if c.closed.Load() {
+		return nil, 0, ErrStopping
+	}
+	req.Proto = c.Protocol()
+	data, err := msgpack.Marshal(req)
+	if err != nil {
+		return nil, 0, fmt.Errorf("replica: encode anti-entropy %s: %w", req.Op, err)
+	}
+	msg, err := c.nc.RequestWithContext(ctx, subjects.StorageNode(node, subjects.NodeOpAE), data)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return nil, 0, fmt.Errorf("anti-entropy %s on %s: %w", req.Op, node, ErrNodeDown)
+	case err != nil:
+		return nil, 0, fmt.Errorf("anti-entropy %s on %s: %w", req.Op, node, err)
+	}
+	if e := subjects.ErrorFromHeaders(msg.Header.Get); e != nil {
+		return nil, 0, batchError(e)
+	}
+	var rep subjects.AEReply
+	if err := msgpack.Unmarshal(msg.Data, &rep); err != nil {
+		return nil, 0, fmt.Errorf("bad reply from %s: %w", node, err)
+	}
+	return &rep, len(msg.Data), nil
+}
