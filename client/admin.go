@@ -38,6 +38,10 @@ type TenantSpec struct {
 	// DefaultTTL is the time to live of values put without WithTTL
 	// (default_ttl_ms, rounded up to a millisecond); 0 = they never expire.
 	DefaultTTL *time.Duration
+	// TombstoneGrace is how long deleted keys' tombstones are kept before
+	// storage nodes reap them (1 s .. 10 years; create default 7 days),
+	// sent in whole milliseconds.
+	TombstoneGrace *time.Duration
 }
 
 // request is the TenantRequest that sets spec's fields.
@@ -46,6 +50,10 @@ func (spec TenantSpec) request(id string) subjects.TenantRequest {
 	if spec.DefaultTTL != nil {
 		ms := ttlMillis(*spec.DefaultTTL)
 		req.DefaultTTLMs = &ms
+	}
+	if spec.TombstoneGrace != nil {
+		ms := spec.TombstoneGrace.Milliseconds()
+		req.TombstoneGraceMS = &ms
 	}
 	return req
 }

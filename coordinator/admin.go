@@ -77,7 +77,7 @@ func wireNode(n metadata.Node) subjects.Node {
 	if t := n.Transfer; t != nil {
 		w.Transfer = &subjects.TransferStatus{MapVersion: t.MapVersion, PartitionsDone: t.PartitionsDone,
 			PartitionsTotal: t.PartitionsTotal, Bytes: t.Bytes, Keys: t.Keys, RateBytes: t.RateBytes, Updated: t.Updated,
-			HandoffDone: t.HandoffDone}
+			HandoffDone: t.HandoffDone, RebuildTotal: t.RebuildTotal, RebuildDone: t.RebuildDone}
 	}
 	return w
 }
@@ -89,7 +89,7 @@ func metaTransfer(t *subjects.TransferStatus) *metadata.TransferStatus {
 	}
 	return &metadata.TransferStatus{MapVersion: t.MapVersion, PartitionsDone: t.PartitionsDone,
 		PartitionsTotal: t.PartitionsTotal, Bytes: t.Bytes, Keys: t.Keys, RateBytes: t.RateBytes, Updated: t.Updated,
-		HandoffDone: t.HandoffDone}
+		HandoffDone: t.HandoffDone, RebuildTotal: t.RebuildTotal, RebuildDone: t.RebuildDone}
 }
 
 // adminError maps metadata errors to wire errors.
@@ -113,7 +113,8 @@ func (c *Coordinator) tenantCreate(ctx context.Context, body func(any) error) (a
 	if err := body(&req); err != nil {
 		return nil, err
 	}
-	t := metadata.Tenant{ID: req.TenantID, ReplicationFactor: 3, DefaultConsistency: subjects.Quorum, ConflictPolicy: subjects.PolicyLWW}
+	t := metadata.Tenant{ID: req.TenantID, ReplicationFactor: 3, DefaultConsistency: subjects.Quorum, ConflictPolicy: subjects.PolicyLWW,
+		TombstoneGraceMS: subjects.DefaultTombstoneGraceMS}
 	applyTenantFields(&t, &req)
 	if err := c.validateTenant(ctx, t); err != nil {
 		return nil, err
@@ -153,6 +154,9 @@ func applyTenantFields(t *metadata.Tenant, req *subjects.TenantRequest) {
 	if req.DefaultTTLMs != nil {
 		t.DefaultTTLMs = *req.DefaultTTLMs
 	}
+	if req.TombstoneGraceMS != nil {
+		t.TombstoneGraceMS = *req.TombstoneGraceMS
+	}
 }
 
 // validateTenant checks t. The active and joining nodes (the placement
@@ -186,6 +190,10 @@ func (c *Coordinator) validateTenant(ctx context.Context, t metadata.Tenant) err
 	case subjects.PolicyLWW, subjects.PolicySiblings:
 	default:
 		return subjects.Errorf(subjects.KindInvalid, "unknown conflict_policy %q; use lww or siblings", t.ConflictPolicy)
+	}
+	if t.TombstoneGraceMS < subjects.MinTombstoneGraceMS || t.TombstoneGraceMS > subjects.MaxTombstoneGraceMS {
+		return subjects.Errorf(subjects.KindInvalid, "tombstone_grace_ms %d out of range %d..%d (1 s to 10 years)",
+			t.TombstoneGraceMS, subjects.MinTombstoneGraceMS, subjects.MaxTombstoneGraceMS)
 	}
 	return nil
 }

@@ -333,6 +333,15 @@ func TestSiblingsWipedNodeGetsNewEpoch(t *testing.T) {
 	if c.Node(coordNode).Epoch() == oldEpoch {
 		t.Fatal("a wiped node kept its epoch")
 	}
+	// It rebuilds the partitions it owns before it answers reads of them
+	// (storage rebuild.go); writes are accepted meanwhile.
+	deadline := time.Now().Add(30 * time.Second)
+	for st := c.Node(coordNode).TransferStatus(); st == nil || st.RebuildTotal == 0 || st.RebuildDone < st.RebuildTotal; st = c.Node(coordNode).TransferStatus() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the wiped node did not rebuild: %+v", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	// The rebuilt node coordinates a concurrent write: a new dot, kept next
 	// to the old value rather than mistaken for something already seen.
 	if _, err := kv.Put(ctx, "k", []byte("after"), client.WithConsistency(subjects.Quorum)); err != nil {

@@ -396,6 +396,19 @@ func TestRolesEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("a storage node asks another to confirm and reap tombstones", func(t *testing.T) {
+		src, dst := dial(t, sys.url, "storage"), dial(t, sys.url, "storage")
+		sub, err := src.Subscribe(subjects.StorageNode("node-9", subjects.NodeOpReap), func(m *nats.Msg) { _ = m.Respond([]byte("held")) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = sub.Unsubscribe() }()
+		_ = src.Flush()
+		if m, err := dst.Request(subjects.StorageNode("node-9", subjects.NodeOpReap), nil, 5*time.Second); err != nil || string(m.Data) != "held" {
+			t.Fatalf("reap request between storage nodes: %v %v", m, err)
+		}
+	})
+
 	t.Run("the coordinator answers only what it was asked", func(t *testing.T) {
 		co := dial(t, sys.url, "coordinator")
 		// allow_responses: it may reply, but not publish into an inbox unasked.

@@ -46,7 +46,16 @@ type Tenant struct {
 	Version      int64     `json:"version" msgpack:"version"`
 	CreatedAt    time.Time `json:"created_at" msgpack:"created_at"`
 	UpdatedAt    time.Time `json:"updated_at" msgpack:"updated_at"`
+	// TombstoneGraceMS is how long tombstones are kept before reaping
+	// (subjects.Tenant.TombstoneGraceMS); 0 in a record written before it
+	// existed, read as the default.
+	TombstoneGraceMS int64 `json:"tombstone_grace_ms" msgpack:"tombstone_grace_ms"`
 }
+
+// DefaultTombstoneGraceMS is the grace a tenant gets when created without
+// one, and what a stored record without one (written before the field
+// existed) reads as: 7 days (subjects.DefaultTombstoneGraceMS).
+const DefaultTombstoneGraceMS int64 = 7 * 24 * 3600 * 1000
 
 // NodeStatus is a storage node's administrative state (its lifecycle,
 // DESIGN.md §3): standby → joining → active → leaving → left → removed.
@@ -107,6 +116,10 @@ type TransferStatus struct {
 	// itself named in no row and holding no records (its handoff
 	// finished); 0 otherwise (subjects.TransferStatus.HandoffDone).
 	HandoffDone uint64 `json:"handoff_done,omitempty" msgpack:"handoff_done,omitempty"`
+	// RebuildTotal and RebuildDone count the partitions a node with a new,
+	// wiped or stale directory rebuilds (subjects.TransferStatus).
+	RebuildTotal int `json:"rebuild_total,omitempty" msgpack:"rebuild_total,omitempty"`
+	RebuildDone  int `json:"rebuild_done,omitempty" msgpack:"rebuild_done,omitempty"`
 }
 
 // Node is one storage node as the coordinators know it.
@@ -163,7 +176,8 @@ type Placement struct {
 // cancelled. Times set by the store are UTC, truncated to microseconds.
 type Store interface {
 	// CreateTenant stores a new tenant with Version=1 and
-	// CreatedAt=UpdatedAt=now, ignoring those fields of t, and returns it.
+	// CreatedAt=UpdatedAt=now, ignoring those fields of t (and
+	// TombstoneGraceMS 0 as DefaultTombstoneGraceMS), and returns it.
 	// ErrExists if the ID is taken.
 	CreateTenant(ctx context.Context, t Tenant) (Tenant, error)
 	// GetTenant returns the tenant. ErrNotFound if it does not exist.
@@ -172,7 +186,7 @@ type Store interface {
 	// non-nil slice when there are none.
 	ListTenants(ctx context.Context) ([]Tenant, error)
 	// UpdateTenant stores t's ReplicationFactor, DefaultConsistency,
-	// ConflictPolicy and DefaultTTLMs if t.Version equals the stored Version, and returns the
+	// ConflictPolicy, DefaultTTLMs and TombstoneGraceMS (0: the default) if t.Version equals the stored Version, and returns the
 	// tenant with Version+1, a new UpdatedAt and CreatedAt unchanged.
 	// ErrStale if the versions differ; ErrNotFound if the tenant does not exist.
 	UpdateTenant(ctx context.Context, t Tenant) (Tenant, error)

@@ -51,6 +51,12 @@ var (
 	metaNodeID     = []byte{nsMeta, 'n', 'o', 'd', 'e'}
 	metaEpoch      = []byte{nsMeta, 'e', 'p', 'o', 'c', 'h'}
 	metaPartitions = []byte{nsMeta, 'p', 'a', 'r', 't', 'i', 't', 'i', 'o', 'n', 's'}
+	// D7 (rebuild.go): when the node was last known alive (Unix ms), the
+	// smallest tombstone grace it knows (ms), and the mark of a directory
+	// that is new or wiped and must be rebuilt from the other owners.
+	metaLastAlive  = []byte{nsMeta, 'l', 'a', 's', 't', 'A', 'l', 'i', 'v', 'e'}
+	metaGraceFloor = []byte{nsMeta, 'g', 'r', 'a', 'c', 'e', 'F', 'l', 'o', 'o', 'r'}
+	metaRebuild    = []byte{nsMeta, 'r', 'e', 'b', 'u', 'i', 'l', 'd'}
 )
 
 // ownerLayoutTag follows the node id stored under metaNodeID once a
@@ -76,7 +82,10 @@ type engine struct {
 	sync  bool
 	q     int // partitions (ring.Partition), recorded in the directory
 	epoch uint64
-	actor string // this incarnation's actor in DVVSet dots: node id + epoch
+	// minted: the epoch was minted at this open (the directory was new or
+	// had been wiped).
+	minted bool
+	actor  string // this incarnation's actor in DVVSet dots: node id + epoch
 
 	// bound lets an lww write skip the read of what its key holds. Per
 	// 128-bit fingerprint of a data key it keeps a counter no smaller than
@@ -199,6 +208,7 @@ func (e *engine) initMeta(nodeID string) error {
 		return nil
 	}
 	var buf [8]byte
+	e.minted = true
 	for e.epoch == 0 {
 		if _, err := rand.Read(buf[:]); err != nil {
 			return fmt.Errorf("mint epoch: %w", err)

@@ -90,6 +90,9 @@ type Config struct {
 	// AntiEntropyRate caps the bytes per second anti-entropy scans,
 	// fetches and sends (DefaultAntiEntropyRate); Unlimited for no cap.
 	AntiEntropyRate int64
+	// ReapInterval is how often the node runs a tombstone reaping pass
+	// over the partitions it owns (reap.go; 5m).
+	ReapInterval time.Duration
 }
 
 // ErrInvalidConfig is wrapped by the error of a constructor whose Config
@@ -114,6 +117,7 @@ func DefaultConfig() Config {
 
 		AntiEntropyInterval: DefaultAntiEntropyInterval,
 		AntiEntropyRate:     DefaultAntiEntropyRate,
+		ReapInterval:        5 * time.Minute,
 	}
 }
 
@@ -140,6 +144,7 @@ func (c *Config) validate() (err error) {
 		settings.Default("storage: handoff grace", &c.HandoffGrace, d.HandoffGrace),
 		settings.Default("storage: map wait", &c.MapWait, d.MapWait),
 		settings.Default("storage: map poll", &c.MapPoll, d.MapPoll),
+		settings.Default("storage: reap interval", &c.ReapInterval, d.ReapInterval),
 	} {
 		if err != nil {
 			return err
@@ -202,9 +207,11 @@ type Node struct {
 	// found the node named in no row and holding no records; 0 otherwise
 	// (subjects.TransferStatus.HandoffDone).
 	handoffDone atomic.Uint64
-	xfer        xferState // receive.go
-	tenants     tenantRFs // tenants.go
-	ae          aeState   // ae.go
+	xfer        xferState    // receive.go
+	tenants     tenantRFs    // tenants.go
+	reapCounts  reapCounts   // reap.go
+	rebuild     rebuildState // rebuild.go
+	ae          aeState      // ae.go
 	// runCtx ends when Stop begins; set by start.
 	runCtx context.Context
 
@@ -257,7 +264,20 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A directory down for longer than the smallest tombstone grace is
+	// wiped; a new or wiped one is rebuilt (rebuild.go).
+	if err := eng.checkStale(cfg.NodeID, time.Now(), log); err != nil {
+		_ = eng.close()
+		return nil, fmt.Errorf("storage: %s: %w", cfg.DataDir, err)
+	}
+	mark, err := eng.getMeta(metaRebuild)
+	if err != nil {
+		_ = eng.close()
+		return nil, fmt.Errorf("storage: %s: %w", cfg.DataDir, err)
+	}
 	n := &Node{cfg: cfg, log: log, eng: eng, xferLimit: newLimiter(cfg.TransferRate, time.Now())}
+	n.rebuild.marked, n.rebuild.kick = mark != nil, make(chan struct{}, 1)
+	n.rebuild.on.Store(n.rebuild.marked)
 	n.ae.limit = newLimiter(cfg.AntiEntropyRate, time.Now())
 	n.ae.partPass = make([]atomic.Int64, cfg.Partitions)
 	return n, nil
@@ -350,18 +370,28 @@ func (n *Node) start(nc *nats.Conn) error {
 		return fmt.Errorf("storage: subscribe ae: %w", err)
 	}
 	n.subs = append(n.subs, ae)
+	reap, err := nc.Subscribe(subjects.StorageNode(n.cfg.NodeID, subjects.NodeOpReap), n.handleReap)
+	if err != nil {
+		n.unsubscribeLocked()
+		cancel()
+		return fmt.Errorf("storage: subscribe reap: %w", err)
+	}
+	n.subs = append(n.subs, reap)
 	if err := nc.Flush(); err != nil {
 		n.unsubscribeLocked()
 		cancel()
 		return fmt.Errorf("storage: flush subscriptions: %w", err)
 	}
 
-	n.wg.Add(5)
+	n.wg.Add(8)
 	go func() { defer n.wg.Done(); n.writeLoop(ctx, writes) }()
 	go func() { defer n.wg.Done(); n.registerLoop(ctx, nc) }()
 	go func() { defer n.wg.Done(); n.mapLoop(ctx) }()
 	go func() { defer n.wg.Done(); n.transferLoop(ctx) }()
 	go func() { defer n.wg.Done(); n.handoffLoop(ctx) }()
+	go func() { defer n.wg.Done(); n.reapLoop(ctx) }()
+	go func() { defer n.wg.Done(); n.aliveLoop(ctx) }()
+	go func() { defer n.wg.Done(); n.rebuildLoop(ctx) }()
 	if n.cfg.AntiEntropyInterval > 0 {
 		n.wg.Add(1)
 		go func() { defer n.wg.Done(); n.aeLoop(ctx) }()
@@ -425,6 +455,7 @@ func (n *Node) Stop() error {
 	if rc != nil {
 		rc.Stop() // fails a transfer's request in flight at once
 	}
+	n.markAlive() // a clean stop: down time counts from now (rebuild.go)
 	n.readMu.Lock()
 	n.readsClosed = true
 	n.readMu.Unlock()
@@ -613,6 +644,12 @@ func (n *Node) handleRead(m *nats.Msg) {
 				refused++
 				continue
 			}
+		}
+		if n.rebuildingPartition(ring.Partition(it.Tenant, it.Key, n.eng.q)) {
+			// Its data may still be on its way from the other owners: an
+			// answer could miss a value (or a tombstone) they hold.
+			reply.Results[i].Err = errRebuilding
+			continue
 		}
 		if rerr != nil {
 			reply.Results[i].Err = rerr.Error()

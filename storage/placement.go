@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -135,6 +136,9 @@ func (n *Node) install(m *ring.Map) {
 		n.log.Error("placement map ignored: its partition count differs from the data directory's", "map_version", m.Version(), "map_partitions", m.Partitions(), "partitions", n.eng.q)
 		return
 	}
+	// Before the map is visible: a read fenced by it must already see
+	// which partitions this node rebuilds (rebuild.go).
+	n.decideRebuild(func(p uint32) bool { return slices.Contains(m.Owners(p, nil), n.cfg.NodeID) })
 	n.pmap.Store(m)
 	owned := func(p uint32) bool { return m.Owns(p, n.cfg.NodeID) }
 	if err := n.eng.forgetCursors(func(p uint32) bool { return !owned(p) }); err != nil {

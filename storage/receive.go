@@ -69,19 +69,21 @@ type rateSample struct {
 // nil when it never received any and its handoff is not done. The
 // heartbeat carries it.
 func (n *Node) TransferStatus() *subjects.TransferStatus {
+	total, done := n.rebuildStatus()
 	hd := n.handoffDone.Load()
 	s := &n.xfer
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.status == nil {
-		if hd == 0 {
+		if hd == 0 && total == 0 {
 			return nil
 		}
-		return &subjects.TransferStatus{HandoffDone: hd}
+		return &subjects.TransferStatus{HandoffDone: hd, RebuildTotal: total, RebuildDone: done, Updated: time.Now()}
 	}
 	st := *s.status
 	st.RateBytes = s.rateLocked(time.Now())
 	st.HandoffDone = hd
+	st.RebuildTotal, st.RebuildDone = total, done
 	return &st
 }
 

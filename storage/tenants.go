@@ -33,9 +33,10 @@ import (
 // tenantRFs is the node's cache of the tenants' replication factors.
 type tenantRFs struct {
 	mu        sync.Mutex
-	rf        map[string]int // nil: unknown (never loaded, or the last load failed)
-	events    uint64         // kv.v1.events.tenant messages seen
-	loadedAt  uint64         // events when the cached list was asked for
+	rf        map[string]int   // nil: unknown (never loaded, or the last load failed)
+	grace     map[string]int64 // tombstone grace (ms) per tenant, with rf (reap.go)
+	events    uint64           // kv.v1.events.tenant messages seen
+	loadedAt  uint64           // events when the cached list was asked for
 	hasLoaded bool
 }
 
@@ -59,29 +60,38 @@ type planTenants struct {
 const tenantListTimeout = 2 * time.Second
 
 // loadTenantRFs asks the coordinators for every tenant's replication
-// factor.
-func (n *Node) loadTenantRFs(ctx context.Context) (map[string]int, error) {
+// factor and tombstone grace (milliseconds; 0 from an older coordinator
+// reads as subjects.DefaultTombstoneGraceMS).
+func (n *Node) loadTenantRFs(ctx context.Context) (map[string]int, map[string]int64, error) {
 	rctx, cancel := context.WithTimeout(ctx, tenantListTimeout)
 	defer cancel()
 	msg, err := n.nc.RequestWithContext(rctx, subjects.AdminTenantList, nil)
 	if err != nil {
-		return nil, fmt.Errorf("storage: ask %s: %w", subjects.AdminTenantList, err)
+		return nil, nil, fmt.Errorf("storage: ask %s: %w", subjects.AdminTenantList, err)
 	}
 	if e := subjects.ErrorFromHeaders(msg.Header.Get); e != nil {
-		return nil, fmt.Errorf("storage: %s: %w", subjects.AdminTenantList, e)
+		return nil, nil, fmt.Errorf("storage: %s: %w", subjects.AdminTenantList, e)
 	}
 	var l subjects.TenantList
 	if err := msgpack.Unmarshal(msg.Data, &l); err != nil {
-		return nil, fmt.Errorf("storage: decode tenant list: %w", err)
+		return nil, nil, fmt.Errorf("storage: decode tenant list: %w", err)
 	}
 	rf := make(map[string]int, len(l.Tenants))
+	grace := make(map[string]int64, len(l.Tenants))
 	for _, t := range l.Tenants {
 		if subjects.ValidateTenantID(t.ID) != nil || t.ReplicationFactor < 1 {
-			return nil, fmt.Errorf("storage: tenant list names tenant %q with replication factor %d", t.ID, t.ReplicationFactor)
+			return nil, nil, fmt.Errorf("storage: tenant list names tenant %q with replication factor %d", t.ID, t.ReplicationFactor)
+		}
+		if t.TombstoneGraceMS < 0 || t.TombstoneGraceMS > subjects.MaxTombstoneGraceMS {
+			return nil, nil, fmt.Errorf("storage: tenant list names tenant %q with tombstone grace %d ms", t.ID, t.TombstoneGraceMS)
 		}
 		rf[t.ID] = t.ReplicationFactor
+		grace[t.ID] = t.TombstoneGraceMS
+		if grace[t.ID] == 0 {
+			grace[t.ID] = subjects.DefaultTombstoneGraceMS
+		}
 	}
-	return rf, nil
+	return rf, grace, nil
 }
 
 // refreshTenants reloads the cache; a failed load leaves it unknown, so
@@ -92,13 +102,16 @@ func (n *Node) refreshTenants(ctx context.Context) {
 	c.mu.Lock()
 	at := c.events
 	c.mu.Unlock()
-	rf, err := n.loadTenantRFs(ctx)
+	rf, grace, err := n.loadTenantRFs(ctx)
 	if err != nil && ctx.Err() == nil {
-		n.log.Info("tenant replication factors unknown: transfers pull every tenant", "err", err)
+		n.log.Info("tenant replication factors unknown: transfers pull every tenant, reaping waits", "err", err)
 	}
 	c.mu.Lock()
-	c.rf, c.loadedAt, c.hasLoaded = rf, at, true
+	c.rf, c.grace, c.loadedAt, c.hasLoaded = rf, grace, at, true
 	c.mu.Unlock()
+	if err == nil {
+		n.noteGraces(grace)
+	}
 }
 
 // tenantsChanged notes a kv.v1.events.tenant: the next partition the

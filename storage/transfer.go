@@ -224,6 +224,7 @@ type localWrite struct {
 	install    *ring.Map // set: install this map (placement.go), nothing else
 	drop       *dropJob  // set: drop a partition (handoff.go), nothing else
 	regen      *regenJob // set: forget a partition's cursors (receive.go), nothing else
+	reap       *reapJob  // set: conditional deletes (reap.go), nothing else
 	items      []subjects.NodeWrite
 	changed    []bool // set: applyWritesChanged fills it
 	metaKey    []byte
@@ -248,6 +249,14 @@ func (n *Node) applyLocal(j *localWrite) {
 		return
 	case j.regen != nil:
 		j.regen.err = n.eng.forgetCursors(func(p uint32) bool { return p == j.regen.p })
+		return
+	case j.reap != nil:
+		j.reap.results, j.reap.err = n.eng.reapIf(j.reap.items)
+		for i, r := range j.reap.results {
+			if r.Reaped {
+				n.reapCounts.add(ring.Partition(j.reap.items[i].Tenant, j.reap.items[i].Key, n.eng.q), 1)
+			}
+		}
 		return
 	}
 	j.results = n.eng.applyWritesChanged(j.items, j.changed)

@@ -43,6 +43,16 @@ func startXfer(tb testing.TB, s *server.Server, cfg Config, load func(e *engine)
 	if load != nil {
 		load(n.eng)
 	}
+	if n.eng.minted {
+		// A directory the test just made stands for an existing node's
+		// (with what load wrote): nothing to rebuild (rebuild.go;
+		// startFresh keeps the mark).
+		if err := n.eng.db.Delete(metaRebuild, nil); err != nil {
+			tb.Fatal(err)
+		}
+		n.rebuild.marked = false
+		n.rebuild.on.Store(false)
+	}
 	if err := n.start(natstest.Connect(tb, s)); err != nil {
 		_ = n.Stop()
 		tb.Fatalf("start %s: %v", cfg.NodeID, err)

@@ -65,6 +65,13 @@ const (
 	// KindMapBehind: a partition scan names a map version the source has
 	// not loaded yet; it reloads, and the receiver retries shortly.
 	KindMapBehind = "map_behind"
+
+	// KindRebuilding: a read item of a partition that a node whose data
+	// directory is new, wiped or stale (D7) has not pulled back from its
+	// co-owners yet. Per item, as the first word of NodeReadResult.Err;
+	// a coordinator counts it as no answer, exactly like a node that is
+	// down (503-class), never as "not found".
+	KindRebuilding = "rebuilding"
 )
 
 // NotOwnerError is the Err text of an item refused with KindNotOwner:
@@ -143,7 +150,7 @@ func KindCode(kind string) Code {
 		return CodeTooLarge
 	case KindOverloaded:
 		return CodeOverloaded
-	case KindUnavailable, KindMapBehind:
+	case KindUnavailable, KindMapBehind, KindRebuilding:
 		return CodeUnavailable
 	case KindTimeout:
 		return CodeTimeout

@@ -90,7 +90,24 @@ type Tenant struct {
 	Version      int64     `json:"version" msgpack:"version"` // optimistic lock: send it back on tenant.update
 	CreatedAt    time.Time `json:"created_at" msgpack:"created_at"`
 	UpdatedAt    time.Time `json:"updated_at" msgpack:"updated_at"`
+	// TombstoneGraceMS is how long (milliseconds) a deleted key's
+	// tombstone is kept before storage nodes may reap it
+	// (MinTombstoneGraceMS..MaxTombstoneGraceMS; DefaultTombstoneGraceMS
+	// when created without one). A replica down for longer than the
+	// smallest grace must rejoin with a wiped directory (storage does so
+	// by itself), else it could bring deleted keys back. 0 from an older
+	// coordinator means the default.
+	TombstoneGraceMS int64 `json:"tombstone_grace_ms" msgpack:"tombstone_grace_ms"`
 }
+
+// Tombstone grace limits (Tenant.TombstoneGraceMS, milliseconds): 1 s to
+// 10 years (365-day years), 7 days by default. Outside the range a
+// tenant.create or tenant.update answers 400 invalid.
+const (
+	MinTombstoneGraceMS     int64 = 1000
+	MaxTombstoneGraceMS     int64 = 10 * 365 * 24 * 3600 * 1000
+	DefaultTombstoneGraceMS int64 = 7 * 24 * 3600 * 1000
+)
 
 // Node is the admin API's record of a storage node: the answer to
 // node.register and node.drain, and an element of NodeList. Its first six
@@ -138,6 +155,12 @@ type TransferStatus struct {
 	// becomes left only once it reported a HandoffDone at least the
 	// coordinator's map version (or it is down). A decimal string in JSON.
 	HandoffDone uint64 `json:"handoff_done,string,omitempty" msgpack:"handoff_done,omitempty"`
+	// RebuildTotal and RebuildDone: a node whose data directory was new,
+	// wiped or stale (D7) rebuilds the partitions it owns from their other
+	// owners, answering reads of them `rebuilding` until each is pulled;
+	// these count them (0 and 0: no rebuild since the node started).
+	RebuildTotal int `json:"rebuild_total,omitempty" msgpack:"rebuild_total,omitempty"`
+	RebuildDone  int `json:"rebuild_done,omitempty" msgpack:"rebuild_done,omitempty"`
 }
 
 // TransferReport is the body of kv.v1.admin.node.transfer: storage node
@@ -206,8 +229,12 @@ type TenantRequest struct {
 	// 0..MaxTTLMs, 0 = values never expire (nil = 0 on create, unchanged
 	// on update).
 	DefaultTTLMs *int64 `json:"default_ttl_ms,omitempty" msgpack:"default_ttl_ms,omitempty"`
-	Version      int64  `json:"version,omitempty" msgpack:"version,omitempty"`
-	Force        bool   `json:"force,omitempty" msgpack:"force,omitempty"`
+	// TombstoneGraceMS: MinTombstoneGraceMS..MaxTombstoneGraceMS
+	// (Tenant.TombstoneGraceMS); nil = the default (create) or unchanged
+	// (update).
+	TombstoneGraceMS *int64 `json:"tombstone_grace_ms,omitempty" msgpack:"tombstone_grace_ms,omitempty"`
+	Version          int64  `json:"version,omitempty" msgpack:"version,omitempty"`
+	Force            bool   `json:"force,omitempty" msgpack:"force,omitempty"`
 }
 
 // TenantList answers kv.v1.admin.tenant.list.
@@ -664,4 +691,56 @@ type AEReply struct {
 	// Changed (push) is how many of the records changed what the node
 	// stored: each a (key, replica) repaired.
 	Changed int
+}
+
+// ReapRequest is the body of kv.node.<id>.reap (NodeOpReap): the
+// confirmation and the conditional delete of tombstone reaping (issue 15,
+// D6; docs/ARCHITECTURE.md "Reaping tombstones"). A reaping owner of
+// partition Partition sends it to every other current owner within each
+// key's tenant RF:
+//
+//   - Commit false asks what each owner holds: the answer's Held is the
+//     VersionHash (hashtree.VersionHash of the stored record bytes) of each
+//     item's key, the zero hash when the key holds nothing.
+//   - Commit true reaps: each item's key is deleted, on the node's write
+//     loop, only if the VersionHash of what it stores still equals the
+//     item's Hash (Reaped says so); a key that holds nothing answers
+//     Reaped false, Held zero.
+//
+// A node answers KindMapBehind when MapVersion is newer than its map,
+// KindNotOwner when it is not a current owner of the partition, and a 400
+// for a malformed request (a node protocol it does not accept, another
+// Partitions, a partition out of range, an item of another partition).
+type ReapRequest struct {
+	_msgpack   struct{} `msgpack:",as_array"`
+	Proto      int      // NodeProtocolVersion
+	Partitions int      // the sender's partition count Q; must equal the node's
+	Partition  uint32   // every item's partition
+	MapVersion uint64   // the sender's map version
+	Items      []ReapItem
+	Commit     bool
+}
+
+// ReapItem names one key and the version hash the reaper holds for it (a
+// tombstone dead for longer than the tenant's grace).
+type ReapItem struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Tenant   string
+	Key      string
+	Hash     [2]uint64 // hashtree.Hash of the reaper's stored record
+}
+
+// ReapReply answers ReapRequest with one result per item, in order.
+type ReapReply struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Results  []ReapResult
+}
+
+// ReapResult is one key's outcome: the version hash the node holds (zero:
+// nothing; with Commit, what it held before the delete) and whether it
+// deleted the key.
+type ReapResult struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Held     [2]uint64
+	Reaped   bool
 }

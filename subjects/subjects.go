@@ -151,6 +151,7 @@ const (
 	NodeOpDump  = "dump"  // DumpRequest → DumpReply (operators, repair checks)
 	NodeOpScan  = "scan"  // PartitionScan → PartitionScanReply (partition transfer)
 	NodeOpAE    = "ae"    // AERequest → AEReply (anti-entropy exchange between storage nodes)
+	NodeOpReap  = "reap"  // ReapRequest → ReapReply (tombstone reaping: confirm, then delete if unchanged)
 )
 
 // StorageNode returns the subject of op on storage node nodeID.

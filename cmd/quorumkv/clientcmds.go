@@ -278,9 +278,10 @@ func printTenants(asJSON bool, ts ...subjects.Tenant) error {
 		return printJSON(subjects.TenantList{Tenants: ts})
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "TENANT\tRF\tCONSISTENCY\tPOLICY\tVERSION\tUPDATED\tDEFAULT TTL")
+	fmt.Fprintln(w, "TENANT\tRF\tCONSISTENCY\tPOLICY\tVERSION\tUPDATED\tDEFAULT TTL\tTOMBSTONE GRACE")
 	for _, t := range ts {
-		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%d\t%s\t%s\n", t.ID, t.ReplicationFactor, t.DefaultConsistency, t.ConflictPolicy, t.Version, t.UpdatedAt.Format(time.RFC3339), fmtTTL(t.DefaultTTLMs))
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%d\t%s\t%s\t%s\n", t.ID, t.ReplicationFactor, t.DefaultConsistency, t.ConflictPolicy, t.Version, t.UpdatedAt.Format(time.RFC3339), fmtTTL(t.DefaultTTLMs),
+			formatGrace(t.TombstoneGraceMS))
 	}
 	return w.Flush()
 }
@@ -301,11 +302,19 @@ func runTenant(args []string) error {
 	force := fs.Bool("force", false, "delete even if the tenant still holds data")
 	var defTTL ttlValue
 	fs.Var(&defTTL, "default-ttl", "time to live of values put without --ttl (10m, 2h, 7d; at most 10 years); 0 = they never expire (create default 0)")
+	grace := fs.String("tombstone-grace", "", "how long deleted keys' tombstones are kept before they are reaped, 1s..10 years, as 7d, 36h or 90m (create default 7d)")
 	pos, err := parse(fs, args[1:])
 	if err != nil {
 		return err
 	}
 	spec := client.TenantSpec{}
+	if *grace != "" {
+		d, err := parseGrace(*grace)
+		if err != nil {
+			return usagef("--tombstone-grace: %v", err)
+		}
+		spec.TombstoneGrace = &d
+	}
 	if *rf != 0 {
 		spec.ReplicationFactor = rf
 	}
@@ -392,4 +401,32 @@ func replicas(n int) string {
 		return "1 replica"
 	}
 	return fmt.Sprintf("%d replicas", n)
+}
+
+// parseGrace reads a tombstone grace: a whole number of days ("7d") or a
+// Go duration ("36h", "90m", "1h30m"). The range is the coordinators'
+// to check (400 outside 1s..10 years).
+func parseGrace(s string) (time.Duration, error) {
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.ParseInt(days, 10, 64)
+		if err != nil || n < 0 || n > 100*365 {
+			return 0, fmt.Errorf("%q is not a number of days (like 7d)", s)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("%q is neither days (7d) nor a duration (36h, 90m)", s)
+	}
+	return d, nil
+}
+
+// formatGrace prints a grace in milliseconds as days when whole, else as
+// a Go duration.
+func formatGrace(ms int64) string {
+	d := time.Duration(ms) * time.Millisecond
+	if day := 24 * time.Hour; d >= day && d%day == 0 {
+		return fmt.Sprintf("%dd", d/day)
+	}
+	return d.String()
 }

@@ -72,6 +72,10 @@ func TestCLIExitCodes(t *testing.T) {
 		{[]string{"tenant", "create", "default"}, exitConflict},
 		{[]string{"tenant", "list"}, exitOK},
 		{[]string{"tenant", "get", "--json", "default"}, exitOK},
+		{[]string{"tenant", "create", "--tombstone-grace", "2d", "graced"}, exitOK},
+		{[]string{"tenant", "update", "--tombstone-grace", "90m", "graced"}, exitOK},
+		{[]string{"tenant", "create", "--tombstone-grace", "500ms", "tooshort"}, exitUsage},
+		{[]string{"tenant", "create", "--tombstone-grace", "soon", "bad"}, exitUsage},
 		{[]string{"node", "list"}, exitOK},
 		{[]string{"status"}, exitOK},
 		{[]string{"status", "--json"}, exitOK},
@@ -86,6 +90,14 @@ func TestCLIExitCodes(t *testing.T) {
 		if got := run(tc.args); got != tc.want {
 			t.Errorf("quorumkv %q: exit %d, want %d", tc.args, got, tc.want)
 		}
+	}
+	gnc, err := nats.Connect(c.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gnc.Close()
+	if g, err := client.NewAdmin(gnc).GetTenant(ctx, "graced"); err != nil || g.TombstoneGraceMS != 90*60*1000 {
+		t.Errorf("tenant graced after update --tombstone-grace 90m: %+v %v", g, err)
 	}
 	if err := c.StopNode("node-1"); err != nil {
 		t.Fatal(err)
@@ -206,5 +218,24 @@ func TestStorageMoveFlags(t *testing.T) {
 				t.Fatalf("got %v, want an error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestParseGrace(t *testing.T) {
+	for in, want := range map[string]time.Duration{"7d": 7 * 24 * time.Hour, "36h": 36 * time.Hour, "90m": 90 * time.Minute, "1s": time.Second} {
+		if got, err := parseGrace(in); err != nil || got != want {
+			t.Errorf("parseGrace(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "d", "-1d", "7 d", "1.5d", "week"} {
+		if _, err := parseGrace(in); err == nil {
+			t.Errorf("parseGrace(%q) accepted", in)
+		}
+	}
+	if got := formatGrace(7 * 24 * 3600 * 1000); got != "7d" {
+		t.Errorf("formatGrace(7 days) = %q", got)
+	}
+	if got := formatGrace(90 * 60 * 1000); got != "1h30m0s" {
+		t.Errorf("formatGrace(90 minutes) = %q", got)
 	}
 }

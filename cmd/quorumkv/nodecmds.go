@@ -196,6 +196,9 @@ func printNodes(asJSON bool, ns ...subjects.Node) error {
 // transferColumn is node list's TRANSFER: "done/total  bytes  rate", or
 // "-" when the node receives nothing.
 func transferColumn(t *subjects.TransferStatus) string {
+	if t != nil && t.RebuildTotal > 0 && t.RebuildDone < t.RebuildTotal {
+		return fmt.Sprintf("rebuilding %d/%d  %s", t.RebuildDone, t.RebuildTotal, byteSize(float64(t.Bytes)))
+	}
 	if t == nil || t.PartitionsTotal == 0 {
 		return "-"
 	}

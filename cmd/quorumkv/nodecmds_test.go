@@ -308,3 +308,21 @@ func TestAELine(t *testing.T) {
 		}
 	}
 }
+
+// TestTransferColumnShowsRebuild: node list's TRANSFER column says a node
+// is rebuilding, with its progress, until the rebuild is done.
+func TestTransferColumnShowsRebuild(t *testing.T) {
+	for _, tc := range []struct {
+		st   *subjects.TransferStatus
+		want string
+	}{
+		{nil, "-"},
+		{&subjects.TransferStatus{RebuildTotal: 16, RebuildDone: 5, Bytes: 2048}, "rebuilding 5/16  2.0 KiB"},
+		{&subjects.TransferStatus{RebuildTotal: 16, RebuildDone: 16}, "-"},
+		{&subjects.TransferStatus{PartitionsDone: 1, PartitionsTotal: 4, RebuildTotal: 16, RebuildDone: 16}, "1/4  0 B  0 B/s"},
+	} {
+		if got := transferColumn(tc.st); got != tc.want {
+			t.Errorf("transferColumn(%+v) = %q, want %q", tc.st, got, tc.want)
+		}
+	}
+}

@@ -66,6 +66,9 @@ type Config struct {
 	// it receives partitions (0: storage.DefaultTransferRate;
 	// storage.Unlimited for no cap), as storage --transfer-rate does.
 	TransferRate int64
+	// ReapInterval is how often each storage node runs a tombstone
+	// reaping pass (0: storage.DefaultConfig's); tests shorten it.
+	ReapInterval time.Duration
 }
 
 // DefaultConfig is the deployment `quorumkv dev` runs: three storage nodes
@@ -329,7 +332,8 @@ func (c *Cluster) StartNode(id string) error {
 	if _, running := c.nodes[id]; running {
 		return fmt.Errorf("storage node %s is already running", id)
 	}
-	scfg := storage.Config{NodeID: id, DataDir: c.NodeDir(id), Fsync: c.cfg.Fsync, TransferRate: c.cfg.TransferRate, Logger: c.log}
+	scfg := storage.Config{NodeID: id, DataDir: c.NodeDir(id), Fsync: c.cfg.Fsync, TransferRate: c.cfg.TransferRate, Logger: c.log,
+		ReapInterval: c.cfg.ReapInterval}
 	if c.cfg.Metrics != nil {
 		scfg.Metrics = prometheus.WrapRegistererWith(prometheus.Labels{"node": id}, c.cfg.Metrics)
 	}

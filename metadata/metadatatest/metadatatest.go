@@ -133,7 +133,8 @@ func sameTenant(t *testing.T, what string, got, want metadata.Tenant) {
 	t.Helper()
 	if got.ID != want.ID || got.ReplicationFactor != want.ReplicationFactor ||
 		got.DefaultConsistency != want.DefaultConsistency || got.ConflictPolicy != want.ConflictPolicy ||
-		got.DefaultTTLMs != want.DefaultTTLMs || got.Version != want.Version || !got.CreatedAt.Equal(want.CreatedAt) || !got.UpdatedAt.Equal(want.UpdatedAt) {
+		got.DefaultTTLMs != want.DefaultTTLMs || got.Version != want.Version || !got.CreatedAt.Equal(want.CreatedAt) || !got.UpdatedAt.Equal(want.UpdatedAt) ||
+		got.TombstoneGraceMS != want.TombstoneGraceMS {
 		t.Errorf("%s:\n got %+v\nwant %+v", what, got, want)
 	}
 }
@@ -154,6 +155,7 @@ func testCreateGetTenant(t *testing.T, s metadata.Store) {
 		ReplicationFactor:  5,
 		DefaultConsistency: "all",
 		ConflictPolicy:     "siblings",
+		TombstoneGraceMS:   3_600_000,
 		// The store must ignore these.
 		Version:   42,
 		CreatedAt: time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC),
@@ -164,8 +166,13 @@ func testCreateGetTenant(t *testing.T, s metadata.Store) {
 	if err != nil {
 		t.Fatalf("CreateTenant: %v", err)
 	}
-	if got.ID != in.ID || got.ReplicationFactor != 5 || got.DefaultConsistency != "all" || got.ConflictPolicy != "siblings" {
+	if got.ID != in.ID || got.ReplicationFactor != 5 || got.DefaultConsistency != "all" || got.ConflictPolicy != "siblings" ||
+		got.TombstoneGraceMS != 3_600_000 {
 		t.Errorf("CreateTenant returned %+v, want the input's fields", got)
+	}
+	// Created without a grace: the default.
+	if d := mustCreateTenant(t, s, newTenant("nograce")); d.TombstoneGraceMS != metadata.DefaultTombstoneGraceMS {
+		t.Errorf("CreateTenant without a grace: TombstoneGraceMS = %d, want the default %d", d.TombstoneGraceMS, metadata.DefaultTombstoneGraceMS)
 	}
 	if got.Version != 1 {
 		t.Errorf("CreateTenant Version = %d, want 1", got.Version)
@@ -302,6 +309,7 @@ func testUpdateTenant(t *testing.T, s metadata.Store) {
 	in.ReplicationFactor = 5
 	in.DefaultConsistency = "one"
 	in.ConflictPolicy = "siblings"
+	in.TombstoneGraceMS = 1000
 	in.CreatedAt = time.Date(1999, 1, 1, 0, 0, 0, 0, time.UTC) // must be ignored
 	check := window()
 	got, err := s.UpdateTenant(ctx, in)
@@ -311,7 +319,7 @@ func testUpdateTenant(t *testing.T, s metadata.Store) {
 	if got.Version != 2 {
 		t.Errorf("Version = %d, want 2", got.Version)
 	}
-	if got.ReplicationFactor != 5 || got.DefaultConsistency != "one" || got.ConflictPolicy != "siblings" {
+	if got.ReplicationFactor != 5 || got.DefaultConsistency != "one" || got.ConflictPolicy != "siblings" || got.TombstoneGraceMS != 1000 {
 		t.Errorf("UpdateTenant returned %+v, want the new settings", got)
 	}
 	if !got.CreatedAt.Equal(created.CreatedAt) {

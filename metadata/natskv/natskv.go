@@ -243,6 +243,7 @@ func (s *Store) Close() error { return nil }
 func (s *Store) CreateTenant(ctx context.Context, t metadata.Tenant) (metadata.Tenant, error) {
 	now := metadata.Now()
 	t.Version, t.CreatedAt, t.UpdatedAt = 1, now, now
+	t.TombstoneGraceMS = graceOrDefault(t.TombstoneGraceMS)
 	data, err := json.Marshal(t)
 	if err != nil {
 		return metadata.Tenant{}, fmt.Errorf("metadata/natskv: create tenant %q: encode: %w", t.ID, err)
@@ -271,7 +272,17 @@ func (s *Store) GetTenant(ctx context.Context, id string) (metadata.Tenant, erro
 func (s *Store) getTenant(ctx context.Context, id string) (metadata.Tenant, uint64, error) {
 	var t metadata.Tenant
 	rev, err := get(ctx, s.tenants, id, &t)
+	t.TombstoneGraceMS = graceOrDefault(t.TombstoneGraceMS)
 	return t, rev, err
+}
+
+// graceOrDefault reads a record stored without a tombstone grace (before
+// it existed) as the default grace.
+func graceOrDefault(ms int64) int64 {
+	if ms == 0 {
+		return metadata.DefaultTombstoneGraceMS
+	}
+	return ms
 }
 
 // ListTenants implements metadata.Store.
@@ -282,6 +293,7 @@ func (s *Store) ListTenants(ctx context.Context) ([]metadata.Tenant, error) {
 		if err := json.Unmarshal(data, &t); err != nil {
 			return err
 		}
+		t.TombstoneGraceMS = graceOrDefault(t.TombstoneGraceMS)
 		out = append(out, t)
 		return nil
 	})
@@ -310,6 +322,7 @@ func (s *Store) UpdateTenant(ctx context.Context, t metadata.Tenant) (metadata.T
 	cur.DefaultConsistency = t.DefaultConsistency
 	cur.ConflictPolicy = t.ConflictPolicy
 	cur.DefaultTTLMs = t.DefaultTTLMs
+	cur.TombstoneGraceMS = graceOrDefault(t.TombstoneGraceMS)
 	cur.Version++
 	cur.UpdatedAt = metadata.Now()
 	data, err := json.Marshal(cur)

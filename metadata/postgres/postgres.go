@@ -167,12 +167,12 @@ func (s *Store) Close() error {
 	return nil
 }
 
-const tenantColumns = `tenant_id, replication_factor, default_consistency, conflict_policy, version, created_at, updated_at, default_ttl_ms`
+const tenantColumns = `tenant_id, replication_factor, default_consistency, conflict_policy, version, created_at, updated_at, default_ttl_ms, tombstone_grace_ms`
 
 func scanTenant(row pgx.Row) (metadata.Tenant, error) {
 	var t metadata.Tenant
 	err := row.Scan(&t.ID, &t.ReplicationFactor, &t.DefaultConsistency, &t.ConflictPolicy,
-		&t.Version, &t.CreatedAt, &t.UpdatedAt, &t.DefaultTTLMs)
+		&t.Version, &t.CreatedAt, &t.UpdatedAt, &t.DefaultTTLMs, &t.TombstoneGraceMS)
 	t.CreatedAt, t.UpdatedAt = t.CreatedAt.UTC(), t.UpdatedAt.UTC()
 	return t, err
 }
@@ -185,10 +185,10 @@ func (s *Store) CreateTenant(ctx context.Context, t metadata.Tenant) (metadata.T
 	now := metadata.Now()
 	got, err := scanTenant(s.pool.QueryRow(ctx, `
 		INSERT INTO tenants (`+tenantColumns+`)
-		VALUES ($1, $2, $3, $4, 1, $5, $5, $6)
+		VALUES ($1, $2, $3, $4, 1, $5, $5, $6, $7)
 		ON CONFLICT (tenant_id) DO NOTHING
 		RETURNING `+tenantColumns,
-		t.ID, t.ReplicationFactor, t.DefaultConsistency, t.ConflictPolicy, now, t.DefaultTTLMs))
+		t.ID, t.ReplicationFactor, t.DefaultConsistency, t.ConflictPolicy, now, t.DefaultTTLMs, graceOrDefault(t.TombstoneGraceMS)))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return metadata.Tenant{}, fmt.Errorf("metadata/postgres: %s: %w", op, metadata.ErrExists)
 	}
@@ -235,10 +235,10 @@ func (s *Store) UpdateTenant(ctx context.Context, t metadata.Tenant) (metadata.T
 	got, err := scanTenant(s.pool.QueryRow(ctx, `
 		UPDATE tenants
 		SET replication_factor = $3, default_consistency = $4, conflict_policy = $5,
-		    default_ttl_ms = $7, version = version + 1, updated_at = $6
+		    default_ttl_ms = $7, version = version + 1, updated_at = $6, tombstone_grace_ms = $8
 		WHERE tenant_id = $1 AND version = $2
 		RETURNING `+tenantColumns,
-		t.ID, t.Version, t.ReplicationFactor, t.DefaultConsistency, t.ConflictPolicy, metadata.Now(), t.DefaultTTLMs))
+		t.ID, t.Version, t.ReplicationFactor, t.DefaultConsistency, t.ConflictPolicy, metadata.Now(), t.DefaultTTLMs, graceOrDefault(t.TombstoneGraceMS)))
 	if err == nil {
 		return got, nil
 	}
@@ -253,6 +253,15 @@ func (s *Store) UpdateTenant(ctx context.Context, t metadata.Tenant) (metadata.T
 	}
 	return metadata.Tenant{}, fmt.Errorf("metadata/postgres: %s: have version %d, stored %d: %w",
 		op, t.Version, stored, metadata.ErrStale)
+}
+
+// graceOrDefault stores 0 (a caller that never set the grace) as the
+// default grace, as the column's default does for older rows.
+func graceOrDefault(ms int64) int64 {
+	if ms == 0 {
+		return metadata.DefaultTombstoneGraceMS
+	}
+	return ms
 }
 
 // DeleteTenant implements metadata.Store. It returns an error wrapping

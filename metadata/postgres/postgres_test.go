@@ -61,6 +61,8 @@ func TestSchemaRejects(t *testing.T) {
 		{ID: "ok", ReplicationFactor: 3, DefaultConsistency: "one", ConflictPolicy: "crdt"},
 		{ID: "ok", ReplicationFactor: 3, DefaultConsistency: "one", ConflictPolicy: "lww", DefaultTTLMs: -1},
 		{ID: "ok", ReplicationFactor: 3, DefaultConsistency: "one", ConflictPolicy: "lww", DefaultTTLMs: 315_360_000_001},
+		{ID: "ok", ReplicationFactor: 3, DefaultConsistency: "one", ConflictPolicy: "lww", TombstoneGraceMS: 999},
+		{ID: "ok", ReplicationFactor: 3, DefaultConsistency: "one", ConflictPolicy: "lww", TombstoneGraceMS: 315360000001},
 	} {
 		_, err := s.CreateTenant(ctx, tn)
 		if err == nil {

@@ -1,0 +1,298 @@
+package storage
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/quorumkv/quorumkv/internal/natstest"
+	"github.com/quorumkv/quorumkv/internal/wire"
+	"github.com/quorumkv/quorumkv/ring"
+	"github.com/quorumkv/quorumkv/subjects"
+	"github.com/quorumkv/quorumkv/vclock"
+)
+
+// Tests of stale and rebuilt replicas (rebuild.go, issue 15 D7).
+
+// switchedTenants serves the tenant list while on is set, and answers
+// 503 otherwise (the node then knows no tenant list).
+func (f *fakeCoord) switchedTenants(tb testing.TB, on *atomic.Bool, ts ...subjects.Tenant) {
+	tb.Helper()
+	data, err := msgpack.Marshal(&subjects.TenantList{Tenants: ts})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := f.nc.Subscribe(subjects.AdminTenantList, func(m *nats.Msg) {
+		if !on.Load() {
+			e := subjects.Errorf(subjects.KindUnavailable, "tenant list switched off")
+			_ = m.RespondMsg(&nats.Msg{Subject: m.Reply, Header: e.Headers()})
+			return
+		}
+		_ = m.Respond(data)
+	}); err != nil {
+		tb.Fatal(err)
+	}
+	if err := f.nc.Flush(); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// startFresh serves node cfg like startXfer but keeps the rebuild mark of
+// a new directory: the node stands for a replaced disk.
+func startFresh(tb testing.TB, s *server.Server, cfg Config) *Node {
+	tb.Helper()
+	cfg.Partitions, cfg.Logger = xferQ, quiet()
+	n, err := Open(cfg)
+	if err != nil {
+		tb.Fatalf("open %s: %v", cfg.NodeID, err)
+	}
+	if err := n.start(natstest.Connect(tb, s)); err != nil {
+		_ = n.Stop()
+		tb.Fatalf("start %s: %v", cfg.NodeID, err)
+	}
+	tb.Cleanup(func() { _ = n.Stop() })
+	return n
+}
+
+// rebuildKeys writes n lww keys of tenant "t" in every partition to each
+// node, and returns them.
+func rebuildKeys(t *testing.T, n int, nodes ...*Node) []string {
+	t.Helper()
+	var keys []string
+	var ws []subjects.NodeWrite
+	for p := range uint32(xferQ) {
+		for _, k := range keysIn("t", p, xferQ, n) {
+			keys = append(keys, k)
+			ws = append(ws, subjects.NodeWrite{Tenant: "t", Key: k, LWW: version(vclock.CounterAt(time.Now()), "c1", "v-"+k)})
+		}
+	}
+	writeAll(t, ws, nodes...)
+	return keys
+}
+
+// tryRead is rawRead for a goroutine other than the test's: it returns
+// the failure instead of failing the test.
+func tryRead(nc *nats.Conn, node string, mv uint64, tenant, key string) (subjects.NodeReadResult, error) {
+	data, err := msgpack.Marshal(&subjects.NodeReadBatch{Proto: subjects.NodeProtocolVersion, MapVersion: mv,
+		Items: []subjects.NodeRead{{ID: 1, Tenant: tenant, Key: key}}})
+	if err != nil {
+		return subjects.NodeReadResult{}, err
+	}
+	msg, err := nc.Request(subjects.StorageNode(node, subjects.NodeOpRead), data, 5*time.Second)
+	if err != nil {
+		return subjects.NodeReadResult{}, err
+	}
+	if e := subjects.ErrorFromHeaders(msg.Header.Get); e != nil {
+		return subjects.NodeReadResult{}, e
+	}
+	var rep subjects.NodeReadReply
+	if err := wire.UnmarshalNodeReadReply(msg.Data, &rep); err != nil || len(rep.Results) != 1 {
+		return subjects.NodeReadResult{}, fmt.Errorf("read reply %+v: %v", rep, err)
+	}
+	return rep.Results[0], nil
+}
+
+// readWatch reads keys from node at map version mv in a loop until stop
+// closes, and records every answer that is neither `rebuilding` nor the
+// key's value: a rebuilding replica must never answer what it lacks.
+func readWatch(t *testing.T, nc *nats.Conn, node string, mv uint64, keys []string, stop chan struct{}) (wait func() (answered, refused int, wrong []string)) {
+	var (
+		wg              sync.WaitGroup
+		mu              sync.Mutex
+		answer, refusal int
+		bad             []string
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			k := keys[i%len(keys)]
+			r, err := tryRead(nc, node, mv, "t", k)
+			mu.Lock()
+			if err != nil {
+				bad = append(bad, k+": "+err.Error())
+				mu.Unlock()
+				continue
+			}
+			switch {
+			case strings.HasPrefix(r.Err, subjects.KindRebuilding+": "):
+				refusal++
+			case r.Err == "" && r.LWW != nil && string(r.LWW.Value) == "v-"+k:
+				answer++
+			default:
+				bad = append(bad, fmt.Sprintf("%s (partition %d, value %+v): %s", k, ring.Partition("t", k, xferQ), r.LWW, r.Err))
+			}
+			mu.Unlock()
+		}
+	}()
+	return func() (int, int, []string) {
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		return answer, refusal, bad
+	}
+}
+
+// TestRebuildFreshDirectory: node c comes back with a new, empty
+// directory while the map still names it an owner of every partition. It
+// answers reads `rebuilding` (and never "not found") until it pulled every
+// partition from the other owners, then serves them; its status shows the
+// progress, and a restart after the rebuild does not rebuild again.
+func TestRebuildFreshDirectory(t *testing.T) {
+	s := natstest.RunServer(t)
+	f := newFakeCoord(t, s, claim(t, nil, "a", "b", "c"), false)
+	var on atomic.Bool
+	f.switchedTenants(t, &on, subjects.Tenant{ID: "t", ReplicationFactor: 3, TombstoneGraceMS: 3_600_000})
+	cfg := func(id, dir string) Config {
+		return Config{NodeID: id, DataDir: dir, Heartbeat: 100 * time.Millisecond, MapPoll: 200 * time.Millisecond, ReapInterval: time.Hour}
+	}
+	a, b := startXfer(t, s, cfg("a", t.TempDir()), nil), startXfer(t, s, cfg("b", t.TempDir()), nil)
+	keys := rebuildKeys(t, 5, a, b)
+	cc := cfg("c", t.TempDir())
+	c := startFresh(t, s, cc)
+	waitFor(t, 5*time.Second, "c to load the map", func() bool { return c.Map() != nil })
+	mv := c.Map().Version()
+	// No tenant list: the rebuild cannot start, every read is refused.
+	for _, k := range keys[:20] {
+		if r := rawRead(t, f.nc, "c", subjects.NodeProtocolVersion, mv, "t", k); !strings.HasPrefix(r.Err, subjects.KindRebuilding+": ") {
+			t.Fatalf("c answered a read of %q before rebuilding: %+v", k, r)
+		}
+	}
+	if st := c.TransferStatus(); st == nil || st.RebuildTotal != xferQ || st.RebuildDone != 0 {
+		t.Fatalf("status before the rebuild: %+v", st)
+	}
+	stop := make(chan struct{})
+	wait := readWatch(t, f.nc, "c", mv, keys, stop)
+	on.Store(true)
+	waitFor(t, 20*time.Second, "c to rebuild", func() bool {
+		st := c.TransferStatus()
+		return st != nil && st.RebuildDone == xferQ
+	})
+	time.Sleep(50 * time.Millisecond) // reads after the rebuild too
+	close(stop)
+	answered, refused, wrong := wait()
+	if len(wrong) > 0 {
+		t.Fatalf("c answered %d reads with neither the value nor rebuilding, e.g. %s", len(wrong), wrong[0])
+	}
+	t.Logf("during the rebuild: %d reads refused, %d answered", refused, answered)
+	for _, k := range keys {
+		if r := rawRead(t, f.nc, "c", subjects.NodeProtocolVersion, mv, "t", k); r.Err != "" || r.LWW == nil || string(r.LWW.Value) != "v-"+k {
+			t.Fatalf("c after its rebuild, key %q: %+v", k, r)
+		}
+	}
+	waitFor(t, 5*time.Second, "the rebuild mark to be cleared", func() bool {
+		v, err := c.eng.getMeta(metaRebuild)
+		return err == nil && v == nil
+	})
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	on.Store(false)
+	c = startFresh(t, s, cc)
+	waitFor(t, 5*time.Second, "c to load the map", func() bool { return c.Map() != nil })
+	if r := rawRead(t, f.nc, "c", subjects.NodeProtocolVersion, mv, "t", keys[0]); r.Err != "" || r.LWW == nil {
+		t.Fatalf("c restarted after its rebuild refuses or lacks %q: %+v", keys[0], r)
+	}
+}
+
+// TestStaleDirectoryIsWiped: c learns a 1 s grace, is stopped for longer
+// than that, and comes back: its directory is stale, so it wipes it (a key
+// only it held is gone, its epoch changes), rebuilds every partition from
+// a and b, and never answers a read before it holds the data.
+func TestStaleDirectoryIsWiped(t *testing.T) {
+	s := natstest.RunServer(t)
+	f := newFakeCoord(t, s, claim(t, nil, "a", "b", "c"), false)
+	var on atomic.Bool
+	on.Store(true)
+	f.switchedTenants(t, &on, subjects.Tenant{ID: "t", ReplicationFactor: 3, TombstoneGraceMS: 1000})
+	cfg := func(id, dir string) Config {
+		return Config{NodeID: id, DataDir: dir, Heartbeat: 100 * time.Millisecond, MapPoll: 200 * time.Millisecond, ReapInterval: 100 * time.Millisecond}
+	}
+	cc := cfg("c", t.TempDir())
+	a, b, c := startXfer(t, s, cfg("a", t.TempDir()), nil), startXfer(t, s, cfg("b", t.TempDir()), nil), startXfer(t, s, cc, nil)
+	keys := rebuildKeys(t, 5, a, b, c)
+	ghost := keysIn("t", xferPart, xferQ, 100)[99]
+	writeAll(t, []subjects.NodeWrite{{Tenant: "t", Key: ghost, LWW: version(vclock.CounterAt(time.Now()), "c1", "deleted elsewhere")}}, c)
+	waitFor(t, 5*time.Second, "c to learn the 1 s grace", func() bool {
+		v, ok, err := c.eng.readMetaInt(metaGraceFloor)
+		return err == nil && ok && v == 1000
+	})
+	epoch := c.Epoch()
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	on.Store(false) // hold the rebuild back until reads were checked
+	c = startFresh(t, s, cc)
+	if c.Epoch() == epoch {
+		t.Fatal("a stale directory kept its epoch")
+	}
+	if rec, err := c.eng.read("t", ghost); err != nil || rec.LWW != nil {
+		t.Fatalf("the stale directory was not wiped: %+v %v", rec, err)
+	}
+	waitFor(t, 5*time.Second, "c to load the map", func() bool { return c.Map() != nil })
+	mv := c.Map().Version()
+	stop := make(chan struct{})
+	wait := readWatch(t, f.nc, "c", mv, keys, stop)
+	time.Sleep(100 * time.Millisecond)
+	on.Store(true)
+	waitFor(t, 20*time.Second, "c to rebuild", func() bool {
+		st := c.TransferStatus()
+		return st != nil && st.RebuildTotal == xferQ && st.RebuildDone == xferQ
+	})
+	close(stop)
+	answered, refused, wrong := wait()
+	if len(wrong) > 0 {
+		t.Fatalf("c answered %d reads with neither the value nor rebuilding, e.g. %s", len(wrong), wrong[0])
+	}
+	if refused == 0 {
+		t.Fatal("c answered no read rebuilding before its tenant list came")
+	}
+	t.Logf("during the rebuild: %d reads refused, %d answered", refused, answered)
+	for _, k := range keys {
+		if rec, err := c.eng.read("t", k); err != nil || rec.LWW == nil || string(rec.LWW.Value) != "v-"+k {
+			t.Fatalf("c lacks %q after its rebuild: %+v %v", k, rec, err)
+		}
+	}
+	if rec, err := c.eng.read("t", ghost); err != nil || rec.LWW != nil {
+		t.Fatalf("a key only the stale directory held came back: %+v %v", rec, err)
+	}
+}
+
+// TestCleanStopRecordsAlive: a clean stop records lastAlive, so that a
+// node restarted within the grace after running longer than aliveEvery
+// is not stale.
+func TestCleanStopRecordsAlive(t *testing.T) {
+	dir := t.TempDir()
+	n := open(t, "a", dir)
+	if err := n.eng.setMetaInt(metaLastAlive, time.Now().Add(-time.Hour).UnixMilli(), nil); err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now()
+	if err := n.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	// Read it as stored (Open would record a new one).
+	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{quiet()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	e := &engine{db: db}
+	if v, ok, err := e.readMetaInt(metaLastAlive); err != nil || !ok || v < before.UnixMilli() {
+		t.Fatalf("lastAlive after a clean stop: %v %v %v, want at least %v", time.UnixMilli(v), ok, err, before)
+	}
+}
