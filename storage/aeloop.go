@@ -34,6 +34,12 @@ func (n *Node) aeLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		n.aePass(ctx)
+		if n.cfg.ReapInterval == 0 && ctx.Err() == nil {
+			// Reaping follows the pass that just compared every owned
+			// partition with its other owners (reap.go confirms with
+			// each owner again before it deletes anything).
+			n.reapPass(ctx)
+		}
 	}
 }
 

@@ -90,8 +90,10 @@ type Config struct {
 	// AntiEntropyRate caps the bytes per second anti-entropy scans,
 	// fetches and sends (DefaultAntiEntropyRate); Unlimited for no cap.
 	AntiEntropyRate int64
-	// ReapInterval is how often the node runs a tombstone reaping pass
-	// over the partitions it owns (reap.go; 5m).
+	// ReapInterval, when set, runs tombstone and expiry reaping (reap.go)
+	// on its own schedule (tests). 0, the default: a reaping pass follows
+	// every anti-entropy pass, so with anti-entropy off nothing is reaped
+	// and tombstones are kept.
 	ReapInterval time.Duration
 }
 
@@ -117,7 +119,6 @@ func DefaultConfig() Config {
 
 		AntiEntropyInterval: DefaultAntiEntropyInterval,
 		AntiEntropyRate:     DefaultAntiEntropyRate,
-		ReapInterval:        5 * time.Minute,
 	}
 }
 
@@ -144,7 +145,6 @@ func (c *Config) validate() (err error) {
 		settings.Default("storage: handoff grace", &c.HandoffGrace, d.HandoffGrace),
 		settings.Default("storage: map wait", &c.MapWait, d.MapWait),
 		settings.Default("storage: map poll", &c.MapPoll, d.MapPoll),
-		settings.Default("storage: reap interval", &c.ReapInterval, d.ReapInterval),
 	} {
 		if err != nil {
 			return err
@@ -383,18 +383,21 @@ func (n *Node) start(nc *nats.Conn) error {
 		return fmt.Errorf("storage: flush subscriptions: %w", err)
 	}
 
-	n.wg.Add(8)
+	n.wg.Add(7)
 	go func() { defer n.wg.Done(); n.writeLoop(ctx, writes) }()
 	go func() { defer n.wg.Done(); n.registerLoop(ctx, nc) }()
 	go func() { defer n.wg.Done(); n.mapLoop(ctx) }()
 	go func() { defer n.wg.Done(); n.transferLoop(ctx) }()
 	go func() { defer n.wg.Done(); n.handoffLoop(ctx) }()
-	go func() { defer n.wg.Done(); n.reapLoop(ctx) }()
 	go func() { defer n.wg.Done(); n.aliveLoop(ctx) }()
 	go func() { defer n.wg.Done(); n.rebuildLoop(ctx) }()
 	if n.cfg.AntiEntropyInterval > 0 {
 		n.wg.Add(1)
 		go func() { defer n.wg.Done(); n.aeLoop(ctx) }()
+	}
+	if n.cfg.ReapInterval > 0 {
+		n.wg.Add(1)
+		go func() { defer n.wg.Done(); n.reapLoop(ctx) }()
 	}
 	n.log.Info("storage node serving", "data", n.cfg.DataDir, "epoch", n.eng.epoch, "fsync", n.cfg.Fsync)
 	return nil

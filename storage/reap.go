@@ -58,25 +58,60 @@ const reapBatch = 512
 // reapTimeout bounds one ReapRequest round trip.
 const reapTimeout = 5 * time.Second
 
-// deadSince reports whether rec is dead (nothing a read returns) and since
-// when (Unix ms by the clock that wrote it): an lww tombstone died at the
-// wall-clock part of its hybrid-clock counter (Dot.Counter >> 16).
-// A siblings record is never dead here.
+// deadSince reports whether rec is dead at nowMs (nothing a read returns,
+// and nothing that will come back on its own) and since when (Unix ms, by
+// the clock that wrote it), with the kind the metrics count it under:
 //
-// TODO(D5): siblings tombstones and expired values become reapable with
-// vclock's DeadSince (Version.DeadSince, DVVSet.DeadSince), which knows
-// Expires; the lead wires it in when D5 is merged.
-func deadSince(rec *record) (ms int64, dead bool) {
-	if rec.LWW == nil || !rec.LWW.Tombstone || rec.LWW.Dot.IsZero() {
-		return 0, false
+//   - an lww tombstone died at its Expires (the wall time of its delete),
+//     or, written before Expires existed, at the wall-clock part of its
+//     hybrid-clock counter (vclock.Version.DeadSince);
+//   - an lww value with an Expires died at it, once nowMs reached it;
+//   - a siblings record is dead when every sibling is a tombstone or an
+//     expired value, since the latest of their Expires. One whose siblings
+//     include a tombstone without a time (written before node protocol 3)
+//     is never reaped: its age is unknown, and reaping it early would let a
+//     late write its history covered come back.
+func deadSince(rec *record, nowMs int64) (ms int64, kind string, dead bool) {
+	switch {
+	case rec.LWW != nil:
+		ms, dead := rec.LWW.DeadSince()
+		if !dead || ms > nowMs {
+			return 0, "", false
+		}
+		if rec.LWW.Tombstone {
+			return ms, metrics.ReapTombstone, true
+		}
+		return ms, metrics.ReapExpired, true
+	case rec.DVV != nil:
+		ms, dead := rec.DVV.DeadSince(nowMs)
+		if !dead {
+			return 0, "", false
+		}
+		kind, values := metrics.ReapTombstone, 0
+		for _, e := range rec.DVV.Entries {
+			for _, v := range e.Values {
+				values++
+				if v.Expires == 0 {
+					return 0, "", false
+				}
+				if !v.Tombstone {
+					kind = metrics.ReapExpired
+				}
+			}
+		}
+		if values == 0 {
+			return 0, "", false
+		}
+		return ms, kind, true
 	}
-	return int64(rec.LWW.Dot.Counter >> 16), true
+	return 0, "", false
 }
 
 // reapCandidate is a dead record past its grace, and the owners other than
 // this node that must confirm it.
 type reapCandidate struct {
 	item  subjects.ReapItem
+	kind  string // metrics.ReapTombstone or ReapExpired
 	peers []string
 }
 
@@ -115,7 +150,11 @@ func (n *Node) reapPartition(ctx context.Context, p uint32) (reaped int, err err
 	if rf == nil {
 		return 0, nil
 	}
-	var cursor []byte
+	var (
+		cursor []byte
+		kinds  reapedKinds
+	)
+	defer func() { n.countReaped(p, kinds) }()
 	for {
 		if err := ctx.Err(); err != nil {
 			return reaped, err
@@ -136,7 +175,7 @@ func (n *Node) reapPartition(ctx context.Context, p uint32) (reaped int, err err
 				n.log.Warn("reap: undecodable record skipped", "partition", p, "tenant", en.Tenant, "err", err)
 				continue
 			}
-			ms, dead := deadSince(&rec)
+			ms, kind, dead := deadSince(&rec, now)
 			if !dead || now-ms <= grace[en.Tenant] {
 				continue
 			}
@@ -148,13 +187,16 @@ func (n *Node) reapPartition(ctx context.Context, p uint32) (reaped int, err err
 			}
 			cands = append(cands, reapCandidate{
 				item:  subjects.ReapItem{Tenant: en.Tenant, Key: en.Key, Hash: hashtree.VersionHash(en.Record)},
+				kind:  kind,
 				peers: peers,
 			})
 		}
 		for len(cands) > 0 {
 			k := min(len(cands), reapBatch)
 			got, err := n.reapConfirmed(ctx, m, p, cands[:k])
-			reaped += got
+			reaped += got.tombstones + got.expired
+			kinds.tombstones += got.tombstones
+			kinds.expired += got.expired
 			if err != nil {
 				return reaped, err
 			}
@@ -164,10 +206,6 @@ func (n *Node) reapPartition(ctx context.Context, p uint32) (reaped int, err err
 			break
 		}
 		cursor = next
-	}
-	if reaped > 0 {
-		n.metrics.Reaped(metrics.ReapTombstone, reaped)
-		n.log.Info("reaped tombstones", "partition", p, "keys", reaped)
 	}
 	// Keys reaped here at other owners' requests count too: each owner
 	// compacts in its own pass.
@@ -272,7 +310,7 @@ func (n *Node) compactPartitions(ctx context.Context, first, last uint32) error 
 // (all of partition p, routed by map m) and returns how many keys this
 // node deleted. A peer that fails to answer drops every candidate it was
 // to confirm; that is no error of the pass.
-func (n *Node) reapConfirmed(ctx context.Context, m *ring.Map, p uint32, cands []reapCandidate) (int, error) {
+func (n *Node) reapConfirmed(ctx context.Context, m *ring.Map, p uint32, cands []reapCandidate) (reapedKinds, error) {
 	ok := make([]bool, len(cands))
 	for i := range ok {
 		ok[i] = true
@@ -293,7 +331,7 @@ func (n *Node) reapConfirmed(ctx context.Context, m *ring.Map, p uint32, cands [
 		res, err := n.askReap(ctx, o, m, p, cands, idx, false)
 		if err != nil {
 			if ctx.Err() != nil {
-				return 0, ctx.Err()
+				return reapedKinds{}, ctx.Err()
 			}
 			n.log.Debug("reap: an owner did not confirm; its keys wait", "partition", p, "owner", o, "err", err)
 			for _, i := range idx {
@@ -321,7 +359,7 @@ func (n *Node) reapConfirmed(ctx context.Context, m *ring.Map, p uint32, cands [
 		res, err := n.askReap(ctx, o, m, p, cands, idx, true)
 		if err != nil {
 			if ctx.Err() != nil {
-				return 0, ctx.Err()
+				return reapedKinds{}, ctx.Err()
 			}
 			n.log.Debug("reap: an owner did not reap; keeping ours for a later pass", "partition", p, "owner", o, "err", err)
 			for _, i := range idx {
@@ -336,30 +374,54 @@ func (n *Node) reapConfirmed(ctx context.Context, m *ring.Map, p uint32, cands [
 			}
 		}
 	}
-	var items []subjects.ReapItem
+	var (
+		items []subjects.ReapItem
+		kinds []string
+	)
 	for i, c := range cands {
 		if ok[i] {
-			items = append(items, c.item)
+			items, kinds = append(items, c.item), append(kinds, c.kind)
 		}
 	}
+	var reaped reapedKinds
 	if len(items) == 0 {
-		return 0, nil
+		return reaped, nil
 	}
 	j := &localWrite{reap: &reapJob{items: items}}
 	if err := n.submit(ctx, j); err != nil {
-		return 0, err
+		return reaped, err
 	}
 	if j.reap.err != nil {
-		return 0, j.reap.err
+		return reaped, j.reap.err
 	}
-	reaped := 0
-	for _, r := range j.reap.results {
-		if r.Reaped {
-			reaped++
+	for i, r := range j.reap.results {
+		if r.Reaped && i < len(kinds) {
+			if kinds[i] == metrics.ReapExpired {
+				reaped.expired++
+			} else {
+				reaped.tombstones++
+			}
 		}
 	}
 	return reaped, nil
 }
+
+// countReaped adds what a pass over partition p reaped to the metrics and
+// the log.
+func (n *Node) countReaped(p uint32, k reapedKinds) {
+	if k.tombstones > 0 {
+		n.metrics.Reaped(metrics.ReapTombstone, k.tombstones)
+	}
+	if k.expired > 0 {
+		n.metrics.Reaped(metrics.ReapExpired, k.expired)
+	}
+	if k.tombstones+k.expired > 0 {
+		n.log.Info("reaped", "partition", p, "tombstones", k.tombstones, "expired", k.expired)
+	}
+}
+
+// reapedKinds counts the keys a node reaped, by what they were.
+type reapedKinds struct{ tombstones, expired int }
 
 // askReap sends peer a ReapRequest for the candidates idx of cands and
 // returns its results, one per item in order.

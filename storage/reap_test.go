@@ -11,6 +11,7 @@ import (
 
 	"github.com/quorumkv/quorumkv/hashtree"
 	"github.com/quorumkv/quorumkv/internal/natstest"
+	"github.com/quorumkv/quorumkv/metrics"
 	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
 )
@@ -253,19 +254,96 @@ func TestReapConditional(t *testing.T) {
 // clock; siblings records wait for D5.
 func TestDeadSince(t *testing.T) {
 	at := time.UnixMilli(1_700_000_000_000)
+	now := at.UnixMilli() + 1000
+	later := now + 60_000
+	tomb := func(exp int64) vclock.Value { return vclock.Value{Tombstone: true, Expires: exp} }
+	val := func(exp int64) vclock.Value { return vclock.Value{Data: []byte("v"), Expires: exp} }
+	dvv := func(vs ...vclock.Value) *vclock.DVVSet {
+		return &vclock.DVVSet{Entries: []vclock.DVVEntry{{Actor: "n1.1", Counter: uint64(len(vs)), Values: vs}}}
+	}
 	for i, tc := range []struct {
 		rec  record
 		ms   int64
+		kind string
 		dead bool
 	}{
-		{record{LWW: &vclock.Version{Dot: vclock.Dot{Counter: vclock.CounterAt(at) | 7, Actor: "x"}, Tombstone: true}}, at.UnixMilli(), true},
-		{record{LWW: &vclock.Version{Dot: vclock.Dot{Counter: vclock.CounterAt(at), Actor: "x"}, Value: []byte("v")}}, 0, false},
-		{record{DVV: &vclock.DVVSet{}}, 0, false},
-		{record{}, 0, false},
+		// lww: a tombstone from before Expires dies at its dot's wall time,
+		// one with Expires at it; a value with a TTL once it passed.
+		{record{LWW: &vclock.Version{Dot: vclock.Dot{Counter: vclock.CounterAt(at) | 7, Actor: "x"}, Tombstone: true}}, at.UnixMilli(), metrics.ReapTombstone, true},
+		{record{LWW: &vclock.Version{Dot: vclock.Dot{Counter: vclock.CounterAt(at), Actor: "x"}, Tombstone: true, Expires: at.UnixMilli() + 5}}, at.UnixMilli() + 5, metrics.ReapTombstone, true},
+		{record{LWW: &vclock.Version{Dot: vclock.Dot{Counter: vclock.CounterAt(at), Actor: "x"}, Value: []byte("v")}}, 0, "", false},
+		{record{LWW: &vclock.Version{Dot: vclock.Dot{Counter: vclock.CounterAt(at), Actor: "x"}, Value: []byte("v"), Expires: now - 10}}, now - 10, metrics.ReapExpired, true},
+		{record{LWW: &vclock.Version{Dot: vclock.Dot{Counter: vclock.CounterAt(at), Actor: "x"}, Value: []byte("v"), Expires: later}}, 0, "", false},
+		// siblings: dead when every sibling is, since the latest death.
+		{record{DVV: &vclock.DVVSet{}}, 0, "", false},
+		{record{DVV: dvv(tomb(now - 50))}, now - 50, metrics.ReapTombstone, true},
+		{record{DVV: dvv(tomb(now-50), val(now-20))}, now - 20, metrics.ReapExpired, true},
+		{record{DVV: dvv(tomb(now-50), val(later))}, 0, "", false},
+		{record{DVV: dvv(tomb(now-50), val(0))}, 0, "", false},
+		// a siblings tombstone without a time: its age is unknown, kept.
+		{record{DVV: dvv(tomb(0))}, 0, "", false},
+		{record{DVV: dvv(tomb(0), tomb(now-50))}, 0, "", false},
+		{record{}, 0, "", false},
 	} {
-		ms, dead := deadSince(&tc.rec)
-		if ms != tc.ms || dead != tc.dead {
-			t.Errorf("case %d: deadSince = %d, %v; want %d, %v", i, ms, dead, tc.ms, tc.dead)
+		ms, kind, dead := deadSince(&tc.rec, now)
+		if ms != tc.ms || dead != tc.dead || kind != tc.kind {
+			t.Errorf("case %d: deadSince = %d, %q, %v; want %d, %q, %v", i, ms, kind, dead, tc.ms, tc.kind, tc.dead)
+		}
+	}
+}
+
+// TestReapExpiredAndTimedSiblings: lww values whose TTL passed longer than
+// the grace ago, and siblings records whose every sibling is a timed
+// tombstone or an expired value, are reaped on every owner like lww
+// tombstones; values still live (under both policies) and a siblings
+// tombstone without a time (written before node protocol 3) stay. The
+// nodes reap as deployed: after each anti-entropy pass.
+func TestReapExpiredAndTimedSiblings(t *testing.T) {
+	// Reaping as deployed: no interval of its own, after every
+	// anti-entropy pass.
+	_, cfg, start, _ := reapCluster(t, 0)
+	aeCfg := func(id string) Config {
+		c := cfg(id, t.TempDir())
+		c.AntiEntropyInterval, c.AntiEntropyRate = 200*time.Millisecond, Unlimited
+		return c
+	}
+	a, b, c := start(aeCfg("a")), start(aeCfg("b")), start(aeCfg("c"))
+	nodes := []*Node{a, b, c}
+	keys := keysIn("t", xferPart, xferQ, 7)
+	now := time.Now()
+	old := vclock.CounterAt(now.Add(-time.Hour))
+	past := now.Add(-10 * time.Second).UnixMilli() // longer ago than the 1 s grace
+	dvv := func(vs ...vclock.Value) *vclock.DVVSet {
+		return &vclock.DVVSet{Entries: []vclock.DVVEntry{{Actor: "n1.1", Counter: uint64(len(vs)), Values: vs}}}
+	}
+	ws := []subjects.NodeWrite{
+		{Tenant: "t", Key: keys[0], LWW: &vclock.Version{Dot: vclock.Dot{Counter: old, Actor: "c1"}, Value: []byte("gone"), Expires: past}},
+		{Tenant: "t", Key: keys[1], DVV: dvv(vclock.Value{Tombstone: true, Expires: past}, vclock.Value{Data: []byte("x"), Expires: past})},
+		{Tenant: "t", Key: keys[2], DVV: dvv(vclock.Value{Tombstone: true, Expires: past})},
+		// These stay.
+		{Tenant: "t", Key: keys[3], LWW: &vclock.Version{Dot: vclock.Dot{Counter: old, Actor: "c1"}, Value: []byte("live"), Expires: now.Add(time.Hour).UnixMilli()}},
+		{Tenant: "t", Key: keys[4], LWW: &vclock.Version{Dot: vclock.Dot{Counter: old, Actor: "c1"}, Value: []byte("no ttl")}},
+		{Tenant: "t", Key: keys[5], DVV: dvv(vclock.Value{Tombstone: true})},
+		{Tenant: "t", Key: keys[6], DVV: dvv(vclock.Value{Tombstone: true, Expires: past}, vclock.Value{Data: []byte("y")})},
+	}
+	writeAll(t, ws, nodes...)
+	waitFor(t, 20*time.Second, "the dead records to be reaped on every owner", func() bool {
+		for _, n := range nodes {
+			if recs, _, err := n.eng.partitionStats(xferPart); err != nil || recs != 4 {
+				return false
+			}
+		}
+		return true
+	})
+	for _, n := range nodes {
+		for i, k := range keys {
+			rec, err := n.eng.read("t", k)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if held := rec.LWW != nil || rec.DVV != nil; held != (i >= 3) {
+				t.Errorf("%s: key %d held=%v, want %v", n.ID(), i, held, i >= 3)
+			}
 		}
 	}
 }

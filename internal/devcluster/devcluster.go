@@ -66,8 +66,12 @@ type Config struct {
 	// it receives partitions (0: storage.DefaultTransferRate;
 	// storage.Unlimited for no cap), as storage --transfer-rate does.
 	TransferRate int64
-	// ReapInterval is how often each storage node runs a tombstone
-	// reaping pass (0: storage.DefaultConfig's); tests shorten it.
+	// AntiEntropyInterval is each storage node's anti-entropy interval
+	// (storage --anti-entropy-interval; 0 = off). DefaultConfig, which
+	// `quorumkv dev` runs, sets storage.DefaultAntiEntropyInterval.
+	AntiEntropyInterval time.Duration
+	// ReapInterval, when set, runs each storage node's tombstone reaping
+	// on its own schedule (tests); 0: after every anti-entropy pass.
 	ReapInterval time.Duration
 }
 
@@ -87,6 +91,8 @@ func DefaultConfig() Config {
 		Coordinators:  1,
 		Coordinator:   coordinator.DefaultConfig(),
 		Repair:        repair.DefaultConfig(),
+
+		AntiEntropyInterval: storage.DefaultAntiEntropyInterval,
 	}
 }
 
@@ -333,7 +339,7 @@ func (c *Cluster) StartNode(id string) error {
 		return fmt.Errorf("storage node %s is already running", id)
 	}
 	scfg := storage.Config{NodeID: id, DataDir: c.NodeDir(id), Fsync: c.cfg.Fsync, TransferRate: c.cfg.TransferRate, Logger: c.log,
-		ReapInterval: c.cfg.ReapInterval}
+		ReapInterval: c.cfg.ReapInterval, AntiEntropyInterval: c.cfg.AntiEntropyInterval}
 	if c.cfg.Metrics != nil {
 		scfg.Metrics = prometheus.WrapRegistererWith(prometheus.Labels{"node": id}, c.cfg.Metrics)
 	}
