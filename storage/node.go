@@ -224,6 +224,9 @@ type Node struct {
 	// beforeApply, set by tests before start, runs on the write loop
 	// between the fence and the apply of each batch of write messages.
 	beforeApply func()
+	// afterReadSnapshot, set by tests before start, runs on the read
+	// goroutine right after a read batch opened its Pebble snapshot.
+	afterReadSnapshot func()
 
 	// readMu is held shared by each read being served and exclusively by
 	// Close, so Pebble is never closed under a read.
@@ -631,10 +634,6 @@ func (n *Node) handleRead(m *nats.Msg) {
 	n.sawVersion(b.MapVersion)
 	pm := n.pmap.Load()
 	reply := subjects.NodeReadReply{Results: make([]subjects.NodeReadResult, len(b.Items))}
-	r, rerr := n.eng.newReader()
-	if rerr == nil {
-		defer r.close()
-	}
 	refused := 0
 	fence := b.MapVersion != 0 // without a map (pm nil) every fenced item is refused
 	for i, it := range b.Items {
@@ -652,7 +651,21 @@ func (n *Node) handleRead(m *nats.Msg) {
 			// Its data may still be on its way from the other owners: an
 			// answer could miss a value (or a tombstone) they hold.
 			reply.Results[i].Err = errRebuilding
-			continue
+		}
+	}
+	// The reader is a snapshot: it is opened only after every item's
+	// rebuild check, so an item found rebuilt reads a view that holds what
+	// the rebuild pulled (opened before, it could miss all of it).
+	r, rerr := n.eng.newReader()
+	if rerr == nil {
+		defer r.close()
+	}
+	if n.afterReadSnapshot != nil {
+		n.afterReadSnapshot()
+	}
+	for i, it := range b.Items {
+		if reply.Results[i].Err != "" {
+			continue // refused above
 		}
 		if rerr != nil {
 			reply.Results[i].Err = rerr.Error()

@@ -296,3 +296,71 @@ func TestCleanStopRecordsAlive(t *testing.T) {
 		t.Fatalf("lastAlive after a clean stop: %v %v %v, want at least %v", time.UnixMilli(v), ok, err, before)
 	}
 }
+
+// TestRebuildReadSnapshotAfterCheck: a read of a partition that is still
+// rebuilding when the read opens its Pebble snapshot, and rebuilt before
+// the read looks at the rebuild state, must not answer from that snapshot
+// (it predates the pulled data: "not found"). The read is held right after
+// its snapshot until c finished its rebuild: it must answer the value or
+// `rebuilding`, never an empty result. (The intermittent empty answers of
+// TestRebuildFreshDirectory and TestStaleDirectoryIsWiped.)
+func TestRebuildReadSnapshotAfterCheck(t *testing.T) {
+	s := natstest.RunServer(t)
+	f := newFakeCoord(t, s, claim(t, nil, "a", "b", "c"), false)
+	var on atomic.Bool
+	f.switchedTenants(t, &on, subjects.Tenant{ID: "t", ReplicationFactor: 3, TombstoneGraceMS: 3_600_000})
+	cfg := func(id, dir string) Config {
+		return Config{NodeID: id, DataDir: dir, Heartbeat: 100 * time.Millisecond, MapPoll: 200 * time.Millisecond, ReapInterval: time.Hour,
+			Partitions: xferQ, Logger: quiet()}
+	}
+	a, b := startXfer(t, s, cfg("a", t.TempDir()), nil), startXfer(t, s, cfg("b", t.TempDir()), nil)
+	keys := rebuildKeys(t, 2, a, b)
+
+	c, err := Open(cfg("c", t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hold atomic.Bool
+	rebuilt := make(chan error, 1)
+	c.afterReadSnapshot = func() {
+		if !hold.CompareAndSwap(true, false) {
+			return
+		}
+		// The snapshot is open; let the rebuild run to its end now.
+		on.Store(true)
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			if total, done := c.rebuildStatus(); total == xferQ && done == xferQ {
+				rebuilt <- nil
+				return
+			}
+			if time.Now().After(deadline) {
+				rebuilt <- fmt.Errorf("rebuild did not finish within 20 s while a read was held")
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if err := c.start(natstest.Connect(t, s)); err != nil {
+		_ = c.Stop()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Stop() })
+	waitFor(t, 5*time.Second, "c to load the map", func() bool { return c.Map() != nil })
+	mv := c.Map().Version()
+	if total, done := c.rebuildStatus(); total != xferQ || done != 0 {
+		t.Fatalf("rebuild status before the tenant list: %d/%d", done, total)
+	}
+	hold.Store(true)
+	r, err := tryRead(f.nc, "c", mv, "t", keys[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-rebuilt; err != nil {
+		t.Fatal(err)
+	}
+	rebuilding := strings.HasPrefix(r.Err, subjects.KindRebuilding+": ")
+	if !rebuilding && (r.Err != "" || r.LWW == nil || string(r.LWW.Value) != "v-"+keys[0]) {
+		t.Fatalf("a read held across the end of the rebuild answered %+v (LWW %+v), want the value or rebuilding", r, r.LWW)
+	}
+}
