@@ -363,7 +363,7 @@ func (n *Node) rebuildPartition(ctx context.Context, p uint32) bool {
 			continue
 		}
 		slices.Sort(ts)
-		if err := n.pullTries(ctx, src, p, m.Version(), ts); err != nil {
+		if err := n.pullTries(ctx, src, p, m.Version(), ts, true); err != nil {
 			if ctx.Err() == nil {
 				n.log.Info("rebuild: a source failed; trying the others", "partition", p, "from", src, "err", err)
 			}

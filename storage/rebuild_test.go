@@ -364,3 +364,50 @@ func TestRebuildReadSnapshotAfterCheck(t *testing.T) {
 		t.Fatalf("a read held across the end of the rebuild answered %+v (LWW %+v), want the value or rebuilding", r, r.LWW)
 	}
 }
+
+// TestRebuildingSourceRefusesTransferScans: a node rebuilding a partition
+// holds an incomplete copy, so a transfer's scan of it answers rebuilding
+// (the receiver then counts it as a failed source, never as coverage);
+// a scan marked Rebuild (another owner rebuilding too) gets what it holds.
+func TestRebuildingSourceRefusesTransferScans(t *testing.T) {
+	s := natstest.RunServer(t)
+	f := newFakeCoord(t, s, claim(t, nil, "a", "b", "c"), false)
+	var on atomic.Bool // the tenant list stays unknown: c's rebuild waits
+	f.switchedTenants(t, &on, subjects.Tenant{ID: "t", ReplicationFactor: 3, TombstoneGraceMS: 3_600_000})
+	cfg := func(id, dir string) Config {
+		return Config{NodeID: id, DataDir: dir, Heartbeat: 100 * time.Millisecond, MapPoll: 200 * time.Millisecond, ReapInterval: time.Hour,
+			Partitions: xferQ, Logger: quiet()}
+	}
+	startXfer(t, s, cfg("a", t.TempDir()), nil)
+	startXfer(t, s, cfg("b", t.TempDir()), nil)
+	c := startFresh(t, s, cfg("c", t.TempDir()))
+	waitFor(t, 5*time.Second, "c to load the map", func() bool { return c.Map() != nil })
+	if total, done := c.rebuildStatus(); total != xferQ || done != 0 {
+		t.Fatalf("c's rebuild: %d/%d, want 0/%d", done, total, xferQ)
+	}
+	scan := func(rebuild bool) *subjects.Error {
+		t.Helper()
+		data, err := wire.MarshalPartitionScan(nil, &subjects.PartitionScan{Proto: subjects.NodeProtocolVersion, Partitions: xferQ,
+			Partition: xferPart, MapVersion: c.Map().Version(), Rebuild: rebuild})
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, err := f.nc.Request(subjects.StorageNode("c", subjects.NodeOpScan), data, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return subjects.ErrorFromHeaders(msg.Header.Get)
+	}
+	if e := scan(false); e == nil || e.Kind != subjects.KindRebuilding {
+		t.Fatalf("a transfer's scan of a rebuilding partition answered %v, want %s", e, subjects.KindRebuilding)
+	}
+	if e := scan(true); e != nil {
+		t.Fatalf("a rebuild's scan of a rebuilding partition answered %v, want what c holds", e)
+	}
+	// Rebuilt: every scan is answered.
+	on.Store(true)
+	waitFor(t, 20*time.Second, "c's rebuild", func() bool { total, done := c.rebuildStatus(); return done == total })
+	if e := scan(false); e != nil {
+		t.Fatalf("a scan after the rebuild answered %v", e)
+	}
+}

@@ -400,7 +400,7 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 				genDone = true
 			}
 			work = true
-			err := n.pullTries(ctx, src.node, p, m.Version(), ts)
+			err := n.pullTries(ctx, src.node, p, m.Version(), ts, false)
 			if ctx.Err() != nil {
 				return false
 			}
@@ -574,12 +574,12 @@ func notPulled(want []string, got map[string]bool) ([]string, bool) {
 
 // pullTries pulls p from src (tenants: nil for all), trying xferTries
 // times.
-func (n *Node) pullTries(ctx context.Context, src string, p uint32, version uint64, tenants []string) error {
+func (n *Node) pullTries(ctx context.Context, src string, p uint32, version uint64, tenants []string, rebuild bool) error {
 	var err error
 	for try := range xferTries {
 		var last TransferProgress
 		_, err = n.PullPartition(ctx, src, p, TransferOptions{
-			MapVersion: version, Tenants: tenants, // Rate 0: the node's shared cap
+			MapVersion: version, Tenants: tenants, Rebuild: rebuild, // Rate 0: the node's shared cap
 			Progress: func(pr TransferProgress) {
 				n.addProgress(pr.Bytes-last.Bytes, pr.Records-last.Records)
 				last = pr

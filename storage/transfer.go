@@ -82,6 +82,13 @@ func (n *Node) handleScan(m *nats.Msg) {
 		n.respondError(m, err.Error())
 		return
 	}
+	if !req.Rebuild && n.rebuildingPartition(req.Partition) {
+		// This node lost its copy and has not pulled it back: a receiver
+		// must not count it as a source (only another rebuild may take
+		// what it holds so far).
+		n.respondKind(m, subjects.KindRebuilding, fmt.Sprintf("node %s is rebuilding partition %d: ask its other owners", n.cfg.NodeID, req.Partition))
+		return
+	}
 	limit := req.Limit
 	switch {
 	case limit <= 0:
@@ -196,6 +203,9 @@ type TransferOptions struct {
 	// is persisted per filter: a cursor made under one filter would skip,
 	// under a larger one, the added tenants' records before it.
 	Tenants []string
+	// Rebuild marks the scans as a rebuild's (PartitionScan.Rebuild): a
+	// source rebuilding the partition too answers them.
+	Rebuild bool
 }
 
 // TransferProgress reports a PullPartition call.
@@ -464,11 +474,19 @@ func (n *Node) PullPartition(ctx context.Context, from string, p uint32, opts Tr
 		go func() {
 			rctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 			defer cancel()
+			rebuild := opts.Rebuild
 			for wait := 20 * time.Millisecond; ; wait = min(2*wait, time.Second) {
 				rep, size, err := rc.ScanPartition(rctx, from, subjects.PartitionScan{
 					Partitions: n.eng.q, Partition: p, Cursor: cursor, Limit: opts.Records, MaxBytes: opts.Bytes,
-					MapVersion: opts.MapVersion, Tenants: opts.Tenants,
+					MapVersion: opts.MapVersion, Tenants: opts.Tenants, Rebuild: rebuild,
 				})
+				if rebuild && errors.Is(err, &subjects.Error{Kind: subjects.KindInvalid}) {
+					// A source of a build from before rebuilds cannot read
+					// the nine-element form; it has no rebuild state, so the
+					// plain scan means the same to it.
+					rebuild = false
+					continue
+				}
 				if !errors.Is(err, &subjects.Error{Kind: subjects.KindMapBehind}) {
 					ch <- page{rep, size, err}
 					return

@@ -553,6 +553,16 @@ type PartitionScan struct {
 	// form (a source of an older build ignores an eighth element and would
 	// answer every tenant, which is safe: the receiver merges them).
 	Tenants []string
+	// Rebuild says the receiver is itself rebuilding the partition (its
+	// directory is new, wiped or stale). A source that is rebuilding the
+	// partition too answers it with what it holds (two lost disks rebuild
+	// from each other and the third owner); any other scan of a partition
+	// the source is rebuilding answers KindRebuilding, so that a transfer
+	// never counts an incomplete copy toward its coverage. Sent in the
+	// nine-element form, which a source of an older build refuses
+	// (KindInvalid): the receiver then asks again without it, since such
+	// a source has no rebuild state.
+	Rebuild bool
 }
 
 // PartitionScanReply answers PartitionScan.

@@ -169,6 +169,7 @@ func FuzzUnmarshalNodeMessage(f *testing.F) {
 		mustScan(f, &subjects.PartitionScan{Proto: 1, Partitions: 1024, Partition: 3, Cursor: []byte("acme\x00k"), Limit: 100}),
 		mustScan(f, &subjects.PartitionScan{Proto: 2, Partitions: 1024, Partition: 3, MapVersion: 12}),
 		mustScan(f, &subjects.PartitionScan{Proto: 2, Partitions: 1024, Partition: 3, Cursor: []byte("acme\x00k"), MapVersion: 12, Tenants: []string{"acme", "beta"}}),
+		mustScan(f, &subjects.PartitionScan{Proto: 3, Partitions: 1024, Partition: 3, MapVersion: 12, Rebuild: true}),
 	}
 	for kind := range uint8(5) {
 		for _, g := range garbage {

@@ -1088,16 +1088,32 @@ type partitionScanV2 struct {
 	MapVersion uint64
 }
 
+// partitionScanV3 is the eight-element form: a tenant filter, no Rebuild.
+type partitionScanV3 struct {
+	_msgpack   struct{} `msgpack:",as_array"`
+	Proto      int
+	Partitions int
+	Partition  uint32
+	Cursor     []byte
+	Limit      int
+	MaxBytes   int
+	MapVersion uint64
+	Tenants    []string
+}
+
 // MarshalPartitionScan appends s's msgpack to dst: the six elements of
 // node protocol 1 when s.Proto is 1 (MapVersion and Tenants are then not
-// sent), seven without a tenant filter, eight with one.
+// sent), seven without a tenant filter, eight with one, nine for a
+// rebuild's scan (PartitionScan.Rebuild).
 func MarshalPartitionScan(dst []byte, s *subjects.PartitionScan) ([]byte, error) {
 	var v any = s
 	switch {
 	case legacyBatch(s.Proto):
 		v = &partitionScanV1{Proto: s.Proto, Partitions: s.Partitions, Partition: s.Partition, Cursor: s.Cursor, Limit: s.Limit, MaxBytes: s.MaxBytes}
-	case len(s.Tenants) == 0:
+	case len(s.Tenants) == 0 && !s.Rebuild:
 		v = &partitionScanV2{Proto: s.Proto, Partitions: s.Partitions, Partition: s.Partition, Cursor: s.Cursor, Limit: s.Limit, MaxBytes: s.MaxBytes, MapVersion: s.MapVersion}
+	case !s.Rebuild:
+		v = &partitionScanV3{Proto: s.Proto, Partitions: s.Partitions, Partition: s.Partition, Cursor: s.Cursor, Limit: s.Limit, MaxBytes: s.MaxBytes, MapVersion: s.MapVersion, Tenants: s.Tenants}
 	}
 	b, err := msgpack.Marshal(v)
 	if err != nil {
@@ -1132,6 +1148,13 @@ func UnmarshalPartitionScan(data []byte, s *subjects.PartitionScan) error {
 			return err
 		}
 		*s = subjects.PartitionScan{Proto: v2.Proto, Partitions: v2.Partitions, Partition: v2.Partition, Cursor: v2.Cursor, Limit: v2.Limit, MaxBytes: v2.MaxBytes, MapVersion: v2.MapVersion}
+		return nil
+	case 0x98:
+		var v3 partitionScanV3
+		if err := msgpack.Unmarshal(data, &v3); err != nil {
+			return err
+		}
+		*s = subjects.PartitionScan{Proto: v3.Proto, Partitions: v3.Partitions, Partition: v3.Partition, Cursor: v3.Cursor, Limit: v3.Limit, MaxBytes: v3.MaxBytes, MapVersion: v3.MapVersion, Tenants: v3.Tenants}
 		return nil
 	}
 	return msgpack.Unmarshal(data, s)

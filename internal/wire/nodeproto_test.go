@@ -133,6 +133,15 @@ func TestPartitionScanProtocolForms(t *testing.T) {
 	if b, err = MarshalPartitionScan(nil, &v3); err != nil || b[0] != 0x97 {
 		t.Fatalf("scan with an empty tenant filter %x, %v: want the seven-element form", b, err)
 	}
+	// A rebuild's scan is sent in the full form, tenants or not.
+	v4 := v2
+	v4.Rebuild = true
+	if b, err = MarshalPartitionScan(nil, &v4); err != nil || b[0] != 0x99 {
+		t.Fatalf("a rebuild's scan %x, %v: want the nine-element form", b, err)
+	}
+	if err := UnmarshalPartitionScan(b, &got); err != nil || !got.Rebuild || got.MapVersion != v4.MapVersion || len(got.Tenants) != 0 {
+		t.Fatalf("a rebuild's scan decoded as %+v, %v", got, err)
+	}
 	// The generic entry points take the same path.
 	if err := Unmarshal(false, old, &got); err != nil || !reflect.DeepEqual(got, v1) {
 		t.Fatalf("Unmarshal of a proto 1 scan: %+v, %v", got, err)
