@@ -279,6 +279,11 @@ func (n *Node) rebuildLoop(ctx context.Context) {
 		}
 		rb.mu.Unlock()
 		slices.Sort(ps)
+		// The tenant list decides which tenants each partition is pulled
+		// for: ask for it afresh every round rather than trust a cache
+		// that a lost tenant event would leave without a tenant (whose
+		// keys this node would then answer not found once done).
+		n.refreshTenants(ctx)
 		for _, p := range ps {
 			if ctx.Err() != nil {
 				return
@@ -324,8 +329,8 @@ func (n *Node) clearRebuildMark() error {
 
 // rebuildPartition pulls p, for each tenant the node owns there, from
 // coverage(RF) of the tenant's other current owners, and reports whether
-// that succeeded. It waits (false) while the tenant list is unknown or the
-// partition moves (the transfer machinery owns it then).
+// that succeeded. It waits (false) while the tenant list is unknown; a
+// partition that moves is pulled from its current owners all the same.
 func (n *Node) rebuildPartition(ctx context.Context, p uint32) bool {
 	m := n.pmap.Load()
 	if m == nil {
