@@ -14,7 +14,6 @@ import (
 	"github.com/cespare/xxhash/v2"
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/nats-io/nats.go"
-	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/ring"
@@ -98,15 +97,17 @@ func (n *Node) handleScan(m *nats.Msg) {
 		n.respondKind(m, subjects.KindInternal, err.Error())
 		return
 	}
-	reply := subjects.PartitionScanReply{Records: make([]subjects.PartitionRecord, len(entries)), Cursor: next}
-	for i, en := range entries {
-		reply.Records[i] = subjects.PartitionRecord{Tenant: en.Tenant, Key: en.Key, State: en.Record}
+	// The reply (subjects.PartitionScanReply) is written once into a
+	// buffer of its size: a page is up to a megabyte.
+	size := 32 + len(next)
+	for _, en := range entries {
+		size += len(en.Tenant) + len(en.Key) + len(en.Record) + scanRecordOverhead
 	}
-	data, err := msgpack.Marshal(&reply)
-	if err != nil {
-		n.respondKind(m, subjects.KindInternal, fmt.Sprintf("encode scan reply: %v", err))
-		return
+	data := wire.AppendPartitionScanReplyHeader(make([]byte, 0, size), len(entries))
+	for _, en := range entries {
+		data = wire.AppendPartitionRecord(data, en.Tenant, en.Key, en.Record)
 	}
+	data = wire.AppendPartitionScanReplyEnd(data, next)
 	if limit := n.nc.MaxPayload(); int64(len(data)) > limit {
 		// A page is sized below the reply limit, so only a single record
 		// past it gets here (a siblings state grown by repair merges):
