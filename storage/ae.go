@@ -118,8 +118,9 @@ func (s aeLocal) Children(dst []hashtree.Hash, l int, parents []uint32) ([]hasht
 	return s.t.t.Children(dst, l, parents)
 }
 
-// TreeBuilds is how many hash trees the node built from a scan since it
-// started (anti-entropy; an idle node builds none).
+// TreeBuilds is how many hash trees the node built from a scan for
+// anti-entropy since it started (an idle node builds none); trees built
+// for a transfer's reconcile are not counted.
 func (n *Node) TreeBuilds() int64 { return n.ae.builds.Load() }
 
 // AntiEntropy returns the node's anti-entropy figures; nil when
@@ -173,9 +174,9 @@ func (n *Node) tree(ctx context.Context, p uint32, tenants []string, cfg hashtre
 	return n.treeFor(ctx, p, tenants, cfg, false)
 }
 
-// treeFor is tree; xfer builds it for a transfer's reconcile
-// (reconcile), unpaced by the anti-entropy rate and not counted in its
-// figures (scanTenants).
+// treeFor is tree; xfer builds it for a transfer's reconcile (a source
+// answering subjects.AERequest.Transfer), unpaced by the anti-entropy
+// rate and not counted in its figures (scanTenants).
 func (n *Node) treeFor(ctx context.Context, p uint32, tenants []string, cfg hashtree.Config, xfer bool) (*aeTree, error) {
 	k := treeKey{p: p, tenants: strings.Join(tenants, "\x00"), cfg: cfg}
 	n.ae.mu.Lock()
@@ -288,7 +289,9 @@ func (n *Node) buildTree(ctx context.Context, p uint32, tenants []string, cfg ha
 	if err != nil {
 		return nil, fmt.Errorf("build tree of partition %d: %w", p, err)
 	}
-	n.ae.builds.Add(1)
+	if !xfer {
+		n.ae.builds.Add(1)
+	}
 	return t, nil
 }
 

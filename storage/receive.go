@@ -654,15 +654,20 @@ func (n *Node) reconcileTries(ctx context.Context, src string, p uint32, version
 // after that come from coordinators that also send them here (the fence).
 // It fetches only: src needs nothing of a receiver.
 func (n *Node) reconcile(ctx context.Context, src string, p uint32, version uint64, tenants []string) error {
+	// This side's tree is built for the exchange and dropped after it:
+	// not cached, as anti-entropy's are, since a receiver has no use for
+	// it once the partition is in (the source's is cached: the exchange
+	// descends it by its root).
 	cfg := aeConfig(0)
-	local, err := n.treeFor(ctx, p, tenants, cfg, true)
-	if err == nil && local.t.Len() >= aeDeepKeys {
-		cfg = aeConfig(local.t.Len())
-		local, err = n.treeFor(ctx, p, tenants, cfg, true)
+	t, err := n.buildTree(ctx, p, tenants, cfg, true)
+	if err == nil && t.Len() >= aeDeepKeys {
+		cfg = aeConfig(t.Len())
+		t, err = n.buildTree(ctx, p, tenants, cfg, true)
 	}
 	if err != nil {
 		return fmt.Errorf("storage: reconcile partition %d with %s: %w", p, src, err)
 	}
+	local := &aeTree{t: t}
 	base := subjects.AERequest{
 		Partitions: n.eng.q, MapVersion: version, Tenants: tenants, Transfer: true,
 		Config: subjects.AEConfig{FanOut: cfg.FanOut, Depth: cfg.Depth},
@@ -695,8 +700,8 @@ func (n *Node) reconcile(ctx context.Context, src string, p uint32, version uint
 	}
 	req := base
 	req.Partition = p
-	t := &aeTask{p: p, peer: src, tenants: tenants, cfg: cfg, local: local, xfer: true}
-	if _, err := n.aeExchange(ctx, t, req, remote); err != nil {
+	task := &aeTask{p: p, peer: src, tenants: tenants, cfg: cfg, local: local, xfer: true}
+	if _, err := n.aeExchange(ctx, task, req, remote); err != nil {
 		return fmt.Errorf("storage: reconcile partition %d with %s: %w", p, src, err)
 	}
 	return nil
