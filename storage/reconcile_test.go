@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -204,6 +205,38 @@ func TestTransferReconcileFallsBackToPull(t *testing.T) {
 		k := keysIn("lww", p, xferQ, 1)[0]
 		if rec, err := d.eng.read("lww", k); err != nil || rec.LWW == nil || string(rec.LWW.Value) != "second" {
 			t.Errorf("partition %d (current %v): d lacks the write b holds: %+v %v", p, m2.Owners(p, nil), rec.LWW, err)
+		}
+	}
+}
+
+// TestTransferReconcileUnpacedByAERate: the sources answer a transfer's
+// exchanges (AERequest.Transfer) without their anti-entropy rate and
+// figures. At 4 KiB/s each source's trees over its ~2 MB of the moving
+// partitions would take minutes; the join finishes in seconds, and no
+// source counts an anti-entropy byte or tree.
+func TestTransferReconcileUnpacedByAERate(t *testing.T) {
+	const keys, valueBytes = 3000, 1000
+	s := natstest.RunServer(t)
+	m1 := claim(t, nil, "a", "b", "c")
+	f := newFakeCoord(t, s, m1, true)
+	f.serveTenants(t, map[string]int{"r3": 3})
+	var ws []subjects.NodeWrite
+	for i := range keys {
+		ws = append(ws, subjects.NodeWrite{Tenant: "r3", Key: fmt.Sprintf("user%08d", i), LWW: version(uint64(i+1), "c1", strings.Repeat("v", valueBytes))})
+	}
+	var srcs []*Node
+	for _, id := range []string{"a", "b", "c"} {
+		srcs = append(srcs, startXfer(t, s, Config{NodeID: id, DataDir: t.TempDir(), AntiEntropyRate: 4096}, func(e *engine) { apply(t, e, ws) }))
+	}
+	f.set(retarget(t, m1, "a", "b", "c", "d"))
+	d := startXfer(t, s, Config{NodeID: "d", DataDir: t.TempDir(), TransferRate: Unlimited, MapPoll: 200 * time.Millisecond}, nil)
+	waitFor(t, 30*time.Second, "every partition to flip", func() bool { return moving(f.current()) == 0 })
+	if got := d.xfer.reconciled.Load(); got == 0 {
+		t.Error("no partition was reconciled")
+	}
+	for _, n := range srcs {
+		if b, trees := n.ae.bytes.Load(), n.TreeBuilds(); b != 0 || trees != 0 {
+			t.Errorf("%s counted %d anti-entropy bytes and %d trees for a transfer's exchanges", n.cfg.NodeID, b, trees)
 		}
 	}
 }
