@@ -1,6 +1,8 @@
 package storage
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -238,5 +240,32 @@ func TestTransferReconcileUnpacedByAERate(t *testing.T) {
 		if b, trees := n.ae.bytes.Load(), n.TreeBuilds(); b != 0 || trees != 0 {
 			t.Errorf("%s counted %d anti-entropy bytes and %d trees for a transfer's exchanges", n.cfg.NodeID, b, trees)
 		}
+	}
+}
+
+// TestScanRecordTooLarge: a page whose only record exceeds a message is
+// refused with too_large naming the record, not sent (the encoder writes
+// pages from the iterator straight into a pooled buffer).
+func TestScanRecordTooLarge(t *testing.T) {
+	s := natstest.RunServer(t)
+	big := keysIn("lww", xferPart, xferQ, 1)[0]
+	limit := natstest.Connect(t, s).MaxPayload()
+	startXfer(t, s, Config{NodeID: "src", DataDir: t.TempDir()}, func(e *engine) {
+		apply(t, e, []subjects.NodeWrite{{Tenant: "lww", Key: big, LWW: version(1, "c1", strings.Repeat("v", int(limit)+1))}})
+	})
+	dst := startXfer(t, s, Config{NodeID: "dst", DataDir: t.TempDir()}, nil)
+	rc, err := dst.client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = rc.ScanPartition(context.Background(), "src", subjects.PartitionScan{Partitions: xferQ, Partition: xferPart})
+	var e *subjects.Error
+	if !errors.As(err, &e) || e.Kind != subjects.KindTooLarge || !strings.Contains(e.Message, "record lww/"+fmt.Sprintf("%q", big)) {
+		t.Fatalf("scan of a partition holding one record over a message: %v", err)
+	}
+	// The pooled buffer that held it serves the next page correctly.
+	rep, _, err := rc.ScanPartition(context.Background(), "src", subjects.PartitionScan{Partitions: xferQ, Partition: xferPart + 1})
+	if err != nil || len(rep.Records) != 0 || rep.Cursor != nil {
+		t.Fatalf("scan of an empty partition after: %+v %v", rep, err)
 	}
 }

@@ -1171,6 +1171,14 @@ func AppendPartitionRecord(dst []byte, tenant, key string, state []byte) []byte 
 	return appendBin(appendStr(appendStr(append(dst, 0x93), tenant), key), state)
 }
 
+// AppendPartitionRecordBytes is AppendPartitionRecord for a tenant and
+// key held as bytes (a store iterator's), converting nothing.
+func AppendPartitionRecordBytes(dst []byte, tenant, key, state []byte) []byte {
+	dst = append(appendStrHeader(append(dst, 0x93), len(tenant)), tenant...)
+	dst = append(appendStrHeader(dst, len(key)), key...)
+	return appendBin(dst, state)
+}
+
 // AppendPartitionScanReplyEnd appends the cursor that ends a reply begun
 // by AppendPartitionScanReplyHeader.
 func AppendPartitionScanReplyEnd(dst []byte, cursor []byte) []byte {

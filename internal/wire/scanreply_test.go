@@ -39,11 +39,16 @@ func TestPartitionScanReplyMatchesLibrary(t *testing.T) {
 			t.Errorf("case %d: wrote %x, the library %x", i, got, want)
 		}
 		parts := AppendPartitionScanReplyHeader(nil, len(c.Records))
+		fromBytes := AppendPartitionScanReplyHeader(nil, len(c.Records))
 		for _, r := range c.Records {
 			parts = AppendPartitionRecord(parts, r.Tenant, r.Key, r.State)
+			fromBytes = AppendPartitionRecordBytes(fromBytes, []byte(r.Tenant), []byte(r.Key), r.State)
 		}
 		if parts = AppendPartitionScanReplyEnd(parts, c.Cursor); c.Records != nil && !bytes.Equal(parts, want) {
 			t.Errorf("case %d: built in parts %x, the library %x", i, parts, want)
+		}
+		if fromBytes = AppendPartitionScanReplyEnd(fromBytes, c.Cursor); c.Records != nil && !bytes.Equal(fromBytes, want) {
+			t.Errorf("case %d: built from bytes %x, the library %x", i, fromBytes, want)
 		}
 		var got, lib subjects.PartitionScanReply
 		if !decodePartitionScanReply(want, &got) {
