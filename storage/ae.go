@@ -118,8 +118,9 @@ func (s aeLocal) Children(dst []hashtree.Hash, l int, parents []uint32) ([]hasht
 	return s.t.t.Children(dst, l, parents)
 }
 
-// TreeBuilds is how many hash trees the node built from a scan since it
-// started (anti-entropy; an idle node builds none).
+// TreeBuilds is how many hash trees the node built from a scan for
+// anti-entropy since it started (an idle node builds none); trees built
+// for a transfer's reconcile are not counted.
 func (n *Node) TreeBuilds() int64 { return n.ae.builds.Load() }
 
 // AntiEntropy returns the node's anti-entropy figures; nil when
@@ -170,6 +171,13 @@ func aeConfig(keys int) hashtree.Config {
 // cfg at p's current generation: the cached one when it is of that
 // generation, else one built now from a scan.
 func (n *Node) tree(ctx context.Context, p uint32, tenants []string, cfg hashtree.Config) (*aeTree, error) {
+	return n.treeFor(ctx, p, tenants, cfg, false)
+}
+
+// treeFor is tree; xfer builds it for a transfer's reconcile (a source
+// answering subjects.AERequest.Transfer), unpaced by the anti-entropy
+// rate and not counted in its figures (scanTenants).
+func (n *Node) treeFor(ctx context.Context, p uint32, tenants []string, cfg hashtree.Config, xfer bool) (*aeTree, error) {
 	k := treeKey{p: p, tenants: strings.Join(tenants, "\x00"), cfg: cfg}
 	n.ae.mu.Lock()
 	ts := n.ae.trees[k]
@@ -178,7 +186,7 @@ func (n *Node) tree(ctx context.Context, p uint32, tenants []string, cfg hashtre
 		return ts[0], nil
 	}
 	g := n.eng.gen(p) // before the scan: a write the scan may miss bumps it
-	t, err := n.buildTree(ctx, p, tenants, cfg)
+	t, err := n.buildTree(ctx, p, tenants, cfg, xfer)
 	if err != nil {
 		return nil, err
 	}
@@ -219,9 +227,11 @@ func (n *Node) treeWithRoot(p uint32, tenants []string, cfg hashtree.Config, roo
 
 // scanTenants calls f with every (tenant, key, stored record) of
 // partition p of the given tenants (sorted), from one iterator, pacing
-// by the anti-entropy rate. key and value alias the iterator: copy them
-// to keep them.
-func (n *Node) scanTenants(ctx context.Context, p uint32, tenants []string, f func(tenant string, key, value []byte) bool) error {
+// by the anti-entropy rate and counting the bytes in its figures, unless
+// xfer: a transfer's reconcile scans unpaced, as a partition scan for a
+// transfer is (the receiver paces what it fetches). key and value alias
+// the iterator: copy them to keep them.
+func (n *Node) scanTenants(ctx context.Context, p uint32, tenants []string, xfer bool, f func(tenant string, key, value []byte) bool) error {
 	lo, hi := partitionBounds(p)
 	it, err := n.eng.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
@@ -230,7 +240,8 @@ func (n *Node) scanTenants(ctx context.Context, p uint32, tenants []string, f fu
 	defer it.Close()
 	pending := 0
 	flush := func() error {
-		if pending == 0 {
+		if pending == 0 || xfer {
+			pending = 0
 			return nil
 		}
 		n.ae.bytes.Add(int64(pending))
@@ -265,10 +276,10 @@ func (n *Node) scanTenants(ctx context.Context, p uint32, tenants []string, f fu
 
 // buildTree builds the tree of partition p over tenants from a scan,
 // streamed into hashtree.Build.
-func (n *Node) buildTree(ctx context.Context, p uint32, tenants []string, cfg hashtree.Config) (*hashtree.Tree, error) {
+func (n *Node) buildTree(ctx context.Context, p uint32, tenants []string, cfg hashtree.Config, xfer bool) (*hashtree.Tree, error) {
 	var scanErr error
 	t, err := hashtree.Build(cfg, func(yield func(hashtree.Entry) bool) {
-		scanErr = n.scanTenants(ctx, p, tenants, func(t string, key, value []byte) bool {
+		scanErr = n.scanTenants(ctx, p, tenants, xfer, func(t string, key, value []byte) bool {
 			return yield(hashtree.Entry{Tenant: t, Key: string(key), Version: hashtree.VersionHash(value)})
 		})
 	})
@@ -278,20 +289,23 @@ func (n *Node) buildTree(ctx context.Context, p uint32, tenants []string, cfg ha
 	if err != nil {
 		return nil, fmt.Errorf("build tree of partition %d: %w", p, err)
 	}
-	n.ae.builds.Add(1)
+	if !xfer {
+		n.ae.builds.Add(1)
+	}
 	return t, nil
 }
 
 // bucketEntries returns the keys of partition p over tenants whose leaf
-// bucket (of cfg) is in buckets, with their version hashes, by bucket.
-func (n *Node) bucketEntries(ctx context.Context, p uint32, tenants []string, cfg hashtree.Config, buckets []uint32) (map[uint32][]subjects.AEEntry, error) {
+// bucket (of cfg) is in buckets, with their version hashes, by bucket;
+// xfer as scanTenants.
+func (n *Node) bucketEntries(ctx context.Context, p uint32, tenants []string, cfg hashtree.Config, buckets []uint32, xfer bool) (map[uint32][]subjects.AEEntry, error) {
 	want := make(map[uint32]bool, len(buckets))
 	for _, b := range buckets {
 		want[b] = true
 	}
 	leaves := cfg.Leaves()
 	out := map[uint32][]subjects.AEEntry{}
-	err := n.scanTenants(ctx, p, tenants, func(t string, key, value []byte) bool {
+	err := n.scanTenants(ctx, p, tenants, xfer, func(t string, key, value []byte) bool {
 		k := string(key)
 		b := uint32(hashtree.BucketOf(ring.KeyHash(t, k), leaves))
 		if want[b] {
@@ -372,6 +386,12 @@ func (n *Node) serveAE(data []byte) (*subjects.AEReply, string, error) {
 		if !slices.Contains(pm.Owners(p, nil), n.cfg.NodeID) {
 			return subjects.KindNotOwner, fmt.Errorf("%s: node %s is not a current owner of partition %d at map version %d", subjects.KindNotOwner, n.cfg.NodeID, p, pm.Version())
 		}
+		if req.Transfer && n.rebuildingPartition(p) {
+			// As for a transfer's scan (handleScan): an incomplete copy
+			// must not count toward a receiver's coverage. A rebuild's
+			// reconcile falls back to its pull, which is answered.
+			return subjects.KindRebuilding, fmt.Errorf("node %s is rebuilding partition %d: ask its other owners", n.cfg.NodeID, p)
+		}
 		return "", nil
 	}
 	ctx := n.runCtx
@@ -388,7 +408,7 @@ func (n *Node) serveAE(data []byte) (*subjects.AEReply, string, error) {
 		}
 		rep.Hashes = make([][2]uint64, len(req.Parts))
 		for i, p := range req.Parts {
-			at, err := n.tree(ctx, p, req.Tenants, cfg)
+			at, err := n.treeFor(ctx, p, req.Tenants, cfg, req.Transfer)
 			if err != nil {
 				return nil, subjects.KindInternal, err
 			}
@@ -401,7 +421,7 @@ func (n *Node) serveAE(data []byte) (*subjects.AEReply, string, error) {
 		at := n.treeWithRoot(req.Partition, req.Tenants, cfg, req.Root)
 		if at == nil {
 			// Not kept (evicted, a restart): the current tree may still be it.
-			cur, err := n.tree(ctx, req.Partition, req.Tenants, cfg)
+			cur, err := n.treeFor(ctx, req.Partition, req.Tenants, cfg, req.Transfer)
 			if err != nil {
 				return nil, subjects.KindInternal, err
 			}
@@ -434,7 +454,7 @@ func (n *Node) serveAE(data []byte) (*subjects.AEReply, string, error) {
 				return nil, subjects.KindInvalid, fmt.Errorf("anti-entropy keys: bucket %d out of %d", b, cfg.Leaves())
 			}
 		}
-		byBucket, err := n.bucketEntries(ctx, req.Partition, req.Tenants, cfg, req.Indices)
+		byBucket, err := n.bucketEntries(ctx, req.Partition, req.Tenants, cfg, req.Indices, req.Transfer)
 		if err != nil {
 			return nil, subjects.KindInternal, err
 		}
@@ -497,10 +517,12 @@ func (n *Node) serveAE(data []byte) (*subjects.AEReply, string, error) {
 			}
 			rep.Done++
 		}
-		n.ae.bytes.Add(int64(size))
-		n.metrics.AEBytes(size)
-		if _, err := n.ae.limit.wait(ctx, size); err != nil {
-			return nil, subjects.KindUnavailable, err
+		if !req.Transfer { // a transfer's receiver paces and counts these
+			n.ae.bytes.Add(int64(size))
+			n.metrics.AEBytes(size)
+			if _, err := n.ae.limit.wait(ctx, size); err != nil {
+				return nil, subjects.KindUnavailable, err
+			}
 		}
 	case subjects.AEOpPush:
 		if kind, err := owner(req.Partition); err != nil {

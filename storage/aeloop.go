@@ -50,6 +50,9 @@ type aeTask struct {
 	tenants []string
 	cfg     hashtree.Config
 	local   *aeTree
+	// xfer: a transfer's reconcile (receive.go), not anti-entropy: only
+	// fetch (never push), pace and count the records fetched as transfer.
+	xfer bool
 }
 
 // aeTenantRFs returns the tenants' replication factors, asked for again
@@ -286,7 +289,10 @@ func (r *aeRemote) Children(dst []hashtree.Hash, l int, parents []uint32) ([]has
 // the local one: it finds the differing buckets, lists their keys on both
 // sides, fetches and merges the records the peer holds differently or
 // alone, and pushes the local records the peer lacks or holds
-// differently. It returns the (key, replica) pairs changed.
+// differently. It returns the (key, replica) pairs changed. With t.xfer
+// it fetches only (the receiver of a transfer reconciling with a source:
+// the source needs nothing of it), pacing by the node's transfer rate
+// and counting the records fetched as received.
 func (n *Node) aeExchange(ctx context.Context, t *aeTask, req subjects.AERequest, remoteRoot hashtree.Hash) (int, error) {
 	buckets, _, err := hashtree.Diff(aeLocal{t.local}, &aeRemote{n: n, ctx: ctx, peer: t.peer, req: req, root: remoteRoot})
 	if err != nil {
@@ -323,7 +329,7 @@ func (n *Node) aeExchange(ctx context.Context, t *aeTask, req subjects.AERequest
 		}
 		rest = rest[rep.Done:]
 	}
-	local, err := n.bucketEntries(ctx, t.p, t.tenants, t.cfg, buckets)
+	local, err := n.bucketEntries(ctx, t.p, t.tenants, t.cfg, buckets, t.xfer)
 	if err != nil {
 		return 0, err
 	}
@@ -371,9 +377,14 @@ func (n *Node) aeExchange(ctx context.Context, t *aeTask, req subjects.AERequest
 		for _, r := range rep.Records {
 			size += len(r.Tenant) + len(r.Key) + len(r.State) + scanRecordOverhead
 		}
-		n.ae.bytes.Add(int64(size))
-		n.metrics.AEBytes(size)
-		if _, err := n.ae.limit.wait(ctx, size); err != nil {
+		lim := n.ae.limit
+		if t.xfer {
+			lim = n.xferLimit
+		} else {
+			n.ae.bytes.Add(int64(size))
+			n.metrics.AEBytes(size)
+		}
+		if _, err := lim.wait(ctx, size); err != nil {
 			return repaired, err
 		}
 		changed, err := n.mergeLocal(ctx, items)
@@ -381,6 +392,12 @@ func (n *Node) aeExchange(ctx context.Context, t *aeTask, req subjects.AERequest
 		if err != nil {
 			return repaired, err
 		}
+		if t.xfer {
+			n.addProgress(int64(size), int64(len(items)))
+		}
+	}
+	if t.xfer {
+		return repaired, nil
 	}
 	// Push what the peer lacks or holds differently, as merged here.
 	changed, err := n.aePush(ctx, t, req, push)

@@ -59,6 +59,21 @@ func (e *engine) scanPartition(p uint32, cursor []byte, limit int) ([]partEntry,
 // partition tenant 0x00 key), so it seeks from one to the next rather than
 // read the others; the cursor is the same tenant 0x00 key.
 func scanPartition(r pebble.Reader, p uint32, cursor []byte, limit, maxBytes int, tenants []string) ([]partEntry, []byte, error) {
+	var out []partEntry
+	_, next, err := scanPartitionEach(r, p, cursor, limit, maxBytes, tenants, func(tenant, key, value []byte) {
+		out = append(out, partEntry{Tenant: string(tenant), Key: string(key), Record: bytes.Clone(value)})
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return out, next, nil
+}
+
+// scanPartitionEach is scanPartition calling f with each record instead
+// of collecting copies: tenant, key and value alias the iterator and are
+// valid only during the call (handleScan encodes them straight into its
+// reply). It returns how many records it passed to f.
+func scanPartitionEach(r pebble.Reader, p uint32, cursor []byte, limit, maxBytes int, tenants []string, f func(tenant, key, value []byte)) (int, []byte, error) {
 	if limit < 1 {
 		limit = 1000
 	}
@@ -81,48 +96,48 @@ func scanPartition(r pebble.Reader, p uint32, cursor []byte, limit, maxBytes int
 			spans = append(spans, [2][]byte{tlo, thi})
 		}
 		if len(spans) == 0 {
-			return nil, nil, nil
+			return 0, nil, nil
 		}
 	}
 	it, err := r.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
-		return nil, nil, fmt.Errorf("scan partition %d: %w", p, err)
+		return 0, nil, fmt.Errorf("scan partition %d: %w", p, err)
 	}
 	defer it.Close()
-	var out []partEntry
-	size, more := 0, false
+	var last []byte // tenant 0x00 key of the last record passed to f: the cursor
+	size, n, more := 0, 0, false
 scan:
 	for _, sp := range spans {
 		for ok := it.SeekGE(sp[0]); ok && bytes.Compare(it.Key(), sp[1]) < 0; ok = it.Next() {
-			if len(out) >= limit {
+			if n >= limit {
 				more = true
 				break scan
 			}
 			rest := it.Key()[partitionPrefixLen:]
 			sep := bytes.IndexByte(rest, 0)
 			if sep < 0 {
-				return nil, nil, fmt.Errorf("scan partition %d: malformed key %q", p, it.Key())
+				return 0, nil, fmt.Errorf("scan partition %d: malformed key %q", p, it.Key())
 			}
 			v, err := it.ValueAndErr()
 			if err != nil {
-				return nil, nil, fmt.Errorf("scan partition %d: %w", p, err)
+				return 0, nil, fmt.Errorf("scan partition %d: %w", p, err)
 			}
-			if size += len(rest) + len(v) + scanRecordOverhead; maxBytes > 0 && size > maxBytes && len(out) > 0 {
+			if size += len(rest) + len(v) + scanRecordOverhead; maxBytes > 0 && size > maxBytes && n > 0 {
 				more = true
 				break scan
 			}
-			out = append(out, partEntry{Tenant: string(rest[:sep]), Key: string(rest[sep+1:]), Record: bytes.Clone(v)})
+			f(rest[:sep], rest[sep+1:], v)
+			n++
+			last = append(last[:0], rest...)
 		}
 		if err := it.Error(); err != nil {
-			return nil, nil, fmt.Errorf("scan partition %d: %w", p, err)
+			return 0, nil, fmt.Errorf("scan partition %d: %w", p, err)
 		}
 	}
-	if !more || len(out) == 0 {
-		return out, nil, nil
+	if !more || n == 0 {
+		return n, nil, nil
 	}
-	last := out[len(out)-1]
-	next := append(append([]byte(last.Tenant), 0), last.Key...)
-	return out, next, nil
+	return n, last, nil
 }
 
 // scanRecordOverhead bounds what a record adds to a scan reply beyond its

@@ -328,9 +328,11 @@ func (n *Node) clearRebuildMark() error {
 }
 
 // rebuildPartition pulls p, for each tenant the node owns there, from
-// coverage(RF) of the tenant's other current owners, and reports whether
-// that succeeded. It waits (false) while the tenant list is unknown; a
-// partition that moves is pulled from its current owners all the same.
+// coverage(RF) of the tenant's other current owners (whole from the
+// first that answers, reconciled with the others: pullOrReconcile), and
+// reports whether that succeeded. It waits (false) while the tenant list
+// is unknown; a partition that moves is pulled from its current owners
+// all the same.
 func (n *Node) rebuildPartition(ctx context.Context, p uint32) bool {
 	m := n.pmap.Load()
 	if m == nil {
@@ -362,20 +364,23 @@ func (n *Node) rebuildPartition(ctx context.Context, p uint32) bool {
 		need[t] = min(coverage(r, r), others)
 	}
 	got := map[string]int{}
+	pulled := map[string]map[string]bool{} // source → tenants it gave
 	for _, src := range owners {
 		ts := perSource[src]
 		if len(ts) == 0 {
 			continue
 		}
 		slices.Sort(ts)
-		if err := n.pullTries(ctx, src, p, m.Version(), ts, true); err != nil {
+		if err := n.pullOrReconcile(ctx, src, p, m.Version(), ts, pulled, true); err != nil {
 			if ctx.Err() == nil {
 				n.log.Info("rebuild: a source failed; trying the others", "partition", p, "from", src, "err", err)
 			}
 			continue
 		}
+		pulled[src] = map[string]bool{}
 		for _, t := range ts {
 			got[t]++
+			pulled[src][t] = true
 		}
 	}
 	for t, k := range need {

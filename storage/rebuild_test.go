@@ -2,6 +2,7 @@ package storage
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -161,6 +162,21 @@ func TestRebuildFreshDirectory(t *testing.T) {
 	}
 	a, b := startXfer(t, s, cfg("a", t.TempDir()), nil), startXfer(t, s, cfg("b", t.TempDir()), nil)
 	keys := rebuildKeys(t, 5, a, b)
+	// A write b and c acknowledged before c lost its disk: only b has it.
+	// Where a comes before b in the row, c pulls a whole and reconciles
+	// b, so the reconcile must fetch it.
+	var onlyB []subjects.NodeWrite
+	bAfterA := 0
+	for p := range uint32(xferQ) {
+		onlyB = append(onlyB, subjects.NodeWrite{Tenant: "t", Key: keysIn("t", p, xferQ, 6)[5], LWW: version(vclock.CounterAt(time.Now()), "c1", "only b")})
+		if row := f.current().Owners(p, nil); slices.Index(row, "a") < slices.Index(row, "b") {
+			bAfterA++
+		}
+	}
+	if bAfterA == 0 {
+		t.Fatal("a comes before b in no row: the test needs some")
+	}
+	writeAll(t, onlyB, b)
 	cc := cfg("c", t.TempDir())
 	c := startFresh(t, s, cc)
 	waitFor(t, 5*time.Second, "c to load the map", func() bool { return c.Map() != nil })
@@ -192,6 +208,14 @@ func TestRebuildFreshDirectory(t *testing.T) {
 		if r := rawRead(t, f.nc, "c", subjects.NodeProtocolVersion, mv, "t", k); r.Err != "" || r.LWW == nil || string(r.LWW.Value) != "v-"+k {
 			t.Fatalf("c after its rebuild, key %q: %+v", k, r)
 		}
+	}
+	for _, w := range onlyB {
+		if r := rawRead(t, f.nc, "c", subjects.NodeProtocolVersion, mv, "t", w.Key); r.Err != "" || r.LWW == nil || string(r.LWW.Value) != "only b" {
+			t.Fatalf("c after its rebuild lacks %q, which only b held: %+v", w.Key, r)
+		}
+	}
+	if got := c.xfer.reconciled.Load(); got < int64(bAfterA) {
+		t.Errorf("c reconciled %d (partition, source) pairs, want at least %d (b after a)", got, bAfterA)
 	}
 	waitFor(t, 5*time.Second, "the rebuild mark to be cleared", func() bool {
 		v, err := c.eng.getMeta(metaRebuild)

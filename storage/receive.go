@@ -6,13 +6,16 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/quorumkv/quorumkv/hashtree"
 	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/storage/replica"
 	"github.com/quorumkv/quorumkv/subjects"
@@ -57,6 +60,9 @@ type xferState struct {
 	// without pulling while its since is unchanged (ring.Map.StillCurrent:
 	// a report speaks only for rows that did not change after its map).
 	done map[uint32]uint64
+	// reconciled counts the (partition, source) pairs reconciled by a
+	// hash-tree exchange instead of pulled (pullOrReconcile).
+	reconciled atomic.Int64
 }
 
 type rateSample struct {
@@ -400,7 +406,7 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 				genDone = true
 			}
 			work = true
-			err := n.pullTries(ctx, src.node, p, m.Version(), ts, false)
+			err := n.pullOrReconcile(ctx, src.node, p, m.Version(), ts, pulled, false)
 			if ctx.Err() != nil {
 				return false
 			}
@@ -570,6 +576,135 @@ func notPulled(want []string, got map[string]bool) ([]string, bool) {
 		}
 	}
 	return left, len(left) > 0
+}
+
+// pullOrReconcile makes this node hold every record of p's tenants
+// (nil: all) that src holds, as pulling them to the end would. The
+// tenants another source already gave this node (pulled: source →
+// tenants, "" = all) are reconciled with src by a hash-tree exchange
+// (reconcile): a tree of each side and only the records that differ,
+// instead of the whole partition again; the others, and every tenant
+// when the list is unknown (ts nil: an exchange names its tenants), are
+// pulled. A reconcile that fails for any reason falls back to pulling
+// those tenants, also when nobody answered it: a source of a release
+// without the ae op has no responder there, yet answers scans (a source
+// that is down fails the pull too, which marks it down).
+func (n *Node) pullOrReconcile(ctx context.Context, src string, p uint32, version uint64, ts []string, pulled map[string]map[string]bool, rebuild bool) error {
+	var full, recon []string
+	for _, t := range ts {
+		based := false
+		for o, got := range pulled {
+			if o != src && (got[""] || got[t]) {
+				based = true
+				break
+			}
+		}
+		if based {
+			recon = append(recon, t)
+		} else {
+			full = append(full, t)
+		}
+	}
+	if len(recon) > 0 {
+		err := n.reconcileTries(ctx, src, p, version, recon)
+		switch {
+		case err == nil:
+			n.xfer.reconciled.Add(1)
+		case ctx.Err() != nil:
+			return err
+		default:
+			lvl := slog.LevelInfo
+			if errors.Is(err, replica.ErrNodeDown) {
+				lvl = slog.LevelDebug // no responder: an older source, or one down (the pull tells)
+			}
+			n.log.Log(ctx, lvl, "transfer: reconcile failed; pulling the partition instead", "partition", p, "from", src, "err", err)
+			full = append(full, recon...)
+			slices.Sort(full)
+		}
+	}
+	if ts != nil && len(full) == 0 {
+		return nil
+	}
+	return n.pullTries(ctx, src, p, version, full, rebuild)
+}
+
+// reconcileTries is reconcile, tried again (up to xferTries times) when
+// src no longer holds the tree it answered the roots with (it changed
+// meanwhile: KindConflict).
+func (n *Node) reconcileTries(ctx context.Context, src string, p uint32, version uint64, tenants []string) error {
+	var err error
+	for range xferTries {
+		err = n.reconcile(ctx, src, p, version, tenants)
+		if !errors.Is(err, &subjects.Error{Kind: subjects.KindConflict}) {
+			return err
+		}
+	}
+	return err
+}
+
+// reconcile fetches from src, a current owner of p at map version
+// version, every record of p's tenants (sorted, not empty) that src
+// holds and this node does not hold identically, and merges them (LWW
+// max, DVV sync: never overwritten), by the anti-entropy exchange
+// (subjects.AERequest with Transfer): this node's tree, src's root at
+// version (fenced as a scan is: map_behind is retried), and when the
+// roots differ the differing buckets, their keys and the records. Once
+// it returns nil this node holds every record src held when it answered
+// the roots, or a merge of it with newer versions; writes src accepts
+// after that come from coordinators that also send them here (the fence).
+// It fetches only: src needs nothing of a receiver.
+func (n *Node) reconcile(ctx context.Context, src string, p uint32, version uint64, tenants []string) error {
+	// This side's tree is built for the exchange and dropped after it:
+	// not cached, as anti-entropy's are, since a receiver has no use for
+	// it once the partition is in (the source's is cached: the exchange
+	// descends it by its root).
+	cfg := aeConfig(0)
+	t, err := n.buildTree(ctx, p, tenants, cfg, true)
+	if err == nil && t.Len() >= aeDeepKeys {
+		cfg = aeConfig(t.Len())
+		t, err = n.buildTree(ctx, p, tenants, cfg, true)
+	}
+	if err != nil {
+		return fmt.Errorf("storage: reconcile partition %d with %s: %w", p, src, err)
+	}
+	local := &aeTree{t: t}
+	base := subjects.AERequest{
+		Partitions: n.eng.q, MapVersion: version, Tenants: tenants, Transfer: true,
+		Config: subjects.AEConfig{FanOut: cfg.FanOut, Depth: cfg.Depth},
+	}
+	roots := base
+	roots.Op, roots.Parts = subjects.AEOpRoots, []uint32{p}
+	var rep *subjects.AEReply
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for wait := 20 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		rep, err = n.aeCall(rctx, src, &roots)
+		if !errors.Is(err, &subjects.Error{Kind: subjects.KindMapBehind}) {
+			break
+		}
+		select { // src is loading the map: ask again
+		case <-time.After(wait):
+		case <-rctx.Done():
+			return fmt.Errorf("storage: reconcile partition %d with %s: %w", p, src, err)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("storage: reconcile partition %d with %s: %w", p, src, err)
+	}
+	if len(rep.Hashes) != 1 {
+		return fmt.Errorf("storage: reconcile partition %d with %s: %d roots for 1 partition", p, src, len(rep.Hashes))
+	}
+	remote := hashtree.Hash(rep.Hashes[0])
+	if remote == local.root() {
+		return nil
+	}
+	req := base
+	req.Partition = p
+	task := &aeTask{p: p, peer: src, tenants: tenants, cfg: cfg, local: local, xfer: true}
+	if _, err := n.aeExchange(ctx, task, req, remote); err != nil {
+		return fmt.Errorf("storage: reconcile partition %d with %s: %w", p, src, err)
+	}
+	return nil
 }
 
 // pullTries pulls p from src (tenants: nil for all), trying xferTries

@@ -14,7 +14,6 @@ import (
 	"github.com/cespare/xxhash/v2"
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/nats-io/nats.go"
-	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/ring"
@@ -100,28 +99,43 @@ func (n *Node) handleScan(m *nats.Msg) {
 	if req.MaxBytes > 0 && req.MaxBytes < maxBytes {
 		maxBytes = req.MaxBytes
 	}
-	entries, next, err := scanPartition(n.eng.db, req.Partition, req.Cursor, limit, maxBytes, req.Tenants)
+	// The reply (subjects.PartitionScanReply) is encoded straight from
+	// the iterator into a pooled buffer, after room for its header, which
+	// needs the record count and goes in last, right before the records.
+	// A page is up to a megabyte; nothing of it is copied but into the
+	// buffer (and by NATS, which copies what Respond sends).
+	bp := scanBufs.Get().(*[]byte)
+	b := append((*bp)[:0], make([]byte, scanHeaderRoom)...)
+	var firstTenant, firstKey string // of the page's first record, for a too-large error
+	firstLen := 0
+	count, next, err := scanPartitionEach(n.eng.db, req.Partition, req.Cursor, limit, maxBytes, req.Tenants, func(tenant, key, value []byte) {
+		if len(b) == scanHeaderRoom {
+			firstTenant, firstKey, firstLen = string(tenant), string(key), len(value)
+		}
+		b = wire.AppendPartitionRecordBytes(b, tenant, key, value)
+	})
+	defer func() {
+		if cap(b) <= scanBufMax {
+			*bp = b[:0]
+			scanBufs.Put(bp)
+		}
+	}()
 	if err != nil {
 		n.respondKind(m, subjects.KindInternal, err.Error())
 		return
 	}
-	reply := subjects.PartitionScanReply{Records: make([]subjects.PartitionRecord, len(entries)), Cursor: next}
-	for i, en := range entries {
-		reply.Records[i] = subjects.PartitionRecord{Tenant: en.Tenant, Key: en.Key, State: en.Record}
-	}
-	data, err := msgpack.Marshal(&reply)
-	if err != nil {
-		n.respondKind(m, subjects.KindInternal, fmt.Sprintf("encode scan reply: %v", err))
-		return
-	}
+	b = wire.AppendPartitionScanReplyEnd(b, next)
+	hdr := wire.AppendPartitionScanReplyHeader(make([]byte, 0, scanHeaderRoom), count)
+	start := scanHeaderRoom - len(hdr)
+	copy(b[start:], hdr)
+	data := b[start:]
 	if limit := n.nc.MaxPayload(); int64(len(data)) > limit {
 		// A page is sized below the reply limit, so only a single record
 		// past it gets here (a siblings state grown by repair merges):
 		// say which, rather than let the receiver time out.
-		desc := fmt.Sprintf("a page of %d records of partition %d is %d bytes, more than one message carries (%d)", len(entries), req.Partition, len(data), limit)
-		if len(entries) == 1 {
-			first := entries[0]
-			desc = fmt.Sprintf("record %s/%q of partition %d is %d bytes, more than one message carries (%d): delete it without a context", first.Tenant, first.Key, req.Partition, len(first.Record), limit)
+		desc := fmt.Sprintf("a page of %d records of partition %d is %d bytes, more than one message carries (%d)", count, req.Partition, len(data), limit)
+		if count == 1 {
+			desc = fmt.Sprintf("record %s/%q of partition %d is %d bytes, more than one message carries (%d): delete it without a context", firstTenant, firstKey, req.Partition, firstLen, limit)
 		}
 		n.respondKind(m, subjects.KindTooLarge, desc)
 		return
@@ -139,6 +153,17 @@ func (n *Node) respondKind(m *nats.Msg, kind, desc string) {
 	e := subjects.Errorf(kind, "%s", desc)
 	_ = m.RespondMsg(&nats.Msg{Subject: m.Reply, Header: e.Headers()})
 }
+
+// Scan replies are encoded into pooled buffers (handleScan): scanHeaderRoom
+// bytes are left before the records for the reply's header (0x92 and an
+// array header of at most 5 bytes); a buffer grown past scanBufMax (a
+// page far above the default 1 MiB) is not kept.
+const (
+	scanHeaderRoom = 6
+	scanBufMax     = 4 << 20
+)
+
+var scanBufs = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
 
 // checkTenantFilter reports why tenants cannot filter a scan: they must
 // be valid tenant ids, sorted and distinct (the order their ranges come in).

@@ -660,6 +660,15 @@ type AERequest struct {
 	// tenant set and config); if it no longer has it, it answers
 	// KindConflict and the sender retries the next pass.
 	Root [2]uint64
+	// Transfer (appended) marks an exchange a receiver of a moving
+	// partition runs to reconcile Partition with a second current owner
+	// after pulling it whole from another (docs/ARCHITECTURE.md, "Moving
+	// a partition"). The responder builds trees and lists keys for it
+	// without its anti-entropy rate and figures (the receiver paces the
+	// records it fetches by its transfer rate and counts them as
+	// transfer). Only roots, children, keys and records are sent with it;
+	// an older responder ignores it and paces by its anti-entropy rate.
+	Transfer bool
 }
 
 // AEMaxParts bounds AERequest.Parts of one roots request.

@@ -1159,3 +1159,85 @@ func UnmarshalPartitionScan(data []byte, s *subjects.PartitionScan) error {
 	}
 	return msgpack.Unmarshal(data, s)
 }
+
+// --- partition scan replies ---
+
+// AppendPartitionScanReply appends rep's msgpack to dst, byte for byte
+// what the library writes ([Records, Cursor], each record [Tenant, Key,
+// State]), without reflection or the library's buffer growth: a scan page
+// is up to a megabyte of records, written once into a buffer sized by
+// the caller.
+func AppendPartitionScanReply(dst []byte, rep *subjects.PartitionScanReply) []byte {
+	dst = append(dst, 0x92)
+	if rep.Records == nil {
+		dst = append(dst, mpNil)
+	} else {
+		dst = appendArrayLen(dst, len(rep.Records))
+		for i := range rep.Records {
+			dst = AppendPartitionRecord(dst, rep.Records[i].Tenant, rep.Records[i].Key, rep.Records[i].State)
+		}
+	}
+	return appendBin(dst, rep.Cursor)
+}
+
+// AppendPartitionScanReplyHeader appends the start of a PartitionScanReply
+// of n records (n >= 0); AppendPartitionRecord appends each, then
+// appendBin the cursor (AppendPartitionScanReplyEnd). Together they write
+// what AppendPartitionScanReply writes, for a caller that encodes records
+// as it reads them.
+func AppendPartitionScanReplyHeader(dst []byte, n int) []byte {
+	return appendArrayLen(append(dst, 0x92), n)
+}
+
+// AppendPartitionRecord appends one subjects.PartitionRecord.
+func AppendPartitionRecord(dst []byte, tenant, key string, state []byte) []byte {
+	return appendBin(appendStr(appendStr(append(dst, 0x93), tenant), key), state)
+}
+
+// AppendPartitionRecordBytes is AppendPartitionRecord for a tenant and
+// key held as bytes (a store iterator's), converting nothing.
+func AppendPartitionRecordBytes(dst []byte, tenant, key, state []byte) []byte {
+	dst = append(appendStrHeader(append(dst, 0x93), len(tenant)), tenant...)
+	dst = append(appendStrHeader(dst, len(key)), key...)
+	return appendBin(dst, state)
+}
+
+// AppendPartitionScanReplyEnd appends the cursor that ends a reply begun
+// by AppendPartitionScanReplyHeader.
+func AppendPartitionScanReplyEnd(dst []byte, cursor []byte) []byte {
+	return appendBin(dst, cursor)
+}
+
+// UnmarshalPartitionScanReply decodes data into rep, which it overwrites,
+// as the library would, except that each record's State aliases data (the
+// caller keeps data while it uses them). Input the fast path does not
+// take goes to the library.
+func UnmarshalPartitionScanReply(data []byte, rep *subjects.PartitionScanReply) error {
+	return unmarshalNode(data, rep, decodePartitionScanReply)
+}
+
+func decodePartitionScanReply(data []byte, rep *subjects.PartitionScanReply) bool {
+	*rep = subjects.PartitionScanReply{}
+	r := mpReader{b: data}
+	if r.structLen(2) != 2 {
+		return false
+	}
+	if n := r.arrayLen(); n >= 0 && !r.bad {
+		if n > len(r.b) { // each record takes at least a byte
+			return false
+		}
+		rep.Records = make([]subjects.PartitionRecord, n)
+		var tenant string
+		for i := range rep.Records {
+			if r.structLen(3) != 3 {
+				return false
+			}
+			rec := &rep.Records[i]
+			rec.Tenant = r.strShared(&tenant)
+			rec.Key = r.str()
+			rec.State = r.bytes()
+		}
+	}
+	rep.Cursor = r.bytes()
+	return !r.bad && len(r.b) == 0
+}

@@ -45,7 +45,8 @@ func (c *Client) ScanPartition(ctx context.Context, node string, req subjects.Pa
 		return nil, 0, batchError(e)
 	}
 	var rep subjects.PartitionScanReply
-	if err := msgpack.Unmarshal(msg.Data, &rep); err != nil {
+	// The records' states alias msg.Data, which is this reply's own.
+	if err := wire.UnmarshalPartitionScanReply(msg.Data, &rep); err != nil {
 		return nil, 0, fmt.Errorf("bad reply from %s: %w", node, err)
 	}
 	return &rep, len(msg.Data), nil
