@@ -425,6 +425,21 @@ func TestRebuildingSourceRefusesTransferScans(t *testing.T) {
 	if e := scan(false); e == nil || e.Kind != subjects.KindRebuilding {
 		t.Fatalf("a transfer's scan of a rebuilding partition answered %v, want %s", e, subjects.KindRebuilding)
 	}
+	// A transfer's reconcile (hash-tree exchange) of it is refused too.
+	roots := func(transfer bool) *subjects.Error {
+		t.Helper()
+		data, err := msgpack.Marshal(&subjects.AERequest{Proto: subjects.NodeProtocolVersion, Op: subjects.AEOpRoots, Partitions: xferQ,
+			MapVersion: c.Map().Version(), Tenants: []string{"t"}, Config: subjects.AEConfig{FanOut: 16, Depth: 2},
+			Parts: []uint32{xferPart}, Transfer: transfer})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, e := aeRequest(t, f.nc, "c", data)
+		return e
+	}
+	if e := roots(true); e == nil || e.Kind != subjects.KindRebuilding {
+		t.Fatalf("a transfer's reconcile of a rebuilding partition answered %v, want %s", e, subjects.KindRebuilding)
+	}
 	if e := scan(true); e != nil {
 		t.Fatalf("a rebuild's scan of a rebuilding partition answered %v, want what c holds", e)
 	}
@@ -433,5 +448,8 @@ func TestRebuildingSourceRefusesTransferScans(t *testing.T) {
 	waitFor(t, 20*time.Second, "c's rebuild", func() bool { total, done := c.rebuildStatus(); return done == total })
 	if e := scan(false); e != nil {
 		t.Fatalf("a scan after the rebuild answered %v", e)
+	}
+	if e := roots(true); e != nil {
+		t.Fatalf("a transfer's reconcile after the rebuild answered %v", e)
 	}
 }
