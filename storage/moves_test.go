@@ -491,6 +491,7 @@ func TestInstallWaitsForFencedWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	notRebuilding(t, n) // a stands for a node that has been in the map all along
 	n.beforeApply = func() {
 		if armed.CompareAndSwap(true, false) {
 			close(held)

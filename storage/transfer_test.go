@@ -43,22 +43,28 @@ func startXfer(tb testing.TB, s *server.Server, cfg Config, load func(e *engine)
 	if load != nil {
 		load(n.eng)
 	}
-	if n.eng.minted {
-		// A directory the test just made stands for an existing node's
-		// (with what load wrote): nothing to rebuild (rebuild.go;
-		// startFresh keeps the mark).
-		if err := n.eng.db.Delete(metaRebuild, nil); err != nil {
-			tb.Fatal(err)
-		}
-		n.rebuild.marked = false
-		n.rebuild.on.Store(false)
-	}
+	notRebuilding(tb, n)
 	if err := n.start(natstest.Connect(tb, s)); err != nil {
 		_ = n.Stop()
 		tb.Fatalf("start %s: %v", cfg.NodeID, err)
 	}
 	tb.Cleanup(func() { _ = n.Stop() })
 	return n
+}
+
+// notRebuilding makes a directory the test just made stand for an
+// existing node's (with what the test wrote): nothing to rebuild
+// (rebuild.go; startFresh keeps the mark). Call it before start.
+func notRebuilding(tb testing.TB, n *Node) {
+	tb.Helper()
+	if !n.eng.minted {
+		return
+	}
+	if err := n.eng.db.Delete(metaRebuild, nil); err != nil {
+		tb.Fatal(err)
+	}
+	n.rebuild.marked = false
+	n.rebuild.on.Store(false)
 }
 
 // apply merges writes in batches of 1000 and fails on any item error.
