@@ -66,6 +66,13 @@ const (
 
 // Per-request bounds a responder enforces.
 const (
+	// aeMaxLeaves is the largest tree shape a request may ask for (the
+	// initiator's largest, 16-way × 3 levels); aeMaxRootLeaves bounds the
+	// leaves of all the trees one roots request makes the responder build
+	// (256 partitions at the largest shape, 4096 at 16 × 2; a pass asks
+	// aeChunk at a time).
+	aeMaxLeaves     = 4096
+	aeMaxRootLeaves = 1 << 20
 	aeMaxKeys    = 10_000 // records: keys per request
 	aeMaxBuckets = 1024   // keys: buckets per request the sender asks
 )
@@ -368,6 +375,12 @@ func (n *Node) serveAE(data []byte) (*subjects.AEReply, string, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, subjects.KindInvalid, fmt.Errorf("anti-entropy request: %w", err)
 	}
+	if cfg.Leaves() > aeMaxLeaves {
+		// Trees are built and cached per request: a shape this large
+		// (up to 21 MB a tree) times the partitions asked would exhaust
+		// the node's memory (found by FuzzServeAE).
+		return nil, subjects.KindInvalid, fmt.Errorf("anti-entropy request: trees of %d leaves (at most %d)", cfg.Leaves(), aeMaxLeaves)
+	}
 	if req.MapVersion == 0 {
 		return nil, subjects.KindInvalid, errors.New("anti-entropy request names no map version")
 	}
@@ -400,6 +413,9 @@ func (n *Node) serveAE(data []byte) (*subjects.AEReply, string, error) {
 	case subjects.AEOpRoots:
 		if len(req.Parts) == 0 || len(req.Parts) > subjects.AEMaxParts {
 			return nil, subjects.KindInvalid, fmt.Errorf("anti-entropy roots of %d partitions (1..%d)", len(req.Parts), subjects.AEMaxParts)
+		}
+		if len(req.Parts)*cfg.Leaves() > aeMaxRootLeaves {
+			return nil, subjects.KindInvalid, fmt.Errorf("anti-entropy roots of %d partitions of %d leaves each: at most %d leaves in all", len(req.Parts), cfg.Leaves(), aeMaxRootLeaves)
 		}
 		for _, p := range req.Parts {
 			if kind, err := owner(p); err != nil {

@@ -51,7 +51,7 @@ func FuzzServeAE(f *testing.F) {
 	}
 	f.Add([]byte{0x93, 0x02, 0xa1, 'x', 0x10})
 	known := map[string]bool{subjects.KindInvalid: true, subjects.KindNotOwner: true, subjects.KindMapBehind: true,
-		subjects.KindConflict: true, subjects.KindTooLarge: true}
+		subjects.KindConflict: true, subjects.KindTooLarge: true, subjects.KindRebuilding: true}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		rep, kind, err := n.serveAE(data)
 		if (err == nil) == (rep == nil) || (err != nil && !known[kind]) {

@@ -323,6 +323,14 @@ func TestAEBadRequests(t *testing.T) {
 		{"wrong Q", "a", subjects.KindInvalid, enc(func() subjects.AERequest { r := good(); r.Partitions = 1024; return r }())},
 		{"bad fan-out", "a", subjects.KindInvalid, enc(func() subjects.AERequest { r := good(); r.Config.FanOut = 3; return r }())},
 		{"huge tree", "a", subjects.KindInvalid, enc(func() subjects.AERequest { r := good(); r.Config.Depth = 8; return r }())},
+		// Valid shapes too large to build per request (FuzzServeAE ran a
+		// node out of memory with them).
+		{"tree over 4096 leaves", "a", subjects.KindInvalid, enc(func() subjects.AERequest { r := good(); r.Config.FanOut = 256; return r }())},
+		{"roots over 2^20 leaves", "a", subjects.KindInvalid, enc(func() subjects.AERequest {
+			r := good()
+			r.Config.Depth, r.Parts = 3, make([]uint32, 257)
+			return r
+		}())},
 		{"no tenants", "a", subjects.KindInvalid, enc(func() subjects.AERequest { r := good(); r.Tenants = nil; return r }())},
 		{"unsorted tenants", "a", subjects.KindInvalid, enc(func() subjects.AERequest { r := good(); r.Tenants = []string{"b", "a"}; return r }())},
 		{"unknown op", "a", subjects.KindInvalid, enc(func() subjects.AERequest { r := good(); r.Op = "drop"; return r }())},
