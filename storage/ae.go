@@ -16,6 +16,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/quorumkv/quorumkv/hashtree"
+	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/subjects"
 )
@@ -73,8 +74,8 @@ const (
 	// aeChunk at a time).
 	aeMaxLeaves     = 4096
 	aeMaxRootLeaves = 1 << 20
-	aeMaxKeys    = 10_000 // records: keys per request
-	aeMaxBuckets = 1024   // keys: buckets per request the sender asks
+	aeMaxKeys       = 10_000 // records: keys per request
+	aeMaxBuckets    = 1024   // keys: buckets per request the sender asks
 )
 
 // aeState is the node's anti-entropy state.
@@ -356,6 +357,11 @@ func (n *Node) handleAE(m *nats.Msg) {
 // which error kind to answer.
 func (n *Node) serveAE(data []byte) (*subjects.AEReply, string, error) {
 	var req subjects.AERequest
+	// The library allocates a container's declared length up front: a
+	// few bytes could ask for hundreds of gigabytes (FuzzServeAE).
+	if err := wire.CheckMsgpack(data); err != nil {
+		return nil, subjects.KindInvalid, fmt.Errorf("bad anti-entropy request: %w", err)
+	}
 	if err := msgpack.Unmarshal(data, &req); err != nil {
 		return nil, subjects.KindInvalid, fmt.Errorf("bad anti-entropy request: %w", err)
 	}

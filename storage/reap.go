@@ -14,6 +14,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/quorumkv/quorumkv/hashtree"
+	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/metrics"
 	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/subjects"
@@ -551,8 +552,12 @@ func (e *engine) heldHashes(items []subjects.ReapItem) ([]subjects.ReapResult, e
 // handleReap answers a ReapRequest (subjects.NodeOpReap).
 func (n *Node) handleReap(m *nats.Msg) {
 	var req subjects.ReapRequest
-	if err := msgpack.Unmarshal(m.Data, &req); err != nil || !subjects.NodeProtocolSupported(req.Proto) {
-		n.respondError(m, fmt.Sprintf("bad reap request (proto %d, accepted %d..%d): %v", req.Proto, subjects.NodeProtocolMin, subjects.NodeProtocolVersion, err))
+	derr := wire.CheckMsgpack(m.Data) // the library allocates declared lengths up front
+	if derr == nil {
+		derr = msgpack.Unmarshal(m.Data, &req)
+	}
+	if derr != nil || !subjects.NodeProtocolSupported(req.Proto) {
+		n.respondError(m, fmt.Sprintf("bad reap request (proto %d, accepted %d..%d): %v", req.Proto, subjects.NodeProtocolMin, subjects.NodeProtocolVersion, derr))
 		return
 	}
 	if req.Partitions != n.eng.q {

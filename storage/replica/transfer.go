@@ -79,6 +79,9 @@ func (c *Client) AntiEntropy(ctx context.Context, node string, req *subjects.AER
 		return nil, 0, batchError(e)
 	}
 	var rep subjects.AEReply
+	if err := wire.CheckMsgpack(msg.Data); err != nil { // declared lengths are allocated up front
+		return nil, 0, fmt.Errorf("bad reply from %s: %w", node, err)
+	}
 	if err := msgpack.Unmarshal(msg.Data, &rep); err != nil {
 		return nil, 0, fmt.Errorf("bad reply from %s: %w", node, err)
 	}
