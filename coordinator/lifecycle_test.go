@@ -45,6 +45,9 @@ type lifecycle struct {
 	// heartbeats do not report it. The others report it, as a storage
 	// node holding nothing does, while the map names them nowhere.
 	holding map[string]bool
+	// proto is the node protocol each node registered with: its
+	// heartbeats carry the same, as a process of that build would.
+	proto map[string]int
 }
 
 func startLifecycle(t *testing.T) *lifecycle { return startLifecycleOn(t, "") }
@@ -57,7 +60,7 @@ func startLifecycleOn(t *testing.T, md string) *lifecycle {
 	c := startClusterWith(t, devcluster.Config{Nodes: -1, Coordinators: 2, DefaultTenant: "-", Coordinator: cfg, Metadata: md})
 	nc := connect(t, c)
 	l := &lifecycle{t: t, c: c, nc: nc, admin: client.NewAdmin(nc), alive: map[string]bool{}, xfer: map[string]*subjects.TransferStatus{},
-		holding: map[string]bool{}}
+		holding: map[string]bool{}, proto: map[string]int{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go l.heartbeats(ctx, done)
@@ -101,6 +104,10 @@ func (l *lifecycle) heartbeat(ctx context.Context, id string) error {
 		st = &c
 	}
 	holding := l.holding[id]
+	proto, ok := l.proto[id]
+	if !ok {
+		proto = subjects.NodeProtocolVersion
+	}
 	l.mu.Unlock()
 	if !holding {
 		if m, err := l.admin.Placement(ctx); err == nil && m.Partitions() > 0 && !m.HasNode(id) {
@@ -110,7 +117,7 @@ func (l *lifecycle) heartbeat(ctx context.Context, id string) error {
 			st.HandoffDone = m.Version()
 		}
 	}
-	req := subjects.NodeRequest{NodeID: id, Epoch: 1, Protocol: subjects.NodeProtocolVersion, Transfer: st}
+	req := subjects.NodeRequest{NodeID: id, Epoch: 1, Protocol: proto, Transfer: st}
 	_, err := client.NewAdmin(l.nc).Register(ctx, req)
 	return err
 }
@@ -134,6 +141,11 @@ func (l *lifecycle) register(id string, hold bool, proto ...int) *subjects.Node 
 	if len(proto) > 0 {
 		p = proto[0]
 	}
+	// The protocol is kept before the registration, so a heartbeat
+	// between the two cannot undo a downgrade.
+	l.mu.Lock()
+	l.proto[id] = p
+	l.mu.Unlock()
 	n, err := l.admin.Register(ctxT(l.t), subjects.NodeRequest{NodeID: id, Epoch: 1, Protocol: p, Hold: hold})
 	if err != nil {
 		l.t.Fatalf("register %s: %v", id, err)
