@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -124,7 +125,12 @@ func runMembership(ctx context.Context, cfg *Config, rep *Report, p *progress) e
 	p.step("%s %s uniform %s c=%d, %d records, before adding %s", SysQuorumKV, wl.Name, dur.Name, cfg.MembershipConcurrency, cfg.MembershipRecords, m.Transfer.Node)
 	sleep(ctx, cfg.Warmup)
 	ld.begin(0)
+	stopBefore, err := startProfile(beforeProfile(cfg.MembershipCPUProfile))
+	if err != nil {
+		return fmt.Errorf("membership: %w", err)
+	}
 	sleep(ctx, cfg.Duration)
+	stopBefore()
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -133,11 +139,18 @@ func runMembership(ctx context.Context, cfg *Config, rep *Report, p *progress) e
 	// The node registers as it starts: the transfer window opens with it.
 	p.step("%s %s uniform %s c=%d, adding %s (--transfer-rate %s)", SysQuorumKV, wl.Name, dur.Name, cfg.MembershipConcurrency, m.Transfer.Node, fmtRateLimit(m.Transfer.RateLimit))
 	ld.begin(1)
+	stopProfile, err := startProfile(cfg.MembershipCPUProfile)
+	if err != nil {
+		return fmt.Errorf("membership: %w", err)
+	}
 	start := time.Now()
 	if err := e.deploy.StartNode(m.Transfer.Node); err != nil {
+		stopProfile()
 		return fmt.Errorf("membership: start %s: %w", m.Transfer.Node, err)
 	}
-	if err := waitJoined(ctx, e.deploy, client.NewAdmin(e.conns[0]), m, start); err != nil {
+	err = waitJoined(ctx, e.deploy, client.NewAdmin(e.conns[0]), m, start)
+	stopProfile()
+	if err != nil {
 		return err
 	}
 	m.Before, m.During = ld.finish()
@@ -364,4 +377,30 @@ func fmtRateLimit(b int64) string {
 		return "unlimited"
 	}
 	return fmt.Sprintf("%g MiB/s", float64(b)/(1<<20))
+}
+
+// beforeProfile is where the before window's profile goes when the
+// transfer window's goes to path: path with ".before" added ("" for "").
+func beforeProfile(path string) string {
+	if path == "" {
+		return ""
+	}
+	return path + ".before"
+}
+
+// startProfile writes a CPU profile into path until stop; an empty path
+// profiles nothing.
+func startProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile %s: %w", path, err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }

@@ -64,6 +64,13 @@ type Config struct {
 	// and during the transfer, and the transfer rate.
 	MembershipRecords     uint64
 	MembershipConcurrency int // (64)
+	// MembershipCPUProfile, when set, is a file the membership cell writes
+	// a CPU profile of its during window to (from the 4th node's start to
+	// its active status), so the transfer's cost is not mixed with the
+	// preload's; the before window's goes to the same name with ".before"
+	// added, for a side-by-side comparison. It cannot be combined with a
+	// whole-run profile.
+	MembershipCPUProfile string
 	// TransferRate is the storage nodes' --transfer-rate in bytes/s (0:
 	// storage.DefaultTransferRate; storage.Unlimited: no cap).
 	TransferRate int64

@@ -33,6 +33,9 @@ func runBench(args []string) error {
 	if err != nil {
 		return err
 	}
+	if bf.cpuProfile != "" && cfg.MembershipCPUProfile != "" {
+		return usagef("bench: --cpuprofile and --membership-cpuprofile cannot both be given (the runtime keeps one CPU profile at a time)")
+	}
 	if cfg.Logger, err = lf.logger(os.Stderr); err != nil {
 		return err
 	}
@@ -115,6 +118,7 @@ func (b *benchFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.Coordinator.MaxBatch, "max-batch", c.Coordinator.MaxBatch, "coordinator: replica messages per batch at most")
 	fs.StringVar(&b.dataDir, "data", "", "scratch directory (default: a new temporary directory, removed afterwards)")
 	fs.StringVar(&b.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to `FILE`")
+	fs.StringVar(&c.MembershipCPUProfile, "membership-cpuprofile", "", "write a CPU profile of the membership cell's transfer window (the 4th node's start to its active status) to `FILE`, and of its before window to FILE.before; not with --cpuprofile")
 	fs.StringVar(&b.memProfile, "memprofile", "", "write an allocation profile of the whole run to `FILE` at the end")
 }
 
