@@ -2,7 +2,9 @@ package storage
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"math/rand/v2"
 	"reflect"
 	"testing"
 
@@ -224,5 +226,68 @@ func TestBoundSkipsOnlyWhatCannotLose(t *testing.T) {
 	apply(subjects.NodeWrite{ID: 5, Tenant: "s", Key: "k", Coordinate: &subjects.Coordinate{Value: vclock.Value{Data: []byte("v")}}})
 	if res := apply(subjects.NodeWrite{ID: 6, Tenant: "s", Key: "k", LWW: version(1<<62, "x", "lww")}); res[0].Err != errPolicy {
 		t.Fatalf("lww write on a siblings key: %+v", res[0])
+	}
+}
+
+// BenchmarkReadOnDisk compares data block sizes (dataBlockBytes) side by
+// side on a store larger than the block cache: point reads of random keys
+// (what reads and the merges of writes do) and a scan of one partition in
+// 64 (what a transfer's pull, its reconcile and anti-entropy do). 400k
+// keys of 256 random bytes are written and compacted into tables first.
+func BenchmarkReadOnDisk(b *testing.B) {
+	const keys = 400_000
+	for _, kib := range []int{4, 16, 32} {
+		b.Run(fmt.Sprintf("block=%dKiB", kib), func(b *testing.B) {
+			was := dataBlockBytes
+			dataBlockBytes = kib << 10
+			defer func() { dataBlockBytes = was }()
+			n, err := Open(Config{NodeID: "bench", DataDir: b.TempDir(), Logger: quiet()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer n.Stop()
+			rng := rand.New(rand.NewPCG(1, 2))
+			key := func(i int) string { return fmt.Sprintf("user%012d", i) }
+			for lo := 0; lo < keys; lo += 1000 {
+				writes := make([]subjects.NodeWrite, 0, 1000)
+				for i := lo; i < lo+1000; i++ {
+					v := make([]byte, 256)
+					for j := range v {
+						v[j] = byte(rng.Uint32())
+					}
+					writes = append(writes, subjects.NodeWrite{ID: uint64(i), Tenant: "bench", Key: key(i),
+						LWW: &vclock.Version{Dot: vclock.Dot{Counter: uint64(i + 1), Actor: "a"}, Value: v}})
+				}
+				n.eng.applyWrites(writes)
+			}
+			if err := n.eng.db.Compact(context.Background(), []byte{0}, []byte{0xff, 0xff, 0xff, 0xff, 0xff}, false); err != nil {
+				b.Fatal(err)
+			}
+			b.Run("point", func(b *testing.B) {
+				i := 0
+				for b.Loop() {
+					if _, err := n.eng.read("bench", key(i%keys)); err != nil {
+						b.Fatal(err)
+					}
+					i += 7919
+				}
+			})
+			b.Run("scan", func(b *testing.B) {
+				var bytes int64
+				p := uint32(0)
+				for b.Loop() {
+					bytes = 0
+					err := n.scanTenants(context.Background(), p%uint32(n.eng.q), []string{"bench"}, true, func(_ string, k, v []byte) bool {
+						bytes += int64(len(k) + len(v))
+						return true
+					})
+					if err != nil {
+						b.Fatal(err)
+					}
+					p += 64
+				}
+				b.SetBytes(bytes)
+			})
+		})
 	}
 }
