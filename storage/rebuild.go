@@ -365,14 +365,13 @@ func (n *Node) rebuildPartition(ctx context.Context, p uint32) bool {
 	}
 	got := map[string]int{}
 	pulled := map[string]map[string]bool{} // source → tenants it gave
-	st := streamed{}
 	for _, src := range owners {
 		ts := perSource[src]
 		if len(ts) == 0 {
 			continue
 		}
 		slices.Sort(ts)
-		if err := n.pullOrReconcile(ctx, src, p, m.Version(), ts, pulled, st, true); err != nil {
+		if err := n.pullOrReconcile(ctx, src, p, m.Version(), ts, pulled, true); err != nil {
 			if ctx.Err() == nil {
 				n.log.Info("rebuild: a source failed; trying the others", "partition", p, "from", src, "err", err)
 			}

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,9 +63,6 @@ type xferState struct {
 	// reconciled counts the (partition, source) pairs reconciled by a
 	// hash-tree exchange instead of pulled (pullOrReconcile).
 	reconciled atomic.Int64
-	// streamTrees counts the reconciles whose own tree was built from the
-	// records a pull merged (streamed), not from a scan.
-	streamTrees atomic.Int64
 }
 
 type rateSample struct {
@@ -366,7 +362,6 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 	}
 	pulled := map[string]map[string]bool{} // source → tenants pulled to the end; "" = all
 	failed := map[string]bool{}            // sources skipped after their tries
-	st := streamed{}
 	var (
 		needed []string
 		rf     map[string]int // the tenant list of the last round; nil: unknown
@@ -411,7 +406,7 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 				genDone = true
 			}
 			work = true
-			err := n.pullOrReconcile(ctx, src.node, p, m.Version(), ts, pulled, st, false)
+			err := n.pullOrReconcile(ctx, src.node, p, m.Version(), ts, pulled, false)
 			if ctx.Err() != nil {
 				return false
 			}
@@ -594,7 +589,7 @@ func notPulled(want []string, got map[string]bool) ([]string, bool) {
 // those tenants, also when nobody answered it: a source of a release
 // without the ae op has no responder there, yet answers scans (a source
 // that is down fails the pull too, which marks it down).
-func (n *Node) pullOrReconcile(ctx context.Context, src string, p uint32, version uint64, ts []string, pulled map[string]map[string]bool, st streamed, rebuild bool) error {
+func (n *Node) pullOrReconcile(ctx context.Context, src string, p uint32, version uint64, ts []string, pulled map[string]map[string]bool, rebuild bool) error {
 	var full, recon []string
 	for _, t := range ts {
 		based := false
@@ -611,7 +606,7 @@ func (n *Node) pullOrReconcile(ctx context.Context, src string, p uint32, versio
 		}
 	}
 	if len(recon) > 0 {
-		err := n.reconcileTries(ctx, src, p, version, recon, st)
+		err := n.reconcileTries(ctx, src, p, version, recon)
 		switch {
 		case err == nil:
 			n.xfer.reconciled.Add(1)
@@ -630,16 +625,16 @@ func (n *Node) pullOrReconcile(ctx context.Context, src string, p uint32, versio
 	if ts != nil && len(full) == 0 {
 		return nil
 	}
-	return n.pullTries(ctx, src, p, version, full, st, rebuild)
+	return n.pullTries(ctx, src, p, version, full, rebuild)
 }
 
 // reconcileTries is reconcile, tried again (up to xferTries times) when
 // src no longer holds the tree it answered the roots with (it changed
 // meanwhile: KindConflict).
-func (n *Node) reconcileTries(ctx context.Context, src string, p uint32, version uint64, tenants []string, st streamed) error {
+func (n *Node) reconcileTries(ctx context.Context, src string, p uint32, version uint64, tenants []string) error {
 	var err error
 	for range xferTries {
-		err = n.reconcile(ctx, src, p, version, tenants, st)
+		err = n.reconcile(ctx, src, p, version, tenants)
 		if !errors.Is(err, &subjects.Error{Kind: subjects.KindConflict}) {
 			return err
 		}
@@ -658,23 +653,16 @@ func (n *Node) reconcileTries(ctx context.Context, src string, p uint32, version
 // the roots, or a merge of it with newer versions; writes src accepts
 // after that come from coordinators that also send them here (the fence).
 // It fetches only: src needs nothing of a receiver.
-func (n *Node) reconcile(ctx context.Context, src string, p uint32, version uint64, tenants []string, st streamed) error {
+func (n *Node) reconcile(ctx context.Context, src string, p uint32, version uint64, tenants []string) error {
 	// This side's tree is built for the exchange and dropped after it:
 	// not cached, as anti-entropy's are, since a receiver has no use for
 	// it once the partition is in (the source's is cached: the exchange
-	// descends it by its root). When a pull of this call merged every
-	// record of these tenants from the start, the tree is built from what
-	// it merged, not from a scan (streamed).
-	t, cfg, err := st.tree(tenants)
-	if err == nil && t == nil {
-		cfg = aeConfig(0)
+	// descends it by its root).
+	cfg := aeConfig(0)
+	t, err := n.buildTree(ctx, p, tenants, cfg, true)
+	if err == nil && t.Len() >= aeDeepKeys {
+		cfg = aeConfig(t.Len())
 		t, err = n.buildTree(ctx, p, tenants, cfg, true)
-		if err == nil && t.Len() >= aeDeepKeys {
-			cfg = aeConfig(t.Len())
-			t, err = n.buildTree(ctx, p, tenants, cfg, true)
-		}
-	} else if t != nil {
-		n.xfer.streamTrees.Add(1)
 	}
 	if err != nil {
 		return fmt.Errorf("storage: reconcile partition %d with %s: %w", p, src, err)
@@ -721,41 +709,17 @@ func (n *Node) reconcile(ctx context.Context, src string, p uint32, version uint
 
 // pullTries pulls p from src (tenants: nil for all), trying xferTries
 // times.
-func (n *Node) pullTries(ctx context.Context, src string, p uint32, version uint64, tenants []string, st streamed, rebuild bool) error {
-	var (
-		err error
-		// fromStart: the first try that merged a page began at the
-		// partition's start, not at a cursor persisted before this call;
-		// nil until a try merged one. Later tries resume from this call's
-		// own pages, so entries then holds every record merged.
-		fromStart *bool
-		entries   = map[string][]hashtree.Entry{}
-	)
-	merged := func(tenant, key string, state []byte) {
-		if len(tenants) > 0 { // a nil filter gives no tenant list to mark complete
-			entries[tenant] = append(entries[tenant], hashtree.Entry{Tenant: tenant, Key: strings.Clone(key), Version: hashtree.VersionHash(state)})
-		}
-	}
+func (n *Node) pullTries(ctx context.Context, src string, p uint32, version uint64, tenants []string, rebuild bool) error {
+	var err error
 	for try := range xferTries {
 		var last TransferProgress
-		var pr TransferProgress
-		pr, err = n.PullPartition(ctx, src, p, TransferOptions{
+		_, err = n.PullPartition(ctx, src, p, TransferOptions{
 			MapVersion: version, Tenants: tenants, Rebuild: rebuild, // Rate 0: the node's shared cap
 			Progress: func(pr TransferProgress) {
 				n.addProgress(pr.Bytes-last.Bytes, pr.Records-last.Records)
 				last = pr
 			},
-			Merged: merged,
 		})
-		if fromStart == nil && pr.Pages > 0 {
-			b := !pr.Resumed
-			fromStart = &b
-		}
-		if err == nil && fromStart != nil && *fromStart && len(tenants) > 0 {
-			for _, t := range tenants {
-				st.add(t, entries[t])
-			}
-		}
 		if err == nil || ctx.Err() != nil || try == xferTries-1 {
 			return err
 		}
@@ -944,57 +908,4 @@ func (e *engine) forgetGenerations() error {
 type regenJob struct {
 	p   uint32
 	err error
-}
-
-// streamed holds, per tenant of one partition, the (key, version hash) of
-// every record a pull in the current receivePartition (or rebuild) call
-// merged from the partition's start to its end, as the source sent it.
-// The reconcile with the partition's other owners builds this side's tree
-// from it instead of scanning what the pull just wrote. It stays correct
-// although the node holds more than the pull gave (writes forwarded to it
-// meanwhile, merged): where a bucket of this tree equals the other
-// owner's, every key of it came here at the other owner's version; where
-// it differs, the exchange compares the keys this node actually holds
-// (bucketEntries) and fetches what differs. A tenant absent from st has
-// no such list (pulled with a cursor from an earlier call, or not pulled):
-// its reconcile scans.
-type streamed map[string][]hashtree.Entry
-
-// add records tenant's entries as complete (nil: the tenant has no
-// record here).
-func (st streamed) add(tenant string, es []hashtree.Entry) {
-	if es == nil {
-		es = []hashtree.Entry{}
-	}
-	st[tenant] = es
-}
-
-// tree builds the tree of tenants from st, with the shape a scan of the
-// same keys would get (aeConfig); nil when a tenant has no complete list.
-func (st streamed) tree(tenants []string) (*hashtree.Tree, hashtree.Config, error) {
-	keys := 0
-	for _, t := range tenants {
-		es, ok := st[t]
-		if !ok {
-			return nil, hashtree.Config{}, nil
-		}
-		keys += len(es)
-	}
-	cfg := aeConfig(0)
-	if keys >= aeDeepKeys {
-		cfg = aeConfig(keys)
-	}
-	t, err := hashtree.Build(cfg, func(yield func(hashtree.Entry) bool) {
-		for _, tn := range tenants {
-			for _, e := range st[tn] {
-				if !yield(e) {
-					return
-				}
-			}
-		}
-	})
-	if err != nil {
-		return nil, cfg, fmt.Errorf("build tree from the pulled records: %w", err)
-	}
-	return t, cfg, nil
 }

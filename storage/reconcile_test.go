@@ -12,7 +12,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/quorumkv/quorumkv/hashtree"
 	"github.com/quorumkv/quorumkv/internal/natstest"
 	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/ring"
@@ -130,11 +129,6 @@ func TestTransferReconcilesOtherSources(t *testing.T) {
 	}
 	if got, want := d.xfer.reconciled.Load(), int64(2*len(needy)); got < want {
 		t.Errorf("%d (partition, source) pairs reconciled, want %d (2 per needed partition)", got, want)
-	}
-	// Each reconcile built d's tree from the pull's records, not a scan
-	// (and the merge above is checked against the owners').
-	if got, want := d.xfer.streamTrees.Load(), int64(2*len(needy)); got < want {
-		t.Errorf("%d reconciles built their tree from the pulled records, want %d", got, want)
 	}
 	// One copy, plus the records that differ (the siblings, whose dots
 	// are each owner's own, and the three keys per partition).
@@ -273,72 +267,5 @@ func TestScanRecordTooLarge(t *testing.T) {
 	rep, _, err := rc.ScanPartition(context.Background(), "src", subjects.PartitionScan{Partitions: xferQ, Partition: xferPart + 1})
 	if err != nil || len(rep.Records) != 0 || rep.Cursor != nil {
 		t.Fatalf("scan of an empty partition after: %+v %v", rep, err)
-	}
-}
-
-// TestPullTriesStreamsEntries: a pull that merged a partition's tenants
-// from its start records each record's (key, version), and the tree built
-// from them is the tree of what the source holds (what a scan of the
-// receiver, which held nothing, also gives); a pull that resumed from a
-// cursor persisted before it, or one without a tenant filter, records
-// nothing, so its reconcile scans.
-func TestPullTriesStreamsEntries(t *testing.T) {
-	s := natstest.RunServer(t)
-	var inPart int
-	a := startXfer(t, s, Config{NodeID: "a", DataDir: t.TempDir()}, func(e *engine) { inPart = fillMixed(t, e, 3000, 1500, 30) })
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	tenants := []string{"lww", "sib"}
-	rootOf := func(n *Node) hashtree.Hash {
-		tr, err := n.buildTree(ctx, xferPart, tenants, aeConfig(0), true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tr.Root()
-	}
-
-	b := startXfer(t, s, Config{NodeID: "b", DataDir: t.TempDir()}, nil)
-	st := streamed{}
-	if err := b.pullTries(ctx, "a", xferPart, 0, tenants, st, false); err != nil {
-		t.Fatal(err)
-	}
-	if got := len(st["lww"]) + len(st["sib"]); got != inPart {
-		t.Fatalf("streamed %d entries (lww %d, sib %d) of a partition of %d records", got, len(st["lww"]), len(st["sib"]), inPart)
-	}
-	tr, _, err := st.tree(tenants)
-	if err != nil || tr == nil {
-		t.Fatalf("tree from the stream: %v %v", tr, err)
-	}
-	if tr.Root() != rootOf(a) || tr.Root() != rootOf(b) {
-		t.Fatalf("tree from the stream %x; source's %x, receiver's scan %x", tr.Root(), rootOf(a), rootOf(b))
-	}
-	if tr, _, _ := st.tree([]string{"lww", "other"}); tr != nil {
-		t.Fatalf("a tree for a tenant the stream has no list of")
-	}
-
-	// c holds a cursor persisted before this call: its pull resumes and
-	// records nothing.
-	c := startXfer(t, s, Config{NodeID: "c", DataDir: t.TempDir()}, nil)
-	if _, err := c.PullPartition(ctx, "a", xferPart, TransferOptions{Tenants: tenants, Records: 5}); err != nil {
-		t.Fatal(err)
-	}
-	ks := keysIn("lww", xferPart, xferQ, 1)
-	if err := c.submit(ctx, &localWrite{metaKey: transferKey(xferPart, "a", tenants), metaValue: []byte("lww\x00" + ks[0])}); err != nil {
-		t.Fatal(err)
-	}
-	st = streamed{}
-	if err := c.pullTries(ctx, "a", xferPart, 0, tenants, st, false); err != nil {
-		t.Fatal(err)
-	}
-	if len(st) != 0 {
-		t.Fatalf("a resumed pull streamed %d tenants; want none (it did not merge the records before its cursor)", len(st))
-	}
-	// No filter: no tenant list to mark complete.
-	st = streamed{}
-	if err := b.pullTries(ctx, "a", xferPart, 0, nil, st, false); err != nil {
-		t.Fatal(err)
-	}
-	if len(st) != 0 {
-		t.Fatalf("a pull of every tenant streamed %d tenants; want none", len(st))
 	}
 }

@@ -231,11 +231,6 @@ type TransferOptions struct {
 	// Rebuild marks the scans as a rebuild's (PartitionScan.Rebuild): a
 	// source rebuilding the partition too answers them.
 	Rebuild bool
-	// Merged, when set, is called for each record once its page is merged
-	// and persisted (not for records skipped), on the caller's goroutine,
-	// with the state as the source sent it. The arguments alias the page:
-	// copy what is kept.
-	Merged func(tenant, key string, state []byte)
 }
 
 // TransferProgress reports a PullPartition call.
@@ -591,13 +586,6 @@ func (n *Node) PullPartition(ctx context.Context, from string, p uint32, opts Tr
 		if j.persistErr != nil {
 			report()
 			return prog, fmt.Errorf("storage: pull partition %d from %s: persist cursor: %w", p, from, j.persistErr)
-		}
-		if opts.Merged != nil {
-			for i, r := range pg.rep.Records {
-				if j.results[i].Err == "" {
-					opts.Merged(r.Tenant, r.Key, r.State)
-				}
-			}
 		}
 		prog.Pages++
 		prog.Records += int64(len(items) - skipped)
