@@ -30,10 +30,15 @@ import (
 // resumes where it stopped. Which partitions to pull, and when, is the
 // transfer loop's (receive.go); the map flips are the coordinators'.
 
-// DefaultTransferRate is the bytes per second a transfer pulls at most
-// unless Config.TransferRate says otherwise: generous, so that a transfer
-// runs near what the machine allows while foreground traffic keeps a share.
-const DefaultTransferRate = 128 << 20
+// DefaultTransferRate is the bytes per second a node's transfers pull at
+// most unless Config.TransferRate says otherwise. It protects the
+// foreground first, as Cassandra's stream throughput cap (24 MiB/s) does:
+// on the 2-core reference machine a join under a 64-client YCSB A load
+// kept 0.71x of the foreground's throughput at 16 MiB/s, against 0.57x at
+// 24 and 0.35x uncapped (~40 MB/s) (docs/PERFORMANCE.md, "Membership").
+// Raise it (storage --transfer-rate; 0 = unlimited) where the machines
+// have cores to spare or the cluster is idle.
+const DefaultTransferRate = 16 << 20
 
 // Unlimited as Config.TransferRate or TransferOptions.Rate lifts the cap.
 const Unlimited = -1
