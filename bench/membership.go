@@ -125,7 +125,7 @@ func runMembership(ctx context.Context, cfg *Config, rep *Report, p *progress) e
 	p.step("%s %s uniform %s c=%d, %d records, before adding %s", SysQuorumKV, wl.Name, dur.Name, cfg.MembershipConcurrency, cfg.MembershipRecords, m.Transfer.Node)
 	sleep(ctx, cfg.Warmup)
 	ld.begin(0)
-	stopBefore, err := startProfile(beforeProfile(cfg.MembershipCPUProfile))
+	stopBefore, err := StartCPUProfile(beforeProfile(cfg.MembershipCPUProfile))
 	if err != nil {
 		return fmt.Errorf("membership: %w", err)
 	}
@@ -139,7 +139,7 @@ func runMembership(ctx context.Context, cfg *Config, rep *Report, p *progress) e
 	// The node registers as it starts: the transfer window opens with it.
 	p.step("%s %s uniform %s c=%d, adding %s (--transfer-rate %s)", SysQuorumKV, wl.Name, dur.Name, cfg.MembershipConcurrency, m.Transfer.Node, fmtRateLimit(m.Transfer.RateLimit))
 	ld.begin(1)
-	stopProfile, err := startProfile(cfg.MembershipCPUProfile)
+	stopProfile, err := StartCPUProfile(cfg.MembershipCPUProfile)
 	if err != nil {
 		return fmt.Errorf("membership: %w", err)
 	}
@@ -388,9 +388,9 @@ func beforeProfile(path string) string {
 	return path + ".before"
 }
 
-// startProfile writes a CPU profile into path until stop; an empty path
-// profiles nothing.
-func startProfile(path string) (stop func(), err error) {
+// StartCPUProfile writes a CPU profile into path until stop; an empty
+// path profiles nothing. The runtime keeps one profile at a time.
+func StartCPUProfile(path string) (stop func(), err error) {
 	if path == "" {
 		return func() {}, nil
 	}

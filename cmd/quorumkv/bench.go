@@ -33,9 +33,6 @@ func runBench(args []string) error {
 	if err != nil {
 		return err
 	}
-	if bf.cpuProfile != "" && cfg.MembershipCPUProfile != "" {
-		return usagef("bench: --cpuprofile and --membership-cpuprofile cannot both be given (the runtime keeps one CPU profile at a time)")
-	}
 	if cfg.Logger, err = lf.logger(os.Stderr); err != nil {
 		return err
 	}
@@ -44,7 +41,7 @@ func runBench(args []string) error {
 		return err
 	}
 	defer cleanup()
-	stopProfile, err := startCPUProfile(bf.cpuProfile)
+	stopProfile, err := bench.StartCPUProfile(bf.cpuProfile)
 	if err != nil {
 		return err
 	}
@@ -129,6 +126,9 @@ func (b *benchFlags) config(fs *flag.FlagSet) (bench.Config, error) {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	cfg := b.cfg
+	if b.cpuProfile != "" && cfg.MembershipCPUProfile != "" {
+		return cfg, usagef("bench: --cpuprofile and --membership-cpuprofile cannot both be given (the runtime keeps one CPU profile at a time)")
+	}
 	cfg.Durabilities, cfg.Systems, cfg.Dir = splitList(b.durability), splitList(b.systems), b.dataDir
 	cfg.Progress, cfg.Mode = os.Stderr, b.matrix
 	targets := func() {
@@ -203,23 +203,6 @@ func scratchDir(dir *string) (cleanup func(), err error) {
 	}
 	*dir = tmp
 	return func() { _ = os.RemoveAll(tmp) }, nil
-}
-
-// startCPUProfile profiles the process into path until stop; an empty
-// path profiles nothing.
-func startCPUProfile(path string) (stop func(), err error) {
-	if path == "" {
-		return func() {}, nil
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return nil, fmt.Errorf("cpu profile: %w", err)
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("cpu profile: %w", err)
-	}
-	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 func splitList(s string) []string {

@@ -46,4 +46,10 @@ func TestBenchMembershipFlags(t *testing.T) {
 	if _, err = benchConfig(t, "--matrix", "members"); err == nil {
 		t.Fatal("--matrix members accepted")
 	}
+	if b, err = benchConfig(t, "--membership-cpuprofile", "m.prof"); err != nil || b.cfg.MembershipCPUProfile != "m.prof" {
+		t.Fatalf("--membership-cpuprofile m.prof: %v, %q", err, b.cfg.MembershipCPUProfile)
+	}
+	if _, err = benchConfig(t, "--cpuprofile", "a.prof", "--membership-cpuprofile", "m.prof"); err == nil {
+		t.Fatal("--cpuprofile with --membership-cpuprofile accepted (the runtime keeps one profile at a time)")
+	}
 }
