@@ -25,14 +25,7 @@ const (
 
 // aeLoop runs a pass every Config.AntiEntropyInterval until ctx ends.
 func (n *Node) aeLoop(ctx context.Context) {
-	t := time.NewTicker(n.cfg.AntiEntropyInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, n.cfg.AntiEntropyInterval, func() {
 		n.aePass(ctx)
 		if n.cfg.ReapInterval == 0 && ctx.Err() == nil {
 			// Reaping follows the pass that just compared every owned
@@ -40,6 +33,22 @@ func (n *Node) aeLoop(ctx context.Context) {
 			// each owner again before it deletes anything).
 			n.reapPass(ctx)
 		}
+	})
+}
+
+// every calls f each d (the first after d, not at once) until ctx ends;
+// after a call longer than d the next follows at once (the ticker keeps
+// one tick), never more than one.
+func every(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		f()
 	}
 }
 

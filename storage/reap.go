@@ -326,54 +326,51 @@ func (n *Node) reapConfirmed(ctx context.Context, m *ring.Map, p uint32, cands [
 			peers[o] = append(peers[o], i)
 		}
 	}
+	// round asks each peer about its candidates still ok (commit: to reap
+	// them) and clears ok for those it fails or whose answer keep refuses.
+	round := func(commit bool, failed string, keep func(r subjects.ReapResult, c *reapCandidate) bool) error {
+		for _, o := range order {
+			var idx []int
+			for _, i := range peers[o] {
+				if ok[i] {
+					idx = append(idx, i)
+				}
+			}
+			if len(idx) == 0 {
+				continue
+			}
+			res, err := n.askReap(ctx, o, m, p, cands, idx, commit)
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				n.log.Debug(failed, "partition", p, "owner", o, "err", err)
+				for _, i := range idx {
+					ok[i] = false
+				}
+				continue
+			}
+			for k, i := range idx {
+				if !keep(res[k], &cands[i]) {
+					ok[i] = false
+				}
+			}
+		}
+		return nil
+	}
 	// 1. Confirm: every peer holds the same record, or nothing.
-	for _, o := range order {
-		idx := peers[o]
-		res, err := n.askReap(ctx, o, m, p, cands, idx, false)
-		if err != nil {
-			if ctx.Err() != nil {
-				return reapedKinds{}, ctx.Err()
-			}
-			n.log.Debug("reap: an owner did not confirm; its keys wait", "partition", p, "owner", o, "err", err)
-			for _, i := range idx {
-				ok[i] = false
-			}
-			continue
-		}
-		for k, i := range idx {
-			if h := res[k].Held; h != ([2]uint64{}) && h != cands[i].item.Hash {
-				ok[i] = false
-			}
-		}
+	err := round(false, "reap: an owner did not confirm; its keys wait", func(r subjects.ReapResult, c *reapCandidate) bool {
+		return r.Held == ([2]uint64{}) || r.Held == c.item.Hash
+	})
+	if err != nil {
+		return reapedKinds{}, err
 	}
 	// 2. Reap on the peers, then here, only what every peer confirmed.
-	for _, o := range order {
-		var idx []int
-		for _, i := range peers[o] {
-			if ok[i] {
-				idx = append(idx, i)
-			}
-		}
-		if len(idx) == 0 {
-			continue
-		}
-		res, err := n.askReap(ctx, o, m, p, cands, idx, true)
-		if err != nil {
-			if ctx.Err() != nil {
-				return reapedKinds{}, ctx.Err()
-			}
-			n.log.Debug("reap: an owner did not reap; keeping ours for a later pass", "partition", p, "owner", o, "err", err)
-			for _, i := range idx {
-				ok[i] = false
-			}
-			continue
-		}
-		for k, i := range idx {
-			// Changed since it confirmed: a newer write got there.
-			if !res[k].Reaped && res[k].Held != ([2]uint64{}) {
-				ok[i] = false
-			}
-		}
+	err = round(true, "reap: an owner did not reap; keeping ours for a later pass", func(r subjects.ReapResult, _ *reapCandidate) bool {
+		return r.Reaped || r.Held == ([2]uint64{}) // else changed since it confirmed: a newer write got there
+	})
+	if err != nil {
+		return reapedKinds{}, err
 	}
 	var (
 		items []subjects.ReapItem
@@ -648,16 +645,7 @@ func (n *Node) handleReap(m *nats.Msg) {
 // keeps the directory's grace floor current (rebuild.go): a grace lowered
 // is recorded by the pass that first reaps by it.
 func (n *Node) reapLoop(ctx context.Context) {
-	t := time.NewTicker(n.cfg.ReapInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		n.reapPass(ctx)
-	}
+	every(ctx, n.cfg.ReapInterval, func() { n.reapPass(ctx) })
 }
 
 // reapPass reaps every partition this node is a current owner of, and
