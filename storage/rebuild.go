@@ -208,16 +208,7 @@ func (n *Node) rebuildStatus() (total, done int) {
 // aliveLoop records lastAlive every aliveEvery until ctx ends (Stop
 // records it once more).
 func (n *Node) aliveLoop(ctx context.Context) {
-	t := time.NewTicker(aliveEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			n.markAlive()
-		}
-	}
+	every(ctx, aliveEvery, n.markAlive)
 }
 
 func (n *Node) markAlive() {
