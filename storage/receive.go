@@ -93,17 +93,42 @@ func (n *Node) TransferStatus() *subjects.TransferStatus {
 	return &st
 }
 
+// rateLocked is the bytes per second received over the last rateWindow,
+// counted over at least rateMinSpan: the first page of a transfer, a few
+// milliseconds after its start, is not a rate (it read as hundreds of
+// MB/s in node list).
 func (s *xferState) rateLocked(now time.Time) float64 {
 	s.trimLocked(now)
 	if len(s.samples) < 2 {
 		return 0
 	}
 	first, last := s.samples[0], s.samples[len(s.samples)-1]
-	d := now.Sub(first.at).Seconds()
-	if d <= 0 {
-		return 0
-	}
+	d := max(now.Sub(first.at), rateMinSpan).Seconds()
 	return float64(last.bytes-first.bytes) / d
+}
+
+// rateMinSpan is the shortest span a transfer rate is counted over.
+const rateMinSpan = time.Second
+
+// begin starts the figures of a new transition at now; the rate counts
+// from now, so the first page received counts too.
+func (s *xferState) begin(now time.Time) {
+	s.status = &subjects.TransferStatus{}
+	s.samples = []rateSample{{at: now}}
+}
+
+// record adds bytes and keys received at now.
+func (s *xferState) record(now time.Time, bytes, keys int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.status == nil {
+		return
+	}
+	s.status.Bytes += bytes
+	s.status.Keys += keys
+	s.status.Updated = now
+	s.samples = append(s.samples, rateSample{at: now, bytes: s.status.Bytes})
+	s.trimLocked(now)
 }
 
 func (s *xferState) trimLocked(now time.Time) {
@@ -767,8 +792,7 @@ func (n *Node) startStatus(pl *plan) {
 	}
 	if s.status == nil || s.status.PartitionsDone >= s.status.PartitionsTotal {
 		// A new transition (the last one, if any, had finished).
-		s.status = &subjects.TransferStatus{}
-		s.samples = nil
+		s.begin(time.Now())
 	}
 	s.status.MapVersion = pl.m.Version()
 	s.status.PartitionsTotal = total
@@ -777,17 +801,7 @@ func (n *Node) startStatus(pl *plan) {
 }
 
 func (n *Node) addProgress(bytes, keys int64) {
-	s := &n.xfer
-	now := time.Now()
-	s.mu.Lock()
-	if s.status != nil {
-		s.status.Bytes += bytes
-		s.status.Keys += keys
-		s.status.Updated = now
-		s.samples = append(s.samples, rateSample{at: now, bytes: s.status.Bytes})
-		s.trimLocked(now)
-	}
-	s.mu.Unlock()
+	n.xfer.record(time.Now(), bytes, keys)
 	n.metrics.Transferred(bytes, keys)
 }
 

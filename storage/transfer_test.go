@@ -655,3 +655,33 @@ func TestTransferRateSharedAcrossPulls(t *testing.T) {
 	}
 	t.Logf("%d bytes in %d pages at %d B/s: %v (floor %v)", total, pages, rate, elapsed, floor)
 }
+
+// TestTransferRateNotFromOnePage: the rate node list shows is counted from
+// the transition's start and over at least a second, so a first page
+// received milliseconds after the start does not read as hundreds of MB/s
+// (the membership bench once saw 674 MB/s); over a longer span it is the
+// bytes over the span, and pages older than the window stop counting.
+func TestTransferRateNotFromOnePage(t *testing.T) {
+	var s xferState
+	t0 := time.Unix(1_700_000_000, 0)
+	s.begin(t0)
+	s.record(t0.Add(2*time.Millisecond), 1<<20, 100)
+	s.record(t0.Add(3*time.Millisecond), 1<<20, 100)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r := s.rateLocked(t0.Add(3 * time.Millisecond)); r > 2<<20 {
+		t.Fatalf("rate %.0f B/s from two 1 MiB pages 2 and 3 ms after the start; want at most 2 MiB/s (counted over a second)", r)
+	}
+	s.mu.Unlock()
+	for i := 1; i <= 4; i++ {
+		s.record(t0.Add(time.Duration(i)*time.Second), 1<<20, 100)
+	}
+	s.mu.Lock()
+	if r, want := s.rateLocked(t0.Add(4*time.Second)), float64(6<<20)/4; r != want {
+		t.Fatalf("rate %.0f B/s after 6 MiB in 4 s from the start; want %.0f", r, want)
+	}
+	// 30 s later, past the window: only the last sample is left, no rate.
+	if r := s.rateLocked(t0.Add(34 * time.Second)); r != 0 {
+		t.Fatalf("rate %.0f B/s 30 s after the last page; want 0", r)
+	}
+}
