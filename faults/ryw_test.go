@@ -42,13 +42,18 @@ func TestReadYourWritesUnderQuorum(t *testing.T) {
 		}
 	)
 	const keys = 4
+	// The property is about versions, not latency: a node restarted a
+	// moment ago on a CI machine running other packages under the race
+	// detector may take longer than the default 2 s to answer, which is
+	// a timeout, not a stale read. Each operation may take up to opTimeout.
+	const opTimeout = 15 * time.Second
 	for k := 0; k < keys; k++ {
 		key := "ryw-" + strconv.Itoa(k)
 		wg.Add(1)
 		go func() { // writer: sequence numbers per key, increasing
 			defer wg.Done()
 			for seq := int64(1); !stopped(); seq++ {
-				if _, err := kv.Put(ctx, key, []byte(strconv.FormatInt(seq, 10)), client.WithConsistency(subjects.Quorum)); err != nil {
+				if _, err := kv.Put(ctx, key, []byte(strconv.FormatInt(seq, 10)), client.WithConsistency(subjects.Quorum), client.WithTimeout(opTimeout)); err != nil {
 					t.Errorf("quorum put with at most one node down: %v", err)
 					return
 				}
@@ -65,7 +70,7 @@ func TestReadYourWritesUnderQuorum(t *testing.T) {
 			defer wg.Done()
 			for !stopped() {
 				floor := acked.Load()
-				got, err := kv.Get(ctx, "ryw-0", client.WithConsistency(subjects.Quorum))
+				got, err := kv.Get(ctx, "ryw-0", client.WithConsistency(subjects.Quorum), client.WithTimeout(opTimeout))
 				if err != nil {
 					if floor == 0 && err == client.ErrNotFound {
 						continue
