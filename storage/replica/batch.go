@@ -24,14 +24,28 @@ type item struct {
 	mapVersion uint64 // the call's; a batch holds items of one map version
 }
 
+// resendable reports whether it may be sent to its node again after its
+// batch was lost: a read, or a write the node merges (applying it twice
+// is applying it once). A siblings coordinating write is not: the node
+// mints a dot for it, so a second application is a second value (its
+// caller moves on to the next owner instead).
+func (it *item) resendable() bool { return it.write.Coordinate == nil }
+
 // sentItem is an item of a batch in flight. done turns 1 when its outcome
-// is delivered (or the client gave up on it), so it is delivered once
-// whoever races to deliver it: the reply, a failure, or Stop.
+// is delivered, the client gave up on it, or it was taken back to be sent
+// again, so it has one outcome whoever races to deliver it: the reply, a
+// failure, Stop or a resend.
 type sentItem struct {
-	id   uint64
-	call *Call
+	item
 	done uint32
 }
+
+// The states of a batch's in-flight slot (batch.slot).
+const (
+	slotHeld  int32 = iota // the batch holds one of its queue's slots
+	slotLent               // presumed lost: its slot went to the next batch (nodeQueue.lent)
+	slotFreed              // the batch ended
+)
 
 // batch is a message in flight to a node.
 type batch struct {
@@ -40,6 +54,7 @@ type batch struct {
 	next     int // the item the next result should be; used by onReply only
 	deadline time.Time
 	sent     time.Time
+	slot     atomic.Int32 // slotHeld, slotLent or slotFreed
 }
 
 // deliver hands o to item k's call unless it has had its outcome.
@@ -87,6 +102,7 @@ func itemSize(it *item) int {
 type nodeQueues struct {
 	write, read  *nodeQueue
 	suspectUntil atomic.Int64 // unix nanos; see Suspect
+	answered     atomic.Int64 // unix nanos of the node's last reply (not a no-responders)
 }
 
 // nodeQueue batches one operation's items for one node.
@@ -94,11 +110,14 @@ type nodeQueue struct {
 	node    string
 	op      string
 	subject string
+	health  *nodeQueues // the node's, shared by its queues
 
 	mu       sync.Mutex
 	queued   []item // waiting for a slot, oldest first
 	spare    []item // the previous queued array, reused
-	inflight int
+	parked   []item // lost with their batch; queued again on the sweeper's next tick
+	inflight int    // slots held (slotHeld batches)
+	lent     int    // batches presumed lost whose slots were lent, MaxInflight at most
 }
 
 // node returns node's queues, creating them on first use.
@@ -116,6 +135,7 @@ func (c *Client) node(node string) *nodeQueues {
 			write: &nodeQueue{node: node, op: subjects.NodeOpWrite, subject: subjects.StorageNode(node, subjects.NodeOpWrite)},
 			read:  &nodeQueue{node: node, op: subjects.NodeOpRead, subject: subjects.StorageNode(node, subjects.NodeOpRead)},
 		}
+		qs.write.health, qs.read.health = qs, qs
 		c.queues[node] = qs
 	}
 	return qs
@@ -185,7 +205,7 @@ func (c *Client) release(q *nodeQueue) {
 func (c *Client) publish(q *nodeQueue, items []item) {
 	b := &batch{q: q, items: make([]sentItem, len(items)), sent: time.Now()}
 	for i := range items {
-		b.items[i] = sentItem{id: items[i].id, call: items[i].call}
+		b.items[i] = sentItem{item: items[i]}
 		if items[i].deadline.After(b.deadline) {
 			b.deadline = items[i].deadline
 		}
@@ -276,7 +296,111 @@ func (c *Client) take(bid uint64) *batch {
 func (c *Client) finish(bid uint64, err error) {
 	if b := c.take(bid); b != nil {
 		b.failRest(err)
+		c.free(b)
+	}
+}
+
+// free ends b's hold on its queue: the slot it holds is released, or,
+// when its slot was lent, its place among the lent.
+func (c *Client) free(b *batch) {
+	if b.slot.CompareAndSwap(slotHeld, slotFreed) {
 		c.release(b.q)
+		return
+	}
+	if b.slot.CompareAndSwap(slotLent, slotFreed) {
+		b.q.mu.Lock()
+		b.q.lent--
+		b.q.mu.Unlock()
+	}
+}
+
+// lend presumes b lost: its slot goes to the next batch, unless
+// MaxInflight batches of its queue are lent already (then b keeps it and
+// nothing changes). When it lends and resend is set, b's resendable items
+// without an outcome are parked to be sent again. Items that are not
+// resendable keep waiting for b's reply or their deadline: b stays
+// routable, and a late reply still reaches the items it did not resend.
+// The cap bounds what a node that is paused rather than gone is sent.
+func (c *Client) lend(b *batch, resend bool) {
+	q := b.q
+	q.mu.Lock()
+	if q.lent >= c.cfg.MaxInflight || !b.slot.CompareAndSwap(slotHeld, slotLent) {
+		q.mu.Unlock()
+		return
+	}
+	if resend {
+		c.parkLocked(b)
+	}
+	q.inflight--
+	q.lent++
+	if c.closed.Load() {
+		q.mu.Unlock()
+		return
+	}
+	c.dispatchLocked(q) // unlocks
+}
+
+// parkLocked takes back b's resendable items that have no outcome yet and
+// parks them on b's queue, to be sent in a new batch on the sweeper's
+// next tick. It is called with b.q.mu held.
+func (c *Client) parkLocked(b *batch) {
+	for k := range b.items {
+		it := &b.items[k]
+		if !it.resendable() || !atomic.CompareAndSwapUint32(&it.done, 0, 1) {
+			continue
+		}
+		if c.closed.Load() {
+			it.call.ch <- Outcome{Node: b.q.node, ID: it.id, Err: ErrStopping}
+			continue
+		}
+		b.q.parked = append(b.q.parked, it.item)
+	}
+}
+
+// lostAfter is how long a batch may stay unanswered before it is presumed
+// lost with a node that stopped after it was sent (it is never answered
+// then): its slot is lent and its resendable items are sent again once.
+// The floor under lostAfterRTTs read round trips.
+const (
+	lostAfter     = time.Second
+	lostAfterRTTs = 16
+)
+
+// nodeGone handles a no-responders answer to batch bid: nobody serves the
+// node's subject now. A node that answered within RestartGrace is most
+// likely restarting, so the batch's resendable items are parked for the
+// next tick rather than failed; the rest fail with ErrNodeDown. Every
+// batch sent to the node before bid and still unanswered was delivered to
+// the process that went away: each is presumed lost (lend) at once.
+func (c *Client) nodeGone(bid uint64) {
+	b := c.take(bid)
+	if b == nil {
+		return
+	}
+	health := b.q.health
+	restarting := time.Since(time.Unix(0, health.answered.Load())) < c.cfg.RestartGrace
+	if restarting {
+		b.q.mu.Lock()
+		c.parkLocked(b)
+		b.q.mu.Unlock()
+	}
+	b.failRest(ErrNodeDown)
+	c.free(b)
+	var lost []*batch
+	c.mu.Lock()
+	for _, o := range c.batches {
+		if o.q.health == health && o.sent.Before(b.sent) {
+			lost = append(lost, o)
+		}
+	}
+	c.mu.Unlock()
+	for _, o := range lost {
+		if restarting {
+			o.q.mu.Lock()
+			c.parkLocked(o)
+			o.q.mu.Unlock()
+		}
+		c.lend(o, false)
 	}
 }
 
@@ -290,7 +414,7 @@ func (c *Client) onReply(m *nats.Msg) {
 		return
 	}
 	if m.Header.Get("Status") == "503" { // no responders: the node is not subscribed
-		c.finish(bid, ErrNodeDown)
+		c.nodeGone(bid)
 		return
 	}
 	if e := subjects.ErrorFromHeaders(m.Header.Get); e != nil {
@@ -303,6 +427,7 @@ func (c *Client) onReply(m *nats.Msg) {
 	if b == nil {
 		return // expired already
 	}
+	b.q.health.answered.Store(time.Now().UnixNano())
 	more, err := c.route(b, m.Data)
 	switch {
 	case err != nil:
@@ -354,9 +479,13 @@ func (b *batch) deliverResult(id uint64, kind, errText string, o Outcome) {
 	}
 }
 
-// sweep frees the slots of batches whose every item's deadline passed, so
-// a node that stopped answering (paused, partitioned) cannot hold its
-// queue forever.
+// sweep, every 50ms: frees the slots of batches whose every item's
+// deadline passed, so a node that stopped answering (paused, partitioned)
+// cannot hold its queue forever; lends the slots of batches unanswered
+// for lostAfter and sends their resendable items again (a batch lost with
+// a node that stopped is never answered: without this, requests queued
+// behind it waited for its deadline, even once the node was back); and
+// queues the parked items again.
 func (c *Client) sweep() {
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
@@ -365,22 +494,60 @@ func (c *Client) sweep() {
 		case <-c.stop:
 			return
 		case now := <-t.C:
-			var expired []*batch
-			c.mu.Lock()
-			for bid, b := range c.batches {
-				if now.After(b.deadline) {
-					delete(c.batches, bid)
-					expired = append(expired, b)
-				}
-			}
-			c.mu.Unlock()
-			for _, b := range expired {
-				// Their callers have given up: no outcome is owed.
-				for k := range b.items {
-					atomic.StoreUint32(&b.items[k].done, 1)
-				}
-				c.release(b.q)
-			}
+			c.sweepOnce(now)
 		}
+	}
+}
+
+// sweepOnce is one tick of sweep at now.
+func (c *Client) sweepOnce(now time.Time) {
+	var expired, lost []*batch
+	lostAt := now.Add(-max(lostAfter, lostAfterRTTs*time.Duration(c.readRTT.Load())))
+	c.mu.Lock()
+	for bid, b := range c.batches {
+		switch {
+		case now.After(b.deadline):
+			delete(c.batches, bid)
+			expired = append(expired, b)
+		case b.sent.Before(lostAt) && b.slot.Load() == slotHeld:
+			lost = append(lost, b)
+		}
+	}
+	c.mu.Unlock()
+	for _, b := range expired {
+		// Their callers have given up: no outcome is owed.
+		for k := range b.items {
+			atomic.StoreUint32(&b.items[k].done, 1)
+		}
+		c.free(b)
+	}
+	for _, b := range lost {
+		c.lend(b, true)
+	}
+	c.qmu.RLock()
+	var parked []*nodeQueue
+	for _, qs := range c.queues {
+		for _, q := range []*nodeQueue{qs.write, qs.read} {
+			q.mu.Lock()
+			if len(q.parked) > 0 {
+				parked = append(parked, q)
+			}
+			q.mu.Unlock()
+		}
+	}
+	c.qmu.RUnlock()
+	for _, q := range parked {
+		q.mu.Lock()
+		// Parked items go first: they are the oldest.
+		q.spare = append(append(q.spare[:0], q.parked...), q.queued...)
+		clear(q.parked)
+		q.parked = q.parked[:0]
+		clear(q.queued)
+		q.queued, q.spare = q.spare, q.queued[:0]
+		if c.closed.Load() {
+			q.mu.Unlock()
+			continue
+		}
+		c.dispatchLocked(q) // unlocks
 	}
 }

@@ -127,6 +127,12 @@ type Config struct {
 	MaxInflight int // batches in flight per node and operation (2)
 	MaxBatch    int // items per batch message at most (512)
 	QueueLen    int // items queued per node and operation; past it ErrQueueFull (16384)
+	// RestartGrace is how long after a node's last reply a no-responders
+	// answer is taken for a restart rather than an outage (2s): the
+	// batch's resendable items are sent again every 50ms, within their
+	// deadline, instead of failing with ErrNodeDown at once. After it, no
+	// responders fails at once. A nanosecond turns it off.
+	RestartGrace time.Duration
 
 	// OnBatch, when set, is called with each batch sent (operation, items),
 	// on the sender's goroutine; it must not block.
@@ -135,7 +141,7 @@ type Config struct {
 
 // DefaultConfig returns the coordinators' settings.
 func DefaultConfig() Config {
-	return Config{MaxInflight: 2, MaxBatch: 512, QueueLen: 16384}
+	return Config{MaxInflight: 2, MaxBatch: 512, QueueLen: 16384, RestartGrace: 2 * time.Second}
 }
 
 func (c *Config) validate() error {
@@ -144,6 +150,7 @@ func (c *Config) validate() error {
 		settings.Default("replica: max inflight", &c.MaxInflight, d.MaxInflight),
 		settings.Default("replica: max batch", &c.MaxBatch, d.MaxBatch),
 		settings.Default("replica: queue len", &c.QueueLen, d.QueueLen),
+		settings.Default("replica: restart grace", &c.RestartGrace, d.RestartGrace),
 	)
 }
 
@@ -250,8 +257,8 @@ func (c *Client) Stop() {
 	for _, qs := range c.queues {
 		for _, q := range []*nodeQueue{qs.write, qs.read} {
 			q.mu.Lock()
-			queued := q.queued
-			q.queued = nil
+			queued := append(q.parked, q.queued...)
+			q.queued, q.parked = nil, nil
 			q.mu.Unlock()
 			for _, it := range queued {
 				it.call.ch <- Outcome{Node: q.node, ID: it.id, Err: ErrStopping}

@@ -86,7 +86,10 @@
 // Errors that fail a whole batch, and so every item in it that has no
 // outcome yet:
 //   - ErrNodeDown: nobody serves the node's subject (NATS no responders,
-//     status 503). It arrives at once, so a stopped node costs no timeout.
+//     status 503). It arrives at once, so a stopped node costs no timeout,
+//     except within Config.RestartGrace (2s) of the node's last reply: the node
+//     is then most likely restarting, and the batch's resendable items
+//     (below) are sent again every 50ms instead; those that are not fail.
 //   - a *subjects.Error read from the reply's error headers: the node
 //     refused the batch (400 for a malformed batch, another protocol
 //     version or a node that is stopping; 429 when its queue is full,
@@ -105,6 +108,22 @@
 // answered by its deadline may never get an outcome; the caller times it
 // out itself. A node gives no deadline of its own to the batch, except
 // the one a siblings coordinating write carries (subjects.Coordinate).
+//
+// Lost batches. A node that stops (or crashes) with a batch received and
+// not answered never answers it, and nothing on the wire says so. A batch
+// is presumed lost when a batch sent to the same node after it is
+// answered with no responders (the subject lost its subscriber in
+// between), or when it stays unanswered for lostAfter (1s, or 16 mean read
+// round trips if longer). A lost batch lends its in-flight slot to the
+// queue, MaxInflight lent per queue at most, so the items behind it leave
+// at once; and its resendable items with no outcome yet are sent again,
+// once for a presumption by age. Resendable are reads and merge writes
+// (lww versions, siblings states): applying one twice is applying it once.
+// A siblings coordinating write is never sent again: the node mints a dot
+// for it, so it would be a second value; it keeps waiting for its reply or
+// deadline, and its caller moves on to the next owner. A late reply to a
+// lost batch still reaches its items that were not sent again; each item
+// has one outcome whichever answer comes first.
 //
 // Replies reach the client on one wildcard subscription of a private
 // inbox (<inbox>.<batch id>); no request creates an inbox or a
