@@ -55,8 +55,14 @@ type Config struct {
 	NodeInflight int           // batches in flight per storage node and operation (2)
 	MaxBatch     int           // replica messages per batch at most (512)
 	NodeQueue    int           // replica messages queued per node and operation (16384)
-	TenantTTL    time.Duration // how long a cached tenant is trusted without an event (30s)
-	RingRefresh  time.Duration // placement map reload interval (5s)
+	// NodeRestartGrace is how long after a storage node's last reply a
+	// no-responders answer is taken for a restart, not an outage: the
+	// node's reads and merge writes are sent again until it is back or the
+	// request's deadline, instead of failing at once (2s; see
+	// replica.Config.RestartGrace; a nanosecond turns it off).
+	NodeRestartGrace time.Duration
+	TenantTTL        time.Duration // how long a cached tenant is trusted without an event (30s)
+	RingRefresh      time.Duration // placement map reload interval (5s)
 	// NodeHeartbeat is the storage nodes' heartbeat interval (15s, as
 	// storage.Config's): node list shows a node silent for 3 of them as
 	// down, and node replace and remove --force accept only such a node.
@@ -122,6 +128,7 @@ func DefaultConfig() Config {
 		NodeInflight:     2,
 		MaxBatch:         512,
 		NodeQueue:        16384,
+		NodeRestartGrace: 2 * time.Second,
 		TenantTTL:        30 * time.Second,
 		RingRefresh:      5 * time.Second,
 		NodeHeartbeat:    15 * time.Second,
@@ -164,6 +171,7 @@ func (c *Config) validate() (err error) {
 		settings.Default("coordinator: node inflight", &c.NodeInflight, d.NodeInflight),
 		settings.Default("coordinator: max batch", &c.MaxBatch, d.MaxBatch),
 		settings.Default("coordinator: node queue", &c.NodeQueue, d.NodeQueue),
+		settings.Default("coordinator: node restart grace", &c.NodeRestartGrace, d.NodeRestartGrace),
 		settings.Default("coordinator: partitions", &c.Partitions, d.Partitions),
 	} {
 		if err != nil {
@@ -265,10 +273,11 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Coordinator, error) {
 		log.Warn("initial placement map load failed; retrying in the background", "err", err)
 	}
 	rep, err := replica.New(nc, replica.Config{
-		MaxInflight: cfg.NodeInflight,
-		MaxBatch:    cfg.MaxBatch,
-		QueueLen:    cfg.NodeQueue,
-		OnBatch:     c.metrics.Batch, // nil metrics record nothing
+		MaxInflight:  cfg.NodeInflight,
+		MaxBatch:     cfg.MaxBatch,
+		QueueLen:     cfg.NodeQueue,
+		RestartGrace: cfg.NodeRestartGrace,
+		OnBatch:      c.metrics.Batch, // nil metrics record nothing
 	})
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: %w", err)

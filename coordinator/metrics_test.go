@@ -27,7 +27,10 @@ func scrape(t *testing.T, reg *prometheus.Registry) string {
 
 func TestCoordinatorMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	c := startClusterWith(t, devcluster.Config{Metrics: reg})
+	// node-1 is stopped a moment after it answered: without a restart
+	// grace its "no responders" fails the put at once (unreachable) rather
+	// than being sent again until the put's deadline.
+	c := startClusterWith(t, devcluster.Config{Metrics: reg, Coordinator: coordinator.Config{NodeRestartGrace: time.Nanosecond}})
 	kv := kvClient(t, c, "default")
 	ctx := ctxT(t)
 	if _, err := kv.Put(ctx, "k", []byte("v")); err != nil {

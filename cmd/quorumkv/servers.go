@@ -187,6 +187,7 @@ func registerCoordinatorFlags(fs *flag.FlagSet, cfg *coordinator.Config) {
 	fs.IntVar(&cfg.MaxInflight, "max-inflight", cfg.MaxInflight, "requests in progress before answering 429 overloaded")
 	fs.IntVar(&cfg.NodeInflight, "node-inflight", cfg.NodeInflight, "batches in flight per storage node and operation")
 	fs.IntVar(&cfg.MaxBatch, "max-batch", cfg.MaxBatch, "replica messages per batch at most")
+	fs.DurationVar(&cfg.NodeRestartGrace, "node-restart-grace", cfg.NodeRestartGrace, "after a storage node's last reply, how long \"no responders\" is taken for a restart: its reads and merge writes are sent again until it is back (within the request's timeout) instead of failing at once (1ns: never)")
 	fs.DurationVar(&cfg.TenantTTL, "tenant-ttl", cfg.TenantTTL, "how long a cached tenant is trusted without an update event")
 	fs.DurationVar(&cfg.HintWindow, "hint-window", cfg.HintWindow, "after answering, how long to wait for the slower primaries before hinting them")
 	fs.Float64Var(&cfg.ReadRepairChance, "read-repair-chance", cfg.ReadRepairChance, "share of quorum reads that ask every primary, not only as many as the level needs, so read repair reaches them all (0..1)")
