@@ -638,6 +638,7 @@ func (c *Coordinator) readOnce(ctx context.Context, r *dataRequest) (*subjects.G
 		if merged.LiveAt(c.cfg.Now().UnixMilli()) {
 			reply.Found = true
 			reply.Value = merged.Value
+			reply.ExpiresAtMs = merged.Expires
 		}
 	}
 	return reply, nil

@@ -247,6 +247,7 @@ func (c *Coordinator) siblingsReply(r *dataRequest, reply *subjects.GetReply, re
 	if last, ok := merged.LastLiveAt(now); ok {
 		reply.Found = true
 		reply.Value = last.Value.Data
+		reply.ExpiresAtMs = last.Value.Expires
 		if reply.Value == nil {
 			reply.Value = []byte{}
 		}

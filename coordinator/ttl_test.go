@@ -100,6 +100,12 @@ func TestTTLExpiresOnEveryReplica(t *testing.T) {
 				if err != nil || string(got.Value) != "short-lived" {
 					t.Fatalf("before expiry: %v %+v", err, got)
 				}
+				if got.ExpiresAtMs != exp {
+					t.Fatalf("get answered expires_at_ms %d, the replicas hold %d", got.ExpiresAtMs, exp)
+				}
+				if got, err := kv.Get(ctx, "forever"); err != nil || got.ExpiresAtMs != 0 {
+					t.Fatalf("a value without TTL: %v, expires_at_ms %d, want none", err, got.ExpiresAtMs)
+				}
 
 				// Just short of Expires the value is there; at Expires it
 				// is gone, and the read carries a context.
@@ -173,10 +179,13 @@ func TestTTLSiblingsExpireOneByOne(t *testing.T) {
 	if err != nil || len(got.Siblings) != 2 {
 		t.Fatalf("before expiry: %v %+v, want two siblings", err, got)
 	}
+	if got.Value == nil || (string(got.Value) == "brief") != (got.ExpiresAtMs != 0) {
+		t.Fatalf("expires_at_ms %d for value %q: it is the value's own", got.ExpiresAtMs, got.Value)
+	}
 	clk.advance(31 * time.Second)
 	got, err = kv.Get(ctx, "k", all)
-	if err != nil || string(got.Value) != "lasting" || len(got.Siblings) != 0 {
-		t.Fatalf("after one sibling expired: %v %+v, want only the lasting value", err, got)
+	if err != nil || string(got.Value) != "lasting" || len(got.Siblings) != 0 || got.ExpiresAtMs != 0 {
+		t.Fatalf("after one sibling expired: %v %+v, want only the lasting value, without expiry", err, got)
 	}
 	if _, err := kv.Put(ctx, "k", []byte("blind"), all); err != nil {
 		t.Fatal(err)

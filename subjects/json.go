@@ -111,6 +111,7 @@ type jsonGetReply struct {
 	Context        string   `json:"context"`
 	Siblings       []string `json:"siblings,omitempty"`
 	SiblingsBase64 []string `json:"siblings_base64,omitempty"`
+	ExpiresAtMs    int64    `json:"expires_at_ms,omitempty"`
 	ReplicaCount   int      `json:"replica_count"`
 	Consistency    string   `json:"consistency"`
 }
@@ -118,7 +119,7 @@ type jsonGetReply struct {
 // MarshalJSON writes "value" when the value is UTF-8 and "value_base64"
 // otherwise; "siblings" likewise ("siblings_base64" when any is binary).
 func (g GetReply) MarshalJSON() ([]byte, error) {
-	j := jsonGetReply{Success: g.Success, Found: g.Found, Context: g.Context, ReplicaCount: g.ReplicaCount, Consistency: g.Consistency}
+	j := jsonGetReply{Success: g.Success, Found: g.Found, Context: g.Context, ExpiresAtMs: g.ExpiresAtMs, ReplicaCount: g.ReplicaCount, Consistency: g.Consistency}
 	j.Key, j.KeyBase64 = splitString([]byte(g.Key))
 	if g.Found {
 		j.Value, j.ValueBase64 = splitString(g.Value)
@@ -150,7 +151,7 @@ func (g *GetReply) UnmarshalJSON(data []byte) error {
 	if err != nil {
 		return err
 	}
-	*g = GetReply{Success: j.Success, Key: string(key), Found: j.Found, Value: value, Context: j.Context, ReplicaCount: j.ReplicaCount, Consistency: j.Consistency}
+	*g = GetReply{Success: j.Success, Key: string(key), Found: j.Found, Value: value, Context: j.Context, ExpiresAtMs: j.ExpiresAtMs, ReplicaCount: j.ReplicaCount, Consistency: j.Consistency}
 	for _, s := range j.Siblings {
 		g.Siblings = append(g.Siblings, []byte(s))
 	}

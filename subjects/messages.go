@@ -69,6 +69,9 @@ type GetReply struct {
 	Value    []byte   `msgpack:"value"`
 	Context  string   `msgpack:"context"`
 	Siblings [][]byte `msgpack:"siblings,omitempty"` // every live value, only when more than one
+	// ExpiresAtMs is when Value expires (its TTL), in Unix milliseconds;
+	// 0 when it never expires or the key was not found.
+	ExpiresAtMs int64 `msgpack:"expires_at_ms,omitempty"`
 	// ReplicaCount is how many replicas answered before the reply.
 	ReplicaCount int    `msgpack:"replica_count"`
 	Consistency  string `msgpack:"consistency"`

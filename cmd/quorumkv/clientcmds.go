@@ -244,6 +244,10 @@ func runGet(args []string) error {
 	os.Stdout.Write(res.Value)
 	if fi, serr := os.Stdout.Stat(); serr == nil && fi.Mode()&os.ModeCharDevice != 0 {
 		fmt.Println()
+		if res.ExpiresAtMs != 0 { // at a terminal only: scripts read --json
+			at := time.UnixMilli(res.ExpiresAtMs)
+			fmt.Fprintf(os.Stderr, "expires: in %s (about %s)\n", time.Until(at).Round(time.Second), at.UTC().Format(time.RFC3339))
+		}
 	}
 	if *showCtx {
 		fmt.Fprintf(os.Stderr, "context: %s\n", res.Context)

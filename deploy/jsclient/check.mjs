@@ -94,10 +94,13 @@ r = await req("kv.v1.default.put", { key: binKey, value: new Uint8Array([1]) });
 ok(r.err === null && r.body.key instanceof Uint8Array && eq(r.body.key, binKey), "a non-UTF-8 key is answered as bin in msgpack", r.body);
 
 // --- TTL (PROTOCOL.md "TTL") ---
+const putAt = Date.now();
 r = await req("kv.v1.default.put", { key: "short-lived", value: new Uint8Array([5]), ttl_ms: 1500, consistency: "all" });
 ok(r.err === null && r.body.success === true, "a put with ttl_ms", r.err);
 r = await req("kv.v1.default.get", { key: "short-lived" });
 ok(r.err === null && r.body.found === true, "before its expiry the key is found", r.body);
+const exp = Number(r.body.expires_at_ms);
+ok(exp >= putAt + 1500 - 1000 && exp <= Date.now() + 1500 + 1000, "the get reports expires_at_ms, about the put's time plus ttl_ms", r.body);
 await new Promise((res) => setTimeout(res, 2000));
 r = await req("kv.v1.default.get", { key: "short-lived", consistency: "all" });
 ok(r.err === null && r.body.found === false && typeof r.body.context === "string" && r.body.context.length > 0, "after its expiry: found false, with a context", r.body);
@@ -105,7 +108,7 @@ const expiredCtx = r.body.context;
 r = await req("kv.v1.default.put", { key: "short-lived", value: new Uint8Array([6]), context: expiredCtx });
 ok(r.err === null, "a put with the expired key's context succeeds", r.err);
 r = await req("kv.v1.default.get", { key: "short-lived" });
-ok(r.err === null && r.body.found === true && eq(r.body.value, new Uint8Array([6])), "and is read back, with no TTL", r.body);
+ok(r.err === null && r.body.found === true && eq(r.body.value, new Uint8Array([6])) && r.body.expires_at_ms === undefined, "and is read back, with no TTL (no expires_at_ms)", r.body);
 r = await req("kv.v1.default.put", { key: "bad-ttl", value: "v", ttl_ms: -1 }, true);
 ok(r.err?.code === 400 && r.err.kind === "invalid", "a negative ttl_ms is 400 invalid", r.err);
 r = await req("kv.v1.default.put", { key: "bad-ttl", value: "v", ttl_ms: 315360000001 }, true);

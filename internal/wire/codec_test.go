@@ -63,7 +63,7 @@ func TestCustomJSONFields(t *testing.T) {
 			subjects.Request{Key: bin, Value: []byte(bin)},
 		},
 		reflect.TypeFor[subjects.GetReply](): {
-			subjects.GetReply{Success: true, Key: "k", Found: true, Value: []byte("v"), Context: "c", Siblings: [][]byte{[]byte("a"), []byte("b")}, ReplicaCount: 2, Consistency: "all"},
+			subjects.GetReply{Success: true, Key: "k", Found: true, Value: []byte("v"), Context: "c", Siblings: [][]byte{[]byte("a"), []byte("b")}, ExpiresAtMs: 1_800_000_000_000, ReplicaCount: 2, Consistency: "all"},
 			subjects.GetReply{Key: bin, Found: true, Value: []byte(bin), Siblings: [][]byte{[]byte(bin), []byte("b")}},
 		},
 		reflect.TypeFor[subjects.WriteReply](): {

@@ -322,7 +322,7 @@ func (s *jsonScanner) badText(member string, name bool) {
 // against what the type's MarshalJSON writes.
 var customJSONFields = map[reflect.Type][]string{
 	reflect.TypeFor[subjects.Request]():     {"key", "key_base64", "value", "value_base64", "consistency", "context", "idempotency_key", "timeout_ms", "ttl_ms"},
-	reflect.TypeFor[subjects.GetReply]():    {"success", "key", "key_base64", "found", "value", "value_base64", "context", "siblings", "siblings_base64", "replica_count", "consistency"},
+	reflect.TypeFor[subjects.GetReply]():    {"success", "key", "key_base64", "found", "value", "value_base64", "context", "siblings", "siblings_base64", "expires_at_ms", "replica_count", "consistency"},
 	reflect.TypeFor[subjects.WriteReply]():  {"success", "key", "key_base64", "context", "idempotency_key", "is_duplicate", "replica_count", "consistency"},
 	reflect.TypeFor[subjects.NodeRequest](): {"node_id", "virtual_nodes", "epoch", "protocol", "hold", "transfer", "force"},
 }

@@ -961,11 +961,14 @@ func decodeWriteReply(data []byte, w *subjects.WriteReply) bool {
 }
 
 func appendGetReply(dst []byte, g *subjects.GetReply) []byte {
+	fields := byte(7)
 	if len(g.Siblings) > 0 {
-		dst = append(dst, 0x88)
-	} else {
-		dst = append(dst, 0x87)
+		fields++
 	}
+	if g.ExpiresAtMs != 0 {
+		fields++
+	}
+	dst = append(dst, 0x80|fields)
 	dst = appendBool(appendStr(dst, "success"), g.Success)
 	dst = appendKey(appendStr(dst, "key"), g.Key)
 	dst = appendBool(appendStr(dst, "found"), g.Found)
@@ -976,6 +979,9 @@ func appendGetReply(dst []byte, g *subjects.GetReply) []byte {
 		for _, s := range g.Siblings {
 			dst = appendBin(dst, s)
 		}
+	}
+	if g.ExpiresAtMs != 0 {
+		dst = appendInt(appendStr(dst, "expires_at_ms"), g.ExpiresAtMs)
 	}
 	dst = appendInt(appendStr(dst, "replica_count"), int64(g.ReplicaCount))
 	return appendStr(appendStr(dst, "consistency"), g.Consistency)
@@ -1008,6 +1014,8 @@ func decodeGetReply(data []byte, g *subjects.GetReply) bool {
 					g.Siblings[j] = r.bytes()
 				}
 			}
+		case "expires_at_ms":
+			g.ExpiresAtMs = r.intOrZero()
 		case "replica_count":
 			g.ReplicaCount = int(r.intOrZero())
 		case "consistency":

@@ -67,6 +67,8 @@ func codecCases() []any {
 		&subjects.GetReply{Success: true, Key: "k", Found: true, Value: []byte("hello"), Context: "l1.x", ReplicaCount: 2, Consistency: subjects.One},
 		&subjects.GetReply{Success: true, Key: "k", Value: []byte{}},
 		&subjects.GetReply{Key: "k", Siblings: [][]byte{[]byte("a"), nil, {}}},
+		&subjects.GetReply{Success: true, Key: "k", Found: true, Value: []byte("v"), ExpiresAtMs: 1_800_000_000_000, ReplicaCount: 3},
+		&subjects.GetReply{Success: true, Key: "k", Found: true, Value: []byte("v"), Siblings: [][]byte{[]byte("v"), []byte("w")}, ExpiresAtMs: 1 << 42},
 	}
 }
 
