@@ -22,7 +22,17 @@ type item struct {
 	read       subjects.NodeRead
 	call       *Call
 	mapVersion uint64 // the call's; a batch holds items of one map version
+	resentAged bool   // sent again once already because its batch was old (see lend)
+	// once is shared by every copy of the item sent (set when it is first
+	// published): the first copy to deliver an outcome turns it 1, so an
+	// item sent again while its first batch may still be answered has
+	// one outcome, whichever answer comes first.
+	once *uint32
 }
+
+// claim reports whether the caller may deliver the item's outcome: no
+// copy of it has.
+func (it *item) claim() bool { return it.once == nil || atomic.CompareAndSwapUint32(it.once, 0, 1) }
 
 // resendable reports whether it may be sent to its node again after its
 // batch was lost: a read, or a write the node merges (applying it twice
@@ -31,10 +41,11 @@ type item struct {
 // caller moves on to the next owner instead).
 func (it *item) resendable() bool { return it.write.Coordinate == nil }
 
-// sentItem is an item of a batch in flight. done turns 1 when its outcome
-// is delivered, the client gave up on it, or it was taken back to be sent
-// again, so it has one outcome whoever races to deliver it: the reply, a
-// failure, Stop or a resend.
+// sentItem is an item of a batch in flight. done turns 1 when this copy
+// delivered the outcome, the client gave up on it, or it was taken back to
+// be sent again (its batch is lost), so this copy delivers at most once
+// whoever races to deliver it: the reply, a failure, Stop or a resend;
+// item.once makes that one outcome across the item's copies.
 type sentItem struct {
 	item
 	done uint32
@@ -60,7 +71,7 @@ type batch struct {
 // deliver hands o to item k's call unless it has had its outcome.
 func (b *batch) deliver(k int, o Outcome) {
 	it := &b.items[k]
-	if atomic.CompareAndSwapUint32(&it.done, 0, 1) {
+	if atomic.CompareAndSwapUint32(&it.done, 0, 1) && it.claim() {
 		o.Node, o.ID = b.q.node, it.id
 		it.call.ch <- o
 	}
@@ -204,8 +215,12 @@ func (c *Client) release(q *nodeQueue) {
 // publish sends items as one batch on a slot of q the caller took.
 func (c *Client) publish(q *nodeQueue, items []item) {
 	b := &batch{q: q, items: make([]sentItem, len(items)), sent: time.Now()}
+	once := make([]uint32, len(items))
 	for i := range items {
 		b.items[i] = sentItem{item: items[i]}
+		if b.items[i].once == nil {
+			b.items[i].once = &once[i]
+		}
 		if items[i].deadline.After(b.deadline) {
 			b.deadline = items[i].deadline
 		}
@@ -329,7 +344,7 @@ func (c *Client) lend(b *batch, resend bool) {
 		return
 	}
 	if resend {
-		c.parkLocked(b)
+		c.parkLocked(b, true)
 	}
 	q.inflight--
 	q.lent++
@@ -340,17 +355,32 @@ func (c *Client) lend(b *batch, resend bool) {
 	c.dispatchLocked(q) // unlocks
 }
 
-// parkLocked takes back b's resendable items that have no outcome yet and
-// parks them on b's queue, to be sent in a new batch on the sweeper's
-// next tick. It is called with b.q.mu held.
-func (c *Client) parkLocked(b *batch) {
+// parkLocked parks a copy of each of b's resendable items that has no
+// outcome yet on b's queue, to be sent in a new batch on the sweeper's
+// next tick. Without aged (b is lost: its node went away) b's copy is
+// taken back: it delivers nothing more. With aged (b is presumed lost
+// only by its age: the node may just be slow) b's copy stays, and the
+// first answer of either delivers; an item is sent again so once at most,
+// so a slow node is not sent the same item again and again while it
+// works. It is called with b.q.mu held.
+func (c *Client) parkLocked(b *batch, aged bool) {
 	for k := range b.items {
 		it := &b.items[k]
-		if !it.resendable() || !atomic.CompareAndSwapUint32(&it.done, 0, 1) {
+		if !it.resendable() || (aged && it.resentAged) {
+			continue
+		}
+		if aged {
+			if atomic.LoadUint32(&it.done) != 0 {
+				continue
+			}
+			it.resentAged = true
+		} else if !atomic.CompareAndSwapUint32(&it.done, 0, 1) {
 			continue
 		}
 		if c.closed.Load() {
-			it.call.ch <- Outcome{Node: b.q.node, ID: it.id, Err: ErrStopping}
+			if it.claim() {
+				it.call.ch <- Outcome{Node: b.q.node, ID: it.id, Err: ErrStopping}
+			}
 			continue
 		}
 		b.q.parked = append(b.q.parked, it.item)
@@ -381,7 +411,7 @@ func (c *Client) nodeGone(bid uint64) {
 	restarting := time.Since(time.Unix(0, health.answered.Load())) < c.cfg.RestartGrace
 	if restarting {
 		b.q.mu.Lock()
-		c.parkLocked(b)
+		c.parkLocked(b, false)
 		b.q.mu.Unlock()
 	}
 	b.failRest(ErrNodeDown)
@@ -397,7 +427,7 @@ func (c *Client) nodeGone(bid uint64) {
 	for _, o := range lost {
 		if restarting {
 			o.q.mu.Lock()
-			c.parkLocked(o)
+			c.parkLocked(o, false)
 			o.q.mu.Unlock()
 		}
 		c.lend(o, false)

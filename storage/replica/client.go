@@ -261,7 +261,9 @@ func (c *Client) Stop() {
 			q.queued, q.parked = nil, nil
 			q.mu.Unlock()
 			for _, it := range queued {
-				it.call.ch <- Outcome{Node: q.node, ID: it.id, Err: ErrStopping}
+				if it.claim() {
+					it.call.ch <- Outcome{Node: q.node, ID: it.id, Err: ErrStopping}
+				}
 			}
 		}
 	}

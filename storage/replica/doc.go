@@ -121,9 +121,11 @@
 // (lww versions, siblings states): applying one twice is applying it once.
 // A siblings coordinating write is never sent again: the node mints a dot
 // for it, so it would be a second value; it keeps waiting for its reply or
-// deadline, and its caller moves on to the next owner. A late reply to a
-// lost batch still reaches its items that were not sent again; each item
-// has one outcome whichever answer comes first.
+// deadline, and its caller moves on to the next owner. A batch presumed
+// lost by age may only be slow: its reply still delivers, and each item
+// has one outcome, whichever of its copies is answered first (a slow node
+// gets an item twice at most). A batch lost with its node (no responders)
+// delivers nothing more; its items' copies do.
 //
 // Replies reach the client on one wildcard subscription of a private
 // inbox (<inbox>.<batch id>); no request creates an inbox or a

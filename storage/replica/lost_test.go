@@ -219,3 +219,58 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 	}
 }
+
+// A node that is slow, not gone, answers late. Its batch is presumed lost
+// by age and its items are sent again, but once only: the slow node is not
+// sent the same item every lostAfter while it works through its backlog.
+// Each item still has exactly one outcome.
+func TestSlowNodeGetsAnItemTwiceAtMost(t *testing.T) {
+	s := natstest.RunServer(t)
+	nc := natstest.Connect(t, s)
+	node := natstest.Connect(t, s)
+	var mu sync.Mutex
+	received := map[uint64]int{}
+	_, err := node.Subscribe(subjects.StorageNode("slow", subjects.NodeOpWrite), func(m *nats.Msg) {
+		var b subjects.NodeWriteBatch
+		if err := wire.UnmarshalNodeWriteBatch(m.Data, &b); err != nil {
+			t.Errorf("bad batch: %v", err)
+			return
+		}
+		mu.Lock()
+		for _, it := range b.Items {
+			received[it.ID]++
+		}
+		mu.Unlock()
+		go func() { // answers each batch 2.5s after it came
+			time.Sleep(2500 * time.Millisecond)
+			r := subjects.NodeWriteReply{}
+			for _, it := range b.Items {
+				r.Results = append(r.Results, subjects.NodeWriteResult{ID: it.ID})
+			}
+			_ = m.Respond(wire.MarshalNodeWriteReply(nil, &r))
+		}()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = node.Flush()
+	c := newClient(t, nc, replica.Config{MaxInflight: 2, MaxBatch: 1})
+	call := replica.NewCall(1)
+	ws := writes(1)
+	c.Write(call, "slow", time.Now().Add(20*time.Second), ws...)
+	if o := outcomes(t, call, 1)[ws[0].ID]; o.Err != nil {
+		t.Fatalf("%+v", o)
+	}
+	time.Sleep(500 * time.Millisecond) // any further resend would have left by now
+	mu.Lock()
+	n := received[ws[0].ID]
+	mu.Unlock()
+	if n != 2 {
+		t.Fatalf("the slow node received the item %d times, want 2 (sent, then resent once when its batch was a second old)", n)
+	}
+	select {
+	case o := <-call.Outcomes():
+		t.Fatalf("a second outcome: %+v", o)
+	default:
+	}
+}
