@@ -210,6 +210,7 @@ type Node struct {
 	xfer        xferState    // receive.go
 	tenants     tenantRFs    // tenants.go
 	reapCounts  reapCounts   // reap.go
+	reapMemo    reapMemos    // reap.go
 	rebuild     rebuildState // rebuild.go
 	ae          aeState      // ae.go
 	// runCtx ends when Stop begins; set by start.

@@ -3,12 +3,17 @@ package storage
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
+	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/vmihailenco/msgpack/v5"
@@ -108,6 +113,95 @@ func deadSince(rec *record, nowMs int64) (ms int64, kind string, dead bool) {
 	return 0, "", false
 }
 
+// reapableAt returns the earliest moment (Unix ms) at which rec, as it is,
+// can be reaped under grace (ms): once dead for longer than grace. ok is
+// false for a record that cannot die without a write: a live value
+// without expiry, or a siblings record holding one (or an untimed
+// tombstone).
+func reapableAt(rec *record, grace int64) (at int64, ok bool) {
+	switch {
+	case rec.LWW != nil:
+		ms, dies := rec.LWW.DeadSince()
+		if !dies {
+			return 0, false
+		}
+		return ms + grace + 1, true
+	case rec.DVV != nil:
+		var last int64
+		values := 0
+		for _, e := range rec.DVV.Entries {
+			for _, v := range e.Values {
+				if v.Expires == 0 {
+					return 0, false
+				}
+				values++
+				last = max(last, v.Expires)
+			}
+		}
+		return last + grace + 1, values > 0
+	}
+	return 0, false
+}
+
+// reapMemo is what a reaping scan of a partition learned: the partition's
+// generation before the scan, the map version and the tenants' RFs and
+// graces it ran under, and next, the earliest moment (Unix ms) a record
+// it saw becomes reapable without a write (or a key it could not reap is
+// tried again: the scan's own time; math.MaxInt64: none). While the
+// generation, the map and the tenants are unchanged, no write reached the
+// partition, so nothing in it can be reaped before next: a reaping pass
+// skips it. An idle node's passes scan nothing; a busy one scans the
+// partitions written since.
+type reapMemo struct {
+	gen, mapVersion uint64
+	tenants         uint64 // tenantsPrint of the RFs and graces
+	next            int64
+}
+
+// reapMemos holds a reapMemo per partition (absent: scan it), and counts
+// the reaping scans made (for tests and the log).
+type reapMemos struct {
+	mu    sync.Mutex
+	memo  map[uint32]reapMemo
+	scans atomic.Int64
+}
+
+// skip reports whether partition p, now as cur describes it, need not be
+// scanned at nowMs.
+func (r *reapMemos) skip(p uint32, cur reapMemo, nowMs int64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old, ok := r.memo[p]
+	return ok && old.gen == cur.gen && old.mapVersion == cur.mapVersion && old.tenants == cur.tenants && nowMs < old.next
+}
+
+// set records the scan of p that m describes.
+func (r *reapMemos) set(p uint32, m reapMemo) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.memo == nil {
+		r.memo = map[uint32]reapMemo{}
+	}
+	r.memo[p] = m
+}
+
+// tenantsPrint is a fingerprint of the tenants' RFs and graces: a reap
+// memo holds only while it is unchanged (a grace lowered makes records
+// reapable sooner; an RF changes who reaps).
+func tenantsPrint(rf map[string]int, grace map[string]int64) uint64 {
+	ids := slices.Sorted(maps.Keys(rf))
+	d := xxhash.New()
+	var b [16]byte
+	for _, id := range ids {
+		_, _ = d.WriteString(id)
+		_, _ = d.Write([]byte{0}) // ids hold no 0x00
+		binary.BigEndian.PutUint64(b[:8], uint64(rf[id]))
+		binary.BigEndian.PutUint64(b[8:], uint64(grace[id]))
+		_, _ = d.Write(b[:])
+	}
+	return d.Sum64()
+}
+
 // reapCandidate is a dead record past its grace, and the owners other than
 // this node that must confirm it.
 type reapCandidate struct {
@@ -151,6 +245,13 @@ func (n *Node) reapPartition(ctx context.Context, p uint32) (reaped int, err err
 	if rf == nil {
 		return 0, nil
 	}
+	// A partition whose scan found nothing to reap yet, and that nothing
+	// changed since, is skipped until its first record comes of age.
+	memo := reapMemo{gen: n.eng.gen(p), mapVersion: m.Version(), tenants: tenantsPrint(rf, grace), next: math.MaxInt64}
+	if n.reapMemo.skip(p, memo, time.Now().UnixMilli()) {
+		return 0, nil
+	}
+	n.reapMemo.scans.Add(1)
 	var (
 		cursor []byte
 		kinds  reapedKinds
@@ -168,8 +269,12 @@ func (n *Node) reapPartition(ctx context.Context, p uint32) (reaped int, err err
 		var cands []reapCandidate
 		for _, en := range entries {
 			r, ok := rf[en.Tenant]
-			if !ok || pos >= r {
-				continue // unknown tenant (created since, or deleted): wait
+			if !ok {
+				memo.next = now // unknown tenant (created since, or deleted): the next pass looks again
+				continue
+			}
+			if pos >= r {
+				continue
 			}
 			rec, err := decodeRecordCopy(en.Record, false)
 			if err != nil {
@@ -178,6 +283,9 @@ func (n *Node) reapPartition(ctx context.Context, p uint32) (reaped int, err err
 			}
 			ms, kind, dead := deadSince(&rec, now)
 			if !dead || now-ms <= grace[en.Tenant] {
+				if at, ok := reapableAt(&rec, grace[en.Tenant]); ok {
+					memo.next = min(memo.next, at)
+				}
 				continue
 			}
 			var peers []string
@@ -201,6 +309,9 @@ func (n *Node) reapPartition(ctx context.Context, p uint32) (reaped int, err err
 			if err != nil {
 				return reaped, err
 			}
+			if got.tombstones+got.expired < k {
+				memo.next = now // an owner did not confirm some: the next pass tries again
+			}
 			cands = cands[k:]
 		}
 		if next == nil {
@@ -208,6 +319,7 @@ func (n *Node) reapPartition(ctx context.Context, p uint32) (reaped int, err err
 		}
 		cursor = next
 	}
+	n.reapMemo.set(p, memo)
 	// Keys reaped here at other owners' requests count too: each owner
 	// compacts in its own pass.
 	if n.reapCounts.take(p, reapCompactAt) {

@@ -347,3 +347,85 @@ func TestReapExpiredAndTimedSiblings(t *testing.T) {
 		}
 	}
 }
+
+// TestReapSkipsUnchangedPartitions: a reaping pass scans only the
+// partitions written since their last scan, or holding a record that
+// has come of age since (a tombstone or an expired value past the grace);
+// the others are skipped, so an idle node's passes scan nothing. What is
+// due is still reaped on time.
+func TestReapSkipsUnchangedPartitions(t *testing.T) {
+	_, cfg, start, _ := reapCluster(t, time.Hour) // passes driven by the test
+	a, b, c := start(cfg("a", t.TempDir())), start(cfg("b", t.TempDir())), start(cfg("c", t.TempDir()))
+	ctx := context.Background()
+	live, dead, ttl := uint32(xferPart), uint32(xferPart+1), uint32(xferPart+2)
+	var ws []subjects.NodeWrite
+	for _, k := range keysIn("t", live, xferQ, 20) {
+		ws = append(ws, subjects.NodeWrite{Tenant: "t", Key: k, LWW: version(vclock.CounterAt(time.Now()), "c1", "v")})
+	}
+	deleted := keysIn("t", dead, xferQ, 20)
+	for _, k := range deleted {
+		ws = append(ws, subjects.NodeWrite{Tenant: "t", Key: k, LWW: tombstone("c1")})
+	}
+	expiring := keysIn("t", ttl, xferQ, 1)[0]
+	exp := &vclock.Version{Dot: vclock.Dot{Counter: vclock.CounterAt(time.Now()), Actor: "c1"}, Value: []byte("brief"), Expires: time.Now().Add(300 * time.Millisecond).UnixMilli()}
+	ws = append(ws, subjects.NodeWrite{Tenant: "t", Key: expiring, LWW: exp})
+	writeAll(t, ws, a, b, c)
+	waitFor(t, 5*time.Second, "a to learn the tenant list", func() bool {
+		a.reapPass(ctx)
+		return a.reapMemo.scans.Load() > 0
+	})
+
+	scans := func(f func()) int64 {
+		before := a.reapMemo.scans.Load()
+		f()
+		return a.reapMemo.scans.Load() - before
+	}
+	if n := scans(func() { a.reapPass(ctx) }); n != 0 {
+		t.Fatalf("a pass right after a full one scanned %d partitions; nothing changed and nothing is due", n)
+	}
+	one := []subjects.NodeWrite{{Tenant: "t", Key: keysIn("t", live, xferQ, 21)[20], LWW: version(vclock.CounterAt(time.Now()), "c1", "new")}}
+	apply(t, a.eng, one)
+	if n := scans(func() { a.reapPass(ctx) }); n != 1 {
+		t.Fatalf("after one write the pass scanned %d partitions, want 1 (the one written)", n)
+	}
+	time.Sleep(1400 * time.Millisecond) // past the grace of the tombstones and of the expired value
+	var reaped int
+	if n := scans(func() { reaped = a.reapPass(ctx) }); n != 2 {
+		t.Fatalf("once the grace passed the pass scanned %d partitions, want 2 (the tombstones' and the expired value's)", n)
+	}
+	if reaped != len(deleted)+1 {
+		t.Fatalf("reaped %d keys, want %d", reaped, len(deleted)+1)
+	}
+	for _, k := range append(deleted, expiring) {
+		if rec, err := a.eng.read("t", k); err != nil || rec.LWW != nil {
+			t.Fatalf("a still holds %q: %+v %v", k, rec, err)
+		}
+	}
+	if n := scans(func() { a.reapPass(ctx) }); n != 2 {
+		// The reaps changed both partitions: one more look, then quiet.
+		t.Fatalf("the pass after the reaps scanned %d partitions, want 2", n)
+	}
+	if n := scans(func() { a.reapPass(ctx) }); n != 0 {
+		t.Fatalf("an idle pass scanned %d partitions", n)
+	}
+}
+
+func TestTenantsPrint(t *testing.T) {
+	base := tenantsPrint(map[string]int{"a": 3, "b": 1}, map[string]int64{"a": 1000, "b": 5})
+	for _, tc := range []struct {
+		rf    map[string]int
+		grace map[string]int64
+	}{
+		{map[string]int{"a": 3, "b": 1}, map[string]int64{"a": 999, "b": 5}},
+		{map[string]int{"a": 2, "b": 1}, map[string]int64{"a": 1000, "b": 5}},
+		{map[string]int{"a": 3}, map[string]int64{"a": 1000}},
+		{map[string]int{"a": 3, "b": 1, "c": 3}, map[string]int64{"a": 1000, "b": 5, "c": 1}},
+	} {
+		if tenantsPrint(tc.rf, tc.grace) == base {
+			t.Errorf("%v %v prints as the base", tc.rf, tc.grace)
+		}
+	}
+	if tenantsPrint(map[string]int{"b": 1, "a": 3}, map[string]int64{"b": 5, "a": 1000}) != base {
+		t.Error("the print depends on map order")
+	}
+}
