@@ -453,3 +453,69 @@ func TestRebuildingSourceRefusesTransferScans(t *testing.T) {
 		t.Fatalf("a transfer's reconcile after the rebuild answered %v", e)
 	}
 }
+
+// TestRebuildAsksTheTenantListEveryRound: a rebuild round pulls each
+// partition for the tenants of the list it asked for at its start. The
+// list changes between rounds without an event reaching the node (tenant
+// u appears; events are plain NATS publishes and can be lost): the next
+// round must ask again rather than reuse the cached list, or the rebuilt
+// node would lack u's keys and answer them not found. Round 1 cannot
+// finish (b, a source every partition needs, is down).
+func TestRebuildAsksTheTenantListEveryRound(t *testing.T) {
+	s := natstest.RunServer(t)
+	f := newFakeCoord(t, s, claim(t, nil, "a", "b", "c"), false)
+	lists := [2][]byte{}
+	for i, ts := range [][]subjects.Tenant{
+		{{ID: "t", ReplicationFactor: 3, TombstoneGraceMS: 3_600_000}},
+		{{ID: "t", ReplicationFactor: 3, TombstoneGraceMS: 3_600_000}, {ID: "u", ReplicationFactor: 3, TombstoneGraceMS: 3_600_000}},
+	} {
+		var err error
+		if lists[i], err = msgpack.Marshal(&subjects.TenantList{Tenants: ts}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var asked atomic.Int64 // list requests; the first is answered without u
+	if _, err := f.nc.Subscribe(subjects.AdminTenantList, func(m *nats.Msg) {
+		if asked.Add(1) == 1 {
+			_ = m.Respond(lists[0])
+			return
+		}
+		_ = m.Respond(lists[1])
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := func(id, dir string) Config {
+		return Config{NodeID: id, DataDir: dir, Heartbeat: 100 * time.Millisecond, MapPoll: 200 * time.Millisecond, ReapInterval: time.Hour}
+	}
+	bc := cfg("b", t.TempDir())
+	a, b := startXfer(t, s, cfg("a", t.TempDir()), nil), startXfer(t, s, bc, nil)
+	keys := rebuildKeys(t, 2, a, b)
+	var us []subjects.NodeWrite
+	for p := range uint32(xferQ) {
+		for _, k := range keysIn("u", p, xferQ, 2) {
+			us = append(us, subjects.NodeWrite{Tenant: "u", Key: k, LWW: version(vclock.CounterAt(time.Now()), "c1", "u-"+k)})
+		}
+	}
+	writeAll(t, us, a, b)
+	if err := b.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	c := startFresh(t, s, cfg("c", t.TempDir()))
+	waitFor(t, 30*time.Second, "c's second round to ask for the list", func() bool { return asked.Load() >= 2 })
+	startXfer(t, s, bc, nil)
+	waitFor(t, 60*time.Second, "c to rebuild", func() bool {
+		st := c.TransferStatus()
+		return st != nil && st.RebuildDone == xferQ
+	})
+	mv := c.Map().Version()
+	for _, k := range keys {
+		if r := rawRead(t, f.nc, "c", subjects.NodeProtocolVersion, mv, "t", k); r.Err != "" || r.LWW == nil {
+			t.Fatalf("c after its rebuild lacks t/%q: %+v", k, r)
+		}
+	}
+	for _, w := range us {
+		if r := rawRead(t, f.nc, "c", subjects.NodeProtocolVersion, mv, "u", w.Key); r.Err != "" || r.LWW == nil || string(r.LWW.Value) != "u-"+w.Key {
+			t.Fatalf("c after its rebuild lacks u/%q, a tenant of the list its later rounds were answered: %+v", w.Key, r)
+		}
+	}
+}
