@@ -278,6 +278,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Coordinator, error) {
 		QueueLen:     cfg.NodeQueue,
 		RestartGrace: cfg.NodeRestartGrace,
 		OnBatch:      c.metrics.Batch, // nil metrics record nothing
+		OnResend:     c.metrics.Resend,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: %w", err)

@@ -1,10 +1,15 @@
 package coordinator_test
 
 import (
+	"regexp"
+	"strconv"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/quorumkv/quorumkv/client"
+	"github.com/quorumkv/quorumkv/internal/devcluster"
 	"github.com/quorumkv/quorumkv/subjects"
 )
 
@@ -13,9 +18,11 @@ import (
 // RestartGrace). A put at all and a get at all made while it is down are
 // sent to it again until it is back, within their timeout, and succeed,
 // where they failed at once with "no subscribers" before; the restarted
-// node holds the write.
+// node holds the write. The resends are counted
+// (quorumkv_coordinator_replica_resends_total, reason restarting).
 func TestWriteAtAllAcrossANodeRestart(t *testing.T) {
-	c := startCluster(t, 3)
+	reg := prometheus.NewRegistry()
+	c := startClusterWith(t, devcluster.Config{Metrics: reg})
 	kv := kvClient(t, c, "default")
 	ctx := ctxT(t)
 	all := client.WithConsistency(subjects.All)
@@ -43,5 +50,13 @@ func TestWriteAtAllAcrossANodeRestart(t *testing.T) {
 	got, err := kv.Get(ctx, "k", all)
 	if err != nil || string(got.Value) != "v2" {
 		t.Fatalf("get at all after the restart: %v %+v", err, got)
+	}
+	text := scrape(t, reg)
+	m := regexp.MustCompile(`quorumkv_coordinator_replica_resends_total\{coordinator="0",reason="restarting"\} (\d+)`).FindStringSubmatch(text)
+	if m == nil {
+		t.Fatal("no resends counted for the restarting node")
+	}
+	if n, _ := strconv.Atoi(m[1]); n < 1 {
+		t.Fatalf("%d resends counted", n)
 	}
 }

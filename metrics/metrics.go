@@ -46,6 +46,7 @@ type Coordinator struct {
 	skewRejected    *prometheus.CounterVec
 	restamps        prometheus.Counter
 	notOwner        *prometheus.CounterVec
+	resends         *prometheus.CounterVec
 }
 
 // NewCoordinator registers a coordinator's metrics with reg. inflight
@@ -92,7 +93,11 @@ func NewCoordinator(reg prometheus.Registerer, inflight func() float64) *Coordin
 		Namespace: Namespace, Subsystem: "coordinator", Name: "not_owner_total",
 		Help: "Storage node answers refusing an item because the coordinator's placement map was older than the partition's last change (not_owner), by operation (write, read); each makes the request reload the map and retry.",
 	}, []string{"op"})
-	reg.MustRegister(c.requests, c.latency, c.replicaFailures, c.batchItems, c.siblings, c.spareReads, c.skewRejected, c.restamps, c.notOwner,
+	c.resends = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Subsystem: "coordinator", Name: "replica_resends_total",
+		Help: "Replica messages sent to a storage node again, by why: restarting (the node answered within --node-restart-grace and now has no subscriber), lost (a batch in flight when its node went away), aged (a batch unanswered for a second: lost, or a slow node).",
+	}, []string{"reason"})
+	reg.MustRegister(c.requests, c.latency, c.replicaFailures, c.batchItems, c.siblings, c.spareReads, c.skewRejected, c.restamps, c.notOwner, c.resends,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: Namespace, Subsystem: "coordinator", Name: "inflight_requests",
 			Help: "Client requests in progress (bounded by --max-inflight; past it requests get 429).",
@@ -157,6 +162,15 @@ func (c *Coordinator) Siblings(n int) {
 		return
 	}
 	c.siblings.Observe(float64(n))
+}
+
+// Resend records items replica messages sent to a node again, for
+// reason (restarting, lost, aged).
+func (c *Coordinator) Resend(reason string, items int) {
+	if c == nil || items == 0 {
+		return
+	}
+	c.resends.WithLabelValues(reason).Add(float64(items))
 }
 
 // Batch records the size of a batch sent to a node.

@@ -343,8 +343,9 @@ func (c *Client) lend(b *batch, resend bool) {
 		q.mu.Unlock()
 		return
 	}
+	parked := 0
 	if resend {
-		c.parkLocked(b, true)
+		parked = c.parkLocked(b, true)
 	}
 	q.inflight--
 	q.lent++
@@ -353,6 +354,7 @@ func (c *Client) lend(b *batch, resend bool) {
 		return
 	}
 	c.dispatchLocked(q) // unlocks
+	c.resent(ResendAged, parked)
 }
 
 // parkLocked parks a copy of each of b's resendable items that has no
@@ -363,7 +365,7 @@ func (c *Client) lend(b *batch, resend bool) {
 // first answer of either delivers; an item is sent again so once at most,
 // so a slow node is not sent the same item again and again while it
 // works. It is called with b.q.mu held.
-func (c *Client) parkLocked(b *batch, aged bool) {
+func (c *Client) parkLocked(b *batch, aged bool) (parked int) {
 	for k := range b.items {
 		it := &b.items[k]
 		if !it.resendable() || (aged && it.resentAged) {
@@ -384,6 +386,15 @@ func (c *Client) parkLocked(b *batch, aged bool) {
 			continue
 		}
 		b.q.parked = append(b.q.parked, it.item)
+		parked++
+	}
+	return parked
+}
+
+// resent reports items of a batch parked to be sent again, for reason.
+func (c *Client) resent(reason string, items int) {
+	if c.cfg.OnResend != nil && items > 0 {
+		c.cfg.OnResend(reason, items)
 	}
 }
 
@@ -411,8 +422,9 @@ func (c *Client) nodeGone(bid uint64) {
 	restarting := time.Since(time.Unix(0, health.answered.Load())) < c.cfg.RestartGrace
 	if restarting {
 		b.q.mu.Lock()
-		c.parkLocked(b, false)
+		parked := c.parkLocked(b, false)
 		b.q.mu.Unlock()
+		c.resent(ResendRestarting, parked)
 	}
 	b.failRest(ErrNodeDown)
 	c.free(b)
@@ -427,8 +439,9 @@ func (c *Client) nodeGone(bid uint64) {
 	for _, o := range lost {
 		if restarting {
 			o.q.mu.Lock()
-			c.parkLocked(o, false)
+			parked := c.parkLocked(o, false)
 			o.q.mu.Unlock()
+			c.resent(ResendLost, parked)
 		}
 		c.lend(o, false)
 	}

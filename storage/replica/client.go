@@ -14,6 +14,13 @@ import (
 	"github.com/quorumkv/quorumkv/vclock"
 )
 
+// Why items are sent again (Config.OnResend).
+const (
+	ResendRestarting = "restarting" // no responders from a node that answered within RestartGrace
+	ResendLost       = "lost"       // in flight to a node that went away since
+	ResendAged       = "aged"       // unanswered for lostAfter: lost, or a slow node
+)
+
 // Errors an Outcome can carry besides the node's own (see the package doc
 // for which fail a batch and which an item).
 var (
@@ -137,6 +144,10 @@ type Config struct {
 	// OnBatch, when set, is called with each batch sent (operation, items),
 	// on the sender's goroutine; it must not block.
 	OnBatch func(op string, items int)
+	// OnResend, when set, is called with the items of a batch that are
+	// to be sent again and why: ResendRestarting, ResendLost or
+	// ResendAged (see the package doc, "Lost batches"); it must not block.
+	OnResend func(reason string, items int)
 }
 
 // DefaultConfig returns the coordinators' settings.
