@@ -121,6 +121,14 @@ func (c *Coordinator) tenantCreate(ctx context.Context, body func(any) error) (a
 	}
 	created, err := c.cfg.Metadata.CreateTenant(ctx, t)
 	if errors.Is(err, metadata.ErrExists) {
+		// A create retried after the 503 below lands here: it answers that
+		// the tenant exists only once a map version is stored after it, so
+		// no answer to a create lets a client write before the fence.
+		// (For a tenant created long ago it only stores one more version.)
+		if err := c.fence(ctx); err != nil {
+			return nil, subjects.Errorf(subjects.KindUnavailable,
+				"tenant %q exists, but the placement map could not be stored after it; retry the create (it answers exists once it is): %v", t.ID, err)
+		}
 		return nil, subjects.Errorf(subjects.KindExists, "tenant %q already exists", t.ID)
 	}
 	if err != nil {
@@ -129,16 +137,23 @@ func (c *Coordinator) tenantCreate(ctx context.Context, body func(any) error) (a
 	// No client knows the tenant before this answer, so its first write
 	// comes after a map version stored after it exists: a reconcile that
 	// saw no tenant (and took the noData shortcut) cannot land after that.
+	err = c.fence(ctx)
+	c.tenantChanged(created, false)
+	if err != nil {
+		return nil, subjects.Errorf(subjects.KindUnavailable,
+			"tenant %q was created, but the placement map could not be stored after it (a node joining right now may not receive its first writes); retry the create before using the tenant (it answers exists once the map is stored): %v", t.ID, err)
+	}
+	return wireTenant(created), nil
+}
+
+// fence stores a map version after a tenant's creation (fenceTenant) and
+// announces it when it stored one.
+func (c *Coordinator) fence(ctx context.Context) error {
 	changed, err := c.routing.fenceTenant(ctx)
 	if changed {
 		c.announceRing()
 	}
-	c.tenantChanged(created, false)
-	if err != nil {
-		return nil, subjects.Errorf(subjects.KindUnavailable,
-			"tenant %q was created, but the placement map could not be stored after it (a node joining right now may not receive its first writes): %v", t.ID, err)
-	}
-	return wireTenant(created), nil
+	return err
 }
 
 func applyTenantFields(t *metadata.Tenant, req *subjects.TenantRequest) {
