@@ -64,24 +64,26 @@ const reapBatch = 512
 // reapTimeout bounds one ReapRequest round trip.
 const reapTimeout = 5 * time.Second
 
-// deadSince reports whether rec is dead at nowMs (nothing a read returns,
-// and nothing that will come back on its own) and since when (Unix ms, by
-// the clock that wrote it), with the kind the metrics count it under:
+// diesAt reports when rec dies without a write (Unix ms, by the clock
+// that wrote it), with the kind the metrics count it under, and whether it
+// does at all (a record dead at ms is nothing a read returns, and nothing
+// that will come back on its own):
 //
 //   - an lww tombstone died at its Expires (the wall time of its delete),
 //     or, written before Expires existed, at the wall-clock part of its
 //     hybrid-clock counter (vclock.Version.DeadSince);
-//   - an lww value with an Expires died at it, once nowMs reached it;
-//   - a siblings record is dead when every sibling is a tombstone or an
-//     expired value, since the latest of their Expires. One whose siblings
-//     include a tombstone without a time (written before node protocol 3)
-//     is never reaped: its age is unknown, and reaping it early would let a
-//     late write its history covered come back.
-func deadSince(rec *record, nowMs int64) (ms int64, kind string, dead bool) {
+//   - an lww value with an Expires dies at it;
+//   - a siblings record dies when every sibling is a tombstone or an
+//     expired value, at the latest of their Expires. One holding a value
+//     without expiry never does, nor one holding a tombstone without a
+//     time (written before node protocol 3): its age is unknown, and
+//     reaping it early would let a late write its history covered come
+//     back.
+func diesAt(rec *record) (ms int64, kind string, dies bool) {
 	switch {
 	case rec.LWW != nil:
-		ms, dead := rec.LWW.DeadSince()
-		if !dead || ms > nowMs {
+		ms, dies := rec.LWW.DeadSince()
+		if !dies {
 			return 0, "", false
 		}
 		if rec.LWW.Tombstone {
@@ -89,17 +91,14 @@ func deadSince(rec *record, nowMs int64) (ms int64, kind string, dead bool) {
 		}
 		return ms, metrics.ReapExpired, true
 	case rec.DVV != nil:
-		ms, dead := rec.DVV.DeadSince(nowMs)
-		if !dead {
-			return 0, "", false
-		}
 		kind, values := metrics.ReapTombstone, 0
 		for _, e := range rec.DVV.Entries {
 			for _, v := range e.Values {
-				values++
 				if v.Expires == 0 {
 					return 0, "", false
 				}
+				values++
+				ms = max(ms, v.Expires)
 				if !v.Tombstone {
 					kind = metrics.ReapExpired
 				}
@@ -113,34 +112,13 @@ func deadSince(rec *record, nowMs int64) (ms int64, kind string, dead bool) {
 	return 0, "", false
 }
 
-// reapableAt returns the earliest moment (Unix ms) at which rec, as it is,
-// can be reaped under grace (ms): once dead for longer than grace. ok is
-// false for a record that cannot die without a write: a live value
-// without expiry, or a siblings record holding one (or an untimed
-// tombstone).
-func reapableAt(rec *record, grace int64) (at int64, ok bool) {
-	switch {
-	case rec.LWW != nil:
-		ms, dies := rec.LWW.DeadSince()
-		if !dies {
-			return 0, false
-		}
-		return ms + grace + 1, true
-	case rec.DVV != nil:
-		var last int64
-		values := 0
-		for _, e := range rec.DVV.Entries {
-			for _, v := range e.Values {
-				if v.Expires == 0 {
-					return 0, false
-				}
-				values++
-				last = max(last, v.Expires)
-			}
-		}
-		return last + grace + 1, values > 0
+// deadSince reports whether rec is dead at nowMs, and since when (diesAt).
+func deadSince(rec *record, nowMs int64) (ms int64, kind string, dead bool) {
+	ms, kind, dies := diesAt(rec)
+	if !dies || ms > nowMs {
+		return 0, "", false
 	}
-	return 0, false
+	return ms, kind, true
 }
 
 // reapMemo is what a reaping scan of a partition learned: the partition's
@@ -281,11 +259,12 @@ func (n *Node) reapPartition(ctx context.Context, p uint32) (reaped int, err err
 				n.log.Warn("reap: undecodable record skipped", "partition", p, "tenant", en.Tenant, "err", err)
 				continue
 			}
-			ms, kind, dead := deadSince(&rec, now)
-			if !dead || now-ms <= grace[en.Tenant] {
-				if at, ok := reapableAt(&rec, grace[en.Tenant]); ok {
-					memo.next = min(memo.next, at)
-				}
+			ms, kind, dies := diesAt(&rec)
+			if !dies {
+				continue
+			}
+			if at := ms + grace[en.Tenant] + 1; now < at { // reapable once dead for longer than the grace
+				memo.next = min(memo.next, at)
 				continue
 			}
 			var peers []string

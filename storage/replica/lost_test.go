@@ -64,6 +64,29 @@ func startNodeProcess(t *testing.T, s *server.Server, node string, swallow int) 
 
 func (p *nodeProcess) stop() { p.nc.Close() }
 
+// crashAfterSwallowed stops the process once it has received every batch
+// it swallows: those are lost with it.
+func (p *nodeProcess) crashAfterSwallowed(t *testing.T) {
+	t.Helper()
+	waitFor(t, func() bool { p.mu.Lock(); defer p.mu.Unlock(); return p.swallow == 0 })
+	p.stop()
+}
+
+// answerThenSwallow has p answer one write from c, so that c saw the node
+// answer a moment ago (a restart, not an outage, follows), and then
+// swallow the next batch.
+func (p *nodeProcess) answerThenSwallow(t *testing.T, c *replica.Client, node string) {
+	t.Helper()
+	call := replica.NewCall(1)
+	c.Write(call, node, time.Now().Add(5*time.Second), writes(1)...)
+	if o := outcomes(t, call, 1); len(o) != 1 {
+		t.Fatal(o)
+	}
+	p.mu.Lock()
+	p.swallow = 1
+	p.mu.Unlock()
+}
+
 func (p *nodeProcess) appliedIDs() map[uint64]subjects.NodeWrite {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -87,21 +110,13 @@ func TestRestartResendsLostAndRefusedBatches(t *testing.T) {
 	c := newClient(t, nc, replica.Config{MaxInflight: 2, MaxBatch: 1})
 
 	first := startNodeProcess(t, s, "n1", 0)
-	call := replica.NewCall(1)
-	c.Write(call, "n1", time.Now().Add(5*time.Second), writes(1)...)
-	if o := outcomes(t, call, 1); len(o) != 1 {
-		t.Fatal(o)
-	}
-	first.mu.Lock()
-	first.swallow = 1 // the process stops with the next batch unanswered
-	first.mu.Unlock()
+	first.answerThenSwallow(t, c, "n1") // the process stops with the next batch unanswered
 
 	deadline := time.Now().Add(20 * time.Second)
-	call = replica.NewCall(2)
+	call := replica.NewCall(2)
 	lost := writes(1)
 	c.Write(call, "n1", deadline, lost...)
-	waitFor(t, func() bool { first.mu.Lock(); defer first.mu.Unlock(); return first.swallow == 0 })
-	first.stop()
+	first.crashAfterSwallowed(t)
 	refused := writes(1)
 	c.Write(call, "n1", deadline, refused...) // no responders, which tells the first batch is lost
 	time.Sleep(300 * time.Millisecond)        // the restart takes a while
@@ -133,8 +148,7 @@ func TestLostBatchesFreeTheirSlots(t *testing.T) {
 	call := replica.NewCall(3)
 	lost := writes(2)
 	c.Write(call, "n1", deadline, lost...)
-	waitFor(t, func() bool { first.mu.Lock(); defer first.mu.Unlock(); return first.swallow == 0 })
-	first.stop()
+	first.crashAfterSwallowed(t)
 	second := startNodeProcess(t, s, "n1", 0)
 	behind := writes(1)
 	c.Write(call, "n1", deadline, behind...)
@@ -159,19 +173,13 @@ func TestCoordinatingWriteIsNeverResent(t *testing.T) {
 	nc := natstest.Connect(t, s)
 	c := newClient(t, nc, replica.Config{MaxInflight: 1, MaxBatch: 1})
 	first := startNodeProcess(t, s, "n1", 0)
-	call := replica.NewCall(1)
-	c.Write(call, "n1", time.Now().Add(5*time.Second), writes(1)...)
-	outcomes(t, call, 1)
-	first.mu.Lock()
-	first.swallow = 1
-	first.mu.Unlock()
+	first.answerThenSwallow(t, c, "n1")
 
 	coord := []subjects.NodeWrite{{Tenant: "t", Key: "k", Coordinate: &subjects.Coordinate{Value: vclock.Value{Data: []byte("v")}, Deadline: time.Now().Add(time.Minute).UnixMilli()}}}
-	call = replica.NewCall(2)
+	call := replica.NewCall(2)
 	coordDeadline := time.Now().Add(3 * time.Second)
 	c.Write(call, "n1", coordDeadline, coord...)
-	waitFor(t, func() bool { first.mu.Lock(); defer first.mu.Unlock(); return first.swallow == 0 })
-	first.stop()
+	first.crashAfterSwallowed(t)
 	merge := writes(1)
 	c.Write(call, "n1", time.Now().Add(20*time.Second), merge...)
 	time.Sleep(200 * time.Millisecond)
