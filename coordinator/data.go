@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"slices"
 	"strings"
 	"time"
 
@@ -596,7 +597,17 @@ func (c *Coordinator) readOnce(ctx context.Context, r *dataRequest) (*subjects.G
 	send := func(node string) {
 		c.rep.Read(cl, node, deadline, subjects.NodeRead{Tenant: r.tenant.ID, Key: r.Key})
 	}
-	ask, rest := c.readTargets(pref, need, r.level)
+	var ask, rest []string
+	t := tally{required: need}
+	if rt.target != nil {
+		// A joint read (see route): need answers among the current row
+		// and among the target row, each node counting in its rows.
+		ask, rest = c.jointReadTargets(&rt, r.level)
+		t.total, t.counted, t.target = rt.counted, rt.nodes[:rt.counted], rt.target
+	} else {
+		ask, rest = c.readTargets(pref, need, r.level)
+		t.total = len(ask)
+	}
 	for _, node := range ask {
 		send(node)
 	}
@@ -610,8 +621,9 @@ func (c *Coordinator) readOnce(ctx context.Context, r *dataRequest) (*subjects.G
 	var versions [7]vclock.Version
 	got := versions[:0]
 	var replies []ReplicaVersion
-	t := tally{required: need, total: len(ask)}
+	heard := 0
 	err = c.await(ctx, cl, &t, r.level, sp, func(o replica.Outcome) {
+		heard++
 		if o.Err == nil && o.Read != nil && o.Read.LWW != nil {
 			got = append(got, *o.Read.LWW)
 		}
@@ -623,7 +635,11 @@ func (c *Coordinator) readOnce(ctx context.Context, r *dataRequest) (*subjects.G
 		return nil, notOwnerf(&t, rt.pl.version, err)
 	}
 	if c.repair != nil {
-		r.after = func() { c.repairRead(ctx, cl, r, t.total-t.answered(), replies) }
+		asked := len(ask)
+		if sp != nil {
+			asked = len(sp.asked)
+		}
+		r.after = func() { c.repairRead(ctx, cl, r, asked-heard, replies) }
 	}
 	reply := &subjects.GetReply{Success: true, Key: r.Key, ReplicaCount: t.acks, Consistency: r.level}
 	if r.tenant.ConflictPolicy == subjects.PolicySiblings {
@@ -671,4 +687,57 @@ func (c *Coordinator) readTargets(pref []string, need int, level string) (ask, r
 		}
 	}
 	return ordered[:need], ordered[need:]
+}
+
+// jointReadTargets is readTargets for a joint read of a moving
+// partition (rt.target set): quorum reads ask, healthy nodes first and
+// among them those in both rows first, each node that still adds to a
+// row short of rt.need, and keep the rest in reserve; reads at one and
+// all, and the ReadRepairChance share, ask every node of both rows.
+func (c *Coordinator) jointReadTargets(rt *route, level string) (ask, rest []string) {
+	chance := c.cfg.ReadRepairChance
+	if level != subjects.Quorum || chance >= 1 || (chance > 0 && mrand.Float64() < chance) {
+		return rt.nodes, nil
+	}
+	now := time.Now()
+	return pickJoint(rt.nodes, rt.counted, rt.target, rt.need, func(node string) bool { return c.rep.Suspected(node, now) })
+}
+
+// pickJoint splits nodes (the current row nodes[:counted], then the
+// target row's other members; target is the target row) into the nodes a
+// joint quorum read asks and the ones it keeps in reserve: in the order
+// unsuspected before suspected, and within each nodes in both rows
+// before the others (each in nodes' order), a node is asked when a row it
+// counts in still has fewer than need of the nodes asked. Pure, for the
+// exhaustive test.
+func pickJoint(nodes []string, counted int, target []string, need int, suspected func(string) bool) (ask, rest []string) {
+	cur := nodes[:counted]
+	rank := func(node string) int {
+		r := 0
+		if suspected(node) {
+			r = 2
+		}
+		if !slices.Contains(cur, node) || !slices.Contains(target, node) {
+			r++
+		}
+		return r
+	}
+	ordered := slices.Clone(nodes)
+	slices.SortStableFunc(ordered, func(a, b string) int { return rank(a) - rank(b) })
+	inCur, inTgt := 0, 0
+	for _, node := range ordered {
+		c, g := slices.Contains(cur, node), slices.Contains(target, node)
+		if (c && inCur < need) || (g && inTgt < need) {
+			ask = append(ask, node)
+			if c {
+				inCur++
+			}
+			if g {
+				inTgt++
+			}
+			continue
+		}
+		rest = append(rest, node)
+	}
+	return ask, rest
 }

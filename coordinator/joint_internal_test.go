@@ -220,3 +220,83 @@ func TestTallyJointLoss(t *testing.T) {
 func splitEvents(s string) []string {
 	return strings.Fields(s)
 }
+
+// TestPickJointExhaustive: for every rf, target shape and set of
+// suspected nodes, a joint quorum read asks nodes that meet the quorum in
+// both rows (so it needs no spare when they all answer), asks no node that
+// adds to no row short of it, keeps every other node of both rows in
+// reserve (each node exactly once), and asks a suspected node only when
+// the unsuspected ones cannot meet both rows.
+func TestPickJointExhaustive(t *testing.T) {
+	for rf := 1; rf <= 4; rf++ {
+		cur, targets := jointRows(rf)
+		need := Required("quorum", rf)
+		for _, tgt := range targets {
+			set := union(cur, tgt)
+			for mask := 0; mask < 1<<len(set); mask++ { // bit i set = set[i] suspected
+				var sus []string
+				for i, n := range set {
+					if mask&(1<<i) != 0 {
+						sus = append(sus, n)
+					}
+				}
+				ask, rest := pickJoint(set, len(cur), tgt, need, func(n string) bool { return slices.Contains(sus, n) })
+				desc := fmt.Sprintf("rf=%d %v->%v suspected %v: ask %v rest %v", rf, cur, tgt, sus, ask, rest)
+				if countIn(ask, cur) < need || countIn(ask, tgt) < need {
+					t.Fatalf("%s: does not meet quorum %d in both rows", desc, need)
+				}
+				all := append(slices.Clone(ask), rest...)
+				slices.Sort(all)
+				want := slices.Clone(set)
+				slices.Sort(want)
+				if !slices.Equal(all, want) {
+					t.Fatalf("%s: asked and reserve are not the write set %v", desc, set)
+				}
+				// Every asked node adds to a row that the nodes asked
+				// before it left short.
+				for i, n := range ask {
+					if !(slices.Contains(cur, n) && countIn(ask[:i], cur) < need) && !(slices.Contains(tgt, n) && countIn(ask[:i], tgt) < need) {
+						t.Fatalf("%s: %s adds nothing", desc, n)
+					}
+				}
+				// With no node suspected, it asks as few nodes as can meet
+				// both rows: every shared node up to the quorum, then one
+				// of each row per shared node short of it.
+				if len(sus) == 0 {
+					shared := countIn(cur, tgt)
+					if want := need + max(0, need-shared); len(ask) != want {
+						t.Fatalf("%s: asks %d nodes, the fewest that meet both rows is %d", desc, len(ask), want)
+					}
+				}
+				var healthy []string
+				for _, n := range set {
+					if !slices.Contains(sus, n) {
+						healthy = append(healthy, n)
+					}
+				}
+				if countIn(healthy, cur) >= need && countIn(healthy, tgt) >= need {
+					for _, n := range ask {
+						if slices.Contains(sus, n) {
+							t.Fatalf("%s: asks suspected %s although the healthy nodes meet both rows", desc, n)
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestPickJointSharedFirst: a join moves one owner, [A B C] -> [A B D];
+// a quorum read asks the two owners in both rows, as many nodes as a read
+// of a partition that does not move.
+func TestPickJointSharedFirst(t *testing.T) {
+	ask, rest := pickJoint([]string{"A", "B", "C", "D"}, 3, []string{"A", "B", "D"}, 2, func(string) bool { return false })
+	if !slices.Equal(ask, []string{"A", "B"}) || !slices.Equal(rest, []string{"C", "D"}) {
+		t.Fatalf("ask %v rest %v, want [A B] and [C D]", ask, rest)
+	}
+	// B suspected: A, then C for the current row and D for the target.
+	ask, rest = pickJoint([]string{"A", "B", "C", "D"}, 3, []string{"A", "B", "D"}, 2, func(n string) bool { return n == "B" })
+	if !slices.Equal(ask, []string{"A", "C", "D"}) || !slices.Equal(rest, []string{"B"}) {
+		t.Fatalf("with B suspected: ask %v rest %v, want [A C D] and [B]", ask, rest)
+	}
+}

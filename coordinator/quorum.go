@@ -260,7 +260,16 @@ func (c *Coordinator) await(ctx context.Context, cl *replica.Call, t *tally, lev
 			}
 			if sp.askNext() {
 				c.metrics.SpareRead("failed")
-				t.total++
+				if t.joint() {
+					// A joint read's tally counts whole rows; which row
+					// the failed node left short is the tally's to know,
+					// so every spare is asked (failures are rare).
+					for sp.askNext() {
+						c.metrics.SpareRead("failed")
+					}
+				} else {
+					t.total++
+				}
 			}
 			impossible := t.failFrom(o.Node)
 			if t.lost() {
@@ -282,7 +291,9 @@ func (c *Coordinator) await(ctx context.Context, cl *replica.Call, t *tally, lev
 			}
 			for sp.askNext() {
 				c.metrics.SpareRead("slow")
-				t.total++
+				if !t.joint() {
+					t.total++ // a joint tally's total is its current row already
+				}
 			}
 		case <-ctx.Done():
 			pendingN := t.total - t.answered()

@@ -20,18 +20,21 @@ import (
 
 // route is where one attempt of a data request goes: the placement it was
 // computed under (whose version and protocol every node request carries)
-// and the key's nodes in it. For a write, nodes is the partition's write
-// set: its current owners nodes[:counted], which alone count toward the
-// level, then the receivers of a move (target owners that are not current
-// ones), which get every write. For a read, nodes are the current
-// owners, all counted.
+// and the key's nodes in it: the partition's current owners
+// nodes[:counted], then, while it moves, its receivers (target owners that
+// are not current ones). A write goes to all of them.
 //
 // While the key's partition moves, target is its target row target[:rf]
 // and a write needs need acks among nodes[:counted] AND need among target
 // (joint quorum): every write acknowledged during a move is then on a
 // quorum of the target row, so a quorum read after the flip meets it even
-// when a receiver missed it after its scan had passed the key. target is
-// nil when the partition does not move (and for reads).
+// when a receiver missed it after its scan had passed the key. A read of
+// a moving partition needs need answers in both rows too (joint read): a
+// coordinator that has not learned of the flip yet then still meets every
+// write acknowledged after it by a quorum of the new current row, even
+// when the nodes it asks have not installed the flip either (they would
+// refuse it as not_owner once they have). target is nil when the
+// partition does not move; a read then asks the current owners only.
 type route struct {
 	pl      *placement
 	nodes   []string
@@ -54,10 +57,18 @@ func (c *Coordinator) route(r *dataRequest, write bool) (route, error) {
 	}
 	var rt route
 	rt.pl = pl
-	if write {
+	h := ring.KeyHash(r.tenant.ID, r.Key)
+	switch {
+	case write:
 		rt.nodes, rt.counted, rt.target = keyWriteSet(pl, r, rf)
-	} else {
-		rt.nodes = pl.m.PreferenceList(r.tenant.ID, r.Key, rf, make([]string, 0, rf))
+	case pl.m.Moving(ring.PartitionOf(h, pl.m.Partitions())):
+		rt.nodes, rt.counted, rt.target = keyWriteSet(pl, r, rf)
+		if slices.Equal(rt.target, rt.nodes[:rt.counted]) {
+			// Only owners past this tenant's RF move: its rows are the same.
+			rt.nodes, rt.target = rt.nodes[:rt.counted], nil
+		}
+	default:
+		rt.nodes = pl.m.PreferenceListHash(h, rf, make([]string, 0, rf))
 		rt.counted = len(rt.nodes)
 	}
 	rt.need = Required(r.level, rf)

@@ -19,6 +19,7 @@ import (
 	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/metadata"
 	"github.com/quorumkv/quorumkv/ring"
+	"github.com/quorumkv/quorumkv/storage/replica"
 	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
 )
@@ -223,6 +224,27 @@ type refuser struct {
 	dvv         map[string]vclock.DVVSet
 	coordinated int
 	silent      bool // answer nothing (a paused node)
+	// held, when set (hold), is what reads are answered with, by key: the
+	// lww version written last, merged as a node merges. Otherwise reads
+	// answer "not found".
+	held map[string]*vclock.Version
+}
+
+// hold makes the fake keep the lww versions written to it (or put there
+// by put) and answer reads with them.
+func (f *refuser) hold() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.held = map[string]*vclock.Version{}
+}
+
+// put merges v into what the fake holds for key, as a write would.
+func (f *refuser) put(key string, v vclock.Version) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if cur := f.held[key]; cur == nil || v.Dot.Compare(cur.Dot) > 0 {
+		f.held[key] = &v
+	}
 }
 
 func (f *refuser) setSilent(v bool) {
@@ -283,6 +305,10 @@ func (f *refuser) onWrite(id string, m *nats.Msg) {
 			f.states = append(f.states, *it.DVV)
 		case it.LWW != nil:
 			f.values[it.Key] = string(it.LWW.Value)
+			if cur := f.held[it.Key]; f.held != nil && (cur == nil || it.LWW.Dot.Compare(cur.Dot) > 0) {
+				v := *it.LWW
+				f.held[it.Key] = &v
+			}
 		case it.Coordinate != nil:
 			st, _, err := vclock.Update(f.dvv[it.Key], it.Coordinate.Context, "fake-"+id, it.Coordinate.Value)
 			if err != nil {
@@ -313,6 +339,8 @@ func (f *refuser) onRead(id string, m *nats.Msg) {
 		res := subjects.NodeReadResult{ID: it.ID}
 		if refuse {
 			res.Err = notOwnerText
+		} else if f.held != nil {
+			res.LWW = f.held[it.Key]
 		}
 		r.Results = append(r.Results, res)
 	}
@@ -492,5 +520,108 @@ func TestSiblingsCoordinatorRefusalRetriesWhole(t *testing.T) {
 	}
 	if len(f.states) < 1 {
 		t.Fatalf("no other replica merged the coordinated state")
+	}
+}
+
+// A coordinator that has not learned of a flip yet reads a moving
+// partition from both of its rows, so it meets a write that the new
+// current row acknowledged after the flip, even when the nodes it asks
+// have not installed the flip either. RF 3, node 4 leaves: the key's rows
+// are [.. 4 ..] -> [S1 S2 R]. The write W after the flip is on S2 and R
+// (a quorum of the new current row); the stale coordinator used to ask
+// the first two current owners, node 4 and S1, and answer the value
+// before W: an acknowledged overwrite read back as its old value. Now it
+// asks S1 and S2, which count in both rows, and answers W.
+func TestStaleCoordinatorReadMeetsWritesAfterTheFlip(t *testing.T) {
+	c := transitionCluster(t, 4, nil)
+	ctx := ctxT(t)
+	nc := connect(t, c)
+	admin := client.NewAdmin(nc)
+	rf := 3
+	if _, err := admin.CreateTenant(ctx, "t3", client.TenantSpec{ReplicationFactor: &rf}); err != nil {
+		t.Fatal(err)
+	}
+	m := storedMap(t, c)
+	leaving := devcluster.NodeID(4)
+	var rest []ring.Node
+	for _, id := range m.Nodes() {
+		if id != leaving {
+			rest = append(rest, ring.Node{ID: id})
+		}
+	}
+	target, err := ring.Claim(m.TargetMap(), rest, m.Partitions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := m.Retarget(target, m.Version()+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A key whose first two current owners (the ones a plain quorum read
+	// asks) include the leaving node, with one receiver.
+	var (
+		key     string
+		set     []string
+		counted int
+	)
+	for i := 0; key == "" && i < 100_000; i++ {
+		k := fmt.Sprintf("k%d", i)
+		set, counted = next.WriteSetHash(ring.KeyHash("t3", k), rf, nil)
+		if counted == rf && len(set) == rf+1 && slices.Contains(set[:2], leaving) {
+			key = k
+		}
+	}
+	if key == "" {
+		t.Fatal("no key with the leaving node among its first two owners")
+	}
+	receiver := set[counted]
+	asked := slices.DeleteFunc(slices.Clone(set[:2]), func(n string) bool { return n == leaving })[0] // S1
+	other := ""                                                                                       // S2
+	for _, n := range set[:counted] {
+		if n != leaving && n != asked {
+			other = n
+		}
+	}
+	// The receiver never pulls or reports, so the partition keeps moving
+	// and the coordinator keeps its map; it holds what it is written.
+	fake := newRefuser(t, c, func(uint64) bool { return false }, receiver)
+	fake.hold()
+	storeMap(t, c, next, true)
+	kv := kvClient(t, c, "t3")
+	if _, err := kv.Put(ctx, key, []byte("before"), client.WithConsistency(subjects.All)); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := replica.New(nc, replica.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Stop()
+	call := replica.NewCall(1)
+	rc.Read(call, other, time.Now().Add(10*time.Second), subjects.NodeRead{Tenant: "t3", Key: key})
+	o := <-call.Outcomes()
+	if o.Err != nil || o.Read == nil || o.Read.LWW == nil {
+		t.Fatalf("read %s from %s: %+v", key, other, o)
+	}
+	dot := o.Read.LWW.Dot
+
+	// W, as a coordinator at the flipped map wrote it: acknowledged by S2
+	// and the receiver, a quorum of the new current row [S1 S2 R].
+	w := vclock.Version{Value: []byte("after the flip"), Dot: vclock.Dot{Counter: dot.Counter + 1, Actor: dot.Actor}}
+	call = replica.NewCall(1)
+	rc.Write(call, other, time.Now().Add(10*time.Second), subjects.NodeWrite{Tenant: "t3", Key: key, LWW: &w})
+	if o := <-call.Outcomes(); o.Err != nil {
+		t.Fatalf("write W to %s: %v", other, o.Err)
+	}
+	fake.put(key, w)
+
+	for i := range 20 { // every read, whichever nodes it prefers
+		got, err := kv.Get(ctx, key, client.WithConsistency(subjects.Quorum))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got.Value) != "after the flip" {
+			t.Fatalf("read %d of %s at quorum (rows %v -> %v, W on %s and %s): %q, want the write acknowledged after the flip",
+				i, key, set[:counted], next.Target(next.Partition("t3", key), nil)[:rf], other, receiver, got.Value)
+		}
 	}
 }
