@@ -289,6 +289,8 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Coordinator, error) {
 	c.cancel = cancel
 	c.wg.Add(1)
 	go func() { defer c.wg.Done(); c.routing.run(bg) }()
+	c.wg.Add(1)
+	go func() { defer c.wg.Done(); c.watchReconnects(bg) }()
 
 	if err := c.subscribeEvents(); err != nil {
 		c.Stop()
@@ -326,6 +328,27 @@ func contextKeys(ctx context.Context, cfg Config) (*vclock.ContextKeys, error) {
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
 	return keys, nil
+}
+
+// watchReconnects reloads the placement map and marks every cached tenant
+// stale each time the NATS connection comes back after a disconnection,
+// until ctx ends: ring and tenant events are plain publishes, and those
+// sent meanwhile were lost. Without it the coordinator would route by the
+// old map until a node refused it or the ring refresh came, and serve a
+// changed or deleted tenant's old settings until the cache TTL.
+func (c *Coordinator) watchReconnects(ctx context.Context) {
+	back := c.nc.StatusChanged(nats.CONNECTED)
+	defer c.nc.RemoveStatusListener(back)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-back:
+			c.log.Info("NATS connection back: reloading the placement map and the tenants, whose events may have been missed")
+			c.routing.refreshNow()
+			c.tenants.invalidateAll()
+		}
+	}
 }
 
 func (c *Coordinator) subscribeEvents() error {

@@ -149,6 +149,23 @@ func (c *tenantCache) invalidate(id string, deleted bool) {
 	c.mu.Unlock()
 }
 
+// invalidateAll is invalidate for every cached tenant (their events may
+// have been missed): each is reloaded on its next get, and served stale
+// while the store cannot be reached.
+func (c *tenantCache) invalidateAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, e := range c.entries {
+		switch {
+		case e.loading != nil:
+		case e.missing:
+			delete(c.entries, id)
+		default:
+			c.entries[id] = &tenantEntry{tenant: e.tenant}
+		}
+	}
+}
+
 // put stores t as freshly loaded (after this coordinator changed it).
 func (c *tenantCache) put(t metadata.Tenant) {
 	c.mu.Lock()

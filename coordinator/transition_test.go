@@ -625,3 +625,45 @@ func TestStaleCoordinatorReadMeetsWritesAfterTheFlip(t *testing.T) {
 		}
 	}
 }
+
+// Ring and tenant events are plain publishes, lost while a coordinator is
+// disconnected from NATS. A coordinator whose connection comes back
+// reloads the map and its tenants at once, instead of routing by the old
+// map until the ring refresh (an hour here) and serving a deleted tenant
+// from its cache for the tenant TTL.
+func TestReconnectedCoordinatorReloadsMapAndTenants(t *testing.T) {
+	c := startClusterWith(t, devcluster.Config{Nodes: 3, Coordinator: coordinator.Config{RingRefresh: time.Hour, TenantTTL: time.Hour}})
+	ctx := ctxT(t)
+	admin := client.NewAdmin(connect(t, c))
+	if _, err := admin.CreateTenant(ctx, "gone", client.TenantSpec{}); err != nil {
+		t.Fatal(err)
+	}
+	kv := kvClient(t, c, "gone")
+	if _, err := kv.Put(ctx, "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	// While the coordinator is away: a newer map and the tenant deleted,
+	// with no event reaching it.
+	next := storedMap(t, c)
+	next = next.WithVersion(next.Version() + 1)
+	storeMap(t, c, next, false)
+	if err := c.Metadata().DeleteTenant(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Get(ctx, "k"); err != nil {
+		t.Fatalf("before the reconnect the cached tenant serves: %v", err)
+	}
+	coord := c.Coordinators()[0]
+	if err := coord.Conn().ForceReconnect(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, func() error {
+		if v := coord.Placement().Version(); v != next.Version() {
+			return fmt.Errorf("coordinator holds map version %d, want %d", v, next.Version())
+		}
+		if _, err := kv.Get(ctx, "k", client.WithTimeout(time.Second)); !errors.Is(err, client.ErrNoSuchTenant) {
+			return fmt.Errorf("get of the deleted tenant: %v, want tenant not found", err)
+		}
+		return nil
+	})
+}

@@ -1008,3 +1008,46 @@ func TestHandoffPushesAgainWhenOwnersChanged(t *testing.T) {
 		}
 	}
 }
+
+// Ring and tenant events are plain publishes, lost while a node is
+// disconnected from NATS. A node whose connection comes back reloads the
+// map (and marks its tenant list stale) at once instead of fencing by the
+// map it had until its next poll (an hour here).
+func TestReconnectedNodeReloadsTheMap(t *testing.T) {
+	s := natstest.RunServer(t)
+	m1 := claim(t, nil, "a", "b")
+	f := newFakeCoord(t, s, m1, false)
+	n := startXfer(t, s, Config{NodeID: "a", DataDir: t.TempDir(), MapPoll: time.Hour}, nil)
+	waitMap := func(v uint64) error {
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			if n.mapVersion() == v {
+				return nil
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		return fmt.Errorf("node holds map version %d, want %d", n.mapVersion(), v)
+	}
+	if err := waitMap(m1.Version()); err != nil {
+		t.Fatal(err)
+	}
+	// The next map is stored while the node is away: no event reaches it.
+	m2 := retarget(t, m1, "a", "b", "c")
+	f.mu.Lock()
+	f.m = m2
+	f.mu.Unlock()
+	n.tenants.mu.Lock()
+	events := n.tenants.events
+	n.tenants.mu.Unlock()
+	if err := n.nc.ForceReconnect(); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitMap(m2.Version()); err != nil {
+		t.Fatalf("after the connection came back: %v", err)
+	}
+	n.tenants.mu.Lock()
+	defer n.tenants.mu.Unlock()
+	if n.tenants.events == events {
+		t.Fatal("the tenant list was not marked stale after the connection came back")
+	}
+}

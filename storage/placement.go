@@ -171,16 +171,25 @@ func (n *Node) initialMap(ctx context.Context) {
 }
 
 // mapLoop reloads the map on kv.v1.events.ring, on a request naming a newer
-// version, and every MapPoll, until ctx ends.
+// version, every MapPoll, and as soon as the NATS connection is back after
+// a disconnection, until ctx ends. Events are plain publishes: those sent
+// while the node was disconnected are lost, so a reconnected node would
+// otherwise fence by a map that may have moved on (and keep a tenant list
+// that may have changed) until the next poll.
 func (n *Node) mapLoop(ctx context.Context) {
 	poll := time.NewTicker(n.cfg.MapPoll)
 	defer poll.Stop()
+	back := n.nc.StatusChanged(nats.CONNECTED)
+	defer n.nc.RemoveStatusListener(back)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-poll.C:
 		case <-n.mapKick:
+		case <-back:
+			n.log.Info("NATS connection back: reloading the placement map and the tenant list, whose events may have been missed")
+			n.tenantsChanged()
 		}
 		m, err := n.loadMap(ctx, 2*time.Second)
 		if err != nil {
