@@ -599,24 +599,31 @@ func (n *Node) aeWrites(p uint32, tenants []string, recs []subjects.PartitionRec
 
 // mergeLocal merges items through the write loop and returns how many
 // changed what the node stored. A key holding the other policy's
-// versions is skipped (logged); any other item error fails the call.
+// versions is skipped (logged); any other item error fails the call,
+// which still returns the count of the items that changed (the batch
+// committed them).
 func (n *Node) mergeLocal(ctx context.Context, items []subjects.NodeWrite) (int, error) {
 	j := &localWrite{items: items, changed: make([]bool, len(items))}
 	if err := n.submit(ctx, j); err != nil {
 		return 0, err
 	}
+	// The batch committed whatever merged: a failed item does not take
+	// the others' changes out of the count.
 	changed := 0
+	var failed error
 	for i := range j.results {
 		switch r := &j.results[i]; r.Err {
 		case "":
 		case errPolicy:
 			n.log.Warn("anti-entropy: record not merged", "tenant", items[i].Tenant, "key", items[i].Key, "err", r.Err)
 		default:
-			return 0, fmt.Errorf("anti-entropy: merge %s/%q: %s", items[i].Tenant, items[i].Key, r.Err)
+			if failed == nil {
+				failed = fmt.Errorf("anti-entropy: merge %s/%q: %s", items[i].Tenant, items[i].Key, r.Err)
+			}
 		}
 		if j.changed[i] {
 			changed++
 		}
 	}
-	return changed, nil
+	return changed, failed
 }

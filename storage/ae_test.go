@@ -654,3 +654,28 @@ func TestAEUnderWrites(t *testing.T) {
 		t.Fatalf("%d keys repaired, fewer than the %d whose last version c missed", r, len(missed))
 	}
 }
+
+// TestMergeLocalCountsWhatCommitted: a batch of anti-entropy merges in
+// which one item fails still commits the others, and the count of keys
+// repaired includes them (it used to be 0 for the whole batch).
+func TestMergeLocalCountsWhatCommitted(t *testing.T) {
+	s := natstest.RunServer(t)
+	n := startXfer(t, s, Config{NodeID: "a", DataDir: t.TempDir(), MapPoll: time.Hour}, nil)
+	items := []subjects.NodeWrite{
+		{ID: 0, Tenant: "lww", Key: "k1", LWW: version(5, "c", "v1")},
+		{ID: 1, Tenant: "lww", Key: "k2"}, // carries no version: fails
+		{ID: 2, Tenant: "lww", Key: "k3", LWW: version(5, "c", "v3")},
+	}
+	changed, err := n.mergeLocal(context.Background(), items)
+	if err == nil || !strings.Contains(err.Error(), "k2") {
+		t.Fatalf("err %v, want the failure of k2", err)
+	}
+	if changed != 2 {
+		t.Fatalf("changed %d, want 2 (k1 and k3 committed)", changed)
+	}
+	for _, k := range []string{"k1", "k3"} {
+		if rec, err := n.eng.read("lww", k); err != nil || rec.LWW == nil {
+			t.Fatalf("%s not stored: %+v %v", k, rec, err)
+		}
+	}
+}
