@@ -57,6 +57,11 @@ var (
 	metaLastAlive  = []byte{nsMeta, 'l', 'a', 's', 't', 'A', 'l', 'i', 'v', 'e'}
 	metaGraceFloor = []byte{nsMeta, 'g', 'r', 'a', 'c', 'e', 'F', 'l', 'o', 'o', 'r'}
 	metaRebuild    = []byte{nsMeta, 'r', 'e', 'b', 'u', 'i', 'l', 'd'}
+	// The version of the last placement map the node installed, and, while
+	// a directory found stale at open waits for its first map, the version
+	// it had installed before it went down (rebuild.go, settleStale).
+	metaMapVersion = []byte{nsMeta, 'm', 'a', 'p', 'V', 'e', 'r', 's', 'i', 'o', 'n'}
+	metaStale      = []byte{nsMeta, 's', 't', 'a', 'l', 'e'}
 )
 
 // ownerLayoutTag follows the node id stored under metaNodeID once a
@@ -85,7 +90,12 @@ type engine struct {
 	// minted: the epoch was minted at this open (the directory was new or
 	// had been wiped).
 	minted bool
-	actor  string // this incarnation's actor in DVVSet dots: node id + epoch
+	// stale, when set, is the map version a directory found stale at open
+	// had installed before it went down; its partitions are settled at the
+	// first map the node installs (settleStale), then it is cleared. Only
+	// the goroutine that installs maps uses it.
+	stale *uint64
+	actor string // this incarnation's actor in DVVSet dots: node id + epoch
 
 	// bound lets an lww write skip the read of what its key holds. Per
 	// 128-bit fingerprint of a data key it keeps a counter no smaller than

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/vmihailenco/msgpack/v5"
 
@@ -136,10 +137,22 @@ func (n *Node) install(m *ring.Map) {
 		n.log.Error("placement map ignored: its partition count differs from the data directory's", "map_version", m.Version(), "map_partitions", m.Partitions(), "partitions", n.eng.q)
 		return
 	}
-	// Before the map is visible: a read fenced by it must already see
-	// which partitions this node rebuilds (rebuild.go).
+	// Before the map is visible: a stale directory drops what it must not
+	// serve, and a read fenced by the map must already see which
+	// partitions this node rebuilds (rebuild.go).
+	if n.eng.stale != nil {
+		if err := n.settleStale(m); err != nil {
+			n.log.Error("placement map not installed: the stale directory could not be settled; retrying with the next map", "map_version", m.Version(), "err", err)
+			return
+		}
+	}
 	n.decideRebuild(func(p uint32) bool { return slices.Contains(m.Owners(p, nil), n.cfg.NodeID) })
 	n.pmap.Store(m)
+	// What a later stale check compares the map it finds with (NoSync:
+	// an older version lost in a crash only makes it drop more).
+	if err := n.eng.setMetaInt(metaMapVersion, int64(m.Version()), pebble.NoSync); err != nil {
+		n.log.Warn("record the installed map version", "err", err)
+	}
 	owned := func(p uint32) bool { return m.Owns(p, n.cfg.NodeID) }
 	if err := n.eng.forgetCursors(func(p uint32) bool { return !owned(p) }); err != nil {
 		n.log.Warn("forget transfer cursors", "err", err)

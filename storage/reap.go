@@ -51,7 +51,8 @@ import (
 //
 // What the grace must cover: a write older than the tombstone that reaches
 // a replica after the reap (a hint or repair queued for longer than the
-// grace, a replica down for longer: D7 wipes it) would bring the key back.
+// grace, a replica down for longer and moved off the partition meanwhile:
+// D7 drops its copy) would bring the key back.
 
 // reapCompactAt is how many keys reaped from one partition in one pass make
 // the reaper compact the partition's range (Pebble drops deleted keys'

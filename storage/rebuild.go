@@ -12,6 +12,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 
+	"github.com/quorumkv/quorumkv/ring"
 	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
 )
@@ -19,27 +20,32 @@ import (
 // Stale and rebuilt replicas (issue 15, D7; docs/ARCHITECTURE.md "A stale
 // or rebuilt replica").
 //
-// Reaping (reap.go) deletes a tombstone once every owner confirmed it. A
-// replica that was down for longer than a tombstone grace missed that
-// confirmation and may still hold the live value the tombstone deleted:
-// back in service it would hand it out, and repairs would copy it back
-// everywhere. So a node records when it was last alive (metaLastAlive,
-// every aliveEvery, NoSync, and at Stop) and the smallest grace it knows
-// (metaGraceFloor, from the tenant list; 7 days until it knows one). At
+// Reaping (reap.go) deletes a tombstone once every current owner
+// confirmed it. A replica that was down for longer than a tombstone grace
+// and meanwhile stopped being a current owner of a partition (its rows
+// changed) missed that confirmation and may still hold the live value the
+// tombstone deleted: back in service it would hand it out, and repairs
+// would copy it back everywhere. So a node records when it was last alive
+// (metaLastAlive, every aliveEvery, NoSync, and at Stop), the smallest
+// grace it knows (metaGraceFloor, from the tenant list; 7 days until it
+// knows one) and the last map version it installed (metaMapVersion). At
 // Open, when now - lastAlive > graceFloor, the directory is stale: the
-// node logs why, deletes its data range, mints a new epoch (as a wiped
-// directory does) and rebuilds.
+// node logs why, mints a new epoch, and at its first map drops the
+// partitions whose rows changed since that version or that it does not
+// own, and rebuilds those it owns (settleStale). The others are kept:
+// nothing of them was reaped without this node.
 //
-// Rebuild: a node whose directory is new (disk replaced) or wiped
-// (stale) marks it (metaRebuild). At the first placement map it installs,
-// every partition it is a current owner of is to be rebuilt (none: the
-// mark is cleared, it is a new node that will receive partitions through
-// transfers). Until a partition is rebuilt the node answers reads of it
-// with the item error kind `rebuilding` (coordinators count it as no
-// answer), refuses reap confirmations, and accepts writes. The rebuild
-// loop pulls each partition, for each tenant whose RF makes the node an
-// owner, from rf-quorum+1 other current owners within that RF (coverage)
-// with PullPartition (the receive machinery), and the mark is cleared once
+// Rebuild: a node whose directory is new (disk replaced) marks it
+// (metaRebuild). At the first placement map it installs, every partition
+// it is a current owner of is to be rebuilt (none: the mark is cleared, it
+// is a new node that will receive partitions through transfers); a stale
+// directory rebuilds the partitions settleStale dropped and owns. Until a
+// partition is rebuilt the node answers reads of it with the item error
+// kind `rebuilding` (coordinators count it as no answer), refuses reap
+// confirmations, and accepts writes. The rebuild loop pulls each
+// partition, for each tenant whose RF makes the node an owner, from
+// rf-quorum+1 other current owners within that RF (coverage) with
+// PullPartition (the receive machinery), and the mark is cleared once
 // every partition is rebuilt. A restart during the rebuild starts it
 // again. A tenant of RF 1 has no other owner: its data is gone with the
 // disk, and the partition does not wait for it. Progress is in
@@ -87,20 +93,34 @@ func (e *engine) checkStale(nodeID string, now time.Time, log *slog.Logger) erro
 	if !ok {
 		floor = subjects.DefaultTombstoneGraceMS
 	}
-	if known && now.UnixMilli()-alive > floor {
-		log.Warn("data directory is stale: the node was down for longer than the smallest tombstone grace, so it may hold keys deleted and reaped meanwhile; wiping its data and rebuilding from the other owners",
-			"last_alive", time.UnixMilli(alive).UTC(), "down_for", now.Sub(time.UnixMilli(alive)).Round(time.Second), "grace_floor", time.Duration(floor)*time.Millisecond)
-		if err := e.wipeData(); err != nil {
-			return fmt.Errorf("wipe stale data: %w", err)
+	fresh := e.minted // a new directory; a stale one mints below, and is not fresh
+	if v, pending, err := e.readMetaInt(metaStale); err != nil {
+		return err
+	} else if pending {
+		// Found stale by an earlier open that stopped before its first
+		// map settled it: still to settle, against the same version.
+		u := uint64(v)
+		e.stale = &u
+		log.Warn("data directory is stale and not settled yet: its partitions are settled at the first placement map", "last_map_version", v)
+	} else if known && now.UnixMilli()-alive > floor {
+		last, _, err := e.readMetaInt(metaMapVersion) // 0 when unknown: every partition counts as changed
+		if err != nil {
+			return err
+		}
+		log.Warn("data directory is stale: the node was down for longer than the smallest tombstone grace; the partitions whose owners changed meanwhile (others may have reaped keys it still holds) are dropped at the first placement map and rebuilt from the other owners, the others kept",
+			"last_alive", time.UnixMilli(alive).UTC(), "down_for", now.Sub(time.UnixMilli(alive)).Round(time.Second), "grace_floor", time.Duration(floor)*time.Millisecond, "last_map_version", last)
+		if err := e.markStale(last); err != nil {
+			return fmt.Errorf("mark the stale directory: %w", err)
 		}
 		e.epoch = 0
-		if err := e.initMeta(nodeID); err != nil { // a new epoch
+		if err := e.initMeta(nodeID); err != nil { // a new epoch: partitions may be dropped
 			return err
 		}
 		e.actor = vclock.ReplicaActor(nodeID, e.epoch)
-		log.Info("stale data wiped", "epoch", e.epoch)
+		u := uint64(last)
+		e.stale = &u
 	}
-	if e.minted {
+	if fresh {
 		if err := e.db.Set(metaRebuild, []byte{1}, pebble.Sync); err != nil {
 			return fmt.Errorf("mark the directory for rebuild: %w", err)
 		}
@@ -109,14 +129,14 @@ func (e *engine) checkStale(nodeID string, now time.Time, log *slog.Logger) erro
 	return e.setMetaInt(metaLastAlive, now.UnixMilli(), pebble.Sync)
 }
 
-// wipeData deletes every record, the transfer cursors and generations, and
-// the epoch (so initMeta mints a new one), with fsync.
-func (e *engine) wipeData() error {
+// markStale records, with fsync, that the directory is stale with last
+// its last installed map version (metaStale, until settleStale), deletes
+// the transfer cursors and generations, and the epoch (so initMeta mints a
+// new one).
+func (e *engine) markStale(last int64) error {
 	b := e.db.NewBatch()
 	defer b.Close()
 	for _, r := range [][2][]byte{
-		{{nsData}, {nsData + 1}},
-		{{nsOldData}, {nsOldData + 1}},
 		{{nsMeta, 'x', 'f', 'e', 'r'}, {nsMeta, 'x', 'f', 'e', 's'}},
 		{{nsMeta, 'x', 'g', 'e', 'n'}, {nsMeta, 'x', 'g', 'e', 'o'}},
 	} {
@@ -127,10 +147,77 @@ func (e *engine) wipeData() error {
 	if err := b.Delete(metaEpoch, nil); err != nil {
 		return err
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
+	if err := b.Set(metaStale, binary.BigEndian.AppendUint64(nil, uint64(last)), nil); err != nil {
 		return err
 	}
-	e.bound = make(map[[2]uint64]uint64)
+	return b.Commit(pebble.Sync)
+}
+
+// settleStale decides, at the first map m a stale directory installs
+// (before m is visible), which of its partitions it keeps. Reaping a key
+// needs every current owner of its partition to confirm (reap.go), so
+// while the node stayed a current owner of p no key of p was reaped
+// without it, however long it was down: a whole cluster stopped for
+// longer than the grace keeps its data. Only a partition whose rows
+// changed after the node's last map (m.Since(p) > the stale version: the
+// node may have left its current row meanwhile, and the others reaped
+// without it), or of which it is not a current owner (a leftover of a
+// handoff or a transfer that its own map had already moved on from), may
+// hold a live value whose tombstone is gone elsewhere: those are dropped,
+// and those it owns are rebuilt from the other owners. Then metaStale goes.
+func (n *Node) settleStale(m *ring.Map) error {
+	e := n.eng
+	since := *e.stale
+	var drop, rebuild []uint32
+	var row []string
+	for p := range uint32(e.q) {
+		row = m.Owners(p, row)
+		owner := slices.Contains(row, n.cfg.NodeID)
+		if owner && m.Since(p) <= since {
+			continue
+		}
+		drop = append(drop, p)
+		if owner {
+			rebuild = append(rebuild, p)
+		}
+	}
+	b := e.db.NewBatch()
+	defer b.Close()
+	for _, p := range drop {
+		lo, hi := partitionBounds(p)
+		if err := b.DeleteRange(lo, hi, nil); err != nil {
+			return fmt.Errorf("drop stale partition %d: %w", p, err)
+		}
+	}
+	rb := &n.rebuild
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
+	full := rb.marked && !rb.decided // an earlier rebuild unfinished: it rebuilds every owned partition
+	if len(rebuild) > 0 && !rb.marked {
+		if err := b.Set(metaRebuild, []byte{1}, nil); err != nil {
+			return err
+		}
+	}
+	if err := b.Delete(metaStale, nil); err != nil {
+		return err
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("settle the stale directory: %w", err)
+	}
+	for _, p := range drop {
+		e.bumpGen(p)
+	}
+	e.stale = nil
+	if len(rebuild) > 0 && !full {
+		rb.marked, rb.decided, rb.pending = true, true, map[uint32]bool{}
+		for _, p := range rebuild {
+			rb.pending[p] = true
+		}
+		rb.total, rb.done = len(rb.pending), 0
+		rb.on.Store(true)
+	}
+	n.log.Warn("stale directory settled: partitions whose owners changed while the node was down are dropped", "map_version", m.Version(),
+		"last_map_version", since, "kept", e.q-len(drop), "dropped", len(drop), "rebuilding", len(rebuild))
 	return nil
 }
 

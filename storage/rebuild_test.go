@@ -67,6 +67,13 @@ func startFresh(tb testing.TB, s *server.Server, cfg Config) *Node {
 // node, and returns them.
 func rebuildKeys(t *testing.T, n int, nodes ...*Node) []string {
 	t.Helper()
+	keys, ws := rebuildWrites(n)
+	writeAll(t, ws, nodes...)
+	return keys
+}
+
+// rebuildWrites returns rebuildKeys's keys and writes without writing them.
+func rebuildWrites(n int) ([]string, []subjects.NodeWrite) {
 	var keys []string
 	var ws []subjects.NodeWrite
 	for p := range uint32(xferQ) {
@@ -75,8 +82,7 @@ func rebuildKeys(t *testing.T, n int, nodes ...*Node) []string {
 			ws = append(ws, subjects.NodeWrite{Tenant: "t", Key: k, LWW: version(vclock.CounterAt(time.Now()), "c1", "v-"+k)})
 		}
 	}
-	writeAll(t, ws, nodes...)
-	return keys
+	return keys, ws
 }
 
 // tryRead is rawRead for a goroutine other than the test's: it returns
@@ -232,13 +238,19 @@ func TestRebuildFreshDirectory(t *testing.T) {
 	}
 }
 
-// TestStaleDirectoryIsWiped: c learns a 1 s grace, is stopped for longer
-// than that, and comes back: its directory is stale, so it wipes it (a key
-// only it held is gone, its epoch changes), rebuilds every partition from
-// a and b, and never answers a read before it holds the data.
-func TestStaleDirectoryIsWiped(t *testing.T) {
+// TestStaleDirectoryDropsWhatMovedWhileDown: node c is down for longer
+// than the grace (1 s) while some partitions of a join flip to their new
+// rows. A key only c's directory holds, in a partition that flipped
+// meanwhile (the others may have reaped its tombstone while c was not a
+// current owner), must not come back: that partition is dropped and
+// rebuilt, answering reads `rebuilding` (never "not found") until then.
+// A partition whose rows did not change keeps what c holds: no key of it
+// was reaped without c's confirmation.
+func TestStaleDirectoryDropsWhatMovedWhileDown(t *testing.T) {
 	s := natstest.RunServer(t)
-	f := newFakeCoord(t, s, claim(t, nil, "a", "b", "c"), false)
+	m1 := claim(t, nil, "a", "b", "c")
+	m2 := retarget(t, m1, "a", "b", "c", "d") // d joins: every partition moves
+	f := newFakeCoord(t, s, m2, false)
 	var on atomic.Bool
 	on.Store(true)
 	f.switchedTenants(t, &on, subjects.Tenant{ID: "t", ReplicationFactor: 3, TombstoneGraceMS: 1000})
@@ -247,17 +259,39 @@ func TestStaleDirectoryIsWiped(t *testing.T) {
 	}
 	cc := cfg("c", t.TempDir())
 	a, b, c := startXfer(t, s, cfg("a", t.TempDir()), nil), startXfer(t, s, cfg("b", t.TempDir()), nil), startXfer(t, s, cc, nil)
-	keys := rebuildKeys(t, 5, a, b, c)
-	ghost := keysIn("t", xferPart, xferQ, 100)[99]
-	writeAll(t, []subjects.NodeWrite{{Tenant: "t", Key: ghost, LWW: version(vclock.CounterAt(time.Now()), "c1", "deleted elsewhere")}}, c)
-	waitFor(t, 5*time.Second, "c to learn the 1 s grace", func() bool {
-		v, ok, err := c.eng.readMetaInt(metaGraceFloor)
-		return err == nil && ok && v == 1000
-	})
+	keys, ws := rebuildWrites(5)
+	writeAll(t, ws, a, b, c)
+	// The joining node, as if it had pulled everything (written before it
+	// starts: its transfer loop writes too).
+	startXfer(t, s, cfg("d", t.TempDir()), func(e *engine) { apply(t, e, ws) })
+	// While c is down, d reports half the partitions done: they flip.
+	var moved, still []uint32
+	for p := range uint32(xferQ) {
+		if p%2 == 0 {
+			moved = append(moved, p)
+		} else {
+			still = append(still, p)
+		}
+	}
+	m3, flipped, err := m2.MarkDone("d", moved, m2.Version()+1)
+	if err != nil || len(flipped) != len(moved) {
+		t.Fatalf("MarkDone: flipped %v, %v", flipped, err)
+	}
+	ghost := keysIn("t", moved[0], xferQ, 100)[99]
+	kept := keysIn("t", still[0], xferQ, 100)[99]
+	for _, k := range []string{ghost, kept} {
+		writeAll(t, []subjects.NodeWrite{{Tenant: "t", Key: k, LWW: version(vclock.CounterAt(time.Now()), "c1", "only on c")}}, c)
+	}
+	// Reap passes, which note the tenants' graces, skip moving partitions.
+	if err := c.eng.setMetaInt(metaGraceFloor, 1000, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "c to install the join's map", func() bool { return c.Map() != nil && c.Map().Version() == m2.Version() })
 	epoch := c.Epoch()
 	if err := c.Stop(); err != nil {
 		t.Fatal(err)
 	}
+	f.set(m3)
 	time.Sleep(1500 * time.Millisecond)
 	on.Store(false) // hold the rebuild back until reads were checked
 	c = startFresh(t, s, cc)
@@ -265,17 +299,29 @@ func TestStaleDirectoryIsWiped(t *testing.T) {
 		t.Fatal("a stale directory kept its epoch")
 	}
 	if rec, err := c.eng.read("t", ghost); err != nil || rec.LWW != nil {
-		t.Fatalf("the stale directory was not wiped: %+v %v", rec, err)
+		t.Fatalf("the stale partition %d was not dropped: %+v %v", moved[0], rec, err)
+	}
+	if rec, err := c.eng.read("t", kept); err != nil || rec.LWW == nil {
+		t.Fatalf("partition %d, whose rows did not change, lost what c held: %+v %v", still[0], rec, err)
 	}
 	waitFor(t, 5*time.Second, "c to load the map", func() bool { return c.Map() != nil })
 	mv := c.Map().Version()
+	// c holds (and is read for) only the keys of the partitions where it
+	// is among the tenant's 3 first owners.
+	var replicaKeys []string
+	for _, k := range keys {
+		if slices.Index(m3.Owners(ring.Partition("t", k, xferQ), nil), "c") < 3 {
+			replicaKeys = append(replicaKeys, k)
+		}
+	}
+	keys = replicaKeys
 	stop := make(chan struct{})
 	wait := readWatch(t, f.nc, "c", mv, keys, stop)
 	time.Sleep(100 * time.Millisecond)
 	on.Store(true)
 	waitFor(t, 20*time.Second, "c to rebuild", func() bool {
 		st := c.TransferStatus()
-		return st != nil && st.RebuildTotal == xferQ && st.RebuildDone == xferQ
+		return st != nil && st.RebuildTotal == len(moved) && st.RebuildDone == len(moved)
 	})
 	close(stop)
 	answered, refused, wrong := wait()
@@ -293,6 +339,55 @@ func TestStaleDirectoryIsWiped(t *testing.T) {
 	}
 	if rec, err := c.eng.read("t", ghost); err != nil || rec.LWW != nil {
 		t.Fatalf("a key only the stale directory held came back: %+v %v", rec, err)
+	}
+}
+
+// TestWholeClusterDownLongerThanTheGraceKeepsItsData: every node of the
+// cluster stops (a power cut, a cluster parked over a holiday) for longer
+// than the smallest tombstone grace. Nobody could reap while they were
+// down, and the map did not change: each keeps its data and serves it,
+// with nothing to rebuild. (They used to wipe themselves, each then
+// "rebuilding" from the others' empty copies: every acknowledged write
+// was gone.)
+func TestWholeClusterDownLongerThanTheGraceKeepsItsData(t *testing.T) {
+	s := natstest.RunServer(t)
+	f := newFakeCoord(t, s, claim(t, nil, "a", "b", "c"), false)
+	var on atomic.Bool
+	on.Store(true)
+	f.switchedTenants(t, &on, subjects.Tenant{ID: "t", ReplicationFactor: 3, TombstoneGraceMS: 1000})
+	cfgs := map[string]Config{}
+	var nodes []*Node
+	for _, id := range []string{"a", "b", "c"} {
+		cfgs[id] = Config{NodeID: id, DataDir: t.TempDir(), Heartbeat: 100 * time.Millisecond, MapPoll: 200 * time.Millisecond, ReapInterval: 100 * time.Millisecond}
+		nodes = append(nodes, startXfer(t, s, cfgs[id], nil))
+	}
+	keys := rebuildKeys(t, 5, nodes...)
+	for _, n := range nodes {
+		waitFor(t, 5*time.Second, n.cfg.NodeID+" to learn the 1 s grace", func() bool {
+			v, ok, err := n.eng.readMetaInt(metaGraceFloor)
+			return err == nil && ok && v == 1000
+		})
+	}
+	for _, n := range nodes {
+		if err := n.Stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(1500 * time.Millisecond)
+	for _, id := range []string{"a", "b", "c"} {
+		n := startFresh(t, s, cfgs[id])
+		waitFor(t, 5*time.Second, id+" to load the map", func() bool { return n.Map() != nil })
+		if total, _ := n.rebuildStatus(); total != 0 {
+			t.Fatalf("%s rebuilds %d partitions", id, total)
+		}
+		for _, k := range keys {
+			if rec, err := n.eng.read("t", k); err != nil || rec.LWW == nil || string(rec.LWW.Value) != "v-"+k {
+				t.Fatalf("%s lost %q after the whole cluster was down: %+v %v", id, k, rec, err)
+			}
+		}
+		if r, err := tryRead(f.nc, id, n.Map().Version(), "t", keys[0]); err != nil || r.Err != "" || r.LWW == nil {
+			t.Fatalf("%s does not serve %q: %+v %v", id, keys[0], r, err)
+		}
 	}
 }
 
