@@ -79,6 +79,29 @@ func storeMap(t *testing.T, c *devcluster.Cluster, m *ring.Map, announce bool) {
 	})
 }
 
+// leaveMap returns the next version of the cluster's stored map, with
+// the partitions moving to the claim of every node but leaving (not
+// stored).
+func leaveMap(t *testing.T, c *devcluster.Cluster, leaving string) *ring.Map {
+	t.Helper()
+	m := storedMap(t, c)
+	var rest []ring.Node
+	for _, id := range m.Nodes() {
+		if id != leaving {
+			rest = append(rest, ring.Node{ID: id})
+		}
+	}
+	target, err := ring.Claim(m.TargetMap(), rest, m.Partitions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := m.Retarget(target, m.Version()+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return next
+}
+
 // coordVersion is the map version the cluster's coordinator holds.
 func coordVersion(c *devcluster.Cluster) uint64 { return c.Coordinators()[0].Placement().Version() }
 
@@ -107,22 +130,8 @@ func testJointQuorum(t *testing.T, policy string) {
 		t.Fatal(err)
 	}
 	lww := policy == subjects.PolicyLWW
-	m := storedMap(t, c)
 	leaving := devcluster.NodeID(4)
-	var rest []ring.Node
-	for _, id := range m.Nodes() {
-		if id != leaving {
-			rest = append(rest, ring.Node{ID: id})
-		}
-	}
-	target, err := ring.Claim(m.TargetMap(), rest, m.Partitions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	next, err := m.Retarget(target, m.Version()+1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	next := leaveMap(t, c, leaving)
 	var (
 		key     string
 		set     []string
@@ -174,7 +183,7 @@ func testJointQuorum(t *testing.T, policy string) {
 	if err := c.StopNode(shared[0]); err != nil {
 		t.Fatal(err)
 	}
-	_, err = kv.Put(ctx, key, []byte("v2"), client.WithConsistency(subjects.Quorum), client.WithTimeout(3*time.Second))
+	_, err := kv.Put(ctx, key, []byte("v2"), client.WithConsistency(subjects.Quorum), client.WithTimeout(3*time.Second))
 	assertCode(t, err, 503, "target")
 
 	// The receiver answers: the target row has quorum (the other shared
@@ -541,22 +550,8 @@ func TestStaleCoordinatorReadMeetsWritesAfterTheFlip(t *testing.T) {
 	if _, err := admin.CreateTenant(ctx, "t3", client.TenantSpec{ReplicationFactor: &rf}); err != nil {
 		t.Fatal(err)
 	}
-	m := storedMap(t, c)
 	leaving := devcluster.NodeID(4)
-	var rest []ring.Node
-	for _, id := range m.Nodes() {
-		if id != leaving {
-			rest = append(rest, ring.Node{ID: id})
-		}
-	}
-	target, err := ring.Claim(m.TargetMap(), rest, m.Partitions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	next, err := m.Retarget(target, m.Version()+1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	next := leaveMap(t, c, leaving)
 	// A key whose first two current owners (the ones a plain quorum read
 	// asks) include the leaving node, with one receiver.
 	var (
