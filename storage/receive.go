@@ -496,29 +496,19 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 	return true
 }
 
-// coverage is how many of a tenant's members current owners (members <=
-// rf) a receiver must pull it from, to the end, before the partition
-// counts as received: members - quorum(rf) + 1, so that every set of
-// quorum(rf) members that acknowledged a write includes one of them (a
-// coordinator counts quorum(rf) acks among the current owners there are,
-// so a row shorter than rf, in a cluster still growing, has all or most
-// of them on every write). It assumes writes at consistency quorum (or
-// all): a write acknowledged at one by a single owner is guaranteed only
-// when every owner answered. With rf 3 a receiver needs 2 of 3 owners:
-// replace, or remove --force, with one current owner dead still
-// finishes; with 2 of 3 dead the partition waits. With 2 current owners
-// (a third node joining) it needs 1: both hold every quorum write, so a
-// join finishes with one of them dead. Fewer members than quorum(rf)
-// acknowledge no quorum write: 1 then.
+// coverage is how many of a tenant's current owners (members of them, at
+// most) a receiver must pull it from, to the end, before the partition
+// counts as received: rf - quorum(rf) + 1, so that every quorum of rf
+// owners that acknowledged a write includes one of them. It assumes
+// writes at consistency quorum (or all): a write acknowledged at one by a
+// single owner is guaranteed only when every owner answered. With rf 3
+// a receiver needs 2 owners: replace, or remove --force, with one current
+// owner dead still finishes; with 2 of 3 dead the partition waits.
 // Without a tenant list every RF up to the row's length R is possible:
 // receivePartition then asks coverage(r, r) of the first r owners for
 // every r in 1..R (current[0] itself for r = 1), not only ceil(R/2) of R.
 func coverage(rf, members int) int {
-	q := rf/2 + 1
-	if members < q {
-		return min(1, members)
-	}
-	return members - q + 1
+	return min(rf-(rf/2+1)+1, members)
 }
 
 // barriers confirms each of owners (other than this node) that pl has
