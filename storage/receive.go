@@ -503,7 +503,11 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 // writes at consistency quorum (or all): a write acknowledged at one by a
 // single owner is guaranteed only when every owner answered. With rf 3
 // a receiver needs 2 owners: replace, or remove --force, with one current
-// owner dead still finishes; with 2 of 3 dead the partition waits.
+// owner dead still finishes; with 2 of 3 dead the partition waits. A row
+// shorter than rf needs all of them up to that count, 2 of 2 for rf 3:
+// fewer would do for a row that only grew (each of its quorum writes had
+// quorum(rf) acks among its members), but a row that shrank (remove
+// --force of a third owner) may hold a quorum write on one member only.
 // Without a tenant list every RF up to the row's length R is possible:
 // receivePartition then asks coverage(r, r) of the first r owners for
 // every r in 1..R (current[0] itself for r = 1), not only ceil(R/2) of R.
