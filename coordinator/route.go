@@ -57,17 +57,15 @@ func (c *Coordinator) route(r *dataRequest, write bool) (route, error) {
 	}
 	var rt route
 	rt.pl = pl
-	h := ring.KeyHash(r.tenant.ID, r.Key)
-	switch {
-	case write:
+	if write {
 		rt.nodes, rt.counted, rt.target = keyWriteSet(pl, r, rf)
-	case pl.m.Moving(ring.PartitionOf(h, pl.m.Partitions())):
+	} else if h := ring.KeyHash(r.tenant.ID, r.Key); pl.m.Moving(ring.PartitionOf(h, pl.m.Partitions())) {
 		rt.nodes, rt.counted, rt.target = keyWriteSet(pl, r, rf)
 		if slices.Equal(rt.target, rt.nodes[:rt.counted]) {
 			// Only owners past this tenant's RF move: its rows are the same.
 			rt.nodes, rt.target = rt.nodes[:rt.counted], nil
 		}
-	default:
+	} else {
 		rt.nodes = pl.m.PreferenceListHash(h, rf, make([]string, 0, rf))
 		rt.counted = len(rt.nodes)
 	}
