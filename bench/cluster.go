@@ -214,7 +214,6 @@ type deployOptions struct {
 	Coordinators int // 1..clusterSize; coordinator i connects to server i
 	Coordinator  coordinator.Config
 	TransferRate int64 // storage --transfer-rate in bytes/s (0: the default)
-	MergePulls   bool  // storage --transfer-ingest=false
 }
 
 // deploy starts quorumkv on c and creates the tenant with RF 3.
@@ -226,7 +225,7 @@ func deploy(ctx context.Context, c *cluster, o deployOptions) (*deployment, erro
 	dc, err := devcluster.Start(ctx, devcluster.Config{
 		DataDir: o.NodeDirs, Nodes: clusterSize, Fsync: o.Fsync, DefaultTenant: o.Tenant,
 		Servers: urls, Replicas: clusterSize, Coordinators: max(o.Coordinators, 1),
-		Coordinator: o.Coordinator, Logger: c.log, TransferRate: o.TransferRate, MergePulls: o.MergePulls,
+		Coordinator: o.Coordinator, Logger: c.log, TransferRate: o.TransferRate,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("quorumkv: %w", err)

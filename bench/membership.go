@@ -46,10 +46,7 @@ type MembershipTransfer struct {
 	Node string `json:"node"`
 	// RateLimit is the configured --transfer-rate in bytes per second
 	// (storage.Unlimited: none).
-	RateLimit int64 `json:"rate_limit_bytes"`
-	// Ingest: the receiver wrote pulled records as tables (storage
-	// --transfer-ingest, the default); false: merged through its write loop.
-	Ingest          bool  `json:"ingest"`
+	RateLimit       int64 `json:"rate_limit_bytes"`
 	PartitionsTotal int   `json:"partitions_total"`
 	Bytes           int64 `json:"bytes"`
 	Keys            int64 `json:"keys"`
@@ -109,7 +106,6 @@ func runMembership(ctx context.Context, cfg *Config, rep *Report, p *progress) e
 		Workload: wl.Name, Durability: dur.Name}
 	m.Transfer.Node = devcluster.NodeID(clusterSize + 1)
 	m.Transfer.RateLimit = cfg.TransferRate
-	m.Transfer.Ingest = !cfg.MergePulls
 	if m.Transfer.RateLimit == 0 {
 		m.Transfer.RateLimit = storage.DefaultTransferRate
 	}

@@ -359,8 +359,8 @@ func (r *Report) WriteTable(w io.Writer) error {
 // during the transfer side by side, then the transfer.
 func (r *Report) writeMembership(ew io.Writer, m *Membership) {
 	x := &m.Transfer
-	fmt.Fprintf(ew, "\nmembership: quorumkv (%s) with %s records of %d bytes on 3 storage nodes, RF 3; %s added under %s, %d clients, uniform; --transfer-rate %s --transfer-ingest=%t\n",
-		m.Durability, count(m.Records), m.ValueSize, x.Node, m.Workload, m.Concurrency, fmtRateLimit(x.RateLimit), x.Ingest)
+	fmt.Fprintf(ew, "\nmembership: quorumkv (%s) with %s records of %d bytes on 3 storage nodes, RF 3; %s added under %s, %d clients, uniform; --transfer-rate %s\n",
+		m.Durability, count(m.Records), m.ValueSize, x.Node, m.Workload, m.Concurrency, fmtRateLimit(x.RateLimit))
 	for _, row := range []struct {
 		name string
 		x    *Row

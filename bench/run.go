@@ -74,10 +74,6 @@ type Config struct {
 	// TransferRate is the storage nodes' --transfer-rate in bytes/s (0:
 	// storage.DefaultTransferRate; storage.Unlimited: no cap).
 	TransferRate int64
-	// MergePulls makes the storage nodes merge what a transfer pulls
-	// through their write loop instead of ingesting it as tables (storage
-	// --transfer-ingest=false), to compare the two.
-	MergePulls bool
 	// NoCells skips the matrix cells: only the scale run and the
 	// membership cell run (quorumkv bench --matrix membership).
 	NoCells bool
@@ -300,7 +296,7 @@ func setup(ctx context.Context, cfg *Config, rep *Report, p *progress, dir strin
 			p.step("starting quorumkv (3 storage nodes, %d coordinator(s))", cfg.Coordinators)
 			d, err := deploy(ctx, c, deployOptions{
 				Tenant: "bench", NodeDirs: filepath.Join(dir, "quorumkv"), Fsync: dur.Fsync,
-				Coordinators: cfg.Coordinators, Coordinator: cfg.Coordinator, TransferRate: cfg.TransferRate, MergePulls: cfg.MergePulls,
+				Coordinators: cfg.Coordinators, Coordinator: cfg.Coordinator, TransferRate: cfg.TransferRate,
 			})
 			if err != nil {
 				return nil, err

@@ -84,7 +84,6 @@ type record struct {
 // what makes a siblings Coordinate write atomic per key.
 type engine struct {
 	db    *pebble.DB
-	dir   string // the data directory; "" for none (tables are not ingested)
 	sync  bool
 	q     int // partitions (ring.Partition), recorded in the directory
 	epoch uint64
@@ -151,11 +150,7 @@ func openEngine(dir, nodeID string, q int, fsync bool, log *slog.Logger) (*engin
 	if err != nil {
 		return nil, fmt.Errorf("storage: open %s (is another storage node using it?): %w", dir, err)
 	}
-	if err := resetIngestDir(dir); err != nil { // held by Pebble's lock now
-		_ = db.Close()
-		return nil, err
-	}
-	e := &engine{db: db, dir: dir, sync: fsync, q: q, bound: make(map[[2]uint64]uint64), gens: make([]atomic.Uint64, q)}
+	e := &engine{db: db, sync: fsync, q: q, bound: make(map[[2]uint64]uint64), gens: make([]atomic.Uint64, q)}
 	if err := e.initMeta(nodeID); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("storage: %s: %w", dir, err)

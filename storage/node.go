@@ -71,11 +71,6 @@ type Config struct {
 	// TransferRate caps the bytes per second a partition transfer pulls
 	// into this node (DefaultTransferRate); Unlimited for no cap.
 	TransferRate int64
-	// MergePulls merges every record a transfer pulls through the write
-	// loop, as repairs are, instead of writing the records of keys the
-	// node does not hold as tables and ingesting them (ingest.go). For
-	// comparison and as an escape hatch (storage --transfer-ingest=false).
-	MergePulls bool
 	// Hold registers the node with hold: it stays standby, taking no
 	// partitions, until `quorumkv node join` (storage --join=false).
 	Hold bool

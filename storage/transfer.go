@@ -221,9 +221,8 @@ type TransferOptions struct {
 	// Restart forgets the cursor persisted for this (partition, source)
 	// and pulls the whole partition again.
 	Restart bool
-	// Progress, when set, is called after each chunk of pages (one page
-	// with Config.MergePulls; up to ingestChunkBytes of them otherwise) is
-	// applied and its cursor persisted, on the caller's goroutine.
+	// Progress, when set, is called after each page is merged and
+	// persisted, on the caller's goroutine.
 	Progress func(TransferProgress)
 	// MapVersion is sent in each scan: the source answers only once its
 	// own map is at least this version (else map_behind, retried here
@@ -234,10 +233,6 @@ type TransferOptions struct {
 	// is persisted per filter: a cursor made under one filter would skip,
 	// under a larger one, the added tenants' records before it.
 	Tenants []string
-	// ChunkBytes is how many bytes of pages are gathered before they are
-	// applied and the cursor persisted (ingestChunkBytes); 1 applies every
-	// page on its own. With Config.MergePulls every page is.
-	ChunkBytes int
 	// Rebuild marks the scans as a rebuild's (PartitionScan.Rebuild): a
 	// source rebuilding the partition too answers them.
 	Rebuild bool
@@ -251,10 +246,7 @@ type TransferProgress struct {
 	Cursor    []byte // persisted: a later call resumes after it; nil once Done
 	Pages     int
 	Records   int64 // merged by this call
-	// Ingested counts the Records that were written as tables and
-	// ingested, being of keys the node did not hold (ingest.go).
-	Ingested int64
-	Bytes    int64 // received by this call: the pages' size on the wire
+	Bytes     int64 // received by this call: the pages' size on the wire
 	// Skipped counts records not merged because the key holds the other
 	// conflict policy's versions here (a tenant deleted with force and
 	// recreated under the other policy); they are logged.
@@ -269,11 +261,10 @@ type TransferProgress struct {
 // loop, with the transfer cursor to persist once they are applied (nil
 // value: delete it).
 type localWrite struct {
-	install    *ring.Map  // set: install this map (placement.go), nothing else
-	drop       *dropJob   // set: drop a partition (handoff.go), nothing else
-	regen      *regenJob  // set: forget a partition's cursors (receive.go), nothing else
-	reap       *reapJob   // set: conditional deletes (reap.go), nothing else
-	ingest     *ingestJob // set: tables to ingest before items are merged (ingest.go)
+	install    *ring.Map // set: install this map (placement.go), nothing else
+	drop       *dropJob  // set: drop a partition (handoff.go), nothing else
+	regen      *regenJob // set: forget a partition's cursors (receive.go), nothing else
+	reap       *reapJob  // set: conditional deletes (reap.go), nothing else
 	items      []subjects.NodeWrite
 	changed    []bool // set: applyWritesChanged fills it
 	metaKey    []byte
@@ -307,10 +298,6 @@ func (n *Node) applyLocal(j *localWrite) {
 			}
 		}
 		return
-	}
-	if j.ingest != nil {
-		n.eng.applyIngest(j.ingest)
-		j.items = append(j.items, j.ingest.refused...)
 	}
 	j.results = n.eng.applyWritesChanged(j.items, j.changed)
 	for i := range j.results {
@@ -441,14 +428,11 @@ func (n *Node) client() (*replica.Client, error) {
 
 // PullPartition copies partition p from storage node from into this node:
 // it asks for pages of records (subjects.PartitionScan, one request in
-// flight, the next asked while the current one is applied), merges each
-// record into what the node holds like a repair (a version this node holds
-// that is newer stays; siblings are synced): records of keys it holds
-// through the write loop, the others written as tables and ingested
-// (ingest.go; every record through the write loop with
-// Config.MergePulls), and persists the cursor after each chunk of pages
-// in the node's metadata, so a call that fails (either node
-// stopped, a timeout, ctx ended) resumes from the last chunk applied, also
+// flight, the next asked while the current one is merged), merges each
+// record through the write loop like a repair (a version this node holds
+// that is newer stays; siblings are synced), and persists the cursor after
+// each page in the node's metadata, so a call that fails (either node
+// stopped, a timeout, ctx ended) resumes from the last page merged, also
 // after a restart of the node (but the transfer loop does not resume
 // cursors of an earlier run: receive.go, forgetGenerations). It returns
 // once the partition was pulled to its end (Done, and the persisted
@@ -479,9 +463,6 @@ func (n *Node) PullPartition(ctx context.Context, from string, p uint32, opts Tr
 	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = 10 * time.Second
-	}
-	if opts.ChunkBytes <= 0 {
-		opts.ChunkBytes = ingestChunkBytes
 	}
 	// An explicit Rate paces this call alone; otherwise the node's shared
 	// limiter paces it together with every other pull.
@@ -558,10 +539,6 @@ func (n *Node) PullPartition(ctx context.Context, from string, p uint32, opts Tr
 		}
 	}
 	next := ask(cursor)
-	var (
-		chunk                  []subjects.NodeWrite // pulled, not yet applied
-		chunkPages, chunkBytes int
-	)
 	for {
 		var pg page
 		select {
@@ -594,33 +571,10 @@ func (n *Node) PullPartition(ctx context.Context, from string, p uint32, opts Tr
 		if pg.rep.Cursor != nil {
 			next = ask(pg.rep.Cursor)
 		}
-		chunk = append(chunk, items...)
-		chunkPages++
-		chunkBytes += pg.size
-		if pg.rep.Cursor != nil && !n.cfg.MergePulls && chunkBytes < opts.ChunkBytes {
-			continue // gather pages into one chunk of tables (ingest.go)
-		}
-		j := &localWrite{items: chunk, metaKey: key, metaValue: pg.rep.Cursor}
-		if !n.cfg.MergePulls {
-			var tables []ingestTable
-			tables, j.items = n.eng.prepareIngest(p, chunk)
-			if len(tables) > 0 {
-				j.ingest = &ingestJob{p: p, tables: tables}
-			}
-		}
+		j := &localWrite{items: items, metaKey: key, metaValue: pg.rep.Cursor}
 		if err := n.submit(ctx, j); err != nil {
-			if j.ingest != nil {
-				n.eng.removeTables(j.ingest.tables) // never taken by the write loop
-			}
 			report()
 			return prog, err
-		}
-		ingested := 0
-		if j.ingest != nil {
-			ingested = j.ingest.ingested
-			if j.ingest.err != nil {
-				n.log.Warn("transfer: ingesting pulled records failed; merged them instead", "partition", p, "from", from, "err", j.ingest.err)
-			}
 		}
 		skipped := 0
 		for i := range j.results {
@@ -628,22 +582,20 @@ func (n *Node) PullPartition(ctx context.Context, from string, p uint32, opts Tr
 			case "":
 			case errPolicy:
 				skipped++
-				n.log.Warn("transfer: record not merged", "partition", p, "from", from, "tenant", j.items[i].Tenant, "key", j.items[i].Key, "err", r.Err)
+				n.log.Warn("transfer: record not merged", "partition", p, "from", from, "tenant", items[i].Tenant, "key", items[i].Key, "err", r.Err)
 			default:
 				report()
-				return prog, fmt.Errorf("storage: pull partition %d from %s: merge %s/%q: %s", p, from, j.items[i].Tenant, j.items[i].Key, r.Err)
+				return prog, fmt.Errorf("storage: pull partition %d from %s: merge %s/%q: %s", p, from, items[i].Tenant, items[i].Key, r.Err)
 			}
 		}
 		if j.persistErr != nil {
 			report()
 			return prog, fmt.Errorf("storage: pull partition %d from %s: persist cursor: %w", p, from, j.persistErr)
 		}
-		prog.Pages += chunkPages
-		prog.Records += int64(ingested + len(j.items) - skipped)
-		prog.Ingested += int64(ingested)
+		prog.Pages++
+		prog.Records += int64(len(items) - skipped)
 		prog.Skipped += int64(skipped)
-		prog.Bytes += int64(chunkBytes)
-		chunk, chunkPages, chunkBytes = nil, 0, 0
+		prog.Bytes += int64(pg.size)
 		prog.Cursor = pg.rep.Cursor
 		prog.Done = pg.rep.Cursor == nil
 		report()

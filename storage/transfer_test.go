@@ -315,7 +315,7 @@ func TestPullPartitionResumes(t *testing.T) {
 
 	// 1. The caller cancels after ten pages.
 	ctx, cancel := context.WithCancel(context.Background())
-	p1, err := b.PullPartition(ctx, "a", xferPart, TransferOptions{Records: page, ChunkBytes: 1, Progress: func(p TransferProgress) {
+	p1, err := b.PullPartition(ctx, "a", xferPart, TransferOptions{Records: page, Progress: func(p TransferProgress) {
 		if p.Pages == every {
 			cancel()
 		}
@@ -333,7 +333,7 @@ func TestPullPartitionResumes(t *testing.T) {
 	// A page asked just before the source stopped is never answered: the
 	// page's timeout ends the call, unless it was asked after the stop
 	// (no responders, at once).
-	p2, err := b.PullPartition(context.Background(), "a", xferPart, TransferOptions{Records: page, ChunkBytes: 1, Timeout: time.Second, Progress: func(p TransferProgress) {
+	p2, err := b.PullPartition(context.Background(), "a", xferPart, TransferOptions{Records: page, Timeout: time.Second, Progress: func(p TransferProgress) {
 		if p.Pages == every {
 			_ = a.Stop()
 		}

@@ -85,7 +85,6 @@ type benchFlags struct {
 	concurrency, dataDir                  string
 	cpuProfile, memProfile                string
 	transferRate                          float64 // MiB/s; 0 = unlimited
-	transferIngest                        bool
 	cfg                                   bench.Config
 }
 
@@ -110,7 +109,6 @@ func (b *benchFlags) register(fs *flag.FlagSet) {
 	fs.Uint64Var(&c.ScaleRecords, "scale-records", c.ScaleRecords, "records of the scale run (quorumkv, 64 clients); 0 skips it")
 	fs.Uint64Var(&c.MembershipRecords, "membership-records", c.MembershipRecords, "records of the membership cell (quorumkv on 3 nodes, a 4th added under a YCSB A load); 0 skips it")
 	fs.IntVar(&c.MembershipConcurrency, "membership-concurrency", c.MembershipConcurrency, "closed-loop YCSB A clients of the membership cell")
-	fs.BoolVar(&b.transferIngest, "transfer-ingest", true, "storage nodes: write the records a transfer pulls as tables and ingest them, as storage --transfer-ingest; false merges each through the write path (to compare)")
 	fs.Float64Var(&b.transferRate, "transfer-rate", float64(storage.DefaultTransferRate)/(1<<20), "storage nodes: MiB per second a partition transfer into a node pulls at most, as storage --transfer-rate; 0 = unlimited")
 	fs.IntVar(&c.Coordinators, "coordinators", c.Coordinators, "quorumkv coordinators, one per server (1..3)")
 	fs.IntVar(&c.Coordinator.NodeInflight, "node-inflight", c.Coordinator.NodeInflight, "coordinator: batches in flight per storage node and operation")
@@ -163,7 +161,6 @@ func (b *benchFlags) config(fs *flag.FlagSet) (bench.Config, error) {
 			}
 		}
 	}
-	cfg.MergePulls = !b.transferIngest
 	switch {
 	case b.transferRate < 0:
 		return cfg, usagef("--transfer-rate %v is negative (0 = unlimited)", b.transferRate)

@@ -287,7 +287,6 @@ func runStorage(args []string) error {
 	fs.IntVar(&cfg.QueueLen, "queue-len", cfg.QueueLen, "messages queued per subject; past it the node answers 429 overloaded at once")
 	fs.IntVar(&cfg.MaxBatch, "max-batch", cfg.MaxBatch, "write messages group-committed together at most")
 	transferRate := fs.Float64("transfer-rate", float64(cfg.TransferRate)/(1<<20), "MiB per second a partition transfer into this node pulls at most; 0 = unlimited")
-	ingest := fs.Bool("transfer-ingest", !cfg.MergePulls, "write the records a partition transfer pulls, of keys this node does not hold, as tables and ingest them (no WAL, memtable or compaction for them); false merges each through the write path as repairs are")
 	join := fs.Bool("join", true, "join the cluster at registration (a new node takes its share of partitions and streams them); false registers it standby until 'quorumkv node join ID'")
 	fs.DurationVar(&cfg.HandoffGrace, "handoff-grace", cfg.HandoffGrace, "how long a partition this node no longer owns is kept before it is handed off to its owners and dropped (reads at the older map finish meanwhile)")
 	fs.DurationVar(&cfg.AntiEntropyInterval, "anti-entropy-interval", cfg.AntiEntropyInterval, "how often the node compares the partitions it owns with their other owners (Merkle trees) and repairs what differs; 0 = off (then nothing repairs replicas that no read touches, and tombstones are never reaped)")
@@ -320,7 +319,6 @@ func runStorage(args []string) error {
 		cfg.AntiEntropyRate = max(int64(*aeRate*(1<<20)), 1)
 	}
 	cfg.Hold = !*join
-	cfg.MergePulls = !*ingest
 	switch {
 	case *transferRate < 0:
 		return usagef("--transfer-rate %v is negative (0 = unlimited)", *transferRate)

@@ -66,9 +66,6 @@ type Config struct {
 	// it receives partitions (0: storage.DefaultTransferRate;
 	// storage.Unlimited for no cap), as storage --transfer-rate does.
 	TransferRate int64
-	// MergePulls: storage nodes merge pulled records through their write
-	// loop instead of ingesting tables (storage.Config.MergePulls).
-	MergePulls bool
 	// AntiEntropyInterval is each storage node's anti-entropy interval
 	// (storage --anti-entropy-interval; 0 = off). DefaultConfig, which
 	// `quorumkv dev` runs, sets storage.DefaultAntiEntropyInterval.
@@ -341,7 +338,7 @@ func (c *Cluster) StartNode(id string) error {
 	if _, running := c.nodes[id]; running {
 		return fmt.Errorf("storage node %s is already running", id)
 	}
-	scfg := storage.Config{NodeID: id, DataDir: c.NodeDir(id), Fsync: c.cfg.Fsync, TransferRate: c.cfg.TransferRate, MergePulls: c.cfg.MergePulls, Logger: c.log,
+	scfg := storage.Config{NodeID: id, DataDir: c.NodeDir(id), Fsync: c.cfg.Fsync, TransferRate: c.cfg.TransferRate, Logger: c.log,
 		ReapInterval: c.cfg.ReapInterval, AntiEntropyInterval: c.cfg.AntiEntropyInterval}
 	if c.cfg.Metrics != nil {
 		scfg.Metrics = prometheus.WrapRegistererWith(prometheus.Labels{"node": id}, c.cfg.Metrics)
