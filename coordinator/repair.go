@@ -143,21 +143,28 @@ func (c *Coordinator) collectRest(ctx context.Context, cl *replica.Call, n int, 
 // repairRead waits for the primaries that had not answered a read, then
 // asks to repair the ones that lack the merge. Replicas that failed or did
 // not answer are not targets: they may hold anything, and a primary that
-// missed a write is hinted by the write.
-func (c *Coordinator) repairRead(ctx context.Context, cl *replica.Call, r *dataRequest, outstanding int, replies []ReplicaVersion) {
+// missed a write is hinted by the write. Only current owners are targets:
+// a receiver of a moving partition that a joint read asked gets the key
+// from its pull (and the writes forwarded to it), and one still pulling
+// lacks most keys.
+func (c *Coordinator) repairRead(ctx context.Context, cl *replica.Call, r *dataRequest, outstanding int, replies []ReplicaVersion, current []string) {
+	owner := func(stale []string) []string {
+		return slices.DeleteFunc(stale, func(n string) bool { return !slices.Contains(current, n) })
+	}
 	c.collectRest(ctx, cl, outstanding, func(o replica.Outcome) {
 		if o.Err == nil && o.Read != nil {
 			replies = append(replies, ReplicaVersion{Node: o.Node, LWW: o.Read.LWW, DVV: o.Read.DVV})
 		}
 	})
 	if r.tenant.ConflictPolicy == subjects.PolicySiblings {
-		if merged, stale, ok := DetectConflictsDVV(replies); ok && len(stale) > 0 {
+		merged, stale, ok := DetectConflictsDVV(replies)
+		if stale = owner(stale); ok && len(stale) > 0 {
 			c.repair.TriggerRepairDVV(r.tenant.ID, r.Key, merged, stale, subjects.RepairReasonRead)
 		}
 		return
 	}
 	merged, stale, ok := DetectConflicts(replies)
-	if !ok || len(stale) == 0 {
+	if stale = owner(stale); !ok || len(stale) == 0 {
 		return
 	}
 	if c.racingWrite(merged.Dot.Counter) {
