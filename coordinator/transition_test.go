@@ -102,6 +102,23 @@ func leaveMap(t *testing.T, c *devcluster.Cluster, leaving string) *ring.Map {
 	return next
 }
 
+// leavingKey returns the first key of tenant whose write set under next
+// is rf current owners and one receiver, with leaving among the first
+// within current owners; and that write set and its count of current
+// owners.
+func leavingKey(t *testing.T, next *ring.Map, tenant string, rf int, leaving string, within int) (string, []string, int) {
+	t.Helper()
+	for i := range 100_000 {
+		k := fmt.Sprintf("k%d", i)
+		set, counted := next.WriteSetHash(ring.KeyHash(tenant, k), rf, nil)
+		if counted == rf && len(set) == rf+1 && slices.Contains(set[:within], leaving) {
+			return k, set, counted
+		}
+	}
+	t.Fatalf("no key with %s among its first %d owners and one receiver", leaving, within)
+	return "", nil, 0
+}
+
 // coordVersion is the map version the cluster's coordinator holds.
 func coordVersion(c *devcluster.Cluster) uint64 { return c.Coordinators()[0].Placement().Version() }
 
@@ -554,21 +571,7 @@ func TestStaleCoordinatorReadMeetsWritesAfterTheFlip(t *testing.T) {
 	next := leaveMap(t, c, leaving)
 	// A key whose first two current owners (the ones a plain quorum read
 	// asks) include the leaving node, with one receiver.
-	var (
-		key     string
-		set     []string
-		counted int
-	)
-	for i := 0; key == "" && i < 100_000; i++ {
-		k := fmt.Sprintf("k%d", i)
-		set, counted = next.WriteSetHash(ring.KeyHash("t3", k), rf, nil)
-		if counted == rf && len(set) == rf+1 && slices.Contains(set[:2], leaving) {
-			key = k
-		}
-	}
-	if key == "" {
-		t.Fatal("no key with the leaving node among its first two owners")
-	}
+	key, set, counted := leavingKey(t, next, "t3", rf, leaving, 2)
 	receiver := set[counted]
 	asked := slices.DeleteFunc(slices.Clone(set[:2]), func(n string) bool { return n == leaving })[0] // S1
 	other := ""                                                                                       // S2
@@ -679,21 +682,7 @@ func TestJointReadRepairsCurrentOwnersOnly(t *testing.T) {
 	}
 	leaving := devcluster.NodeID(4)
 	next := leaveMap(t, c, leaving)
-	var (
-		key     string
-		set     []string
-		counted int
-	)
-	for i := 0; key == "" && i < 100_000; i++ {
-		k := fmt.Sprintf("k%d", i)
-		set, counted = next.WriteSetHash(ring.KeyHash("t3", k), rf, nil)
-		if counted == rf && len(set) == rf+1 && slices.Contains(set[:counted], leaving) {
-			key = k
-		}
-	}
-	if key == "" {
-		t.Fatal("no key with the leaving node among its owners and one receiver")
-	}
+	key, set, counted := leavingKey(t, next, "t3", rf, leaving, rf)
 	receiver := set[counted]
 	shared := slices.DeleteFunc(slices.Clone(set[:counted]), func(n string) bool { return n == leaving })
 	fake := newRefuser(t, c, func(uint64) bool { return false }, receiver)
