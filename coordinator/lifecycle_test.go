@@ -35,6 +35,13 @@ type lifecycle struct {
 	nc    *nats.Conn
 	admin *client.Admin
 
+	// regMu orders registrations: each reads its protocol and lands
+	// before the next reads, so a heartbeat that read a protocol before
+	// register changed it cannot store the old one after it (a downgrade
+	// undone, or an upgrade: TestLifecycleTransferWaitsForProtocol2 met
+	// it under CI load).
+	regMu sync.Mutex
+
 	mu    sync.Mutex
 	alive map[string]bool // nodes the heartbeat loop keeps registering
 	// xfer is each node's last reported transfer progress, which its
@@ -97,6 +104,8 @@ func (l *lifecycle) heartbeats(ctx context.Context, done chan struct{}) {
 // and, unless id is holding, its handoff done while the map names it
 // nowhere.
 func (l *lifecycle) heartbeat(ctx context.Context, id string) error {
+	l.regMu.Lock()
+	defer l.regMu.Unlock()
 	l.mu.Lock()
 	var st *subjects.TransferStatus
 	if x := l.xfer[id]; x != nil {
@@ -141,8 +150,10 @@ func (l *lifecycle) register(id string, hold bool, proto ...int) *subjects.Node 
 	if len(proto) > 0 {
 		p = proto[0]
 	}
-	// The protocol is kept before the registration, so a heartbeat
-	// between the two cannot undo a downgrade.
+	// The protocol is kept before the registration, and regMu keeps a
+	// heartbeat from reading it before and registering after.
+	l.regMu.Lock()
+	defer l.regMu.Unlock()
 	l.mu.Lock()
 	l.proto[id] = p
 	l.mu.Unlock()
