@@ -621,22 +621,43 @@ func (s *Store) GetNode(ctx context.Context, id string) (metadata.Node, error) {
 // getNode returns id's record, a removed id's marker included, with the
 // status a pending statusIntent that holds gives it, and the record's
 // revision. Every writer of a node record reads it here, so what it
-// writes back includes the intent's change.
+// writes back includes the intent's change. The intent is read again
+// after the record: an intent that was done and replaced between the two
+// reads would otherwise be applied to a record the later intent already
+// changed (read as pending, it showed x's old change over the newer
+// record's revision, and a heartbeat wrote it back: x and y then differed;
+// the conformance test met it under CI load), so the read is tried again.
 func (s *Store) getNode(ctx context.Context, id string) (metadata.Node, uint64, error) {
-	in, _, err := s.readIntent(ctx)
-	if err != nil {
-		return metadata.Node{}, 0, err
+	for {
+		in, irev, err := s.readIntent(ctx)
+		if err != nil {
+			return metadata.Node{}, 0, err
+		}
+		n, rev, err := s.getRawNode(ctx, id)
+		if err != nil || n.Status == metadata.NodeRemoved {
+			return n, rev, err
+		}
+		held := false
+		if in.Pending {
+			if held, err = s.intentHolds(ctx, in); err != nil {
+				return metadata.Node{}, 0, err
+			}
+		}
+		_, again, err := s.readIntent(ctx)
+		if err != nil {
+			return metadata.Node{}, 0, err
+		}
+		if again != irev {
+			if err := ctx.Err(); err != nil {
+				return metadata.Node{}, 0, err
+			}
+			continue // the intent changed meanwhile
+		}
+		if held {
+			in.show(&n)
+		}
+		return n, rev, nil
 	}
-	n, rev, err := s.getRawNode(ctx, id)
-	if err != nil || !in.Pending || n.Status == metadata.NodeRemoved {
-		return n, rev, err
-	}
-	if held, err := s.intentHolds(ctx, in); err != nil {
-		return metadata.Node{}, 0, err
-	} else if held {
-		in.show(&n)
-	}
-	return n, rev, nil
 }
 
 // getRawNode returns id's record as stored, a removed id's marker included.
