@@ -415,10 +415,28 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 			}
 			continue
 		}
+		// A tenant whose leavers all gave it whole needs nothing of its
+		// other owners but the fence: those are confirmed by a barrier
+		// scan instead of a reconcile (a tree of each side). While a
+		// leaver is down or failed, the tenant is taken from the others
+		// to coverage, as a tenant without leavers is.
+		lv := leavers(m, p, rf, needed)
 		work := false
-		for _, src := range sources {
+		for _, src := range leaversFirst(sources, lv) {
 			ts, ok := notPulled(src.tenants, pulled[src.node])
 			if _, down := pl.down.Load(src.node); !ok || down || failed[src.node] {
+				continue
+			}
+			if lv != nil { // then ts names tenants (nil ts: all, lv nil)
+				ts = slices.DeleteFunc(ts, func(t string) bool { return fromLeavers(t, lv, pulled) })
+			}
+			if lv != nil && len(ts) == 0 {
+				if err := n.barrier(ctx, pl, src.node, p); err != nil {
+					if ctx.Err() == nil {
+						n.log.Warn("transfer: barrier scan failed; retrying next round", "partition", p, "from", src.node, "err", err)
+					}
+					return false
+				}
 				continue
 			}
 			if !genDone {
@@ -485,7 +503,11 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 			}
 		}
 	}
+	lv := leavers(m, p, rf, needed)
 	for _, t := range needed {
+		if fromLeavers(t, lv, pulled) {
+			continue // leavers: every write the target owners would lack
+		}
 		members := cur[:min(rf[t], len(cur))]
 		if need := coverage(rf[t], len(members)); have(t, members) < need {
 			n.log.Info("transfer: tenant lacks sources; retrying next round", "partition", p, "tenant", t, "pulled", have(t, members), "need", need, "of", members)

@@ -52,25 +52,27 @@ func reconcileFixture(tb testing.TB, m *ring.Map, id string) func(e *engine) {
 	}
 }
 
-// TestTransferReconcilesOtherSources: 3 -> 4 nodes, tenants of RF 3. The
-// new node pulls each partition it needs whole from one current owner
-// only (one source scanned per partition) and reconciles the other two by
-// a tree exchange, ending with exactly the merge of all three owners'
-// records (a record only the others hold, a newer version on another, an
-// older one on another never replacing the newer, siblings synced), and
-// receiving far fewer records than a pull from each.
+// TestTransferReconcilesOtherSources: 2 -> 3 nodes, tenants of RF 3 (rows
+// shorter than the RF, so no owner leaves a row and the receiver takes
+// each tenant from both current owners: leavers). The new node pulls each
+// partition it needs whole from one current owner only (one source
+// scanned per partition) and reconciles the other by a tree exchange,
+// ending with exactly the merge of both owners' records (a record only
+// the other holds, a newer version on it, an older one never replacing
+// the newer, siblings synced), and receiving far fewer records than a
+// pull from each.
 func TestTransferReconcilesOtherSources(t *testing.T) {
 	s := natstest.RunServer(t)
-	m1 := claim(t, nil, "a", "b", "c")
+	m1 := claim(t, nil, "a", "b")
 	f := newFakeCoord(t, s, m1, true)
 	rfs := map[string]int{"lww": 3, "sib": 3}
 	f.serveTenants(t, rfs)
 	spy := spyScans(t, s)
-	m2 := retarget(t, m1, "a", "b", "c", "d")
+	m2 := retarget(t, m1, "a", "b", "d")
 	fast := Config{Heartbeat: 100 * time.Millisecond, MapPoll: 200 * time.Millisecond}
 	cfg := func(id string) Config { c := fast; c.NodeID, c.DataDir = id, t.TempDir(); return c }
 	srcs := map[string]*Node{}
-	for _, id := range []string{"a", "b", "c"} {
+	for _, id := range []string{"a", "b"} {
 		srcs[id] = startXfer(t, s, cfg(id), reconcileFixture(t, m2, id))
 	}
 	var needy []uint32
@@ -104,6 +106,9 @@ func TestTransferReconcilesOtherSources(t *testing.T) {
 				t.Errorf("partition %d: d holds %q as %+v (held %v), want the owners' merge %+v", p, strings.ReplaceAll(k, "\x00", "/"), g, ok, w)
 			}
 		}
+		if lv := leavers(m2, p, rfs, []string{"lww"}); lv != nil {
+			t.Fatalf("partition %d has leavers %v: the test needs rows shorter than the RF", p, lv)
+		}
 		ks := keysIn("lww", p, xferQ, 3)
 		for i, v := range []string{"second", "new", "new"} {
 			if rec, err := d.eng.read("lww", ks[i]); err != nil || rec.LWW == nil || string(rec.LWW.Value) != v {
@@ -127,8 +132,8 @@ func TestTransferReconcilesOtherSources(t *testing.T) {
 			t.Errorf("partition %d (current %v) was scanned from %v, want from %s alone", p, cur, scanned[p], cur[0])
 		}
 	}
-	if got, want := d.xfer.reconciled.Load(), int64(2*len(needy)); got < want {
-		t.Errorf("%d (partition, source) pairs reconciled, want %d (2 per needed partition)", got, want)
+	if got, want := d.xfer.reconciled.Load(), int64(len(needy)); got < want {
+		t.Errorf("%d (partition, source) pairs reconciled, want %d (1 per needed partition)", got, want)
 	}
 	// One copy, plus the records that differ (the siblings, whose dots
 	// are each owner's own, and the three keys per partition).
@@ -139,11 +144,118 @@ func TestTransferReconcilesOtherSources(t *testing.T) {
 	t.Logf("d holds %d records of %d partitions; received %d records, %d bytes", held, len(needy), st.Keys, st.Bytes)
 }
 
+// TestTransferTakesLeaversOnly: 3 -> 4 nodes, tenants of RF 3, all up.
+// Where d takes an owner's place in a tenant's first 3 (its leaver), it
+// pulls the partition from that owner alone: no reconcile, the other
+// owners answer barrier scans only, and d ends holding exactly the
+// leaver's records. No record loses a holder: every record the current
+// owners within the RF hold is held by at least as many target owners
+// (the staying owners keep theirs, d has the leaver's), including the
+// keys a quorum wrote without the leaver and the newer version on one
+// owner only.
+func TestTransferTakesLeaversOnly(t *testing.T) {
+	s := natstest.RunServer(t)
+	m1 := claim(t, nil, "a", "b", "c")
+	f := newFakeCoord(t, s, m1, true)
+	rfs := map[string]int{"lww": 3, "sib": 3}
+	f.serveTenants(t, rfs)
+	spy := spyScans(t, s)
+	m2 := retarget(t, m1, "a", "b", "c", "d")
+	fast := Config{Heartbeat: 100 * time.Millisecond, MapPoll: 200 * time.Millisecond}
+	cfg := func(id string) Config { c := fast; c.NodeID, c.DataDir = id, t.TempDir(); return c }
+	nodes := map[string]*Node{}
+	for _, id := range []string{"a", "b", "c"} {
+		nodes[id] = startXfer(t, s, cfg(id), reconcileFixture(t, m2, id))
+	}
+	var needy []uint32
+	for p := range uint32(xferQ) {
+		if _, needed := pullPlan(m2, p, "d", rfs); len(needed) > 0 {
+			needy = append(needy, p)
+		}
+	}
+	if len(needy) == 0 {
+		t.Fatal("d needs no partition: the test needs some")
+	}
+	// Each owner's records before the move: the fixture's, nothing else.
+	before := map[string]map[uint32]map[string]record{}
+	for id, n := range nodes {
+		before[id] = map[uint32]map[string]record{}
+		for _, p := range needy {
+			before[id][p] = partRecords(t, n.eng, p)
+		}
+	}
+	f.set(m2)
+	d := startXfer(t, s, cfg("d"), nil)
+	nodes["d"] = d
+	waitFor(t, 30*time.Second, "every partition to flip", func() bool { return moving(f.current()) == 0 })
+
+	for _, p := range needy {
+		lv := leavers(m2, p, rfs, []string{"lww", "sib"})
+		if len(lv["lww"]) != 1 || !slices.Equal(lv["lww"], lv["sib"]) {
+			t.Fatalf("partition %d: leavers %v, want one, the same for both tenants", p, lv)
+		}
+		leaver := lv["lww"][0]
+		got, want := partRecords(t, d.eng, p), before[leaver][p]
+		if len(got) != len(want) {
+			t.Errorf("partition %d: d holds %d records, its leaver %s held %d", p, len(got), leaver, len(want))
+		}
+		for k, w := range want {
+			if g, ok := got[k]; !ok || !sameRecord(g, w) {
+				t.Errorf("partition %d: d holds %q as %+v (held %v), leaver %s held %+v", p, strings.ReplaceAll(k, "\x00", "/"), g, ok, leaver, w)
+			}
+		}
+		cur, tgt := m2.Owners(p, nil)[:3], m2.Target(p, nil)[:3]
+		holders := func(row []string, k string, w record) int {
+			c := 0
+			for _, id := range row {
+				var h map[string]record
+				if id == "d" {
+					h = got
+				} else {
+					h = before[id][p]
+				}
+				if r, ok := h[k]; ok && sameRecord(r, w) {
+					c++
+				}
+			}
+			return c
+		}
+		for _, id := range cur {
+			for k, w := range before[id][p] {
+				if was, is := holders(cur, k, w), holders(tgt, k, w); is < was {
+					t.Errorf("partition %d (current %v, target %v): %q as %+v held by %d current owners, %d target owners", p, cur, tgt, strings.ReplaceAll(k, "\x00", "/"), w, was, is)
+				}
+			}
+		}
+	}
+	if got := d.xfer.reconciled.Load(); got != 0 {
+		t.Errorf("%d (partition, source) pairs reconciled, want none: every leaver was up", got)
+	}
+	spy.mu.Lock()
+	defer spy.mu.Unlock()
+	for src, reqs := range spy.scans {
+		barriers := 0
+		for _, r := range reqs {
+			if isBarrier(r) {
+				barriers++
+				continue
+			}
+			if lv := leavers(m2, r.Partition, rfs, []string{"lww", "sib"}); !slices.Contains(lv["lww"], src) {
+				t.Errorf("partition %d pulled from %s, not its leaver %v", r.Partition, src, lv["lww"])
+			}
+		}
+		if barriers > 2 {
+			t.Errorf("%s answered %d barrier scans, want one per plan (a retry at most)", src, barriers)
+		}
+	}
+}
+
 // TestTransferReconcileFallsBackToPull: a source that does not answer the
 // anti-entropy op (a release without it: no responder on
 // kv.node.<id>.ae) is pulled whole instead, not taken for down. With c
-// down, a partition of an RF-3 tenant is covered only by both a and b, so
-// every partition flips only if b's missing ae op led to a pull of b.
+// down, a partition where d takes c's place is covered only by both a and
+// b, so every partition flips only if b's missing ae op led to a pull of
+// b.
 func TestTransferReconcileFallsBackToPull(t *testing.T) {
 	s := natstest.RunServer(t)
 	m1 := claim(t, nil, "a", "b", "c")
@@ -184,10 +296,12 @@ func TestTransferReconcileFallsBackToPull(t *testing.T) {
 		}
 	}
 	b.mu.Unlock()
-	var bSecond []uint32 // needed partitions where a comes before b: b is reconciled
+	// needed partitions where d takes c's place (c is down, so the tenant
+	// comes from a and b) and a comes before b: b is reconciled
+	var bSecond []uint32
 	for p := range uint32(xferQ) {
 		cur := m2.Owners(p, nil)
-		if _, needed := pullPlan(m2, p, "d", rfs); len(needed) > 0 && slices.Index(cur, "a") < slices.Index(cur, "b") {
+		if _, needed := pullPlan(m2, p, "d", rfs); len(needed) > 0 && slices.Equal(takenFrom(m2, p, 3), []string{"c"}) && slices.Index(cur, "a") < slices.Index(cur, "b") {
 			bSecond = append(bSecond, p)
 		}
 	}
@@ -219,7 +333,7 @@ func TestTransferReconcileFallsBackToPull(t *testing.T) {
 func TestTransferReconcileUnpacedByAERate(t *testing.T) {
 	const keys, valueBytes = 3000, 1000
 	s := natstest.RunServer(t)
-	m1 := claim(t, nil, "a", "b", "c")
+	m1 := claim(t, nil, "a", "b") // rows shorter than the RF: both owners are sources, one reconciled
 	f := newFakeCoord(t, s, m1, true)
 	f.serveTenants(t, map[string]int{"r3": 3})
 	var ws []subjects.NodeWrite
@@ -227,10 +341,10 @@ func TestTransferReconcileUnpacedByAERate(t *testing.T) {
 		ws = append(ws, subjects.NodeWrite{Tenant: "r3", Key: fmt.Sprintf("user%08d", i), LWW: version(uint64(i+1), "c1", strings.Repeat("v", valueBytes))})
 	}
 	var srcs []*Node
-	for _, id := range []string{"a", "b", "c"} {
+	for _, id := range []string{"a", "b"} {
 		srcs = append(srcs, startXfer(t, s, Config{NodeID: id, DataDir: t.TempDir(), AntiEntropyRate: 4096}, func(e *engine) { apply(t, e, ws) }))
 	}
-	f.set(retarget(t, m1, "a", "b", "c", "d"))
+	f.set(retarget(t, m1, "a", "b", "d"))
 	d := startXfer(t, s, Config{NodeID: "d", DataDir: t.TempDir(), TransferRate: Unlimited, MapPoll: 200 * time.Millisecond}, nil)
 	waitFor(t, 30*time.Second, "every partition to flip", func() bool { return moving(f.current()) == 0 })
 	if got := d.xfer.reconciled.Load(); got == 0 {

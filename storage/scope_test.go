@@ -103,11 +103,37 @@ func ownKeys(tb testing.TB, e *engine, node, tenant string, n int) {
 	apply(tb, e, ws)
 }
 
+// takenFrom is the owners a receiver takes a tenant of RF r of partition
+// p of m from while all are up: the leavers where the current and target
+// rows within r are full (leavers), else the current owners within r.
+func takenFrom(m *ring.Map, p uint32, r int) []string {
+	if lv := leavers(m, p, map[string]int{"t": r}, []string{"t"}); lv != nil {
+		return lv["t"]
+	}
+	cur := m.Owners(p, nil)
+	return cur[:min(r, len(cur))]
+}
+
+// ownedBy is which of ids ownKeys gave key i of keysIn.
+func ownedBy(i int, ids ...string) string {
+	for _, id := range ids {
+		if i%3 == int(id[0])%3 {
+			return id
+		}
+	}
+	return ""
+}
+
+// isBarrier reports whether a spied scan is a barrier (receive.go).
+func isBarrier(sc subjects.PartitionScan) bool { return sc.Limit == 1 && sc.Tenants == nil }
+
 // TestTransferScopedToTenants: 3 -> 4 nodes with RF-3 tenants and an RF-1
 // tenant. The new node d pulls an RF-3 tenant only in the partitions where
 // it is in the first 3 of the target (from all three current owners), the
 // RF-1 tenant only where it is target[0] and only from current[0], and
-// reports a partition where it needs nothing without any scan.
+// reports a partition where it needs nothing without any scan. Each
+// tenant comes from the owner d takes the place of (leavers) alone; the
+// other owners answer a barrier scan (once per plan), no pull.
 func TestTransferScopedToTenants(t *testing.T) {
 	s := natstest.RunServer(t)
 	m1 := claim(t, nil, "a", "b", "c")
@@ -149,7 +175,7 @@ func TestTransferScopedToTenants(t *testing.T) {
 				want := false
 				switch tenant {
 				case "r3", "s3":
-					want = in(tgt, 3, "d")
+					want = in(tgt, 3, "d") && slices.Contains(takenFrom(m2, p, 3), src)
 				case "r1":
 					want = tgt[0] == "d" && cur[0] == src
 				}
@@ -167,10 +193,15 @@ func TestTransferScopedToTenants(t *testing.T) {
 	// Scans went only where d needs something, and named the tenants.
 	spy.mu.Lock()
 	for src, reqs := range spy.scans {
+		barriers := 0
 		for _, r := range reqs {
+			if isBarrier(r) {
+				barriers++
+				continue
+			}
 			cur, tgt := m2.Owners(r.Partition, nil), m2.Target(r.Partition, nil)
 			var want []string
-			if in(tgt, 3, "d") {
+			if in(tgt, 3, "d") && slices.Contains(takenFrom(m2, r.Partition, 3), src) {
 				want = []string{"s3", "r3"}
 			}
 			if tgt[0] == "d" && cur[0] == src {
@@ -180,6 +211,9 @@ func TestTransferScopedToTenants(t *testing.T) {
 			if len(want) == 0 || !slices.Equal(r.Tenants, want) {
 				t.Errorf("scan of partition %d from %s (current %v, target %v) asked for %v, want %v", r.Partition, src, cur, tgt, r.Tenants, want)
 			}
+		}
+		if barriers > 2 {
+			t.Errorf("%s answered %d barrier scans, want one per plan (a retry at most)", src, barriers)
 		}
 	}
 	spy.mu.Unlock()
@@ -257,9 +291,10 @@ func TestTransferTenantCreatedDuringPlan(t *testing.T) {
 	for p := range uint32(xferQ) {
 		tgt := m2.Target(p, nil)
 		got := partRecords(t, d.eng, p)
-		for _, k := range keysIn("late", p, xferQ, 12) {
-			if _, has := got["late\x00"+k]; has != slices.Contains(tgt[:3], "d") {
-				t.Errorf("partition %d (target %v): d holds late/%s: %v", p, tgt, k, has)
+		for i, k := range keysIn("late", p, xferQ, 12) {
+			want := slices.Contains(tgt[:3], "d") && slices.Contains(takenFrom(m2, p, 3), ownedBy(i, "a", "b", "c"))
+			if _, has := got["late\x00"+k]; has != want {
+				t.Errorf("partition %d (target %v): d holds late/%s: %v, want %v", p, tgt, k, has, want)
 			}
 		}
 	}
@@ -374,6 +409,72 @@ func TestPullPlan(t *testing.T) {
 	}
 }
 
+// TestLeavers: the owners a receiver takes the place of, per tenant, for
+// joins of one and two nodes, a drain and a tenant of RF 1: each is a
+// current owner within the RF that is not a target owner there, there are
+// as many as receivers, and a row shorter than the RF has none.
+func TestLeavers(t *testing.T) {
+	rfs := map[string]int{"r1": 1, "r3": 3}
+	both := []string{"r1", "r3"}
+	m3 := claim(t, nil, "a", "b", "c")
+	two := 0
+	for _, tc := range []struct {
+		name string
+		m    *ring.Map
+	}{
+		{"3 to 4", retarget(t, m3, "a", "b", "c", "d")},
+		{"3 to 5", retarget(t, m3, "a", "b", "c", "d", "e")},
+		{"drain c", retarget(t, retarget(t, m3, "a", "b", "c", "d").TargetMap(), "a", "b", "d")},
+	} {
+		moved := 0
+		for p := range uint32(xferQ) {
+			cur, tgt := tc.m.Owners(p, nil), tc.m.Target(p, nil)
+			lv := leavers(tc.m, p, rfs, both)
+			for _, tn := range both {
+				r := rfs[tn]
+				var in, out []string
+				for _, o := range tgt[:r] {
+					if !slices.Contains(cur[:r], o) {
+						in = append(in, o)
+					}
+				}
+				for _, o := range cur[:r] {
+					if !slices.Contains(tgt[:r], o) {
+						out = append(out, o)
+					}
+				}
+				if !slices.Equal(lv[tn], out) || len(out) != len(in) {
+					t.Errorf("%s, partition %d, %s (current %v, target %v): leavers %v, want %v for receivers %v", tc.name, p, tn, cur, tgt, lv[tn], out, in)
+				}
+				moved += len(out)
+				if len(out) == 2 {
+					two++
+				}
+			}
+			if lv != nil && len(lv) == 0 {
+				t.Errorf("%s, partition %d: an empty, not nil, map", tc.name, p)
+			}
+		}
+		if moved == 0 {
+			t.Errorf("%s moves nothing: the case tests nothing", tc.name)
+		}
+	}
+	if two == 0 {
+		t.Error("no partition of the two-node join has two leavers")
+	}
+	// A row shorter than the RF (2 nodes, RF 3, growing to 3) has none,
+	// and an unknown tenant list has none.
+	m2 := retarget(t, claim(t, nil, "a", "b"), "a", "b", "c")
+	for p := range uint32(xferQ) {
+		if lv := leavers(m2, p, map[string]int{"r3": 3}, []string{"r3"}); lv != nil {
+			t.Errorf("partition %d of a row shorter than RF 3: leavers %v", p, lv)
+		}
+		if lv := leavers(m3, p, nil, both); lv != nil {
+			t.Errorf("partition %d, tenants unknown: leavers %v", p, lv)
+		}
+	}
+}
+
 // TestTransferBytesScoped measures what a node joining 3 nodes pulls, with
 // every key of an RF-3 tenant on all three: every partition from every
 // owner when the tenants' RFs are unknown (what the transfer loop did
@@ -428,12 +529,14 @@ func TestTransferBytesScoped(t *testing.T) {
 		keys, valueBytes, xferQ, allBytes, 3.0, scopedBytes, 3*float64(scopedRecs)/float64(allRecs), share)
 }
 
-// TestTransferNeedsQuorumIntersection: a tenant of RF 3 is covered only
-// once pulled from 2 of its 3 current owners (any write quorum of 2
-// meets them). A write acknowledged by b and c (a missed it) is not lost
-// when b and c fail through their tries: the partitions that need the
-// tenant are not reported done from a alone, and once b comes back the
-// receiver holds the write.
+// TestTransferNeedsQuorumIntersection: a tenant of RF 3 whose leaver (the
+// owner the receiver takes the place of) is down is covered only once
+// pulled from 2 of its 3 current owners (any write quorum of 2 meets
+// them). A write acknowledged by b and c (a missed it) is not lost when b
+// and c fail through their tries: the partitions whose leaver is b or c
+// are not reported done from a alone, and once b comes back the receiver
+// holds the write. Those whose leaver is a flip from a alone: b and c stay
+// owners there, holding the write.
 func TestTransferNeedsQuorumIntersection(t *testing.T) {
 	s := natstest.RunServer(t)
 	m1 := claim(t, nil, "a", "b", "c")
@@ -441,16 +544,20 @@ func TestTransferNeedsQuorumIntersection(t *testing.T) {
 	rfs := map[string]int{"r3": 3}
 	f.serveTenants(t, rfs)
 	m2 := retarget(t, m1, "a", "b", "c", "d")
-	var needy []uint32
-	w := map[uint32]string{} // partition → the key only b (and c) hold
+	var needy, fromA []uint32 // needy: the leaver is b or c
+	w := map[uint32]string{}  // partition → the key only b (and c) hold
 	for p := range uint32(xferQ) {
 		if _, needed := pullPlan(m2, p, "d", rfs); len(needed) > 0 {
+			if slices.Equal(takenFrom(m2, p, 3), []string{"a"}) {
+				fromA = append(fromA, p)
+				continue
+			}
 			needy = append(needy, p)
 			w[p] = keysIn("r3", p, xferQ, 1)[0]
 		}
 	}
-	if len(needy) == 0 || len(needy) == xferQ {
-		t.Fatalf("d needs r3 in %d of %d partitions", len(needy), xferQ)
+	if len(needy) == 0 || len(fromA) == 0 || len(needy)+len(fromA) == xferQ {
+		t.Fatalf("d needs r3 in %d+%d of %d partitions, taking it from a alone in %d", len(needy), len(fromA), xferQ, len(fromA))
 	}
 	fast := Config{Heartbeat: 100 * time.Millisecond, MapPoll: 200 * time.Millisecond}
 	cfg := func(id string) Config { c := fast; c.NodeID, c.DataDir = id, t.TempDir(); return c }
@@ -466,6 +573,11 @@ func TestTransferNeedsQuorumIntersection(t *testing.T) {
 	for _, p := range needy {
 		if !f.current().Moving(p) {
 			t.Fatalf("partition %d flipped with r3 pulled from a alone", p)
+		}
+	}
+	for _, p := range fromA {
+		if f.current().Moving(p) {
+			t.Fatalf("partition %d (d takes a's place) still moves with a up", p)
 		}
 	}
 	startXfer(t, s, cfg("b"), func(e *engine) {
@@ -504,9 +616,10 @@ func TestTransferBarrierWithoutTenants(t *testing.T) {
 	for p := range uint32(xferQ) {
 		tgt := m2.Target(p, nil)
 		got := partRecords(t, d.eng, p)
-		for _, k := range keysIn("late", p, xferQ, 12) {
-			if _, has := got["late\x00"+k]; has != slices.Contains(tgt[:3], "d") {
-				t.Errorf("partition %d (target %v): d holds late/%s: %v", p, tgt, k, has)
+		for i, k := range keysIn("late", p, xferQ, 12) {
+			want := slices.Contains(tgt[:3], "d") && slices.Contains(takenFrom(m2, p, 3), ownedBy(i, "a", "b", "c"))
+			if _, has := got["late\x00"+k]; has != want {
+				t.Errorf("partition %d (target %v): d holds late/%s: %v, want %v", p, tgt, k, has, want)
 			}
 		}
 	}

@@ -222,6 +222,89 @@ func pullPlan(m *ring.Map, p uint32, self string, rf map[string]int) (sources []
 	return sources, needed
 }
 
+// leavers returns, for each tenant t of needed whose current and target
+// owners within its RF are both full rows of RF_t owners, the current
+// owners that are not target owners (current(p)[:RF_t] − target(p)[:RF_t],
+// in row order): the owners the receivers take the place of. A tenant of
+// a shorter row (a cluster smaller than its RF) has none; nil when no
+// tenant has any.
+//
+// Pulling t to the end from each of them is enough, whatever the level
+// the writes were acknowledged at (Cassandra streams a range from the
+// replica it replaces for the same reason): let X be the leavers, Q the
+// owners that acknowledged a write and N = current − X + receivers the
+// owners after the flip. If Q meets X every receiver holds the write, and
+// (Q − X) ∪ receivers, at least |Q| of N, holds it; so every read quorum
+// of N meets it. If Q misses X, Q ⊆ N. Writes accepted after the pull
+// reach the receivers through the fence, as for any pull.
+func leavers(m *ring.Map, p uint32, rf map[string]int, needed []string) map[string][]string {
+	if rf == nil || len(needed) == 0 {
+		return nil
+	}
+	cur, tgt := m.Owners(p, nil), m.Target(p, nil)
+	out := map[string][]string{}
+	for _, t := range needed {
+		r := rf[t]
+		if r < 1 || len(cur) < r || len(tgt) < r {
+			continue
+		}
+		var x []string
+		for _, o := range cur[:r] {
+			if !slices.Contains(tgt[:r], o) {
+				x = append(x, o)
+			}
+		}
+		if len(x) > 0 {
+			out[t] = x
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
+// leaversFirst orders sources so that those that leave some tenant's row
+// (lv) come first, the rest after, each group in its former order.
+func leaversFirst(sources []pullSource, lv map[string][]string) []pullSource {
+	leaves := func(o string) bool {
+		for _, x := range lv {
+			if slices.Contains(x, o) {
+				return true
+			}
+		}
+		return false
+	}
+	out := make([]pullSource, 0, len(sources))
+	for _, s := range sources {
+		if leaves(s.node) {
+			out = append(out, s)
+		}
+	}
+	for _, s := range sources {
+		if !leaves(s.node) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// fromLeavers reports whether tenant t came to the end from each of its
+// leavers lv[t] (pulled: source → tenants, "" = all); false for a tenant
+// without leavers.
+func fromLeavers(t string, lv map[string][]string, pulled map[string]map[string]bool) bool {
+	x := lv[t]
+	if len(x) == 0 {
+		return false
+	}
+	for _, o := range x {
+		if got := pulled[o]; !got[""] && !got[t] {
+			return false
+		}
+	}
+	return true
+}
+
 // needyFirst returns pl's partitions with those that need some tenant
 // (under the list the plan started with) first, each group ascending.
 func (n *Node) needyFirst(pl *plan) []uint32 {
