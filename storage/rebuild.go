@@ -77,9 +77,9 @@ func (e *engine) setMetaInt(k []byte, v int64, opts *pebble.WriteOptions) error 
 	return nil
 }
 
-// checkStale wipes the directory's data when it was last alive longer than
-// its grace floor before now, and marks a new or wiped directory for
-// rebuild. It runs at Open, before anything reads the store; nodeID is the
+// checkStale marks the directory stale when it was last alive longer than
+// its grace floor before now, or after now (the clock was set back: its
+// downtime is unknown), and marks a new directory for rebuild. It runs at Open, before anything reads the store; nodeID is the
 // directory's owner (kept).
 func (e *engine) checkStale(nodeID string, now time.Time, log *slog.Logger) error {
 	alive, known, err := e.readMetaInt(metaLastAlive)
@@ -102,13 +102,22 @@ func (e *engine) checkStale(nodeID string, now time.Time, log *slog.Logger) erro
 		u := uint64(v)
 		e.stale = &u
 		log.Warn("data directory is stale and not settled yet: its partitions are settled at the first placement map", "last_map_version", v)
-	} else if known && now.UnixMilli()-alive > floor {
+	} else if known && (now.UnixMilli()-alive > floor || now.UnixMilli() < alive) {
 		last, _, err := e.readMetaInt(metaMapVersion) // 0 when unknown: every partition counts as changed
 		if err != nil {
 			return err
 		}
-		log.Warn("data directory is stale: the node was down for longer than the smallest tombstone grace; the partitions whose owners changed meanwhile (others may have reaped keys it still holds) are dropped at the first placement map and rebuilt from the other owners, the others kept",
-			"last_alive", time.UnixMilli(alive).UTC(), "down_for", now.Sub(time.UnixMilli(alive)).Round(time.Second), "grace_floor", time.Duration(floor)*time.Millisecond, "last_map_version", last)
+		if now.UnixMilli() < alive {
+			// The clock was set back since (a wrong clock at boot, a
+			// step): how long the node was down is unknown, so it may
+			// have been longer than the grace. Dropping what changed
+			// is the safe side; nothing that did not change is lost.
+			log.Warn("data directory counts as stale: the clock reads earlier than when the node was last alive, so how long it was down is unknown; the partitions whose owners changed meanwhile are dropped at the first placement map and rebuilt from the other owners, the others kept",
+				"last_alive", time.UnixMilli(alive).UTC(), "now", now.UTC(), "grace_floor", time.Duration(floor)*time.Millisecond, "last_map_version", last)
+		} else {
+			log.Warn("data directory is stale: the node was down for longer than the smallest tombstone grace; the partitions whose owners changed meanwhile (others may have reaped keys it still holds) are dropped at the first placement map and rebuilt from the other owners, the others kept",
+				"last_alive", time.UnixMilli(alive).UTC(), "down_for", now.Sub(time.UnixMilli(alive)).Round(time.Second), "grace_floor", time.Duration(floor)*time.Millisecond, "last_map_version", last)
+		}
 		if err := e.markStale(last); err != nil {
 			return fmt.Errorf("mark the stale directory: %w", err)
 		}

@@ -614,3 +614,51 @@ func TestRebuildAsksTheTenantListEveryRound(t *testing.T) {
 		}
 	}
 }
+
+// TestStaleWhenTheClockWentBack: a directory whose lastAlive is later than
+// the clock at the next start (the clock was set back: a wrong clock at
+// boot, a step) cannot tell how long the node was down, so it counts as
+// stale (a new epoch, the partitions changed since its last map version
+// dropped at the first map), however small the step. Down for less than
+// the grace with a sane clock it is not; down for longer it is.
+func TestStaleWhenTheClockWentBack(t *testing.T) {
+	const floor = 60_000 // ms
+	now := time.Now()
+	for _, tc := range []struct {
+		name     string
+		aliveAgo time.Duration // now - lastAlive
+		stale    bool
+	}{
+		{"down a second", time.Second, false},
+		{"down past the grace", 2 * time.Minute, true},
+		{"clock set back an hour", -time.Hour, true},
+		{"clock set back a second", -time.Second, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e, err := openEngine(t.TempDir(), "n", xferQ, false, quiet())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = e.db.Close() }()
+			for k, v := range map[string]int64{string(metaLastAlive): now.Add(-tc.aliveAgo).UnixMilli(), string(metaGraceFloor): floor, string(metaMapVersion): 7} {
+				if err := e.setMetaInt([]byte(k), v, pebble.Sync); err != nil {
+					t.Fatal(err)
+				}
+			}
+			e.minted = false // as a directory opened again
+			epoch := e.epoch
+			if err := e.checkStale("n", now, quiet()); err != nil {
+				t.Fatal(err)
+			}
+			if got := e.stale != nil; got != tc.stale {
+				t.Fatalf("stale %v, want %v", got, tc.stale)
+			}
+			if tc.stale && (*e.stale != 7 || e.epoch == epoch) {
+				t.Errorf("stale against version %d with epoch %x (was %x), want version 7 and a new epoch", *e.stale, e.epoch, epoch)
+			}
+			if !tc.stale && e.epoch != epoch {
+				t.Errorf("a directory that is not stale minted a new epoch")
+			}
+		})
+	}
+}
