@@ -762,8 +762,8 @@ var dataBlockBytes = 16 << 10
 // level (RocksDB's own defaults are 4 to compact, 36 to stop). Joining a
 // 4th node under load, uncapped, the transfer went from 42–46 to 47–54
 // MB/s with a quarter less CPU per foreground operation during it, and
-// the before window lost nothing (docs/PERFORMANCE.md, "L0 compaction
-// threshold").
+// the before window lost nothing (docs/PERFORMANCE.md, "From the leavers
+// alone, and L0 compacted later").
 const (
 	l0CompactionThreshold = 12
 	l0StopWritesThreshold = 36

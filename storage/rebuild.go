@@ -79,8 +79,9 @@ func (e *engine) setMetaInt(k []byte, v int64, opts *pebble.WriteOptions) error 
 
 // checkStale marks the directory stale when it was last alive longer than
 // its grace floor before now, or after now (the clock was set back: its
-// downtime is unknown), and marks a new directory for rebuild. It runs at Open, before anything reads the store; nodeID is the
-// directory's owner (kept).
+// downtime is unknown), and marks a new directory for rebuild. It runs at
+// Open, before anything reads the store; nodeID is the directory's owner
+// (kept).
 func (e *engine) checkStale(nodeID string, now time.Time, log *slog.Logger) error {
 	alive, known, err := e.readMetaInt(metaLastAlive)
 	if err != nil {
