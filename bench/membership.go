@@ -62,6 +62,31 @@ type MembershipTransfer struct {
 	// ActiveSeconds is the time from the node's start (it registers at
 	// once) to node list showing it active.
 	ActiveSeconds float64 `json:"active_seconds"`
+	// CPUSeconds estimates the process CPU the transfer took: the during
+	// window's CPU less its operations at the before window's CPU per
+	// operation (0 when a window measured none). MBPerCPUSecond is Bytes
+	// ÷ 10⁶ ÷ CPUSeconds: what a transfer costs, whatever the rate cap and
+	// the machine's share the run got (transferCPU).
+	CPUSeconds     float64 `json:"cpu_s"`
+	MBPerCPUSecond float64 `json:"mb_per_cpu_s"`
+}
+
+// transferCPU fills t.CPUSeconds and t.MBPerCPUSecond from the windows.
+// It is an estimate: it takes the foreground's CPU per operation to stay
+// what it was before the transfer, which a join's forwarded writes and
+// joint reads raise a little (those count as the transfer's).
+func (t *MembershipTransfer) transferCPU(before, during *Row) {
+	t.CPUSeconds, t.MBPerCPUSecond = 0, 0
+	if before.OpsPerSec <= 0 || during.OpsPerSec <= 0 || during.Seconds <= 0 {
+		return
+	}
+	ops := during.OpsPerSec * during.Seconds
+	cpu := ops / 1000 * (during.CPUSecPer1kOps - before.CPUSecPer1kOps)
+	if cpu <= 0 {
+		return
+	}
+	t.CPUSeconds = cpu
+	t.MBPerCPUSecond = float64(t.Bytes) / 1e6 / cpu
 }
 
 // Phases of the membership cell: Row.Phase ("phase" in JSON).
@@ -156,6 +181,7 @@ func runMembership(ctx context.Context, cfg *Config, rep *Report, p *progress) e
 	m.Before, m.During = ld.finish()
 	label(&m.Before, PhaseBefore)
 	label(&m.During, PhaseDuring)
+	m.Transfer.transferCPU(&m.Before, &m.During)
 	p.cellDone()
 	rep.Membership = m
 	return nil

@@ -376,6 +376,15 @@ func (r *Report) writeMembership(ew io.Writer, m *Membership) {
 	}
 	fmt.Fprintf(ew, "  transfer into %s: %s (%d keys, %d partitions) in %.1fs = %.1f MB/s, %.0f keys/s (peak over 10s %.1f MB/s); active %.1fs after registering\n",
 		x.Node, bytesIEC(x.Bytes), x.Keys, x.PartitionsTotal, x.Seconds, x.MBPerSec, x.KeysPerSec, x.PeakRateBytes/1e6, x.ActiveSeconds)
+	if x.CPUSeconds > 0 {
+		// Both goals at once need the transfer's rate within the CPU the
+		// foreground may give up: 0.3 of what the before window used.
+		need := 0.0
+		if cores := m.Before.CPUSecPer1kOps * m.Before.OpsPerSec / 1000; cores > 0 {
+			need = 50 / (0.3 * cores)
+		}
+		fmt.Fprintf(ew, "  transfer CPU ≈ %.1f s (during less its operations at the before cost) = %.0f MB per CPU s; both goals at once need ≈ %.0f here\n", x.CPUSeconds, x.MBPerCPUSecond, need)
+	}
 }
 
 func fmtRatio(v float64) string {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"regexp"
 	"strings"
 	"testing"
@@ -227,5 +228,44 @@ func TestRecordKey(t *testing.T) {
 	}
 	if got := string(appendRecordKey(nil, 123456789)); got != RecordKey(123456789) {
 		t.Fatalf("appendRecordKey = %q", got)
+	}
+}
+
+// TestTransferCPU: the transfer's CPU is the during window's CPU less its
+// operations at the before window's cost, and the report prints it with
+// what both goals need; a window that measured nothing gives none.
+func TestTransferCPU(t *testing.T) {
+	m := sampleMembership(40e6, 10000, 5000) // 1000 MB in 25 s
+	m.Before.CPUSecPer1kOps, m.During.CPUSecPer1kOps = 0.18, 0.38
+	m.Transfer.transferCPU(&m.Before, &m.During)
+	// 50k operations during: 19 CPU s, of which 9 at the before cost.
+	if got := m.Transfer.CPUSeconds; math.Abs(got-10) > 1e-9 {
+		t.Errorf("transfer CPU %v s, want 10", got)
+	}
+	if got := m.Transfer.MBPerCPUSecond; math.Abs(got-100) > 1e-9 {
+		t.Errorf("%v MB per CPU s, want 100", got)
+	}
+	var buf bytes.Buffer
+	r := sampleReport()
+	r.Membership = m
+	r.writeMembership(&buf, m)
+	// 1.8 CPUs before: 50 MB/s within 0.3 of them is 93 MB per CPU s.
+	if out := buf.String(); !strings.Contains(out, "transfer CPU ≈ 10.0 s") || !strings.Contains(out, "= 100 MB per CPU s") || !strings.Contains(out, "need ≈ 93 here") {
+		t.Errorf("report:\n%s", out)
+	}
+	for _, tc := range []struct{ before, during, cpuBefore, cpuDuring float64 }{
+		{0, 5000, 0.18, 0.38}, {10000, 0, 0.18, 0.38}, {10000, 5000, 0.38, 0.18},
+	} {
+		m := sampleMembership(40e6, tc.before, tc.during)
+		m.Before.CPUSecPer1kOps, m.During.CPUSecPer1kOps = tc.cpuBefore, tc.cpuDuring
+		m.Transfer.transferCPU(&m.Before, &m.During)
+		if m.Transfer.CPUSeconds != 0 || m.Transfer.MBPerCPUSecond != 0 {
+			t.Errorf("%+v: transfer CPU %v s, %v MB per CPU s, want none", tc, m.Transfer.CPUSeconds, m.Transfer.MBPerCPUSecond)
+		}
+		buf.Reset()
+		r.writeMembership(&buf, m)
+		if strings.Contains(buf.String(), "transfer CPU") {
+			t.Errorf("%+v: report prints a transfer CPU:\n%s", tc, buf.String())
+		}
 	}
 }
