@@ -75,15 +75,7 @@ func TestTransferReconcilesOtherSources(t *testing.T) {
 	for _, id := range []string{"a", "b"} {
 		srcs[id] = startXfer(t, s, cfg(id), reconcileFixture(t, m2, id))
 	}
-	var needy []uint32
-	for p := range uint32(xferQ) {
-		if _, needed := pullPlan(m2, p, "d", rfs); len(needed) > 0 {
-			needy = append(needy, p)
-		}
-	}
-	if len(needy) == 0 {
-		t.Fatal("d needs no partition: the test needs some")
-	}
+	needy := needyPartitions(t, m2, "d", rfs)
 	f.set(m2)
 	d := startXfer(t, s, cfg("d"), nil)
 	waitFor(t, 30*time.Second, "every partition to flip", func() bool { return moving(f.current()) == 0 })
@@ -167,15 +159,7 @@ func TestTransferTakesLeaversOnly(t *testing.T) {
 	for _, id := range []string{"a", "b", "c"} {
 		nodes[id] = startXfer(t, s, cfg(id), reconcileFixture(t, m2, id))
 	}
-	var needy []uint32
-	for p := range uint32(xferQ) {
-		if _, needed := pullPlan(m2, p, "d", rfs); len(needed) > 0 {
-			needy = append(needy, p)
-		}
-	}
-	if len(needy) == 0 {
-		t.Fatal("d needs no partition: the test needs some")
-	}
+	needy := needyPartitions(t, m2, "d", rfs)
 	// Each owner's records before the move: the fixture's, nothing else.
 	before := map[string]map[uint32]map[string]record{}
 	for id, n := range nodes {
@@ -231,23 +215,11 @@ func TestTransferTakesLeaversOnly(t *testing.T) {
 	if got := d.xfer.reconciled.Load(); got != 0 {
 		t.Errorf("%d (partition, source) pairs reconciled, want none: every leaver was up", got)
 	}
-	spy.mu.Lock()
-	defer spy.mu.Unlock()
-	for src, reqs := range spy.scans {
-		barriers := 0
-		for _, r := range reqs {
-			if isBarrier(r) {
-				barriers++
-				continue
-			}
-			if lv := leavers(m2, r.Partition, rfs, []string{"lww", "sib"}); !slices.Contains(lv["lww"], src) {
-				t.Errorf("partition %d pulled from %s, not its leaver %v", r.Partition, src, lv["lww"])
-			}
+	spy.checkPulls(t, func(src string, r subjects.PartitionScan) {
+		if lv := leavers(m2, r.Partition, rfs, []string{"lww", "sib"}); !slices.Contains(lv["lww"], src) {
+			t.Errorf("partition %d pulled from %s, not its leaver %v", r.Partition, src, lv["lww"])
 		}
-		if barriers > 2 {
-			t.Errorf("%s answered %d barrier scans, want one per plan (a retry at most)", src, barriers)
-		}
-	}
+	})
 }
 
 // TestTransferReconcileFallsBackToPull: a source that does not answer the

@@ -127,6 +127,45 @@ func ownedBy(i int, ids ...string) string {
 // isBarrier reports whether a spied scan is a barrier (receive.go).
 func isBarrier(sc subjects.PartitionScan) bool { return sc.Limit == 1 && sc.Tenants == nil }
 
+// checkPulls calls check with every spied scan that is not a barrier, and
+// fails a source that answered more than two barriers (one per plan, a
+// retry at most).
+func (sp *scanSpy) checkPulls(tb testing.TB, check func(src string, r subjects.PartitionScan)) {
+	tb.Helper()
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	for src, reqs := range sp.scans {
+		barriers := 0
+		for _, r := range reqs {
+			if isBarrier(r) {
+				barriers++
+				continue
+			}
+			check(src, r)
+		}
+		if barriers > 2 {
+			tb.Errorf("%s answered %d barrier scans, want one per plan (a retry at most)", src, barriers)
+		}
+	}
+}
+
+// needyPartitions returns the partitions of m where self needs some
+// tenant of rfs (pullPlan), failing when there is none: a test of a
+// transfer needs some.
+func needyPartitions(tb testing.TB, m *ring.Map, self string, rfs map[string]int) []uint32 {
+	tb.Helper()
+	var needy []uint32
+	for p := range uint32(m.Partitions()) {
+		if _, needed := pullPlan(m, p, self, rfs); len(needed) > 0 {
+			needy = append(needy, p)
+		}
+	}
+	if len(needy) == 0 {
+		tb.Fatalf("%s needs no partition: the test needs some", self)
+	}
+	return needy
+}
+
 // TestTransferScopedToTenants: 3 -> 4 nodes with RF-3 tenants and an RF-1
 // tenant. The new node d pulls an RF-3 tenant only in the partitions where
 // it is in the first 3 of the target (from all three current owners), the
@@ -191,32 +230,20 @@ func TestTransferScopedToTenants(t *testing.T) {
 		}
 	}
 	// Scans went only where d needs something, and named the tenants.
-	spy.mu.Lock()
-	for src, reqs := range spy.scans {
-		barriers := 0
-		for _, r := range reqs {
-			if isBarrier(r) {
-				barriers++
-				continue
-			}
-			cur, tgt := m2.Owners(r.Partition, nil), m2.Target(r.Partition, nil)
-			var want []string
-			if in(tgt, 3, "d") && slices.Contains(takenFrom(m2, r.Partition, 3), src) {
-				want = []string{"s3", "r3"}
-			}
-			if tgt[0] == "d" && cur[0] == src {
-				want = append(want, "r1")
-			}
-			slices.Sort(want)
-			if len(want) == 0 || !slices.Equal(r.Tenants, want) {
-				t.Errorf("scan of partition %d from %s (current %v, target %v) asked for %v, want %v", r.Partition, src, cur, tgt, r.Tenants, want)
-			}
+	spy.checkPulls(t, func(src string, r subjects.PartitionScan) {
+		cur, tgt := m2.Owners(r.Partition, nil), m2.Target(r.Partition, nil)
+		var want []string
+		if in(tgt, 3, "d") && slices.Contains(takenFrom(m2, r.Partition, 3), src) {
+			want = []string{"s3", "r3"}
 		}
-		if barriers > 2 {
-			t.Errorf("%s answered %d barrier scans, want one per plan (a retry at most)", src, barriers)
+		if tgt[0] == "d" && cur[0] == src {
+			want = append(want, "r1")
 		}
-	}
-	spy.mu.Unlock()
+		slices.Sort(want)
+		if len(want) == 0 || !slices.Equal(r.Tenants, want) {
+			t.Errorf("scan of partition %d from %s (current %v, target %v) asked for %v, want %v", r.Partition, src, cur, tgt, r.Tenants, want)
+		}
+	})
 	f.mu.Lock()
 	reported := map[uint32]bool{}
 	for _, r := range f.reports {
