@@ -16,6 +16,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
+	"github.com/cockroachdb/pebble/v2/sstable"
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/quorumkv/quorumkv/internal/wire"
@@ -84,6 +85,7 @@ type record struct {
 // what makes a siblings Coordinate write atomic per key.
 type engine struct {
 	db    *pebble.DB
+	dir   string // the data directory
 	sync  bool
 	q     int // partitions (ring.Partition), recorded in the directory
 	epoch uint64
@@ -119,6 +121,12 @@ type engine struct {
 	// current while gens[p] is still g (ae.go). Bumped only after the
 	// commit, so a tree never claims a generation whose writes it lacks.
 	gens []atomic.Uint64
+
+	// tableOpts writes the sstables of pulled records (ingest.go), as
+	// the store would write them; ingests numbers their files. Only the
+	// write loop uses them.
+	tableOpts sstable.WriterOptions
+	ingests   uint64
 }
 
 // gen returns partition p's generation.
@@ -146,11 +154,21 @@ func openEngine(dir, nodeID string, q int, fsync bool, log *slog.Logger) (*engin
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("storage: create data dir %s: %w", dir, err)
 	}
-	db, err := pebble.Open(dir, pebbleOptions(log))
+	opts := pebbleOptions(log)
+	db, err := pebble.Open(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("storage: open %s (is another storage node using it?): %w", dir, err)
 	}
-	e := &engine{db: db, sync: fsync, q: q, bound: make(map[[2]uint64]uint64), gens: make([]atomic.Uint64, q)}
+	if err := removeIngestDir(dir); err != nil { // the store is ours now: nobody else ingests
+		_ = db.Close()
+		return nil, fmt.Errorf("storage: %s: %w", dir, err)
+	}
+	opts = opts.Clone()
+	opts.EnsureDefaults()
+	e := &engine{
+		db: db, dir: dir, sync: fsync, q: q, bound: make(map[[2]uint64]uint64), gens: make([]atomic.Uint64, q),
+		tableOpts: opts.MakeWriterOptions(0, db.FormatMajorVersion().MaxTableFormat()),
+	}
 	if err := e.initMeta(nodeID); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("storage: %s: %w", dir, err)

@@ -207,12 +207,20 @@ type Node struct {
 	// found the node named in no row and holding no records; 0 otherwise
 	// (subjects.TransferStatus.HandoffDone).
 	handoffDone atomic.Uint64
-	xfer        xferState    // receive.go
-	tenants     tenantRFs    // tenants.go
-	reapCounts  reapCounts   // reap.go
-	reapMemo    reapMemos    // reap.go
-	rebuild     rebuildState // rebuild.go
-	ae          aeState      // ae.go
+	xfer        xferState // receive.go
+	// stg is the stage of pulled pages (stage.go), the write loop's
+	// alone; stageGen mirrors its generation for the pulls, and lost
+	// holds the partitions a failed flush of it lost.
+	stg      stage
+	stageGen atomic.Uint64
+	lost     lostParts
+	// What the stage holds (bytes), and since when (Unix ns; 0: empty).
+	stagedBytes, stagedSince atomic.Int64
+	tenants                  tenantRFs    // tenants.go
+	reapCounts               reapCounts   // reap.go
+	reapMemo                 reapMemos    // reap.go
+	rebuild                  rebuildState // rebuild.go
+	ae                       aeState      // ae.go
 	// runCtx ends when Stop begins; set by start.
 	runCtx context.Context
 

@@ -282,6 +282,9 @@ func (n *Node) runPlan(ctx context.Context, pl *plan) bool {
 	if len(pl.parts) == 0 {
 		return true
 	}
+	// Pages of partitions left unfinished are merged too, so the cursors
+	// persisted with them spare the next round their pull.
+	defer func() { _ = n.flushStaged(context.Background()) }()
 	n.refreshTenants(ctx) // each plan starts from the tenants as they are now
 	// Partitions that need no tenant go last: by then the sources have
 	// answered other partitions' scans, and the list they are checked
@@ -321,6 +324,19 @@ func (n *Node) runPlan(ctx context.Context, pl *plan) bool {
 	tick := time.NewTicker(reportEvery)
 	defer tick.Stop()
 	flush := func() {
+		// The partitions' records are in the store before the report
+		// says so; those a failed bulk merge lost are pulled again.
+		// While pulls run, the stage is flushed once it is due
+		// (stageDue), also with nothing to report, so the cursors of
+		// long pulls persist as they go.
+		err := n.flushStaged(ctx)
+		pending = n.takeLost(pending)
+		if err != nil {
+			if ctx.Err() == nil {
+				n.log.Warn("transfer: merging pulled records failed; retrying", "err", err)
+			}
+			return
+		}
 		if len(pending) == 0 {
 			return
 		}
@@ -338,11 +354,13 @@ func (n *Node) runPlan(ctx context.Context, pl *plan) bool {
 		select {
 		case p := <-doneCh:
 			pending = append(pending, p)
-			if len(pending) >= reportBatch {
+			if len(pending) >= reportBatch && n.stageDue(time.Now()) {
 				flush()
 			}
 		case <-tick.C:
-			flush()
+			if n.stageDue(time.Now()) {
+				flush()
+			}
 		case <-workersDone:
 			working = false
 			workersDone = nil
@@ -379,6 +397,7 @@ func (n *Node) receivePartition(ctx context.Context, pl *plan, p uint32) bool {
 	if n.xfer.isDone(p, m.Since(p)) {
 		return true
 	}
+	n.clearLost(p) // pulls of p from here on are staged anew
 	var owners []string
 	for _, o := range m.Owners(p, nil) {
 		if o != n.cfg.NodeID {
@@ -709,6 +728,11 @@ func (n *Node) reconcile(ctx context.Context, src string, p uint32, version uint
 	// not cached, as anti-entropy's are, since a receiver has no use for
 	// it once the partition is in (the source's is cached: the exchange
 	// descends it by its root).
+	// Records pulled from another source wait in the stage: merged
+	// first, they are not asked of src again.
+	if err := n.flushStaged(ctx); err != nil {
+		return fmt.Errorf("storage: reconcile partition %d with %s: %w", p, src, err)
+	}
 	cfg := aeConfig(0)
 	t, err := n.buildTree(ctx, p, tenants, cfg, true)
 	if err == nil && t.Len() >= aeDeepKeys {
@@ -766,6 +790,7 @@ func (n *Node) pullTries(ctx context.Context, src string, p uint32, version uint
 		var last TransferProgress
 		_, err = n.PullPartition(ctx, src, p, TransferOptions{
 			MapVersion: version, Tenants: tenants, Rebuild: rebuild, // Rate 0: the node's shared cap
+			stage: !rebuild, // a rebuilding node serves the partition: its records go in at once
 			Progress: func(pr TransferProgress) {
 				n.addProgress(pr.Bytes-last.Bytes, pr.Records-last.Records)
 				last = pr
@@ -793,6 +818,14 @@ func (n *Node) markReceived(p uint32, since uint64) {
 	n.xfer.done[p] = since
 	n.xfer.mu.Unlock()
 	n.metrics.TransferPartition()
+}
+
+// unmarkReceived forgets that p was pulled to its end (its records were
+// lost: stage.go).
+func (n *Node) unmarkReceived(p uint32) {
+	n.xfer.mu.Lock()
+	delete(n.xfer.done, p)
+	n.xfer.mu.Unlock()
 }
 
 // startStatus sets the figures for a new plan: the counts cover the

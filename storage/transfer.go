@@ -236,6 +236,11 @@ type TransferOptions struct {
 	// Rebuild marks the scans as a rebuild's (PartitionScan.Rebuild): a
 	// source rebuilding the partition too answers them.
 	Rebuild bool
+	// stage hands the pages to the stage (stage.go) instead of merging
+	// each at once: the records are in the store only after the stage's
+	// next flush, which the transfer does before it reports the
+	// partition. Only for a partition this node does not serve yet.
+	stage bool
 }
 
 // TransferProgress reports a PullPartition call.
@@ -261,16 +266,22 @@ type TransferProgress struct {
 // loop, with the transfer cursor to persist once they are applied (nil
 // value: delete it).
 type localWrite struct {
-	install    *ring.Map // set: install this map (placement.go), nothing else
-	drop       *dropJob  // set: drop a partition (handoff.go), nothing else
-	regen      *regenJob // set: forget a partition's cursors (receive.go), nothing else
-	reap       *reapJob  // set: conditional deletes (reap.go), nothing else
-	items      []subjects.NodeWrite
-	changed    []bool // set: applyWritesChanged fills it
-	metaKey    []byte
-	metaValue  []byte
+	install   *ring.Map // set: install this map (placement.go), nothing else
+	drop      *dropJob  // set: drop a partition (handoff.go), nothing else
+	regen     *regenJob // set: forget a partition's cursors (receive.go), nothing else
+	reap      *reapJob  // set: conditional deletes (reap.go), nothing else
+	flush     bool      // set: flush the stage (stage.go), nothing else
+	items     []subjects.NodeWrite
+	changed   []bool // set: applyWritesChanged fills it
+	metaKey   []byte
+	metaValue []byte
+	// stageAt, when not 0, stages the items (as staged, the same records)
+	// and the cursor under the stage's generation stageAt-1 (stage.go).
+	stageAt    uint64
+	staged     []stagedRec
 	results    []subjects.NodeWriteResult
 	persistErr error
+	stageErr   error // of a staged page or a flush
 	done       chan struct{}
 }
 
@@ -284,13 +295,28 @@ func (n *Node) applyLocal(j *localWrite) {
 	case j.install != nil:
 		n.install(j.install)
 		return
+	case j.flush:
+		j.stageErr = n.flushStage()
+		return
 	case j.drop != nil:
+		if n.stg.parts[j.drop.p] {
+			_ = n.flushStage() // a staged record of the partition must not come back after it
+		}
 		n.applyDrop(j.drop)
 		return
 	case j.regen != nil:
+		n.stg.forgetStagedMeta(func(k []byte) bool { return cursorPartition(k) == int64(j.regen.p) })
 		j.regen.err = n.eng.forgetCursors(func(p uint32) bool { return p == j.regen.p })
 		return
+	case j.stageAt != 0:
+		n.stageWrite(j)
+		return
 	case j.reap != nil:
+		if slices.ContainsFunc(j.reap.items, func(it subjects.ReapItem) bool {
+			return n.stg.parts[ring.Partition(it.Tenant, it.Key, n.eng.q)]
+		}) {
+			_ = n.flushStage() // a staged record must not come back after its key is reaped
+		}
 		j.reap.results, j.reap.err = n.eng.reapIf(j.reap.items)
 		for i, r := range j.reap.results {
 			if r.Reaped {
@@ -308,6 +334,7 @@ func (n *Node) applyLocal(j *localWrite) {
 	if j.metaKey == nil {
 		return
 	}
+	n.stg.forgetStagedMeta(func(k []byte) bool { return bytes.Equal(k, j.metaKey) })
 	opts := pebble.NoSync
 	if n.eng.sync {
 		opts = pebble.Sync
@@ -350,6 +377,16 @@ func transferKey(p uint32, from string, tenants ...[]string) []byte {
 	return binary.BigEndian.AppendUint64(append(k, 0), xxhash.Sum64String(strings.Join(tenants[0], "\x00")))
 }
 
+// cursorPartition returns the partition of transfer cursor key k
+// (transferKey), or -1 when k is not one.
+func cursorPartition(k []byte) int64 {
+	prefix := []byte{nsMeta, 'x', 'f', 'e', 'r'}
+	if len(k) < len(prefix)+2 || !bytes.HasPrefix(k, prefix) {
+		return -1
+	}
+	return int64(k[len(prefix)])<<8 | int64(k[len(prefix)+1])
+}
+
 // forgetCursors deletes the persisted transfer cursors of the partitions
 // for which drop is true. Few cursors exist at a time (one per partition
 // and source being pulled), so it reads them all.
@@ -363,7 +400,7 @@ func (e *engine) forgetCursors(drop func(p uint32) bool) error {
 	var del [][]byte
 	for ok := it.First(); ok; ok = it.Next() {
 		k := it.Key()
-		if len(k) >= len(lo)+2 && drop(uint32(k[len(lo)])<<8|uint32(k[len(lo)+1])) {
+		if p := cursorPartition(k); p >= 0 && drop(uint32(p)) {
 			del = append(del, bytes.Clone(k))
 		}
 	}
@@ -490,6 +527,10 @@ func (n *Node) PullPartition(ctx context.Context, from string, p uint32, opts Tr
 		return prog, fmt.Errorf("storage: persisted transfer cursor of partition %d from %s: %w (pull with Restart)", p, from, err)
 	}
 	prog.Resumed, prog.Cursor = cursor != nil, cursor
+	var stageAt uint64
+	if opts.stage {
+		stageAt = n.stageGen.Load() + 1
+	}
 
 	start := time.Now()
 	ctx, cancel := context.WithCancel(ctx)
@@ -572,9 +613,16 @@ func (n *Node) PullPartition(ctx context.Context, from string, p uint32, opts Tr
 			next = ask(pg.rep.Cursor)
 		}
 		j := &localWrite{items: items, metaKey: key, metaValue: pg.rep.Cursor}
+		if stageAt != 0 {
+			j.stageAt, j.staged = stageAt, stagedRecs(p, items, pg.rep)
+		}
 		if err := n.submit(ctx, j); err != nil {
 			report()
 			return prog, err
+		}
+		if j.stageErr != nil {
+			report()
+			return prog, fmt.Errorf("storage: pull partition %d from %s: %w", p, from, j.stageErr)
 		}
 		skipped := 0
 		for i := range j.results {
@@ -631,6 +679,23 @@ func (n *Node) transferWrites(rep *subjects.PartitionScanReply, p uint32, from s
 		}
 	}
 	return items, nil
+}
+
+// stagedRecs pairs each of a page's records with its Pebble key (in one
+// buffer) and its state as sent; items are the page's records decoded.
+func stagedRecs(p uint32, items []subjects.NodeWrite, rep *subjects.PartitionScanReply) []stagedRec {
+	size := 0
+	for i := range items {
+		size += partitionPrefixLen + len(items[i].Tenant) + 1 + len(items[i].Key)
+	}
+	buf := make([]byte, 0, size)
+	recs := make([]stagedRec, len(items))
+	for i := range items {
+		start := len(buf)
+		buf = appendDataKey(buf, p, items[i].Tenant, items[i].Key)
+		recs[i] = stagedRec{key: buf[start:len(buf):len(buf)], state: rep.Records[i].State, w: items[i]}
+	}
+	return recs
 }
 
 // limiter paces transfers to rate bytes per second: after b more bytes

@@ -204,7 +204,17 @@ func keysIn(tenant string, p uint32, q, n int) []string {
 // records and then holds exactly the source's records of it and nothing
 // of other partitions; records it already held are merged, not
 // overwritten.
+//
+// Staged, the pull merges nothing until the stage is flushed, and then
+// the same: the records b did not hold go in as ingested tables, the
+// others are merged.
 func TestPullPartition(t *testing.T) {
+	for _, staged := range []bool{false, true} {
+		t.Run(fmt.Sprintf("staged=%v", staged), func(t *testing.T) { testPullPartition(t, staged) })
+	}
+}
+
+func testPullPartition(t *testing.T, staged bool) {
 	s := natstest.RunServer(t)
 	var inPart int
 	a := startXfer(t, s, Config{NodeID: "a", DataDir: t.TempDir()}, func(e *engine) { inPart = fillMixed(t, e, 24000, 9000, 20) })
@@ -245,9 +255,20 @@ func TestPullPartition(t *testing.T) {
 	})
 
 	var pages int
-	prog, err := b.PullPartition(context.Background(), "a", xferPart, TransferOptions{Records: 250, Progress: func(p TransferProgress) { pages = p.Pages }})
+	prog, err := b.PullPartition(context.Background(), "a", xferPart, TransferOptions{Records: 250, Progress: func(p TransferProgress) { pages = p.Pages }, stage: staged})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if staged {
+		if got := partRecords(t, b.eng, xferPart); len(got) != len(pre) {
+			t.Fatalf("b holds %d records of the partition before the flush, want its own %d", len(got), len(pre))
+		}
+		if err := b.flushStaged(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if b.eng.ingests == 0 {
+			t.Fatal("the flush ingested no table")
+		}
 	}
 	if !prog.Done || prog.Resumed || prog.Records != int64(inPart) || prog.Skipped != 0 || pages != prog.Pages || prog.Pages < inPart/250 {
 		t.Fatalf("progress %+v, want done with %d records", prog, inPart)

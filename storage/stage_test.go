@@ -1,0 +1,242 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"os"
+	"testing"
+
+	"github.com/quorumkv/quorumkv/internal/natstest"
+	"github.com/quorumkv/quorumkv/ring"
+	"github.com/quorumkv/quorumkv/subjects"
+	"github.com/quorumkv/quorumkv/vclock"
+)
+
+// stagePage hands ws to n's write loop as a staged page of generation gen,
+// with the cursor update (metaKey, metaValue), and returns the job.
+func stagePage(t *testing.T, n *Node, gen uint64, metaKey, metaValue []byte, ws ...subjects.NodeWrite) *localWrite {
+	t.Helper()
+	recs := make([]stagedRec, len(ws))
+	for i, w := range ws {
+		state, err := encodeRecord(nil, &record{LWW: w.LWW, DVV: w.DVV})
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs[i] = stagedRec{key: n.eng.dataKey(nil, w.Tenant, w.Key), state: state, w: w}
+	}
+	j := &localWrite{items: ws, staged: recs, stageAt: gen + 1, metaKey: metaKey, metaValue: metaValue}
+	if err := n.submit(context.Background(), j); err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+// write applies ws through n's write loop, as a repair is.
+func write(t *testing.T, n *Node, ws ...subjects.NodeWrite) {
+	t.Helper()
+	j := &localWrite{items: ws}
+	if err := n.submit(context.Background(), j); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range j.results {
+		if r.Err != "" {
+			t.Fatal(r.Err)
+		}
+	}
+}
+
+func lww(key string, counter uint64, value string) subjects.NodeWrite {
+	return subjects.NodeWrite{Tenant: "t", Key: key, LWW: version(counter, "c1", value)}
+}
+
+// holds fails unless n's key holds the lww value want.
+func holds(t *testing.T, n *Node, key, want string) {
+	t.Helper()
+	rec, err := n.eng.read("t", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ""; rec.LWW != nil {
+		got = string(rec.LWW.Value)
+		if got != want {
+			t.Fatalf("%s holds %q, want %q", key, got, want)
+		}
+		return
+	}
+	if want != "" {
+		t.Fatalf("%s holds nothing, want %q", key, want)
+	}
+}
+
+// TestStageMergesLikeWrites: a flush leaves every key as merging each
+// staged record as a write would, whatever the store held, whatever was
+// written between the staging and the flush, and with a key staged twice;
+// records of keys the store did not hold go in as ingested tables. A key
+// the write path remembers (e.bound) from before it was deleted does not
+// let a later, older write overwrite the ingested record.
+func TestStageMergesLikeWrites(t *testing.T) {
+	n := startXfer(t, natstest.RunServer(t), Config{NodeID: "a", DataDir: t.TempDir()}, nil)
+	write(t, n, lww("held-newer", 10, "held 10"), lww("held-older", 1, "held 1"), lww("deleted", 20, "deleted 20"))
+	// Deleted under the write path (as a drop or a reap does): e.bound
+	// still says 20 for it.
+	if err := n.eng.db.Delete(n.eng.dataKey(nil, "t", "deleted"), nil); err != nil {
+		t.Fatal(err)
+	}
+	dvv, _, err := vclock.Update(vclock.DVVSet{}, vclock.DVVContext{}, "c1", vclock.Value{Data: []byte("sibling")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stagePage(t, n, 0, nil, nil,
+		lww("held-newer", 5, "staged 5"), lww("held-older", 5, "staged 5"),
+		lww("fresh", 3, "staged 3"), lww("twice", 4, "staged 4"), lww("twice", 6, "staged 6"),
+		lww("late-older", 9, "staged 9"), lww("late-newer", 1, "staged 1"),
+		lww("deleted", 30, "staged 30"),
+		subjects.NodeWrite{Tenant: "t", Key: "siblings", DVV: &dvv},
+	)
+	holds(t, n, "fresh", "") // staged: not in the store yet
+	write(t, n, lww("late-older", 2, "written 2"), lww("late-newer", 8, "written 8"))
+	if err := n.flushStaged(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for key, want := range map[string]string{
+		"held-newer": "held 10", "held-older": "staged 5", "fresh": "staged 3", "twice": "staged 6",
+		"late-older": "staged 9", "late-newer": "written 8", "deleted": "staged 30",
+	} {
+		holds(t, n, key, want)
+	}
+	if rec, err := n.eng.read("t", "siblings"); err != nil || rec.DVV == nil || rec.DVV.Size() != 1 {
+		t.Fatalf("siblings: %+v %v", rec, err)
+	}
+	if n.eng.ingests == 0 {
+		t.Fatal("no table ingested")
+	}
+	// Older than the ingested 30, newer than what e.bound knew.
+	write(t, n, lww("deleted", 25, "written 25"))
+	holds(t, n, "deleted", "staged 30")
+}
+
+// TestStageCursorFollowsRecords: a staged cursor is persisted by the flush
+// that merges the records before it, not sooner; forgetting a partition's
+// cursors (a new generation) or writing one outside the stage drops the
+// staged updates of it.
+func TestStageCursorFollowsRecords(t *testing.T) {
+	n := startXfer(t, natstest.RunServer(t), Config{NodeID: "a", DataDir: t.TempDir()}, nil)
+	p := ring.Partition("t", "k", n.eng.q)
+	key := transferKey(p, "src")
+	cursor := func() string {
+		t.Helper()
+		v, err := n.eng.getMeta(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(v)
+	}
+	stagePage(t, n, 0, key, []byte("c1"), lww("k", 1, "v"))
+	if got := cursor(); got != "" {
+		t.Fatalf("cursor %q persisted before its records", got)
+	}
+	if err := n.flushStaged(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := cursor(); got != "c1" {
+		t.Fatalf("cursor after the flush: %q", got)
+	}
+	holds(t, n, "k", "v")
+
+	stagePage(t, n, 0, key, []byte("c2"))
+	rj := &localWrite{regen: &regenJob{p: p}}
+	if err := n.submit(context.Background(), rj); err != nil || rj.regen.err != nil {
+		t.Fatal(err, rj.regen.err)
+	}
+	if err := n.flushStaged(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := cursor(); got != "" {
+		t.Fatalf("cursor after its partition's were forgotten: %q", got)
+	}
+
+	stagePage(t, n, 0, key, []byte("c3"))
+	if err := n.submit(context.Background(), &localWrite{metaKey: key, metaValue: []byte("direct")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.flushStaged(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := cursor(); got != "direct" {
+		t.Fatalf("cursor after a write outside the stage: %q", got)
+	}
+}
+
+// TestStageLostOnFailedFlush: when a flush fails, its partitions are
+// marked lost (not reported, and no longer received) and a page of a pull
+// begun before fails, while a pull begun after stages and flushes.
+func TestStageLostOnFailedFlush(t *testing.T) {
+	n := startXfer(t, natstest.RunServer(t), Config{NodeID: "a", DataDir: t.TempDir()}, nil)
+	p := ring.Partition("t", "k", n.eng.q)
+	other := (p + 1) % uint32(n.eng.q)
+	// A file where the tables are written: the ingest fails.
+	if err := os.WriteFile(n.eng.ingestDir(), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stagePage(t, n, 0, nil, nil, lww("k", 1, "v"))
+	n.markReceived(p, 1)
+	n.markReceived(other, 1)
+	if err := n.flushStaged(context.Background()); err == nil {
+		t.Fatal("the flush did not fail")
+	}
+	holds(t, n, "k", "")
+	if got := n.takeLost([]uint32{p, other}); len(got) != 1 || got[0] != other {
+		t.Fatalf("reportable after the failure: %v, want [%d]", got, other)
+	}
+	if n.xfer.isDone(p, 1) || !n.xfer.isDone(other, 1) {
+		t.Fatal("the lost partition must be received again, the other not")
+	}
+	if j := stagePage(t, n, 0, nil, nil, lww("k", 2, "v2")); !errors.Is(j.stageErr, errStageLost) {
+		t.Fatalf("a page of the old generation: %v", j.stageErr)
+	}
+	if err := os.Remove(n.eng.ingestDir()); err != nil {
+		t.Fatal(err)
+	}
+	n.clearLost(p)
+	if j := stagePage(t, n, n.stageGen.Load(), nil, nil, lww("k", 3, "v3")); j.stageErr != nil {
+		t.Fatal(j.stageErr)
+	}
+	if err := n.flushStaged(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	holds(t, n, "k", "v3")
+	if got := n.takeLost([]uint32{p}); len(got) != 1 {
+		t.Fatal("a partition received again is still lost")
+	}
+}
+
+// TestStageMergedBeforeDropAndReap: a drop of a partition the stage
+// holds records of, or a reap of such a partition's keys, merges the
+// stage first, so a staged record cannot come back after its partition
+// was dropped or its key reaped; one of another partition leaves the
+// stage as it is.
+func TestStageMergedBeforeDropAndReap(t *testing.T) {
+	n := startXfer(t, natstest.RunServer(t), Config{NodeID: "a", DataDir: t.TempDir()}, nil)
+	part := func(key string) uint32 { return ring.Partition("t", key, n.eng.q) }
+	for _, c := range []struct {
+		key  string
+		job  func(key string) *localWrite
+		what string
+	}{
+		{"dropped", func(k string) *localWrite { return &localWrite{drop: &dropJob{p: part(k)}} }, "drop"},
+		{"reaped", func(k string) *localWrite {
+			return &localWrite{reap: &reapJob{items: []subjects.ReapItem{{Tenant: "t", Key: k}}}} // a hash it does not hold: kept
+		}, "reap"},
+	} {
+		stagePage(t, n, 0, nil, nil, lww(c.key, 1, "v"))
+		other := keysIn("t", (part(c.key)+1)%uint32(n.eng.q), n.eng.q, 1)[0] // a key of another partition
+		if err := n.submit(context.Background(), c.job(other)); err != nil {
+			t.Fatal(err)
+		}
+		holds(t, n, c.key, "") // another partition's: still staged
+		if err := n.submit(context.Background(), c.job(c.key)); err != nil {
+			t.Fatal(err)
+		}
+		holds(t, n, c.key, "v")
+	}
+}
