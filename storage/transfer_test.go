@@ -706,3 +706,19 @@ func TestTransferRateNotFromOnePage(t *testing.T) {
 		t.Fatalf("rate %.0f B/s 30 s after the last page; want 0", r)
 	}
 }
+
+// TestLimiterMakesUpAPause: time a limiter's pulls spent slower than its
+// rate is made up, up to limiterCredit and no more.
+func TestLimiterMakesUpAPause(t *testing.T) {
+	const rate = 1e6 // bytes per second: 1,000 bytes a millisecond
+	l := newLimiter(rate, time.Now())
+	time.Sleep(400 * time.Millisecond) // a pause longer than the credit
+	if d, err := l.wait(context.Background(), 200_000); err != nil || d != 0 {
+		t.Fatalf("200 ms of bytes after a 400 ms pause waited %v (%v), want none", d, err)
+	}
+	// The credit was 250 ms: 50 ms of it is left, so 300 ms of bytes wait
+	// about 250 ms (less the time between the calls).
+	if d, err := l.wait(context.Background(), 300_000); err != nil || d < 150*time.Millisecond {
+		t.Fatalf("300 ms of bytes with 50 ms of credit left waited %v (%v), want about 250 ms", d, err)
+	}
+}
