@@ -73,10 +73,10 @@ func (e *engine) mergeStaged(recs []stagedRec) (skipped []subjects.NodeWrite, er
 	if len(fresh) == 0 {
 		return skipped, nil
 	}
+	e.raiseBounds(fresh) // first: a bound too high only costs a read, one too low loses a write
 	if err := e.ingestFresh(fresh); err != nil {
 		return skipped, err
 	}
-	e.raiseBounds(fresh)
 	for i := range fresh {
 		if p := keyPartition(fresh[i].key); i == 0 || p != keyPartition(fresh[i-1].key) {
 			e.bumpGen(p)
@@ -198,6 +198,23 @@ func (e *engine) raiseBounds(recs []stagedRec) {
 		}
 		e.bound[fp] = max(b, nb)
 	}
+}
+
+// holdsMany reports whether the store holds at least k keys in
+// [lo, hi] (true also when it cannot tell).
+func (e *engine) holdsMany(lo, hi []byte, k int) bool {
+	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: append(bytes.Clone(hi), 0)})
+	if err != nil {
+		return true
+	}
+	n := 0
+	for ok := it.First(); ok && n < k; ok = it.Next() {
+		n++
+	}
+	if err := errors.Join(it.Error(), it.Close()); err != nil {
+		return true
+	}
+	return n >= k
 }
 
 // removeIngestDir removes what an ingest interrupted by a crash left.

@@ -154,6 +154,7 @@ func (n *Node) install(m *ring.Map) {
 		n.log.Warn("record the installed map version", "err", err)
 	}
 	owned := func(p uint32) bool { return m.Owns(p, n.cfg.NodeID) }
+	n.stg.forgetStagedMeta(func(k []byte) bool { p := cursorPartition(k); return p >= 0 && !owned(uint32(p)) })
 	if err := n.eng.forgetCursors(func(p uint32) bool { return !owned(p) }); err != nil {
 		n.log.Warn("forget transfer cursors", "err", err)
 	}

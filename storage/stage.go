@@ -27,19 +27,25 @@ import (
 // reporting a partition whose first pages are gone.
 
 // While a transfer's pulls run, the stage is flushed once it holds
-// stageFlushBytes or its first page is stageMaxAge old (stageDue), and
+// stageFlushBytes (records and their bookkeeping: about 64 MiB of 256-byte
+// records) or its first page is stageMaxAge old (stageDue), and
 // when they end. Each flush ingests tables into L0 above a memtable it
 // has flushed, so a flush a second kept L0 deep enough to stall writes
 // at the default rate (docs/PERFORMANCE.md, "Pulled records go in as
 // tables"); a partition pulled waits for it to be reported.
 const (
-	stageFlushBytes = 64 << 20
+	stageFlushBytes = 128 << 20
 	stageMaxAge     = 5 * time.Second
 )
 
 // stageMaxBytes caps the records a stage holds; pages beyond it are merged
 // at once, the way pages of a pull without the stage are.
-const stageMaxBytes = 256 << 20
+const stageMaxBytes = 512 << 20
+
+// stagedRecOverhead is about what a staged record holds besides its key
+// and state: the stagedRec, its decoded write and version, and its share
+// of the page's record list. The stage counts it in its bytes.
+const stagedRecOverhead = 256
 
 // errStageLost fails a staged page of a pull begun before a flush failed.
 var errStageLost = errors.New("storage: the records staged before this page were lost (a bulk merge failed); pull the partition again")
@@ -74,7 +80,11 @@ func (n *Node) stageWrite(j *localWrite) {
 		j.stageErr = errStageLost
 		return
 	}
-	if s.bytes >= stageMaxBytes {
+	// Past the cap, and for a page whose keys the store mostly holds (a
+	// receiver pulling again after a restart: each would be merged, with
+	// a read, in one long flush holding the loop), the records are
+	// merged at once, between other writes, as without the stage.
+	if s.bytes >= stageMaxBytes || (len(j.staged) > 0 && n.eng.holdsMany(j.staged[0].key, j.staged[len(j.staged)-1].key, len(j.staged)/4+1)) {
 		j.results = n.eng.applyWritesChanged(j.items, j.changed)
 		for i := range j.results {
 			if err := j.results[i].Err; err != "" && err != errPolicy {
@@ -93,7 +103,7 @@ func (n *Node) stageWrite(j *localWrite) {
 			s.parts[keyPartition(j.staged[0].key)] = true // a page is of one partition
 		}
 		for i := range j.staged {
-			s.bytes += len(j.staged[i].key) + len(j.staged[i].state)
+			s.bytes += len(j.staged[i].key) + len(j.staged[i].state) + stagedRecOverhead
 		}
 		s.pages = append(s.pages, j.staged)
 		if n.stagedSince.Load() == 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"slices"
 	"testing"
 
 	"github.com/quorumkv/quorumkv/internal/natstest"
@@ -165,6 +166,45 @@ func TestStageCursorFollowsRecords(t *testing.T) {
 	if got := cursor(); got != "direct" {
 		t.Fatalf("cursor after a write outside the stage: %q", got)
 	}
+
+	// A map that names the node nowhere: its staged cursors go with its
+	// persisted ones.
+	stagePage(t, n, 0, key, []byte("c4"))
+	if err := n.submit(context.Background(), &localWrite{install: claim(t, nil, "b")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.flushStaged(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := cursor(); got != "" {
+		t.Fatalf("cursor of a partition the node no longer owns: %q", got)
+	}
+}
+
+// TestStageMergesHeldPagesAtOnce: a page whose keys the store mostly
+// holds (a receiver pulling again) is merged at once, between other
+// writes, not in one long flush; a page of keys it lacks waits.
+func TestStageMergesHeldPagesAtOnce(t *testing.T) {
+	n := startXfer(t, natstest.RunServer(t), Config{NodeID: "a", DataDir: t.TempDir()}, nil)
+	keys := keysIn("t", 3, n.eng.q, 8)
+	slices.Sort(keys) // a page is in key order
+	var held, fresh []subjects.NodeWrite
+	for i, k := range keys {
+		if i < 4 {
+			write(t, n, lww(k, 1, "old"))
+			held = append(held, lww(k, 2, "new"))
+		} else {
+			fresh = append(fresh, lww(k, 2, "new"))
+		}
+	}
+	stagePage(t, n, 0, nil, nil, held...)
+	stagePage(t, n, 0, nil, nil, fresh...)
+	holds(t, n, keys[0], "new")
+	holds(t, n, keys[4], "")
+	if err := n.flushStaged(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	holds(t, n, keys[4], "new")
 }
 
 // TestStageLostOnFailedFlush: when a flush fails, its partitions are

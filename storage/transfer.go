@@ -303,6 +303,9 @@ func (n *Node) applyLocal(j *localWrite) {
 			_ = n.flushStage() // a staged record of the partition must not come back after it
 		}
 		n.applyDrop(j.drop)
+		if j.drop.dropped { // its persisted cursors are gone: so are its staged ones
+			n.stg.forgetStagedMeta(func(k []byte) bool { return cursorPartition(k) == int64(j.drop.p) })
+		}
 		return
 	case j.regen != nil:
 		n.stg.forgetStagedMeta(func(k []byte) bool { return cursorPartition(k) == int64(j.regen.p) })

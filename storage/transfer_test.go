@@ -722,3 +722,21 @@ func TestLimiterMakesUpAPause(t *testing.T) {
 		t.Fatalf("300 ms of bytes with 50 ms of credit left waited %v (%v), want about 250 ms", d, err)
 	}
 }
+
+// TestTransferWritesRefusesBadSiblings: a pulled siblings state that is
+// not well formed fails the page (its decoding validates it), which a
+// staged record relies on: it may be ingested without a merge.
+func TestTransferWritesRefusesBadSiblings(t *testing.T) {
+	n := open(t, "b", t.TempDir())
+	defer n.Stop()
+	key := keysIn("t", 1, n.eng.q, 1)[0]
+	bad := &vclock.DVVSet{Entries: []vclock.DVVEntry{{Actor: "", Counter: 1, Values: []vclock.Value{{Data: []byte("v")}}}}}
+	state, err := encodeRecord(nil, &record{DVV: bad})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := &subjects.PartitionScanReply{Records: []subjects.PartitionRecord{{Tenant: "t", Key: key, State: state}}}
+	if _, err := n.transferWrites(rep, 1, "a", nil); err == nil || !strings.Contains(err.Error(), "bad state") {
+		t.Fatalf("a siblings state with an empty actor: %v", err)
+	}
+}
