@@ -15,8 +15,9 @@ import (
 )
 
 // The stage: pages a transfer's pulls handed the write loop, merged in
-// bulk (ingest.go) when the transfer reports partitions done, and before
-// a drop or a reap. Each page's cursor is staged after its records and
+// bulk (ingest.go) when due (below), before the transfer reports
+// partitions done or reconciles one, and before a drop or a reap of a
+// partition it holds records of. Each page's cursor is staged after its records and
 // persisted only by the flush that merges them, so a persisted cursor
 // never runs ahead of the records it covers, as without the stage.
 //
@@ -71,9 +72,10 @@ type lostParts struct {
 	parts map[uint32]bool
 }
 
-// stageWrite stages j's records and cursor, or, past stageMaxBytes,
-// merges its records at once and stages only the cursor. A page of a
-// pull begun under an earlier generation fails with errStageLost.
+// stageWrite stages j's records and cursor, or, past stageMaxBytes or for
+// a page of keys the store mostly holds, merges its records at once and
+// stages only the cursor. A page of a pull begun under an earlier
+// generation fails with errStageLost.
 func (n *Node) stageWrite(j *localWrite) {
 	s := &n.stg
 	if j.stageAt-1 != s.gen {
