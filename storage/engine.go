@@ -267,6 +267,14 @@ func (e *engine) getMeta(k []byte) ([]byte, error) {
 
 func (e *engine) close() error { return e.db.Close() }
 
+// writeOpts is how the store commits: synced when opened with fsync.
+func (e *engine) writeOpts() *pebble.WriteOptions {
+	if e.sync {
+		return pebble.Sync
+	}
+	return pebble.NoSync
+}
+
 // dataKey returns the Pebble key of (tenant, key), appended to dst.
 func (e *engine) dataKey(dst []byte, tenant, key string) []byte {
 	return appendDataKey(dst, ring.Partition(tenant, key, e.q), tenant, key)
@@ -399,10 +407,7 @@ func (e *engine) applyWritesChanged(writes []subjects.NodeWrite, didChange []boo
 			didChange[i] = true
 		}
 	}
-	opts := pebble.NoSync
-	if e.sync {
-		opts = pebble.Sync
-	}
+	opts := e.writeOpts()
 	if err := b.Commit(opts); err != nil {
 		for i := range results {
 			if results[i].Err == "" {

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/cespare/xxhash/v2"
-	"github.com/cockroachdb/pebble/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/vmihailenco/msgpack/v5"
 
@@ -584,10 +583,7 @@ func (e *engine) reapIf(items []subjects.ReapItem) ([]subjects.ReapResult, error
 	if b.Empty() {
 		return res, nil
 	}
-	opts := pebble.NoSync
-	if e.sync {
-		opts = pebble.Sync
-	}
+	opts := e.writeOpts()
 	if err := b.Commit(opts); err != nil {
 		return nil, fmt.Errorf("reap: commit: %w", err)
 	}

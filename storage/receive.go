@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cockroachdb/pebble/v2"
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/quorumkv/quorumkv/hashtree"
@@ -967,10 +966,7 @@ func (n *Node) transferGeneration(ctx context.Context, p uint32, since uint64) e
 func (e *engine) forgetGenerations() error {
 	lo := []byte{nsMeta, 'x', 'g', 'e', 'n'}
 	hi := []byte{nsMeta, 'x', 'g', 'e', 'o'}
-	opts := pebble.NoSync
-	if e.sync {
-		opts = pebble.Sync
-	}
+	opts := e.writeOpts()
 	if err := e.db.DeleteRange(lo, hi, opts); err != nil {
 		return fmt.Errorf("forget transfer generations: %w", err)
 	}

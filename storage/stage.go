@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cockroachdb/pebble/v2"
-
 	"github.com/quorumkv/quorumkv/subjects"
 )
 
@@ -121,18 +119,7 @@ func (n *Node) stageWrite(j *localWrite) {
 // forgetStagedMeta drops the staged cursor updates of keys drop accepts:
 // a write of such a key outside the stage supersedes them.
 func (s *stage) forgetStagedMeta(drop func(k []byte) bool) {
-	s.metas = deleteMetas(s.metas, drop)
-}
-
-func deleteMetas(ms []metaOp, drop func(k []byte) bool) []metaOp {
-	out := ms[:0]
-	for _, m := range ms {
-		if !drop(m.key) {
-			out = append(out, m)
-		}
-	}
-	clear(ms[len(out):])
-	return out
+	s.metas = slices.DeleteFunc(s.metas, func(m metaOp) bool { return drop(m.key) })
 }
 
 // flushStage merges the stage into the store, then persists its cursors.
@@ -198,7 +185,8 @@ func (s *stage) sorted() []stagedRec {
 
 func compareStaged(a, b stagedRec) int { return bytes.Compare(a.key, b.key) }
 
-// applyMetas applies ops in order as one batch.
+// applyMetas applies ops (transfer cursors: sets and deletes) in order as
+// one batch.
 func (e *engine) applyMetas(ops []metaOp) error {
 	if len(ops) == 0 {
 		return nil
@@ -213,15 +201,12 @@ func (e *engine) applyMetas(ops []metaOp) error {
 			err = b.Set(op.key, op.value, nil)
 		}
 		if err != nil {
-			return fmt.Errorf("persist transfer cursors: %w", err)
+			return fmt.Errorf("write transfer cursors: %w", err)
 		}
 	}
-	opts := pebble.NoSync
-	if e.sync {
-		opts = pebble.Sync
-	}
+	opts := e.writeOpts()
 	if err := b.Commit(opts); err != nil {
-		return fmt.Errorf("persist transfer cursors: %w", err)
+		return fmt.Errorf("write transfer cursors: %w", err)
 	}
 	return nil
 }

@@ -338,10 +338,7 @@ func (n *Node) applyLocal(j *localWrite) {
 		return
 	}
 	n.stg.forgetStagedMeta(func(k []byte) bool { return bytes.Equal(k, j.metaKey) })
-	opts := pebble.NoSync
-	if n.eng.sync {
-		opts = pebble.Sync
-	}
+	opts := n.eng.writeOpts()
 	if j.metaValue == nil {
 		j.persistErr = n.eng.db.Delete(j.metaKey, opts)
 	} else {
@@ -410,24 +407,11 @@ func (e *engine) forgetCursors(drop func(p uint32) bool) error {
 	if err := errors.Join(it.Error(), it.Close()); err != nil {
 		return fmt.Errorf("list transfer cursors: %w", err)
 	}
-	if len(del) == 0 {
-		return nil
+	ops := make([]metaOp, len(del))
+	for i, k := range del {
+		ops[i] = metaOp{key: k} // no value: delete
 	}
-	b := e.db.NewBatch()
-	defer b.Close()
-	for _, k := range del {
-		if err := b.Delete(k, nil); err != nil {
-			return fmt.Errorf("forget transfer cursor: %w", err)
-		}
-	}
-	opts := pebble.NoSync
-	if e.sync {
-		opts = pebble.Sync
-	}
-	if err := b.Commit(opts); err != nil {
-		return fmt.Errorf("forget transfer cursors: %w", err)
-	}
-	return nil
+	return e.applyMetas(ops)
 }
 
 // TransferCursor returns the cursor persisted for pulling partition p from
