@@ -792,10 +792,18 @@ const (
 	l0StopWritesThreshold = 36
 )
 
+// storeFormat is the Pebble format a store is kept in: the first that
+// can ingest tables in place of a span (IngestAndExcise) while a
+// memtable overlaps it (ingest.go, replaceSpan). A store in an older
+// format is moved to it at open; Pebble's migration between the two
+// rewrites nothing.
+const storeFormat = pebble.FormatFlushableIngestExcises
+
 func pebbleOptions(log *slog.Logger) *pebble.Options {
 	o := &pebble.Options{
 		Logger: pebbleLogger{log}, CacheSize: blockCacheBytes, MemTableSize: memTableBytes,
 		L0CompactionThreshold: l0CompactionThreshold, L0StopWritesThreshold: l0StopWritesThreshold,
+		FormatMajorVersion: storeFormat,
 	}
 	for i := range o.Levels {
 		o.Levels[i].FilterPolicy = bloom.FilterPolicy(bloomBitsPerKey)

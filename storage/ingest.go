@@ -16,6 +16,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/quorumkv/quorumkv/subjects"
+	"github.com/quorumkv/quorumkv/vclock"
 )
 
 // Bulk merge of pulled records (docs/ARCHITECTURE.md, "Pulled records go
@@ -43,15 +44,50 @@ func (e *engine) ingestDir() string { return filepath.Join(e.dir, "ingest") }
 // mergeStaged merges recs (sorted by key) into the store and returns the
 // records not merged because their key holds the other conflict
 // policy's versions (errPolicy, as applyWrites leaves them). It must run
-// on the write loop: it reads which keys the store holds, and ingests
-// only records of keys it does not hold, which no write can add between
-// the two since every write goes through that loop. An ingested table
-// takes a sequence number above every write before it, so it shadows
-// nothing; a key pulled twice (from two sources), or held already, is
-// merged through applyWritesChanged. recs is overwritten. On error some
-// records may be merged and others not (merges are idempotent: the
-// caller pulls again).
+// on the write loop: it reads what the store holds where recs go and
+// writes tables from that, which no write can change between the two
+// since every write goes through that loop. recs is overwritten. On
+// error some records may be merged and others not (merges are
+// idempotent: the caller pulls again).
+//
+// Where recs' partitions and the empty partitions between them make a
+// run of at least exciseMinBytes of records, the run's span is replaced
+// (replaceSpan): what it holds, merged with recs, is written as tables
+// that take the span's place below every level, so nothing compacts
+// them again. The rest goes through mergeFresh.
 func (e *engine) mergeStaged(recs []stagedRec) (skipped []subjects.NodeWrite, err error) {
+	if len(recs) == 0 {
+		return nil, nil
+	}
+	spans, err := e.stagedSpans(recs)
+	if err != nil {
+		return nil, err
+	}
+	var rest []stagedRec
+	for _, sp := range spans {
+		if sp.bytes < exciseMinBytes {
+			rest = append(rest, recs[sp.i:sp.j]...)
+			continue
+		}
+		sk, err := e.replaceSpan(sp, recs[sp.i:sp.j])
+		skipped = append(skipped, sk...)
+		if err != nil {
+			return skipped, err
+		}
+	}
+	sk, err := e.mergeFresh(rest)
+	return append(skipped, sk...), err
+}
+
+// mergeFresh merges recs (sorted by key) into the store: records of keys
+// the store does not hold go in as ingested tables, the rest through
+// applyWritesChanged. It must run on the write loop: it reads which keys
+// the store holds, and ingests only records of keys it does not hold,
+// which no write can add between the two. An ingested table takes a
+// sequence number above every write before it, so it shadows nothing; a
+// key pulled twice (from two sources), or held already, is merged
+// through applyWritesChanged. recs is overwritten.
+func (e *engine) mergeFresh(recs []stagedRec) (skipped []subjects.NodeWrite, err error) {
 	if len(recs) == 0 {
 		return nil, nil
 	}
@@ -127,30 +163,19 @@ const ingestTableBytes = 4 << 20
 // ingestFresh writes recs (sorted, distinct keys the store does not hold)
 // into sstables of whole partitions and ingests them together.
 func (e *engine) ingestFresh(recs []stagedRec) error {
-	dir := e.ingestDir()
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", dir, err)
+	t, err := e.newTables()
+	if err != nil {
+		return err
 	}
-	var paths []string
-	defer func() {
-		for _, p := range paths {
-			_ = os.Remove(p) // ingested: linked into the store already
-		}
-	}()
-	e.ingests++
-	for i := 0; i < len(recs); {
-		// Whole partitions, ingestTableBytes or a little more.
-		j, size := i, 0
-		for j < len(recs) && (size < ingestTableBytes || keyPartition(recs[j].key) == keyPartition(recs[j-1].key)) {
-			size += len(recs[j].key) + len(recs[j].state)
-			j++
-		}
-		path := filepath.Join(dir, fmt.Sprintf("%d-%d.sst", e.ingests, len(paths)))
-		paths = append(paths, path)
-		if err := e.writeTable(path, recs[i:j]); err != nil {
+	defer t.remove()
+	for _, r := range recs {
+		if err := t.add(r.key, r.state); err != nil {
 			return err
 		}
-		i = j
+	}
+	paths, err := t.finish()
+	if err != nil {
+		return err
 	}
 	if err := e.db.Ingest(context.Background(), paths); err != nil {
 		return fmt.Errorf("ingest %d pulled tables: %w", len(paths), err)
@@ -158,23 +183,254 @@ func (e *engine) ingestFresh(recs []stagedRec) error {
 	return nil
 }
 
-// writeTable writes recs (sorted, distinct keys) as the sstable path.
-func (e *engine) writeTable(path string, recs []stagedRec) error {
-	f, err := vfs.Default.Create(path, vfs.WriteCategoryUnspecified)
-	if err != nil {
-		return fmt.Errorf("create %s: %w", path, err)
+// tables writes records, added in key order, into sstables of whole
+// partitions, ingestTableBytes or a little more each, in the ingest
+// directory; remove deletes them (once ingested they are linked into
+// the store already).
+type tables struct {
+	e     *engine
+	paths []string
+	w     *sstable.Writer
+	size  int
+	last  []byte // the last key added
+}
+
+func (e *engine) newTables() (*tables, error) {
+	if err := os.MkdirAll(e.ingestDir(), 0o755); err != nil {
+		return nil, fmt.Errorf("create %s: %w", e.ingestDir(), err)
 	}
-	w := sstable.NewWriter(objstorageprovider.NewFileWritable(f), e.tableOpts)
-	for _, r := range recs {
-		if err := w.Set(r.key, r.state); err != nil {
-			_ = w.Close()
-			return fmt.Errorf("write %s: %w", path, err)
+	e.ingests++
+	return &tables{e: e}, nil
+}
+
+// add appends the record (k, v); k sorts after every key added before.
+func (t *tables) add(k, v []byte) error {
+	if t.w != nil && t.size >= ingestTableBytes && keyPartition(k) != keyPartition(t.last) {
+		if err := t.closeTable(); err != nil {
+			return err
 		}
 	}
-	if err := w.Close(); err != nil { // closes f
-		return fmt.Errorf("write %s: %w", path, err)
+	if t.w == nil {
+		path := filepath.Join(t.e.ingestDir(), fmt.Sprintf("%d-%d.sst", t.e.ingests, len(t.paths)))
+		f, err := vfs.Default.Create(path, vfs.WriteCategoryUnspecified)
+		if err != nil {
+			return fmt.Errorf("create %s: %w", path, err)
+		}
+		t.paths = append(t.paths, path)
+		t.w, t.size = sstable.NewWriter(objstorageprovider.NewFileWritable(f), t.e.tableOpts), 0
+	}
+	if err := t.w.Set(k, v); err != nil {
+		return fmt.Errorf("write %s: %w", t.paths[len(t.paths)-1], err)
+	}
+	t.size += len(k) + len(v)
+	t.last = append(t.last[:0], k...)
+	return nil
+}
+
+func (t *tables) closeTable() error {
+	w := t.w
+	t.w = nil
+	if err := w.Close(); err != nil { // closes the file
+		return fmt.Errorf("write %s: %w", t.paths[len(t.paths)-1], err)
 	}
 	return nil
+}
+
+// finish closes the last table and returns the tables' paths.
+func (t *tables) finish() ([]string, error) {
+	if t.w != nil {
+		if err := t.closeTable(); err != nil {
+			return nil, err
+		}
+	}
+	return t.paths, nil
+}
+
+// remove closes what is open and deletes the tables' files.
+func (t *tables) remove() {
+	if t.w != nil {
+		_ = t.w.Close()
+		t.w = nil
+	}
+	for _, p := range t.paths {
+		_ = os.Remove(p)
+	}
+}
+
+// exciseMinBytes is the fewest bytes of records (keys and states) a run
+// of staged partitions needs for mergeStaged to replace its span: each
+// replacement is an ingest of its own, which flushes a memtable that
+// overlaps it, so a stage of short runs (a receiver that holds the
+// partitions around those it pulls) goes through mergeFresh in one.
+var exciseMinBytes = ingestTableBytes
+
+// stagedSpan is a run of staged records, recs[i:j], and its span: from
+// the start of their first partition to the end of their last, where
+// every partition between that holds a key is one of theirs.
+type stagedSpan struct {
+	i, j   int
+	lo, hi []byte
+	bytes  int // of the records' keys and states
+}
+
+// stagedSpans splits sorted recs into runs whose spans hold no partition
+// without records in recs but empty ones.
+func (e *engine) stagedSpans(recs []stagedRec) (spans []stagedSpan, err error) {
+	lo, _ := partitionBounds(keyPartition(recs[0].key))
+	_, hi := partitionBounds(keyPartition(recs[len(recs)-1].key))
+	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return nil, fmt.Errorf("read the partitions pulled records go to: %w", err)
+	}
+	defer func() {
+		if cerr := it.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("read the partitions pulled records go to: %w", cerr)
+		}
+	}()
+	sp := stagedSpan{lo: lo}
+	for i := 0; i < len(recs); {
+		p := keyPartition(recs[i].key)
+		for i < len(recs) && keyPartition(recs[i].key) == p {
+			sp.bytes += len(recs[i].key) + len(recs[i].state)
+			i++
+		}
+		sp.j = i
+		if i == len(recs) {
+			break
+		}
+		next := keyPartition(recs[i].key)
+		if next == p+1 {
+			continue
+		}
+		glo, _ := partitionBounds(p + 1)
+		ghi, _ := partitionBounds(next)
+		held := it.SeekGE(glo) && bytes.Compare(it.Key(), ghi) < 0
+		if err := it.Error(); err != nil {
+			return nil, fmt.Errorf("read the partitions pulled records go to: %w", err)
+		}
+		if held { // a partition between holds keys: the run ends at p
+			_, sp.hi = partitionBounds(p)
+			spans = append(spans, sp)
+			sp = stagedSpan{i: i, lo: ghi} // next's start
+		}
+	}
+	sp.hi = hi
+	return append(spans, sp), nil
+}
+
+// replaceSpan replaces sp's span with what it holds merged with recs
+// (sorted, in the span), as tables ingested with the span excised: they
+// go to the last level, below everything, so no compaction rewrites
+// them until writes come down onto them. It returns the records not
+// merged (errPolicy). It must run on the write loop (see mergeStaged).
+func (e *engine) replaceSpan(sp stagedSpan, recs []stagedRec) (skipped []subjects.NodeWrite, err error) {
+	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: sp.lo, UpperBound: sp.hi})
+	if err != nil {
+		return nil, fmt.Errorf("read the span pulled records go to: %w", err)
+	}
+	defer func() {
+		if it != nil {
+			_ = it.Close()
+		}
+	}()
+	t, err := e.newTables()
+	if err != nil {
+		return nil, err
+	}
+	defer t.remove()
+	var enc []byte
+	valid := it.First()
+	for i := 0; valid || i < len(recs); {
+		c := 1 // held key (-1), pulled key (1), or both (0) next
+		switch {
+		case !valid:
+		case i == len(recs):
+			c = -1
+		default:
+			c = bytes.Compare(it.Key(), recs[i].key)
+		}
+		if c < 0 {
+			v, err := it.ValueAndErr()
+			if err != nil {
+				return skipped, fmt.Errorf("read %q: %w", it.Key(), err)
+			}
+			if err := t.add(it.Key(), v); err != nil {
+				return skipped, err
+			}
+			valid = it.Next()
+			continue
+		}
+		k := recs[i].key
+		j := i + 1
+		for j < len(recs) && bytes.Equal(recs[j].key, k) {
+			j++
+		}
+		if c > 0 && j == i+1 { // fresh: as the source sent it
+			e.raiseBound(k, boundOf(recs[i].w.LWW))
+			if err := t.add(k, recs[i].state); err != nil {
+				return skipped, err
+			}
+			i = j
+			continue
+		}
+		var cur record
+		if c == 0 {
+			v, err := it.ValueAndErr()
+			if err == nil {
+				cur, err = decodeRecordCopy(v, false) // aliases the iterator until Next
+			}
+			if err != nil {
+				return skipped, fmt.Errorf("read %q: %w", k, err)
+			}
+		}
+		for _, r := range recs[i:j] {
+			var res subjects.NodeWriteResult
+			switch {
+			case r.w.LWW != nil:
+				e.mergeLWW(&cur, r.w.LWW, &res)
+			case r.w.DVV != nil:
+				e.mergeDVV(&cur, r.w.DVV, &res)
+			default:
+				res.Err = "write carries no version"
+			}
+			switch res.Err {
+			case "":
+			case errPolicy:
+				skipped = append(skipped, r.w)
+			default:
+				return skipped, fmt.Errorf("merge %s/%q: %s", r.w.Tenant, r.w.Key, res.Err)
+			}
+		}
+		if enc, err = encodeRecord(enc[:0], &cur); err != nil {
+			return skipped, fmt.Errorf("encode %q: %w", k, err)
+		}
+		e.raiseBound(k, boundOf(cur.LWW))
+		if err := t.add(k, enc); err != nil {
+			return skipped, err
+		}
+		if c == 0 {
+			valid = it.Next()
+		}
+		i = j
+	}
+	if err := errors.Join(it.Error(), it.Close()); err != nil {
+		it = nil
+		return skipped, fmt.Errorf("read the span pulled records go to: %w", err)
+	}
+	it = nil // the tables hold what the span held: the iterator must not pin it past the excise
+	paths, err := t.finish()
+	if err != nil {
+		return skipped, err
+	}
+	if _, err := e.db.IngestAndExcise(context.Background(), paths, nil, nil, pebble.KeyRange{Start: sp.lo, End: sp.hi}); err != nil {
+		return skipped, fmt.Errorf("ingest %d pulled tables in place of partitions %d to %d: %w", len(paths), keyPartition(sp.lo), keyPartition(recs[len(recs)-1].key), err)
+	}
+	for i := range recs {
+		if p := keyPartition(recs[i].key); i == 0 || p != keyPartition(recs[i-1].key) {
+			e.bumpGen(p)
+		}
+	}
+	return skipped, nil
 }
 
 // raiseBounds keeps e.bound a bound for keys just ingested: a key it
@@ -186,18 +442,29 @@ func (e *engine) raiseBounds(recs []stagedRec) {
 		return
 	}
 	for i := range recs {
-		k := recs[i].key
-		fp := [2]uint64{maphash.Bytes(keySeed, k), maphash.Bytes(fpSeed, k)}
-		b, ok := e.bound[fp]
-		if !ok {
-			continue
-		}
-		nb := uint64(math.MaxUint64)
-		if v := recs[i].w.LWW; v != nil {
-			nb = v.Dot.Counter
-		}
-		e.bound[fp] = max(b, nb)
+		e.raiseBound(recs[i].key, boundOf(recs[i].w.LWW))
 	}
+}
+
+// raiseBound raises e.bound for data key k, if it knows k, to at least
+// b (see raiseBounds).
+func (e *engine) raiseBound(k []byte, b uint64) {
+	if len(e.bound) == 0 {
+		return
+	}
+	fp := [2]uint64{maphash.Bytes(keySeed, k), maphash.Bytes(fpSeed, k)}
+	if old, ok := e.bound[fp]; ok {
+		e.bound[fp] = max(old, b)
+	}
+}
+
+// boundOf is the bound of a key holding v: its counter, or the largest
+// for a siblings state (v nil).
+func boundOf(v *vclock.Version) uint64 {
+	if v == nil {
+		return math.MaxUint64
+	}
+	return v.Dot.Counter
 }
 
 // holdsMany reports whether the store holds at least k keys in

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -19,17 +20,23 @@ func stagePage(t *testing.T, n *Node, gen uint64, metaKey, metaValue []byte, ws 
 	t.Helper()
 	recs := make([]stagedRec, len(ws))
 	for i, w := range ws {
-		state, err := encodeRecord(nil, &record{LWW: w.LWW, DVV: w.DVV})
-		if err != nil {
-			t.Fatal(err)
-		}
-		recs[i] = stagedRec{key: n.eng.dataKey(nil, w.Tenant, w.Key), state: state, w: w}
+		recs[i] = stagedRecOf(t, n, w)
 	}
 	j := &localWrite{items: ws, staged: recs, stageAt: gen + 1, metaKey: metaKey, metaValue: metaValue}
 	if err := n.submit(context.Background(), j); err != nil {
 		t.Fatal(err)
 	}
 	return j
+}
+
+// stagedRecOf is w as a pulled record staged on n.
+func stagedRecOf(t *testing.T, n *Node, w subjects.NodeWrite) stagedRec {
+	t.Helper()
+	state, err := encodeRecord(nil, &record{LWW: w.LWW, DVV: w.DVV})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stagedRec{key: n.eng.dataKey(nil, w.Tenant, w.Key), state: state, w: w}
 }
 
 // write applies ws through n's write loop, as a repair is.
@@ -75,7 +82,18 @@ func holds(t *testing.T, n *Node, key, want string) {
 // records of keys the store did not hold go in as ingested tables. A key
 // the write path remembers (e.bound) from before it was deleted does not
 // let a later, older write overwrite the ingested record.
+//
+// The same holds when the flush replaces the records' spans
+// (replaceSpan) instead of ingesting fresh keys beside held ones.
 func TestStageMergesLikeWrites(t *testing.T) {
+	t.Run("fresh", testStageMergesLikeWrites)
+	t.Run("spans", func(t *testing.T) {
+		withSpans(t)
+		testStageMergesLikeWrites(t)
+	})
+}
+
+func testStageMergesLikeWrites(t *testing.T) {
 	n := startXfer(t, natstest.RunServer(t), Config{NodeID: "a", DataDir: t.TempDir()}, nil)
 	write(t, n, lww("held-newer", 10, "held 10"), lww("held-older", 1, "held 1"), lww("deleted", 20, "deleted 20"))
 	// Deleted under the write path (as a drop or a reap does): e.bound
@@ -278,5 +296,97 @@ func TestStageMergedBeforeDropAndReap(t *testing.T) {
 			t.Fatal(err)
 		}
 		holds(t, n, c.key, "v")
+	}
+}
+
+// TestStageReplacesSpans: a flush replaces the span of each run of staged
+// partitions that holds no other partition's keys. A partition between
+// that holds keys ends a run and keeps them; an empty one does not end
+// it. A replaced span holds what the store held merged with the staged
+// records, and its tables go in below every level, although writes to
+// the span sat in the memtable (an ingest beside them goes to L0). All
+// of it holds after a restart.
+func TestStageReplacesSpans(t *testing.T) {
+	withSpans(t)
+	dir := t.TempDir()
+	n := startXfer(t, natstest.RunServer(t), Config{NodeID: "a", DataDir: dir}, nil)
+	const p = 3
+	key := func(part uint32, i int) string { return keysIn("t", part, xferQ, i+1)[i] }
+	write(t, n, lww(key(p+1, 0), 1, "between"), lww(key(p, 0), 9, "held 9"))
+	pages := [][]subjects.NodeWrite{
+		{lww(key(p, 0), 5, "staged 5"), lww(key(p, 1), 1, "staged p")},
+		{lww(key(p+2, 0), 1, "staged p+2")},
+		{lww(key(p+4, 0), 1, "staged p+4")},
+	}
+	var recs []stagedRec
+	for _, pg := range pages {
+		for _, w := range pg {
+			recs = append(recs, stagedRecOf(t, n, w))
+		}
+	}
+	slices.SortFunc(recs, compareStaged)
+	spans, err := n.eng.stagedSpans(recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lo := func(q uint32) []byte { l, _ := partitionBounds(q); return l }
+	hi := func(q uint32) []byte { _, h := partitionBounds(q); return h }
+	want := []stagedSpan{{i: 0, j: 2, lo: lo(p), hi: hi(p)}, {i: 2, j: 4, lo: lo(p + 2), hi: hi(p + 4)}}
+	if len(spans) != len(want) {
+		t.Fatalf("%d spans, want %d: %+v", len(spans), len(want), spans)
+	}
+	for i, sp := range spans {
+		w := want[i]
+		if sp.i != w.i || sp.j != w.j || !bytes.Equal(sp.lo, w.lo) || !bytes.Equal(sp.hi, w.hi) || sp.bytes == 0 {
+			t.Fatalf("span %d is %+v, want %+v", i, sp, w)
+		}
+	}
+
+	for _, pg := range pages {
+		stagePage(t, n, 0, nil, nil, pg...)
+	}
+	if err := n.flushStaged(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Then a restart: the ingests and their excises are in the store's
+	// log or its tables, whichever Pebble had reached.
+	if err := n.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	e, err := openEngine(dir, "a", xferQ, false, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.close()
+	for k, v := range map[string]string{
+		key(p, 0): "held 9", key(p, 1): "staged p", key(p+1, 0): "between",
+		key(p+2, 0): "staged p+2", key(p+4, 0): "staged p+4",
+	} {
+		rec, err := e.read("t", k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.LWW == nil || string(rec.LWW.Value) != v {
+			t.Fatalf("%s holds %+v after a restart, want %q", k, rec.LWW, v)
+		}
+	}
+	if err := e.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	levels, err := e.db.SSTables()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for level, tables := range levels[:6] {
+		for _, tb := range tables {
+			for _, sp := range want {
+				if bytes.Compare(tb.Smallest.UserKey, sp.hi) < 0 && bytes.Compare(tb.Largest.UserKey, sp.lo) >= 0 {
+					t.Fatalf("L%d table %s-%s overlaps the replaced span %x-%x", level, tb.Smallest.UserKey, tb.Largest.UserKey, sp.lo, sp.hi)
+				}
+			}
+		}
+	}
+	if len(levels[6]) == 0 {
+		t.Fatal("no table in L6")
 	}
 }

@@ -208,10 +208,24 @@ func keysIn(tenant string, p uint32, q, n int) []string {
 // Staged, the pull merges nothing until the stage is flushed, and then
 // the same: the records b did not hold go in as ingested tables, the
 // others are merged.
+// With spans, the flush replaces the partition's span instead
+// (replaceSpan): the same records result.
 func TestPullPartition(t *testing.T) {
 	for _, staged := range []bool{false, true} {
 		t.Run(fmt.Sprintf("staged=%v", staged), func(t *testing.T) { testPullPartition(t, staged) })
 	}
+	t.Run("staged=true,spans", func(t *testing.T) {
+		withSpans(t)
+		testPullPartition(t, true)
+	})
+}
+
+// withSpans has every stage flush of the test replace its spans, however
+// few records they hold.
+func withSpans(t *testing.T) {
+	was := exciseMinBytes
+	exciseMinBytes = 0
+	t.Cleanup(func() { exciseMinBytes = was })
 }
 
 func testPullPartition(t *testing.T, staged bool) {
