@@ -241,7 +241,7 @@ func (n *Node) treeWithRoot(p uint32, tenants []string, cfg hashtree.Config, roo
 // the iterator: copy them to keep them.
 func (n *Node) scanTenants(ctx context.Context, p uint32, tenants []string, xfer bool, f func(tenant string, key, value []byte) bool) error {
 	lo, hi := partitionBounds(p)
-	it, err := n.eng.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	it, err := n.eng.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
 		return fmt.Errorf("scan partition %d: %w", p, err)
 	}

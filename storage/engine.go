@@ -11,6 +11,7 @@ import (
 	"math"
 	"os"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -123,10 +124,33 @@ type engine struct {
 	gens []atomic.Uint64
 
 	// tableOpts writes the sstables of pulled records (ingest.go), as
-	// the store would write them; ingests numbers their files. Only the
-	// write loop uses them.
+	// the store would write them; ingests numbers their files, replaced
+	// counts the spans replaced. Only the write loop uses them.
 	tableOpts sstable.WriterOptions
 	ingests   uint64
+	replaced  uint64
+
+	// excising is held by replaceSpan (ingest.go) around an ingest that
+	// excises a span, and for a moment by each opening of an iterator
+	// (NewIter). Pebble installs such an ingest's version, the span
+	// emptied and its tables at sequence numbers not yet visible, before
+	// it publishes them: an iterator opened between the two would find
+	// the span empty.
+	excising sync.RWMutex
+}
+
+// NewIter opens an iterator on the store, never one that sees a span
+// excised but not yet refilled (see excising). Every iterator of the
+// store's data opens through it.
+func (e *engine) NewIter(o *pebble.IterOptions) (*pebble.Iterator, error) {
+	e.excising.RLock()
+	defer e.excising.RUnlock()
+	return e.db.NewIter(o)
+}
+
+// iterOpener opens iterators: the engine, or a Pebble reader.
+type iterOpener interface {
+	NewIter(o *pebble.IterOptions) (*pebble.Iterator, error)
 }
 
 // gen returns partition p's generation.
@@ -622,7 +646,7 @@ type reader struct {
 }
 
 func (e *engine) newReader() (*reader, error) {
-	it, err := e.db.NewIter(nil)
+	it, err := e.NewIter(nil)
 	if err != nil {
 		return nil, fmt.Errorf("read: %w", err)
 	}
@@ -676,7 +700,7 @@ func (e *engine) read(tenant, key string) (record, error) {
 // start): partitions in order from after's own, and within each the
 // tenant's keys in key order. more reports that keys remain.
 func (e *engine) dump(tenant, after string, limit int) ([]subjects.DumpEntry, bool, error) {
-	it, err := e.db.NewIter(&pebble.IterOptions{
+	it, err := e.NewIter(&pebble.IterOptions{
 		LowerBound: []byte{nsData},
 		UpperBound: []byte{nsData + 1},
 	})
@@ -792,18 +816,24 @@ const (
 	l0StopWritesThreshold = 36
 )
 
-// storeFormat is the Pebble format a store is kept in: the first that
-// can ingest tables in place of a span (IngestAndExcise) while a
-// memtable overlaps it (ingest.go, replaceSpan). A store in an older
-// format is moved to it at open; Pebble's migration between the two
-// rewrites nothing.
+// storeFormat is the Pebble format a store is kept in. Ingesting tables
+// in place of a span (IngestAndExcise; ingest.go, replaceSpan) needs
+// FormatVirtualSSTables; from FormatFlushableIngestExcises such an ingest
+// that overlaps the memtable is logged and queued behind it, instead of
+// waiting, on the write loop, for the memtable's flush. A store in an
+// older format is moved to it at open; Pebble's migrations between the
+// two rewrite nothing.
 const storeFormat = pebble.FormatFlushableIngestExcises
+
+// pebbleDebugCheck, when set (by tests, before a store opens), runs each
+// time the store installs a new version, right after readers can see it.
+var pebbleDebugCheck func(*pebble.DB) error
 
 func pebbleOptions(log *slog.Logger) *pebble.Options {
 	o := &pebble.Options{
 		Logger: pebbleLogger{log}, CacheSize: blockCacheBytes, MemTableSize: memTableBytes,
 		L0CompactionThreshold: l0CompactionThreshold, L0StopWritesThreshold: l0StopWritesThreshold,
-		FormatMajorVersion: storeFormat,
+		FormatMajorVersion: storeFormat, DebugCheck: pebbleDebugCheck,
 	}
 	for i := range o.Levels {
 		o.Levels[i].FilterPolicy = bloom.FilterPolicy(bloomBitsPerKey)

@@ -153,7 +153,7 @@ func (n *Node) handOnce(ctx context.Context, m *ring.Map, p uint32) error {
 	var cursor []byte
 	records := 0
 	for {
-		entries, next, err := scanPartition(n.eng.db, p, cursor, handoffPage, n.replyLimit/2, nil)
+		entries, next, err := scanPartition(n.eng, p, cursor, handoffPage, n.replyLimit/2, nil)
 		if err != nil {
 			return err
 		}
@@ -247,7 +247,7 @@ func (n *Node) applyDrop(j *dropJob) {
 // hasRecords reports whether partition p holds any record.
 func (e *engine) hasRecords(p uint32) (bool, error) {
 	lo, hi := partitionBounds(p)
-	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	it, err := e.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
 		return false, fmt.Errorf("partition %d: %w", p, err)
 	}

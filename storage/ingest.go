@@ -51,10 +51,11 @@ func (e *engine) ingestDir() string { return filepath.Join(e.dir, "ingest") }
 // idempotent: the caller pulls again).
 //
 // Where recs' partitions and the empty partitions between them make a
-// run of at least exciseMinBytes of records, the run's span is replaced
-// (replaceSpan): what it holds, merged with recs, is written as tables
-// that take the span's place below every level, so nothing compacts
-// them again. The rest goes through mergeFresh.
+// run of at least exciseMinBytes of records, and the run's span holds
+// not much more than that (fewHeld), the span is replaced (replaceSpan):
+// what it holds, merged with recs, is written as tables that take the
+// span's place below every level, so nothing compacts them again. The
+// rest goes through mergeFresh.
 func (e *engine) mergeStaged(recs []stagedRec) (skipped []subjects.NodeWrite, err error) {
 	if len(recs) == 0 {
 		return nil, nil
@@ -65,7 +66,7 @@ func (e *engine) mergeStaged(recs []stagedRec) (skipped []subjects.NodeWrite, er
 	}
 	var rest []stagedRec
 	for _, sp := range spans {
-		if sp.bytes < exciseMinBytes {
+		if sp.bytes < exciseMinBytes || !e.fewHeld(sp) {
 			rest = append(rest, recs[sp.i:sp.j]...)
 			continue
 		}
@@ -126,7 +127,7 @@ func (e *engine) mergeFresh(recs []stagedRec) (skipped []subjects.NodeWrite, err
 // the rest.
 func (e *engine) splitHeld(recs []stagedRec) (fresh []stagedRec, merge []subjects.NodeWrite, err error) {
 	upper := append(bytes.Clone(recs[len(recs)-1].key), 0)
-	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: recs[0].key, UpperBound: upper})
+	it, err := e.NewIter(&pebble.IterOptions{LowerBound: recs[0].key, UpperBound: upper})
 	if err != nil {
 		return nil, nil, fmt.Errorf("read the keys pulled records go to: %w", err)
 	}
@@ -264,6 +265,19 @@ func (t *tables) remove() {
 // partitions around those it pulls) goes through mergeFresh in one.
 var exciseMinBytes = ingestTableBytes
 
+// exciseSlackBytes is how much more than its staged records a span may
+// hold on disk and still be replaced: replaceSpan reads and writes back
+// all of it, on the write loop (a tenant's pull into partitions full of
+// other tenants' records would hold every write for the rewrite).
+const exciseSlackBytes = 4 << 20
+
+// fewHeld reports whether sp's span holds, by Pebble's estimate of its
+// tables, at most exciseSlackBytes more than sp's records.
+func (e *engine) fewHeld(sp stagedSpan) bool {
+	held, err := e.db.EstimateDiskUsage(sp.lo, sp.hi)
+	return err == nil && held <= uint64(sp.bytes)+exciseSlackBytes
+}
+
 // stagedSpan is a run of staged records, recs[i:j], and its span: from
 // the start of their first partition to the end of their last, where
 // every partition between that holds a key is one of theirs.
@@ -278,7 +292,7 @@ type stagedSpan struct {
 func (e *engine) stagedSpans(recs []stagedRec) (spans []stagedSpan, err error) {
 	lo, _ := partitionBounds(keyPartition(recs[0].key))
 	_, hi := partitionBounds(keyPartition(recs[len(recs)-1].key))
-	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	it, err := e.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
 		return nil, fmt.Errorf("read the partitions pulled records go to: %w", err)
 	}
@@ -324,7 +338,7 @@ func (e *engine) stagedSpans(recs []stagedRec) (spans []stagedSpan, err error) {
 // them until writes come down onto them. It returns the records not
 // merged (errPolicy). It must run on the write loop (see mergeStaged).
 func (e *engine) replaceSpan(sp stagedSpan, recs []stagedRec) (skipped []subjects.NodeWrite, err error) {
-	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: sp.lo, UpperBound: sp.hi})
+	it, err := e.NewIter(&pebble.IterOptions{LowerBound: sp.lo, UpperBound: sp.hi})
 	if err != nil {
 		return nil, fmt.Errorf("read the span pulled records go to: %w", err)
 	}
@@ -422,9 +436,13 @@ func (e *engine) replaceSpan(sp stagedSpan, recs []stagedRec) (skipped []subject
 	if err != nil {
 		return skipped, err
 	}
-	if _, err := e.db.IngestAndExcise(context.Background(), paths, nil, nil, pebble.KeyRange{Start: sp.lo, End: sp.hi}); err != nil {
+	e.excising.Lock() // no iterator opens until the tables are visible
+	_, err = e.db.IngestAndExcise(context.Background(), paths, nil, nil, pebble.KeyRange{Start: sp.lo, End: sp.hi})
+	e.excising.Unlock()
+	if err != nil {
 		return skipped, fmt.Errorf("ingest %d pulled tables in place of partitions %d to %d: %w", len(paths), keyPartition(sp.lo), keyPartition(recs[len(recs)-1].key), err)
 	}
+	e.replaced++
 	for i := range recs {
 		if p := keyPartition(recs[i].key); i == 0 || p != keyPartition(recs[i-1].key) {
 			e.bumpGen(p)
@@ -470,7 +488,7 @@ func boundOf(v *vclock.Version) uint64 {
 // holdsMany reports whether the store holds at least k keys in
 // [lo, hi] (true also when it cannot tell).
 func (e *engine) holdsMany(lo, hi []byte, k int) bool {
-	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: append(bytes.Clone(hi), 0)})
+	it, err := e.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: append(bytes.Clone(hi), 0)})
 	if err != nil {
 		return true
 	}

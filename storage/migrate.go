@@ -41,7 +41,7 @@ var migrateHook func(done int) error
 // version is lost either way.
 func (e *engine) migrateLayout(log *slog.Logger, batch int) error {
 	lower, upper := []byte{nsOldData}, []byte{nsOldData + 1}
-	total, err := countRange(e.db, lower, upper)
+	total, err := countRange(e, lower, upper)
 	if err != nil || total == 0 {
 		return err
 	}
@@ -68,7 +68,7 @@ func (e *engine) migrateLayout(log *slog.Logger, batch int) error {
 				"records_per_second", int(float64(done)/now.Sub(start).Seconds()))
 		}
 	}
-	left, err := countRange(e.db, []byte{nsOldData}, upper)
+	left, err := countRange(e, []byte{nsOldData}, upper)
 	if err != nil {
 		return err
 	}
@@ -84,7 +84,7 @@ func (e *engine) migrateLayout(log *slog.Logger, batch int) error {
 // migrateOne migrates up to batch records of the old namespace from lower
 // and returns how many it did and where the next batch starts.
 func (e *engine) migrateOne(lower, upper []byte, batch int) (int, []byte, error) {
-	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	it, err := e.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
 	if err != nil {
 		return 0, nil, err
 	}
@@ -168,8 +168,8 @@ func (e *engine) mergeStored(r *reader, k, data, dst []byte) ([]byte, error) {
 }
 
 // countRange counts the keys in [lower, upper).
-func countRange(db pebble.Reader, lower, upper []byte) (int, error) {
-	it, err := db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+func countRange(r iterOpener, lower, upper []byte) (int, error) {
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
 	if err != nil {
 		return 0, err
 	}

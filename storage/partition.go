@@ -47,18 +47,17 @@ func (e *engine) scanPartition(p uint32, cursor []byte, limit int) ([]partEntry,
 	if err := e.checkPartition(p); err != nil {
 		return nil, nil, err
 	}
-	return scanPartition(e.db, p, cursor, limit, 0, nil)
+	return scanPartition(e, p, cursor, limit, 0, nil)
 }
 
-// scanPartition is engine.scanPartition over any Pebble reader, such as a
-// snapshot that a transfer streams a consistent partition from. With
+// scanPartition is engine.scanPartition over any iterator opener. With
 // maxBytes above 0 it also stops before the records would exceed maxBytes
 // (keys, values and scanRecordOverhead each), though it always returns at
 // least one record. With tenants (sorted, distinct) it returns only their
 // records: each tenant is one contiguous range of the partition ('p'
 // partition tenant 0x00 key), so it seeks from one to the next rather than
 // read the others; the cursor is the same tenant 0x00 key.
-func scanPartition(r pebble.Reader, p uint32, cursor []byte, limit, maxBytes int, tenants []string) ([]partEntry, []byte, error) {
+func scanPartition(r iterOpener, p uint32, cursor []byte, limit, maxBytes int, tenants []string) ([]partEntry, []byte, error) {
 	var out []partEntry
 	_, next, err := scanPartitionEach(r, p, cursor, limit, maxBytes, tenants, func(tenant, key, value []byte) {
 		out = append(out, partEntry{Tenant: string(tenant), Key: string(key), Record: bytes.Clone(value)})
@@ -73,7 +72,7 @@ func scanPartition(r pebble.Reader, p uint32, cursor []byte, limit, maxBytes int
 // of collecting copies: tenant, key and value alias the iterator and are
 // valid only during the call (handleScan encodes them straight into its
 // reply). It returns how many records it passed to f.
-func scanPartitionEach(r pebble.Reader, p uint32, cursor []byte, limit, maxBytes int, tenants []string, f func(tenant, key, value []byte)) (int, []byte, error) {
+func scanPartitionEach(r iterOpener, p uint32, cursor []byte, limit, maxBytes int, tenants []string, f func(tenant, key, value []byte)) (int, []byte, error) {
 	if limit < 1 {
 		limit = 1000
 	}
@@ -167,7 +166,7 @@ func (e *engine) partitionStats(p uint32) (records int, diskBytes uint64, err er
 		return 0, 0, err
 	}
 	lo, hi := partitionBounds(p)
-	if records, err = countRange(e.db, lo, hi); err != nil {
+	if records, err = countRange(e, lo, hi); err != nil {
 		return 0, 0, fmt.Errorf("count partition %d: %w", p, err)
 	}
 	// EstimateDiskUsage wants an inclusive end key; hi itself is never a

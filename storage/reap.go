@@ -373,7 +373,7 @@ func (n *Node) scanForReap(p uint32, cursor []byte) ([]partEntry, []byte, error)
 	if n.readsClosed {
 		return nil, nil, errStopping
 	}
-	return scanPartition(n.eng.db, p, cursor, scanDefaultRecords, 0, nil)
+	return scanPartition(n.eng, p, cursor, scanDefaultRecords, 0, nil)
 }
 
 // compactPartition compacts p's key range so that the space of the keys

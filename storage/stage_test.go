@@ -4,9 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"math/rand/v2"
 	"os"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/quorumkv/quorumkv/internal/natstest"
 	"github.com/quorumkv/quorumkv/ring"
@@ -22,6 +28,7 @@ func stagePage(t *testing.T, n *Node, gen uint64, metaKey, metaValue []byte, ws 
 	for i, w := range ws {
 		recs[i] = stagedRecOf(t, n, w)
 	}
+	slices.SortStableFunc(recs, compareStaged) // as a pull sends them
 	j := &localWrite{items: ws, staged: recs, stageAt: gen + 1, metaKey: metaKey, metaValue: metaValue}
 	if err := n.submit(context.Background(), j); err != nil {
 		t.Fatal(err)
@@ -95,7 +102,7 @@ func TestStageMergesLikeWrites(t *testing.T) {
 
 func testStageMergesLikeWrites(t *testing.T) {
 	n := startXfer(t, natstest.RunServer(t), Config{NodeID: "a", DataDir: t.TempDir()}, nil)
-	write(t, n, lww("held-newer", 10, "held 10"), lww("held-older", 1, "held 1"), lww("deleted", 20, "deleted 20"))
+	write(t, n, lww("held-newer", 10, "held 10"), lww("held-older", 1, "held 1"), lww("deleted", 20, "deleted 20"), lww("policy", 1, "held lww"))
 	// Deleted under the write path (as a drop or a reap does): e.bound
 	// still says 20 for it.
 	if err := n.eng.db.Delete(n.eng.dataKey(nil, "t", "deleted"), nil); err != nil {
@@ -111,6 +118,9 @@ func testStageMergesLikeWrites(t *testing.T) {
 		lww("late-older", 9, "staged 9"), lww("late-newer", 1, "staged 1"),
 		lww("deleted", 30, "staged 30"),
 		subjects.NodeWrite{Tenant: "t", Key: "siblings", DVV: &dvv},
+		subjects.NodeWrite{Tenant: "t", Key: "policy", DVV: &dvv}, // the other policy: skipped
+		// Mostly keys the store lacks, so the page is staged (stageWrite).
+		lww("fresh-1", 1, "f"), lww("fresh-2", 1, "f"), lww("fresh-3", 1, "f"), lww("fresh-4", 1, "f"), lww("fresh-5", 1, "f"),
 	)
 	holds(t, n, "fresh", "") // staged: not in the store yet
 	write(t, n, lww("late-older", 2, "written 2"), lww("late-newer", 8, "written 8"))
@@ -120,6 +130,7 @@ func testStageMergesLikeWrites(t *testing.T) {
 	for key, want := range map[string]string{
 		"held-newer": "held 10", "held-older": "staged 5", "fresh": "staged 3", "twice": "staged 6",
 		"late-older": "staged 9", "late-newer": "written 8", "deleted": "staged 30",
+		"policy": "held lww",
 	} {
 		holds(t, n, key, want)
 	}
@@ -128,6 +139,9 @@ func testStageMergesLikeWrites(t *testing.T) {
 	}
 	if n.eng.ingests == 0 {
 		t.Fatal("no table ingested")
+	}
+	if spans := exciseMinBytes == 0; spans != (n.eng.replaced > 0) {
+		t.Fatalf("%d spans replaced with spans %v", n.eng.replaced, spans)
 	}
 	// Older than the ingested 30, newer than what e.bound knew.
 	write(t, n, lww("deleted", 25, "written 25"))
@@ -314,7 +328,8 @@ func TestStageReplacesSpans(t *testing.T) {
 	key := func(part uint32, i int) string { return keysIn("t", part, xferQ, i+1)[i] }
 	write(t, n, lww(key(p+1, 0), 1, "between"), lww(key(p, 0), 9, "held 9"))
 	pages := [][]subjects.NodeWrite{
-		{lww(key(p, 0), 5, "staged 5"), lww(key(p, 1), 1, "staged p")},
+		// mostly keys the store lacks, so the page is staged (stageWrite)
+		{lww(key(p, 0), 5, "staged 5"), lww(key(p, 1), 1, "staged p"), lww(key(p, 2), 1, "staged p"), lww(key(p, 3), 1, "staged p"), lww(key(p, 4), 1, "staged p")},
 		{lww(key(p+2, 0), 1, "staged p+2")},
 		{lww(key(p+4, 0), 1, "staged p+4")},
 	}
@@ -331,7 +346,7 @@ func TestStageReplacesSpans(t *testing.T) {
 	}
 	lo := func(q uint32) []byte { l, _ := partitionBounds(q); return l }
 	hi := func(q uint32) []byte { _, h := partitionBounds(q); return h }
-	want := []stagedSpan{{i: 0, j: 2, lo: lo(p), hi: hi(p)}, {i: 2, j: 4, lo: lo(p + 2), hi: hi(p + 4)}}
+	want := []stagedSpan{{i: 0, j: 5, lo: lo(p), hi: hi(p)}, {i: 5, j: 7, lo: lo(p + 2), hi: hi(p + 4)}}
 	if len(spans) != len(want) {
 		t.Fatalf("%d spans, want %d: %+v", len(spans), len(want), spans)
 	}
@@ -347,6 +362,9 @@ func TestStageReplacesSpans(t *testing.T) {
 	}
 	if err := n.flushStaged(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+	if n.eng.replaced != uint64(len(want)) {
+		t.Fatalf("%d spans replaced, want %d", n.eng.replaced, len(want))
 	}
 	// Then a restart: the ingests and their excises are in the store's
 	// log or its tables, whichever Pebble had reached.
@@ -388,5 +406,117 @@ func TestStageReplacesSpans(t *testing.T) {
 	}
 	if len(levels[6]) == 0 {
 		t.Fatal("no table in L6")
+	}
+}
+
+// TestReplaceSpanHidesNothing: Pebble installs an excising ingest's
+// version (the span emptied, its tables at sequence numbers not yet
+// visible) before it publishes those numbers; a read that opened its
+// iterator in between would find the span empty. A read begun at that
+// moment (from Pebble's hook on each new version) finds the key held
+// there, once the ingest lets it open.
+func TestReplaceSpanHidesNothing(t *testing.T) {
+	withSpans(t)
+	var (
+		eng            atomic.Pointer[engine]
+		armed          atomic.Bool
+		readers        sync.WaitGroup
+		reads, missing atomic.Int64
+	)
+	const p = 3
+	key := func(i int) string { return keysIn("t", p, xferQ, i+1)[i] }
+	was := pebbleDebugCheck
+	pebbleDebugCheck = func(*pebble.DB) error {
+		e := eng.Load()
+		if e == nil || !armed.Load() {
+			return nil
+		}
+		done := make(chan struct{})
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			defer close(done)
+			rec, err := e.read("t", key(0))
+			reads.Add(1)
+			if err != nil || rec.LWW == nil {
+				missing.Add(1)
+			}
+		}()
+		select { // a read held back by the ingest is let go after it
+		case <-done:
+		case <-time.After(200 * time.Millisecond):
+		}
+		return nil
+	}
+	t.Cleanup(func() { pebbleDebugCheck = was })
+	n := startXfer(t, natstest.RunServer(t), Config{NodeID: "a", DataDir: t.TempDir()}, nil)
+	eng.Store(n.eng)
+	write(t, n, lww(key(0), 1, "held"))
+	// Out of the memtable: an ingest overlapping none applies at once.
+	if err := n.eng.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	stagePage(t, n, 0, nil, nil, lww(key(1), 1, "staged"), lww(key(2), 1, "staged"), lww(key(3), 1, "staged"), lww(key(4), 1, "staged"))
+	armed.Store(true)
+	err := n.flushStaged(context.Background())
+	armed.Store(false)
+	readers.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reads.Load() == 0 {
+		t.Fatal("no version was installed while the stage was flushed")
+	}
+	if m := missing.Load(); m > 0 {
+		t.Fatalf("%d of %d reads during the flush found the held key missing", m, reads.Load())
+	}
+	holds(t, n, key(0), "held")
+	holds(t, n, key(1), "staged")
+}
+
+// TestStageSparesFullSpans: a run whose span holds far more than its
+// staged records (a tenant pulled into partitions full of another's) is
+// not rewritten on the write loop; its records are merged beside what
+// the span holds.
+func TestStageSparesFullSpans(t *testing.T) {
+	withSpans(t)
+	n := startXfer(t, natstest.RunServer(t), Config{NodeID: "a", DataDir: t.TempDir()}, nil)
+	const p = 3
+	other := keysIn("u", p, xferQ, 24000) // ~6.5 MiB of tenant u in p
+	rnd := rand.New(rand.NewPCG(1, 2))
+	value := func() string { // incompressible, so that much is on disk
+		b := make([]byte, 256)
+		for i := range b {
+			b[i] = byte(rnd.Uint32())
+		}
+		return string(b)
+	}
+	for i := 0; i < len(other); i += 1000 {
+		ws := make([]subjects.NodeWrite, 0, 1000)
+		for _, k := range other[i:min(i+1000, len(other))] {
+			ws = append(ws, subjects.NodeWrite{Tenant: "u", Key: k, LWW: version(1, "c1", value())})
+		}
+		write(t, n, ws...)
+	}
+	if err := n.eng.db.Flush(); err != nil { // on disk, where the estimate sees it
+		t.Fatal(err)
+	}
+	staged := keysIn("t", p, xferQ, 4)
+	var ws []subjects.NodeWrite
+	for _, k := range staged {
+		ws = append(ws, lww(k, 1, "staged"))
+	}
+	stagePage(t, n, 0, nil, nil, ws...)
+	if err := n.flushStaged(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n.eng.replaced != 0 {
+		t.Fatalf("%d spans replaced, want none", n.eng.replaced)
+	}
+	for _, k := range staged {
+		holds(t, n, k, "staged")
+	}
+	if got := len(partRecords(t, n.eng, p)); got != len(other)+len(staged) {
+		t.Fatalf("partition %d holds %d records, want %d", p, got, len(other)+len(staged))
 	}
 }

@@ -113,7 +113,7 @@ func (n *Node) handleScan(m *nats.Msg) {
 	b := append((*bp)[:0], make([]byte, scanHeaderRoom)...)
 	var firstTenant, firstKey string // of the page's first record, for a too-large error
 	firstLen := 0
-	count, next, err := scanPartitionEach(n.eng.db, req.Partition, req.Cursor, limit, maxBytes, req.Tenants, func(tenant, key, value []byte) {
+	count, next, err := scanPartitionEach(n.eng, req.Partition, req.Cursor, limit, maxBytes, req.Tenants, func(tenant, key, value []byte) {
 		if len(b) == scanHeaderRoom {
 			firstTenant, firstKey, firstLen = string(tenant), string(key), len(value)
 		}
@@ -393,7 +393,7 @@ func cursorPartition(k []byte) int64 {
 func (e *engine) forgetCursors(drop func(p uint32) bool) error {
 	lo := []byte{nsMeta, 'x', 'f', 'e', 'r'}
 	hi := []byte{nsMeta, 'x', 'f', 'e', 's'}
-	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	it, err := e.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
 		return fmt.Errorf("list transfer cursors: %w", err)
 	}

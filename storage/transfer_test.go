@@ -283,6 +283,9 @@ func testPullPartition(t *testing.T, staged bool) {
 		if b.eng.ingests == 0 {
 			t.Fatal("the flush ingested no table")
 		}
+		if spans := exciseMinBytes == 0; spans != (b.eng.replaced > 0) {
+			t.Fatalf("%d spans replaced with spans %v", b.eng.replaced, spans)
+		}
 	}
 	if !prog.Done || prog.Resumed || prog.Records != int64(inPart) || prog.Skipped != 0 || pages != prog.Pages || prog.Pages < inPart/250 {
 		t.Fatalf("progress %+v, want done with %d records", prog, inPart)
