@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/objstorage"
 	"github.com/cockroachdb/pebble/v2/objstorage/objstorageprovider"
 	"github.com/cockroachdb/pebble/v2/sstable"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -218,7 +220,7 @@ func (t *tables) add(k, v []byte) error {
 			return fmt.Errorf("create %s: %w", path, err)
 		}
 		t.paths = append(t.paths, path)
-		t.w, t.size = sstable.NewWriter(objstorageprovider.NewFileWritable(f), t.e.tableOpts), 0
+		t.w, t.size = sstable.NewWriter(newTableFile(f, tableBufferBytes), t.e.tableOpts), 0
 	}
 	if err := t.w.Set(k, v); err != nil {
 		return fmt.Errorf("write %s: %w", t.paths[len(t.paths)-1], err)
@@ -236,6 +238,42 @@ func (t *tables) closeTable() error {
 	}
 	return nil
 }
+
+// tableBufferBytes is how much of a table tables buffers per write
+// call. Pebble's own writable buffers 4 KiB, so each 16 KiB block went
+// out in a call of its own: a 4 MiB table of 256-byte records took 19.6
+// ms against 13.2 with 1 MiB, its sync included (BenchmarkWriteTable,
+// side by side). A variable so that benchmark can compare.
+var tableBufferBytes = 1 << 20
+
+// newTableFile is Pebble's file writable with a buffer of size bytes.
+func newTableFile(f vfs.File, size int) objstorage.Writable {
+	if size <= 4096 {
+		return objstorageprovider.NewFileWritable(f)
+	}
+	return &tableFile{f: f, bw: bufio.NewWriterSize(f, size)}
+}
+
+type tableFile struct {
+	f  vfs.File
+	bw *bufio.Writer
+}
+
+func (w *tableFile) Write(p []byte) error {
+	_, err := w.bw.Write(p) // an error when fewer than len(p) were written
+	return err
+}
+
+// Finish writes what is buffered and syncs and closes the file.
+func (w *tableFile) Finish() error {
+	err := w.bw.Flush()
+	if err == nil {
+		err = w.f.Sync()
+	}
+	return errors.Join(err, w.f.Close())
+}
+
+func (w *tableFile) Abort() { _ = w.f.Close() }
 
 // finish closes the last table and returns the tables' paths.
 func (t *tables) finish() ([]string, error) {

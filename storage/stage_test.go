@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -518,5 +519,48 @@ func TestStageSparesFullSpans(t *testing.T) {
 	}
 	if got := len(partRecords(t, n.eng, p)); got != len(other)+len(staged) {
 		t.Fatalf("partition %d holds %d records, want %d", p, got, len(other)+len(staged))
+	}
+}
+
+// BenchmarkWriteTable writes a 4 MiB table of 256-byte records as a
+// stage flush does, with Pebble's writable (4 KiB buffered: a write
+// call per 16 KiB block) and with tableBufferBytes of buffer.
+func BenchmarkWriteTable(b *testing.B) {
+	e, err := openEngine(b.TempDir(), "a", xferQ, false, quiet())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.close()
+	rnd := rand.New(rand.NewPCG(1, 2))
+	var recs [][2][]byte
+	for i := 0; len(recs)*300 < 4<<20; i++ {
+		v := make([]byte, 256)
+		for j := range v {
+			v[j] = byte(rnd.Uint32())
+		}
+		recs = append(recs, [2][]byte{appendDataKey(nil, 3, "t", fmt.Sprintf("key-%08d", i)), v})
+	}
+	for _, size := range []int{4 << 10, tableBufferBytes} {
+		b.Run(fmt.Sprintf("buffer=%dKiB", size>>10), func(b *testing.B) {
+			was := tableBufferBytes
+			tableBufferBytes = size
+			defer func() { tableBufferBytes = was }()
+			b.SetBytes(int64(len(recs) * 256))
+			for b.Loop() {
+				t, err := e.newTables()
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, r := range recs {
+					if err := t.add(r[0], r[1]); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if _, err := t.finish(); err != nil {
+					b.Fatal(err)
+				}
+				t.remove()
+			}
+		})
 	}
 }
