@@ -640,17 +640,19 @@ func TestReconnectedCoordinatorReloadsMapAndTenants(t *testing.T) {
 	if _, err := kv.Put(ctx, "k", []byte("v")); err != nil {
 		t.Fatal(err)
 	}
-	// While the coordinator is away: a newer map and the tenant deleted,
-	// with no event reaching it.
-	next := storedMap(t, c)
-	next = next.WithVersion(next.Version() + 1)
-	storeMap(t, c, next, false)
+	// While the coordinator is away: the tenant deleted and a newer map,
+	// with no event reaching it. The cached tenant is checked before the
+	// map changes: storage nodes install the newer map by themselves, and
+	// a reply naming it has the coordinator reload, tenants too.
 	if err := c.Metadata().DeleteTenant(ctx, "gone"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := kv.Get(ctx, "k"); err != nil {
 		t.Fatalf("before the reconnect the cached tenant serves: %v", err)
 	}
+	next := storedMap(t, c)
+	next = next.WithVersion(next.Version() + 1)
+	storeMap(t, c, next, false)
 	coord := c.Coordinators()[0]
 	if err := coord.Conn().ForceReconnect(); err != nil {
 		t.Fatal(err)
