@@ -25,6 +25,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/quorumkv/quorumkv/idempotency"
+	"github.com/quorumkv/quorumkv/internal/microsvc"
 	"github.com/quorumkv/quorumkv/internal/settings"
 	"github.com/quorumkv/quorumkv/internal/wire"
 	"github.com/quorumkv/quorumkv/metadata"
@@ -219,7 +220,7 @@ type Coordinator struct {
 	routing *routing
 	repair  *ConflictService     // nil: repair disabled
 	metrics *metrics.Coordinator // nil: no metrics
-	svc     *service
+	svc     *microsvc.Service
 	// aeStatus holds, by node id, the anti-entropy figures
 	// (*subjects.AEStatus) of the last heartbeat this coordinator
 	// answered: kept in memory only, node list shows them as of then.
@@ -371,20 +372,24 @@ func (c *Coordinator) subscribeEvents() error {
 }
 
 func (c *Coordinator) addService() error {
-	svc, err := newService(c.nc, subjects.ServiceName, Version,
-		"quorumkv coordinator: replicated key-value requests and the admin API",
-		subjects.QueueGroup, map[string]string{"actor": c.cfg.Actor})
+	svc, err := microsvc.New(c.nc, microsvc.Config{
+		Name:        subjects.ServiceName,
+		Version:     Version,
+		Description: "quorumkv coordinator: replicated key-value requests and the admin API",
+		QueueGroup:  subjects.QueueGroup,
+		Metadata:    map[string]string{"actor": c.cfg.Actor},
+	})
 	if err != nil {
-		return err
+		return fmt.Errorf("coordinator: %w", err)
 	}
 	c.svc = svc
 	for _, op := range []string{subjects.OpPut, subjects.OpGet, subjects.OpDelete} {
-		if err := svc.addEndpoint(op, subjects.DataPrefix+".*."+op, c.async(c.dataHandler(op))); err != nil {
+		if err := svc.AddEndpoint(op, subjects.DataPrefix+".*."+op, c.async(c.dataHandler(op))); err != nil {
 			return fmt.Errorf("coordinator: add endpoint %s: %w", op, err)
 		}
 	}
 	for _, ep := range c.adminEndpoints() {
-		if err := svc.addEndpoint(ep.name, subjects.AdminPrefix+"."+ep.subject, c.async(simple(ep.handle))); err != nil {
+		if err := svc.AddEndpoint(ep.name, subjects.AdminPrefix+"."+ep.subject, c.async(simple(ep.handle))); err != nil {
 			return fmt.Errorf("coordinator: add endpoint %s: %w", ep.name, err)
 		}
 	}
@@ -439,7 +444,7 @@ func (c *Coordinator) stop() {
 	// effect are served as usual, not refused (a rolling restart shows
 	// clients no errors). Only then do stragglers get "stopping".
 	if c.svc != nil {
-		c.svc.stop()
+		c.svc.Stop()
 	}
 	c.mu.Lock()
 	c.stopping = true
@@ -453,7 +458,7 @@ func (c *Coordinator) stop() {
 	c.log.Info("coordinator stopped")
 }
 
-// Replies go through the request (see service.go), which records each
+// Replies go through the request (see package microsvc), which records each
 // request when it is answered: micro's stats ($SRV.STATS, nats micro
 // stats, quorumkv status) count every error reply and the time from
 // receipt to the answer.
@@ -505,13 +510,7 @@ func (c *Coordinator) reply(req micro.Request, m *nats.Msg, isJSON bool) {
 		}
 		m.Header.Set(subjects.ContentType, subjects.JSONContentType)
 	}
-	var err error
-	if r, ok := req.(*request); ok {
-		err = r.send(m)
-	} else if m.Subject = req.Reply(); m.Subject != "" {
-		err = c.nc.PublishMsg(m)
-	}
-	if err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+	if err := microsvc.RespondMsg(c.nc, req, m); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		c.log.Warn("reply failed", "subject", req.Reply(), "err", err)
 	}
 }

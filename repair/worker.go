@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/quorumkv/quorumkv/internal/microsvc"
 	"github.com/quorumkv/quorumkv/storage/replica"
 	"github.com/quorumkv/quorumkv/subjects"
 	"github.com/quorumkv/quorumkv/vclock"
@@ -49,7 +50,7 @@ type Worker struct {
 	stream jetstream.Stream
 	cons   jetstream.Consumer
 	log    *slog.Logger
-	svc    micro.Service
+	svc    *microsvc.Service
 	adv    *nats.Subscription
 	rep    *replica.Client // writes merges to the target nodes
 
@@ -111,7 +112,7 @@ func newWorker(ctx context.Context, nc *nats.Conn, cfg Config, beforeAck func(*s
 	// One fetched batch queues at most Batch merges per node.
 	w.rep, err = replica.New(nc, replica.Config{QueueLen: max(replica.DefaultConfig().QueueLen, 2*cfg.Batch)})
 	if err != nil {
-		_ = w.svc.Stop()
+		w.svc.Stop()
 		_ = w.adv.Unsubscribe()
 		return nil, fmt.Errorf("repair: %w", err)
 	}
@@ -128,21 +129,22 @@ func newWorker(ctx context.Context, nc *nats.Conn, cfg Config, beforeAck func(*s
 // `quorumkv repair status` and `nats micro stats quorumkv-repair` see its
 // counters.
 func (w *Worker) addService() error {
-	svc, err := micro.AddService(w.nc, micro.Config{
-		Name:         ServiceName,
-		Version:      Version,
-		Description:  "quorumkv repair worker",
-		Metadata:     map[string]string{"name": w.cfg.Name},
-		StatsHandler: func(*micro.Endpoint) any { return w.Stats() },
+	svc, err := microsvc.New(w.nc, microsvc.Config{
+		Name:        ServiceName,
+		Version:     Version,
+		Description: "quorumkv repair worker",
+		QueueGroup:  "q", // micro's default
+		Metadata:    map[string]string{"name": w.cfg.Name},
+		StatsData:   func() any { return w.Stats() },
 	})
 	if err != nil {
 		return fmt.Errorf("repair: add micro service: %w", err)
 	}
-	err = svc.AddEndpoint("stats", micro.HandlerFunc(func(req micro.Request) {
+	err = svc.AddEndpoint("stats", subjects.RepairWorkersStats, func(req micro.Request) {
 		_ = req.RespondJSON(w.Stats())
-	}), micro.WithEndpointSubject(subjects.RepairWorkersStats))
+	})
 	if err != nil {
-		_ = svc.Stop()
+		svc.Stop()
 		return fmt.Errorf("repair: add stats endpoint: %w", err)
 	}
 	w.svc = svc
@@ -173,9 +175,7 @@ func (w *Worker) Stop() {
 		_ = w.adv.Unsubscribe()
 		w.wg.Wait()
 		w.rep.Stop()
-		if err := w.svc.Stop(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-			w.log.Warn("stop micro service", "err", err)
-		}
+		w.svc.Stop()
 		w.log.Info("repair worker stopped", "stats", w.Stats())
 	})
 }
