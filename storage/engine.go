@@ -394,17 +394,8 @@ func (e *engine) applyWritesChanged(writes []subjects.NodeWrite, didChange []boo
 			}
 			cur = rec
 		}
-		next, changed := cur, false
-		switch {
-		case w.LWW != nil:
-			changed = e.mergeLWW(&next, w.LWW, &results[i])
-		case w.DVV != nil:
-			changed = e.mergeDVV(&next, w.DVV, &results[i])
-		case w.Coordinate != nil:
-			changed = e.coordinate(&next, w.Coordinate, &results[i])
-		default:
-			results[i].Err = "write carries no version"
-		}
+		next := cur
+		changed := e.merge(&next, &w, &results[i])
 		if results[i].Err != "" {
 			continue
 		}
@@ -524,6 +515,23 @@ func decodeRecordCopy(data []byte, copyValue bool) (record, error) {
 // other's versions (possible only when a tenant was deleted with force and
 // recreated under the other policy).
 const errPolicy = "key holds versions of the other conflict policy"
+
+// merge applies w to rec, as every path that stores a write does: an lww
+// or dvv state merges in, a coordinating write is coordinated. It reports
+// whether rec changed; a write refused sets res.Err (errPolicy for one of
+// the other conflict policy) and leaves rec as it was.
+func (e *engine) merge(rec *record, w *subjects.NodeWrite, res *subjects.NodeWriteResult) bool {
+	switch {
+	case w.LWW != nil:
+		return e.mergeLWW(rec, w.LWW, res)
+	case w.DVV != nil:
+		return e.mergeDVV(rec, w.DVV, res)
+	case w.Coordinate != nil:
+		return e.coordinate(rec, w.Coordinate, res)
+	}
+	res.Err = "write carries no version"
+	return false
+}
 
 // mergeLWW merges v into rec (max) and reports whether rec changed; when
 // the stored version wins, res says which it is.

@@ -437,14 +437,7 @@ func (e *engine) replaceSpan(sp stagedSpan, recs []stagedRec) (skipped []subject
 		}
 		for _, r := range recs[i:j] {
 			var res subjects.NodeWriteResult
-			switch {
-			case r.w.LWW != nil:
-				e.mergeLWW(&cur, r.w.LWW, &res)
-			case r.w.DVV != nil:
-				e.mergeDVV(&cur, r.w.DVV, &res)
-			default:
-				res.Err = "write carries no version"
-			}
+			e.merge(&cur, &r.w, &res)
 			switch res.Err {
 			case "":
 			case errPolicy:
