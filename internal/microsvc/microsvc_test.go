@@ -79,6 +79,9 @@ func TestStatsCountAnswers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := nc.Flush(); err != nil { // the server has the subscriptions
+		t.Fatal(err)
+	}
 	for _, body := range []string{"a", "fail", "b", "fail", "c"} {
 		msg, err := asker.Request("svc-b.echo", []byte(body), 5*time.Second)
 		if err != nil {
