@@ -727,18 +727,30 @@ func (c *Coordinator) jointReadTargets(rt *route, level string) (ask, rest []str
 // exhaustive test.
 func pickJoint(nodes []string, counted int, target []string, need int, suspected func(string) bool) (ask, rest []string) {
 	cur := nodes[:counted]
-	rank := func(node string) int {
-		r := 0
+	// Each node is ranked once (suspected asks the replica client's
+	// shared state) and placed by rank, keeping nodes' order within one:
+	// a stable sort calling it per comparison cost a read of a moving
+	// partition more than the rest of its routing.
+	var buf [16]int8
+	ranks := buf[:0]
+	for _, node := range nodes {
+		r := int8(0)
 		if suspected(node) {
 			r = 2
 		}
 		if !slices.Contains(cur, node) || !slices.Contains(target, node) {
 			r++
 		}
-		return r
+		ranks = append(ranks, r)
 	}
-	ordered := slices.Clone(nodes)
-	slices.SortStableFunc(ordered, func(a, b string) int { return rank(a) - rank(b) })
+	ordered := make([]string, 0, len(nodes))
+	for r := range int8(4) {
+		for i, node := range nodes {
+			if ranks[i] == r {
+				ordered = append(ordered, node)
+			}
+		}
+	}
 	inCur, inTgt := 0, 0
 	for _, node := range ordered {
 		c, g := slices.Contains(cur, node), slices.Contains(target, node)

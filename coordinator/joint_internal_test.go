@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -298,5 +299,25 @@ func TestPickJointSharedFirst(t *testing.T) {
 	ask, rest = pickJoint([]string{"A", "B", "C", "D"}, 3, []string{"A", "B", "D"}, 2, func(n string) bool { return n == "B" })
 	if !slices.Equal(ask, []string{"A", "C", "D"}) || !slices.Equal(rest, []string{"B"}) {
 		t.Fatalf("with B suspected: ask %v rest %v, want [A C D] and [B]", ask, rest)
+	}
+}
+
+// BenchmarkPickJoint is a quorum read's choice of nodes for a partition
+// moving in a 3 → 4 join, with a suspicion check as costly as the replica
+// client's (a lock and a map lookup).
+func BenchmarkPickJoint(b *testing.B) {
+	var mu sync.RWMutex
+	state := map[string]int64{"n1": 0, "n2": 0, "n3": 0, "n4": 0}
+	suspected := func(n string) bool {
+		mu.RLock()
+		defer mu.RUnlock()
+		return state[n] > 0
+	}
+	nodes, target := []string{"n1", "n2", "n3", "n4"}, []string{"n1", "n2", "n4"}
+	for b.Loop() {
+		ask, _ := pickJoint(nodes, 3, target, 2, suspected)
+		if len(ask) != 2 {
+			b.Fatalf("asked %v", ask)
+		}
 	}
 }
