@@ -31,11 +31,32 @@ import (
 // store does not hold are written into sstables of whole partitions and
 // ingested; the others are merged through applyWrites.
 
-// stagedRec is one record of a pulled page, waiting in the stage.
+// stagedRec is one record of a pulled page, waiting in the stage. It holds
+// no decoded form: a stage of 64 MiB is some 200k records, and their
+// versions kept as objects made the garbage collector trace all of them
+// on every cycle while most go into tables as sent. A merge decodes its
+// records again (write).
 type stagedRec struct {
-	key   []byte             // its Pebble data key
-	state []byte             // the stored form, as the source sent it; it decodes to w
-	w     subjects.NodeWrite // the record as a merge
+	key   []byte // its Pebble data key
+	state []byte // the stored form, as the source sent it; checked to decode when its page came in
+	bound uint64 // boundOf its lww version (the largest for a siblings state)
+}
+
+// write decodes r into the merge it stands for. Its values alias r.state.
+// Its state decoded when its page came in, so an error here is a bug.
+func (r *stagedRec) write() (subjects.NodeWrite, error) {
+	rest := r.key[partitionPrefixLen:]
+	sep := bytes.IndexByte(rest, 0)
+	if sep < 0 {
+		return subjects.NodeWrite{}, fmt.Errorf("staged key %q names no tenant", r.key)
+	}
+	w := subjects.NodeWrite{Tenant: string(rest[:sep]), Key: string(rest[sep+1:])}
+	rec, err := decodeRecordCopy(r.state, false)
+	if err != nil {
+		return w, fmt.Errorf("staged record %s/%q: %w", w.Tenant, w.Key, err)
+	}
+	w.LWW, w.DVV = rec.LWW, rec.DVV
+	return w, nil
 }
 
 // ingestDir is where mergeStaged writes its sstables before ingesting
@@ -148,7 +169,11 @@ func (e *engine) splitHeld(recs []stagedRec) (fresh []stagedRec, merge []subject
 			fresh = append(fresh, recs[i]) // fresh[len] is at most i: nothing unread is overwritten
 		} else {
 			for _, r := range recs[i:j] {
-				merge = append(merge, r.w)
+				w, err := r.write()
+				if err != nil {
+					return nil, nil, errors.Join(err, it.Close())
+				}
+				merge = append(merge, w)
 			}
 		}
 		i = j
@@ -418,7 +443,7 @@ func (e *engine) replaceSpan(sp stagedSpan, recs []stagedRec) (skipped []subject
 			j++
 		}
 		if c > 0 && j == i+1 { // fresh: as the source sent it
-			e.raiseBound(k, boundOf(recs[i].w.LWW))
+			e.raiseBound(k, recs[i].bound)
 			if err := t.add(k, recs[i].state); err != nil {
 				return skipped, err
 			}
@@ -436,14 +461,18 @@ func (e *engine) replaceSpan(sp stagedSpan, recs []stagedRec) (skipped []subject
 			}
 		}
 		for _, r := range recs[i:j] {
+			w, err := r.write()
+			if err != nil {
+				return skipped, err
+			}
 			var res subjects.NodeWriteResult
-			e.merge(&cur, &r.w, &res)
+			e.merge(&cur, &w, &res)
 			switch res.Err {
 			case "":
 			case errPolicy:
-				skipped = append(skipped, r.w)
+				skipped = append(skipped, w)
 			default:
-				return skipped, fmt.Errorf("merge %s/%q: %s", r.w.Tenant, r.w.Key, res.Err)
+				return skipped, fmt.Errorf("merge %s/%q: %s", w.Tenant, w.Key, res.Err)
 			}
 		}
 		if enc, err = encodeRecord(enc[:0], &cur); err != nil {
@@ -491,7 +520,7 @@ func (e *engine) raiseBounds(recs []stagedRec) {
 		return
 	}
 	for i := range recs {
-		e.raiseBound(recs[i].key, boundOf(recs[i].w.LWW))
+		e.raiseBound(recs[i].key, recs[i].bound)
 	}
 }
 

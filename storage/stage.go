@@ -42,9 +42,10 @@ const (
 const stageMaxBytes = 512 << 20
 
 // stagedRecOverhead is about what a staged record holds besides its key
-// and state: the stagedRec, its decoded write and version, and its share
-// of the page's record list. The stage counts it in its bytes.
-const stagedRecOverhead = 256
+// and state: the stagedRec and its share of the page's record list (the
+// page's decoded form, whose strings and slices alias the message). The
+// stage counts it in its bytes.
+const stagedRecOverhead = 160
 
 // errStageLost fails a staged page of a pull begun before a flush failed.
 var errStageLost = errors.New("storage: the records staged before this page were lost (a bulk merge failed); pull the partition again")

@@ -44,7 +44,7 @@ func stagedRecOf(t *testing.T, n *Node, w subjects.NodeWrite) stagedRec {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return stagedRec{key: n.eng.dataKey(nil, w.Tenant, w.Key), state: state, w: w}
+	return stagedRec{key: n.eng.dataKey(nil, w.Tenant, w.Key), state: state, bound: boundOf(w.LWW)}
 }
 
 // write applies ws through n's write loop, as a repair is.

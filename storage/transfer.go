@@ -680,7 +680,7 @@ func stagedRecs(p uint32, items []subjects.NodeWrite, rep *subjects.PartitionSca
 	for i := range items {
 		start := len(buf)
 		buf = appendDataKey(buf, p, items[i].Tenant, items[i].Key)
-		recs[i] = stagedRec{key: buf[start:len(buf):len(buf)], state: rep.Records[i].State, w: items[i]}
+		recs[i] = stagedRec{key: buf[start:len(buf):len(buf)], state: rep.Records[i].State, bound: boundOf(items[i].LWW)}
 	}
 	return recs
 }
